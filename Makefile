@@ -1,0 +1,39 @@
+# recforge developer entry points. Every target installs what it needs first (into .venv).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Real datasets for tests, demo and benchmarks; CI exports this, locally it is ../shared/data.
+export RECFORGE_DATA_DIR ?= $(abspath ../shared/data)
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-all lint format bench clean
+
+install: $(VENV)/.installed
+
+# torch is installed first and pinned: 2.13.0 (CPU build) is on local disk; an unpinned torch pulls CUDA.
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "torch==2.13.0"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all,dev,bench]"
+	touch $@
+
+demo: install
+	$(BIN)/recforge demo
+
+test: install
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check src tests benchmarks
+
+format: install
+	$(BIN)/ruff check --fix src tests benchmarks
+	$(BIN)/ruff format src tests benchmarks
+
+bench: install
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist src/*.egg-info

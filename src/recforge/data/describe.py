@@ -1,0 +1,108 @@
+"""`describe(interactions)`: the numbers a person checks first about a dataset."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from rich.table import Table
+
+    from recforge.data.interactions import Interactions
+
+QUANTILES = (0.0, 0.1, 0.25, 0.5, 0.75, 0.9, 1.0)
+
+
+@dataclass(frozen=True)
+class DatasetDescription:
+    name: str
+    n_users: int
+    n_items: int
+    n_interactions: int
+    n_rated: int
+    n_unrated: int
+    n_duplicate_pairs: int
+    density: float
+    rating_scale: tuple[float, float] | None
+    rating_mean: float | None
+    ratings_histogram: dict[str, int]
+    per_user_quantiles: dict[str, float]
+    per_item_quantiles: dict[str, float]
+    time_range: tuple[int, int] | None
+    user_feature_columns: list[str]
+    item_feature_columns: list[str]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_table(self) -> Table:
+        """A Rich table for the CLI."""
+        from rich.table import Table
+
+        table = Table(title=f"dataset {self.name}", show_header=False)
+        table.add_column("field", style="bold")
+        table.add_column("value")
+        rows = [
+            ("users", f"{self.n_users:,}"),
+            ("items", f"{self.n_items:,}"),
+            ("interactions", f"{self.n_interactions:,}"),
+            ("rated / unrated", f"{self.n_rated:,} / {self.n_unrated:,}"),
+            ("duplicate (user, item) rows", f"{self.n_duplicate_pairs:,}"),
+            ("density", f"{self.density:.4%}"),
+            ("rating scale", str(self.rating_scale)),
+            ("mean rating", "-" if self.rating_mean is None else f"{self.rating_mean:.3f}"),
+            ("ratings histogram", ", ".join(f"{k}: {v:,}" for k, v in self.ratings_histogram.items()) or "-"),
+            ("interactions per user", _fmt_quantiles(self.per_user_quantiles)),
+            ("interactions per item", _fmt_quantiles(self.per_item_quantiles)),
+            ("time range", "-" if self.time_range is None else f"{self.time_range[0]} .. {self.time_range[1]}"),
+            ("user features", ", ".join(self.user_feature_columns) or "-"),
+            ("item features", ", ".join(self.item_feature_columns) or "-"),
+        ]
+        for field_name, value in rows:
+            table.add_row(field_name, value)
+        return table
+
+
+def _fmt_quantiles(quantiles: dict[str, float]) -> str:
+    return "  ".join(f"{k}={v:g}" for k, v in quantiles.items())
+
+
+def _quantiles(counts: np.ndarray) -> dict[str, float]:
+    if len(counts) == 0:
+        return {}
+    values = np.quantile(counts, QUANTILES)
+    labels = ["min", "p10", "p25", "median", "p75", "p90", "max"]
+    return {label: float(v) for label, v in zip(labels, values, strict=True)}
+
+
+def describe(data: Interactions) -> DatasetDescription:
+    rated = data.is_rated
+    histogram: dict[str, int] = {}
+    mean = None
+    if rated.any():
+        values, counts = np.unique(data.rating[rated], return_counts=True)
+        histogram = {f"{v:g}": int(c) for v, c in zip(values, counts, strict=True)}
+        mean = float(data.rating[rated].mean(dtype=np.float64))
+    n_pairs = len(data.latest_per_pair()) if len(data) else 0
+    return DatasetDescription(
+        name=data.name,
+        n_users=data.n_users,
+        n_items=data.n_items,
+        n_interactions=len(data),
+        n_rated=int(rated.sum()),
+        n_unrated=int((~rated).sum()) if data.rating is not None else len(data),
+        n_duplicate_pairs=len(data) - n_pairs,
+        density=n_pairs / max(1, data.n_users * data.n_items),
+        rating_scale=data.rating_scale,
+        rating_mean=mean,
+        ratings_histogram=histogram,
+        per_user_quantiles=_quantiles(data.user_counts()),
+        per_item_quantiles=_quantiles(data.item_counts()),
+        time_range=None
+        if data.timestamp is None or len(data) == 0
+        else (int(data.timestamp.min()), int(data.timestamp.max())),
+        user_feature_columns=[] if data.user_features is None else [str(c) for c in data.user_features.columns],
+        item_feature_columns=[] if data.item_features is None else [str(c) for c in data.item_features.columns],
+    )

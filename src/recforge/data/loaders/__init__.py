@@ -1,0 +1,68 @@
+"""Dataset loaders. `load_dataset(name, path=None)` resolves a dataset by name; each source has its own module.
+
+Resolution order for the files: the `path` you pass, then `$RECFORGE_DATA_DIR/<name>/`, then the cache
+(`$RECFORGE_CACHE_DIR`, default ~/.cache/recforge), then a verified download where one is published.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from recforge.data.interactions import Interactions
+from recforge.data.loaders.amazon import load_amazon_reviews, load_amazon_sequences, read_amazon_metadata
+from recforge.data.loaders.anime import load_anime_kaggle, load_anime_mal, read_anime_catalogue
+from recforge.data.loaders.movielens import (
+    load_movielens_1m,
+    load_movielens_100k,
+    load_movielens_100k_fold,
+    load_movielens_latest_small,
+)
+from recforge.data.loaders.tabular import load_table
+from recforge.errors import ConfigError
+
+DATASETS: dict[str, Callable[..., Interactions]] = {
+    "ml-100k": load_movielens_100k,
+    "ml-1m": load_movielens_1m,
+    "ml-latest-small": load_movielens_latest_small,
+    "anime-kaggle": load_anime_kaggle,
+    "anime-mal": load_anime_mal,
+    "amazon-beauty": load_amazon_sequences,
+}
+
+
+def load_dataset(name: str, path: str | Path | None = None, **options: Any) -> Interactions:
+    """Load a named dataset (see `DATASETS`), or a saved recforge interactions directory by path.
+
+    `name="table"` reads any CSV/Parquet file with a column mapping passed as options
+    (user=, item=, rating=, timestamp=, rating_scale=).
+    """
+    if name == "table":
+        if path is None:
+            raise ConfigError("dataset 'table' needs a path")
+        return load_table(path, **options)
+    if name == "saved":
+        if path is None:
+            raise ConfigError("dataset 'saved' needs a path")
+        return Interactions.load(path)
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}; known: {sorted(DATASETS)} plus 'table' and 'saved'")
+    return DATASETS[name](path, **options)
+
+
+__all__ = [
+    "DATASETS",
+    "load_amazon_reviews",
+    "load_amazon_sequences",
+    "load_anime_kaggle",
+    "load_anime_mal",
+    "load_dataset",
+    "load_movielens_1m",
+    "load_movielens_100k",
+    "load_movielens_100k_fold",
+    "load_movielens_latest_small",
+    "load_table",
+    "read_amazon_metadata",
+    "read_anime_catalogue",
+]

@@ -1,0 +1,68 @@
+"""The exceptions recforge raises. Every one is a `RecforgeError`, so callers can catch them all."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class RecforgeError(Exception):
+    """Base class of every error recforge raises on purpose."""
+
+
+class DataFormatError(RecforgeError, ValueError):
+    """A data file (or frame) is malformed. The message names the file, line and column when known.
+
+    `line` is 1-based and counts the header line, so it matches what an editor shows.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | Path | None = None,
+        line: int | None = None,
+        column: str | None = None,
+    ) -> None:
+        self.path = None if path is None else str(path)
+        self.line = line
+        self.column = column
+        where = []
+        if self.path is not None:
+            where.append(self.path)
+        if line is not None:
+            where.append(f"line {line}")
+        if column is not None:
+            where.append(f"column {column!r}")
+        prefix = ", ".join(where)
+        super().__init__(f"{prefix}: {message}" if prefix else message)
+
+
+class DatasetNotFoundError(RecforgeError, FileNotFoundError):
+    """A dataset is neither on disk nor downloadable right now."""
+
+
+class ConfigError(RecforgeError, ValueError):
+    """A configuration (experiment, model, split) is invalid."""
+
+
+class LeakageError(RecforgeError):
+    """An evaluation would let test information into training; refused rather than reported."""
+
+
+class ArtifactError(RecforgeError):
+    """A saved model artifact is missing, truncated, edited, foreign or from another version."""
+
+
+class NotFittedError(RecforgeError, AttributeError):
+    """A model was used before `fit`."""
+
+
+class UnknownIdError(RecforgeError, KeyError):
+    """An external user or item id is not in the vocabulary."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; keep it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class CapabilityError(RecforgeError):
+    """A model was asked for something it cannot serve (e.g. a cold user without features)."""

@@ -1,0 +1,144 @@
+"""Bad input must raise a `DataFormatError` naming file, line and column; nothing is dropped silently."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recforge.data.loaders import load_anime_kaggle, load_movielens_100k, load_table
+from recforge.errors import DataFormatError
+
+
+def ml100k_folder(tmp_path: Path, u_data: bytes) -> Path:
+    folder = tmp_path / "ml-100k"
+    folder.mkdir()
+    (folder / "u.data").write_bytes(u_data)
+    (folder / "u.item").write_bytes(b"1|Toy Story (1995)|01-Jan-1995||http://x|" + b"|".join([b"0"] * 19) + b"\n")
+    (folder / "u.user").write_bytes(b"1|24|M|technician|85711\n")
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("content", "line", "column", "message"),
+    [
+        (b"1\t1\t5\t881250949\n1\t1\tfive\t881250950\n", 2, "rating", "not a number"),
+        (b"1\t1\t5\t881250949\n1\t1\t7\t881250950\n", 2, "rating", "outside the scale"),
+        (b"1\t1\t5\t881250949\n1\tx\t4\t881250950\n", 2, "item", "not an integer"),
+        (b"1\t1\t5\t881250949\n1\t1\t4\n", 2, None, "expected 4 fields"),
+        (b"1\t1\t5\t881250949\n1\t1\t4\t881250950\t99\n", 2, None, "expected 4 fields"),
+        (b"1\t1\t5\t881250949\n1\t\t4\t881250950\n", 2, "item", "not an integer"),
+        (b"1,1,5,881250949\n", 1, None, "separator"),
+        (b"1\t1\t5\t881250949\n\n1\t1\t4\t1.5\n", 3, "timestamp", "not an integer"),
+    ],
+)
+def test_ml100k_malformed_rows(tmp_path, content, line, column, message):
+    folder = ml100k_folder(tmp_path, content)
+    with pytest.raises(DataFormatError, match=message) as info:
+        load_movielens_100k(folder)
+    error = info.value
+    assert error.path.endswith("u.data") and error.line == line and error.column == column
+
+
+def test_empty_file(tmp_path):
+    folder = ml100k_folder(tmp_path, b"")
+    with pytest.raises(DataFormatError, match="empty") as info:
+        load_movielens_100k(folder)
+    assert info.value.path.endswith("u.data")
+
+
+def test_undecodable_bytes_name_the_line(tmp_path):
+    csv = tmp_path / "log.csv"
+    csv.write_bytes(b"user,item\nu1,caf\xe9\n")
+    with pytest.raises(DataFormatError, match="latin-1") as info:
+        load_table(csv, user="user", item="item")
+    assert info.value.line == 2
+    assert load_table(csv, user="user", item="item", encoding="latin-1").items.ids.tolist() == ["café"]
+
+
+def test_missing_column_and_wrong_separator(tmp_path):
+    csv = tmp_path / "log.csv"
+    csv.write_text("user;item;rating\nu1;a;4\n")
+    with pytest.raises(DataFormatError, match="separator") as info:
+        load_table(csv, user="user", item="item", rating="rating")
+    assert info.value.line == 1
+    assert len(load_table(csv, user="user", item="item", rating="rating", sep=";")) == 1
+
+
+def test_missing_ids_raise_or_are_dropped_with_a_count(tmp_path):
+    csv = tmp_path / "log.csv"
+    csv.write_text("user,item\nu1,a\n,b\nu2,c\n")
+    with pytest.raises(DataFormatError, match="missing value") as info:
+        load_table(csv, user="user", item="item")
+    assert (info.value.line, info.value.column) == (3, "user")
+    data = load_table(csv, user="user", item="item", on_missing="drop")
+    assert len(data) == 2 and data.source["dropped_missing"] == 1
+
+
+def test_anime_rating_outside_scale(tmp_path):
+    folder = tmp_path / "anime"
+    folder.mkdir()
+    (folder / "anime.csv").write_text("anime_id,name,genre,type,episodes,rating,members\n1,A,Action,TV,1,7.0,10\n")
+    (folder / "rating.csv").write_text("user_id,anime_id,rating\n1,1,-1\n1,1,11\n")
+    with pytest.raises(DataFormatError, match="outside the scale") as info:
+        load_anime_kaggle(folder)
+    assert (info.value.line, info.value.column) == (3, "rating")
+
+
+def test_anime_catalogue_bad_list(tmp_path):
+    folder = tmp_path / "mal"
+    folder.mkdir()
+    (folder / "animes.csv").write_text(
+        "animeID,title,type,year,score,episodes,genres,genres_detailed\n1,A,TV,2000,7,12,\"['Action'\",\n"
+    )
+    (folder / "ratings.csv").write_text("userID,animeID,rating\n1,1,5\n")
+    from recforge.data.loaders import load_anime_mal
+
+    with pytest.raises(DataFormatError, match="malformed list") as info:
+        load_anime_mal(folder)
+    assert (info.value.line, info.value.column) == (2, "genres")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(st.tuples(st.integers(1, 50), st.integers(1, 50), st.integers(1, 5)), min_size=1, max_size=30),
+    bad_row=st.integers(0, 29),
+    bad_value=st.sampled_from(["x", "3.5.1", "", "nan?", "1e999x"]),
+)
+def test_any_corrupted_rating_cell_is_reported_at_its_line(tmp_path_factory, rows, bad_row, bad_value):
+    bad_row = bad_row % len(rows)
+    lines = ["user,item,rating"] + [f"{u},{i},{r}" for u, i, r in rows]
+    u, i, _ = rows[bad_row]
+    lines[bad_row + 1] = f"{u},{i},{bad_value}"
+    path = tmp_path_factory.mktemp("csv") / "r.csv"
+    path.write_text("\n".join(lines) + "\n")
+    if bad_value == "":  # an empty rating is an unrated interaction, which is allowed
+        assert load_table(path, user="user", item="item", rating="rating").n_rated == len(rows) - 1
+        return
+    with pytest.raises(DataFormatError) as info:
+        load_table(path, user="user", item="item", rating="rating")
+    assert info.value.line == bad_row + 2 and info.value.column == "rating"
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    rows=st.lists(
+        st.tuples(
+            st.integers(0, 10**9),
+            st.text("abcxyz", min_size=1, max_size=5),
+            st.floats(0.5, 5, allow_nan=False).map(lambda x: round(x * 2) / 2),
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_valid_tables_roundtrip_exactly(tmp_path_factory, rows):
+    path = tmp_path_factory.mktemp("csv") / "r.csv"
+    path.write_text("u,i,r\n" + "".join(f"{u},{i},{r}\n" for u, i, r in rows))
+    data = load_table(path, user="u", item="i", rating="r", rating_scale=(0.5, 5))
+    frame = data.to_frame()
+    assert frame["user_id"].tolist() == [u for u, _, _ in rows]
+    assert frame["item_id"].tolist() == [i for _, i, _ in rows]
+    assert frame["rating"].tolist() == [r for _, _, r in rows]

@@ -1,0 +1,212 @@
+"""Loaders on the real shared datasets (documented counts) and on format-faithful fixtures."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from recforge.data.loaders import (
+    load_amazon_reviews,
+    load_amazon_sequences,
+    load_anime_kaggle,
+    load_anime_mal,
+    load_dataset,
+    load_movielens_1m,
+    load_movielens_100k_fold,
+    load_table,
+    read_anime_catalogue,
+)
+from recforge.errors import DatasetNotFoundError
+
+
+def test_ml100k_documented_counts(ml100k):
+    assert (ml100k.n_users, ml100k.n_items, len(ml100k)) == (943, 1682, 100000)
+    values, counts = np.unique(ml100k.rating, return_counts=True)
+    assert dict(zip(values.tolist(), counts.tolist(), strict=True)) == {1: 6110, 2: 11370, 3: 27145, 4: 34174, 5: 21201}
+    assert ml100k.users.id(ml100k.user_index[0]) == 196 and ml100k.items.id(ml100k.item_index[0]) == 242
+    assert ml100k.timestamp[0] == 881250949
+
+
+def test_ml100k_features(ml100k):
+    items = ml100k.item_features
+    toy_story = items.iloc[ml100k.items.index(1)[0]]
+    assert toy_story["title"] == "Toy Story (1995)"
+    assert toy_story["genres"] == ["Animation", "Children's", "Comedy"]
+    assert toy_story["year"] == 1995
+    assert items["genres"].map(len).sum() == 2893  # total of the 19 genre flags in u.item
+    users = ml100k.user_features.iloc[ml100k.users.index(1)[0]]
+    assert (users["age"], users["gender"], users["occupation"]) == (24, "M", "technician")
+
+
+@pytest.mark.parametrize("fold", ["u1", "u3", "ua"])
+def test_ml100k_shipped_folds(data_dir, fold, ml100k):
+    split = load_movielens_100k_fold(fold, data_dir / "ml-100k")
+    expected = {"u1": (80000, 20000), "u3": (80000, 20000), "ua": (90570, 9430)}[fold]
+    assert (len(split.train_rows), len(split.test_rows)) == expected
+    assert split.data.fingerprint() == ml100k.fingerprint()
+    if fold == "ua":  # ua.test holds exactly 10 ratings per user
+        assert (split.test.user_counts() == 10).all()
+
+
+def test_ml_latest_small_counts(ml_latest):
+    assert (ml_latest.n_users, ml_latest.n_items, len(ml_latest)) == (610, 9724, 100836)
+    assert ml_latest.rating_scale == (0.5, 5.0)
+    assert set(np.unique(ml_latest.rating) * 2) == set(range(1, 11))
+    toy = ml_latest.item_features.iloc[ml_latest.items.index(1)[0]]
+    assert toy["genres"] == ["Adventure", "Animation", "Children", "Comedy", "Fantasy"]
+    assert "pixar" in toy["tags"]
+
+
+def test_anime_kaggle_keeps_unrated_as_implicit(anime):
+    assert (anime.n_users, anime.n_items, len(anime)) == (5000, 7390, 520609)
+    assert int((~anime.is_rated).sum()) == 100666  # the -1 rows: interactions, never ratings
+    assert np.nanmin(anime.rating) == 1 and np.nanmax(anime.rating) == 10
+    assert anime.explicit().compact().n_users == 4714  # explicit() keeps the vocabulary; compact() drops empty users
+    kimi = anime.item_features.iloc[anime.items.index(32281)[0]]
+    assert kimi["title"] == "Kimi no Na wa." and kimi["type"] == "Movie"
+    assert kimi["genres"] == ["Drama", "Romance", "School", "Supernatural"]
+
+
+def test_anime_catalogues(data_dir):
+    kaggle = read_anime_catalogue(data_dir / "anime-kaggle" / "anime.csv")
+    assert len(kaggle) == 12294
+    assert kaggle["episodes"].isna().sum() == 340 and kaggle["score"].isna().sum() == 230
+    assert "Gintama'" in set(kaggle["title"])  # HTML entities decoded
+    modern = read_anime_catalogue(data_dir / "anime-metadata" / "anime.csv")
+    assert len(modern) == 17562
+    assert modern.loc[1, "title"] == "Cowboy Bebop"
+
+
+def test_beauty_documented_counts(beauty):
+    assert (beauty.n_users, beauty.n_items, len(beauty)) == (22363, 12101, 198502)
+    assert beauty.rating is None and beauty.timestamp is None
+    sequences = beauty.sequences()
+    assert sequences[0].tolist() == (beauty.items.index([1, 2, 3, 4, 5])).tolist()
+    assert sequences.lengths.min() == 5 and sequences.lengths.max() == 204
+    assert beauty.item_features["asin"].iloc[0] == "B004756YJA"
+    # PROVENANCE.md says 2-6 attributes per item; the file has 65 items with a single attribute.
+    assert beauty.item_features["attributes"].map(len).between(1, 6).all()
+    assert len({a for row in beauty.item_features["attributes"] for a in row}) == 637
+
+
+def test_load_dataset_by_name_uses_data_dir(data_dir):
+    assert len(load_dataset("ml-100k")) == 100000
+
+
+def test_missing_dataset_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("RECFORGE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("RECFORGE_CACHE_DIR", str(tmp_path / "cache"))
+    with pytest.raises(DatasetNotFoundError, match="pass path="):
+        load_dataset("anime-mal")
+    with pytest.raises(DatasetNotFoundError, match="lacks"):
+        load_dataset("ml-100k", path=tmp_path)
+
+
+# ----------------------------------------------------------------------------- fixtures in source layouts
+def write_ml1m(folder: Path) -> None:
+    folder.mkdir()
+    (folder / "ratings.dat").write_bytes(b"1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n")
+    (folder / "movies.dat").write_bytes(
+        "1193::One Flew Over the Cuckoo's Nest (1975)::Drama\n"
+        "661::James and the Giant Peach (1996)::Animation|Children's|Musical\n"
+        "5::Cité des enfants perdus, La (1995)::Adventure|Sci-Fi\n".encode("latin-1")
+    )
+    (folder / "users.dat").write_bytes(b"1::F::1::10::48067\n2::M::56::16::70072\n")
+
+
+def test_ml1m_layout(tmp_path):
+    write_ml1m(tmp_path / "ml-1m")
+    data = load_movielens_1m(tmp_path / "ml-1m")
+    assert (data.n_users, data.n_items, len(data)) == (2, 2, 3)
+    nest = data.item_features.iloc[data.items.index(1193)[0]]
+    assert nest["year"] == 1975 and nest["genres"] == ["Drama"]
+    user = data.user_features.iloc[0]
+    assert (user["age_group"], user["occupation"]) == ("under 18", "K-12 student")
+
+
+def write_mal(folder: Path) -> None:
+    folder.mkdir()
+    (folder / "animes.csv").write_text(
+        "animeID,title,type,year,score,episodes,genres,genres_detailed,image_url,page_url\n"
+        "1,Cowboy Bebop,TV,1998,8.78,26,\"['Action', 'Sci-Fi']\",\"['Space', 'Action']\",http://x/1.jpg,http://x/1\n"
+        '5,Trigun,TV,1998,8.2,Unknown,"Action, Comedy","",http://x/5.jpg,http://x/5\n'
+    )
+    (folder / "ratings.csv").write_text("userID,animeID,rating\n10,1,9\n10,5,0\n11,1,7\n")
+
+
+def test_mal_layout_zero_is_unrated_by_default(tmp_path):
+    write_mal(tmp_path / "mal")
+    data = load_anime_mal(tmp_path / "mal")
+    assert len(data) == 3 and data.n_rated == 2 and data.rating_scale == (1.0, 10.0)
+    features = data.item_features
+    assert features.loc[0, "genres"] == ["Action", "Sci-Fi", "Space"]  # union of genres and genres_detailed
+    assert np.isnan(features.loc[1, "episodes"]) and features.loc[0, "year"] == 1998
+    assert not any("url" in c for c in features.columns)
+    kept = load_anime_mal(tmp_path / "mal", zero_is_rating=True)
+    assert kept.n_rated == 3 and kept.rating_scale == (0.0, 10.0)
+
+
+def test_kaggle_layout_with_full_rating_file(tmp_path):
+    folder = tmp_path / "kaggle"
+    folder.mkdir()
+    (folder / "anime.csv").write_text(
+        'anime_id,name,genre,type,episodes,rating,members\n20,Naruto,"Action, Comedy",TV,220,7.81,683297\n'
+        "21,One Piece,,TV,Unknown,,504862\n"
+    )
+    (folder / "rating.csv").write_text("user_id,anime_id,rating\n1,20,-1\n1,21,10\n2,20,8\n")
+    data = load_anime_kaggle(folder)
+    assert data.n_rated == 2 and int((~data.is_rated).sum()) == 1
+    assert data.item_features.loc[1, "genres"] == []
+
+
+def test_amazon_reviews_and_literal_metadata(tmp_path):
+    reviews = tmp_path / "reviews.json"
+    lines = [
+        {"reviewerID": "A1", "asin": "B01", "overall": 5.0, "unixReviewTime": 1400000000},
+        {"reviewerID": "A1", "asin": "B02", "overall": 3.0, "unixReviewTime": 1300000000},
+        {"reviewerID": "A2", "asin": "B01", "overall": 4.0, "unixReviewTime": 1350000000},
+    ]
+    reviews.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    meta = tmp_path / "meta.json"
+    meta.write_text(
+        "{'asin': 'B01', 'title': 'Rose Lip Balm', 'categories': [['Beauty', 'Lips']]}\n"
+        "{'asin': 'B02', 'title': 'Sea Salt Spray', 'categories': [['Beauty', 'Hair']]}\n"
+    )
+    data = load_amazon_reviews(reviews, meta)
+    assert (data.n_users, data.n_items, len(data)) == (2, 2, 3)
+    assert data.item_features["title"].tolist() == ["Rose Lip Balm", "Sea Salt Spray"]
+    assert data.item_features["categories"].iloc[0] == ["Beauty", "Lips"]
+    assert data.sequences()[0].tolist() == [1, 0]  # A1 reviewed B02 first
+
+
+def test_amazon_sequences_fixture_with_titles(tmp_path):
+    folder = tmp_path / "toy"
+    folder.mkdir()
+    (folder / "Toy.txt").write_text("1 1 2 3\n2 2 3\n")
+    (folder / "item_asin.tsv").write_text("item_id\tasin\n1\tB01\n2\tB02\n3\tB03\n")
+    meta = tmp_path / "meta.json"
+    meta.write_text('{"asin": "B02", "title": "Shampoo"}\n')
+    data = load_amazon_sequences(folder, file="Toy.txt", metadata=meta, name="toy")
+    assert len(data) == 5 and data.item_features["title"].iloc[1] == "Shampoo"
+
+
+def test_generic_table_csv_and_parquet(tmp_path):
+    csv = tmp_path / "log.csv"
+    csv.write_text("who,what,stars,when\nu1,apple,4.5,2024-01-02\nu2,apple,3,2024-01-03\nu1,pear,,2024-01-04\n")
+    data = load_table(
+        csv,
+        user="who",
+        item="what",
+        rating="stars",
+        timestamp="when",
+        rating_scale=(0.5, 5),
+        timestamp_format="%Y-%m-%d",
+    )
+    assert (data.n_users, data.n_items, len(data), data.n_rated) == (2, 2, 3, 2)
+    assert data.timestamp[0] == 1704153600
+    data.to_frame().to_parquet(tmp_path / "log.parquet")
+    again = load_table(tmp_path / "log.parquet", user="user_id", item="item_id", rating="rating", timestamp="timestamp")
+    assert np.array_equal(again.timestamp, data.timestamp)
