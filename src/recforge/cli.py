@@ -1,0 +1,159 @@
+"""`recforge` command line. Thin: parses arguments, calls the same library functions a notebook would,
+prints with Rich. Errors recforge raises on purpose are printed as one red line with exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from recforge.errors import RecforgeError
+
+app = typer.Typer(help="recforge: recommendations from raw ratings to evaluated, served models.", no_args_is_help=True)
+data_app = typer.Typer(help="Inspect and prepare datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+console = Console(width=None if sys.stdout.isatty() else 160)
+
+
+def _friendly(function: Callable[..., Any]) -> Callable[..., Any]:
+    """Print recforge errors as a message instead of a traceback."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return function(*args, **kwargs)
+        except RecforgeError as exc:
+            console.print(f"[bold red]error:[/] {exc}")
+            raise typer.Exit(2) from exc
+
+    return wrapper
+
+
+def print_frame(frame: Any, title: str, digits: int = 4) -> None:
+    table = Table(title=title)
+    table.add_column(str(frame.index.name or ""), style="bold")
+    for column in frame.columns:
+        table.add_column(str(column), justify="right")
+    for index, row in frame.iterrows():
+        table.add_row(str(index), *[f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+
+
+# ----------------------------------------------------------------------------- data
+@data_app.command("list")
+def data_list() -> None:
+    """Datasets recforge knows by name."""
+    from recforge.data.loaders import DATASETS
+
+    for name, loader in DATASETS.items():
+        console.print(f"[bold]{name}[/]  {(loader.__doc__ or '').strip().splitlines()[0]}")
+
+
+@data_app.command("describe")
+@_friendly
+def data_describe(
+    name: Annotated[str, typer.Argument(help="dataset name (see `recforge data list`) or 'saved'")],
+    path: Annotated[Path | None, typer.Option(help="folder with the dataset's files")] = None,
+    json_output: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+) -> None:
+    """Counts, density, ratings histogram and per-user quantiles of a dataset."""
+    from recforge.data.loaders import load_dataset
+
+    with console.status(f"loading {name}"):
+        data = load_dataset(name, path)
+    description = data.describe()
+    if json_output:
+        import json
+
+        print(json.dumps(description.to_dict(), indent=2, default=str))
+    else:
+        console.print(description.to_table())
+
+
+@data_app.command("prepare")
+@_friendly
+def data_prepare(
+    config: Annotated[Path, typer.Argument(help="experiment config (its [dataset] and [[preprocess]] parts are used)")],
+    output: Annotated[Path, typer.Option(help="folder to write the prepared Parquet data to")],
+) -> None:
+    """Load and preprocess a dataset as a config describes, and save it as Parquet."""
+    from recforge.data.loaders import load_dataset
+    from recforge.data.preprocess import preprocess
+    from recforge.experiment import load_config
+
+    spec = load_config(config)
+    data = load_dataset(spec.dataset.name, spec.dataset.path, **spec.dataset.options)
+    data, reports = preprocess(data, spec.preprocess)
+    for report in reports:
+        console.print(
+            f"{report.step}: removed {report.rows_removed:,} rows "
+            f"({report.users_before - report.users_after:,} users, {report.items_before - report.items_after:,} items)"
+        )
+    data.save(output)
+    console.print(f"wrote {output} ({len(data):,} interactions)")
+
+
+# ----------------------------------------------------------------------------- experiments
+def _run_and_report(config: Any, output: Path) -> Any:
+    from recforge.evaluation.report import write_report
+    from recforge.experiment import run_experiment
+
+    result = run_experiment(config, progress=True)
+    write_report(result, output)
+    for protocol in config.evaluation.protocols:
+        table = result.table(protocol)
+        if table.empty:
+            continue
+        wanted = ("rmse", "mae", "r2", "ndcg@10", "recall@10", "map@10", "hit_rate@10", "mrr@10", "coverage", "novelty")
+        keep = [c for c in wanted if c in table.columns]
+        label = next(r.results[protocol].protocol for r in result.runs if protocol in r.results)
+        print_frame(table[keep], f"{protocol}: {label} — split {result.split.name}, seed {config.all_seeds[0]}")
+    console.print(f"report: {output / 'report.md'} and {output / 'report.html'}")
+    return result
+
+
+@app.command()
+@_friendly
+def compare(
+    config: Annotated[Path, typer.Argument(help="experiment config (TOML)")],
+    output: Annotated[
+        Path | None, typer.Option(help="report folder (default: the config's `output` or reports/<name>)")
+    ] = None,
+) -> None:
+    """Run every model of an experiment config on the same split and write a comparison report."""
+    from recforge.experiment import load_config
+
+    spec = load_config(config)
+    _run_and_report(spec, output or Path(spec.output or f"reports/{spec.name}"))
+
+
+@app.command()
+@_friendly
+def demo(
+    output: Annotated[Path, typer.Option(help="report folder")] = Path("reports/demo"),
+    path: Annotated[
+        Path | None, typer.Option(help="folder with MovieLens 100K (default: RECFORGE_DATA_DIR or cache)")
+    ] = None,
+) -> None:
+    """The quickstart: MovieLens 100K -> describe -> split -> fit -> evaluate -> report."""
+    from recforge.data.loaders import load_dataset
+    from recforge.demo import demo_config
+
+    with console.status("loading MovieLens 100K"):
+        data = load_dataset("ml-100k", path)
+    console.print(data.describe().to_table())
+    _run_and_report(demo_config(path), output)
+
+
+def main() -> None:  # pragma: no cover - console entry
+    sys.exit(app())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,27 @@
+"""The `make demo` / `recforge demo` job: MovieLens 100K from raw files to a comparison report.
+
+Kept as an ordinary experiment config so that what the demo shows is exactly what `recforge compare`
+would do with the same TOML (see docs/quickstart.md for the equivalent file).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from recforge.experiment import ExperimentConfig
+
+
+def demo_config(path: Path | str | None = None) -> ExperimentConfig:
+    """Per-user 80/20 split (seed 42), full-ranking and rating protocols, the strongest models recforge has."""
+    return ExperimentConfig.model_validate(
+        {
+            "name": "demo-ml-100k",
+            "seed": 42,
+            "dataset": {"name": "ml-100k", "path": None if path is None else str(path)},
+            "split": {"kind": "per_user", "test_fraction": 0.2},
+            "evaluation": {"protocols": ["ranking", "rating"], "ks": [5, 10, 20], "diversity_features": "genres"},
+            "models": [
+                {"model": "weighted_popularity"},
+            ],
+        }
+    )

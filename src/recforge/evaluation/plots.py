@@ -1,0 +1,119 @@
+"""Report plots (matplotlib, Agg backend): ratings distribution, training curves, metric@k curves and the
+popularity of what models recommend. Each function writes one PNG and returns its path."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+from recforge._io import atomic_path
+
+_PNG_METADATA = {"Software": None}  # keep PNG bytes free of version strings
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    figure.tight_layout()
+    with atomic_path(path) as tmp:
+        figure.savefig(tmp, format="png", dpi=110, metadata=_PNG_METADATA)
+    plt.close(figure)
+    return path
+
+
+def ratings_distribution(parts: Mapping[str, np.ndarray], path: Path, title: str = "Ratings distribution") -> Path:
+    """Share of each rating value per part (e.g. train / test), side by side."""
+    figure, axis = plt.subplots(figsize=(6.5, 3.6))
+    values = np.unique(np.concatenate([v[~np.isnan(v)] for v in parts.values() if len(v)]))
+    width = 0.8 / max(1, len(parts))
+    for offset, (label, ratings) in enumerate(parts.items()):
+        ratings = ratings[~np.isnan(ratings)]
+        share = np.array([(ratings == v).mean() if len(ratings) else 0 for v in values])
+        axis.bar(np.arange(len(values)) + offset * width, share, width=width, label=f"{label} (n={len(ratings):,})")
+    axis.set_xticks(np.arange(len(values)) + width * (len(parts) - 1) / 2, [f"{v:g}" for v in values])
+    axis.set_xlabel("rating")
+    axis.set_ylabel("share of ratings")
+    axis.set_title(title)
+    axis.legend()
+    return _save(figure, path)
+
+
+def histogram(values: np.ndarray, path: Path, title: str, xlabel: str) -> Path:
+    figure, axis = plt.subplots(figsize=(6.5, 3.6))
+    unique = np.unique(values)
+    if len(unique) <= 20:
+        counts = [(values == v).sum() for v in unique]
+        axis.bar([f"{v:g}" for v in unique], counts)
+    else:
+        axis.hist(values, bins=40)
+    axis.set_title(title)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel("count")
+    return _save(figure, path)
+
+
+def training_curves(logs: Mapping[str, Sequence[Mapping[str, float]]], path: Path) -> Path | None:
+    """Loss per epoch for every model that logged one (and validation metrics when present)."""
+    with_loss = {label: log for label, log in logs.items() if log and "loss" in log[0]}
+    if not with_loss:
+        return None
+    figure, axis = plt.subplots(figsize=(6.5, 3.6))
+    for label, log in with_loss.items():
+        epochs = [entry.get("epoch", i + 1) for i, entry in enumerate(log)]
+        axis.plot(epochs, [entry["loss"] for entry in log], marker="o", markersize=3, label=label)
+    axis.set_xlabel("epoch")
+    axis.set_ylabel("training loss")
+    axis.set_yscale("log")
+    axis.set_title("Training loss per epoch")
+    axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def metric_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Path, protocol: str) -> Path | None:
+    """NDCG@k and Recall@k for k = 1..K, one line per model."""
+    if not curves:
+        return None
+    figure, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for label, model_curves in curves.items():
+        for axis, metric in zip(axes, ("ndcg", "recall"), strict=True):
+            values = model_curves.get(metric, [])
+            axis.plot(np.arange(1, len(values) + 1), values, label=label)
+    for axis, metric in zip(axes, ("NDCG@k", "Recall@k"), strict=True):
+        axis.set_xlabel("k")
+        axis.set_ylabel(metric)
+        axis.set_xscale("log")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    figure.suptitle(f"Metric@k ({protocol})")
+    return _save(figure, path)
+
+
+def recommendation_popularity(
+    recommended: Mapping[str, np.ndarray], item_counts: np.ndarray, path: Path
+) -> Path | None:
+    """Cumulative share of recommendations by the popularity rank of the recommended item: a curve that
+    rises steeply at the left means a model recommends mostly blockbusters."""
+    if not recommended:
+        return None
+    order = np.argsort(-item_counts, kind="stable")
+    rank = np.empty(len(item_counts), dtype=np.int64)
+    rank[order] = np.arange(len(item_counts))
+    figure, axis = plt.subplots(figsize=(6.5, 3.8))
+    x = np.arange(1, len(item_counts) + 1) / len(item_counts)
+    for label, lists in recommended.items():
+        items = lists.ravel()
+        items = items[items >= 0]
+        if not len(items):
+            continue
+        share = np.cumsum(np.bincount(rank[items], minlength=len(item_counts))) / len(items)
+        axis.plot(x, share, label=label)
+    axis.plot(x, x, linestyle=":", color="grey", label="uniform")
+    axis.set_xlabel("items by training popularity (share of catalogue, most popular first)")
+    axis.set_ylabel("cumulative share of recommendations")
+    axis.set_title("Recommendation popularity distribution")
+    axis.legend(fontsize=8)
+    return _save(figure, path)

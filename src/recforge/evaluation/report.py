@@ -1,0 +1,431 @@
+"""Experiment reports: report.md, report.html, plots, metrics.json (deterministic: byte-identical for the
+same config and seed), run.json (timings, machine), per_user.parquet and results.parquet."""
+
+from __future__ import annotations
+
+import html
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recforge import __version__
+from recforge._io import atomic_path, write_json_atomic, write_text_atomic
+from recforge.evaluation import plots
+from recforge.evaluation.protocols import RankingResult, RatingResult
+from recforge.evaluation.stats import holm, mean_ci, paired_test
+from recforge.experiment import LOWER_IS_BETTER, ExperimentResult, ModelRun
+
+RANKING_COLUMNS = ("ndcg", "recall", "precision", "map", "hit_rate", "mrr")
+RATING_COLUMNS = ("rmse", "mae", "r2")
+
+
+@dataclass
+class _Section:
+    title: str
+    text: str = ""
+    table: pd.DataFrame | None = None
+    image: str | None = None
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return "–" if np.isnan(value) else f"{value:.4f}"
+    return str(value)
+
+
+def _per_user_column(protocol: str, metric: str) -> str:
+    return "mse" if protocol == "rating" else metric
+
+
+def significance_table(runs: list[ModelRun], protocol: str, metric: str, method: str) -> tuple[pd.DataFrame, str]:
+    """Paired per-user tests of every non-baseline model against the best baseline (Holm-corrected)."""
+    column = _per_user_column(protocol, metric)
+    candidates = [r for r in runs if protocol in r.results and column in r.results[protocol].per_user.columns]
+    baselines = [r for r in candidates if r.is_baseline]
+    others = [r for r in candidates if not r.is_baseline]
+    if not baselines or not others:
+        return pd.DataFrame(), ""
+    lower = metric in LOWER_IS_BETTER or protocol == "rating"
+    best = (min if lower else max)(baselines, key=lambda r: r.results[protocol].per_user[column].mean())
+    reference = best.results[protocol].per_user[column]
+    rows, p_values = [], []
+    for run in others:
+        values = run.results[protocol].per_user[column]
+        joined = pd.concat([values.rename("a"), reference.rename("b")], axis=1, join="inner")
+        test = paired_test(joined["a"].to_numpy(), joined["b"].to_numpy(), method=method)  # type: ignore[arg-type]
+        rows.append(
+            {
+                "model": run.label,
+                f"mean Δ {column}": test.mean_difference,
+                "users": test.n,
+                "statistic": test.statistic,
+                "p": test.p_value,
+            }
+        )
+        p_values.append(test.p_value)
+    table = pd.DataFrame(rows).set_index("model")
+    table["p (Holm)"] = holm(p_values)
+    table["significant at 0.05"] = np.where(table["p (Holm)"] < 0.05, "yes", "no")
+    note = (
+        f"Paired {method} tests on per-user {column} against the best baseline **{best.label}**, "
+        f"Holm-corrected over {len(others)} comparison(s)."
+    )
+    return table, note
+
+
+def cutoff_table(runs: list[ModelRun], protocol: str, ks: list[int]) -> pd.DataFrame:
+    """NDCG and Recall at every configured cut-off (means)."""
+    rows = []
+    for run in runs:
+        result = run.results.get(protocol)
+        if isinstance(result, RankingResult) and result.curves:
+            rows.append(
+                {
+                    "model": run.label,
+                    **{
+                        f"{m}@{k}": result.summary[f"{m}@{k}"]
+                        for k in ks
+                        for m in ("ndcg", "recall")
+                        if f"{m}@{k}" in result.summary
+                    },
+                }
+            )
+    return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
+
+
+def metrics_table(runs: list[ModelRun], protocol: str, ks: list[int]) -> pd.DataFrame:
+    """Main table: every ranking metric at the primary cut-off (mean ± 95% CI), or the rating metrics."""
+    rows = []
+    for run in runs:
+        if protocol not in run.results:
+            continue
+        result = run.results[protocol]
+        row: dict[str, Any] = {"model": run.label}
+        if isinstance(result, RatingResult):
+            row.update({name: _fmt(result.summary[name]) for name in RATING_COLUMNS})
+            mean, half = mean_ci(result.per_user["mse"].to_numpy())
+            row["per-user MSE (95% CI)"] = f"{mean:.4f} ± {half:.4f}"
+        else:
+            for k in ks:
+                for name in RANKING_COLUMNS:
+                    column = f"{name}@{k}"
+                    if column in result.per_user.columns:
+                        mean, half = mean_ci(result.per_user[column].to_numpy())
+                        row[column] = f"{mean:.4f} ± {half:.4f}"
+        row["fit s"] = f"{run.fit_seconds:.2f}"
+        row["predict s"] = f"{result.predict_seconds:.2f}"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
+
+
+def beyond_accuracy_table(runs: list[ModelRun], protocol: str) -> pd.DataFrame:
+    rows = []
+    for run in runs:
+        result = run.results.get(protocol)
+        if not isinstance(result, RankingResult) or not result.topk_accuracy:
+            continue
+        summary = result.summary
+        rows.append(
+            {
+                "model": run.label,
+                **{k: _fmt(v) for k, v in result.topk_accuracy.items()},
+                **{
+                    k: _fmt(summary[k])
+                    for k in ("coverage", "novelty", "avg_popularity", "gini", "diversity")
+                    if k in summary
+                },
+            }
+        )
+    return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
+
+
+def metrics_payload(result: ExperimentResult) -> dict[str, Any]:
+    """Everything numeric that must be reproducible (no timings, no machine details)."""
+    runs = []
+    for run in result.runs:
+        runs.append(
+            {
+                "model": run.label,
+                "class": run.model,
+                "seed": run.seed,
+                "params": run.params,
+                "results": {
+                    protocol: {
+                        "protocol": r.protocol,
+                        "summary": r.summary,
+                        "topk_accuracy": getattr(r, "topk_accuracy", {}),
+                        "curves": getattr(r, "curves", {}),
+                    }
+                    for protocol, r in run.results.items()
+                },
+                "training_log": run.training_log,
+            }
+        )
+    return {
+        "recforge": __version__,
+        "experiment": result.config.name,
+        "config": result.config.model_dump(mode="json"),
+        "data_fingerprint": result.data_fingerprint,
+        "source_sha256": result.source.get("sha256", {}),
+        "split": result.split.describe(),
+        "preprocessing": [r.to_dict() for r in result.preprocessing],
+        "runs": runs,
+    }
+
+
+def write_report(result: ExperimentResult, output: str | Path) -> Path:
+    """Write the full report folder (atomically) and return its path."""
+    output = Path(output)
+    with atomic_path(output, is_dir=True) as tmp:
+        _write_all(result, tmp)
+    return output
+
+
+def _write_all(result: ExperimentResult, folder: Path) -> None:
+    config = result.config
+    first_seed = config.all_seeds[0]
+    runs = [r for r in result.runs if r.seed == first_seed]
+    (folder / "plots").mkdir()
+    write_json_atomic(folder / "metrics.json", metrics_payload(result))
+    write_json_atomic(
+        folder / "run.json",
+        {
+            "machine": result.machine,
+            "timings": [
+                {
+                    "model": r.label,
+                    "seed": r.seed,
+                    "fit_seconds": r.fit_seconds,
+                    "predict_seconds": {p: x.predict_seconds for p, x in r.results.items()},
+                }
+                for r in result.runs
+            ],
+            "notes": {r.label: {p: x.notes for p, x in r.results.items()} for r in runs},
+            "search": {r.label: r.search for r in runs if r.search},
+        },
+    )
+    _write_tables(result, folder)
+    sections = _sections(result, runs, folder)
+    title = f"recforge report: {config.name}"
+    write_text_atomic(folder / "report.md", _markdown(title, sections))
+    write_text_atomic(folder / "report.html", _html(title, sections))
+
+
+def _write_tables(result: ExperimentResult, folder: Path) -> None:
+    per_user, summary = [], []
+    users = result.data.users
+    for run in result.runs:
+        for protocol, r in run.results.items():
+            frame = r.per_user.reset_index()
+            frame["user"] = users.lookup(frame["user"].to_numpy()).astype(str)
+            frame.insert(0, "protocol", protocol)
+            frame.insert(0, "seed", run.seed)
+            frame.insert(0, "model", run.label)
+            per_user.append(frame)
+            summary.append(
+                {
+                    "model": run.label,
+                    "seed": run.seed,
+                    "protocol": protocol,
+                    "fit_seconds": run.fit_seconds,
+                    **r.summary,
+                    **getattr(r, "topk_accuracy", {}),
+                }
+            )
+    if per_user:
+        pd.concat(per_user, ignore_index=True).to_parquet(folder / "per_user.parquet", index=False)
+    pd.DataFrame(summary).to_parquet(folder / "results.parquet", index=False)
+
+
+def _sections(result: ExperimentResult, runs: list[ModelRun], folder: Path) -> list[_Section]:
+    config = result.config
+    ev = config.evaluation
+    split = result.split
+    sections = [
+        _Section(
+            "Setup",
+            text=(
+                f"- recforge {__version__}; dataset **{config.dataset.name}** ({result.data.n_users:,} users, "
+                f"{result.data.n_items:,} items, {len(result.data):,} interactions)\n"
+                f"- data fingerprint `{result.data_fingerprint}`\n"
+                + "".join(
+                    f"- input `{name}` sha256 `{digest}`\n" for name, digest in result.source.get("sha256", {}).items()
+                )
+                + f"- split: {split.name}, seed(s) {config.all_seeds}, sizes {split.sizes()}\n"
+                f"- machine: {result.machine['platform']}, {result.machine['cpus']} CPUs, "
+                f"Python {result.machine['python']}, torch {result.machine['torch']}\n"
+            ),
+        ),
+    ]
+    if result.preprocessing:
+        sections.append(
+            _Section(
+                "Preprocessing",
+                table=pd.DataFrame([r.to_dict() for r in result.preprocessing])
+                .drop(columns="params")
+                .set_index("step"),
+            )
+        )
+    for protocol in ev.protocols:
+        metric = "rmse" if protocol == "rating" else ev.primary_metric
+        primary_k = [int(metric.split("@")[1])] if "@" in metric else ev.ks[:1]
+        table = metrics_table(runs, protocol, primary_k)
+        if table.empty:
+            continue
+        label = next((r.results[protocol].protocol for r in runs if protocol in r.results), protocol)
+        sections.append(
+            _Section(f"{protocol} — {label}", text="Mean ± 95% confidence interval over users.", table=table)
+        )
+        cutoffs = cutoff_table(runs, protocol, ev.ks)
+        if not cutoffs.empty and len(ev.ks) > 1:
+            sections.append(_Section(f"{protocol} — other cut-offs", table=cutoffs))
+        significance, note = significance_table(runs, protocol, metric, ev.significance)
+        if not significance.empty:
+            sections.append(_Section(f"{protocol} — significance", text=note, table=significance))
+        beyond = beyond_accuracy_table(runs, protocol)
+        if not beyond.empty:
+            sections.append(
+                _Section(
+                    f"{protocol} — top-k accuracy and beyond accuracy",
+                    text=(
+                        "topK_accuracy: share of held-out (user, item) pairs ranked in the user's top K "
+                        "(TF-Recommenders' FactorizedTopK). coverage: share of the catalogue recommended at least "
+                        "once; novelty: mean self-information; avg_popularity: mean training count of recommended "
+                        "items; gini: concentration of recommendations."
+                    ),
+                    table=beyond,
+                )
+            )
+    # plots
+    data, train, test = result.data, split.train, split.test
+    if data.rating is not None and data.n_rated:
+        path = plots.ratings_distribution(
+            {"train": train.rating, "test": test.rating}, folder / "plots" / "ratings_distribution.png"
+        )
+        sections.append(_Section("Ratings distribution", image=str(path.relative_to(folder))))
+    path = plots.training_curves({r.label: r.training_log for r in runs}, folder / "plots" / "training_loss.png")
+    if path is not None:
+        sections.append(_Section("Training loss", image=str(path.relative_to(folder))))
+    for protocol in ev.protocols:
+        curves = {
+            r.label: r.results[protocol].curves
+            for r in runs
+            if isinstance(r.results.get(protocol), RankingResult) and r.results[protocol].curves
+        }
+        path = plots.metric_curves(curves, folder / "plots" / f"metric_at_k_{protocol}.png", protocol)
+        if path is not None:
+            sections.append(_Section(f"Metric@k curves ({protocol})", image=str(path.relative_to(folder))))
+        lists = {
+            r.label: r.results[protocol].recommended
+            for r in runs
+            if isinstance(r.results.get(protocol), RankingResult) and r.results[protocol].recommended.size
+        }
+        path = plots.recommendation_popularity(
+            lists, train.item_counts(), folder / "plots" / f"popularity_{protocol}.png"
+        )
+        if path is not None:
+            sections.append(_Section(f"Recommendation popularity ({protocol})", image=str(path.relative_to(folder))))
+    if len(config.all_seeds) > 1:
+        sections.append(
+            _Section("Across seeds", text="Mean and standard deviation over seeds.", table=_seed_table(result))
+        )
+    notes = "\n".join(
+        f"- **{r.label}** ({p}): " + "; ".join(x.notes) for r in runs for p, x in r.results.items() if x.notes
+    )
+    searches = "\n".join(
+        f"- **{r.label}**: "
+        + "; ".join(
+            json.dumps(s["params"])
+            + " → "
+            + ", ".join(f"{k}={v:.4f}" for k, v in s.items() if k not in ("params", "seconds"))
+            for s in r.search
+        )
+        for r in runs
+        if r.search
+    )
+    if notes:
+        sections.append(_Section("Notes", text=notes))
+    if searches:
+        sections.append(_Section("Hyper-parameter search (validation carve-out)", text=searches))
+    sections.append(
+        _Section("Configuration", text="```json\n" + json.dumps(config.model_dump(mode="json"), indent=2) + "\n```")
+    )
+    return sections
+
+
+def _seed_table(result: ExperimentResult) -> pd.DataFrame:
+    rows = []
+    for run in result.runs:
+        for protocol, r in run.results.items():
+            rows.append({"model": run.label, "protocol": protocol, "seed": run.seed, **r.summary})
+    frame = pd.DataFrame(rows)
+    keep = [c for c in frame.columns if c in ("rmse", "mae") or c.endswith("@10")]
+    grouped = frame.groupby(["model", "protocol"])[keep]
+    mean, std = grouped.mean(), grouped.std()
+    return mean.map(lambda v: f"{v:.4f}") + " ± " + std.map(lambda v: f"{v:.4f}")
+
+
+def _markdown(title: str, sections: list[_Section]) -> str:
+    lines = [f"# {title}", ""]
+    for section in sections:
+        lines += [f"## {section.title}", ""]
+        if section.text:
+            lines += [section.text, ""]
+        if section.table is not None and not section.table.empty:
+            lines += [_markdown_table(section.table), ""]
+        if section.image:
+            lines += [f"![{section.title}]({section.image})", ""]
+    return "\n".join(lines)
+
+
+def _markdown_table(table: pd.DataFrame) -> str:
+    header = [str(table.index.name or "")] + [str(c) for c in table.columns]
+    rows = [
+        [str(index)] + [_fmt(v) for v in row]
+        for index, row in zip(table.index, table.itertuples(index=False), strict=True)
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _html(title: str, sections: list[_Section]) -> str:
+    body = [f"<h1>{html.escape(title)}</h1>"]
+    for section in sections:
+        body.append(f"<h2>{html.escape(section.title)}</h2>")
+        if section.text:
+            text = section.text
+            if text.startswith("```"):
+                body.append(f"<pre>{html.escape(text.strip('`').removeprefix('json'))}</pre>")
+            else:
+                items = [line[2:] for line in text.splitlines() if line.startswith("- ")]
+                if items:
+                    body.append("<ul>" + "".join(f"<li>{_inline(i)}</li>" for i in items) + "</ul>")
+                else:
+                    body.append(f"<p>{_inline(text)}</p>")
+        if section.table is not None and not section.table.empty:
+            body.append(section.table.map(_fmt).to_html(border=0, classes="metrics"))
+        if section.image:
+            body.append(f'<img src="{html.escape(section.image)}" alt="{html.escape(section.title)}">')
+    style = (
+        "body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}"
+        "table{border-collapse:collapse;font-size:13px}td,th{padding:3px 8px;border-bottom:1px solid #ddd;"
+        "text-align:right}img{max-width:100%}pre{background:#f5f5f5;padding:1em;overflow:auto}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )
+
+
+def _inline(text: str) -> str:
+    """Minimal inline markdown for HTML: escape, then **bold** and `code`."""
+    import re
+
+    escaped = html.escape(text)
+    escaped = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", escaped)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", escaped)

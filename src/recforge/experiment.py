@@ -1,0 +1,401 @@
+"""Declarative experiments: dataset + preprocessing + split + models + metrics + seeds -> results.
+
+A config (TOML, YAML or a dict) is validated into `ExperimentConfig`; `run_experiment` loads and
+prepares the data once, splits it, checks the split for leakage, fits every model on the same training
+part (after an optional grid search on a validation carve-out of the training part) and evaluates each
+with the same protocol objects. `recforge.evaluation.report.write_report` turns the result into
+report.md/report.html, plots, JSON and Parquet.
+
+Decisions worth knowing:
+- Baselines are added automatically (`baselines = true`): most-popular for ranking, global mean and
+  regularised biases for rating prediction, so every table has its honest floor.
+- Grid search fits on train-minus-validation and scores on validation; the chosen parameters are then
+  refitted on the whole training part. Test data is never seen before the final evaluation.
+- For the next-item protocol the split must provide a validation part (leave_last_out with valid_k=1):
+  models train on the training part, may early-stop on validation, and are scored with
+  train + validation as the query-time history.
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from recforge import __version__
+from recforge._progress import progress_bar
+from recforge.data.interactions import Interactions
+from recforge.data.loaders import load_dataset
+from recforge.data.preprocess import StepReport, parse_steps, preprocess
+from recforge.data.splits import SPLITTERS, Split
+from recforge.errors import ConfigError, LeakageError
+from recforge.evaluation.guards import check_split
+from recforge.evaluation.protocols import (
+    FullRankingEvaluator,
+    RankingResult,
+    RatingEvaluator,
+    RatingResult,
+    next_item_evaluator,
+)
+from recforge.models import create_model, model_class
+from recforge.models.base import RATINGS, Recommender, TrainOptions
+
+Protocol = Literal["ranking", "rating", "next_item"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class DatasetConfig(_Strict):
+    name: str
+    path: str | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class SplitConfig(BaseModel):
+    """`kind` is one of recforge.data.splits.SPLITTERS, or "ml100k_fold" (with `fold = "u1"` etc.) for the
+    folds shipped with MovieLens 100K; other keys are the split's parameters. `validation` is an
+    optional carve-out of the training part (same keys) used for hyper-parameter search."""
+
+    model_config = ConfigDict(extra="allow")
+    kind: str
+    validation: dict[str, Any] | None = None
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class EvaluationConfig(_Strict):
+    protocols: list[Protocol] = Field(default_factory=lambda: ["ranking"])
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    exclude_train: bool = True
+    relevance: Literal["binary", "graded"] = "binary"
+    relevance_threshold: float | None = None
+    sampled_negatives: int | None = None
+    primary_metric: str = "ndcg@10"
+    significance: Literal["wilcoxon", "t"] = "wilcoxon"
+    allow_repeat_pairs: bool = False
+    diversity_features: str | None = Field(None, description="item feature column (list) used for intra-list diversity")
+
+
+class ModelSpec(_Strict):
+    name: str | None = None
+    model: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    search: dict[str, list[Any]] = Field(default_factory=dict, description="grid: parameter -> candidate values")
+    fit_on: Literal["train", "all"] = "train"
+    protocols: list[Protocol] | None = Field(
+        None, description="evaluate only these protocols (default: all it supports)"
+    )
+
+    @property
+    def label(self) -> str:
+        return self.name or self.model
+
+
+class ExperimentConfig(_Strict):
+    name: str = "experiment"
+    seed: int = 0
+    seeds: list[int] | None = None
+    dataset: DatasetConfig
+    preprocess: list[dict[str, Any]] = Field(default_factory=list)
+    split: SplitConfig
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    models: list[ModelSpec] = Field(default_factory=list)
+    baselines: bool = True
+    output: str | None = None
+
+    @field_validator("preprocess")
+    @classmethod
+    def _steps_parse(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        parse_steps(value)
+        return value
+
+    @property
+    def all_seeds(self) -> list[int]:
+        return list(self.seeds) if self.seeds else [self.seed]
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read a TOML (or YAML, if PyYAML is installed) experiment config; relative paths stay relative
+    to the config file's folder."""
+    path = Path(path)
+    text = path.read_text()
+    if path.suffix in (".yaml", ".yml"):
+        import yaml  # optional
+
+        payload = yaml.safe_load(text)
+    else:
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        payload = tomllib.loads(text)
+    try:
+        config = ExperimentConfig.model_validate(payload)
+    except Exception as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    if config.dataset.path is not None and not Path(config.dataset.path).is_absolute():
+        config.dataset.path = str((path.parent / config.dataset.path).resolve())
+    return config
+
+
+# ----------------------------------------------------------------------------- results
+@dataclass
+class ModelRun:
+    label: str
+    model: str
+    params: dict[str, Any]
+    is_baseline: bool
+    seed: int
+    fit_seconds: float
+    results: dict[str, RankingResult | RatingResult]
+    training_log: list[dict[str, float]]
+    search: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class ExperimentResult:
+    config: ExperimentConfig
+    data: Interactions
+    split: Split
+    preprocessing: list[StepReport]
+    runs: list[ModelRun]
+    machine: dict[str, Any]
+    data_fingerprint: str
+    source: dict[str, Any]
+
+    def table(self, protocol: str, seed: int | None = None) -> pd.DataFrame:
+        """Summary metrics, one row per model (for one seed; default the first)."""
+        seed = self.config.all_seeds[0] if seed is None else seed
+        rows = []
+        for run in self.runs:
+            if run.seed == seed and protocol in run.results:
+                result = run.results[protocol]
+                rows.append({"model": run.label, **result.summary, **getattr(result, "topk_accuracy", {})})
+        return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
+
+
+def machine_info() -> dict[str, Any]:
+    import os
+
+    import scipy
+    import torch
+
+    return {
+        "recforge": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpus": os.cpu_count(),
+        "numpy": np.__version__,
+        "scipy": scipy.__version__,
+        "pandas": pd.__version__,
+        "torch": torch.__version__,
+    }
+
+
+# ----------------------------------------------------------------------------- running
+BASELINES = {"ranking": ["most_popular"], "next_item": ["most_popular"], "rating": ["global_mean", "bias"]}
+
+
+def make_experiment_split(config: ExperimentConfig, data: Interactions, seed: int) -> Split:
+    spec = config.split
+    params = spec.params
+    if spec.kind == "ml100k_fold":
+        from recforge.data.loaders import load_movielens_100k_fold
+
+        fold = load_movielens_100k_fold(params.get("fold", "u1"), config.dataset.path)
+        if fold.data.fingerprint() != data.fingerprint():
+            raise ConfigError("split kind ml100k_fold needs the unprocessed ml-100k dataset")
+        split = fold
+    else:
+        if spec.kind not in SPLITTERS:
+            raise ConfigError(f"unknown split kind {spec.kind!r}; choose one of {sorted(SPLITTERS)} or ml100k_fold")
+        splitter = SPLITTERS[spec.kind]
+        if "seed" in inspect.signature(splitter).parameters:
+            params = {"seed": seed, **params}
+        try:
+            split = splitter(data, **params)
+        except TypeError as exc:
+            raise ConfigError(f"split {spec.kind!r}: {exc}") from exc
+    return split
+
+
+def _fit(
+    spec_model: str, params: dict[str, Any], train: Interactions, seed: int, valid: Interactions | None
+) -> Recommender:
+    model = create_model(spec_model, **params)
+    return model.fit(train, TrainOptions(seed=seed, valid=valid))
+
+
+def _grid(search: dict[str, list[Any]]) -> list[dict[str, Any]]:
+    keys = sorted(search)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(search[k] for k in keys))]
+
+
+LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "avg_popularity", "gini"})
+
+
+def run_experiment(config: ExperimentConfig | dict[str, Any], *, progress: bool = False) -> ExperimentResult:
+    if isinstance(config, dict):
+        config = ExperimentConfig.model_validate(config)
+    data = load_dataset(config.dataset.name, config.dataset.path, **config.dataset.options)
+    data, reports = preprocess(data, config.preprocess)
+    specs = list(config.models)
+    if config.baselines:
+        added: dict[str, list[Protocol]] = {}
+        present = {s.label for s in specs}
+        for protocol in config.evaluation.protocols:
+            for baseline in BASELINES[protocol]:
+                if baseline not in present and (protocol != "rating" or data.n_rated):
+                    added.setdefault(baseline, []).append(protocol)
+        specs = [ModelSpec(model=name, protocols=protocols) for name, protocols in added.items()] + specs
+    if not specs:
+        raise ConfigError("the experiment has no models")
+    runs: list[ModelRun] = []
+    first_split: Split | None = None
+    total = len(specs) * len(config.all_seeds)
+    with progress_bar(f"experiment {config.name}", total, enabled=progress) as bar:
+        for seed in config.all_seeds:
+            split = make_experiment_split(config, data, seed)
+            check_split(split, allow_repeat_pairs=config.evaluation.allow_repeat_pairs)
+            first_split = first_split or split
+            evaluators = _evaluators(config, split, data)
+            for spec in specs:
+                bar.update(model=spec.label, seed=seed)
+                runs.append(_run_model(config, spec, split, evaluators, seed))
+                bar.advance()
+    assert first_split is not None
+    return ExperimentResult(
+        config=config,
+        data=data,
+        split=first_split,
+        preprocessing=reports,
+        runs=runs,
+        machine=machine_info(),
+        data_fingerprint=data.fingerprint(),
+        source=data.source,
+    )
+
+
+def _evaluators(config: ExperimentConfig, split: Split, data: Interactions) -> dict[str, Any]:
+    ev = config.evaluation
+    item_vectors = None
+    if ev.diversity_features:
+        from recforge.data.features import genre_lists, multi_hot, select_genres
+
+        lists = genre_lists(data.item_features, (ev.diversity_features,))
+        item_vectors = multi_hot(lists, select_genres(lists))
+    common = dict(
+        ks=tuple(ev.ks),
+        relevance=ev.relevance,
+        relevance_threshold=ev.relevance_threshold,
+        sampled_negatives=ev.sampled_negatives,
+        item_vectors=item_vectors,
+    )
+    evaluators: dict[str, Any] = {}
+    for protocol in ev.protocols:
+        if protocol == "ranking":
+            evaluators[protocol] = FullRankingEvaluator(
+                split.train, split.test, exclude_train=ev.exclude_train, **common
+            )
+        elif protocol == "rating":
+            evaluators[protocol] = RatingEvaluator(split.train, split.test)
+        elif protocol == "next_item":
+            if split.valid_rows is None:
+                raise ConfigError(
+                    "the next_item protocol needs a split with a validation part (e.g. leave_last_out, valid_k=1)"
+                )
+            evaluators[protocol] = next_item_evaluator(split, **common)
+    return evaluators
+
+
+def _run_model(
+    config: ExperimentConfig, spec: ModelSpec, split: Split, evaluators: dict[str, Any], seed: int
+) -> ModelRun:
+    params = dict(spec.params)
+    search_log: list[dict[str, Any]] = []
+    valid = split.valid
+    if spec.fit_on == "all":
+        raise LeakageError(
+            f"model {spec.label!r}: fit_on='all' trains on the test interactions too; every metric would be inflated"
+        )
+    if spec.search:
+        params, search_log = _grid_search(config, spec, split, seed)
+    train = split.train
+    cls = model_class(spec.model)
+    model = _fit(spec.model, params, train, seed, valid)
+    results: dict[str, RankingResult | RatingResult] = {}
+    for protocol, evaluator in evaluators.items():
+        if (protocol == "rating" and RATINGS not in cls.capabilities) or (
+            spec.protocols and protocol not in spec.protocols
+        ):
+            continue
+        results[protocol] = evaluator.evaluate(model)
+    return ModelRun(
+        label=spec.label,
+        model=spec.model,
+        params=model.config.model_dump(),
+        is_baseline=spec.model in _ALL_BASELINES,
+        seed=seed,
+        fit_seconds=float(model.fit_seconds_ or 0.0),
+        results=results,
+        training_log=model.training_log_,
+        search=search_log,
+    )
+
+
+_ALL_BASELINES = {name for names in BASELINES.values() for name in names} | {"weighted_popularity"}
+
+
+def _grid_search(
+    config: ExperimentConfig, spec: ModelSpec, split: Split, seed: int
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Fit each grid point on train-minus-validation, score on validation, return the best parameters."""
+    from recforge.data.splits import make_split
+
+    validation = config.split.validation
+    if validation is None:
+        raise ConfigError(f"model {spec.label!r} has a search grid but the split has no [split.validation] carve-out")
+    inner_params = {k: v for k, v in validation.items() if k != "kind"}
+    splitter = SPLITTERS.get(validation.get("kind", ""))
+    if splitter is None:
+        raise ConfigError(f"[split.validation] needs a kind from {sorted(SPLITTERS)}")
+    if "seed" in inspect.signature(splitter).parameters:
+        inner_params.setdefault("seed", seed)
+    inner = make_split(split.train, validation["kind"], **inner_params)
+    metric = config.evaluation.primary_metric
+    protocol = "rating" if metric in ("rmse", "mae", "mse", "r2") else "ranking"
+    if protocol == "rating":
+        evaluator = RatingEvaluator(inner.train, inner.test)
+    else:
+        evaluator = FullRankingEvaluator(
+            inner.train,
+            inner.test,
+            ks=tuple(config.evaluation.ks),
+            relevance_threshold=config.evaluation.relevance_threshold,
+        )
+    log = []
+    best, best_score = None, -np.inf
+    for point in _grid(spec.search):
+        params = {**spec.params, **point}
+        started = time.perf_counter()
+        model = _fit(spec.model, params, inner.train, seed, None)
+        value = evaluator.evaluate(model).summary[metric]
+        score = -value if metric in LOWER_IS_BETTER else value
+        log.append({"params": point, metric: value, "seconds": time.perf_counter() - started})
+        if score > best_score:
+            best, best_score = params, score
+    assert best is not None
+    return best, log

@@ -1,0 +1,77 @@
+"""Exact top-k over score matrices: argpartition + sort, with seen items masked through CSR rows.
+
+This is the one kernel every model's `recommend` and every evaluator uses, so exclusion rules and tie
+handling are identical everywhere. Ties are broken by the lower item index (a stable, documented rule).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+
+
+def mask_items(scores: np.ndarray, exclude: sp.csr_matrix | None, rows: np.ndarray | None = None) -> np.ndarray:
+    """Set scores of excluded items to -inf in place. `exclude` rows align with `scores` rows, or are
+    selected by `rows` (indices into `exclude`). Returns `scores`."""
+    if exclude is None:
+        return scores
+    block = exclude if rows is None else exclude[rows]
+    block = block.tocsr()
+    row_index = np.repeat(np.arange(block.shape[0]), np.diff(block.indptr))
+    scores[row_index, block.indices] = -np.inf
+    return scores
+
+
+def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices and scores of the k best items per row, best first.
+
+    Shapes: scores (b, n) -> (b, k') with k' = min(k, n). Entries at -inf (excluded) come back as
+    index -1 and score -inf, so a user with fewer than k candidates gets a short list, never an
+    excluded item.
+    """
+    scores = np.asarray(scores)
+    n = scores.shape[1]
+    k = min(k, n)
+    if k <= 0:
+        return np.zeros((scores.shape[0], 0), dtype=np.int64), np.zeros((scores.shape[0], 0), dtype=scores.dtype)
+    if k < n:
+        candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    else:
+        candidates = np.broadcast_to(np.arange(n), scores.shape).copy()
+    candidate_scores = np.take_along_axis(scores, candidates, axis=1)
+    # sort by score desc, then by item index asc (stable tie-break)
+    order = np.lexsort((candidates, -candidate_scores), axis=1)
+    indices = np.take_along_axis(candidates, order, axis=1).astype(np.int64)
+    top_scores = np.take_along_axis(candidate_scores, order, axis=1)
+    if k < n:
+        # argpartition may pick an arbitrary member of a tie at the boundary; make the boundary exact
+        indices, top_scores = _fix_boundary_ties(scores, indices, top_scores)
+    invalid = ~np.isfinite(top_scores) & (top_scores < 0)
+    indices[invalid] = -1
+    return indices, top_scores
+
+
+def _fix_boundary_ties(
+    scores: np.ndarray, indices: np.ndarray, top_scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose k-th score is tied with an item outside the list: recompute with a full stable sort."""
+    kth = top_scores[:, -1:]
+    tied_outside = (scores == kth).sum(axis=1) > (top_scores == kth).sum(axis=1)
+    if tied_outside.any():
+        rows = np.flatnonzero(tied_outside)
+        k = indices.shape[1]
+        full = np.argsort(-scores[rows], axis=1, kind="stable")[:, :k]
+        indices[rows] = full
+        top_scores[rows] = np.take_along_axis(scores[rows], full, axis=1)
+    return indices, top_scores
+
+
+def batched(n: int, batch_size: int):
+    """Slices covering range(n) in order, each at most batch_size long."""
+    for start in range(0, n, batch_size):
+        yield slice(start, min(n, start + batch_size))
+
+
+def default_batch_size(n_items: int, budget_bytes: int = 256 << 20) -> int:
+    """Rows of a float32 (rows x n_items) score block that fit in `budget_bytes` (at least 1)."""
+    return max(1, min(4096, budget_bytes // (4 * max(1, n_items))))

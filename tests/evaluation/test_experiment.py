@@ -1,0 +1,127 @@
+"""Declarative experiments and reports, end to end on MovieLens 100K."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from recforge.cli import app
+from recforge.errors import ConfigError, LeakageError
+from recforge.evaluation.report import write_report
+from recforge.experiment import load_config, run_experiment
+
+CONFIG = """
+name = "ml100k-baselines"
+seed = 7
+[dataset]
+name = "ml-100k"
+[split]
+kind = "per_user"
+test_fraction = 0.2
+[split.validation]
+kind = "per_user"
+test_fraction = 0.1
+[evaluation]
+protocols = ["ranking", "rating"]
+ks = [5, 10]
+diversity_features = "genres"
+[[models]]
+model = "weighted_popularity"
+search = { vote_quantile = [0.5, 0.9] }
+[[models]]
+name = "biases (weak shrinkage)"
+model = "bias"
+params = { reg_user = 1.0, reg_item = 1.0 }
+"""
+
+
+def test_compare_cli_writes_report_and_is_reproducible(tmp_path, data_dir):
+    config = tmp_path / "experiment.toml"
+    config.write_text(CONFIG)
+    runner = CliRunner()
+    first, second = tmp_path / "run1", tmp_path / "run2"
+    for output in (first, second):
+        result = runner.invoke(app, ["compare", str(config), "--output", str(output)])
+        assert result.exit_code == 0, result.output
+    assert (first / "metrics.json").read_bytes() == (second / "metrics.json").read_bytes()
+    report = (first / "report.md").read_text()
+    assert "full ranking, training items excluded" in report and "significance" in report
+    for png in (first / "plots").glob("*.png"):
+        assert mpimg.imread(png).shape[0] > 100  # decodes as an image
+    assert {p.name for p in (first / "plots").glob("*.png")} >= {
+        "ratings_distribution.png",
+        "metric_at_k_ranking.png",
+        "popularity_ranking.png",
+    }
+    metrics = json.loads((first / "metrics.json").read_text())
+    assert metrics["data_fingerprint"] and metrics["source_sha256"]["u.data"].startswith("06416e59")
+    runs = {r["model"]: r for r in metrics["runs"]}
+    assert set(runs) == {"most_popular", "global_mean", "bias", "weighted_popularity", "biases (weak shrinkage)"}
+    assert "rating" not in runs["most_popular"]["results"] and "ranking" not in runs["global_mean"]["results"]
+    per_user = pd.read_parquet(first / "per_user.parquet")
+    assert per_user.query("protocol == 'ranking' and model == 'most_popular'")["user"].nunique() == 943
+    html = (first / "report.html").read_text()
+    assert "<table" in html and 'src="plots/ratings_distribution.png"' in html
+    run = json.loads((first / "run.json").read_text())
+    assert len(run["search"]["weighted_popularity"]) == 2
+
+
+def test_fit_on_all_is_refused(data_dir):
+    config = {
+        "dataset": {"name": "ml-100k"},
+        "split": {"kind": "random", "test_fraction": 0.2},
+        "models": [{"model": "most_popular", "fit_on": "all"}],
+        "baselines": False,
+    }
+    with pytest.raises(LeakageError, match="trains on the test interactions"):
+        run_experiment(config)
+
+
+def test_duplicated_rows_leaking_into_test_are_refused(tmp_path):
+    rows = "".join(f"u{u},i{i},{1 + (u + i) % 5}\n" for u in range(30) for i in range(20))
+    path = tmp_path / "log.csv"
+    path.write_text("user,item,rating\n" + rows + rows)  # every rating twice: a random split puts copies on both sides
+    config = {
+        "dataset": {
+            "name": "table",
+            "path": str(path),
+            "options": {"user": "user", "item": "item", "rating": "rating"},
+        },
+        "split": {"kind": "random", "test_fraction": 0.2},
+    }
+    with pytest.raises(LeakageError, match="also appear in training"):
+        run_experiment(config)
+    config["preprocess"] = [{"step": "deduplicate"}]
+    assert run_experiment(config).runs
+
+
+def test_config_errors_are_precise(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text('[dataset]\nname = "ml-100k"\n[split]\nkind = "per_user"\n[evaluation]\nprotocol = ["ranking"]\n')
+    with pytest.raises(ConfigError, match="protocol"):
+        load_config(path)
+    with pytest.raises(ConfigError, match="unknown split kind"):
+        run_experiment({"dataset": {"name": "ml-100k"}, "split": {"kind": "shuffled"}})
+
+
+def test_cli_describe(data_dir):
+    runner = CliRunner()
+    result = runner.invoke(app, ["data", "describe", "ml-100k", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["n_interactions"] == 100000
+    result = runner.invoke(app, ["data", "describe", "amazon-beauty"])
+    assert result.exit_code == 0 and "22,363" in result.output and "198,502" in result.output
+    result = runner.invoke(app, ["data", "describe", "anime-mal"])
+    assert result.exit_code == 2 and "error:" in result.output
+
+
+def test_write_report_is_atomic(tmp_path, data_dir):
+    result = run_experiment({"dataset": {"name": "ml-100k"}, "split": {"kind": "per_user"}, "evaluation": {"ks": [10]}})
+    target = tmp_path / "report"
+    write_report(result, target)
+    assert (target / "report.md").exists() and not list(Path(tmp_path).glob(".report.*"))
