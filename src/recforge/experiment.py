@@ -38,6 +38,7 @@ from recforge.data.preprocess import StepReport, parse_steps, preprocess
 from recforge.data.splits import SPLITTERS, Split
 from recforge.errors import ConfigError, LeakageError
 from recforge.evaluation.guards import check_split
+from recforge.evaluation.llm_judge import JudgeConfig, LLMJudge, judge_rankings
 from recforge.evaluation.protocols import (
     FullRankingEvaluator,
     RankingResult,
@@ -75,6 +76,14 @@ class SplitConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+class LLMJudgeSettings(JudgeConfig):
+    """The judge's endpoint settings plus how many test users (the first by index) and list length."""
+
+    n_users: int = 50
+    k: int = 10
+    title_column: str = "title"
+
+
 class EvaluationConfig(_Strict):
     protocols: list[Protocol] = Field(default_factory=lambda: ["ranking"])
     ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
@@ -86,6 +95,7 @@ class EvaluationConfig(_Strict):
     significance: Literal["wilcoxon", "t"] = "wilcoxon"
     allow_repeat_pairs: bool = False
     diversity_features: str | None = Field(None, description="item feature column (list) used for intra-list diversity")
+    llm_judge: LLMJudgeSettings | None = Field(None, description="opt-in: rate ranking lists with a chat model")
 
 
 class ModelSpec(_Strict):
@@ -343,6 +353,22 @@ def _run_model(
         ):
             continue
         results[protocol] = evaluator.evaluate(model)
+    judge_settings = config.evaluation.llm_judge
+    ranking = results.get("ranking")
+    if judge_settings is not None and isinstance(ranking, RankingResult):
+        count = min(judge_settings.n_users, len(ranking.per_user))
+        judged = judge_rankings(
+            LLMJudge(judge_settings),
+            ranking.per_user.index.to_numpy()[:count],
+            ranking.recommended[:count, : judge_settings.k],
+            train,
+            judge_settings.title_column,
+        )
+        ranking.per_user["llm_judge_score"] = judged
+        ranking.summary["llm_judge_score"] = float(judged.mean())
+        ranking.notes.append(
+            f"llm_judge_score: {judge_settings.model} rated the top-{judge_settings.k} lists of {count} users"
+        )
     return ModelRun(
         label=spec.label,
         model=spec.model,
