@@ -4,6 +4,12 @@
 from __future__ import annotations
 
 import os
+
+# Tests run in parallel workers (pytest-xdist, one per core); nested BLAS/torch thread pools would
+# oversubscribe the machine, so each worker computes single-threaded.
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(variable, "1")
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +19,11 @@ import pytest
 from recforge.data import Interactions, Vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    import torch
+
+    torch.set_num_threads(1)
 
 
 def _data_dir() -> Path:

@@ -4,4 +4,12 @@ __version__ = "0.1.0"
 
 from recforge.data import Interactions, Split, Vocabulary, load_dataset, make_split
 
-__all__ = ["Interactions", "Split", "Vocabulary", "__version__", "load_dataset", "make_split"]
+
+def load(path: str) -> object:
+    """Load a saved model artifact directory (checksums and version verified); see `recforge.artifacts`."""
+    from recforge.artifacts import load_model
+
+    return load_model(path)
+
+
+__all__ = ["Interactions", "Split", "Vocabulary", "__version__", "load", "load_dataset", "make_split"]

@@ -46,7 +46,7 @@ from recforge.evaluation.protocols import (
     RatingResult,
     next_item_evaluator,
 )
-from recforge.models import create_model, model_class
+from recforge.models import create_model
 from recforge.models.base import RATINGS, Recommender, TrainOptions
 
 Protocol = Literal["ranking", "rating", "next_item"]
@@ -344,11 +344,10 @@ def _run_model(
     if spec.search:
         params, search_log = _grid_search(config, spec, split, seed)
     train = split.train
-    cls = model_class(spec.model)
     model = _fit(spec.model, params, train, seed, valid)
     results: dict[str, RankingResult | RatingResult] = {}
     for protocol, evaluator in evaluators.items():
-        if (protocol == "rating" and RATINGS not in cls.capabilities) or (
+        if (protocol == "rating" and RATINGS not in model.capabilities) or (
             spec.protocols and protocol not in spec.protocols
         ):
             continue

@@ -14,6 +14,14 @@ _REGISTRY: dict[str, str] = {
     "bias": "recforge.models.baselines:BiasBaseline",
     "most_popular": "recforge.models.baselines:MostPopular",
     "weighted_popularity": "recforge.models.baselines:WeightedPopularity",
+    "als": "recforge.models.als:ExplicitALS",
+    "bayesian_mf": "recforge.models.als:BayesianMF",
+    "mf": "recforge.models.mf:ExplicitMF",
+    "ials": "recforge.models.ials:ImplicitALS",
+    "ease": "recforge.models.ease:EASE",
+    "bpr": "recforge.models.bpr:BPR",
+    "item_knn": "recforge.models.knn:ItemKNN",
+    "user_knn": "recforge.models.knn:UserKNN",
 }
 
 

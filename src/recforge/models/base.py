@@ -38,9 +38,33 @@ EMBEDDINGS = "embeddings"  # exposes user/item vectors whose inner product is th
 
 
 class ModelConfig(BaseModel):
-    """Base of every model's hyper-parameter config: strict (unknown keys are errors) and immutable."""
+    """Base of every model's hyper-parameter config: strict (unknown keys are errors) and immutable.
+
+    Configs round-trip through TOML; TOML has no null, so fields set to None are listed under `__none__`.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+
+    def to_toml(self) -> str:
+        import tomli_w
+
+        values = self.model_dump(mode="json")
+        nones = sorted(k for k, v in values.items() if v is None)
+        payload = {k: v for k, v in values.items() if v is not None}
+        if nones:
+            payload["__none__"] = nones
+        return tomli_w.dumps(payload)
+
+    @classmethod
+    def from_toml(cls, text: str) -> ModelConfig:
+        try:
+            import tomllib
+        except ModuleNotFoundError:  # Python 3.10
+            import tomli as tomllib
+        payload = tomllib.loads(text)
+        for key in payload.pop("__none__", []):
+            payload[key] = None
+        return cls.model_validate(payload)
 
 
 @dataclass

@@ -1,0 +1,277 @@
+"""Explicit-feedback alternating least squares and its Bayesian counterpart (Gibbs-sampled BPMF).
+
+Both alternate between users and items; each half-step is a batch of small ridge problems solved in
+closed form (`recforge.models._solvers`). Biases ride along as an extra column: a user's unknowns are
+[p_u, b_u] with design rows [q_i, 1] and targets r - μ - b_i, and symmetrically for items.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+from scipy.stats import wishart
+
+from recforge._progress import progress_bar
+from recforge.data.interactions import Interactions
+from recforge.errors import ConfigError
+from recforge.models._solvers import GroupedRows, gram, ridge, solve_spd, weighted_sum
+from recforge.models.base import EMBEDDINGS, HISTORY, KNOWN_USERS, RATINGS, History, ModelConfig, TrainOptions
+from recforge.models.factorization import FactorModel
+
+
+def _rated_arrays(train: Interactions, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    if train.rating is None or train.n_rated == 0:
+        raise ConfigError(f"{name} needs rated interactions")
+    rated = train.explicit()
+    rows = rated.latest_per_pair()
+    return (
+        rated.user_index[rows].astype(np.int64),
+        rated.item_index[rows].astype(np.int64),
+        rated.rating[rows].astype(np.float64),
+    )
+
+
+def _with_ones(factors: torch.Tensor) -> torch.Tensor:
+    return torch.cat([factors, torch.ones((factors.shape[0], 1), dtype=factors.dtype)], dim=1)
+
+
+class ALSConfig(ModelConfig):
+    n_factors: int = Field(32, ge=1)
+    reg: float = Field(0.1, ge=0, description="L2 on factors, multiplied by the row's rating count (ALS-WR)")
+    reg_bias: float = Field(0.1, ge=0, description="L2 on biases, multiplied by the row's rating count")
+    n_iterations: int = Field(15, ge=1)
+    init_std: float = Field(0.1, gt=0)
+
+
+class ExplicitALS(FactorModel):
+    """Biased matrix factorisation fitted by alternating least squares with weighted-λ regularisation
+    (Zhou et al. 2008): each row's penalty grows with its number of ratings."""
+
+    name = "als"
+    Config = ALSConfig
+    capabilities = frozenset({KNOWN_USERS, HISTORY, EMBEDDINGS, RATINGS})
+
+    def _fit(self, train: Interactions, options: TrainOptions) -> None:
+        c: ALSConfig = self.config  # type: ignore[assignment]
+        users, items, ratings = _rated_arrays(train, self.name)
+        generator = torch.Generator().manual_seed(options.seed)
+        mean = float(ratings.mean())
+        by_user = GroupedRows.build(users, items, train.n_users)
+        by_item = GroupedRows.build(items, users, train.n_items)
+        user_part = torch.randn((train.n_users, c.n_factors + 1), generator=generator, dtype=torch.float64) * c.init_std
+        item_part = torch.randn((train.n_items, c.n_factors + 1), generator=generator, dtype=torch.float64) * c.init_std
+        user_part[:, -1] = 0
+        item_part[:, -1] = 0
+        penalty = torch.tensor([c.reg] * c.n_factors + [c.reg_bias], dtype=torch.float64)
+        user_reg = torch.diag_embed(torch.from_numpy(np.maximum(by_user.sizes, 1)).double()[:, None] * penalty)
+        item_reg = torch.diag_embed(torch.from_numpy(np.maximum(by_item.sizes, 1)).double()[:, None] * penalty)
+        with progress_bar("ALS", c.n_iterations, enabled=options.progress) as bar:
+            for iteration in range(c.n_iterations):
+                item_bias = item_part[:, -1].numpy()
+                user_part = ridge(by_user, _with_ones(item_part[:, :-1]), ratings - mean - item_bias[items], user_reg)
+                user_bias = user_part[:, -1].numpy()
+                item_part = ridge(by_item, _with_ones(user_part[:, :-1]), ratings - mean - user_bias[users], item_reg)
+                prediction = (
+                    mean
+                    + user_part[users, -1]
+                    + item_part[items, -1]
+                    + (user_part[users, :-1] * item_part[items, :-1]).sum(1)
+                ).numpy()
+                loss = float(np.mean((prediction - ratings) ** 2))
+                self.training_log_.append({"epoch": iteration + 1, "loss": loss})
+                bar.advance()
+                bar.update(train_mse=loss)
+        self.fold_in_reg, self.fold_in_bias_reg, self.fold_in_per_rating = c.reg, c.reg_bias, True  # as ALS-WR
+        self._set_factors(
+            user_part[:, :-1].numpy(),
+            item_part[:, :-1].numpy(),
+            user_part[:, -1].numpy(),
+            item_part[:, -1].numpy(),
+            mean,
+        )
+
+
+class BayesianMFConfig(ModelConfig):
+    n_factors: int = Field(10, ge=1)
+    n_iterations: int = Field(200, ge=2, description="Gibbs sweeps in total")
+    burn_in: int = Field(50, ge=0)
+    n_kept: int = Field(50, ge=1, description="posterior samples kept for scoring, evenly spaced after burn-in")
+    beta0: float = Field(2.0, gt=0, description="Normal-Wishart prior strength on the factor means")
+    sample_precision: bool = Field(True, description="sample the rating noise precision α (Gamma(1, 1) prior)")
+    precision: float = Field(2.0, gt=0, description="α when not sampled")
+    init_std: float = Field(0.1, gt=0)
+
+
+class BayesianMF(FactorModel):
+    """Bayesian probabilistic matrix factorisation with biases (Salakhutdinov & Mnih 2008), by Gibbs
+    sampling with Normal-Wishart hyper-priors. Predictions average the kept posterior samples, which
+    is what makes it robust to over-fitting without tuning a regulariser.
+
+    The posterior mean score (1/S) Σ_s ⟨p_u^s, q_i^s⟩ equals one inner product of the samples
+    concatenated and scaled by 1/√S, so the kept samples are stored as ordinary factors of width S·d
+    and every factor-model path (scoring, retrieval, artifacts) applies unchanged.
+    """
+
+    name = "bayesian_mf"
+    Config = BayesianMFConfig
+    capabilities = frozenset({KNOWN_USERS, HISTORY, EMBEDDINGS, RATINGS})
+
+    def _fit(self, train: Interactions, options: TrainOptions) -> None:
+        c: BayesianMFConfig = self.config  # type: ignore[assignment]
+        if c.burn_in >= c.n_iterations:
+            raise ConfigError("burn_in must be smaller than n_iterations")
+        users, items, ratings = _rated_arrays(train, self.name)
+        rng = np.random.default_rng(options.seed)
+        torch_rng = torch.Generator().manual_seed(options.seed)
+        mean = float(ratings.mean())
+        d = c.n_factors + 1
+        by_user = GroupedRows.build(users, items, train.n_users)
+        by_item = GroupedRows.build(items, users, train.n_items)
+        user_part = torch.from_numpy(rng.normal(0, c.init_std, (train.n_users, d)))
+        item_part = torch.from_numpy(rng.normal(0, c.init_std, (train.n_items, d)))
+        alpha = c.precision
+        kept_at = set(
+            np.linspace(c.burn_in, c.n_iterations - 1, min(c.n_kept, c.n_iterations - c.burn_in)).astype(int).tolist()
+        )
+        samples: dict[str, list[np.ndarray]] = {k: [] for k in ("U", "V", "bu", "bi", "mu_u", "lam_u", "alpha")}
+        with progress_bar("Bayesian MF (Gibbs)", c.n_iterations, enabled=options.progress) as bar:
+            for sweep in range(c.n_iterations):
+                mu_u, lam_u = self._sample_hyper(user_part.numpy(), c.beta0, rng)
+                mu_i, lam_i = self._sample_hyper(item_part.numpy(), c.beta0, rng)
+                item_bias = item_part[:, -1].numpy()
+                user_part = self._sample_side(
+                    by_user,
+                    _with_ones(item_part[:, :-1]),
+                    ratings - mean - item_bias[items],
+                    mu_u,
+                    lam_u,
+                    alpha,
+                    torch_rng,
+                )
+                user_bias = user_part[:, -1].numpy()
+                item_part = self._sample_side(
+                    by_item,
+                    _with_ones(user_part[:, :-1]),
+                    ratings - mean - user_bias[users],
+                    mu_i,
+                    lam_i,
+                    alpha,
+                    torch_rng,
+                )
+                residual = (
+                    ratings
+                    - (
+                        mean
+                        + user_part[users, -1]
+                        + item_part[items, -1]
+                        + (user_part[users, :-1] * item_part[items, :-1]).sum(1)
+                    ).numpy()
+                )
+                mse = float(np.mean(residual**2))
+                if c.sample_precision:
+                    alpha = float(rng.gamma(1.0 + len(ratings) / 2, 1.0 / (1.0 + 0.5 * np.sum(residual**2))))
+                self.training_log_.append({"epoch": sweep + 1, "loss": mse, "alpha": alpha})
+                if sweep in kept_at:
+                    for key, value in (
+                        ("U", user_part[:, :-1]),
+                        ("V", item_part[:, :-1]),
+                        ("bu", user_part[:, -1]),
+                        ("bi", item_part[:, -1]),
+                    ):
+                        samples[key].append(value.numpy().astype(np.float32))
+                    samples["mu_u"].append(mu_u)
+                    samples["lam_u"].append(lam_u)
+                    samples["alpha"].append(np.array(alpha))
+                bar.advance()
+                bar.update(train_mse=mse, alpha=alpha)
+        n_kept = len(samples["U"])
+        scale = 1.0 / np.sqrt(n_kept)
+        self._set_factors(
+            np.concatenate(samples["U"], axis=1) * scale,
+            np.concatenate(samples["V"], axis=1) * scale,
+            np.mean(samples["bu"], axis=0),
+            np.mean(samples["bi"], axis=0),
+            mean,
+        )
+        self.item_bias_samples_ = np.stack(samples["bi"], axis=1)  # (n_items, S)
+        self.prior_means_ = np.stack(samples["mu_u"])  # (S, d + 1)
+        self.prior_precisions_ = np.stack(samples["lam_u"])  # (S, d + 1, d + 1)
+        self.noise_precisions_ = np.stack(samples["alpha"])  # (S,)
+
+    @staticmethod
+    def _sample_hyper(x: np.ndarray, beta0: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """(μ, Λ) from the Normal-Wishart posterior given the current rows x (prior: μ0 = 0, W0 = I, ν0 = d)."""
+        n, d = x.shape
+        x_bar = x.mean(axis=0)
+        scatter = (x - x_bar).T @ (x - x_bar)
+        beta_n, nu_n = beta0 + n, d + n
+        w_inv = np.eye(d) + scatter + beta0 * n / beta_n * np.outer(x_bar, x_bar)
+        w = np.linalg.inv(w_inv)
+        precision = wishart.rvs(df=nu_n, scale=(w + w.T) / 2, random_state=rng)
+        mean = rng.multivariate_normal(n * x_bar / beta_n, np.linalg.inv(beta_n * precision))
+        return mean, precision
+
+    @staticmethod
+    def _sample_side(
+        groups: GroupedRows,
+        design: torch.Tensor,
+        targets: np.ndarray,
+        prior_mean: np.ndarray,
+        prior_precision: np.ndarray,
+        alpha: float,
+        generator: torch.Generator,
+    ) -> torch.Tensor:
+        """Rows drawn from their Gaussian conditionals N(A⁻¹ b, A⁻¹), A = Λ + α Σ x xᵀ, b = Λμ + α Σ t x."""
+        lam = torch.from_numpy(prior_precision)
+        precision = lam[None] + alpha * gram(groups, design)
+        rhs = (lam @ torch.from_numpy(prior_mean))[None] + alpha * weighted_sum(groups, design, targets)
+        cholesky = torch.linalg.cholesky(precision)
+        mean = torch.cholesky_solve(rhs.unsqueeze(-1), cholesky).squeeze(-1)
+        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        # x = mean + L^{-T} z has covariance (L Lᵀ)^{-1} = A^{-1}
+        return mean + torch.linalg.solve_triangular(cholesky.mT, noise.unsqueeze(-1), upper=True).squeeze(-1)
+
+    def fold_in(self, history: History) -> tuple[np.ndarray, np.ndarray]:
+        """Per kept sample, the posterior mean of a new user's [p, b_u] given their ratings; concatenated
+        like the training factors so scores are posterior-mean scores."""
+        n = len(history)
+        n_samples, d = len(self.noise_precisions_), self.prior_means_.shape[1] - 1
+        if history.ratings is None or history.ratings.nnz == 0:
+            factors = np.concatenate(
+                [np.repeat(self.prior_means_[s, None, :d], n, 0) for s in range(n_samples)], axis=1
+            )
+            return (factors / np.sqrt(n_samples)).astype(np.float32), np.full(n, self.prior_means_[:, d].mean())
+        ratings = history.ratings.tocoo()
+        groups = GroupedRows.build(ratings.row.astype(np.int64), ratings.col.astype(np.int64), n)
+        scale = np.sqrt(n_samples)
+        parts, biases = [], []
+        for s in range(n_samples):
+            item_factors = self.item_factors_[:, s * d : (s + 1) * d].astype(np.float64) * scale
+            design = _with_ones(torch.from_numpy(item_factors))
+            targets = ratings.data - self.global_bias_ - self.item_bias_samples_[ratings.col, s]
+            lam = torch.from_numpy(self.prior_precisions_[s])
+            alpha = float(self.noise_precisions_[s])
+            matrices = lam[None] + alpha * gram(groups, design)
+            rhs = (lam @ torch.from_numpy(self.prior_means_[s]))[None] + alpha * weighted_sum(groups, design, targets)
+            solution = solve_spd(matrices, rhs).numpy()
+            parts.append(solution[:, :d] / scale)
+            biases.append(solution[:, d])
+        return np.concatenate(parts, axis=1).astype(np.float32), np.mean(biases, axis=0)
+
+    def _get_arrays(self) -> dict[str, np.ndarray]:
+        return super()._get_arrays() | {
+            "item_bias_samples": self.item_bias_samples_,
+            "prior_means": self.prior_means_,
+            "prior_precisions": self.prior_precisions_,
+            "noise_precisions": self.noise_precisions_,
+        }
+
+    def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
+        super()._set_state(arrays, extras)
+        self.item_bias_samples_ = arrays["item_bias_samples"]
+        self.prior_means_ = arrays["prior_means"]
+        self.prior_precisions_ = arrays["prior_precisions"]
+        self.noise_precisions_ = arrays["noise_precisions"]

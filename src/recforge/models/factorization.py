@@ -1,0 +1,142 @@
+"""`FactorModel`: the shared scoring, fold-in and state of every latent-factor model.
+
+score(u, i) = μ + b_u + b_i + ⟨p_u, q_i⟩. Implicit models leave μ and the biases at zero. The augmented
+embeddings [p_u, 1, μ + b_u] and [q_i, b_i, 1] reproduce the score as a pure inner product, so exact and
+approximate (faiss) retrieval can work on any factor model without knowing its family.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from recforge.models._solvers import GroupedRows, gram, ridge, solve_spd, weighted_sum
+from recforge.models.base import EMBEDDINGS, HISTORY, KNOWN_USERS, History, Recommender
+
+
+class FactorModel(Recommender):
+    capabilities = frozenset({KNOWN_USERS, HISTORY, EMBEDDINGS})
+
+    user_factors_: np.ndarray
+    item_factors_: np.ndarray
+    user_bias_: np.ndarray
+    item_bias_: np.ndarray
+    global_bias_: float = 0.0
+
+    # -------------------------------------------------------------- scoring
+    def _scores_from(self, factors: np.ndarray, bias: np.ndarray) -> np.ndarray:
+        scores = factors.astype(np.float32) @ self.item_factors_.T.astype(np.float32)
+        scores += (self.global_bias_ + bias)[:, None].astype(np.float32)
+        scores += self.item_bias_[None, :].astype(np.float32)
+        return scores
+
+    def _score_known(self, users: np.ndarray) -> np.ndarray:
+        return self._scores_from(self.user_factors_[users], self.user_bias_[users])
+
+    def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
+        factors, bias = self.fold_in(history)
+        return self._scores_from(factors, bias)
+
+    def _predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        dots = np.einsum(
+            "nd,nd->n", self.user_factors_[users].astype(np.float64), self.item_factors_[items].astype(np.float64)
+        )
+        return self.global_bias_ + self.user_bias_[users] + self.item_bias_[items] + dots
+
+    def item_vectors(self) -> np.ndarray:
+        return self.item_factors_
+
+    def user_embeddings(self, users: np.ndarray | None = None, history: History | None = None) -> np.ndarray:
+        """(n, d + 2) vectors whose inner product with `item_embeddings()` is the score."""
+        if history is not None:
+            factors, bias = self.fold_in(history)
+        else:
+            index = np.arange(self.n_users) if users is None else np.asarray(users)
+            factors, bias = self.user_factors_[index], self.user_bias_[index]
+        ones = np.ones((len(factors), 1), dtype=np.float32)
+        return np.hstack([factors, ones, (self.global_bias_ + bias)[:, None]]).astype(np.float32)
+
+    def item_embeddings(self) -> np.ndarray:
+        ones = np.ones((self.n_items, 1), dtype=np.float32)
+        return np.hstack([self.item_factors_, self.item_bias_[:, None], ones]).astype(np.float32)
+
+    # -------------------------------------------------------------- fold-in
+    fold_in_reg: float = 0.1
+    fold_in_bias_reg: float = 0.01
+    fold_in_per_rating: bool = False  # penalty multiplied by the query's rating count (as SGD/ALS-WR training)
+
+    def fold_in(self, history: History) -> tuple[np.ndarray, np.ndarray]:
+        """User vectors and biases for query-time histories, solved against the fixed item factors.
+
+        Default (explicit models): ridge regression of (r - μ - b_i) on [q_i, 1] over the rated items,
+        with the same L2 penalties the model was trained with (per rating when `fold_in_per_rating`).
+        Unrated history items are ignored; a query with no rated item gets a zero vector (its scores
+        fall back to μ + b_i). Implicit models override this.
+        """
+        n, d = len(history), self.item_factors_.shape[1]
+        if history.ratings is None or history.ratings.nnz == 0:
+            return np.zeros((n, d), np.float32), np.zeros(n)
+        ratings = history.ratings.tocoo()
+        groups = GroupedRows.build(ratings.row.astype(np.int64), ratings.col.astype(np.int64), n)
+        design = torch.from_numpy(np.hstack([self.item_factors_, np.ones((self.n_items, 1))]).astype(np.float64))
+        targets = ratings.data - self.global_bias_ - self.item_bias_[ratings.col]
+        penalty = torch.tensor([self.fold_in_reg] * d + [self.fold_in_bias_reg], dtype=torch.float64)
+        if self.fold_in_per_rating:
+            counts = torch.from_numpy(np.maximum(groups.sizes, 1)).double()
+            regularization = torch.diag_embed(counts[:, None] * penalty)
+        else:
+            regularization = torch.diag(penalty)
+        solution = ridge(groups, design, targets, regularization).numpy()
+        return solution[:, :d].astype(np.float32), solution[:, d]
+
+    def implicit_fold_in(self, history: History, reg: float, alpha: float) -> tuple[np.ndarray, np.ndarray]:
+        """iALS-style fold-in from interactions alone: minimise Σ_i c_i (p_i − xᵀq_i)² + reg‖x‖² over all
+        items, with c = 1 + alpha for the query's items and p = 1 for them, 0 otherwise."""
+        binary = history.binary.tocsr()
+        groups = GroupedRows(
+            indptr=binary.indptr.astype(np.int64), cols=binary.indices.astype(np.int64), order=np.arange(binary.nnz)
+        )
+        weights = np.full(binary.nnz, alpha)
+        Y = torch.from_numpy(self.item_factors_.astype(np.float64))
+        matrices = (Y.T @ Y + reg * torch.eye(Y.shape[1], dtype=torch.float64))[None] + gram(groups, Y, weights)
+        rhs = weighted_sum(groups, Y, 1.0 + weights)
+        return solve_spd(matrices, rhs).numpy().astype(np.float32), np.zeros(len(history))
+
+    # -------------------------------------------------------------- state
+    def _get_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "user_factors": self.user_factors_,
+            "item_factors": self.item_factors_,
+            "user_bias": self.user_bias_,
+            "item_bias": self.item_bias_,
+        }
+
+    def _get_extras(self) -> dict[str, Any]:
+        return {
+            "global_bias": float(self.global_bias_),
+            "fold_in": [self.fold_in_reg, self.fold_in_bias_reg, self.fold_in_per_rating],
+        }
+
+    def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
+        self.user_factors_ = arrays["user_factors"]
+        self.item_factors_ = arrays["item_factors"]
+        self.user_bias_ = arrays["user_bias"]
+        self.item_bias_ = arrays["item_bias"]
+        self.global_bias_ = extras["global_bias"]
+        self.fold_in_reg, self.fold_in_bias_reg, self.fold_in_per_rating = extras["fold_in"]
+
+    def _set_factors(
+        self,
+        user_factors: Any,
+        item_factors: Any,
+        user_bias: Any = None,
+        item_bias: Any = None,
+        global_bias: float = 0.0,
+    ) -> None:
+        self.user_factors_ = np.ascontiguousarray(user_factors, dtype=np.float32)
+        self.item_factors_ = np.ascontiguousarray(item_factors, dtype=np.float32)
+        self.user_bias_ = np.zeros(len(self.user_factors_)) if user_bias is None else np.asarray(user_bias, np.float64)
+        self.item_bias_ = np.zeros(len(self.item_factors_)) if item_bias is None else np.asarray(item_bias, np.float64)
+        self.global_bias_ = float(global_bias)

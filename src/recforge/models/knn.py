@@ -1,0 +1,283 @@
+"""Neighbourhood models: item-based and user-based k-nearest neighbours.
+
+Similarities (between "entities": items for ItemKNN, users for UserKNN), computed over the co-rating
+support of each pair, as Surprise does:
+- cosine:           Σ r_a r_b / √(Σ r_a² Σ r_b²)
+- pearson:          cosine of ratings centred by each entity's own mean
+- adjusted_cosine:  cosine of ratings centred by the *other side's* mean (the user mean for items)
+- pearson_baseline: cosine of residuals from the regularised baseline μ + b_u + b_i (Koren 2010)
+and, with implicit feedback, plain cosine of binary vectors over all users. A shrinkage s multiplies
+each similarity by (n − 1)/(n − 1 + s), n being the pair's co-support.
+
+Explicit prediction follows KNNBaseline: r̂_ui = b_ui + Σ_j s_ij (r_uj − b_uj) / Σ_j s_ij over the k most
+similar neighbours the user rated (only positive similarities contribute). Implicit scoring sums the
+similarities of each item's k nearest neighbours over the user's items (ItemKNN) or of the user's k
+nearest users over their items (UserKNN).
+
+Similarities are computed block-wise with sparse products and kept dense (float32); this is meant for
+catalogues (or user bases) of up to a few tens of thousands.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import Field
+
+from recforge.data.interactions import Interactions
+from recforge.errors import ConfigError
+from recforge.models.base import HISTORY, KNOWN_USERS, RATINGS, History, ModelConfig, Recommender, TrainOptions
+from recforge.models.baselines import fit_biases
+from recforge.retrieval.topk import batched
+
+Similarity = Literal["cosine", "pearson", "adjusted_cosine", "pearson_baseline"]
+
+
+class KNNConfig(ModelConfig):
+    k: int = Field(40, ge=1, description="neighbours used per prediction")
+    similarity: Similarity = "pearson_baseline"
+    shrinkage: float = Field(100.0, ge=0)
+    min_support: int = Field(1, ge=1, description="pairs co-rated by fewer entities get similarity 0")
+    feedback: Literal["explicit", "implicit"] = "explicit"
+    reg_user: float = Field(15.0, ge=0, description="baseline shrinkage of user biases")
+    reg_item: float = Field(10.0, ge=0, description="baseline shrinkage of item biases")
+    baseline_iterations: int = Field(10, ge=1)
+    block_size: int = Field(2048, ge=1, description="entities per block when computing similarities")
+
+
+def _centred(
+    ratings: sp.csr_matrix, how: str, row_mean: np.ndarray, col_mean: np.ndarray, baseline: np.ndarray | None
+) -> sp.csr_matrix:
+    """Entity x profile rating matrix with the centring the similarity needs (data only at ratings)."""
+    matrix = ratings.tocoo(copy=True)
+    if how == "pearson":
+        matrix.data = matrix.data - row_mean[matrix.row]
+    elif how == "adjusted_cosine":
+        matrix.data = matrix.data - col_mean[matrix.col]
+    elif how == "pearson_baseline":
+        assert baseline is not None
+        matrix.data = matrix.data - baseline
+    return matrix.tocsr()
+
+
+def similarity_matrix(
+    values: sp.csr_matrix, shrinkage: float, min_support: int, common_support: bool, block: int
+) -> np.ndarray:
+    """Dense (n, n) float32 similarity between the rows of `values` (zero diagonal).
+
+    With `common_support`, norms are taken over the co-rated columns of each pair (Surprise's definition).
+    """
+    values = values.tocsr().astype(np.float64)
+    mask = values.copy()
+    mask.data = np.ones_like(mask.data)
+    squares = values.multiply(values).tocsr()
+    n = values.shape[0]
+    result = np.zeros((n, n), dtype=np.float32)
+    row_norms = np.sqrt(np.asarray(squares.sum(axis=1)).ravel())
+    for rows in batched(n, block):
+        numerator = (values[rows] @ values.T).toarray()
+        support = (mask[rows] @ mask.T).toarray()
+        if common_support:
+            left = (squares[rows] @ mask.T).toarray()  # Σ over co-rated columns of a's squares
+            right = (mask[rows] @ squares.T).toarray()
+            denominator = np.sqrt(left * right)
+        else:
+            denominator = row_norms[rows][:, None] * row_norms[None, :]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            similarity = np.where(denominator > 0, numerator / denominator, 0.0)
+        if shrinkage:
+            similarity *= np.maximum(support - 1, 0) / (np.maximum(support - 1, 0) + shrinkage)
+        similarity[support < min_support] = 0.0
+        block_index = np.arange(rows.start, rows.stop)
+        similarity[np.arange(len(block_index)), block_index] = 0.0
+        result[rows] = similarity
+    return result
+
+
+def prune_top_k(similarity: np.ndarray, k: int) -> sp.csr_matrix:
+    """Keep the k largest positive similarities of each row, as a sparse matrix."""
+    n = similarity.shape[0]
+    k = min(k, n - 1) if n > 1 else 0
+    if k <= 0:
+        return sp.csr_matrix(similarity.shape, dtype=np.float32)
+    top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+    values = np.take_along_axis(similarity, top, axis=1)
+    keep = values > 0
+    rows = np.repeat(np.arange(n), k)[keep.ravel()]
+    return sp.csr_matrix((values[keep], (rows, top[keep])), shape=similarity.shape, dtype=np.float32)
+
+
+class _NeighbourModel(Recommender):
+    """Shared machinery; `by_user` chooses whether the entities are users (UserKNN) or items (ItemKNN)."""
+
+    Config = KNNConfig
+    by_user = False
+
+    def __init__(self, config: KNNConfig | None = None, **params: Any) -> None:
+        super().__init__(config, **params)
+        if self.config.feedback == "implicit":  # type: ignore[attr-defined]
+            self.capabilities = type(self).capabilities - {RATINGS}
+
+    def _fit(self, train: Interactions, options: TrainOptions) -> None:
+        c: KNNConfig = self.config  # type: ignore[assignment]
+        explicit = c.feedback == "explicit"
+        if explicit and (train.rating is None or train.n_rated == 0):
+            raise ConfigError(f"{self.name} with feedback='explicit' needs ratings; use feedback='implicit'")
+        if explicit:
+            rated = train.explicit()
+            rows = rated.latest_per_pair()
+            users, items = rated.user_index[rows].astype(np.int64), rated.item_index[rows].astype(np.int64)
+            ratings = rated.rating[rows].astype(np.float64)
+            self.mean_ = float(ratings.mean())
+            self.user_bias_, self.item_bias_ = fit_biases(
+                users,
+                items,
+                ratings,
+                train.n_users,
+                train.n_items,
+                self.mean_,
+                c.reg_user,
+                c.reg_item,
+                c.baseline_iterations,
+            )
+            shape = (train.n_users, train.n_items)
+            self.ratings_ = sp.csr_matrix((ratings, (users, items)), shape=shape)
+            residual = ratings - self.mean_ - self.user_bias_[users] - self.item_bias_[items]
+            self.residuals_ = sp.csr_matrix((residual, (users, items)), shape=shape)
+            entity_matrix = self.ratings_ if self.by_user else self.ratings_.T.tocsr()
+            counts = np.maximum(entity_matrix.getnnz(axis=1), 1)
+            row_mean = np.asarray(entity_matrix.sum(axis=1)).ravel() / counts
+            other = entity_matrix.T.tocsr()
+            col_mean = np.asarray(other.sum(axis=1)).ravel() / np.maximum(other.getnnz(axis=1), 1)
+            baseline = None
+            if c.similarity == "pearson_baseline":
+                coo = entity_matrix.tocoo()
+                u, i = (coo.row, coo.col) if self.by_user else (coo.col, coo.row)
+                baseline = self.mean_ + self.user_bias_[u] + self.item_bias_[i]
+            profile = _centred(entity_matrix, c.similarity, row_mean, col_mean, baseline)
+            self.similarity_ = similarity_matrix(profile, c.shrinkage, c.min_support, True, c.block_size)
+        else:
+            binary = self.seen_ if self.by_user else self.seen_.T.tocsr()
+            self.similarity_ = similarity_matrix(binary, c.shrinkage, c.min_support, False, c.block_size)
+        self.neighbours_ = prune_top_k(self.similarity_, c.k)
+
+    # -------------------------------------------------------------- explicit prediction
+    def _baseline(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return self.mean_ + self.user_bias_[users] + self.item_bias_[items]
+
+    def _predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        if self.config.feedback != "explicit":  # type: ignore[attr-defined]
+            raise ConfigError(f"{self.name} fitted on implicit feedback does not predict ratings")
+        out = np.empty(len(users))
+        entities, partners = (users, items) if self.by_user else (items, users)
+        # for item-based: row of S for item i, candidate neighbours = items rated by user u
+        candidates = self.residuals_.T.tocsr() if self.by_user else self.residuals_
+        rated = candidates.copy()
+        rated.data = np.ones_like(rated.data)
+        chunk = max(1, (64 << 20) // (8 * max(1, self.similarity_.shape[0])))
+        for rows in batched(len(users), chunk):
+            sims = self.similarity_[entities[rows]].astype(np.float64)
+            mask = rated[partners[rows]].toarray() > 0
+            deviations = candidates[partners[rows]].toarray()
+            out[rows] = self._weighted_average(sims, mask, deviations) + self._baseline(users[rows], items[rows])
+        return out
+
+    def _weighted_average(self, sims: np.ndarray, mask: np.ndarray, deviations: np.ndarray) -> np.ndarray:
+        """Mean deviation over each row's k most similar candidates (positive similarities only)."""
+        k = min(self.config.k, sims.shape[1])  # type: ignore[attr-defined]
+        masked = np.where(mask, sims, -np.inf)
+        top = np.argpartition(-masked, k - 1, axis=1)[:, :k]
+        weights = np.take_along_axis(masked, top, axis=1)
+        weights = np.where(np.isfinite(weights) & (weights > 0), weights, 0.0)
+        values = np.take_along_axis(deviations, top, axis=1)
+        total = weights.sum(axis=1)
+        return np.divide((weights * values).sum(axis=1), total, out=np.zeros(len(total)), where=total > 0)
+
+    # -------------------------------------------------------------- ranking scores
+    def _score_known(self, users: np.ndarray) -> np.ndarray:
+        if self.config.feedback == "explicit":  # type: ignore[attr-defined]
+            return self._explicit_scores(users)
+        if self.by_user:
+            return np.asarray((self.neighbours_[users] @ self.seen_).todense(), dtype=np.float32)
+        return np.asarray((self.seen_[users] @ self.neighbours_).todense(), dtype=np.float32)
+
+    def _explicit_scores(self, users: np.ndarray) -> np.ndarray:
+        """Predicted rating of every item for each user (what KNNBaseline would rank by)."""
+        n_items = self.n_items
+        scores = np.empty((len(users), n_items), dtype=np.float32)
+        for row, user in enumerate(users):
+            scores[row] = self._predict(np.full(n_items, user), np.arange(n_items))
+        return scores
+
+    def _get_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"similarity": self.similarity_}
+        if self.config.feedback == "explicit":  # type: ignore[attr-defined]
+            arrays |= {
+                "user_bias": self.user_bias_,
+                "item_bias": self.item_bias_,
+                "residuals.data": self.residuals_.data,
+                "residuals.indices": self.residuals_.indices,
+                "residuals.indptr": self.residuals_.indptr,
+            }
+        return arrays
+
+    def _get_extras(self) -> dict[str, Any]:
+        return {"mean": getattr(self, "mean_", 0.0)}
+
+    def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
+        self.similarity_ = arrays["similarity"]
+        self.neighbours_ = prune_top_k(self.similarity_, self.config.k)  # type: ignore[attr-defined]
+        self.mean_ = extras["mean"]
+        if "user_bias" in arrays:
+            self.user_bias_, self.item_bias_ = arrays["user_bias"], arrays["item_bias"]
+            self.residuals_ = sp.csr_matrix(
+                (arrays["residuals.data"], arrays["residuals.indices"], arrays["residuals.indptr"]),
+                shape=(len(self.users_), len(self.items_)),
+            )
+
+
+class ItemKNN(_NeighbourModel):
+    name = "item_knn"
+    capabilities = frozenset({KNOWN_USERS, HISTORY, RATINGS})
+    by_user = False
+
+    def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
+        if self.config.feedback == "implicit":  # type: ignore[attr-defined]
+            return np.asarray((history.binary @ self.neighbours_).todense(), dtype=np.float32)
+        return self._explicit_history_scores(history)
+
+    def _explicit_history_scores(self, history: History) -> np.ndarray:
+        """KNNBaseline for users given by their ratings: the user bias is solved from those ratings."""
+        from recforge.models.baselines import BiasBaseline
+
+        helper = BiasBaseline.__new__(BiasBaseline)
+        helper.mean_, helper.item_bias_ = self.mean_, self.item_bias_
+        helper.config = BiasBaseline.Config(reg_user=self.config.reg_user)  # type: ignore[attr-defined]
+        user_bias = helper.history_bias(history)
+        ratings = history.ratings if history.ratings is not None else history.binary * 0
+        coo = ratings.tocoo()
+        residual = sp.csr_matrix(
+            (coo.data - self.mean_ - user_bias[coo.row] - self.item_bias_[coo.col], (coo.row, coo.col)),
+            shape=ratings.shape,
+        ).toarray()
+        mask = ratings.toarray() != 0
+        scores = np.empty((len(history), self.n_items), dtype=np.float32)
+        for row in range(len(history)):
+            deviation = self._weighted_average(
+                self.similarity_.astype(np.float64),
+                np.broadcast_to(mask[row], self.similarity_.shape),
+                np.broadcast_to(residual[row], self.similarity_.shape),
+            )
+            scores[row] = self.mean_ + user_bias[row] + self.item_bias_ + deviation
+        return scores
+
+    def _item_similarity(self, items: np.ndarray) -> np.ndarray:
+        return self.similarity_[items].copy()
+
+
+class UserKNN(_NeighbourModel):
+    name = "user_knn"
+    capabilities = frozenset({KNOWN_USERS, RATINGS})
+    by_user = True

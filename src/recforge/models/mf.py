@@ -1,0 +1,279 @@
+"""Explicit matrix factorisation trained by gradient descent on observed ratings only.
+
+Presets:
+- "anime-paper": exactly the anime study's model. R̂ = X Wᵀ (no biases), loss ‖(XWᵀ − R) ⊙ M‖² +
+  λ(‖X‖² + ‖W‖²) with λ = 1e-4, Adam (lr 1e-3), 15 latent factors, full-batch steps.
+- "biased" (default): R̂ = μ + b_u + b_i + ⟨p_u, q_i⟩ (Funk/Koren SVD), vectorised mini-batch SGD with
+  hand-written gradients (no autograd), tuned on a validation carve-out of ML-100K.
+
+The anime study's cold-start patch blends the prediction with a mean: R̂' = p·R̂ + (1 − p)·⟨R⟩ where ⟨R⟩
+is the global, user or item training mean (`blend_weight` = p, `blend_mean`).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from pydantic import Field, model_validator
+
+from recforge._progress import progress_bar
+from recforge.data.interactions import Interactions
+from recforge.errors import ConfigError
+from recforge.models.als import _rated_arrays
+from recforge.models.base import EMBEDDINGS, HISTORY, KNOWN_USERS, RATINGS, History, ModelConfig, TrainOptions
+from recforge.models.factorization import FactorModel
+from recforge.nn.training import make_optimizer
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "anime-paper": {
+        "n_factors": 15,
+        "biased": False,
+        "reg": 1e-4,
+        "reg_mode": "global",
+        "optimizer": "adam",
+        "lr": 1e-3,
+        "batch_size": None,
+        "n_epochs": 1000,
+        "loss": "sum",
+        "init_std": 0.1,
+    },
+    "biased": {
+        "n_factors": 100,
+        "biased": True,
+        "reg": 0.1,
+        "reg_bias": 0.01,
+        "optimizer": "sgd",
+        "lr": 0.01,
+        "batch_size": 4096,
+        "n_epochs": 40,
+        "loss": "sum",
+        "init_std": 0.1,
+    },
+}
+
+
+class MFConfig(ModelConfig):
+    preset: Literal["biased", "anime-paper"] | None = Field("biased", description="defaults to start from")
+    n_factors: int = Field(100, ge=1)
+    biased: bool = True
+    reg: float = Field(0.1, ge=0, description="L2 on the factors of each rating's user and item")
+    reg_bias: float = Field(0.01, ge=0)
+    reg_mode: Literal["per_rating", "global"] = Field(
+        "per_rating",
+        description="per_rating: penalise each rating's user and item rows (Funk SVD); "
+        "global: λ(‖P‖² + ‖Q‖²) once per step (the anime study's loss)",
+    )
+    optimizer: Literal["sgd", "adam", "adamw", "nadam", "adagrad"] = "sgd"
+    lr: float = Field(0.01, gt=0)
+    batch_size: int | None = Field(4096, ge=1, description="None = full batch")
+    n_epochs: int = Field(40, ge=1)
+    loss: Literal["sum", "mean"] = "sum"
+    init_std: float = Field(0.1, gt=0)
+    blend_weight: float = Field(1.0, ge=0, le=1, description="p in p·R̂ + (1 - p)·⟨R⟩")
+    blend_mean: Literal["global", "user", "item"] = "global"
+    early_stopping_patience: int | None = Field(None, ge=1, description="stop when validation RMSE stalls")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _apply_preset(cls, values: Any) -> Any:
+        if isinstance(values, dict):
+            preset = values.get("preset", "biased")
+            if preset is not None:
+                if preset not in PRESETS:
+                    raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+                values = {**PRESETS[preset], **values}
+        return values
+
+
+class ExplicitMF(FactorModel):
+    name = "mf"
+    Config = MFConfig
+    capabilities = frozenset({KNOWN_USERS, HISTORY, EMBEDDINGS, RATINGS})
+
+    def _fit(self, train: Interactions, options: TrainOptions) -> None:
+        c: MFConfig = self.config  # type: ignore[assignment]
+        users, items, ratings = _rated_arrays(train, self.name)
+        torch.manual_seed(options.seed)
+        generator = torch.Generator().manual_seed(options.seed)
+        mean = float(ratings.mean()) if c.biased else 0.0
+        n_users, n_items, k = train.n_users, train.n_items, c.n_factors
+        P = torch.randn((n_users, k), generator=generator) * c.init_std
+        Q = torch.randn((n_items, k), generator=generator) * c.init_std
+        bu, bi = torch.zeros(n_users), torch.zeros(n_items)
+        u_t, i_t = torch.from_numpy(users), torch.from_numpy(items)
+        r_t = torch.from_numpy(ratings.astype(np.float32))
+        valid = self._validation(options.valid)
+        batch = len(r_t) if c.batch_size is None else c.batch_size
+        best = (np.inf, None)
+        stale = 0
+        if c.optimizer != "sgd":
+            for tensor in (P, Q, bu, bi):
+                tensor.grad = torch.zeros_like(tensor)
+            optimizer = make_optimizer(c.optimizer, [P, Q] + ([bu, bi] if c.biased else []), c.lr)
+        with progress_bar("MF", c.n_epochs, enabled=options.progress) as bar:
+            for epoch in range(c.n_epochs):
+                order = torch.randperm(len(r_t), generator=generator) if batch < len(r_t) else None
+                total = 0.0
+                for start in range(0, len(r_t), batch):
+                    index = order[start : start + batch] if order is not None else slice(None)
+                    u, i, r = u_t[index], i_t[index], r_t[index]
+                    if c.optimizer == "sgd":
+                        total += self._sgd_step(P, Q, bu, bi, u, i, r, mean)
+                    else:
+                        total += self._set_gradients(P, Q, bu, bi, u, i, r, mean)
+                        optimizer.step()
+                entry = {"epoch": epoch + 1, "loss": total / len(r_t)}
+                if valid is not None:
+                    with torch.no_grad():
+                        vu, vi, vr = valid
+                        pred = (mean + bu[vu] + bi[vi] + (P[vu] * Q[vi]).sum(1)).clamp(*self._scale(train)).numpy()
+                    entry["valid_rmse"] = float(np.sqrt(np.mean((pred - vr) ** 2)))
+                self.training_log_.append(entry)
+                bar.advance()
+                bar.update(**{k: v for k, v in entry.items() if k != "epoch"})
+                if valid is not None and c.early_stopping_patience is not None:
+                    if entry["valid_rmse"] < best[0] - 1e-5:
+                        best, stale = (entry["valid_rmse"], [t.detach().clone() for t in (P, Q, bu, bi)]), 0
+                    else:
+                        stale += 1
+                        if stale >= c.early_stopping_patience:
+                            break
+        if best[1] is not None:
+            P, Q, bu, bi = best[1]
+        self.fold_in_reg, self.fold_in_bias_reg = c.reg, c.reg_bias
+        self.fold_in_per_rating = c.reg_mode == "per_rating"
+        self._set_factors(
+            P.detach().numpy(),
+            Q.detach().numpy(),
+            bu.detach().numpy() if c.biased else None,
+            bi.detach().numpy() if c.biased else None,
+            mean,
+        )
+        self._fit_blend_means(users, items, ratings, n_users, n_items)
+
+    def _sgd_step(self, P, Q, bu, bi, u, i, r, mean) -> float:
+        """One vectorised SGD step with the per-rating updates of Funk SVD, summed over the batch.
+
+        Written for memory traffic: index_select (4x faster than advanced indexing on CPU), in-place
+        updates, and no autograd graph.
+        """
+        c: MFConfig = self.config  # type: ignore[assignment]
+        lr = c.lr if c.loss == "sum" else c.lr / len(r)
+        pu, qi = P.index_select(0, u), Q.index_select(0, i)
+        error = r - mean - (pu * qi).sum(1)
+        if c.biased:
+            bu_u, bi_i = bu.index_select(0, u), bi.index_select(0, i)
+            error -= bu_u + bi_i
+            bu.index_add_(0, u, lr * error - (lr * c.reg_bias) * bu_u)
+            bi.index_add_(0, i, lr * error - (lr * c.reg_bias) * bi_i)
+        scaled = (lr * error).unsqueeze(1)
+        grad_p = qi * scaled
+        grad_p.add_(pu, alpha=-lr * c.reg)
+        pu.mul_(scaled).add_(qi, alpha=-lr * c.reg)  # pu now holds Q's update
+        P.index_add_(0, u, grad_p)
+        Q.index_add_(0, i, pu)
+        return float(error.square().sum())
+
+    def _set_gradients(self, P, Q, bu, bi, u, i, r, mean) -> float:
+        """Exact gradients of the configured loss written into `.grad` (no autograd graph: ~4x faster)."""
+        c: MFConfig = self.config  # type: ignore[assignment]
+        pu, qi = P.index_select(0, u), Q.index_select(0, i)
+        error = mean + (pu * qi).sum(1) - r
+        if c.biased:
+            error += bu.index_select(0, u) + bi.index_select(0, i)
+        scale = 2.0 if c.loss == "sum" else 2.0 / len(r)
+        weighted = (scale * error).unsqueeze(1)
+        for tensor in (P, Q, bu, bi):
+            tensor.grad.zero_()
+        P.grad.index_add_(0, u, weighted * qi)
+        Q.grad.index_add_(0, i, weighted * pu)
+        if c.biased:
+            bu.grad.index_add_(0, u, scale * error)
+            bi.grad.index_add_(0, i, scale * error)
+        reg_scale = 2.0 if c.loss == "sum" else 2.0 / len(r)
+        if c.reg_mode == "global":
+            P.grad.add_(P, alpha=reg_scale * c.reg)
+            Q.grad.add_(Q, alpha=reg_scale * c.reg)
+            if c.biased:
+                bu.grad.add_(bu, alpha=reg_scale * c.reg_bias)
+                bi.grad.add_(bi, alpha=reg_scale * c.reg_bias)
+        else:
+            P.grad.index_add_(0, u, (reg_scale * c.reg) * pu)
+            Q.grad.index_add_(0, i, (reg_scale * c.reg) * qi)
+            if c.biased:
+                bu.grad.index_add_(0, u, (reg_scale * c.reg_bias) * bu.index_select(0, u))
+                bi.grad.index_add_(0, i, (reg_scale * c.reg_bias) * bi.index_select(0, i))
+        return float(error.square().sum())
+
+    def _validation(self, valid: Interactions | None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray] | None:
+        if valid is None or valid.rating is None or valid.n_rated == 0:
+            return None
+        rated = valid.explicit()
+        return (
+            torch.from_numpy(rated.user_index.astype(np.int64)),
+            torch.from_numpy(rated.item_index.astype(np.int64)),
+            rated.rating.astype(np.float64),
+        )
+
+    @staticmethod
+    def _scale(train: Interactions) -> tuple[float, float]:
+        return train.rating_scale if train.rating_scale is not None else (-np.inf, np.inf)
+
+    # -------------------------------------------------------------- the cold-start blend
+    def _fit_blend_means(
+        self, users: np.ndarray, items: np.ndarray, ratings: np.ndarray, n_users: int, n_items: int
+    ) -> None:
+        global_mean = float(ratings.mean())
+
+        def means(index: np.ndarray, n: int) -> np.ndarray:
+            counts = np.bincount(index, minlength=n)
+            sums = np.bincount(index, weights=ratings, minlength=n)
+            return np.divide(sums, counts, out=np.full(n, global_mean), where=counts > 0)
+
+        self.blend_global_ = global_mean
+        self.blend_user_ = means(users, n_users)
+        self.blend_item_ = means(items, n_items)
+
+    def _blend(self, raw: np.ndarray, users: np.ndarray | None, items: np.ndarray | None) -> np.ndarray:
+        c: MFConfig = self.config  # type: ignore[assignment]
+        if c.blend_weight == 1.0:
+            return raw
+        if c.blend_mean == "global":
+            mean = self.blend_global_
+        elif c.blend_mean == "user":
+            if users is None:
+                raise ConfigError("blend_mean='user' needs known users")
+            mean = self.blend_user_[users] if raw.ndim == 1 else self.blend_user_[users][:, None]
+        else:
+            mean = self.blend_item_[items] if items is not None else self.blend_item_[None, :]
+        return c.blend_weight * raw + (1.0 - c.blend_weight) * mean
+
+    def _predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        return self._blend(super()._predict(users, items), users, items)
+
+    def _score_known(self, users: np.ndarray) -> np.ndarray:
+        return self._blend(super()._score_known(users), users, None).astype(np.float32)
+
+    def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
+        raw = super()._score_history(history, users)
+        if self.config.blend_mean == "user":  # type: ignore[attr-defined]
+            history_mean = np.asarray(history.ratings.sum(axis=1)).ravel() / np.maximum(
+                history.ratings.getnnz(axis=1), 1
+            )
+            return (self.config.blend_weight * raw + (1 - self.config.blend_weight) * history_mean[:, None]).astype(
+                np.float32
+            )  # type: ignore[attr-defined]
+        return self._blend(raw, None, None).astype(np.float32)
+
+    def _get_arrays(self) -> dict[str, np.ndarray]:
+        return super()._get_arrays() | {"blend_user": self.blend_user_, "blend_item": self.blend_item_}
+
+    def _get_extras(self) -> dict[str, Any]:
+        return super()._get_extras() | {"blend_global": self.blend_global_}
+
+    def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
+        super()._set_state(arrays, extras)
+        self.blend_user_, self.blend_item_ = arrays["blend_user"], arrays["blend_item"]
+        self.blend_global_ = extras["blend_global"]
