@@ -48,7 +48,7 @@ def test_edited_file_is_refused(saved):
 
 
 def test_foreign_and_missing_manifests(tmp_path, saved):
-    with pytest.raises(ArtifactError, match="no manifest.json"):
+    with pytest.raises(ArtifactError, match=r"no manifest\.json"):
         load(tmp_path)
     _, path = saved
     (path / MANIFEST).write_text(json.dumps({"format": "something-else"}))
@@ -64,7 +64,7 @@ def test_newer_version_is_refused(saved):
     manifest = json.loads((path / MANIFEST).read_text())
     manifest["recforge_version"] = "99.0.0"
     (path / MANIFEST).write_text(json.dumps(manifest))
-    with pytest.raises(ArtifactError, match="written by recforge 99.0.0"):
+    with pytest.raises(ArtifactError, match=r"written by recforge 99\.0\.0"):
         load(path)
 
 

@@ -21,6 +21,12 @@ def demo_config(path: Path | str | None = None) -> ExperimentConfig:
             "split": {"kind": "per_user", "test_fraction": 0.2},
             "evaluation": {"protocols": ["ranking", "rating"], "ks": [5, 10, 20], "diversity_features": "genres"},
             "models": [
+                {"model": "blend", "protocols": ["ranking"]},
+                {"model": "ease", "protocols": ["ranking"]},
+                {"model": "ials", "protocols": ["ranking"]},
+                {"model": "bayesian_mf", "protocols": ["rating"]},
+                {"model": "mf", "protocols": ["rating"]},
+                {"model": "item_knn", "protocols": ["rating"]},
                 {"model": "weighted_popularity"},
             ],
         }

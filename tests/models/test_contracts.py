@@ -73,3 +73,10 @@ class TestItemKNNImplicit(ModelContract):
 class TestUserKNN(ModelContract):
     model_name = "user_knn"
     params = {"k": 10, "similarity": "pearson"}
+
+
+class TestBlend(ModelContract):
+    model_name = "blend"
+    params = {
+        "members": [{"model": "ease"}, {"model": "ials", "params": {"n_factors": 4, "n_iterations": 2}, "weight": 0.5}]
+    }

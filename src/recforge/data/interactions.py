@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -182,8 +183,9 @@ class Interactions:
         if rows.dtype == bool:
             if len(rows) != len(self):
                 raise ValueError(f"mask has {len(rows)} entries for {len(self)} interactions")
-            rows = np.flatnonzero(rows)
-        rows = np.sort(rows)
+            rows = np.flatnonzero(rows)  # already in order
+        elif len(rows) > 1 and (rows[1:] < rows[:-1]).any():
+            rows = np.sort(rows)
         return replace(
             self,
             user_index=self.user_index[rows],
@@ -196,7 +198,8 @@ class Interactions:
         """Only the rows with a real rating (what explicit-feedback models train on)."""
         if self.rating is None:
             raise DataFormatError(f"{self.name} has no ratings; explicit models need rated interactions")
-        return self.subset(self.is_rated)
+        rated = self.is_rated
+        return self if rated.all() else self.subset(rated)
 
     def compact(self) -> Interactions:
         """Drop users and items left without interactions and renumber; features follow their ids."""
@@ -235,24 +238,34 @@ class Interactions:
         rating of the item (rows without a rating are not allowed; call `explicit()` first).
         """
         shape = (self.n_users, self.n_items)
-        if value == "count":
+        if value in ("count", "binary"):
             data = np.ones(len(self), dtype=dtype)
             matrix = sp.csr_matrix((data, (self.user_index, self.item_index)), shape=shape)
             matrix.sum_duplicates()
+            if value == "binary":
+                matrix.data[:] = 1
             return matrix
-        if value == "rating" and (self.rating is None or not self.is_rated.all()):
+        if self.rating is None or not self.is_rated.all():
             raise DataFormatError(
                 f"{self.name}: to_csr('rating') needs every row rated; use .explicit() to keep rated rows"
             )
         rows = self.latest_per_pair()
-        data = np.ones(len(rows), dtype=dtype) if value == "binary" else self.rating[rows].astype(dtype)
-        matrix = sp.csr_matrix((data, (self.user_index[rows], self.item_index[rows])), shape=shape)
+        matrix = sp.csr_matrix(
+            (self.rating[rows].astype(dtype), (self.user_index[rows], self.item_index[rows])), shape=shape
+        )
         matrix.sort_indices()
         return matrix
 
     def latest_per_pair(self) -> np.ndarray:
         """Row indices keeping one row per (user, item): the latest by timestamp, ties by source order."""
+        return self._latest_rows
+
+    @cached_property
+    def _latest_rows(self) -> np.ndarray:
         key = self.user_index.astype(np.int64) * self.n_items + self.item_index
+        sorted_keys = np.sort(key)
+        if len(key) < 2 or (sorted_keys[1:] != sorted_keys[:-1]).all():
+            return np.arange(len(self))  # no repeated pair: every row is the latest of its pair
         time = self.timestamp if self.timestamp is not None else np.zeros(len(self), dtype=np.int64)
         order = np.lexsort((np.arange(len(self)), time, key))
         sorted_key = key[order]
@@ -285,6 +298,10 @@ class Interactions:
 
     def fingerprint(self) -> str:
         """sha256 over ids, interaction arrays and rating scale: equal data gives an equal fingerprint."""
+        return self._fingerprint
+
+    @cached_property
+    def _fingerprint(self) -> str:
         digest = hashlib.sha256()
         for vocab in (self.users, self.items):
             digest.update(pd.util.hash_pandas_object(pd.Index(vocab.ids), index=False).to_numpy().tobytes())

@@ -22,6 +22,7 @@ _REGISTRY: dict[str, str] = {
     "bpr": "recforge.models.bpr:BPR",
     "item_knn": "recforge.models.knn:ItemKNN",
     "user_knn": "recforge.models.knn:UserKNN",
+    "blend": "recforge.models.ensemble:Blend",
 }
 
 

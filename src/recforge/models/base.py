@@ -229,7 +229,10 @@ class Recommender(ABC):
             import torch
 
             torch.set_num_threads(options.threads)
-        self._fit(train, options)
+        from recforge.nn.training import flush_denormals
+
+        with flush_denormals():
+            self._fit(train, options)
         self.fitted_on_ = train.fingerprint()
         self.fit_seconds_ = time.perf_counter() - started
         return self

@@ -1,4 +1,4 @@
-"""EASE (Steck 2019): a closed-form item-item linear model for implicit feedback.
+"""EASE (Steck 2019) and its dropout-emphasised form EDLAE (Steck 2020): closed-form item-item models.
 
 B = argmin ‖X − XB‖² + λ‖B‖² subject to diag(B) = 0, solved by P = (XᵀX + λI)⁻¹ and
 B = I − P·diag(1/diag(P)) (then zero the diagonal). Scores for a user are their history row times B,
@@ -21,13 +21,26 @@ from recforge.models.base import HISTORY, KNOWN_USERS, History, ModelConfig, Rec
 
 class EASEConfig(ModelConfig):
     reg: float = Field(250.0, gt=0, description="λ on the item-item weights")
+    dropout: float = Field(
+        0.6,
+        ge=0,
+        lt=1,
+        description="p of EDLAE's emphasised dropout: item i's penalty grows "
+        "by p/(1-p)·|users of i| (Steck 2020); 0 = plain EASE",
+    )
     dtype: str = Field("float64", pattern="^(float32|float64)$", description="precision of the inversion")
 
 
-def ease_weights(matrix: sp.csr_matrix, reg: float, dtype: torch.dtype = torch.float64) -> np.ndarray:
-    """Item-item weight matrix B (n_items, n_items) of EASE for a users x items interaction matrix."""
+def ease_weights(
+    matrix: sp.csr_matrix, reg: float, dropout: float = 0.0, dtype: torch.dtype = torch.float64
+) -> np.ndarray:
+    """Item-item weight matrix B (n_items, n_items) of EASE for a users x items interaction matrix.
+
+    With `dropout` p > 0 this is EDLAE (Steck 2020, "Autoencoders that don't overfit towards the
+    identity"): the diagonal penalty becomes λ + p/(1-p)·G_ii, which regularises popular items more.
+    """
     gram_matrix = torch.from_numpy((matrix.T @ matrix).toarray()).to(dtype)
-    gram_matrix.diagonal().add_(reg)
+    gram_matrix.diagonal().add_(reg + dropout / (1.0 - dropout) * gram_matrix.diagonal())
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram_matrix))
     weights = -inverse / inverse.diagonal()[None, :]
     weights.diagonal().zero_()
@@ -41,7 +54,7 @@ class EASE(Recommender):
 
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: EASEConfig = self.config  # type: ignore[assignment]
-        self.weights_ = ease_weights(self.seen_, c.reg, getattr(torch, c.dtype)).astype(np.float32)
+        self.weights_ = ease_weights(self.seen_, c.reg, c.dropout, getattr(torch, c.dtype)).astype(np.float32)
 
     def _score_known(self, users: np.ndarray) -> np.ndarray:
         return np.asarray(self.seen_[users] @ self.weights_)

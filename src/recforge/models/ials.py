@@ -28,14 +28,25 @@ from recforge.models.factorization import FactorModel
 
 class IALSConfig(ModelConfig):
     n_factors: int = Field(64, ge=1)
-    reg: float = Field(0.01, ge=0, description="λ: L2 on user and item factors")
-    alpha: float = Field(1.0, ge=0, description="confidence slope: c = 1 + α·v")
+    reg: float = Field(20.0, ge=0, description="λ: L2 on user and item factors")
+    reg_exponent: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="ν: row penalty λ·(n_row + n_other/(1+α))^ν (Rendle et al. 2021); 0 = the classic constant λ",
+    )
+    alpha: float = Field(2.0, ge=0, description="confidence slope: c = 1 + α·v")
     confidence: Literal["binary", "count", "log"] = "binary"
     epsilon: float = Field(1.0, gt=0, description="scale inside log confidence: v = log(1 + count/ε)")
     n_iterations: int = Field(15, ge=1)
     solver: Literal["cg", "cholesky"] = "cg"
     cg_steps: int = Field(3, ge=1)
     init_std: float = Field(0.01, gt=0)
+
+
+# torch marks sparse CSR support as beta and says so on every tensor built; silence that one message.
+warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta", category=UserWarning)
+warnings.filterwarnings("ignore", message="Sparse invariant checks are implicitly disabled", category=UserWarning)
 
 
 class _CSR:
@@ -46,26 +57,20 @@ class _CSR:
         self.crow = torch.from_numpy(matrix.indptr.astype(np.int64))
         self.col = torch.from_numpy(matrix.indices.astype(np.int64))
         self.values = torch.from_numpy(matrix.data.astype(np.float32))
+        self.pattern = self.with_values(torch.zeros_like(self.values))
 
     def with_values(self, values: torch.Tensor) -> torch.Tensor:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # torch flags sparse CSR as beta
-            return torch.sparse_csr_tensor(self.crow, self.col, values, self.shape)
+        return torch.sparse_csr_tensor(self.crow, self.col, values, self.shape)
 
     def sddmm(self, left: torch.Tensor, right: torch.Tensor) -> torch.Tensor:
         """Values of (left @ rightᵀ) at this pattern's non-zeros."""
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            pattern = self.with_values(torch.zeros_like(self.values))
-            return torch.sparse.sampled_addmm(pattern, left, right.T, beta=0.0).values()
+        return torch.sparse.sampled_addmm(self.pattern, left, right.T, beta=0.0).values()
 
 
 def confidence_matrix(train: Interactions, config: IALSConfig) -> sp.csr_matrix:
     """Users x items matrix of c - 1 = α·v for observed pairs."""
-    counts = train.to_csr("count")
-    if config.confidence == "binary":
-        counts.data[:] = 1.0
-    elif config.confidence == "log":
+    counts = train.to_csr("binary" if config.confidence == "binary" else "count")
+    if config.confidence == "log":
         counts.data = np.log1p(counts.data / config.epsilon)
     counts.data = (config.alpha * counts.data).astype(np.float32)
     return counts
@@ -94,29 +99,42 @@ class ImplicitALS(FactorModel):
 
     @staticmethod
     def _solve(pattern: _CSR, fixed: torch.Tensor, current: torch.Tensor, c: IALSConfig) -> torch.Tensor:
-        gram_fixed = fixed.T @ fixed + c.reg * torch.eye(fixed.shape[1])
-        # b = Σ_i c_ui y_i = Yᵀ p_u + Σ_i (c_ui − 1) y_i
-        b = pattern.with_values(pattern.values + 1.0) @ fixed
+        row_counts = (pattern.crow[1:] - pattern.crow[:-1]).to(fixed.dtype)
+        gram_fixed = fixed.T @ fixed
+        penalty = None
+        if c.reg_exponent:
+            penalty = c.reg * (row_counts + fixed.shape[0] / (1.0 + c.alpha)) ** c.reg_exponent  # per row
+        else:
+            gram_fixed += c.reg * torch.eye(fixed.shape[1], dtype=fixed.dtype)
         if c.solver == "cholesky":
+            b = pattern.with_values(pattern.values + 1.0) @ fixed  # Σ_i c_ui y_i (p_ui = 1 where observed)
             weights = pattern.values.numpy().astype(np.float64)
             indptr, cols = pattern.crow.numpy(), pattern.col.numpy()
             groups = GroupedRows(indptr=indptr, cols=cols, order=np.arange(len(cols)))
             matrices = gram_fixed.double()[None] + gram(groups, fixed.double(), weights)
+            if penalty is not None:
+                matrices += torch.diag_embed(penalty.double()[:, None].expand(-1, fixed.shape[1]))
             return solve_spd(matrices, b.double()).float()
 
         def apply(vectors: torch.Tensor) -> torch.Tensor:
-            dots = pattern.sddmm(vectors, fixed) * pattern.values
-            return vectors @ gram_fixed + pattern.with_values(dots) @ fixed
+            dots = pattern.sddmm(vectors, fixed).mul_(pattern.values)
+            product = torch.addmm(pattern.with_values(dots) @ fixed, vectors, gram_fixed)
+            return product if penalty is None else product.addcmul_(penalty[:, None], vectors)
 
         x = current.clone()
-        residual = b - apply(x)
+        # r = b − A x with b's SpMM and A x's SpMM fused into one (same sparsity pattern)
+        dots = pattern.sddmm(x, fixed)
+        residual = pattern.with_values(pattern.values + 1.0 - pattern.values * dots) @ fixed
+        residual.addmm_(x, gram_fixed, alpha=-1.0)
+        if penalty is not None:
+            residual.addcmul_(penalty[:, None], x, value=-1.0)
         direction = residual.clone()
         rs_old = (residual * residual).sum(1)
         for _ in range(c.cg_steps):
             a_direction = apply(direction)
             step = rs_old / (direction * a_direction).sum(1).clamp_min(1e-20)
-            x += step[:, None] * direction
-            residual -= step[:, None] * a_direction
+            x.addcmul_(step[:, None], direction)
+            residual.addcmul_(step[:, None], a_direction, value=-1.0)
             rs_new = (residual * residual).sum(1)
             direction = residual + (rs_new / rs_old.clamp_min(1e-20))[:, None] * direction
             rs_old = rs_new
@@ -128,7 +146,7 @@ class ImplicitALS(FactorModel):
         dots = pattern.sddmm(X, Y)
         observed = ((pattern.values + 1.0) * (1.0 - dots) ** 2 - dots**2).sum()
         all_cells = ((X.T @ X) * (Y.T @ Y)).sum()  # Σ_{u,i} (x_uᵀ y_i)² for the unobserved part
-        total = observed + all_cells + c.reg * ((X**2).sum() + (Y**2).sum())
+        total = observed + all_cells + c.reg * ((X**2).sum() + (Y**2).sum())  # ν's row weights left out
         return float(total) / (X.shape[0] * Y.shape[0])
 
     def fold_in(self, history: History) -> tuple[np.ndarray, np.ndarray]:

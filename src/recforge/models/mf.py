@@ -46,7 +46,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "reg_bias": 0.01,
         "optimizer": "sgd",
         "lr": 0.01,
-        "batch_size": 4096,
+        "batch_size": 8192,
         "n_epochs": 40,
         "loss": "sum",
         "init_std": 0.1,
@@ -67,7 +67,7 @@ class MFConfig(ModelConfig):
     )
     optimizer: Literal["sgd", "adam", "adamw", "nadam", "adagrad"] = "sgd"
     lr: float = Field(0.01, gt=0)
-    batch_size: int | None = Field(4096, ge=1, description="None = full batch")
+    batch_size: int | None = Field(8192, ge=1, description="None = full batch")
     n_epochs: int = Field(40, ge=1)
     loss: Literal["sum", "mean"] = "sum"
     init_std: float = Field(0.1, gt=0)
@@ -114,17 +114,24 @@ class ExplicitMF(FactorModel):
             optimizer = make_optimizer(c.optimizer, [P, Q] + ([bu, bi] if c.biased else []), c.lr)
         with progress_bar("MF", c.n_epochs, enabled=options.progress) as bar:
             for epoch in range(c.n_epochs):
-                order = torch.randperm(len(r_t), generator=generator) if batch < len(r_t) else None
-                total = 0.0
+                if batch < len(r_t):  # shuffle once per epoch, then take contiguous slices (views, no copies)
+                    order = torch.randperm(len(r_t), generator=generator)
+                    u_epoch, i_epoch, r_epoch = u_t[order], i_t[order], r_t[order]
+                else:
+                    u_epoch, i_epoch, r_epoch = u_t, i_t, r_t
+                total = torch.zeros(())
                 for start in range(0, len(r_t), batch):
-                    index = order[start : start + batch] if order is not None else slice(None)
-                    u, i, r = u_t[index], i_t[index], r_t[index]
+                    u, i, r = (
+                        u_epoch[start : start + batch],
+                        i_epoch[start : start + batch],
+                        r_epoch[start : start + batch],
+                    )
                     if c.optimizer == "sgd":
                         total += self._sgd_step(P, Q, bu, bi, u, i, r, mean)
                     else:
                         total += self._set_gradients(P, Q, bu, bi, u, i, r, mean)
                         optimizer.step()
-                entry = {"epoch": epoch + 1, "loss": total / len(r_t)}
+                entry = {"epoch": epoch + 1, "loss": float(total) / len(r_t)}
                 if valid is not None:
                     with torch.no_grad():
                         vu, vi, vr = valid
@@ -162,10 +169,10 @@ class ExplicitMF(FactorModel):
         c: MFConfig = self.config  # type: ignore[assignment]
         lr = c.lr if c.loss == "sum" else c.lr / len(r)
         pu, qi = P.index_select(0, u), Q.index_select(0, i)
-        error = r - mean - (pu * qi).sum(1)
+        error = r - torch.linalg.vecdot(pu, qi)  # one fused pass instead of multiply-then-sum
         if c.biased:
             bu_u, bi_i = bu.index_select(0, u), bi.index_select(0, i)
-            error -= bu_u + bi_i
+            error -= bu_u + bi_i + mean
             bu.index_add_(0, u, lr * error - (lr * c.reg_bias) * bu_u)
             bi.index_add_(0, i, lr * error - (lr * c.reg_bias) * bi_i)
         scaled = (lr * error).unsqueeze(1)
@@ -174,7 +181,7 @@ class ExplicitMF(FactorModel):
         pu.mul_(scaled).add_(qi, alpha=-lr * c.reg)  # pu now holds Q's update
         P.index_add_(0, u, grad_p)
         Q.index_add_(0, i, pu)
-        return float(error.square().sum())
+        return error.square().sum()
 
     def _set_gradients(self, P, Q, bu, bi, u, i, r, mean) -> float:
         """Exact gradients of the configured loss written into `.grad` (no autograd graph: ~4x faster)."""
@@ -205,7 +212,7 @@ class ExplicitMF(FactorModel):
             if c.biased:
                 bu.grad.index_add_(0, u, (reg_scale * c.reg_bias) * bu.index_select(0, u))
                 bi.grad.index_add_(0, i, (reg_scale * c.reg_bias) * bi.index_select(0, i))
-        return float(error.square().sum())
+        return error.square().sum()
 
     def _validation(self, valid: Interactions | None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray] | None:
         if valid is None or valid.rating is None or valid.n_rated == 0:
