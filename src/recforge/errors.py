@@ -66,3 +66,7 @@ class UnknownIdError(RecforgeError, KeyError):
 
 class CapabilityError(RecforgeError):
     """A model was asked for something it cannot serve (e.g. a cold user without features)."""
+
+
+class TrainingDivergedError(RecforgeError, FloatingPointError):
+    """Training produced a non-finite loss; the message names the model, epoch and what to lower."""
