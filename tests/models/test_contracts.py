@@ -80,3 +80,50 @@ class TestBlend(ModelContract):
     params = {
         "members": [{"model": "ease"}, {"model": "ials", "params": {"n_factors": 4, "n_iterations": 2}, "weight": 0.5}]
     }
+
+
+class TestTwoTowerRetrieval(ModelContract):
+    model_name = "two_tower"
+    params = {
+        "n_epochs": 3,
+        "history_dim": 16,
+        "user_tower": {"output_dim": 16},
+        "item_tower": {"id_dim": 16, "output_dim": 16},
+    }
+
+
+class TestTwoTowerInBatchPairs(ModelContract):
+    model_name = "two_tower"
+    params = {
+        "batching": "pairs",
+        "softmax": "in_batch",
+        "uniform_negatives": 8,
+        "history_pooling": False,
+        "batch_size": 128,
+        "n_epochs": 2,
+        "user_tower": {"id_dim": 8, "output_dim": 8},
+        "item_tower": {"id_dim": 8, "output_dim": 8},
+    }
+
+
+class TestTwoTowerRating(ModelContract):
+    model_name = "two_tower"
+    params = {"preset": "rating", "n_epochs": 3, "margin_weight": 0.5, "inverse_frequency": True}
+
+
+class TestTwoTowerIdOnly(ModelContract):
+    model_name = "two_tower"
+    params = {"preset": "id-only", "n_epochs": 3}
+
+
+class TestTwoTowerBCE(ModelContract):
+    model_name = "two_tower"
+    params = {
+        "task": "bce",
+        "batching": "pairs",
+        "history_pooling": False,
+        "n_epochs": 2,
+        "batch_size": 128,
+        "user_tower": {"id_dim": 8, "output_dim": 8},
+        "item_tower": {"id_dim": 8, "output_dim": 8},
+    }

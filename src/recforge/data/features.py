@@ -75,6 +75,7 @@ class RangeScaler:
 
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     learned: tuple[str, ...] = ()
+    log: tuple[str, ...] = ()  # columns scaled as log1p(x) (heavy-tailed counts such as `members`)
     fitted_ranges_: dict[str, tuple[float, float]] = field(default_factory=dict)
     medians_: dict[str, float] = field(default_factory=dict)
     out_of_range_: dict[str, int] = field(default_factory=dict)
@@ -88,7 +89,7 @@ class RangeScaler:
     def fit(self, frame: pd.DataFrame, fingerprint: str | None = None) -> RangeScaler:
         self.fitted_ranges_ = {c: (float(lo), float(hi)) for c, (lo, hi) in self.ranges.items()}
         for column in self.columns:
-            values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+            values = self._values(frame, column)
             finite = values[np.isfinite(values)]
             if column not in self.fitted_ranges_:
                 if not len(finite):
@@ -108,7 +109,7 @@ class RangeScaler:
         out = np.empty((len(frame), len(self.columns)), dtype=np.float32)
         for j, column in enumerate(self.columns):
             low, high = self.fitted_ranges_[column]
-            values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64, copy=True)
+            values = self._values(frame, column)
             missing = ~np.isfinite(values)
             values[missing] = self.medians_[column]
             outside = (values < low) | (values > high)
@@ -117,10 +118,18 @@ class RangeScaler:
             out[:, j] = (np.clip(values, low, high) - low) / (high - low)
         return out
 
+    def _values(self, frame: pd.DataFrame, column: str) -> np.ndarray:
+        values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64, copy=True)
+        if column in self.log:
+            with np.errstate(invalid="ignore"):
+                values = np.log1p(np.where(values >= 0, values, np.nan))
+        return values
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "ranges": self.ranges,
             "learned": list(self.learned),
+            "log": list(self.log),
             "fitted_ranges": self.fitted_ranges_,
             "medians": self.medians_,
             "fitted_on": self.fitted_on_,
@@ -131,6 +140,7 @@ class RangeScaler:
         return cls(
             ranges={k: tuple(v) for k, v in payload["ranges"].items()},
             learned=tuple(payload["learned"]),
+            log=tuple(payload.get("log", ())),
             fitted_ranges_={k: tuple(v) for k, v in payload["fitted_ranges"].items()},
             medians_=payload["medians"],
             fitted_on_=payload["fitted_on"],
@@ -182,6 +192,7 @@ class ItemFeatureBuilder:
     min_genre_quantile: float | None = None
     numeric_ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     learned_numeric: tuple[str, ...] = ()
+    log_numeric: tuple[str, ...] = ()
     categorical: tuple[str, ...] = ()
     genres_: list[str] = field(default_factory=list)
     scaler_: RangeScaler | None = None
@@ -238,6 +249,7 @@ class ItemFeatureBuilder:
             min_genre_quantile=payload["min_genre_quantile"],
             numeric_ranges=dict(scaler.ranges) if scaler else {},
             learned_numeric=scaler.learned if scaler else (),
+            log_numeric=scaler.log if scaler else (),
             categorical=tuple(payload["categorical"]),
             genres_=payload["genres"],
             scaler_=scaler,
@@ -372,6 +384,52 @@ class UserFeatureBuilder:
             scaler_=scaler,
             fitted_on_=payload["fitted_on"],
         )
+
+
+_TEXT_LIKE = {"title", "name", "imdb_url", "url", "release_date", "asin", "zip", "description"}
+_LIST_FEATURES = ("genres", "attributes", "categories")
+
+
+def infer_item_columns(frame: pd.DataFrame | None) -> dict[str, tuple[str, ...]]:
+    """Which item-feature columns to use and how: list columns named genres/attributes/categories become
+    multi-hot; numeric columns are scaled (log1p first when heavy-tailed: max > 100 x median); text-free
+    columns with 2..64 distinct values become categorical. Free text and ids (title, url, asin) are left out."""
+    result: dict[str, tuple[str, ...]] = {"genres": (), "numeric": (), "log_numeric": (), "categorical": ()}
+    if frame is None:
+        return result
+    genres, numeric, log_numeric, categorical = [], [], [], []
+    for column in frame.columns:
+        series = frame[column]
+        if column in _TEXT_LIKE:
+            continue
+        sample = series.dropna()
+        if column in _LIST_FEATURES or (len(sample) and isinstance(sample.iloc[0], (list, tuple, np.ndarray))):
+            if column in _LIST_FEATURES:
+                genres.append(column)
+            continue
+        if pd.api.types.is_numeric_dtype(series):
+            numeric.append(column)
+            values = sample.to_numpy(dtype=np.float64)
+            if len(values) and values.min() >= 0 and values.max() > 100 * max(np.median(values), 1.0):
+                log_numeric.append(column)
+        elif 2 <= sample.astype(str).nunique() <= 64:
+            categorical.append(column)
+    return {
+        "genres": tuple(genres),
+        "numeric": tuple(numeric),
+        "log_numeric": tuple(log_numeric),
+        "categorical": tuple(categorical),
+    }
+
+
+def infer_user_columns(frame: pd.DataFrame | None) -> dict[str, tuple[str, ...]]:
+    """User-feature columns to use: numeric columns scaled, low-cardinality columns as categories, and an
+    age bucket derived from `age` when present (zip codes and other ids are left out)."""
+    columns = infer_item_columns(frame)
+    categorical = list(columns["categorical"])
+    if frame is not None and "age" in frame.columns and "age_bucket" not in categorical:
+        categorical.append("age_bucket")
+    return {"numeric": columns["numeric"], "categorical": tuple(categorical)}
 
 
 def _require_features(frame: pd.DataFrame | None, kind: str) -> pd.DataFrame:

@@ -23,6 +23,7 @@ _REGISTRY: dict[str, str] = {
     "item_knn": "recforge.models.knn:ItemKNN",
     "user_knn": "recforge.models.knn:UserKNN",
     "blend": "recforge.models.ensemble:Blend",
+    "two_tower": "recforge.models.two_tower:TwoTower",
 }
 
 

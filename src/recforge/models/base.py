@@ -48,11 +48,20 @@ class ModelConfig(BaseModel):
     def to_toml(self) -> str:
         import tomli_w
 
-        values = self.model_dump(mode="json")
-        nones = sorted(k for k, v in values.items() if v is None)
-        payload = {k: v for k, v in values.items() if v is not None}
+        nones: list[str] = []
+
+        def strip(values: dict[str, Any], prefix: str) -> dict[str, Any]:  # TOML has no null: list the paths
+            kept = {}
+            for key, value in values.items():
+                if value is None:
+                    nones.append(prefix + key)
+                else:
+                    kept[key] = strip(value, f"{prefix}{key}.") if isinstance(value, dict) else value
+            return kept
+
+        payload = strip(self.model_dump(mode="json"), "")
         if nones:
-            payload["__none__"] = nones
+            payload["__none__"] = sorted(nones)
         return tomli_w.dumps(payload)
 
     @classmethod
@@ -62,8 +71,12 @@ class ModelConfig(BaseModel):
         except ModuleNotFoundError:  # Python 3.10
             import tomli as tomllib
         payload = tomllib.loads(text)
-        for key in payload.pop("__none__", []):
-            payload[key] = None
+        for path in payload.pop("__none__", []):
+            *parents, key = path.split(".")
+            node = payload
+            for parent in parents:
+                node = node.setdefault(parent, {})
+            node[key] = None
         return cls.model_validate(payload)
 
 

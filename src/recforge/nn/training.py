@@ -26,6 +26,21 @@ def make_optimizer(
     return OPTIMIZERS[name](params, lr=lr, weight_decay=weight_decay)
 
 
+def make_schedule(optimizer: torch.optim.Optimizer, kind: str, n_epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-epoch learning-rate schedule: constant, or a linear / cosine decay to zero at `n_epochs`."""
+    import math
+
+    if kind == "constant":
+        factor = lambda epoch: 1.0  # noqa: E731
+    elif kind == "linear":
+        factor = lambda epoch: max(0.0, 1.0 - epoch / n_epochs)  # noqa: E731
+    elif kind == "cosine":
+        factor = lambda epoch: 0.5 * (1 + math.cos(math.pi * min(epoch, n_epochs) / n_epochs))  # noqa: E731
+    else:
+        raise ConfigError(f"unknown learning-rate schedule {kind!r}")
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
 def resolve_device(device: str) -> torch.device:
     """'auto' picks CUDA when available, else CPU; anything else is passed to torch."""
     if device == "auto":
@@ -46,3 +61,40 @@ def flush_denormals() -> Iterator[None]:
         yield
     finally:
         torch.set_flush_denormal(False)
+
+
+class EarlyStopping:
+    """Tracks a validation metric, keeps the best weights, and says when to stop.
+
+    `mode="max"` for accuracies/NDCG, `"min"` for losses/RMSE. `patience` epochs without improvement
+    (by more than `min_delta`) stop training; `restore(module)` loads the best weights back.
+    """
+
+    def __init__(self, patience: int | None, mode: str = "max", min_delta: float = 1e-5) -> None:
+        self.patience, self.mode, self.min_delta = patience, mode, min_delta
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+        self.stale = 0
+
+    def update(self, value: float, epoch: int, module: torch.nn.Module) -> bool:
+        """Record this epoch's metric; returns True when training should stop."""
+        better = self.best is None or (
+            value > self.best + self.min_delta if self.mode == "max" else value < self.best - self.min_delta
+        )
+        if better:
+            self.best, self.best_epoch, self.stale = value, epoch, 0
+            self.best_state = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        else:
+            self.stale += 1
+        return self.patience is not None and self.stale >= self.patience
+
+    def restore(self, module: torch.nn.Module) -> None:
+        if self.best_state is not None:
+            module.load_state_dict(self.best_state)
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed torch's global generator (dropout, init) and return a generator for data order."""
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
