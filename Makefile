@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export RECFORGE_DATA_DIR ?= $(abspath ../shared/data)
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all lint format bench clean
+.PHONY: browser-deps install demo test test-all lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -22,7 +22,14 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: install
 	$(BIN)/recforge demo
 
-test: install
+# Debian's Chromium + ChromeDriver for the end-to-end browser test (root or sudo needed once).
+browser-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }; }
+
+test: install browser-deps
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q $(PYTEST_ARGS)
 
 lint: install
@@ -33,7 +40,7 @@ format: install
 	$(BIN)/ruff format src tests benchmarks
 
 bench: install
-	$(BIN)/python benchmarks/run_all.py
+	$(BIN)/python -m benchmarks.run_all
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build dist src/*.egg-info

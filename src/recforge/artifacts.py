@@ -145,3 +145,34 @@ def load_model(path: str | Path) -> Any:
     model.artifact_path_ = path
     model.manifest_ = manifest
     return model
+
+
+INDEX_ARRAYS = "index.safetensors"
+INDEX_CONFIG = "index.json"
+
+
+def index_writers(index: Any) -> dict[str, Any]:
+    """`extra_files` for `save_model` that store a built `VectorIndex` inside the artifact."""
+
+    def arrays(path: Path) -> None:
+        save_file({k: np.ascontiguousarray(v) for k, v in index.to_arrays().items()}, str(path))
+
+    def config(path: Path) -> None:
+        path.write_text(json.dumps(index.config.model_dump(mode="json"), sort_keys=True))
+
+    return {INDEX_ARRAYS: arrays, INDEX_CONFIG: config}
+
+
+def read_index(path: str | Path) -> Any:
+    """The ANN index stored in a (verified) artifact, or None when it has none."""
+    from recforge.retrieval.ann import VectorIndex
+
+    path = Path(path)
+    files = read_manifest(path).get("files", {})
+    if INDEX_ARRAYS not in files:
+        return None
+    try:
+        config = json.loads((path / INDEX_CONFIG).read_text())
+        return VectorIndex.from_arrays(config, load_file(str(path / INDEX_ARRAYS)))
+    except Exception as exc:
+        raise ArtifactError(f"{path}: cannot restore its index ({type(exc).__name__}: {exc})") from exc

@@ -151,6 +151,89 @@ def demo(
     _run_and_report(demo_config(path), output)
 
 
+# ----------------------------------------------------------------------------- artifacts and serving
+@app.command()
+@_friendly
+def train(
+    config: Annotated[Path, typer.Argument(help="training config (TOML): dataset, preprocess, model, optional index")],
+    output: Annotated[Path | None, typer.Option(help="artifact directory (default: the config's `output`)")] = None,
+) -> None:
+    """Fit one model on a whole dataset and write a model artifact."""
+    from recforge.train import load_train_config
+    from recforge.train import train as train_model
+
+    path = train_model(load_train_config(config), output, progress=True)
+    console.print(f"artifact: {path}")
+
+
+def _recommendations_table(answer: Any, title: str) -> None:
+    table = Table(title=f"{title} (served by {answer.served_by}{': ' + answer.note if answer.note else ''})")
+    for column in ("rank", "item", "title", "genres", "score"):
+        table.add_column(column, justify="right" if column in ("rank", "score") else "left")
+    for rank, row in enumerate(answer.items, 1):
+        table.add_row(str(rank), str(row["item"]), str(row["title"]), ", ".join(row["genres"]), f"{row['score']:.4f}")
+    console.print(table)
+
+
+@app.command()
+@_friendly
+def recommend(
+    model: Annotated[Path, typer.Option("--model", help="model artifact directory")],
+    user: Annotated[str, typer.Option("--user", help="external user id")],
+    k: Annotated[int, typer.Option("-k", help="list length")] = 10,
+    include_seen: Annotated[bool, typer.Option(help="keep items the user already has")] = False,
+) -> None:
+    """Top-k recommendations for a known user of a saved model."""
+    from recforge.serving.service import RecommenderService
+
+    service = RecommenderService.from_artifact(model)
+    _recommendations_table(service.recommend_user(user, k, exclude_seen=not include_seen), f"top {k} for user {user}")
+
+
+@app.command()
+@_friendly
+def similar(
+    model: Annotated[Path, typer.Option("--model", help="model artifact directory")],
+    item: Annotated[str, typer.Option("--item", help="external item id")],
+    k: Annotated[int, typer.Option("-k", help="list length")] = 10,
+) -> None:
+    """Items most similar to an item (cosine of the model's item vectors)."""
+    from recforge.serving.service import RecommenderService
+
+    service = RecommenderService.from_artifact(model)
+    _recommendations_table(service.similar(item, k), f"{k} items like {item}")
+
+
+@app.command()
+@_friendly
+def serve(
+    model: Annotated[Path, typer.Option("--model", help="model artifact directory")],
+    host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port")] = 8000,
+    workers: Annotated[int, typer.Option(help="uvicorn worker processes (each loads the model)")] = 1,
+) -> None:
+    """Serve a model artifact over HTTP (FastAPI + uvicorn) with the web page at /."""
+    import os
+
+    import uvicorn
+
+    os.environ["RECFORGE_MODEL"] = str(model.resolve())
+    if workers == 1:
+        from recforge.serving.app import create_app
+        from recforge.serving.service import RecommenderService
+
+        uvicorn.run(create_app(RecommenderService.from_artifact(model)), host=host, port=port, log_level="warning")
+    else:
+        uvicorn.run(
+            "recforge.serving.app:app_from_environment",
+            factory=True,
+            host=host,
+            port=port,
+            workers=workers,
+            log_level="warning",
+        )
+
+
 def main() -> None:  # pragma: no cover - console entry
     sys.exit(app())
 

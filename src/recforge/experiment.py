@@ -136,9 +136,11 @@ class ExperimentConfig(_Strict):
         return list(self.seeds) if self.seeds else [self.seed]
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read a TOML (or YAML, if PyYAML is installed) experiment config; relative paths stay relative
-    to the config file's folder."""
+def load_config(path: str | Path, schema: type[BaseModel] | None = None) -> Any:
+    """Read a TOML (or YAML, if PyYAML is installed) experiment config (or another `schema` with a
+    `dataset` section, such as `recforge.train.TrainConfig`); relative dataset paths stay relative to the
+    config file's folder."""
+    schema = schema or ExperimentConfig
     path = Path(path)
     text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
@@ -152,7 +154,7 @@ def load_config(path: str | Path) -> ExperimentConfig:
             import tomli as tomllib
         payload = tomllib.loads(text)
     try:
-        config = ExperimentConfig.model_validate(payload)
+        config = schema.model_validate(payload)
     except Exception as exc:
         raise ConfigError(f"{path}: {exc}") from exc
     if config.dataset.path is not None and not Path(config.dataset.path).is_absolute():

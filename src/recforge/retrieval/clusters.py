@@ -85,8 +85,19 @@ class ClusterRetriever:
         self.popularity_ = np.asarray(popularity, dtype=np.float64)
         if len(self.popularity_) != len(self.item_vectors_):
             raise ConfigError(f"popularity has {len(self.popularity_)} entries for {len(self.item_vectors_)} items")
-        self.clusters_ = cluster_items(self.item_vectors_, self.n_clusters, self.method, self.seed)
-        labels = self.clusters_.labels
+        return self._index(cluster_items(self.item_vectors_, self.n_clusters, self.method, self.seed))
+
+    def restore(
+        self, item_vectors: np.ndarray, labels: np.ndarray, centres: np.ndarray, popularity: np.ndarray | None = None
+    ) -> ClusterRetriever:
+        """A fitted retriever from saved labels and centres (no re-clustering)."""
+        self.item_vectors_ = np.asarray(item_vectors, dtype=np.float32)
+        self.popularity_ = np.ones(len(item_vectors)) if popularity is None else np.asarray(popularity, np.float64)
+        return self._index(ClusterFit(np.asarray(labels, np.int64), np.asarray(centres, np.float64), float("nan")))
+
+    def _index(self, fit: ClusterFit) -> ClusterRetriever:
+        self.clusters_ = fit
+        labels = fit.labels
         order = np.argsort(labels, kind="stable")
         self.members_ = np.split(order, np.cumsum(np.bincount(labels, minlength=self.n_clusters))[:-1])
         return self

@@ -1,0 +1,1 @@
+"""Serving: a framework-free `RecommenderService` and the FastAPI app around it."""

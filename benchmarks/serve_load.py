@@ -1,0 +1,199 @@
+"""Load test of `recforge serve`: N concurrent clients on loopback for T seconds, each asking
+`GET /users/{id}/recommendations?k=10` for random known users; reports throughput, p50/p95/p99 latency
+and errors.
+
+The model: iALS (64 factors) trained on synthetic interactions over 100,000 items (power-law
+popularity), saved as an artifact with or without an HNSW index, served by `recforge serve` in its own
+process(es). Clients are asyncio + httpx keep-alive connections in separate processes, so client and
+server share this machine's 2 cores (the numbers include that contention).
+
+Run: `python benchmarks/serve_load.py [--clients 32] [--seconds 20] [--workers 1] [--index hnsw|none]`;
+writes results/serve_load.json and .md. Target: p99 <= 25 ms with 32 clients and zero errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._common import markdown_table, write_results
+
+N_ITEMS = 100_000
+
+
+def build_artifact(folder: Path, index: str) -> Path:
+    from recforge.artifacts import index_writers, save_model
+    from recforge.data.interactions import Interactions
+    from recforge.data.vocabulary import Vocabulary
+    from recforge.models import create_model
+    from recforge.retrieval.ann import VectorIndex
+
+    rng = np.random.default_rng(0)
+    n_users, n = 20_000, 1_000_000
+    popularity = rng.pareto(1.2, N_ITEMS) + 1
+    items = rng.choice(N_ITEMS, size=n, p=popularity / popularity.sum())
+    users = rng.integers(0, n_users, n)
+    data = Interactions(
+        users=Vocabulary(np.arange(n_users), "user"),
+        items=Vocabulary(np.arange(N_ITEMS), "item"),
+        user_index=users,
+        item_index=items,
+        name="synthetic-100k-items",
+    )
+    model = create_model("ials", n_factors=64, n_iterations=3).fit(data)
+    extra = {} if index == "none" else index_writers(VectorIndex({"kind": index}).build(model.item_embeddings()))
+    return save_model(model, folder / "model", extra_files=extra)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+async def client_loop(base: str, users: np.ndarray, stop_at: float, latencies: list[float], errors: list[int]) -> None:
+    import httpx
+
+    rng = np.random.default_rng(os.getpid() ^ id(latencies) & 0xFFFF)
+    async with httpx.AsyncClient(base_url=base, timeout=10.0) as client:
+        while time.perf_counter() < stop_at:
+            user = int(users[rng.integers(len(users))])
+            started = time.perf_counter()
+            try:
+                response = await client.get(f"/users/{user}/recommendations", params={"k": 10})
+                ok = response.status_code == 200 and len(response.json()["items"]) == 10
+            except Exception:
+                ok = False
+            latencies.append((time.perf_counter() - started) * 1e3)
+            if not ok:
+                errors.append(1)
+
+
+def client_process(base: str, n_clients: int, seconds: float, start_at: float, queue) -> None:
+    async def main() -> None:
+        users = np.arange(20_000)
+        latencies: list[float] = []
+        errors: list[int] = []
+        await asyncio.sleep(max(0.0, start_at - time.time()))
+        stop_at = time.perf_counter() + seconds
+        await asyncio.gather(*(client_loop(base, users, stop_at, latencies, errors) for _ in range(n_clients)))
+        queue.put((latencies, len(errors)))
+
+    asyncio.run(main())
+
+
+def load(base: str, clients: int, seconds: float, processes: int) -> dict:
+    queue = multiprocessing.Queue()
+    start_at = time.time() + 1.0
+    shares = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
+    workers = [
+        multiprocessing.Process(target=client_process, args=(base, share, seconds, start_at, queue)) for share in shares
+    ]
+    for worker in workers:
+        worker.start()
+    results = [queue.get() for _ in workers]
+    for worker in workers:
+        worker.join()
+    latencies = np.concatenate([np.asarray(r[0]) for r in results])
+    return {
+        "requests": len(latencies),
+        "errors": int(sum(r[1] for r in results)),
+        "rps": len(latencies) / seconds,
+        "p50_ms": float(np.percentile(latencies, 50)),
+        "p95_ms": float(np.percentile(latencies, 95)),
+        "p99_ms": float(np.percentile(latencies, 99)),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--seconds", type=float, default=20.0)
+    parser.add_argument("--client-processes", type=int, default=1)
+    parser.add_argument("--settings", default="none:1,hnsw:1,hnsw:2", help="index:workers pairs to measure")
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for setting in args.settings.split(","):
+            index, workers = setting.split(":")
+            artifact = (
+                build_artifact(Path(tmp) / index, index)
+                if not (Path(tmp) / index).exists()
+                else Path(tmp) / index / "model"
+            )
+            port = free_port()
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+            server = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "recforge.cli",
+                    "serve",
+                    "--model",
+                    str(artifact),
+                    "--port",
+                    str(port),
+                    "--workers",
+                    workers,
+                ],
+                env=env,
+            )
+            try:
+                base = f"http://127.0.0.1:{port}"
+                _wait_ready(base)
+                load(base, 4, 2.0, 1)  # warm-up
+                row = {
+                    "items": N_ITEMS,
+                    "index": index,
+                    "server workers": int(workers),
+                    "clients": args.clients,
+                    "seconds": args.seconds,
+                    **load(base, args.clients, args.seconds, args.client_processes),
+                }
+            finally:
+                server.terminate()
+                server.wait(timeout=30)
+            rows.append(row)
+            print(row)
+    markdown = [
+        "# Serving load test",
+        "",
+        __doc__.split("\n\n")[1],
+        "",
+        __doc__.split("\n\n")[2],
+        "",
+        markdown_table(
+            rows,
+            ["items", "index", "server workers", "clients", "requests", "errors", "rps", "p50_ms", "p95_ms", "p99_ms"],
+        ),
+        "",
+    ]
+    write_results("serve_load", {"rows": rows}, "\n".join(markdown))
+
+
+def _wait_ready(base: str, timeout: float = 120.0) -> None:
+    import httpx
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            if httpx.get(base + "/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"the service at {base} did not become ready in {timeout} s")
+
+
+if __name__ == "__main__":
+    main()

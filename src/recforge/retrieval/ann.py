@@ -1,0 +1,178 @@
+"""Top-k search over item vectors behind one interface: exact (numpy) or approximate (faiss).
+
+`VectorIndex.search(queries, k, exclude)` returns (item indices, scores), both (n, k), best first,
+padded with -1 / -inf. Exclusion (seen items) is applied after search: the index is asked for
+`k + the longest exclusion row` candidates so a user never loses slots to items they already have.
+
+Metrics: "ip" (inner product, what factor models rank by) or "cosine" (vectors L2-normalised first).
+faiss kinds: "flat" (exact, faiss's BLAS), "ivf" (inverted lists over k-means cells; `nlist`, `nprobe`),
+"hnsw" (graph; `m`, `ef_construction`, `ef_search`). "kmeans"/"gmm" is the two-tower issue's cluster
+retrieval (`recforge.retrieval.clusters`): a query scans only the items of its nearest cluster. Inner-product HNSW is built on the standard
+reduction to L2 (one extra dimension, √(max‖v‖² − ‖v‖²)), which keeps recall high for un-normalised vectors.
+
+Indexes serialise to a flat uint8 array (faiss's own format, not pickle) stored in the model artifact.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import numpy as np
+import scipy.sparse as sp
+from pydantic import BaseModel, ConfigDict, Field
+
+from recforge.errors import ConfigError
+from recforge.retrieval.clusters import ClusterRetriever
+from recforge.retrieval.topk import batched, mask_items, topk
+
+
+class IndexConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: Literal["exact", "flat", "ivf", "hnsw", "kmeans", "gmm"] = "exact"
+    metric: Literal["ip", "cosine"] = "ip"
+    nlist: int | None = Field(None, ge=1, description="IVF cells; default 4·√n")
+    nprobe: int = Field(16, ge=1)
+    m: int = Field(32, ge=4, description="HNSW neighbours per node")
+    ef_construction: int = Field(200, ge=8)
+    ef_search: int = Field(128, ge=8)
+    threads: int | None = Field(None, ge=1)
+    n_clusters: int = Field(20, ge=1, description="kmeans/gmm: clusters; a query scans its nearest one")
+
+
+class VectorIndex:
+    """Build with `VectorIndex(config).build(item_vectors)`; query with `search`."""
+
+    def __init__(self, config: IndexConfig | dict[str, Any] | None = None) -> None:
+        self.config = config if isinstance(config, IndexConfig) else IndexConfig(**(config or {}))
+        self._faiss_index: Any = None
+        self._clusters: ClusterRetriever | None = None
+        self._vectors: np.ndarray | None = None
+
+    # ------------------------------------------------------------------ build
+    def build(self, item_vectors: np.ndarray) -> VectorIndex:
+        vectors = np.ascontiguousarray(item_vectors, dtype=np.float32)
+        if vectors.ndim != 2 or len(vectors) == 0:
+            raise ConfigError(f"item vectors must be a non-empty (n, d) array, got shape {vectors.shape}")
+        if self.config.metric == "cosine":
+            vectors = _normalise(vectors)
+        self._vectors = vectors
+        self.n_items, self.dim = vectors.shape
+        if self.config.kind in ("kmeans", "gmm"):
+            self._clusters = ClusterRetriever(self.config.n_clusters, self.config.kind, rank="score")
+            self._clusters.fit(vectors, np.ones(len(vectors)))
+        elif self.config.kind != "exact":
+            self._faiss_index = self._build_faiss(vectors)
+        return self
+
+    def _build_faiss(self, vectors: np.ndarray) -> Any:
+        faiss = _faiss()
+        c = self.config
+        if c.threads:
+            faiss.omp_set_num_threads(c.threads)
+        if c.kind == "flat":
+            index = faiss.IndexFlatIP(self.dim)
+            index.add(vectors)
+            return index
+        if c.kind == "ivf":
+            nlist = c.nlist or max(1, int(4 * np.sqrt(len(vectors))))
+            index = faiss.IndexIVFFlat(faiss.IndexFlatIP(self.dim), self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            index.train(vectors)
+            index.add(vectors)
+            index.nprobe = min(c.nprobe, nlist)
+            return index
+        # HNSW over the IP -> L2 reduction: ‖[q, 0] − [v, s]‖² = ‖q‖² + max‖v‖² − 2⟨q, v⟩
+        self._max_norm = float(np.max(np.einsum("ij,ij->i", vectors, vectors)))
+        index = faiss.IndexHNSWFlat(self.dim + 1, c.m)
+        index.hnsw.efConstruction = c.ef_construction
+        index.hnsw.efSearch = c.ef_search
+        index.add(self._augment_items(vectors))
+        return index
+
+    def _augment_items(self, vectors: np.ndarray) -> np.ndarray:
+        extra = np.sqrt(np.maximum(self._max_norm - np.einsum("ij,ij->i", vectors, vectors), 0.0))
+        return np.ascontiguousarray(np.hstack([vectors, extra[:, None]]), dtype=np.float32)
+
+    # ------------------------------------------------------------------ search
+    def search(
+        self, queries: np.ndarray, k: int, exclude: sp.csr_matrix | None = None, batch_size: int = 4096
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self._vectors is None:
+            raise ConfigError("the index is empty; call build(item_vectors) first")
+        queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ConfigError(f"queries must have shape (n, {self.dim}), got {queries.shape}")
+        if self.config.metric == "cosine":
+            queries = _normalise(queries)
+        k = min(k, self.n_items)
+        out_items = np.full((len(queries), k), -1, dtype=np.int64)
+        out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        for rows in batched(len(queries), batch_size):
+            block = None if exclude is None else exclude[rows.start : rows.stop].tocsr()
+            items, scores = self._search_block(queries[rows], k, block)
+            out_items[rows, : items.shape[1]], out_scores[rows, : items.shape[1]] = items, scores
+        return out_items, out_scores
+
+    def _search_block(
+        self, queries: np.ndarray, k: int, exclude: sp.csr_matrix | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        if self._faiss_index is None:  # exact
+            return topk(mask_items(queries @ self._vectors.T, exclude), k)
+        longest = 0 if exclude is None or exclude.nnz == 0 else int(np.diff(exclude.indptr).max())
+        wanted = min(self.n_items, k + longest)
+        if self.config.kind == "hnsw":
+            _, items = self._faiss_index.search(np.hstack([queries, np.zeros((len(queries), 1), np.float32)]), wanted)
+            valid = items >= 0
+            exact = np.einsum("bkd,bd->bk", self._vectors[np.maximum(items, 0)], queries)
+            scores = np.where(valid, exact, -np.inf)
+        else:
+            scores, items = self._faiss_index.search(queries, wanted)
+            scores = np.where(items >= 0, scores, -np.inf).astype(np.float32)
+        if exclude is not None and exclude.nnz:
+            seen = np.asarray(exclude[np.arange(len(items))[:, None], np.maximum(items, 0)].todense(), dtype=bool)
+            scores = np.where(seen, -np.inf, scores)
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        items = np.take_along_axis(items, order, axis=1)
+        scores = np.take_along_axis(scores, order, axis=1).astype(np.float32)
+        items[~np.isfinite(scores)] = -1
+        return items, scores
+
+    # ------------------------------------------------------------------ persistence
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        arrays = {"vectors": self._vectors}
+        if self._clusters is not None:
+            arrays |= {"labels": self._clusters.clusters_.labels, "centres": self._clusters.clusters_.centres}
+        if self._faiss_index is not None:
+            arrays["faiss"] = _faiss().serialize_index(self._faiss_index)
+            arrays["max_norm"] = np.array([getattr(self, "_max_norm", 0.0)], np.float64)
+        return arrays
+
+    @classmethod
+    def from_arrays(cls, config: IndexConfig | dict[str, Any], arrays: dict[str, np.ndarray]) -> VectorIndex:
+        index = cls(config)
+        index._vectors = np.ascontiguousarray(arrays["vectors"], dtype=np.float32)
+        index.n_items, index.dim = index._vectors.shape
+        if "labels" in arrays:
+            index._clusters = ClusterRetriever(index.config.n_clusters, index.config.kind, rank="score").restore(
+                index._vectors, arrays["labels"], arrays["centres"]
+            )
+        if "faiss" in arrays:
+            index._faiss_index = _faiss().deserialize_index(np.ascontiguousarray(arrays["faiss"], dtype=np.uint8))
+            index._max_norm = float(arrays["max_norm"][0])
+            if index.config.kind == "hnsw":
+                index._faiss_index.hnsw.efSearch = index.config.ef_search
+            elif index.config.kind == "ivf":
+                index._faiss_index.nprobe = index.config.nprobe
+        return index
+
+
+def _normalise(vectors: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+
+
+def _faiss() -> Any:
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ConfigError("approximate search needs faiss: pip install 'recforge[ann]'") from exc
+    return faiss

@@ -1,0 +1,183 @@
+"""The HTTP service: `create_app(service)` or `recforge serve --model DIR`.
+
+Endpoints (JSON): GET /health, GET /users/{id}/recommendations?k=&exclude_seen=, POST /recommendations,
+POST /users/{id}/interactions, GET /items/{id}/similar?k=, POST /predict, GET /items?query=&limit=,
+GET /metrics; GET / serves the web page. Errors: unknown ids -> 404, impossible requests (a model that
+cannot predict) -> 409, bad parameters or bodies -> 422 naming the field, bodies over `max_body_bytes`
+-> 413. Handlers are plain `def` functions, so FastAPI runs them in its thread pool and numpy/torch work
+of concurrent requests overlaps (they release the GIL).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from importlib import resources
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from recforge import __version__
+from recforge.errors import CapabilityError, ConfigError, UnknownIdError
+from recforge.serving.service import Answer, RecommenderService
+
+MAX_K = 1000
+LATENCY_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
+
+
+class RatedItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    item: str | int
+    rating: float | None = Field(None, description="omit for an interaction without a rating")
+
+
+class NewUserRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[RatedItem] = Field(default_factory=list, max_length=10_000)
+    k: int = Field(10, ge=1, le=MAX_K)
+
+
+class InteractionsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[RatedItem] = Field(min_length=1, max_length=10_000)
+
+
+class Pair(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    user: str | int
+    item: str | int
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    pairs: list[Pair] = Field(min_length=1, max_length=10_000)
+
+
+class Metrics:
+    """Request counts per route and status, and a cumulative latency histogram (milliseconds)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+        self.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
+        self.total_ms = 0.0
+        self.n = 0
+
+    def record(self, route: str, status: int, milliseconds: float) -> None:
+        slot = next((i for i, edge in enumerate(LATENCY_BUCKETS_MS) if milliseconds <= edge), len(LATENCY_BUCKETS_MS))
+        with self._lock:
+            key = f"{route} {status}"
+            self.counts[key] = self.counts.get(key, 0) + 1
+            self.buckets[slot] += 1
+            self.total_ms += milliseconds
+            self.n += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        with self._lock:
+            edges = [str(edge) for edge in LATENCY_BUCKETS_MS] + ["+inf"]
+            return {
+                "requests": dict(self.counts),
+                "latency_ms_histogram": dict(zip(edges, self.buckets, strict=True)),
+                "latency_ms_mean": self.total_ms / self.n if self.n else 0.0,
+                "n": self.n,
+            }
+
+
+def _answer(answer: Answer, **extra: Any) -> dict[str, Any]:
+    return {**extra, "served_by": answer.served_by, "note": answer.note, "items": answer.items}
+
+
+def create_app(service: RecommenderService, max_body_bytes: int = 1 << 20) -> FastAPI:
+    app = FastAPI(title="recforge", version=__version__)
+    metrics = Metrics()
+    app.state.service, app.state.metrics = service, metrics
+
+    @app.middleware("http")
+    async def limit_and_measure(request: Request, call_next: Any) -> Any:
+        started = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            response = JSONResponse({"detail": f"request body over {max_body_bytes} bytes"}, status_code=413)
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        metrics.record(getattr(route, "path", "unmatched"), response.status_code, (time.perf_counter() - started) * 1e3)
+        return response
+
+    @app.exception_handler(UnknownIdError)
+    def _unknown(request: Request, exc: UnknownIdError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=404)
+
+    @app.exception_handler(CapabilityError)
+    def _incapable(request: Request, exc: CapabilityError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=409)
+
+    @app.exception_handler(ConfigError)
+    def _invalid(request: Request, exc: ConfigError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=422)
+
+    @app.get("/health")
+    def health() -> dict[str, Any]:
+        model = service.model
+        return {
+            "status": "ok",
+            "model": model.name,
+            "recforge": __version__,
+            "n_users": model.n_users,
+            "n_items": model.n_items,
+            "capabilities": sorted(model.capabilities),
+            "ann": service.index is not None,
+        }
+
+    @app.get("/users/{user_id}/recommendations")
+    def user_recommendations(user_id: str, k: int = Query(10, ge=1, le=MAX_K), exclude_seen: bool = True) -> dict:
+        return _answer(service.recommend_user(user_id, k, exclude_seen), user=user_id)
+
+    @app.post("/recommendations")
+    def new_user_recommendations(body: NewUserRequest) -> dict:
+        return _answer(service.recommend_new([(r.item, r.rating) for r in body.items], body.k))
+
+    @app.post("/users/{user_id}/interactions")
+    def add_interactions(user_id: str, body: InteractionsRequest) -> dict:
+        how = service.add_interactions(user_id, [(r.item, r.rating) for r in body.items])
+        return {"user": user_id, "added": len(body.items), "updated_by": how}
+
+    @app.get("/items/{item_id}/similar")
+    def similar_items(item_id: str, k: int = Query(10, ge=1, le=MAX_K)) -> dict:
+        return _answer(service.similar(item_id, k), item=item_id)
+
+    @app.post("/predict")
+    def predict(body: PredictRequest) -> dict:
+        values = service.predict([(p.user, p.item) for p in body.pairs])
+        return {
+            "predictions": [
+                {"user": p.user, "item": p.item, "rating": v} for p, v in zip(body.pairs, values, strict=True)
+            ]
+        }
+
+    @app.get("/items")
+    def search_items(
+        query: str = Query(..., min_length=1, max_length=200), limit: int = Query(20, ge=1, le=200)
+    ) -> dict:
+        return {"query": query, "items": service.search_items(query, limit)}
+
+    @app.get("/metrics")
+    def get_metrics() -> dict:
+        return metrics.snapshot()
+
+    page = resources.files("recforge.serving").joinpath("static/index.html").read_text(encoding="utf-8")
+
+    @app.get("/", response_class=HTMLResponse)
+    def index_page() -> str:
+        return page
+
+    return app
+
+
+def app_from_environment() -> FastAPI:
+    """App factory for multi-worker uvicorn: each worker loads the artifact named by RECFORGE_MODEL."""
+    import os
+
+    return create_app(RecommenderService.from_artifact(os.environ["RECFORGE_MODEL"]))

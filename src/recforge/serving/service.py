@@ -1,0 +1,255 @@
+"""What the HTTP service does, without HTTP: a loaded model plus item metadata and an optional ANN index.
+
+Every answer says which path served it (`served_by`):
+- "model": a known user, scored by the trained model (through the ANN index when the artifact has one:
+  "model+ann");
+- "model (updated)": a known user whose vector was updated in place by `add_interactions`;
+- "history": a query-time history scored by the model (fold-in, weighted average, item-item, ...);
+- "popularity": an empty history, or a model that cannot use one (the reason is given in `note`).
+Nothing falls back silently: unknown user or item ids raise `UnknownIdError`.
+
+Updates without retraining (`add_interactions`): explicit factor models take a MAP step for that user
+only, with the trained vector as the prior mean (argmin Σ_new (r − μ − b_u − b_i − xᵀq_i)² + λ‖x − x₀‖²);
+implicit factor models refold the user from all their items (training + new) against fixed item
+factors; other history models (EASE, KNN) keep the new items as a per-user history overlay.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recforge.errors import CapabilityError, ConfigError, UnknownIdError
+from recforge.models.base import HISTORY, KNOWN_USERS, RATINGS, History, Recommender
+from recforge.models.factorization import FactorModel
+from recforge.retrieval.ann import VectorIndex
+from recforge.retrieval.topk import topk
+
+ITEMS_FILE = "items.parquet"
+
+
+@dataclass
+class Answer:
+    items: list[dict[str, Any]]
+    served_by: str
+    note: str = ""
+
+
+@dataclass
+class _Overlay:
+    """Interactions a known user added after training."""
+
+    items: list[int] = field(default_factory=list)
+    ratings: list[float | None] = field(default_factory=list)
+
+
+class RecommenderService:
+    def __init__(
+        self, model: Recommender, items: pd.DataFrame | None = None, index: VectorIndex | None = None, max_k: int = 1000
+    ) -> None:
+        self.model, self.index, self.max_k = model, index, max_k
+        self.items = _catalogue(model, items)
+        counts = np.asarray(model.seen_.sum(axis=0)).ravel()
+        self.popularity = counts.astype(np.float64)
+        self._lock = threading.Lock()  # guards in-place updates; reads need no lock (numpy releases the GIL)
+        self._overlays: dict[int, _Overlay] = {}
+        self._title_lower = self.items["title"].fillna("").str.lower()
+
+    @classmethod
+    def from_artifact(cls, path: str | Path, **options: Any) -> RecommenderService:
+        from recforge import load
+        from recforge.artifacts import read_index
+
+        path = Path(path)
+        model = load(path)
+        items = pd.read_parquet(path / ITEMS_FILE) if (path / ITEMS_FILE).exists() else None
+        return cls(model, items, read_index(path), **options)
+
+    # ------------------------------------------------------------------ ids
+    def user_index(self, user: Any) -> int:
+        return _resolve(self.model.users_, user, "user")
+
+    def item_index(self, item: Any) -> int:
+        return _resolve(self.model.items_, item, "item")
+
+    def _check_k(self, k: int) -> int:
+        if not 1 <= k <= self.max_k:
+            raise ConfigError(f"k must be between 1 and {self.max_k}, got {k}")
+        return min(k, self.model.n_items)
+
+    # ------------------------------------------------------------------ recommendations
+    def recommend_user(self, user: Any, k: int = 10, exclude_seen: bool = True) -> Answer:
+        k = self._check_k(k)
+        index = self.user_index(user)
+        model = self.model
+        if KNOWN_USERS not in model.capabilities or not model.known_users_[index]:
+            raise UnknownIdError(f"user {user!r} has no training data in this model; POST /recommendations instead")
+        overlay = self._overlays.get(index)
+        exclude = model.seen_[index] if exclude_seen else None
+        if overlay is not None and exclude_seen:
+            extra = sp.csr_matrix(
+                (np.ones(len(overlay.items)), ([0] * len(overlay.items), overlay.items)), shape=(1, model.n_items)
+            )
+            exclude = (exclude + extra).tocsr()
+        if overlay is not None and not isinstance(model, FactorModel):
+            scores = model.score(np.array([index]), self._history_of(index, overlay))
+            return self._answer(scores, k, exclude, "history (updated)")
+        path = "model (updated)" if overlay is not None else "model"
+        if self.index is not None and isinstance(model, FactorModel):
+            items, scores = self.index.search(model.user_embeddings(np.array([index])), k, exclude)
+            return Answer(self._rows(items[0], scores[0]), path + "+ann")
+        return self._answer(model.score(np.array([index])), k, exclude, path)
+
+    def recommend_new(self, ratings: list[tuple[Any, float | None]], k: int = 10) -> Answer:
+        """A user unknown to the model, described by the items they rated now (rating None = interacted)."""
+        k = self._check_k(k)
+        items = [self.item_index(item) for item, _ in ratings]
+        if not items:
+            return self._popular(k, None, "no history given")
+        exclude = sp.csr_matrix((np.ones(len(items)), ([0] * len(items), items)), shape=(1, self.model.n_items))
+        if HISTORY not in self.model.capabilities:
+            return self._popular(k, exclude, f"{self.model.name} cannot score a history")
+        history = History.from_items([items], self.model.n_items, ratings=[[r for _, r in ratings]])
+        scores = self.model.score(np.array([-1]), history)
+        return self._answer(scores, k, exclude.tocsr(), "history")
+
+    def similar(self, item: Any, k: int = 10) -> Answer:
+        k = self._check_k(k)
+        result = self.model.similar_items(np.array([self.item_index(item)]), k, external_ids=False)
+        return Answer(self._rows(result.item_index[0], result.scores[0]), "similar")
+
+    def predict(self, pairs: list[tuple[Any, Any]]) -> list[float]:
+        if RATINGS not in self.model.capabilities:
+            raise CapabilityError(f"{self.model.name} does not predict ratings")
+        users = np.array([self.user_index(u) for u, _ in pairs], dtype=np.int64)
+        items = np.array([self.item_index(i) for _, i in pairs], dtype=np.int64)
+        predictions = self.model.predict(users, items)
+        if self.model.rating_scale_ is not None:
+            predictions = np.clip(predictions, *self.model.rating_scale_)
+        return [float(p) for p in predictions]
+
+    def search_items(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+        query = query.strip().lower()
+        if not query:
+            return []
+        hits = np.flatnonzero(self._title_lower.str.contains(query, regex=False).to_numpy())
+        hits = hits[np.argsort(-self.popularity[hits], kind="stable")][:limit]  # popular titles first
+        return [self._item_row(int(i)) for i in hits]
+
+    # ------------------------------------------------------------------ updates
+    def add_interactions(self, user: Any, ratings: list[tuple[Any, float | None]]) -> str:
+        """Fold new interactions of a known user into their vector (or history); returns how."""
+        index = self.user_index(user)
+        items = [self.item_index(item) for item, _ in ratings]
+        model = self.model
+        with self._lock:
+            overlay = self._overlays.setdefault(index, _Overlay())
+            overlay.items += items
+            overlay.ratings += [r for _, r in ratings]
+            if not isinstance(model, FactorModel):
+                if HISTORY not in model.capabilities:
+                    raise CapabilityError(f"{model.name} cannot take new interactions without retraining")
+                return "history overlay"
+            if RATINGS in model.capabilities and any(r is not None for _, r in ratings):
+                self._map_update(index, [(i, r) for i, (_, r) in zip(items, ratings, strict=True) if r is not None])
+                return "MAP update of the user's factors"
+            vectors, bias = model.fold_in(self._history_of(index, overlay))
+            model.user_factors_[index] = vectors[0]
+            model.user_bias_[index] = bias[0]
+            return "fold-in of the user's whole history"
+
+    def _map_update(self, user: int, rated: list[tuple[int, float]]) -> None:
+        model: FactorModel = self.model  # type: ignore[assignment]
+        items = np.array([i for i, _ in rated])
+        q = model.item_factors_[items].astype(np.float64)
+        residual = (
+            np.array([r for _, r in rated]) - model.global_bias_ - model.user_bias_[user] - model.item_bias_[items]
+        )
+        reg = max(float(model.fold_in_reg), 1e-6) * (len(items) if model.fold_in_per_rating else 1)
+        prior = model.user_factors_[user].astype(np.float64)
+        system = q.T @ q + reg * np.eye(q.shape[1])
+        model.user_factors_[user] = np.linalg.solve(system, q.T @ residual + reg * prior).astype(np.float32)
+
+    def _history_of(self, index: int, overlay: _Overlay) -> History:
+        seen = self.model.seen_[index].indices.tolist()
+        items = seen + [i for i in overlay.items if i not in set(seen)]
+        known = dict(zip(overlay.items, overlay.ratings, strict=True))
+        return History.from_items([items], self.model.n_items, ratings=[[known.get(i) for i in items]])
+
+    # ------------------------------------------------------------------ helpers
+    def _answer(self, scores: np.ndarray, k: int, exclude: sp.csr_matrix | None, path: str) -> Answer:
+        scores = np.array(scores, dtype=np.float32)
+        if exclude is not None and exclude.nnz:
+            scores[0, exclude.indices] = -np.inf
+        items, top = topk(scores, k)
+        return Answer(self._rows(items[0], top[0]), path)
+
+    def _popular(self, k: int, exclude: sp.csr_matrix | None, why: str) -> Answer:
+        answer = self._answer(self.popularity[None, :].astype(np.float32), k, exclude, "popularity")
+        answer.note = why
+        return answer
+
+    def _rows(self, items: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
+        return [self._item_row(int(i), float(s)) for i, s in zip(items, scores, strict=True) if i >= 0]
+
+    def _item_row(self, index: int, score: float | None = None) -> dict[str, Any]:
+        row = self.items.iloc[index]
+        out = {"item": _plain(row["item_id"]), "title": row["title"], "genres": row["genres"]}
+        if score is not None:
+            out["score"] = score
+        return out
+
+
+def _catalogue(model: Recommender, items: pd.DataFrame | None) -> pd.DataFrame:
+    """item_id, title, genres per model item (in index order); titles default to the id."""
+    ids = model.items_.ids
+    frame = pd.DataFrame({"item_id": ids})
+    if items is not None and len(items):
+        meta = items.drop_duplicates("item_id").set_index("item_id")
+        frame = frame.join(meta[[c for c in ("title", "genres") if c in meta.columns]], on="item_id")
+    if "title" not in frame:
+        frame["title"] = None
+    frame["title"] = frame["title"].where(frame["title"].notna(), frame["item_id"].astype(str))
+    if "genres" not in frame:
+        frame["genres"] = [[] for _ in range(len(frame))]
+    frame["genres"] = [list(g) if isinstance(g, (list, tuple, np.ndarray)) else [] for g in frame["genres"]]
+    return frame
+
+
+def item_metadata(data: Any) -> pd.DataFrame | None:
+    """item_id, title, genres from an Interactions' item-feature table (what `recforge train` stores)."""
+    features = data.item_features
+    if features is None:
+        return None
+    frame = pd.DataFrame({"item_id": data.items.ids})
+    if "title" in features:
+        frame["title"] = features["title"].astype("string").to_numpy()
+    for column in ("genres", "genre"):
+        if column in features:
+            frame["genres"] = [list(g) if isinstance(g, (list, tuple, np.ndarray)) else [] for g in features[column]]
+            break
+    return frame
+
+
+def _resolve(vocabulary: Any, raw: Any, kind: str) -> int:
+    """An external id from a URL or JSON (often a string) to the model's index, trying the raw value,
+    then its integer form, then its string form."""
+    candidates = [raw]
+    if isinstance(raw, str) and raw.lstrip("-").isdigit():
+        candidates.append(int(raw))
+    if not isinstance(raw, str):
+        candidates.append(str(raw))
+    for candidate in candidates:
+        if candidate in vocabulary:
+            return int(vocabulary.index([candidate])[0])
+    raise UnknownIdError(f"unknown {kind} id {raw!r}")
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

@@ -1,0 +1,84 @@
+"""VectorIndex: every kind answers like exact search (exactly for flat / full-probe IVF / one cluster,
+with high recall for HNSW), respects exclusions, and survives a round trip through its arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from recforge.errors import ConfigError
+from recforge.retrieval.ann import VectorIndex
+from recforge.retrieval.topk import mask_items, topk
+
+
+@pytest.fixture(scope="module")
+def vectors():
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(50, 16))
+    items = (centres[rng.integers(0, 50, 4000)] + 0.5 * rng.normal(size=(4000, 16))).astype(np.float32)
+    items *= rng.lognormal(0, 0.3, size=(4000, 1)).astype(np.float32)  # unequal norms: inner product != cosine
+    queries = (centres[rng.integers(0, 50, 200)] + 0.5 * rng.normal(size=(200, 16))).astype(np.float32)
+    exclude = sp.random(200, 4000, density=0.01, format="csr", random_state=1, dtype=np.float32)
+    exclude.data[:] = 1
+    return items, queries, exclude
+
+
+def exact(items, queries, exclude, k=10):
+    return topk(mask_items(queries @ items.T, exclude), k)[0]
+
+
+def recall(found, truth):
+    return np.mean([len(np.intersect1d(a, b)) / truth.shape[1] for a, b in zip(found, truth, strict=True)])
+
+
+@pytest.mark.parametrize(
+    ("config", "minimum"),
+    [
+        ({"kind": "exact"}, 1.0),
+        ({"kind": "flat"}, 1.0),
+        ({"kind": "ivf", "nlist": 16, "nprobe": 16}, 1.0),
+        ({"kind": "hnsw", "ef_search": 128}, 0.97),
+        ({"kind": "kmeans", "n_clusters": 1}, 1.0),
+    ],
+)
+def test_each_kind_matches_exact_search_and_excludes(vectors, config, minimum):
+    items, queries, exclude = vectors
+    index = VectorIndex(config).build(items)
+    found, scores = index.search(queries, 10, exclude)
+    assert recall(found, exact(items, queries, exclude)) >= minimum
+    rows = np.repeat(np.arange(len(found)), 10)
+    assert not np.asarray(exclude[rows, np.maximum(found.ravel(), 0)]).ravel()[found.ravel() >= 0].any()
+    assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
+
+
+@pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "kmeans", "gmm"])
+def test_round_trip_through_arrays(vectors, kind):
+    items, queries, _ = vectors
+    index = VectorIndex({"kind": kind, "n_clusters": 8, "nlist": 16}).build(items)
+    again = VectorIndex.from_arrays(index.config, index.to_arrays())
+    np.testing.assert_array_equal(again.search(queries, 10)[0], index.search(queries, 10)[0])
+
+
+def test_cosine_metric_ranks_by_angle(vectors):
+    items, queries, _ = vectors
+    found, _ = VectorIndex({"kind": "exact", "metric": "cosine"}).build(items).search(queries, 5)
+    unit = items / np.linalg.norm(items, axis=1, keepdims=True)
+    np.testing.assert_array_equal(found, topk(queries @ unit.T, 5)[0])
+
+
+def test_heavy_exclusion_still_fills_k(vectors):
+    items, queries, _ = vectors
+    truth = exact(items, queries[:1], None, k=200)
+    exclude = sp.csr_matrix((np.ones(190), ([0] * 190, truth[0][:190])), shape=(1, len(items)))
+    found, _ = VectorIndex({"kind": "hnsw"}).build(items).search(queries[:1], 10, exclude)
+    assert (found >= 0).all() and not set(found[0]) & set(truth[0][:190])
+
+
+def test_bad_shapes_are_refused(vectors):
+    items, _, _ = vectors
+    index = VectorIndex().build(items)
+    with pytest.raises(ConfigError, match="shape"):
+        index.search(np.zeros((2, 3), np.float32), 5)
+    with pytest.raises(ConfigError, match="non-empty"):
+        VectorIndex().build(np.zeros((0, 4), np.float32))

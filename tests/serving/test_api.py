@@ -1,0 +1,180 @@
+"""The HTTP service on real MovieLens 100K models, through FastAPI's test client: every endpoint and
+every error path, plus in-place updates and agreement between ANN and exact retrieval."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from recforge.artifacts import index_writers
+from recforge.models import create_model
+from recforge.retrieval.ann import VectorIndex
+from recforge.serving.app import create_app
+from recforge.serving.service import ITEMS_FILE, RecommenderService, item_metadata
+
+pytestmark = pytest.mark.xdist_group("serving")
+
+
+def _artifact(model, data, path, index=None):
+    items = item_metadata(data)
+    extra = {ITEMS_FILE: lambda p: items.to_parquet(p, index=False)}
+    if index is not None:
+        extra |= index_writers(VectorIndex(index).build(model.item_embeddings()))
+    from recforge.artifacts import save_model
+
+    return save_model(model, path, extra_files=extra)
+
+
+@pytest.fixture(scope="module")
+def ials_dir(ml100k, tmp_path_factory):
+    model = create_model("ials", n_factors=32, n_iterations=8).fit(ml100k)
+    return _artifact(model, ml100k, tmp_path_factory.mktemp("a") / "ials", index={"kind": "hnsw"})
+
+
+@pytest.fixture
+def client(ials_dir):
+    return TestClient(create_app(RecommenderService.from_artifact(ials_dir)))
+
+
+@pytest.fixture(scope="module")
+def mf_client(ml100k, tmp_path_factory):
+    model = create_model("mf", n_epochs=10).fit(ml100k)
+    path = _artifact(model, ml100k, tmp_path_factory.mktemp("b") / "mf")
+    return TestClient(create_app(RecommenderService.from_artifact(path)))
+
+
+def test_health(client):
+    body = client.get("/health").json()
+    assert body["status"] == "ok" and body["model"] == "ials" and body["n_items"] == 1682 and body["ann"] is True
+
+
+def test_user_recommendations_match_exact_search_and_exclude_seen(client, ml100k):
+    body = client.get("/users/1/recommendations", params={"k": 10}).json()
+    assert body["served_by"] == "model+ann" and len(body["items"]) == 10
+    service = client.app.state.service
+    exact = service.model.recommend([1], k=10)
+    assert [row["item"] for row in body["items"]] == list(exact.items[0])
+    seen = set(ml100k.items.lookup(ml100k.item_index[ml100k.user_index == ml100k.users.index([1])[0]]))
+    assert not seen & {row["item"] for row in body["items"]}
+    assert all("title" in row and isinstance(row["genres"], list) for row in body["items"])
+    again = client.get("/users/1/recommendations", params={"k": 5, "exclude_seen": False}).json()
+    assert len(again["items"]) == 5
+
+
+@pytest.mark.parametrize("k", [0, -1, 1001, "ten"])
+def test_k_is_bounded(client, k):
+    response = client.get("/users/1/recommendations", params={"k": k})
+    assert response.status_code == 422 and "k" in str(response.json()["detail"])
+
+
+def test_unknown_ids_are_404_with_a_message(client):
+    response = client.get("/users/999999/recommendations")
+    assert response.status_code == 404 and "999999" in response.json()["detail"]
+    assert client.get("/items/nope/similar").status_code == 404
+    response = client.post("/recommendations", json={"items": [{"item": 123456, "rating": 4}]})
+    assert response.status_code == 404 and "123456" in response.json()["detail"]
+
+
+def test_new_user_is_served_from_their_history_and_empty_means_popularity(client):
+    star_wars = client.post("/recommendations", json={"items": [{"item": 50, "rating": 5}, {"item": 172}], "k": 5})
+    body = star_wars.json()
+    assert star_wars.status_code == 200 and body["served_by"] == "history"
+    assert 50 not in [r["item"] for r in body["items"]] and 181 in [
+        r["item"] for r in body["items"]
+    ]  # Return of the Jedi
+    empty = client.post("/recommendations", json={"items": []}).json()
+    assert empty["served_by"] == "popularity" and empty["note"] and empty["items"][0]["item"] == 50  # most rated
+
+
+def test_malformed_bodies_name_the_field(client):
+    response = client.post("/recommendations", json={"items": [{"rating": 4}]})
+    assert response.status_code == 422 and "item" in str(response.json()["detail"])
+    response = client.post("/recommendations", json={"items": [], "unexpected": 1})
+    assert response.status_code == 422 and "unexpected" in str(response.json()["detail"])
+    response = client.post("/recommendations", content=b"{not json", headers={"content-type": "application/json"})
+    assert response.status_code == 422
+
+
+def test_request_body_size_is_bounded(client):
+    payload = b'{"items": [' + b'{"item": 1},' * 200_000 + b'{"item": 1}]}'
+    response = client.post("/recommendations", content=payload, headers={"content-type": "application/json"})
+    assert response.status_code == 413
+
+
+def test_similar_items(client):
+    body = client.get("/items/50/similar", params={"k": 3}).json()
+    assert body["served_by"] == "similar" and len(body["items"]) == 3 and 50 not in [r["item"] for r in body["items"]]
+
+
+def test_title_search(client):
+    body = client.get("/items", params={"query": "star wars"}).json()
+    assert body["items"][0]["title"] == "Star Wars (1977)"
+    assert client.get("/items", params={"query": ""}).status_code == 422
+    assert client.get("/items", params={"query": "zzzzqqq"}).json()["items"] == []
+
+
+def test_predict_needs_a_rating_model(client, mf_client):
+    response = client.post("/predict", json={"pairs": [{"user": 1, "item": 50}]})
+    assert response.status_code == 409 and "does not predict" in response.json()["detail"]
+    body = mf_client.post("/predict", json={"pairs": [{"user": 1, "item": 50}, {"user": "2", "item": "1"}]}).json()
+    ratings = [p["rating"] for p in body["predictions"]]
+    assert all(1 <= r <= 5 for r in ratings) and ratings[0] > 4  # user 1 rated Star Wars 5
+    assert mf_client.post("/predict", json={"pairs": []}).status_code == 422
+
+
+def test_new_interactions_update_the_user_in_place(client):
+    before = client.get("/users/1/recommendations", params={"k": 10}).json()["items"]
+    added = [before[0]["item"], before[1]["item"]]
+    response = client.post("/users/1/interactions", json={"items": [{"item": i} for i in added]})
+    assert response.status_code == 200 and "fold-in" in response.json()["updated_by"]
+    after = client.get("/users/1/recommendations", params={"k": 10}).json()
+    assert after["served_by"] == "model (updated)+ann"
+    assert not set(added) & {r["item"] for r in after["items"]}
+
+
+def test_explicit_model_takes_a_map_step_towards_new_ratings(mf_client):
+    service = mf_client.app.state.service
+    before = service.predict([(5, 1)])[0]
+    response = mf_client.post(
+        "/users/5/interactions", json={"items": [{"item": 1, "rating": 5}, {"item": 2, "rating": 5}]}
+    )
+    assert response.json()["updated_by"].startswith("MAP")
+    assert service.predict([(5, 1)])[0] > before
+
+
+def test_non_factor_models_keep_a_history_overlay(ml100k, tmp_path):
+    path = _artifact(create_model("ease").fit(ml100k), ml100k, tmp_path / "ease")
+    client = TestClient(create_app(RecommenderService.from_artifact(path)))
+    first = client.get("/users/1/recommendations", params={"k": 3}).json()["items"][0]["item"]
+    assert (
+        client.post("/users/1/interactions", json={"items": [{"item": first}]}).json()["updated_by"]
+        == "history overlay"
+    )
+    after = client.get("/users/1/recommendations", params={"k": 3}).json()
+    assert after["served_by"] == "history (updated)" and first not in [r["item"] for r in after["items"]]
+
+
+def test_metrics_count_requests_and_latency(client):
+    client.get("/health")
+    client.get("/users/999999/recommendations")
+    metrics = client.get("/metrics").json()
+    assert metrics["requests"]["/health 200"] >= 1 and metrics["requests"]["/users/{user_id}/recommendations 404"] >= 1
+    assert sum(metrics["latency_ms_histogram"].values()) == metrics["n"] >= 2
+
+
+def test_web_page_is_served(client):
+    response = client.get("/")
+    assert response.status_code == 200 and "Recommended for you" in response.text
+
+
+def test_hnsw_index_roundtrips_and_agrees_with_exact_search(ials_dir):
+    from recforge.artifacts import read_index
+
+    index = read_index(ials_dir)
+    service = RecommenderService.from_artifact(ials_dir)
+    queries = service.model.user_embeddings(np.arange(100))
+    approx, _ = index.search(queries, 10, service.model.seen_[:100])
+    exact = service.model.recommend(np.arange(100), k=10, external_ids=False).item_index
+    recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(approx, exact, strict=True)])
+    assert recall >= 0.99
