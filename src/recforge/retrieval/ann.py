@@ -7,8 +7,9 @@ padded with -1 / -inf. Exclusion (seen items) is applied after search: the index
 Metrics: "ip" (inner product, what factor models rank by) or "cosine" (vectors L2-normalised first).
 faiss kinds: "flat" (exact, faiss's BLAS), "ivf" (inverted lists over k-means cells; `nlist`, `nprobe`),
 "hnsw" (graph; `m`, `ef_construction`, `ef_search`). "kmeans"/"gmm" is the two-tower issue's cluster
-retrieval (`recforge.retrieval.clusters`): a query scans only the items of its nearest cluster. Inner-product HNSW is built on the standard
-reduction to L2 (one extra dimension, √(max‖v‖² − ‖v‖²)), which keeps recall high for un-normalised vectors.
+retrieval (`recforge.retrieval.clusters`): a query scans only the items of its nearest cluster.
+Inner-product HNSW is built on the standard reduction to L2 (one extra dimension, √(max‖v‖² − ‖v‖²)),
+which keeps recall high for un-normalised vectors.
 
 Indexes serialise to a flat uint8 array (faiss's own format, not pickle) stored in the model artifact.
 """
