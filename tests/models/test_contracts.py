@@ -127,3 +127,23 @@ class TestTwoTowerBCE(ModelContract):
         "user_tower": {"id_dim": 8, "output_dim": 8},
         "item_tower": {"id_dim": 8, "output_dim": 8},
     }
+
+
+class TestSASRec(ModelContract):
+    model_name = "sasrec"
+    params = {"n_epochs": 2, "dim": 16, "max_len": 10}
+
+
+class TestSASRecBCE(ModelContract):
+    model_name = "sasrec"
+    params = {"n_epochs": 2, "dim": 16, "max_len": 10, "loss": "bce"}
+
+
+class TestGRU4Rec(ModelContract):
+    model_name = "gru4rec"
+    params = {"n_epochs": 2, "dim": 16, "hidden": 16, "max_len": 10}
+
+
+class TestLSTMNext(ModelContract):
+    model_name = "lstm_next"
+    params = {"n_epochs": 2, "dim": 16, "hidden": 16, "max_len": 10}

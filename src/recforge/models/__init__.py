@@ -24,6 +24,10 @@ _REGISTRY: dict[str, str] = {
     "user_knn": "recforge.models.knn:UserKNN",
     "blend": "recforge.models.ensemble:Blend",
     "two_tower": "recforge.models.two_tower:TwoTower",
+    "sasrec": "recforge.models.sequential:SASRec",
+    "gru4rec": "recforge.models.sequential:GRU4Rec",
+    "lstm_next": "recforge.models.sequential:LSTMNext",
+    "text_regression": "recforge.models.sequential:TextRegression",
 }
 
 

@@ -1,0 +1,84 @@
+"""Sequence encoders: (batch, length) item ids -> (batch, length, d) causal states.
+
+Item ids are shifted by one so that 0 is padding (sequences are left-padded). Every encoder is causal:
+the state at position t depends on items 0..t only, so training on every position of a window is the
+same as training on every prefix ("sliding prefixes") at the cost of one pass.
+
+- `SASRecEncoder`: learned positions, pre-norm Transformer blocks with a causal mask and a point-wise
+  feed-forward layer as wide as the embedding (Kang & McAuley 2018).
+- `RecurrentEncoder`: stacked GRU/LSTM layers with dropout between them: GRU4Rec (one GRU), the
+  beauty study's Model I (LSTM 256 -> LSTM 256), and Model II over text embeddings (GRU -> LSTM -> GRU).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+class SASRecEncoder(nn.Module):
+    def __init__(
+        self, n_items: int, dim: int, max_len: int, n_blocks: int = 2, n_heads: int = 1, dropout: float = 0.2
+    ) -> None:
+        super().__init__()
+        self.dim, self.max_len = dim, max_len
+        self.item = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.position = nn.Embedding(max_len, dim)
+        self.dropout = nn.Dropout(dropout)
+        layer = nn.TransformerEncoderLayer(
+            dim, n_heads, dim_feedforward=dim, dropout=dropout, batch_first=True, norm_first=True, activation="gelu"
+        )
+        self.blocks = nn.TransformerEncoder(layer, n_blocks, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        nn.init.normal_(self.item.weight, 0.0, dim**-0.5)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+
+    def forward(self, sequence: torch.Tensor) -> torch.Tensor:
+        length = sequence.shape[1]  # batches may be trimmed: positions count back from the last item
+        positions = torch.arange(self.max_len - length, self.max_len, device=sequence.device)
+        x = self.item(sequence) * math.sqrt(self.dim) + self.position(positions)[None]
+        x = self.dropout(x) * (sequence > 0).unsqueeze(-1)  # padding stays zero (no key-padding mask: no NaN rows)
+        causal = torch.triu(torch.full((length, length), float("-inf"), device=sequence.device), diagonal=1)
+        return self.norm(self.blocks(x, mask=causal, is_causal=True))
+
+    def output_embeddings(self) -> torch.Tensor:
+        """(n_items, dim) tied output embeddings (padding row dropped)."""
+        return self.item.weight[1:]
+
+
+class RecurrentEncoder(nn.Module):
+    """Embedding (learned, or frozen vectors given as `frozen_inputs`) -> stacked recurrent layers."""
+
+    def __init__(
+        self,
+        n_items: int,
+        embedding_dim: int,
+        layers: list[tuple[str, int]],
+        dropout: float = 0.0,
+        frozen_inputs: torch.Tensor | None = None,
+    ) -> None:
+        super().__init__()
+        if frozen_inputs is not None:
+            padded = torch.cat([torch.zeros(1, frozen_inputs.shape[1]), frozen_inputs.float()])
+            self.item = nn.Embedding.from_pretrained(padded, freeze=True, padding_idx=0)
+            width = frozen_inputs.shape[1]
+        else:
+            self.item = nn.Embedding(n_items + 1, embedding_dim, padding_idx=0)
+            width = embedding_dim
+        self.recurrent = nn.ModuleList()
+        for kind, hidden in layers:
+            cell = {"gru": nn.GRU, "lstm": nn.LSTM}[kind]
+            self.recurrent.append(cell(width, hidden, batch_first=True))
+            width = hidden
+        self.dropout = nn.Dropout(dropout)
+        self.out_dim = width
+
+    def forward(self, sequence: torch.Tensor) -> torch.Tensor:
+        x = self.item(sequence)
+        for layer in self.recurrent:
+            x, _ = layer(x)
+            x = self.dropout(x)
+        return x

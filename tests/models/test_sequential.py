@@ -1,0 +1,85 @@
+"""Sequential models: windows and padding by hand, causality of the encoders, and next-item quality on
+MovieLens 100K leave-one-out (last item test, second-to-last validation)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from recforge.data.interactions import Sequences
+from recforge.data.splits import leave_last_out
+from recforge.evaluation.protocols import next_item_evaluator
+from recforge.models import create_model
+from recforge.models.base import TrainOptions
+from recforge.models.sequential import last_items, training_windows, trim_padding
+from recforge.nn.sequence import RecurrentEncoder, SASRecEncoder
+
+pytestmark = pytest.mark.xdist_group("sequential")
+
+
+def sequences(*users):
+    items = np.concatenate([np.asarray(u, np.int64) for u in users])
+    indptr = np.r_[0, np.cumsum([len(u) for u in users])]
+    return Sequences(indptr=indptr, items=items, rows=np.arange(len(items)))
+
+
+def test_training_windows_cut_from_the_end_and_left_pad():
+    windows = training_windows(sequences([5, 6, 7, 8, 9, 10], [1], [2, 3]), max_len=3)
+    # user 0: 6 items -> windows of 4 ending at the last item, then the rest (sharing one item); +1 shift
+    expected = np.array([[8, 9, 10, 11], [0, 6, 7, 8], [0, 0, 3, 4]])
+    np.testing.assert_array_equal(windows, expected)  # user 1 (one item) has nothing to learn
+
+
+def test_last_items_and_trimming():
+    seqs = sequences([5, 6, 7, 8], [1], [])
+    block = last_items(seqs, np.array([0, 1, 2]), 3)
+    np.testing.assert_array_equal(block, [[7, 8, 9], [0, 0, 2], [0, 0, 0]])
+    np.testing.assert_array_equal(trim_padding(torch.tensor([[0, 0, 3], [0, 2, 4]])).numpy(), [[0, 3], [2, 4]])
+
+
+@pytest.mark.parametrize(
+    "encoder", [SASRecEncoder(30, 8, 6, dropout=0.0), RecurrentEncoder(30, 8, [("gru", 8), ("lstm", 8)])]
+)
+def test_encoders_are_causal(encoder):
+    encoder.eval()
+    sequence = torch.tensor([[0, 3, 4, 5, 6, 7]])
+    changed = sequence.clone()
+    changed[0, 4] = 20
+    with torch.no_grad():
+        a, b = encoder(sequence), encoder(changed)
+    torch.testing.assert_close(a[:, :4], b[:, :4])  # states before the change are untouched
+    assert not torch.allclose(a[:, 4:], b[:, 4:])
+
+
+@pytest.fixture(scope="module")
+def loo(ml100k):
+    split = leave_last_out(ml100k, k=1, valid_k=1)
+    evaluator = next_item_evaluator(split, ks=(10,))
+    popular = evaluator.evaluate(create_model("most_popular").fit(split.train)).summary["ndcg@10"]
+    return split, evaluator, popular
+
+
+def test_sasrec_and_gru4rec_beat_popularity_on_ml100k(loo):
+    split, evaluator, popular = loo
+    for name, params in (("sasrec", {"n_epochs": 8}), ("gru4rec", {"n_epochs": 6})):
+        model = create_model(name, **params).fit(split.train, TrainOptions(seed=0, valid=split.valid))
+        assert model.training_log_[-1]["loss"] < model.training_log_[0]["loss"]
+        ndcg = evaluator.evaluate(model).summary["ndcg@10"]
+        assert ndcg > popular * 1.15, (name, ndcg, popular)
+
+
+def test_text_regression_runs_on_titles_and_decodes_by_nearest_neighbour(loo, ml100k):
+    split, _, _ = loo
+    model = create_model("text_regression", n_epochs=2, hidden=64).fit(split.train, TrainOptions(seed=0))
+    assert model.text_.shape == (ml100k.n_items, 384)
+    scores = model.score(np.arange(3))
+    assert scores.shape == (3, ml100k.n_items) and np.all(np.abs(scores) <= 1.0 + 1e-5)  # cosine similarities
+    # titles alone are a weak signal (numbers in benchmarks/results/sequential.md), but the predicted vector
+    # must point towards the next item: a random ranking puts it at percentile 0.50 ± 0.01 (943 users);
+    # two short epochs reach 0.45
+    users = split.valid.user_index  # scored from their training sequence: the next item is the validation one
+    scores = model.score(users)
+    target = scores[np.arange(len(users)), split.valid.item_index]
+    percentile = (scores > target[:, None]).mean(1)
+    assert percentile.mean() < 0.47, percentile.mean()
