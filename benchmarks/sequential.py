@@ -7,13 +7,14 @@
 - MovieLens 100K: `experiments/ml100k_sequential.toml` through `recforge compare` (item-KNN, EASE,
   SASRec, GRU4Rec, Model I, Model II), report in reports/ml100k-sequential/.
 
-Run: `python benchmarks/sequential.py [--seeds 0 1 2] [--epochs 200] [--skip-compare]`;
+Run: `python benchmarks/sequential.py [--seeds 0 1 2] [--epochs 80] [--skip-compare]`;
 writes results/sequential.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 import time
 
 import numpy as np
@@ -71,9 +72,10 @@ def epoch_time() -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
-    parser.add_argument("--epochs", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=80)
     parser.add_argument("--skip-compare", action="store_true")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")  # per-epoch validation lines
     payload = {"epoch_time": epoch_time()}
     print(payload["epoch_time"], flush=True)
     payload["beauty"] = beauty(args.seeds, args.epochs)

@@ -178,3 +178,20 @@ def test_hnsw_index_roundtrips_and_agrees_with_exact_search(ials_dir):
     exact = service.model.recommend(np.arange(100), k=10, external_ids=False).item_index
     recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(approx, exact, strict=True)])
     assert recall >= 0.99
+
+
+def test_new_items_from_features_join_the_catalogue(ml100k, tmp_path):
+    model = create_model("two_tower", item_features=True, id_dropout=0.3, n_epochs=3).fit(ml100k)
+    client = TestClient(create_app(RecommenderService.from_artifact(_artifact(model, ml100k, tmp_path / "tt"))))
+    star_wars = ml100k.item_features.iloc[ml100k.items.index([50])[0]]
+    new = {"item": 99999, "title": "Star Wars: The Lost Reel (1977)", "genres": list(star_wars["genres"]), "year": 1977}
+    response = client.post("/items", json={"items": [new]})
+    assert response.status_code == 200 and "item tower" in response.json()["embedded_by"]
+    assert client.get("/items", params={"query": "lost reel"}).json()["items"][0]["item"] == 99999
+    similar = client.get("/items/99999/similar", params={"k": 20}).json()["items"]
+    assert len(similar) == 20
+    genres = [set(row["genres"]) for row in similar]
+    assert np.mean([bool(g & set(star_wars["genres"])) for g in genres]) > 0.5  # neighbours share its genres
+    assert client.post("/items", json={"items": [new]}).status_code == 422  # already there now
+    ials = TestClient(create_app(RecommenderService(create_model("ials", n_iterations=2).fit(ml100k))))
+    assert ials.post("/items", json={"items": [{"item": 5}]}).status_code == 409

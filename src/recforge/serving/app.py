@@ -1,7 +1,7 @@
 """The HTTP service: `create_app(service)` or `recforge serve --model DIR`.
 
 Endpoints (JSON): GET /health, GET /users/{id}/recommendations?k=&exclude_seen=, POST /recommendations,
-POST /users/{id}/interactions, GET /items/{id}/similar?k=, POST /predict, GET /items?query=&limit=,
+POST /users/{id}/interactions, POST /items (new items from features), GET /items/{id}/similar?k=, POST /predict, GET /items?query=&limit=,
 GET /metrics; GET / serves the web page. Errors: unknown ids -> 404, impossible requests (a model that
 cannot predict) -> 409, bad parameters or bodies -> 422 naming the field, bodies over `max_body_bytes`
 -> 413. Handlers are plain `def` functions, so FastAPI runs them in its thread pool and numpy/torch work
@@ -42,6 +42,17 @@ class NewUserRequest(BaseModel):
 class InteractionsRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     items: list[RatedItem] = Field(min_length=1, max_length=10_000)
+
+
+class NewItem(BaseModel):
+    model_config = ConfigDict(extra="allow")  # the model's item-feature columns (genres, year, type, ...)
+    item: str | int
+    title: str | None = None
+
+
+class NewItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    items: list[NewItem] = Field(min_length=1, max_length=1_000)
 
 
 class Pair(BaseModel):
@@ -143,6 +154,11 @@ def create_app(service: RecommenderService, max_body_bytes: int = 1 << 20) -> Fa
     def add_interactions(user_id: str, body: InteractionsRequest) -> dict:
         how = service.add_interactions(user_id, [(r.item, r.rating) for r in body.items])
         return {"user": user_id, "added": len(body.items), "updated_by": how}
+
+    @app.post("/items")
+    def add_items(body: NewItemsRequest) -> dict:
+        how = service.add_items([item.model_dump() for item in body.items])
+        return {"added": [item.item for item in body.items], "embedded_by": how}
 
     @app.get("/items/{item_id}/similar")
     def similar_items(item_id: str, k: int = Query(10, ge=1, le=MAX_K)) -> dict:

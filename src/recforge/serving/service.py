@@ -164,6 +164,45 @@ class RecommenderService:
             model.user_bias_[index] = bias[0]
             return "fold-in of the user's whole history"
 
+    def add_items(self, items: list[dict[str, Any]]) -> str:
+        """Add brand-new items described by features (two-tower models with an item tower): each gets a
+        vector from the tower with the unknown ID and joins the catalogue, the index and search at once.
+        Each dict: `item` (new id), optional `title`, and the model's item-feature columns."""
+        from recforge.models.base import ITEM_FEATURES
+
+        model = self.model
+        if ITEM_FEATURES not in model.capabilities or not hasattr(model, "embed_items"):
+            raise CapabilityError(f"{model.name} cannot embed items from features; retrain to add items")
+        ids = [entry["item"] for entry in items]
+        clashes = [i for i in ids if i in model.items_ or str(i) in model.items_]
+        if clashes:
+            raise ConfigError(f"items already in the catalogue: {clashes[:5]}")
+        if len(set(ids)) != len(ids):
+            raise ConfigError("duplicate item ids in the request")
+        frame = pd.DataFrame([{k: v for k, v in entry.items() if k != "item"} for entry in items])
+        vectors = model.embed_items(frame)
+        with self._lock:
+            model.items_ = model.items_.extend(ids)
+            model.item_factors_ = np.vstack([model.item_factors_, vectors.astype(np.float32)])
+            model.item_bias_ = np.concatenate([model.item_bias_, np.zeros(len(ids))])
+            model.seen_ = sp.hstack([model.seen_, sp.csr_matrix((model.seen_.shape[0], len(ids)))]).tocsr()
+            self.popularity = np.concatenate([self.popularity, np.zeros(len(ids))])
+            added = pd.DataFrame(
+                {
+                    "item_id": ids,
+                    "title": frame.get("title", pd.Series([None] * len(ids))).tolist(),
+                    "genres": [
+                        list(g) if isinstance(g, (list, tuple)) else []
+                        for g in frame.get("genres", pd.Series([None] * len(ids)))
+                    ],
+                }
+            )
+            self.items = _catalogue(model, pd.concat([self.items, added], ignore_index=True))
+            self._title_lower = self.items["title"].fillna("").str.lower()
+            if self.index is not None:
+                self.index = VectorIndex(self.index.config).build(model.item_embeddings())
+        return "item tower (features, unknown ID)"
+
     def _map_update(self, user: int, rated: list[tuple[int, float]]) -> None:
         model: FactorModel = self.model  # type: ignore[assignment]
         items = np.array([i for i, _ in rated])
