@@ -1,7 +1,8 @@
 """The HTTP service: `create_app(service)` or `recforge serve --model DIR`.
 
 Endpoints (JSON): GET /health, GET /users/{id}/recommendations?k=&exclude_seen=, POST /recommendations,
-POST /users/{id}/interactions, POST /items (new items from features), GET /items/{id}/similar?k=, POST /predict, GET /items?query=&limit=,
+POST /users/{id}/interactions, POST /items (new items from features),
+GET /items/{id}/similar?k=, POST /predict, GET /items?query=&limit=,
 GET /metrics; GET / serves the web page. Errors: unknown ids -> 404, impossible requests (a model that
 cannot predict) -> 409, bad parameters or bodies -> 422 naming the field, bodies over `max_body_bytes`
 -> 413. Handlers are plain `def` functions, so FastAPI runs them in its thread pool and numpy/torch work
