@@ -302,7 +302,7 @@ class ExplicitMF(FactorModel):
         self.blend_global_ = extras["blend_global"]
 
 
-MAX_ROW_STEP = 0.5  # the largest summed learning rate one user or item row may take in one mini-batch
+MAX_ROW_STEP = 1.0  # the largest summed learning rate one user or item row may take in one mini-batch
 
 
 def _needs_damping(users: np.ndarray, items: np.ndarray, batch: int, lr: float) -> bool:
