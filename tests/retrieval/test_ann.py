@@ -82,3 +82,14 @@ def test_bad_shapes_are_refused(vectors):
         index.search(np.zeros((2, 3), np.float32), 5)
     with pytest.raises(ConfigError, match="non-empty"):
         VectorIndex().build(np.zeros((0, 4), np.float32))
+
+
+def test_cluster_kinds_answer_from_the_nearest_cluster_only(vectors):
+    items, queries, _ = vectors
+    index = VectorIndex({"kind": "kmeans", "n_clusters": 8}).build(items)
+    found, _ = index.search(queries, 10)
+    retriever = index._clusters
+    nearest = retriever.nearest_cluster(queries)
+    labels = retriever.clusters_.labels
+    assert all((labels[row[row >= 0]] == cluster).all() for row, cluster in zip(found, nearest, strict=True))
+    assert 0.3 < recall(found, exact(items, queries, None)) < 1.0  # cheaper and approximate, not exact
