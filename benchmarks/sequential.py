@@ -105,8 +105,12 @@ def main() -> None:
         table = result.table("next_item")
         keep = [c for c in ("ndcg@10", "hit_rate@10", "ndcg@5", "hit_rate@5", "hit_rate@1") if c in table.columns]
         payload["ml100k"] = table[keep].reset_index().to_dict(orient="records")
-        markdown += ["## MovieLens 100K — leave-one-out (via `recforge compare experiments/ml100k_sequential.toml`)",
-                     "", markdown_table(payload["ml100k"], [table.index.name or "model", *keep]), ""]
+        markdown += [
+            "## MovieLens 100K — leave-one-out (via `recforge compare experiments/ml100k_sequential.toml`)",
+            "",
+            markdown_table(payload["ml100k"], [table.index.name or "model", *keep]),
+            "",
+        ]
     write_results("sequential", payload, "\n".join(markdown))
 
 
