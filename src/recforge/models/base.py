@@ -80,6 +80,26 @@ class ModelConfig(BaseModel):
         return cls.model_validate(payload)
 
 
+def apply_preset(values: Any, presets: dict[str, dict[str, Any]], default: str, nested: tuple[str, ...] = ()) -> Any:
+    """Merge a config's `preset` defaults under the values given explicitly (for `mode="before"` validators).
+
+    Keys in `nested` hold sub-configs that merge key by key, so overriding one tower setting keeps the
+    preset's others.
+    """
+    if not isinstance(values, dict):
+        return values
+    preset = values.get("preset", default)
+    if preset is None:
+        return values
+    if preset not in presets:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(presets)}")
+    merged = {**presets[preset], **values}
+    for key in nested:
+        if isinstance(values.get(key), dict):
+            merged[key] = {**presets[preset].get(key, {}), **values[key]}
+    return merged
+
+
 @dataclass
 class TrainOptions:
     """How to train, as opposed to what to train: seed, device, progress bars, validation data."""

@@ -22,7 +22,16 @@ from recforge._progress import progress_bar
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, TrainingDivergedError
 from recforge.models.als import _rated_arrays
-from recforge.models.base import EMBEDDINGS, HISTORY, KNOWN_USERS, RATINGS, History, ModelConfig, TrainOptions
+from recforge.models.base import (
+    EMBEDDINGS,
+    HISTORY,
+    KNOWN_USERS,
+    RATINGS,
+    History,
+    ModelConfig,
+    TrainOptions,
+    apply_preset,
+)
 from recforge.models.factorization import FactorModel
 from recforge.nn.training import make_optimizer
 
@@ -78,13 +87,7 @@ class MFConfig(ModelConfig):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, values: Any) -> Any:
-        if isinstance(values, dict):
-            preset = values.get("preset", "biased")
-            if preset is not None:
-                if preset not in PRESETS:
-                    raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-                values = {**PRESETS[preset], **values}
-        return values
+        return apply_preset(values, PRESETS, "biased")
 
 
 class ExplicitMF(FactorModel):

@@ -38,6 +38,7 @@ from recforge.data.features import (
 )
 from recforge.data.interactions import Interactions
 from recforge.errors import CapabilityError, ConfigError
+from recforge.models.als import _rated_arrays
 from recforge.models.base import (
     EMBEDDINGS,
     HISTORY,
@@ -48,6 +49,7 @@ from recforge.models.base import (
     History,
     ModelConfig,
     TrainOptions,
+    apply_preset,
 )
 from recforge.models.factorization import FactorModel
 from recforge.nn.tasks import BCETask, RatingTask, RetrievalTask, factorized_topk
@@ -191,17 +193,7 @@ class TwoTowerConfig(ModelConfig):
     @model_validator(mode="before")
     @classmethod
     def _apply_preset(cls, values: Any) -> Any:
-        if isinstance(values, dict):
-            preset = values.get("preset", "retrieval")
-            if preset is not None:
-                if preset not in PRESETS:
-                    raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-                merged = {**PRESETS[preset], **values}
-                for tower in ("user_tower", "item_tower"):  # tower settings merge key by key
-                    if isinstance(values.get(tower), dict):
-                        merged[tower] = {**PRESETS[preset].get(tower, {}), **values[tower]}
-                values = merged
-        return values
+        return apply_preset(values, PRESETS, "retrieval", nested=("user_tower", "item_tower"))
 
     @model_validator(mode="after")
     def _user_tower_has_input(self) -> TwoTowerConfig:
@@ -371,15 +363,7 @@ class TwoTower(FactorModel):
     def _training_rows(self, train: Interactions) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         c: TwoTowerConfig = self.config  # type: ignore[assignment]
         if c.task == "rating":
-            if train.rating is None or train.n_rated == 0:
-                raise ConfigError("the rating task needs rated interactions")
-            rated = train.explicit()
-            rows = rated.latest_per_pair()
-            return (
-                rated.user_index[rows].astype(np.int64),
-                rated.item_index[rows].astype(np.int64),
-                rated.rating[rows].astype(np.float64),
-            )
+            return _rated_arrays(train, "the two-tower rating task")
         rows = train.latest_per_pair()
         keep = np.ones(len(rows), dtype=bool)
         if c.positive_threshold is not None:

@@ -59,6 +59,13 @@ class RecommenderService:
         self.popularity = counts.astype(np.float64)
         self._lock = threading.Lock()  # guards in-place updates; reads need no lock (numpy releases the GIL)
         self._overlays: dict[int, _Overlay] = {}
+        self._index_catalogue()
+
+    def _index_catalogue(self) -> None:
+        """Plain-Python columns of the catalogue: answers read them per item (pandas .iloc is ~100x slower)."""
+        self._ids = [_plain(v) for v in self.items["item_id"]]
+        self._titles = self.items["title"].tolist()
+        self._genres = self.items["genres"].tolist()
         self._title_lower = self.items["title"].fillna("").str.lower()
 
     @classmethod
@@ -198,7 +205,7 @@ class RecommenderService:
                 }
             )
             self.items = _catalogue(model, pd.concat([self.items, added], ignore_index=True))
-            self._title_lower = self.items["title"].fillna("").str.lower()
+            self._index_catalogue()
             if self.index is not None:
                 self.index = VectorIndex(self.index.config).build(model.item_embeddings())
         return "item tower (features, unknown ID)"
@@ -217,7 +224,8 @@ class RecommenderService:
 
     def _history_of(self, index: int, overlay: _Overlay) -> History:
         seen = self.model.seen_[index].indices.tolist()
-        items = seen + [i for i in overlay.items if i not in set(seen)]
+        already = set(seen)
+        items = seen + [i for i in dict.fromkeys(overlay.items) if i not in already]
         known = dict(zip(overlay.items, overlay.ratings, strict=True))
         return History.from_items([items], self.model.n_items, ratings=[[known.get(i) for i in items]])
 
@@ -238,8 +246,7 @@ class RecommenderService:
         return [self._item_row(int(i), float(s)) for i, s in zip(items, scores, strict=True) if i >= 0]
 
     def _item_row(self, index: int, score: float | None = None) -> dict[str, Any]:
-        row = self.items.iloc[index]
-        out = {"item": _plain(row["item_id"]), "title": row["title"], "genres": row["genres"]}
+        out = {"item": self._ids[index], "title": self._titles[index], "genres": self._genres[index]}
         if score is not None:
             out["score"] = score
         return out
