@@ -218,20 +218,13 @@ def serve(
     import uvicorn
 
     os.environ["RECFORGE_MODEL"] = str(model.resolve())
+    options = {"host": host, "port": port, "log_level": "warning", "access_log": False}
     if workers == 1:
-        from recforge.serving.app import create_app
-        from recforge.serving.service import RecommenderService
+        from recforge.serving.app import app_from_environment
 
-        uvicorn.run(create_app(RecommenderService.from_artifact(model)), host=host, port=port, log_level="warning")
+        uvicorn.run(app_from_environment(), **options)
     else:
-        uvicorn.run(
-            "recforge.serving.app:app_from_environment",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            log_level="warning",
-        )
+        uvicorn.run("recforge.serving.app:app_from_environment", factory=True, workers=workers, **options)
 
 
 def main() -> None:  # pragma: no cover - console entry

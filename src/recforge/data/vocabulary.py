@@ -76,6 +76,14 @@ class Vocabulary:
             raise UnknownIdError(f"unknown {self.name} id(s): {unknown}")
         return positions.astype(np.int64)
 
+    def position(self, external_id: Any) -> int | None:
+        """Dense index of one external id, or None when unknown (a hash lookup, ~100x cheaper than
+        `index` for a single id)."""
+        try:
+            return int(self._index.get_loc(external_id))
+        except (KeyError, TypeError):
+            return None
+
     def id(self, index: int) -> Any:
         """External id at a dense index, as a plain Python value."""
         value = self._index[int(index)]

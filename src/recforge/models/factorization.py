@@ -27,9 +27,10 @@ class FactorModel(Recommender):
 
     # -------------------------------------------------------------- scoring
     def _scores_from(self, factors: np.ndarray, bias: np.ndarray) -> np.ndarray:
-        scores = factors.astype(np.float32) @ self.item_factors_.T.astype(np.float32)
+        # copy=False: re-casting the (n_items, d) factors on every call cost more than the product itself
+        scores = factors.astype(np.float32, copy=False) @ self.item_factors_.astype(np.float32, copy=False).T
         scores += (self.global_bias_ + bias)[:, None].astype(np.float32)
-        scores += self.item_bias_[None, :].astype(np.float32)
+        scores += self.item_bias_.astype(np.float32, copy=False)[None, :]
         return scores
 
     def _score_known(self, users: np.ndarray) -> np.ndarray:

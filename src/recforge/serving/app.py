@@ -6,7 +6,9 @@ GET /items/{id}/similar?k=, POST /predict, GET /items?query=&limit=,
 GET /metrics; GET / serves the web page. Errors: unknown ids -> 404, impossible requests (a model that
 cannot predict) -> 409, bad parameters or bodies -> 422 naming the field, bodies over `max_body_bytes`
 -> 413. Handlers are plain `def` functions, so FastAPI runs them in its thread pool and numpy/torch work
-of concurrent requests overlaps (they release the GIL).
+of concurrent requests overlaps (they release the GIL). The exception is a known user's recommendations
+when the service can answer them in well under a millisecond (an ANN index, or a small catalogue): those
+run on the event loop, because the thread hop cost more than the work (see docs/serving.md).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 from fastapi import FastAPI, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.concurrency import run_in_threadpool
 
 from recforge import __version__
 from recforge.errors import CapabilityError, ConfigError, UnknownIdError
@@ -101,22 +104,44 @@ def _answer(answer: Answer, **extra: Any) -> dict[str, Any]:
     return {**extra, "served_by": answer.served_by, "note": answer.note, "items": answer.items}
 
 
+class _LimitAndMeasure:
+    """Plain ASGI middleware: rejects declared bodies over the limit (413) and records each response's
+    route, status and latency. (Starlette's BaseHTTPMiddleware adds a task and a stream per request.)"""
+
+    def __init__(self, app: Any, metrics: Metrics, max_body_bytes: int) -> None:
+        self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: dict) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        length = dict(scope["headers"]).get(b"content-length")
+        try:
+            if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
+                response = JSONResponse({"detail": f"request body over {self.max_body_bytes} bytes"}, status_code=413)
+                await response(scope, receive, send_and_note)
+            else:
+                await self.app(scope, receive, send_and_note)
+        finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.record(route, status, (time.perf_counter() - started) * 1e3)
+
+
 def create_app(service: RecommenderService, max_body_bytes: int = 1 << 20) -> FastAPI:
     app = FastAPI(title="recforge", version=__version__)
     metrics = Metrics()
     app.state.service, app.state.metrics = service, metrics
 
-    @app.middleware("http")
-    async def limit_and_measure(request: Request, call_next: Any) -> Any:
-        started = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
-            response = JSONResponse({"detail": f"request body over {max_body_bytes} bytes"}, status_code=413)
-        else:
-            response = await call_next(request)
-        route = request.scope.get("route")
-        metrics.record(getattr(route, "path", "unmatched"), response.status_code, (time.perf_counter() - started) * 1e3)
-        return response
+    app.add_middleware(_LimitAndMeasure, metrics=metrics, max_body_bytes=max_body_bytes)
 
     @app.exception_handler(UnknownIdError)
     def _unknown(request: Request, exc: UnknownIdError) -> JSONResponse:
@@ -144,8 +169,13 @@ def create_app(service: RecommenderService, max_body_bytes: int = 1 << 20) -> Fa
         }
 
     @app.get("/users/{user_id}/recommendations")
-    def user_recommendations(user_id: str, k: int = Query(10, ge=1, le=MAX_K), exclude_seen: bool = True) -> dict:
-        return _answer(service.recommend_user(user_id, k, exclude_seen), user=user_id)
+    async def user_recommendations(user_id: str, k: int = Query(10, ge=1, le=MAX_K), exclude_seen: bool = True) -> dict:
+        # sub-millisecond answers run on the event loop: a thread-pool hop (and the GIL hand-offs it
+        # brings) cost more than the work and dominated tail latency under load; heavier ones go to threads
+        if service.answers_quickly():
+            return _answer(service.recommend_user(user_id, k, exclude_seen), user=user_id)
+        answer = await run_in_threadpool(service.recommend_user, user_id, k, exclude_seen)
+        return _answer(answer, user=user_id)
 
     @app.post("/recommendations")
     def new_user_recommendations(body: NewUserRequest) -> dict:
@@ -194,7 +224,13 @@ def create_app(service: RecommenderService, max_body_bytes: int = 1 << 20) -> Fa
 
 
 def app_from_environment() -> FastAPI:
-    """App factory for multi-worker uvicorn: each worker loads the artifact named by RECFORGE_MODEL."""
+    """App factory for `recforge serve`: each worker process loads the artifact named by RECFORGE_MODEL."""
+    import gc
     import os
 
-    return create_app(RecommenderService.from_artifact(os.environ["RECFORGE_MODEL"]))
+    app = create_app(RecommenderService.from_artifact(os.environ["RECFORGE_MODEL"]))
+    # the model and catalogue live as long as the process: move them out of the collector's view, so
+    # full collections do not re-scan ~10^5 catalogue objects in the middle of requests (tail latency)
+    gc.collect()
+    gc.freeze()
+    return app
