@@ -142,3 +142,29 @@ def test_valid_tables_roundtrip_exactly(tmp_path_factory, rows):
     assert frame["user_id"].tolist() == [u for u, _, _ in rows]
     assert frame["item_id"].tolist() == [i for _, i, _ in rows]
     assert frame["rating"].tolist() == [r for _, _, r in rows]
+
+
+def test_typed_parquet_matches_the_text_path_and_reports_rows(tmp_path):
+    import pandas as pd
+
+    rows = pd.DataFrame(
+        {"user": [1, 2, 2, 3], "item": ["10", "11", "x", "10"], "stars": [4.0, None, 2.5, 5.0], "t": [5, 6, 7, 8]}
+    )
+    rows.to_csv(tmp_path / "log.csv", index=False)
+    rows.to_parquet(tmp_path / "log.parquet", index=False)
+    options = {"user": "user", "item": "item", "rating": "stars", "timestamp": "t", "rating_scale": (0.5, 5)}
+    text, typed = load_table(tmp_path / "log.csv", **options), load_table(tmp_path / "log.parquet", **options)
+    assert typed.fingerprint() == text.fingerprint()
+
+    rows.loc[2, "user"] = None  # an integer column with a hole becomes float: the text path reads it
+    rows.to_parquet(tmp_path / "hole.parquet", index=False)
+    with pytest.raises(DataFormatError, match="missing value") as info:
+        load_table(tmp_path / "hole.parquet", **options)
+    assert (info.value.line, info.value.column) == (3, "user")
+
+    rows = rows.dropna(subset=["user"]).astype({"user": "int64"})
+    rows.loc[3, "stars"] = 9.0
+    rows.to_parquet(tmp_path / "scale.parquet", index=False)
+    with pytest.raises(DataFormatError, match="outside the scale") as info:
+        load_table(tmp_path / "scale.parquet", **options)
+    assert (info.value.line, info.value.column) == (3, "stars")

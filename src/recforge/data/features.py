@@ -49,7 +49,13 @@ def genre_lists(frame: pd.DataFrame, columns: tuple[str, ...] = ("genres",)) -> 
 def select_genres(lists: list[list[str]], min_frequency_quantile: float | None = None) -> list[str]:
     """The genre vocabulary: all genres, or only those whose item count exceeds the given quantile of
     genre counts (0.9 keeps roughly the 10% most frequent, as in the anime study's rare-genre filter)."""
-    counts = pd.Series([g for row in lists for g in row], dtype=object).value_counts()
+    return genres_above_quantile(
+        pd.Series([g for row in lists for g in row], dtype=object).value_counts(), min_frequency_quantile
+    )
+
+
+def genres_above_quantile(counts: pd.Series, min_frequency_quantile: float | None) -> list[str]:
+    """Genres (index of `counts`, item counts as values) whose count exceeds the quantile, sorted."""
     if min_frequency_quantile is not None and len(counts):
         threshold = np.quantile(counts.to_numpy(), min_frequency_quantile)
         counts = counts[counts > threshold]

@@ -13,6 +13,7 @@ from functools import cached_property
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, LeakageError
@@ -160,6 +161,24 @@ def _time_keys(data: Interactions) -> np.ndarray:
     return data.timestamp if data.timestamp is not None else np.arange(len(data), dtype=np.int64)
 
 
+def row_keys(user_ids: np.ndarray, item_ids: np.ndarray, timestamps: np.ndarray | None, seed: int) -> np.ndarray:
+    """A pseudo-random uint64 per row from (user id, item id, timestamp, seed): splitmix64 over pandas'
+    stable id hashes. Equal rows get equal keys whatever their position (exact duplicates are
+    interchangeable), so any engine that calls this function on the same columns ranks rows the same."""
+    with np.errstate(over="ignore"):
+        key = pd.util.hash_array(np.asarray(user_ids)) ^ _mix(pd.util.hash_array(np.asarray(item_ids)) + np.uint64(1))
+        if timestamps is not None:
+            key = key ^ _mix(np.asarray(timestamps).astype(np.int64).view(np.uint64) + np.uint64(2))
+        return _mix(key ^ _mix(np.full(len(key), seed, dtype=np.uint64) + np.uint64(3)))
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser: a bijection on uint64 that scatters nearby inputs."""
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
 # ----------------------------------------------------------------------------- split functions
 def random_split(data: Interactions, test_fraction: float = 0.2, valid_fraction: float = 0.0, seed: int = 0) -> Split:
     """Rows drawn uniformly at random: round(n * test_fraction) to test, round(n * valid_fraction) to validation."""
@@ -186,14 +205,18 @@ def stratified_split(
 ) -> Split:
     """Random split within each rating value, so train and test keep the same rating distribution.
 
-    Each stratum (rating value; unrated rows form one stratum) sends round(size * fraction) rows to test.
+    Each stratum (rating value; unrated rows form one stratum) sends round(size * fraction) rows (half to
+    even) to test: the rows with the smallest `row_keys`. Keys hash each row's content, so the split does
+    not depend on row order and the Spark pipeline reproduces it exactly.
     """
     _check_fraction("test_fraction", test_fraction)
     _check_fraction("valid_fraction", valid_fraction)
-    if data.rating is None:
-        raise ConfigError("stratified_split needs ratings")
-    strata = np.unique(np.nan_to_num(data.rating, nan=-np.inf), return_inverse=True)[1].ravel()
-    keys = np.random.default_rng(seed).random(len(data))
+    strata = (
+        np.zeros(len(data), dtype=np.int64)  # implicit data: one stratum (a random split by row keys)
+        if data.rating is None
+        else np.unique(np.nan_to_num(data.rating, nan=-np.inf), return_inverse=True)[1].ravel()
+    )
+    keys = row_keys(data.users.lookup(data.user_index), data.items.lookup(data.item_index), data.timestamp, seed)
     ranks = _rank_within_groups(strata, keys)
     sizes = np.bincount(strata)[strata]
     n_test = np.rint(sizes * test_fraction)

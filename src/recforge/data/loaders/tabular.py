@@ -48,10 +48,13 @@ def load_table(
     path = Path(path)
     columns = [c for c in (user, item, rating, timestamp) if c is not None]
     if path.suffix.lower() in (".parquet", ".pq") or path.is_dir():
-        frame = pd.read_parquet(path)
+        frame = pd.read_parquet(path, columns=None)
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise DataFormatError(f"missing column(s) {missing}; have {list(frame.columns)}", path=path)
+        if timestamp_format is None and _typed(frame, user, item, rating, timestamp):
+            table, dropped = _typed_table(frame, path, user, item, rating, timestamp, rating_scale, on_missing)
+            return _finish(table, path, rating, timestamp, rating_scale, name, dropped)
         frame = frame[columns].astype(str).where(frame[columns].notna(), "")
         frame["_line"] = np.arange(1, len(frame) + 1)  # Parquet has no lines: report 1-based row numbers
     else:
@@ -100,6 +103,18 @@ def load_table(
                     column=timestamp,
                 )
             table["timestamp"] = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
+    return _finish(table, path, rating, timestamp, rating_scale, name, dropped)
+
+
+def _finish(
+    table: pd.DataFrame,
+    path: Path,
+    rating: str | None,
+    timestamp: str | None,
+    rating_scale: tuple[float, float] | None,
+    name: str | None,
+    dropped: int,
+) -> Interactions:
     source = source_info(path.parent, [path.name])
     source["dropped_missing"] = dropped
     return Interactions.from_frame(
@@ -110,3 +125,80 @@ def load_table(
         name=name or path.stem,
         source=source,
     )
+
+
+def _typed(frame: pd.DataFrame, user: str, item: str, rating: str | None, timestamp: str | None) -> bool:
+    """True when Parquet already stores ids as integers or strings and rating/timestamp as numbers: such a
+    file is read column-wise without turning 10^7 cells into Python strings (the text path)."""
+    types = pd.api.types
+
+    def is_id(column: str) -> bool:
+        return types.is_integer_dtype(frame[column]) or types.is_string_dtype(frame[column])
+
+    return (
+        is_id(user)
+        and is_id(item)
+        and (rating is None or types.is_numeric_dtype(frame[rating]))
+        and (timestamp is None or types.is_integer_dtype(frame[timestamp]) or types.is_float_dtype(frame[timestamp]))
+    )
+
+
+def _typed_table(
+    frame: pd.DataFrame,
+    path: Path,
+    user: str,
+    item: str,
+    rating: str | None,
+    timestamp: str | None,
+    rating_scale: tuple[float, float] | None,
+    on_missing: str,
+) -> tuple[pd.DataFrame, int]:
+    """The typed-Parquet twin of the text path: same checks, same errors (1-based row numbers)."""
+    required = [c for c in (user, item, timestamp) if c is not None]
+    blank = np.zeros(len(frame), dtype=bool)
+    for column in required:
+        values = frame[column]
+        blank |= values.isna().to_numpy()
+        if pd.api.types.is_string_dtype(values):
+            blank |= values.fillna("").astype(str).str.strip().eq("").to_numpy()
+    dropped = 0
+    if blank.any():
+        row = int(np.flatnonzero(blank)[0])
+        if on_missing == "raise":
+            column = next(c for c in required if pd.isna(frame[c].iloc[row]) or str(frame[c].iloc[row]).strip() == "")
+            raise DataFormatError(
+                f"missing value ({int(blank.sum())} row(s) have one; pass on_missing='drop' to drop them)",
+                path=path,
+                line=row + 1,
+                column=column,
+            )
+        dropped = int(blank.sum())
+        log.warning("%s: dropped %d row(s) with a missing user, item or timestamp", path, dropped)
+        frame = frame[~blank]
+    table = pd.DataFrame({"user_id": _typed_ids(frame[user]), "item_id": _typed_ids(frame[item])})
+    if rating is not None:
+        values = frame[rating].to_numpy(dtype=np.float64, na_value=np.nan)
+        if rating_scale is not None:
+            low, high = rating_scale
+            bad = (values < low) | (values > high)
+            if bad.any():
+                row = int(np.flatnonzero(bad)[0])
+                raise DataFormatError(
+                    f"rating {values[row]:g} outside the scale {low:g}..{high:g}",
+                    path=path,
+                    line=row + 1,
+                    column=rating,
+                )
+        table["rating"] = values.astype(np.float32)
+    if timestamp is not None:
+        stamps = frame[timestamp].to_numpy(dtype=np.float64) if pd.api.types.is_float_dtype(frame[timestamp]) else None
+        if stamps is not None and (stamps % 1 != 0).any():
+            row = int(np.flatnonzero(stamps % 1 != 0)[0])
+            raise DataFormatError("timestamp is not whole seconds", path=path, line=row + 1, column=timestamp)
+        table["timestamp"] = frame[timestamp].to_numpy(dtype=np.int64)
+    return table, dropped
+
+
+def _typed_ids(values: pd.Series) -> np.ndarray:
+    """Integer columns as int64; string columns by the text path's rule (integer literals become ints)."""
+    return values.to_numpy(dtype=np.int64) if pd.api.types.is_integer_dtype(values) else _ids(values)

@@ -1,0 +1,133 @@
+"""The Spark engine against the in-memory one, on real data in Spark local mode: same rows, same split,
+same vocabularies, same features (floats to 1e-6); batch scores equal to `model.recommend`."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recforge.data.interactions import Interactions
+from recforge.data.prepare import prepare, read_prepared, write_prepared
+
+pytestmark = [pytest.mark.spark, pytest.mark.xdist_group("spark")]
+
+if shutil.which("java") is None:  # pragma: no cover - CI and this machine have Java 17
+    pytest.fail("Spark tests need Java (17) on PATH", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def spark():
+    from recforge.spark.prepare import spark_session
+
+    with spark_session(local_threads=2, memory="2g") as session:
+        yield session
+
+
+def both_engines(spark, data: Interactions, config: dict, tmp_path):
+    from recforge.spark.prepare import prepare_spark_from_interactions
+
+    source = data.save(tmp_path / "source")
+    write_prepared(prepare(Interactions.load(source), config), tmp_path / "memory")
+    counts = prepare_spark_from_interactions(spark, source, tmp_path / "spark", config)
+    return read_prepared(tmp_path / "memory"), read_prepared(tmp_path / "spark"), counts
+
+
+def assert_same(memory, on_spark, counts):
+    assert memory.counts() == on_spark.counts() == counts
+    assert memory.genres == on_spark.genres
+    for part in ("train", "test"):
+        ours, theirs = getattr(memory, part), getattr(on_spark, part)
+        assert ours.users == theirs.users and ours.items == theirs.items
+        assert ours.rating_scale == theirs.rating_scale
+        rows = ours.to_frame()
+        columns = list(rows.columns)
+        pd.testing.assert_frame_equal(
+            rows.sort_values(columns).reset_index(drop=True),
+            theirs.to_frame().sort_values(columns).reset_index(drop=True),
+            check_dtype=False,
+        )
+        if ours.item_features is not None:
+            assert list(ours.item_features.columns) == list(theirs.item_features.columns)
+    pd.testing.assert_frame_equal(memory.item_features, on_spark.item_features, check_dtype=False, rtol=1e-6)
+    if memory.user_taste is not None:
+        pd.testing.assert_frame_equal(memory.user_taste, on_spark.user_taste, check_dtype=False, rtol=1e-6, atol=1e-7)
+
+
+def test_movielens_100k_prepares_identically(spark, ml100k, tmp_path):
+    config = {
+        "steps": [
+            {"step": "deduplicate"},
+            {"step": "filter_user_counts", "min_count": 20, "max_count": 500},
+            {"step": "filter_rating_spread", "min_spread": 3},
+        ],
+        "genres": {"min_frequency_quantile": 0.5},
+        "numeric_ranges": {"year": [1900, 2030]},
+    }
+    memory, on_spark, counts = both_engines(spark, ml100k, config, tmp_path)
+    assert_same(memory, on_spark, counts)
+    assert 0 < len(memory.genres) < 19 and counts["test_rows"] > 15_000
+    # the stratified split keeps the rating distribution
+    share = [pd.Series(p.rating).value_counts(normalize=True).sort_index() for p in (memory.train, memory.test)]
+    assert np.abs(share[0] - share[1]).max() < 0.002
+
+
+def test_anime_prepares_identically_with_unrated_rows(spark, anime, tmp_path):
+    fixture = anime.subset(anime.user_index < 800).compact()  # ~86k rows of the real Kaggle sample
+    assert np.isnan(fixture.rating).any()  # the -1 "watched, not rated" rows
+    config = {
+        "steps": [
+            {"step": "filter_user_counts", "min_count": 8, "max_count": 700},
+            {"step": "filter_rating_spread", "min_spread": 3},
+            {"step": "k_core", "user_k": 5, "item_k": 3},
+        ],
+        "genres": {"min_frequency_quantile": 0.9},
+        "numeric_ranges": {"episodes": [0, 4000], "score": [1, 10]},
+    }
+    memory, on_spark, counts = both_engines(spark, fixture, config, tmp_path)
+    assert_same(memory, on_spark, counts)
+    assert np.isnan(memory.test.rating).any()  # unrated rows are their own stratum
+    assert 1 <= len(memory.genres) <= 8
+
+
+def test_binarize_and_first_duplicate_agree(spark, tmp_path):
+    rng = np.random.default_rng(5)
+    n = 4_000
+    frame = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 150, n),
+            "item_id": [f"i{v}" for v in rng.integers(0, 90, n)],  # string ids
+            "rating": rng.integers(1, 6, n).astype(np.float32),
+            "timestamp": rng.integers(0, 50, n),  # many timestamp ties
+        }
+    )
+    data = Interactions.from_frame(frame, rating="rating", timestamp="timestamp", rating_scale=(1, 5))
+    config = {
+        "steps": [
+            {"step": "deduplicate", "keep": "first"},
+            {"step": "filter_item_counts", "min_count": 10},
+            {"step": "binarize", "threshold": 3.5},
+        ],
+        "genres": None,
+        "taste": True,
+    }
+    memory, on_spark, counts = both_engines(spark, data, config, tmp_path)
+    assert_same(memory, on_spark, counts)
+    assert memory.train.rating is None
+
+
+def test_batch_scores_equal_recommend(spark, ml100k, tmp_path):
+    from recforge.artifacts import save_model
+    from recforge.models import create_model
+    from recforge.spark.score import score_spark
+
+    model = create_model("ials", n_factors=16, n_iterations=3).fit(ml100k)
+    artifact = save_model(model, tmp_path / "model")
+    rows = score_spark(spark, artifact, tmp_path / "scores", k=10, partitions=3, batch_size=200)
+    assert rows == ml100k.n_users * 10
+    scored = pd.read_parquet(tmp_path / "scores").sort_values(["user_id", "rank"])
+    expected = model.recommend(ml100k.users.ids, 10)
+    assert np.array_equal(scored["item_id"].to_numpy().reshape(-1, 10), expected.items.astype(np.int64))
+    np.testing.assert_allclose(scored["score"].to_numpy().reshape(-1, 10), expected.scores, rtol=1e-6)
