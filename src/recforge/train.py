@@ -18,6 +18,7 @@ The artifact also holds `items.parquet` (id, title, genres) for the service and 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,7 @@ class TrainConfig(BaseModel):
     preprocess: list[dict[str, Any]] = Field(default_factory=list)
     model: ModelSpec
     index: IndexConfig | None = None
+    checkpoint_dir: str | None = Field(None, description="neural models: per-epoch checkpoints; a rerun resumes")
 
     @field_validator("preprocess")
     @classmethod
@@ -67,7 +69,9 @@ def train(config: TrainConfig, output: str | Path | None = None, progress: bool 
     data = load_dataset(config.dataset.name, config.dataset.path, **config.dataset.options)
     data, _ = preprocess(data, config.preprocess)
     model = create_model(config.model.model, **config.model.params)
-    model.fit(data, TrainOptions(seed=config.seed, progress=progress))
+    model.fit(data, TrainOptions(seed=config.seed, progress=progress, checkpoint_dir=config.checkpoint_dir))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank trains; only rank 0 writes
+        return Path(target)
     extra: dict[str, Any] = {}
     if config.index is not None:
         if not isinstance(model, FactorModel):

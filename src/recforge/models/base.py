@@ -109,6 +109,9 @@ class TrainOptions:
     progress: bool = False
     valid: Interactions | None = None
     threads: int | None = None
+    # neural models: write a checkpoint here after every epoch, and resume from it when one from the same
+    # run (model, config, data, seed) exists — a killed run picks up where it stopped
+    checkpoint_dir: str | None = None
 
 
 @dataclass(frozen=True)

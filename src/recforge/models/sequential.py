@@ -29,6 +29,8 @@ from recforge._progress import progress_bar
 from recforge.data.interactions import Interactions, Sequences
 from recforge.errors import ConfigError
 from recforge.models.base import HISTORY, KNOWN_USERS, History, ModelConfig, Recommender, TrainOptions
+from recforge.nn.checkpoint import Checkpointer, restore_rng, rng_state
+from recforge.nn.distributed import DistributedContext
 from recforge.nn.sequence import RecurrentEncoder, SASRecEncoder
 from recforge.nn.training import EarlyStopping, make_optimizer, seed_everything
 
@@ -113,37 +115,65 @@ class SequenceModel(Recommender):
         lengths = (windows > 0).sum(1)
         if len(windows) == 0:
             raise ConfigError(f"{self.name}: no user has two or more interactions to learn a next item from")
+        parallel = DistributedContext.from_environment(options.device)
+        net = parallel.wrap(self.net_)
         optimizer = make_optimizer(
             c.optimizer, [p for p in self.net_.parameters() if p.requires_grad], c.lr, c.weight_decay
         )
         valid = self._validation_targets(options.valid)
         stopper = EarlyStopping(c.early_stopping_patience, mode="max")
-        with progress_bar(self.name, c.n_epochs, enabled=options.progress) as bar:
-            for epoch in range(1, c.n_epochs + 1):
+        checkpoints = Checkpointer.for_fit(self, train, options)
+        first_epoch = 1
+        saved = checkpoints.load() if checkpoints else None
+        if saved is not None:
+            self.net_.load_state_dict(saved["net"])
+            optimizer.load_state_dict(saved["optimizer"])
+            stopper.load_state(saved["stopper"])
+            restore_rng(saved, generator)
+            self.training_log_ = list(saved["log"])
+            first_epoch = saved["epoch"] + 1
+            logger.info("%s: resumed from %s after epoch %d", self.name, options.checkpoint_dir, saved["epoch"])
+        stop = saved is not None and saved["stopped"]
+        with progress_bar(self.name, c.n_epochs, enabled=options.progress and parallel.is_main) as bar:
+            for epoch in range(first_epoch, c.n_epochs + 1):
+                if stop:
+                    break
                 self.net_.train()
                 total, count = 0.0, 0
                 for index in length_buckets(lengths, c.batch_size, generator):
-                    batch = trim_padding(windows[index])
-                    inputs, targets = batch[:, :-1], batch[:, 1:]
-                    mask = (inputs > 0) & (targets > 0)
-                    states = self.net_(inputs)[mask]
+                    batch = trim_padding(windows[index])  # trimmed as one global batch on every rank
+                    all_targets = (batch[:, :-1] > 0) & (batch[:, 1:] > 0)
+                    rows = parallel.local_rows(len(batch))
+                    inputs, targets, mask = batch[rows, :-1], batch[rows, 1:], all_targets[rows]
+                    states = net(inputs)[mask]
                     loss = self._loss(states, targets[mask] - 1, generator)
+                    scale = parallel.loss_scale(int(mask.sum()), int(all_targets.sum()), len(batch))
                     optimizer.zero_grad()
-                    loss.backward()
+                    (loss * scale).backward()
                     optimizer.step()
                     total += float(loss.detach()) * int(mask.sum())
                     count += int(mask.sum())
                 entry: dict[str, float] = {"epoch": epoch, "loss": total / max(count, 1)}
-                stop = False
                 if valid is not None and epoch % c.eval_every == 0:
                     entry["valid_ndcg@10"] = self._validate(*valid)
                     stop = stopper.update(entry["valid_ndcg@10"], epoch, self.net_)
                 self.training_log_.append(entry)
                 logger.info("%s epoch %d: %s", self.name, epoch, entry)
+                if checkpoints is not None and parallel.is_main:
+                    checkpoints.save(
+                        epoch,
+                        {
+                            "net": self.net_.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "stopper": stopper.state(),
+                            "log": self.training_log_,
+                            "stopped": stop,
+                            **rng_state(generator),
+                        },
+                    )
+                parallel.barrier()
                 bar.advance()
                 bar.update(**{k: v for k, v in entry.items() if k != "epoch"})
-                if stop:
-                    break
         if valid is not None:
             stopper.restore(self.net_)
         self.net_.eval()

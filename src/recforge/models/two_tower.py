@@ -52,6 +52,8 @@ from recforge.models.base import (
     apply_preset,
 )
 from recforge.models.factorization import FactorModel
+from recforge.nn.checkpoint import Checkpointer, restore_rng, rng_state
+from recforge.nn.distributed import DistributedContext
 from recforge.nn.tasks import BCETask, RatingTask, RetrievalTask, factorized_topk
 from recforge.nn.towers import Tower, TowerConfig
 from recforge.nn.training import EarlyStopping, make_optimizer, make_schedule, seed_everything
@@ -322,29 +324,48 @@ class TwoTower(FactorModel):
             sp.csr_matrix((np.ones(len(users), np.float32), (users, items)), shape=(train.n_users, train.n_items))
         )
         t_all = None if scaled_targets is None else torch.from_numpy(scaled_targets.astype(np.float32))
-        with progress_bar(f"two-tower ({c.task})", c.n_epochs, enabled=options.progress) as bar:
-            for epoch in range(1, c.n_epochs + 1):
+        parallel = DistributedContext.from_environment(options.device)
+        parameters = [p for p in self.towers_.parameters() if p.requires_grad]
+        checkpoints = Checkpointer.for_fit(self, train, options)
+        saved = checkpoints.load() if checkpoints else None
+        first_epoch, stop = 1, False
+        if saved is not None:
+            self.towers_.load_state_dict(saved["towers"])
+            optimizer.load_state_dict(saved["optimizer"])
+            scheduler.load_state_dict(saved["scheduler"])
+            stopper.load_state(saved["stopper"])
+            restore_rng(saved, generator)
+            self.training_log_ = list(saved["log"])
+            first_epoch, stop = saved["epoch"] + 1, saved["stopped"]
+        with progress_bar(f"two-tower ({c.task})", c.n_epochs, enabled=options.progress and parallel.is_main) as bar:
+            for epoch in range(first_epoch, c.n_epochs + 1):
+                if stop:
+                    break
                 self.towers_.train()
                 by_user = c.batching == "users"
                 order = torch.randperm(train.n_users if by_user else len(u_all), generator=generator)
                 total, batches = 0.0, 0
                 for start in range(0, len(order), c.batch_size):
-                    index = order[start : start + c.batch_size]
+                    global_index = order[start : start + c.batch_size]
+                    if not by_user and len(global_index) < 2:
+                        continue
+                    rows = parallel.local_rows(len(global_index))
+                    index = global_index[rows]
                     if by_user:
                         loss = self._user_batch_loss(index, positives, generator)
-                    elif len(index) < 2:
-                        continue
                     else:
                         loss = self._batch_loss(
                             task, u_all[index], i_all[index], None if t_all is None else t_all[index], generator
                         )
-                    if loss is None:
+                    if loss is None and not parallel.enabled:
                         continue
                     optimizer.zero_grad()
-                    loss.backward()
+                    if loss is not None:
+                        (loss * parallel.loss_scale(len(index), len(global_index), len(global_index))).backward()
+                        total += float(loss.detach())
+                        batches += 1
+                    parallel.average_gradients(parameters)  # every rank, even one without a loss this step
                     optimizer.step()
-                    total += float(loss.detach())
-                    batches += 1
                 scheduler.step()
                 entry: dict[str, float] = {"epoch": epoch, "loss": total / max(1, batches)}
                 if valid is not None:
@@ -354,8 +375,21 @@ class TwoTower(FactorModel):
                 bar.update(**{k: v for k, v in entry.items() if k in ("loss", "valid_rmse", "top10_accuracy")})
                 if valid is not None:
                     metric = entry["valid_rmse"] if c.task == "rating" else entry["top10_accuracy"]
-                    if stopper.update(metric, epoch, self.towers_):
-                        break
+                    stop = stopper.update(metric, epoch, self.towers_)
+                if checkpoints is not None and parallel.is_main:
+                    checkpoints.save(
+                        epoch,
+                        {
+                            "towers": self.towers_.state_dict(),
+                            "optimizer": optimizer.state_dict(),
+                            "scheduler": scheduler.state_dict(),
+                            "stopper": stopper.state(),
+                            "log": self.training_log_,
+                            "stopped": stop,
+                            **rng_state(generator),
+                        },
+                    )
+                parallel.barrier()
         if valid is not None:
             stopper.restore(self.towers_)
         self._export_factors(train)

@@ -89,6 +89,14 @@ class EarlyStopping:
             self.stale += 1
         return self.patience is not None and self.stale >= self.patience
 
+    def state(self) -> dict:
+        """Plain-container state for checkpoints."""
+        return {"best": self.best, "best_epoch": self.best_epoch, "stale": self.stale, "best_state": self.best_state}
+
+    def load_state(self, state: dict) -> None:
+        self.best, self.best_epoch, self.stale = state["best"], state["best_epoch"], state["stale"]
+        self.best_state = state["best_state"]
+
     def restore(self, module: torch.nn.Module) -> None:
         if self.best_state is not None:
             module.load_state_dict(self.best_state)
