@@ -3,7 +3,8 @@
 Data: `recforge.data.synthetic` (power-law popularity, genre-shaped latent tastes, timestamps) shaped like
 MovieLens 20M at 20M events (138,000 users x 27,000 items), written once to Parquet under
 `$RECFORGE_BENCH_DIR` (default ~/.cache/recforge/bench). Every stage runs in its own process, so "peak
-RSS" is that stage's own high-water mark (Spark stages: the driver plus its JVM).
+RSS" is that stage's own high-water mark: the process and its children (Spark: the driver, its JVM and
+Python workers), sampled every 0.1 s.
 
 Stages:
 - `e2e`: load Parquet -> deduplicate, keep users and items with >= 5 events -> per-user 80/20 split
@@ -12,15 +13,18 @@ Stages:
 - `fit:<name>`: fit time and peak RSS on the same prepared training matrix: recforge `ials`, implicit's
   AlternatingLeastSquares at equal settings (64 factors, 15 iterations, CG, regularization, alpha),
   recforge `mf` (biased SGD, 64 factors, 15 epochs) on the ratings.
-- `spark`: the Spark local pipeline (`recforge.spark.prepare`) on the same Parquet, for the same steps.
+- `prepare` / `spark`: the preparation recipe (the e2e steps, stratified 80/20 split, genre features,
+  user taste profiles; `recforge.data.prepare`) in memory and on Spark local mode (2 cores), load to
+  written output.
 
-Run: `python -m benchmarks.large_scale [--sizes 1M,20M] [--stages e2e,fit:ials,fit:implicit,fit:mf,spark]`;
+Run: `python -m benchmarks.large_scale [--sizes 1M,20M] [--stages e2e,fit:ials,fit:implicit,fit:mf,prepare,spark]`;
 `--generate-only 100M` writes the 100M file. Writes results/large_scale.json and .md.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -28,6 +32,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pandas as pd
 
 from benchmarks._common import markdown_table, write_results
 
@@ -82,6 +88,8 @@ def _load_and_prepare(size: str, timings: dict):
 
 
 def stage_e2e(size: str) -> dict:
+    import numpy as np
+
     from recforge.evaluation.protocols import FullRankingEvaluator
     from recforge.models import create_model
     from recforge.models.base import TrainOptions
@@ -95,7 +103,10 @@ def stage_e2e(size: str) -> dict:
     started = time.perf_counter()
     result = FullRankingEvaluator(split.train, split.test, ks=(10,), curve_k=10).evaluate(model)
     timings["evaluate_s"] = time.perf_counter() - started
-    timings["top10_all_users_s"] = result.predict_seconds
+    timings["top10_in_evaluation_s"] = result.predict_seconds
+    started = time.perf_counter()
+    model.recommend(np.arange(model.n_users), 10, external_ids=False)  # every user, seen items excluded
+    timings["top10_all_users_s"] = time.perf_counter() - started
     timings["ndcg@10"] = float(result.summary["ndcg@10"])
     timings["recall@10"] = float(result.summary["recall@10"])
     timings["total_s"] = time.perf_counter() - total
@@ -130,14 +141,44 @@ def stage_fit(size: str, name: str) -> dict:
     return {"fit_s": time.perf_counter() - started, "load_s": timings["load_s"]}
 
 
-def stage_spark(size: str) -> dict:
-    from recforge.spark.prepare import PrepareConfig, prepare_spark, spark_session
+RECIPE = {"steps": STEPS, "split": {"test_fraction": 0.2, "seed": 0}, "genres": {"min_frequency_quantile": 0.5}}
+
+
+def stage_prepare(size: str) -> dict:
+    """The preparation recipe in memory: load, steps, stratified split, genre features, taste profiles."""
+    from recforge.data.interactions import Interactions
+    from recforge.data.loaders import load_table
+    from recforge.data.prepare import prepare, write_prepared
 
     started = time.perf_counter()
-    out = bench_dir() / f"spark-prepared-{size}"
-    config = PrepareConfig(steps=STEPS, split={"kind": "stratified", "test_fraction": 0.2, "seed": 0})
-    with spark_session(local_threads=2, memory="4g") as spark:
-        counts = prepare_spark(spark, dataset(size) / "events.parquet", out, config, source="table")
+    folder = dataset(size)
+    columns = {"user": "user_id", "item": "item_id", "rating": "rating", "timestamp": "timestamp"}
+    events = load_table(folder / "events.parquet", **columns)
+    items = pd.read_parquet(folder / "items.parquet").set_index("item_id")
+    data = Interactions.from_frame(
+        events.to_frame(), rating="rating", timestamp="timestamp", rating_scale=(1, 5), item_features=items
+    )
+    load_s = time.perf_counter() - started
+    prepared = prepare(data, RECIPE)
+    write_prepared(prepared, bench_dir() / f"memory-prepared-{size}")
+    return {"total_s": time.perf_counter() - started, "load_s": load_s, **prepared.counts()}
+
+
+def stage_spark(size: str) -> dict:
+    """The same recipe on Spark local mode (2 cores, 6 GB driver)."""
+    from recforge.spark.prepare import prepare_spark, spark_session
+
+    started = time.perf_counter()
+    folder = dataset(size)
+    with spark_session(local_threads=2, memory="6g") as spark:
+        counts = prepare_spark(
+            spark,
+            folder / "events.parquet",
+            bench_dir() / f"spark-prepared-{size}",
+            RECIPE,
+            items=folder / "items.parquet",
+            rating_scale=(1, 5),
+        )
     return {"total_s": time.perf_counter() - started, **counts}
 
 
@@ -151,24 +192,54 @@ def run_stage(stage: str, size: str) -> dict:
 
 
 def child(stage: str, size: str) -> None:
+    peak = _PeakRss()
     if stage == "e2e":
         result = stage_e2e(size)
     elif stage.startswith("fit:"):
         result = stage_fit(size, stage.split(":", 1)[1])
+    elif stage == "prepare":
+        result = stage_prepare(size)
     elif stage == "spark":
         result = stage_spark(size)
     else:
         raise SystemExit(f"unknown stage {stage}")
-    # ru_maxrss is KiB on Linux; children = the Spark JVM (sum of two peaks: an upper bound)
-    usage = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    result["peak_rss_gb"] = usage * 1024 / 1e9
+    result["peak_rss_gb"] = peak.stop() / 1e9
     print(json.dumps(result))
+
+
+class _PeakRss:
+    """Peak resident memory of this process and all its descendants (the Spark JVM is one), sampled every
+    0.1 s, and never below this process's own kernel-tracked high-water mark."""
+
+    def __init__(self) -> None:
+        import threading
+
+        import psutil
+
+        self._me, self._peak, self._done = psutil.Process(), 0, threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._done.wait(0.1):
+            total = 0
+            for process in [self._me, *self._me.children(recursive=True)]:
+                with contextlib.suppress(psutil.Error):
+                    total += process.memory_info().rss
+            self._peak = max(self._peak, total)
+
+    def stop(self) -> int:
+        self._done.set()
+        self._thread.join()
+        return max(self._peak, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sizes", default="1M,20M")
-    parser.add_argument("--stages", default="e2e,fit:ials,fit:implicit,fit:mf,spark")
+    parser.add_argument("--stages", default="e2e,fit:ials,fit:implicit,fit:mf,prepare,spark")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--generate-only", help="write the Parquet file of this size and stop")
     args = parser.parse_args()
@@ -186,6 +257,7 @@ def main() -> None:
             print(row)
             rows.append(row)
     columns = ["size", "stage", "total_s", "load_s", "preprocess_s", "split_s", "fit_s", "top10_all_users_s"]
+    columns += ["events_after_filters", "train_rows"]
     columns += ["ndcg@10", "recall@10", "peak_rss_gb", "error"]
     body = [{c: row.get(c, "") for c in columns} for row in rows]
     markdown = ["# Large synthetic data", "", __doc__.split("\n\n")[1], "", markdown_table(body, columns), ""]
