@@ -249,19 +249,29 @@ def main() -> None:
     if args.generate_only:
         print(dataset(args.generate_only))
         return
-    rows = []
+    rows = _previous_rows()  # a partial run replaces only the (size, stage) rows it measured
     for size in args.sizes.split(","):
         dataset(size)
         for stage in args.stages.split(","):
             row = run_stage(stage, size)
             print(row)
-            rows.append(row)
-    columns = ["size", "stage", "total_s", "load_s", "preprocess_s", "split_s", "fit_s", "top10_all_users_s"]
+            same = [i for i, r in enumerate(rows) if (r["size"], r["stage"]) == (size, stage)]
+            if same:
+                rows[same[0]] = row
+            else:
+                rows.append(row)
+    columns = ["size", "stage", "total_s", "load_s", "preprocess_s", "split_s", "fit_s"]
+    columns += ["evaluate_s", "top10_all_users_s"]
     columns += ["events_after_filters", "train_rows"]
     columns += ["ndcg@10", "recall@10", "peak_rss_gb", "error"]
     body = [{c: row.get(c, "") for c in columns} for row in rows]
     markdown = ["# Large synthetic data", "", __doc__.split("\n\n")[1], "", markdown_table(body, columns), ""]
     write_results("large_scale", {"rows": rows}, "\n".join(markdown))
+
+
+def _previous_rows() -> list[dict]:
+    path = Path(__file__).parent / "results" / "large_scale.json"
+    return json.loads(path.read_text())["rows"] if path.exists() else []
 
 
 if __name__ == "__main__":

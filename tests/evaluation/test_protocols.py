@@ -5,12 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 
 from recforge.data import Interactions
 from recforge.data.splits import Split, leave_last_out, per_user_split, random_split
 from recforge.errors import LeakageError
 from recforge.evaluation.guards import check_fitted_on, check_split
-from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator, next_item_evaluator
+from recforge.evaluation.protocols import (
+    FullRankingEvaluator,
+    RatingEvaluator,
+    _gains_at,
+    _ideal_gains,
+    _ranks_of,
+    next_item_evaluator,
+)
 from recforge.models.base import HISTORY, KNOWN_USERS, RATINGS, Recommender
 from recforge.models.baselines import BiasBaseline, GlobalMean, MostPopular
 
@@ -151,3 +162,34 @@ def test_guards_refuse_leaks(ml100k):
     leaky_time = Split.from_rows(ml100k, train=np.arange(1000), test=np.arange(1000, 2000), kind="temporal")
     with pytest.raises(LeakageError, match="test period"):
         check_split(leaky_time)
+
+
+# ----------------------------------------------------------------------------- sparse per-batch lookups
+
+
+@st.composite
+def gains_and_lists(draw):
+    n_rows, n_items = draw(st.integers(1, 6)), draw(st.integers(1, 12))
+    dense = draw(arrays(np.float64, (n_rows, n_items), elements=st.sampled_from([0.0, 0.0, 1.0, 2.5, 5.0, -1.0])))
+    cut = draw(st.integers(1, n_items))
+    lists = np.stack([np.random.default_rng(draw(st.integers(0, 99))).permutation(n_items)[:cut] for _ in dense])
+    short = draw(arrays(np.int64, n_rows, elements=st.integers(0, cut)))
+    lists[np.arange(cut)[None, :] >= (cut - short)[:, None]] = -1  # short lists end in -1
+    return dense, lists, cut
+
+
+@given(gains_and_lists())
+@settings(max_examples=200, deadline=None)
+def test_sparse_lookups_equal_the_dense_computation(case):
+    dense, lists, cut = case
+    gains = sp.csr_matrix(dense)
+    expected_at = np.where(lists >= 0, np.take_along_axis(dense, np.maximum(lists, 0), axis=1), 0.0)
+    np.testing.assert_array_equal(_gains_at(gains, lists), expected_at)
+    np.testing.assert_array_equal(_ideal_gains(gains, cut), -np.sort(-dense, axis=1)[:, :cut])
+    rows, items = np.nonzero(np.ones_like(dense))
+    expected_rank = np.full(dense.shape, np.inf)
+    for row, top in enumerate(lists):  # reference: a plain loop over a handful of rows
+        for position, item in enumerate(top):
+            if item >= 0:
+                expected_rank[row, item] = position
+    np.testing.assert_array_equal(_ranks_of(lists, rows, items), expected_rank[rows, items])

@@ -107,6 +107,7 @@ class FullRankingEvaluator:
         self.gains = sp.csr_matrix(
             (values, (test.user_index[test_rows], test.item_index[test_rows])), shape=(test.n_users, test.n_items)
         )
+        self.gains.sum_duplicates()  # canonical: sorted column indices per row (the lookups below rely on it)
         self.pairs = (test.user_index[test_rows].astype(np.int64), test.item_index[test_rows].astype(np.int64))
         self.users = np.flatnonzero(self.gains.getnnz(axis=1) > 0)
         seen = history if history is not None else train
@@ -143,18 +144,14 @@ class FullRankingEvaluator:
             users = self.users[rows]
             scores = self._scores(model, users)
             top_index, _ = topk(scores, cut)
-            gains = self.gains[users].toarray()
-            valid = top_index >= 0
-            relevance_blocks.append(np.where(valid, np.take_along_axis(gains, np.maximum(top_index, 0), axis=1), 0.0))
-            ideal = -np.partition(-gains, cut - 1, axis=1)[:, :cut] if gains.shape[1] > cut else gains
-            ideal_blocks.append(-np.sort(-ideal, axis=1))
+            del scores
+            gains = self.gains[users]
+            relevance_blocks.append(_gains_at(gains, top_index))
+            ideal_blocks.append(_ideal_gains(gains, cut))
             recommended_blocks.append(top_index)
-            rank_matrix = np.full(gains.shape, np.inf)
-            row_index = np.repeat(np.arange(len(users)), valid.sum(axis=1))
-            rank_matrix[row_index, top_index[valid]] = np.tile(np.arange(cut), len(users))[valid.ravel()]
             lo, hi = np.searchsorted(pair_users, [users[0], users[-1] + 1])
             local = np.searchsorted(users, pair_users[lo:hi])
-            pair_ranks.append(rank_matrix[local, pair_items[lo:hi]])
+            pair_ranks.append(_ranks_of(top_index, local, pair_items[lo:hi]))
         elapsed = time.perf_counter() - started
         relevance = np.concatenate(relevance_blocks)
         ideal = np.concatenate(ideal_blocks)
@@ -318,3 +315,62 @@ def next_item_evaluator(split: Split, ks: tuple[int, ...] = (5, 10, 20), **optio
     )
     history = split.data.subset(history_rows)
     return FullRankingEvaluator(split.train, split.test, ks=tuple(sorted({1, *ks})), history=history, **options)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Per-batch lookups on the sparse test gains: a batch never densifies (users x items) gains or ranks, which
+# cost more time and memory than the scores themselves on large catalogues.
+
+
+def _entry_keys(matrix: sp.csr_matrix) -> np.ndarray:
+    """row * n_columns + column for every stored entry, ascending for a canonical CSR matrix."""
+    rows = np.repeat(np.arange(matrix.shape[0], dtype=np.int64), np.diff(matrix.indptr))
+    return rows * matrix.shape[1] + matrix.indices
+
+
+def _gains_at(gains: sp.csr_matrix, top_index: np.ndarray) -> np.ndarray:
+    """gains[r, top_index[r, j]] for every position (0 where the list is short: index -1)."""
+    result = np.zeros(top_index.shape)
+    if gains.nnz == 0:
+        return result
+    keys = _entry_keys(gains)
+    query = np.arange(top_index.shape[0], dtype=np.int64)[:, None] * gains.shape[1] + np.maximum(top_index, 0)
+    position = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    hit = (keys[position] == query) & (top_index >= 0)
+    result[hit] = gains.data[position[hit]]
+    return result
+
+
+def _ideal_gains(gains: sp.csr_matrix, cut: int) -> np.ndarray:
+    """Each row's `cut` largest gains over the whole catalogue, descending (zeros for unstored items)."""
+    ideal = np.zeros((gains.shape[0], cut))
+    if gains.nnz == 0:
+        return ideal
+    if gains.data.min() < 0:  # unstored items (gain 0) outrank negative gains: take the exact dense route
+        dense = gains.toarray()
+        top = -np.partition(-dense, cut - 1, axis=1)[:, :cut] if dense.shape[1] > cut else dense
+        return -np.sort(-top, axis=1)
+    rows = np.repeat(np.arange(gains.shape[0]), np.diff(gains.indptr))
+    order = np.lexsort((-gains.data, rows))
+    rank_in_row = np.arange(gains.nnz) - np.repeat(gains.indptr[:-1], np.diff(gains.indptr))
+    keep = rank_in_row < cut
+    ideal[rows[keep], rank_in_row[keep]] = gains.data[order][keep]
+    return ideal
+
+
+def _ranks_of(top_index: np.ndarray, rows: np.ndarray, items: np.ndarray) -> np.ndarray:
+    """0-based position of (rows[i], items[i]) in the top lists, inf where it is not listed."""
+    width = np.int64(max(int(top_index.max(initial=0)), int(items.max(initial=0))) + 1)
+    listed = top_index >= 0
+    keys = (np.arange(top_index.shape[0], dtype=np.int64)[:, None] * width + top_index)[listed]
+    positions = np.broadcast_to(np.arange(top_index.shape[1]), top_index.shape)[listed]
+    order = np.argsort(keys)
+    keys, positions = keys[order], positions[order]
+    ranks = np.full(len(rows), np.inf)
+    if len(keys) == 0:
+        return ranks
+    query = rows.astype(np.int64) * width + items
+    found = np.minimum(np.searchsorted(keys, query), len(keys) - 1)
+    hit = keys[found] == query
+    ranks[hit] = positions[found[hit]]
+    return ranks
