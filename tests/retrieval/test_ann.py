@@ -52,6 +52,27 @@ def test_each_kind_matches_exact_search_and_excludes(vectors, config, minimum):
     assert np.all(np.diff(scores, axis=1) <= 1e-6)  # best first
 
 
+@pytest.mark.parametrize("kind", ["exact", "flat", "ivf", "hnsw", "kmeans"])
+@pytest.mark.parametrize("metric", ["ip", "cosine"])
+def test_search_one_answers_like_a_batch_row(vectors, kind, metric):
+    """The per-request path returns exactly what the batch path returns for the same row."""
+    items, queries, exclude = vectors
+    index = VectorIndex({"kind": kind, "metric": metric, "n_clusters": 8, "nlist": 16}).build(items)
+    batch_items, batch_scores = index.search(queries[:40], 10, exclude[:40])
+    for row in range(40):
+        seen = exclude[row].indices[::-1]  # any order, as a caller might pass it
+        one_items, one_scores = index.search_one(queries[row], 10, seen)
+        np.testing.assert_array_equal(one_items, batch_items[row])
+        np.testing.assert_allclose(one_scores, batch_scores[row], rtol=1e-6)
+    everything_but_three = np.arange(len(items) - 3)
+    short, short_scores = index.search_one(queries[0], 10, everything_but_three)
+    if kind in ("exact", "flat"):  # exhaustive kinds find the three remaining items, then pad
+        assert sorted(short[:3]) == [len(items) - 3, len(items) - 2, len(items) - 1]
+    assert np.all(short[3:] == -1) and np.all(np.isneginf(short_scores[3:]))
+    with pytest.raises(ConfigError, match="dimensions"):
+        index.search_one(queries[0][:5], 10)
+
+
 @pytest.mark.parametrize("kind", ["flat", "ivf", "hnsw", "kmeans", "gmm"])
 def test_round_trip_through_arrays(vectors, kind):
     items, queries, _ = vectors

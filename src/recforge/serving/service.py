@@ -111,19 +111,19 @@ class RecommenderService:
         if KNOWN_USERS not in model.capabilities or not model.known_users_[index]:
             raise UnknownIdError(f"user {user!r} has no training data in this model; POST /recommendations instead")
         overlay = self._overlays.get(index)
-        exclude = model.seen_[index] if exclude_seen else None
-        if overlay is not None and exclude_seen:
-            extra = sp.csr_matrix(
-                (np.ones(len(overlay.items)), ([0] * len(overlay.items), overlay.items)), shape=(1, model.n_items)
-            )
-            exclude = (exclude + extra).tocsr()
+        exclude = None
+        if exclude_seen:
+            seen = model.seen_  # the row's indices straight from CSR: a scipy row slice costs ~25 µs
+            exclude = seen.indices[seen.indptr[index] : seen.indptr[index + 1]]
+            if overlay is not None:
+                exclude = np.union1d(exclude, overlay.items)
         if overlay is not None and not isinstance(model, FactorModel):
             scores = model.score(np.array([index]), self._history_of(index, overlay))
             return self._answer(scores, k, exclude, "history (updated)")
         path = "model (updated)" if overlay is not None else "model"
         if self.index is not None and isinstance(model, FactorModel):
-            items, scores = self.index.search(model.user_embeddings(np.array([index])), k, exclude)
-            return Answer(self._rows(items[0], scores[0]), path + "+ann")
+            items, scores = self.index.search_one(model.user_embeddings(np.array([index]))[0], k, exclude)
+            return Answer(self._rows(items, scores), path + "+ann")
         return self._answer(model.score(np.array([index])), k, exclude, path)
 
     def recommend_new(self, ratings: list[tuple[Any, float | None]], k: int = 10) -> Answer:
@@ -132,12 +132,12 @@ class RecommenderService:
         items = [self.item_index(item) for item, _ in ratings]
         if not items:
             return self._popular(k, None, "no history given")
-        exclude = sp.csr_matrix((np.ones(len(items)), ([0] * len(items), items)), shape=(1, self.model.n_items))
+        exclude = np.array(items, dtype=np.int64)
         if HISTORY not in self.model.capabilities:
             return self._popular(k, exclude, f"{self.model.name} cannot score a history")
         history = History.from_items([items], self.model.n_items, ratings=[[r for _, r in ratings]])
         scores = self.model.score(np.array([-1]), history)
-        return self._answer(scores, k, exclude.tocsr(), "history")
+        return self._answer(scores, k, exclude, "history")
 
     def similar(self, item: Any, k: int = 10) -> Answer:
         k = self._check_k(k)
@@ -243,14 +243,15 @@ class RecommenderService:
         return History.from_items([items], self.model.n_items, ratings=[[known.get(i) for i in items]])
 
     # ------------------------------------------------------------------ helpers
-    def _answer(self, scores: np.ndarray, k: int, exclude: sp.csr_matrix | None, path: str) -> Answer:
+    def _answer(self, scores: np.ndarray, k: int, exclude: np.ndarray | None, path: str) -> Answer:
+        """Top-k of one row of scores, leaving out the item indices in `exclude`."""
         scores = np.array(scores, dtype=np.float32)
-        if exclude is not None and exclude.nnz:
-            scores[0, exclude.indices] = -np.inf
+        if exclude is not None:
+            scores[0, exclude] = -np.inf
         items, top = topk(scores, k)
         return Answer(self._rows(items[0], top[0]), path)
 
-    def _popular(self, k: int, exclude: sp.csr_matrix | None, why: str) -> Answer:
+    def _popular(self, k: int, exclude: np.ndarray | None, why: str) -> Answer:
         answer = self._answer(self.popularity[None, :].astype(np.float32), k, exclude, "popularity")
         answer.note = why
         return answer
@@ -301,7 +302,9 @@ def _resolve(vocabulary: Any, raw: Any, kind: str) -> int:
     then its integer form, then its string form."""
     candidates = [raw]
     if isinstance(raw, str) and raw.lstrip("-").isdigit():
-        candidates.append(int(raw))
+        # integer vocabularies (MovieLens, most logs) cannot hold the string: try the number first
+        numeric = vocabulary.ids.dtype.kind in "iu"
+        candidates = [int(raw), raw] if numeric else [raw, int(raw)]
     if not isinstance(raw, str):
         candidates.append(str(raw))
     for candidate in candidates:
