@@ -78,11 +78,12 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(data_dir, t
     command = [sys.executable, str(WORKER), "sasrec", str(tmp_path / "killed.npz"), str(folder)]
     victim = subprocess.Popen(command, env={**os.environ, "OMP_NUM_THREADS": "1"})
     deadline = time.time() + 300
-    while time.time() < deadline and not (folder / "checkpoint.json").exists():
+    checkpoint = Checkpointer(folder, fingerprint="")  # only its header is read here
+    while time.time() < deadline and checkpoint.epoch() is None:
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     assert victim.wait() == -signal.SIGKILL
-    stopped_after = json.loads((folder / "checkpoint.json").read_text())["epoch"]
+    stopped_after = checkpoint.epoch()
     assert 1 <= stopped_after < 4 and not (tmp_path / "killed.npz").exists()
     resumed = run_worker("sasrec", tmp_path / "resumed.npz", checkpoints=folder)
     assert [e["epoch"] for e in resumed["__log__"]] == [1, 2, 3, 4]
@@ -97,6 +98,50 @@ def test_a_checkpoint_from_another_run_is_refused(tmp_path):
     with pytest.raises(ConfigError, match="another run"):
         Checkpointer(tmp_path, "run-b").load()
     assert Checkpointer(tmp_path, "run-a").load()["epoch"] == 1
-    (tmp_path / "checkpoint.pt").write_bytes(b"\x80\x04 not a tensor archive")  # a foreign file is not executed
-    with pytest.raises(Exception):  # noqa: B017 - torch raises its own unpickling/zip error types
-        Checkpointer(tmp_path, "run-a").load()
+
+
+def test_checkpoint_state_round_trips_with_its_types(tmp_path):
+    import torch
+
+    shared = torch.arange(6.0)
+    state = {
+        "net": {"embedding.weight": shared, "output.weight": shared},  # tied weights share storage
+        "optimizer": {
+            "state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.ones(2, 3)}},
+            "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.999), "params": [0], "foreach": None}],
+        },
+        "log": [{"epoch": 1, "loss": 2.5}],
+        "stopper": {"best": None, "best_state": None, "stale": 0},
+        "stopped": False,
+    }
+    Checkpointer(tmp_path, "run").save(7, state)
+    loaded = Checkpointer(tmp_path, "run").load()
+    assert loaded["epoch"] == 7 and loaded["log"] == state["log"] and loaded["stopper"] == state["stopper"]
+    assert list(loaded["optimizer"]["state"]) == [0]  # integer keys stay integers
+    assert loaded["optimizer"]["param_groups"][0]["betas"] == (0.9, 0.999)
+    torch.testing.assert_close(loaded["optimizer"]["state"][0]["exp_avg"], torch.ones(2, 3))
+    torch.testing.assert_close(loaded["net"]["output.weight"], shared)
+    with pytest.raises(ConfigError, match="not saved"):
+        Checkpointer(tmp_path, "run").save(8, {"opaque": object()})
+    assert Checkpointer(tmp_path, "run").epoch() == 7  # a failed save leaves the last checkpoint intact
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"\x80\x04 a pickle is never executed", b"", b"\x10\x00\x00\x00\x00\x00\x00\x00{}"],
+    ids=["pickle", "empty", "foreign-safetensors"],
+)
+def test_a_corrupt_or_foreign_checkpoint_is_refused_by_name(tmp_path, content):
+    (tmp_path / "checkpoint.safetensors").write_bytes(content)
+    with pytest.raises(ConfigError, match=r"checkpoint\.safetensors"):
+        Checkpointer(tmp_path, "run").load()
+
+
+def test_a_truncated_checkpoint_is_refused(tmp_path):
+    import torch
+
+    checkpointer = Checkpointer(tmp_path, "run")
+    checkpointer.save(1, {"x": torch.zeros(1000)})
+    checkpointer.path.write_bytes(checkpointer.path.read_bytes()[:-100])
+    with pytest.raises(ConfigError, match="checkpoint"):
+        checkpointer.load()
