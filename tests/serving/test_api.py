@@ -102,6 +102,23 @@ def test_request_body_size_is_bounded(client):
     assert response.status_code == 413
 
 
+def test_a_chunked_body_without_a_length_is_bounded_too(client):
+    def chunks():  # no Content-Length: the limit must count bytes as they arrive
+        yield b'{"items": ['
+        for _ in range(200_000):
+            yield b'{"item": 1},'
+        yield b'{"item": 1}]}'
+
+    response = client.post("/recommendations", content=chunks(), headers={"content-type": "application/json"})
+    assert response.status_code == 413 and "bytes" in response.json()["detail"]
+    small = client.post(
+        "/recommendations",
+        content=iter([b'{"items": [', b'{"item": 50}]}']),
+        headers={"content-type": "application/json"},
+    )
+    assert small.status_code == 200 and small.json()["served_by"] == "history"
+
+
 def test_similar_items(client):
     body = client.get("/items/50/similar", params={"k": 3}).json()
     assert body["served_by"] == "similar" and len(body["items"]) == 3 and 50 not in [r["item"] for r in body["items"]]
@@ -195,3 +212,13 @@ def test_new_items_from_features_join_the_catalogue(ml100k, tmp_path):
     assert client.post("/items", json={"items": [new]}).status_code == 422  # already there now
     ials = TestClient(create_app(RecommenderService(create_model("ials", n_iterations=2).fit(ml100k))))
     assert ials.post("/items", json={"items": [{"item": 5}]}).status_code == 409
+
+
+def test_a_model_that_cannot_take_new_interactions_refuses_and_keeps_its_state(ml100k, tmp_path):
+    path = _artifact(create_model("user_knn").fit(ml100k), ml100k, tmp_path / "uknn")
+    client = TestClient(create_app(RecommenderService.from_artifact(path)))
+    before = client.get("/users/1/recommendations", params={"k": 5}).json()
+    response = client.post("/users/1/interactions", json={"items": [{"item": before["items"][0]["item"]}]})
+    assert response.status_code == 409 and "retraining" in response.json()["detail"]
+    after = client.get("/users/1/recommendations", params={"k": 5}).json()
+    assert after == before and after["served_by"] == "model"  # the refused request left nothing behind

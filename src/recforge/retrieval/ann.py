@@ -115,9 +115,7 @@ class VectorIndex:
             out_items[rows, : items.shape[1]], out_scores[rows, : items.shape[1]] = items, scores
         return out_items, out_scores
 
-    def search_one(
-        self, query: np.ndarray, k: int, exclude: np.ndarray | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
+    def search_one(self, query: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One query vector (d,) and the item indices to leave out: (items, scores), each (min(k, n),),
         best first, padded with -1 / -inf. The same answer as row 0 of `search`, without the sparse
         matrices a batch needs (the service's per-request path, ~0.1 ms cheaper per call)."""

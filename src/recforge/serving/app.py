@@ -18,7 +18,7 @@ import time
 from importlib import resources
 from typing import Any
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -105,11 +105,14 @@ def _answer(answer: Answer, **extra: Any) -> dict[str, Any]:
 
 
 class _LimitAndMeasure:
-    """Plain ASGI middleware: rejects declared bodies over the limit (413) and records each response's
-    route, status and latency. (Starlette's BaseHTTPMiddleware adds a task and a stream per request.)"""
+    """Plain ASGI middleware: rejects bodies over the limit (413) and records each response's route,
+    status and latency. A declared Content-Length over the limit is refused before the body is read; a
+    chunked body is counted as it arrives and refused once it passes the limit, so neither reaches the
+    JSON parser. (Starlette's BaseHTTPMiddleware adds a task and a stream per request.)"""
 
     def __init__(self, app: Any, metrics: Metrics, max_body_bytes: int) -> None:
         self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+        self._too_large = f"request body over {max_body_bytes} bytes"
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -124,13 +127,24 @@ class _LimitAndMeasure:
                 status = message["status"]
             await send(message)
 
+        received = 0
+
+        async def receive_within_limit() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:  # FastAPI re-raises HTTPException from body reading
+                    raise HTTPException(413, self._too_large)
+            return message
+
         length = dict(scope["headers"]).get(b"content-length")
         try:
             if length is not None and (not length.isdigit() or int(length) > self.max_body_bytes):
-                response = JSONResponse({"detail": f"request body over {self.max_body_bytes} bytes"}, status_code=413)
+                response = JSONResponse({"detail": self._too_large}, status_code=413)
                 await response(scope, receive, send_and_note)
             else:
-                await self.app(scope, receive, send_and_note)
+                await self.app(scope, receive_within_limit, send_and_note)
         finally:
             route = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.record(route, status, (time.perf_counter() - started) * 1e3)

@@ -168,13 +168,13 @@ class RecommenderService:
         index = self.user_index(user)
         items = [self.item_index(item) for item, _ in ratings]
         model = self.model
+        if not isinstance(model, FactorModel) and HISTORY not in model.capabilities:
+            raise CapabilityError(f"{model.name} cannot take new interactions without retraining")
         with self._lock:
             overlay = self._overlays.setdefault(index, _Overlay())
             overlay.items += items
             overlay.ratings += [r for _, r in ratings]
             if not isinstance(model, FactorModel):
-                if HISTORY not in model.capabilities:
-                    raise CapabilityError(f"{model.name} cannot take new interactions without retraining")
                 return "history overlay"
             if RATINGS in model.capabilities and any(r is not None for _, r in ratings):
                 self._map_update(index, [(i, r) for i, (_, r) in zip(items, ratings, strict=True) if r is not None])
