@@ -222,3 +222,39 @@ def test_a_model_that_cannot_take_new_interactions_refuses_and_keeps_its_state(m
     assert response.status_code == 409 and "retraining" in response.json()["detail"]
     after = client.get("/users/1/recommendations", params={"k": 5}).json()
     assert after == before and after["served_by"] == "model"  # the refused request left nothing behind
+
+
+@pytest.fixture(scope="module")
+def features_client(ml100k, tmp_path_factory):
+    model = create_model("two_tower", user_features=True, n_epochs=3).fit(ml100k)
+    path = _artifact(model, ml100k, tmp_path_factory.mktemp("f") / "tt-features")
+    return TestClient(create_app(RecommenderService.from_artifact(path)))
+
+
+def test_a_new_user_with_only_features_goes_through_the_user_tower(features_client, client):
+    student = {"age": 21, "gender": "M", "occupation": "student"}
+    retiree = {"age": 68, "gender": "F", "occupation": "retired"}
+    answers = [
+        features_client.post("/recommendations", json={"features": f, "k": 20}).json() for f in (student, retiree)
+    ]
+    assert [a["served_by"] for a in answers] == ["features", "features"]
+    assert all(len(a["items"]) == 20 for a in answers)
+    assert [r["item"] for r in answers[0]["items"]] != [r["item"] for r in answers[1]["items"]]  # features matter
+    both = features_client.post("/recommendations", json={"features": student, "items": [{"item": 50, "rating": 5}]})
+    assert both.json()["served_by"] == "features+history" and 50 not in [r["item"] for r in both.json()["items"]]
+    partial = features_client.post("/recommendations", json={"features": {"gender": "F"}}).json()
+    assert partial["served_by"] == "features"  # missing features count as unknown
+    # a model without a user-feature tower says it ignored them instead of pretending
+    ignored = client.post("/recommendations", json={"features": student, "items": [{"item": 50}]}).json()
+    assert ignored["served_by"] == "history" and "features ignored" in ignored["note"]
+    nothing = client.post("/recommendations", json={"features": student}).json()
+    assert nothing["served_by"] == "popularity" and "features ignored" in nothing["note"]
+
+
+@pytest.mark.parametrize(
+    ("features", "named"),
+    [({"shoe_size": 43}, "shoe_size"), ({"age": "old"}, "age"), ({"age": [1, 2]}, "features")],
+)
+def test_bad_user_features_are_422_naming_the_field(features_client, features, named):
+    response = features_client.post("/recommendations", json={"features": features})
+    assert response.status_code == 422 and named in str(response.json()["detail"])

@@ -131,3 +131,30 @@ def test_batch_scores_equal_recommend(spark, ml100k, tmp_path):
     expected = model.recommend(ml100k.users.ids, 10)
     assert np.array_equal(scored["item_id"].to_numpy().reshape(-1, 10), expected.items.astype(np.int64))
     np.testing.assert_allclose(scored["score"].to_numpy().reshape(-1, 10), expected.scores, rtol=1e-6)
+
+
+def test_identical_rows_tied_at_the_cut_and_tiny_strata_split_identically(spark, tmp_path):
+    """Exact duplicates share a row key, so a block of them can straddle a stratum's cut: both engines must
+    send the same number of them to test. A two-row stratum sends none (round(0.4) = 0)."""
+    rng = np.random.default_rng(11)
+    distinct = pd.DataFrame(
+        {
+            "user_id": rng.integers(0, 60, 600),
+            "item_id": rng.integers(0, 40, 600),
+            "rating": rng.choice([1.0, 2.0, 3.0, 4.0], 600),
+            "timestamp": rng.integers(0, 10**6, 600),
+        }
+    )
+    block = distinct.iloc[[0] * 40 + [1] * 25]  # 65 copies of two rows: wherever the cut falls, some are tied
+    tiny = pd.DataFrame({"user_id": [1, 2], "item_id": [3, 4], "rating": [5.0, 5.0], "timestamp": [7, 8]})
+    frame = pd.concat([distinct, block, tiny], ignore_index=True)
+    data = Interactions.from_frame(frame, rating="rating", timestamp="timestamp", rating_scale=(1, 5))
+    for fraction in (0.2, 0.5, 0.93):
+        config = {"steps": [], "split": {"test_fraction": fraction, "seed": 3}, "genres": None}
+        memory, on_spark, counts = both_engines(spark, data, config, tmp_path / str(fraction))
+        assert_same(memory, on_spark, counts)
+        assert 5.0 not in set(memory.test.rating)  # the tiny stratum stays in training
+    implicit = Interactions.from_frame(frame.drop(columns="rating"), timestamp="timestamp")
+    memory, on_spark, counts = both_engines(spark, implicit, {"steps": [], "genres": None}, tmp_path / "implicit")
+    assert_same(memory, on_spark, counts)
+    assert counts["test_rows"] == round(len(frame) * 0.2)

@@ -680,23 +680,32 @@ class TwoTower(FactorModel):
         vectors /= np.where(totals > 0, totals, 1.0)[:, None]
         return vectors.astype(np.float32) / max(self.target_span_, 1e-12)
 
+    def user_feature_columns(self) -> list[str]:
+        """The raw user-feature columns the user tower reads (what a features-only user may carry)."""
+        return [] if self.user_features_frame_ is None else [str(c) for c in self.user_features_frame_.columns]
+
     def embed_users(self, features: pd.DataFrame | None = None, history: History | None = None) -> np.ndarray:
-        """Vectors for users described only by features (a frame with the training user-feature columns,
-        one row per user) and, when given, their history (for the taste profile). Uses the unknown ID."""
+        """Vectors for users unknown to the model, described by features (one row per user, the training
+        user-feature columns; a missing column or value is an unknown category / the fitted fill value) and,
+        when given, their history (history pooling and the taste profile). Uses the unknown ID."""
         c: TwoTowerConfig = self.config  # type: ignore[assignment]
         if not c.user_features:
             raise CapabilityError("this two-tower has no user features; use history or popularity")
         n = len(features) if features is not None else len(history) if history is not None else 0
-        frame = features.reset_index(drop=True) if features is not None else None
         if history is None:
             history = History.from_items([[] for _ in range(n)], self.n_items)
-        interactions = _history_interactions(history, self.items_, self.rating_scale_)
-        if frame is None:
-            frame = pd.DataFrame(
-                index=range(n), columns=self.user_builder_.categorical + tuple(self.user_builder_.numeric_ranges)
-            )
-        matrix = self.user_builder_.transform(interactions, self.item_genres_, self.genre_names_, frame)
-        return self._run_tower(self.towers_.user, matrix)
+        elif features is not None and len(history) != len(features):
+            raise ConfigError(f"{len(features)} feature rows for {len(history)} histories")
+        frame = None
+        if features is not None:
+            frame = features.reset_index(drop=True).reindex(columns=self.user_feature_columns())
+        return self.embed_history(np.full(n, -1), history, frame)
+
+    def score_new_users(self, features: pd.DataFrame, history: History | None = None) -> np.ndarray:
+        """Scores (n_users, n_items) of users described by features (and optionally a history): the
+        features-only cold-start path, on the same scale as `score`."""
+        vectors = self.embed_users(features, history)
+        return self._scores_from(vectors, np.zeros(len(vectors)))
 
     def embed_items(self, features: pd.DataFrame) -> np.ndarray:
         """Vectors for items described only by features (training item-feature columns), unknown ID."""

@@ -40,6 +40,9 @@ class RatedItem(BaseModel):
 class NewUserRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     items: list[RatedItem] = Field(default_factory=list, max_length=10_000)
+    features: dict[str, str | int | float | None] | None = Field(
+        None, max_length=100, description="user features (e.g. age, gender) for models with a user-feature tower"
+    )
     k: int = Field(10, ge=1, le=MAX_K)
 
 
@@ -193,7 +196,7 @@ def create_app(service: RecommenderService, max_body_bytes: int = 1 << 20) -> Fa
 
     @app.post("/recommendations")
     def new_user_recommendations(body: NewUserRequest) -> dict:
-        return _answer(service.recommend_new([(r.item, r.rating) for r in body.items], body.k))
+        return _answer(service.recommend_new([(r.item, r.rating) for r in body.items], body.k, body.features))
 
     @app.post("/users/{user_id}/interactions")
     def add_interactions(user_id: str, body: InteractionsRequest) -> dict:

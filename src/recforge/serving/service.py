@@ -5,6 +5,7 @@ Every answer says which path served it (`served_by`):
   "model+ann");
 - "model (updated)": a known user whose vector was updated in place by `add_interactions`;
 - "history": a query-time history scored by the model (fold-in, weighted average, item-item, ...);
+- "features" / "features+history": a new user described by features (and items), through the user tower;
 - "popularity": an empty history, or a model that cannot use one (the reason is given in `note`).
 Nothing falls back silently: unknown user or item ids raise `UnknownIdError`.
 
@@ -26,7 +27,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recforge.errors import CapabilityError, ConfigError, UnknownIdError
-from recforge.models.base import HISTORY, KNOWN_USERS, RATINGS, History, Recommender
+from recforge.models.base import HISTORY, KNOWN_USERS, RATINGS, USER_FEATURES, History, Recommender
 from recforge.models.factorization import FactorModel
 from recforge.retrieval.ann import VectorIndex
 from recforge.retrieval.topk import topk
@@ -126,18 +127,49 @@ class RecommenderService:
             return Answer(self._rows(items, scores), path + "+ann")
         return self._answer(model.score(np.array([index])), k, exclude, path)
 
-    def recommend_new(self, ratings: list[tuple[Any, float | None]], k: int = 10) -> Answer:
-        """A user unknown to the model, described by the items they rated now (rating None = interacted)."""
+    def recommend_new(
+        self, ratings: list[tuple[Any, float | None]], k: int = 10, features: dict[str, Any] | None = None
+    ) -> Answer:
+        """A user unknown to the model, described by the items they rated now (rating None = interacted)
+        and/or by user features (e.g. age, gender, occupation). Routes to the user-feature tower when the
+        model has one and features are given ("features", "features+history"), else to the model's history
+        scoring ("history"), else to popularity; features a model cannot read are reported in `note`."""
         k = self._check_k(k)
         items = [self.item_index(item) for item, _ in ratings]
+        exclude = np.array(items, dtype=np.int64) if items else None
+        history = History.from_items([items], self.model.n_items, ratings=[[r for _, r in ratings]]) if items else None
+        note = ""
+        if features:
+            if USER_FEATURES in self.model.capabilities and hasattr(self.model, "score_new_users"):
+                frame = pd.DataFrame([self._checked_features(features)])
+                scores = self.model.score_new_users(frame, history)
+                return self._answer(scores, k, exclude, "features+history" if items else "features")
+            note = f"features ignored: {self.model.name} has no user-feature tower"
         if not items:
-            return self._popular(k, None, "no history given")
-        exclude = np.array(items, dtype=np.int64)
+            return self._popular(k, None, "; ".join(filter(None, ["no history given", note])))
         if HISTORY not in self.model.capabilities:
-            return self._popular(k, exclude, f"{self.model.name} cannot score a history")
-        history = History.from_items([items], self.model.n_items, ratings=[[r for _, r in ratings]])
-        scores = self.model.score(np.array([-1]), history)
-        return self._answer(scores, k, exclude, "history")
+            return self._popular(
+                k, exclude, "; ".join(filter(None, [f"{self.model.name} cannot score a history", note]))
+            )
+        answer = self._answer(self.model.score(np.array([-1]), history), k, exclude, "history")
+        answer.note = note
+        return answer
+
+    def _checked_features(self, features: dict[str, Any]) -> dict[str, Any]:
+        """The features a user-feature tower reads, validated: unknown names and non-numeric values of
+        numeric features are errors that name the field; missing ones count as unknown."""
+        model = self.model
+        known = model.user_feature_columns()
+        unknown = sorted(set(features) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown user feature(s) {unknown}; this model reads {known}")
+        builder = model.user_builder_
+        numeric = set(builder.numeric_ranges) if builder is not None else set()
+        for name in numeric & set(features):
+            value = features[name]
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+                raise ConfigError(f"user feature {name!r} must be a number, got {value!r}")
+        return features
 
     def similar(self, item: Any, k: int = 10) -> Answer:
         k = self._check_k(k)

@@ -121,9 +121,19 @@ def apply_step(df: Any, step: PreprocessStep, has_rating: bool) -> tuple[Any, bo
 
 
 # ----------------------------------------------------------------------------- split
+KEY_BUCKET_BITS = 16  # the split histograms keys in 2^16 buckets per stratum (a small table for the driver)
+_LONG_MIN = -(1 << 63)
+
+
 def stratified_flags(df: Any, test_fraction: float, seed: int) -> Any:
-    """Adds boolean `_test`: per rating stratum, the round-half-even(size * fraction) rows with the smallest
-    `row_keys` go to test (exactly `recforge.data.splits.stratified_split`)."""
+    """`df` with boolean `_test` added (materialised): per rating stratum, the round-half-even(size *
+    fraction) rows with the smallest `row_keys` go to test (exactly `recforge.data.splits.stratified_split`).
+
+    No window spans a stratum (one rating value can hold a third of all rows, and a window partitioned by it
+    sorts them in one task). Keys are uniform hashes, so: count rows per (stratum, top bits of the key); on
+    the driver, find the bucket holding each stratum's cut; fetch only that bucket's keys (about
+    size / 65536 rows) to find the exact cutoff key; rows below it go to test, rows above to train, and
+    only rows tied at the cutoff (identical rows share a key) are ranked to take the remaining places."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
@@ -143,16 +153,56 @@ def stratified_flags(df: Any, test_fraction: float, seed: int) -> Any:
             batch["_key"] = (keys ^ np.uint64(1 << 63)).view(np.int64)
             yield batch
 
-    keyed = df.mapInPandas(add_keys, T.StructType(fields))
-    stratum = F.col("rating") if "rating" in df.columns else F.lit(0.0)
-    window = Window.partitionBy(stratum).orderBy("_key")
-    sizes = Window.partitionBy(stratum)
-    return (
-        keyed.withColumn("_rank", F.row_number().over(window) - 1)
-        .withColumn("_size", F.count(F.lit(1)).over(sizes))
-        .withColumn("_test", F.col("_rank") < F.bround(F.col("_size") * F.lit(test_fraction), 0))
-        .drop("_key", "_rank", "_size")
+    # unrated rows form one stratum, as in memory (NaN -> -inf there)
+    stratum = F.coalesce(F.col("rating"), F.lit(float("-inf"))) if "rating" in df.columns else F.lit(0.0)
+    keyed = (
+        df.mapInPandas(add_keys, T.StructType(fields))
+        .withColumn("_stratum", stratum.cast("double"))
+        .withColumn("_bucket", F.shiftright("_key", 64 - KEY_BUCKET_BITS))
+        .persist()
     )
+    histogram = keyed.groupBy("_stratum", "_bucket").count().toPandas()
+    cuts = _stratum_cuts(histogram, test_fraction)
+    spark = df.sparkSession
+    boundary = spark.createDataFrame(
+        [(s, b) for s, (b, _) in cuts.items() if b is not None], "_stratum double, _bucket long"
+    )
+    boundary_keys = keyed.join(F.broadcast(boundary), ["_stratum", "_bucket"]).select("_stratum", "_key").toPandas()
+    cutoffs = []
+    for value, (_, rank) in cuts.items():
+        if rank == 0:  # nothing of this stratum goes to test
+            cutoffs.append((value, _LONG_MIN, 0))
+            continue
+        keys = np.sort(boundary_keys.loc[boundary_keys["_stratum"] == value, "_key"].to_numpy())
+        cutoff = int(keys[rank - 1])
+        cutoffs.append((value, cutoff, rank - int(np.searchsorted(keys, cutoff, side="left"))))
+    table = spark.createDataFrame(cutoffs, "_stratum double, _cutoff long, _ties long")
+    flagged = keyed.drop("_bucket").join(F.broadcast(table), "_stratum")
+    clear = flagged.where(F.col("_key") != F.col("_cutoff")).withColumn("_test", F.col("_key") < F.col("_cutoff"))
+    tied = flagged.where(F.col("_key") == F.col("_cutoff"))
+    tied = tied.withColumn(
+        "_test", F.row_number().over(Window.partitionBy("_stratum").orderBy("_key")) <= F.col("_ties")
+    )
+    flags = clear.unionByName(tied).drop("_key", "_stratum", "_cutoff", "_ties").localCheckpoint()
+    keyed.unpersist()
+    return flags
+
+
+def _stratum_cuts(histogram: pd.DataFrame, test_fraction: float) -> dict[float, tuple[int | None, int]]:
+    """Per stratum: the key bucket that holds its last test row, and that row's rank within the bucket
+    (1-based; (None, 0) when the stratum sends nothing to test). `histogram`: _stratum, _bucket, count."""
+    cuts: dict[float, tuple[int | None, int]] = {}
+    for value, group in histogram.sort_values(["_stratum", "_bucket"]).groupby("_stratum", sort=False):
+        counts = group["count"].to_numpy(dtype=np.int64)
+        n_test = int(np.rint(counts.sum() * test_fraction))  # the in-memory engine's rounding, half to even
+        if n_test == 0:
+            cuts[float(value)] = (None, 0)
+            continue
+        cumulative = np.cumsum(counts)
+        position = int(np.searchsorted(cumulative, n_test, side="left"))
+        before = int(cumulative[position] - counts[position])
+        cuts[float(value)] = (int(group["_bucket"].to_numpy()[position]), n_test - before)
+    return cuts
 
 
 # ----------------------------------------------------------------------------- features
@@ -284,7 +334,7 @@ def prepare_spark(
         df = df.withColumn("rating", F.when(~F.isnan("rating"), F.col("rating")))
     for step in parse_steps(config.steps):
         df, has_rating = apply_step(df, step, has_rating)
-    df = stratified_flags(df.drop("_row"), config.split.test_fraction, config.split.seed).localCheckpoint()
+    df = stratified_flags(df.drop("_row"), config.split.test_fraction, config.split.seed)
     catalogue = _keyed_table(spark, items, item_id, "item_id")
     user_table = _keyed_table(spark, users, user_id, "user_id")
     users = df.select("user_id").distinct().orderBy("user_id")
