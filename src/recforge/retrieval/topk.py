@@ -29,24 +29,31 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
     Shapes: scores (b, n) -> (b, k') with k' = min(k, n). Entries at -inf (excluded) come back as
     index -1 and score -inf, so a user with fewer than k candidates gets a short list, never an
-    excluded item.
+    excluded item. Ties go to the lower item index, also at the k-th place.
     """
     scores = np.asarray(scores)
     n = scores.shape[1]
     k = min(k, n)
     if k <= 0:
         return np.zeros((scores.shape[0], 0), dtype=np.int64), np.zeros((scores.shape[0], 0), dtype=scores.dtype)
-    candidates = _partition(scores, k) if k < n else np.broadcast_to(np.arange(n), scores.shape).copy()
+    # k + 1 candidates: where the k-th and (k+1)-th differ, nothing outside the candidates ties the k-th
+    wanted = min(k + 1, n)
+    candidates = _partition(scores, wanted) if wanted < n else np.broadcast_to(np.arange(n), scores.shape).copy()
     candidate_scores = np.take_along_axis(scores, candidates, axis=1)
-    # sort by score desc, then by item index asc (stable tie-break)
-    order = np.lexsort((candidates, -candidate_scores), axis=1)
+    order = np.lexsort((candidates, -candidate_scores), axis=1)  # score desc, then item index asc
     indices = np.take_along_axis(candidates, order, axis=1).astype(np.int64)
     top_scores = np.take_along_axis(candidate_scores, order, axis=1)
-    if k < n:
-        # argpartition may pick an arbitrary member of a tie at the boundary; make the boundary exact
-        indices, top_scores = _fix_boundary_ties(scores, indices, top_scores)
-    invalid = ~np.isfinite(top_scores) & (top_scores < 0)
-    indices[invalid] = -1
+    if wanted < n:
+        kth, next_best = top_scores[:, k - 1], top_scores[:, k]
+        # a tie at the boundary may hide equal scores at lower indices outside the candidates: sort those
+        # rows fully (rows whose k-th place is already excluded need no order among the excluded)
+        tied = np.flatnonzero((kth == next_best) & ~(np.isneginf(kth)))
+        if len(tied):
+            full = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
+            indices[tied, :k] = full
+            top_scores[tied, :k] = np.take_along_axis(scores[tied], full, axis=1)
+    indices, top_scores = indices[:, :k], top_scores[:, :k]
+    indices[np.isneginf(top_scores)] = -1
     return indices, top_scores
 
 
@@ -56,21 +63,6 @@ def _partition(scores: np.ndarray, k: int) -> np.ndarray:
     if scores.dtype in (np.float32, np.float64) and scores.flags.writeable and scores.flags.c_contiguous:
         return torch.topk(torch.from_numpy(scores), k, dim=1, sorted=False).indices.numpy()
     return np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
-
-
-def _fix_boundary_ties(
-    scores: np.ndarray, indices: np.ndarray, top_scores: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """Rows whose k-th score is tied with an item outside the list: recompute with a full stable sort."""
-    kth = top_scores[:, -1:]
-    tied_outside = (scores == kth).sum(axis=1) > (top_scores == kth).sum(axis=1)
-    if tied_outside.any():
-        rows = np.flatnonzero(tied_outside)
-        k = indices.shape[1]
-        full = np.argsort(-scores[rows], axis=1, kind="stable")[:, :k]
-        indices[rows] = full
-        top_scores[rows] = np.take_along_axis(scores[rows], full, axis=1)
-    return indices, top_scores
 
 
 def batched(n: int, batch_size: int):
