@@ -135,7 +135,7 @@ def test_batch_scores_equal_recommend(spark, ml100k, tmp_path):
 
 def test_identical_rows_tied_at_the_cut_and_tiny_strata_split_identically(spark, tmp_path):
     """Exact duplicates share a row key, so a block of them can straddle a stratum's cut: both engines must
-    send the same number of them to test. A two-row stratum sends none (round(0.4) = 0)."""
+    send the same number of them to test. A two-row stratum sends rint(2 x fraction) rows to test."""
     rng = np.random.default_rng(11)
     distinct = pd.DataFrame(
         {
@@ -149,11 +149,21 @@ def test_identical_rows_tied_at_the_cut_and_tiny_strata_split_identically(spark,
     tiny = pd.DataFrame({"user_id": [1, 2], "item_id": [3, 4], "rating": [5.0, 5.0], "timestamp": [7, 8]})
     frame = pd.concat([distinct, block, tiny], ignore_index=True)
     data = Interactions.from_frame(frame, rating="rating", timestamp="timestamp", rating_scale=(1, 5))
-    for fraction in (0.2, 0.5, 0.93):
+    # a fraction whose cut falls inside the 41 copies of row 0 (ranked by the keys both engines use)
+    from recforge.data.splits import row_keys
+
+    stratum = frame[frame["rating"] == frame["rating"].iloc[0]]
+    keys = np.sort(row_keys(stratum["user_id"].to_numpy(), stratum["item_id"].to_numpy(), stratum["timestamp"], 3))
+    row0 = frame.iloc[:1]
+    first = int(np.searchsorted(keys, row_keys(row0["user_id"], row0["item_id"], row0["timestamp"], 3))[0])
+    straddling = (first + 20) / len(stratum)
+    assert keys[first] == keys[first + 20] == keys[first + 40]
+    for fraction in (0.2, 0.5, 0.93, straddling):
         config = {"steps": [], "split": {"test_fraction": fraction, "seed": 3}, "genres": None}
         memory, on_spark, counts = both_engines(spark, data, config, tmp_path / str(fraction))
         assert_same(memory, on_spark, counts)
-        assert 5.0 not in set(memory.test.rating)  # the tiny stratum stays in training
+        # the two-row stratum sends rint(2 x fraction) rows to test: none at 0.2, one at 0.5, both at 0.93
+        assert int((memory.test.rating == 5.0).sum()) == int(np.rint(2 * fraction))
     implicit = Interactions.from_frame(frame.drop(columns="rating"), timestamp="timestamp")
     memory, on_spark, counts = both_engines(spark, implicit, {"steps": [], "genres": None}, tmp_path / "implicit")
     assert_same(memory, on_spark, counts)
