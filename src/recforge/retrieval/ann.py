@@ -36,7 +36,8 @@ class IndexConfig(BaseModel):
     metric: Literal["ip", "cosine"] = "ip"
     nlist: int | None = Field(None, ge=1, description="IVF cells; default 4·√n")
     nprobe: int = Field(16, ge=1)
-    m: int = Field(32, ge=4, description="HNSW neighbours per node")
+    # 16 beat 32 at equal recall on 64-d factors, 100k and 1M items (benchmarks/results/ann.md)
+    m: int = Field(16, ge=4, description="HNSW neighbours per node")
     ef_construction: int = Field(200, ge=8)
     ef_search: int = Field(128, ge=8)
     threads: int | None = Field(None, ge=1)
