@@ -187,8 +187,21 @@ def run_stage(stage: str, size: str) -> dict:
     command = [sys.executable, "-m", "benchmarks.large_scale", "--child", stage, "--sizes", size]
     process = subprocess.run(command, capture_output=True, text=True, check=False)
     if process.returncode != 0:
-        return {"stage": stage, "size": size, "error": " ".join(process.stderr.strip().splitlines()[-1:])}
+        return {"stage": stage, "size": size, "error": _first_error(process.stderr, process.returncode)}
     return {"stage": stage, "size": size, **json.loads(process.stdout.strip().splitlines()[-1])}
+
+
+def _first_error(stderr: str, returncode: int) -> str:
+    """The line that says what went wrong: a JVM stack trace ends in frames, so the last line is useless;
+    the first exception or error line (Python's or Java's) names the cause."""
+    if returncode < 0:  # the kernel's OOM killer sends SIGKILL and leaves no message
+        return f"killed by signal {-returncode}" + (" (out of memory?)" if returncode == -9 else "")
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    markers = ("OutOfMemoryError", "Exception:", "Error:", "Killed")
+    causes = [line for line in lines if any(marker in line for marker in markers) and not line.startswith("at ")]
+    if causes:
+        return causes[0][:500]
+    return f"exit code {returncode}: " + (lines[-1][:500] if lines else "no output")
 
 
 def child(stage: str, size: str) -> None:
