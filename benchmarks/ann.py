@@ -20,12 +20,13 @@ Run: `python -m benchmarks.ann [--quick]` (quick: 100k only); writes results/ann
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from benchmarks._common import data_dir, markdown_table, write_results
+from benchmarks._common import RESULTS, data_dir, markdown_table, write_results
 from recforge.retrieval.ann import VectorIndex
 
 DIM = 64
@@ -120,23 +121,45 @@ def run(items: np.ndarray, query_sets: dict[str, np.ndarray], label: str, config
 
 
 def target_lines(rows: list[dict]) -> list[str]:
-    """Per query set and mode on 1M items: the fastest HNSW setting with recall@10 >= 0.95 and its speed-up."""
+    """Per query set and mode on 1M items: the fastest HNSW setting with recall@10 >= 0.95, and its speed-up
+    over recforge's exact search (the issue's "exact search") and over the faster of the two exact ones."""
     lines = []
-    million = [r for r in rows if r["data"].startswith("synthetic 1,000,000") and "HNSW" in r["index"]]
+    million = [r for r in rows if r["data"].startswith("synthetic 1,000,000")]
     for query_name in dict.fromkeys(r["queries"] for r in million):
         for mode in MODES:
-            good = [r for r in million if r["queries"] == query_name and r["mode"] == mode]
-            good = [r for r in good if r["recall@10"] >= TARGET_RECALL]
+            same = [r for r in million if r["queries"] == query_name and r["mode"] == mode]
+            ours = next(r["qps"] for r in same if r["index"] == "exact (recforge)")
+            best_exact = max(r["qps"] for r in same if r["index"] in ("exact (recforge)", "faiss flat"))
+            good = [r for r in same if "HNSW" in r["index"] and r["recall@10"] >= TARGET_RECALL]
             if not good:
                 lines.append(f"- {query_name}, {mode}: not met (no setting reached recall@10 {TARGET_RECALL})")
                 continue
             best = max(good, key=lambda r: r["qps"])
-            verdict = "met" if best["speedup"] >= TARGET_SPEEDUP else "NOT met"
+            verdicts = [
+                f"{best['qps'] / qps:.1f}x {name} ({'met' if best['qps'] / qps >= TARGET_SPEEDUP else 'NOT met'})"
+                for name, qps in (("recforge's exact search", ours), ("the faster exact search", best_exact))
+            ]
             lines.append(
-                f"- {query_name} queries, {mode}: {verdict} — {best['index']}: recall@10 {best['recall@10']:.3f} at "
-                f"{best['qps']:,.0f} QPS = {best['speedup']:.1f}x the faster exact search"
+                f"- {query_name} queries, {mode}: {best['index']}: recall@10 {best['recall@10']:.3f} at "
+                f"{best['qps']:,.0f} QPS = " + "; ".join(verdicts)
             )
     return lines
+
+
+def render(rows: list[dict], suffix: str = "") -> None:
+    columns = ["data", "queries", "mode", "index", "build_s", "recall@10", "qps", "speedup"]
+    markdown = [
+        "# Approximate top-k",
+        "",
+        __doc__.split("\n\n")[1],
+        "",
+        f"Target (recall@10 >= {TARGET_RECALL} at >= {TARGET_SPEEDUP:.0f}x exact search, 1M x 64):",
+        *target_lines(rows),
+        "",
+        markdown_table(rows, columns),
+        "",
+    ]
+    write_results("ann" + suffix, {"rows": rows}, "\n".join(markdown))
 
 
 def real_models() -> list[tuple[str, np.ndarray, np.ndarray]]:
@@ -162,7 +185,11 @@ def real_models() -> list[tuple[str, np.ndarray, np.ndarray]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--render", action="store_true", help="rewrite the .md from results/ann.json only")
     args = parser.parse_args()
+    if args.render:
+        render(json.loads((RESULTS / "ann.json").read_text())["rows"])
+        return
     configs = {
         "faiss IVF (nlist 4√n)": {"kind": "ivf", "nprobe_sweep": [16, 64, 128, 256]},
         "faiss HNSW (M 16, efConstruction 200)": {"kind": "hnsw", "m": 16, "ef_sweep": [64, 128, 192, 256, 384, 512]},
@@ -172,19 +199,7 @@ def main() -> None:
         rows += run(synthetic(n, seed=0), query_sets(), f"synthetic {n:,} x 64", configs)
     for label, items, users in real_models():
         rows += run(items, {"users": users}, label, {"faiss HNSW (M 16, efSearch 128)": {"kind": "hnsw", "m": 16}})
-    columns = ["data", "queries", "mode", "index", "build_s", "recall@10", "qps", "speedup"]
-    markdown = [
-        "# Approximate top-k",
-        "",
-        __doc__.split("\n\n")[1],
-        "",
-        f"Target (recall@10 >= {TARGET_RECALL} at >= {TARGET_SPEEDUP:.0f}x the faster exact search, 1M x 64):",
-        *target_lines(rows),
-        "",
-        markdown_table(rows, columns),
-        "",
-    ]
-    write_results("ann" + ("_quick" if args.quick else ""), {"rows": rows}, "\n".join(markdown))
+    render(rows, "_quick" if args.quick else "")
 
 
 if __name__ == "__main__":
