@@ -14,6 +14,7 @@ from recforge.data.splits import per_user_split
 from recforge.evaluation.protocols import FullRankingEvaluator
 from recforge.models import create_model
 from recforge.models.base import TrainOptions
+from recforge.nn.checkpoint import Checkpointer
 
 PARAMS = {
     "sasrec": {"dim": 32, "n_blocks": 1, "dropout": 0.0, "n_epochs": 4, "batch_size": 128, "max_len": 30},
@@ -21,9 +22,24 @@ PARAMS = {
 }
 
 
+SAVED_EPOCHS: list[int] = []  # epochs this process trained and checkpointed (a resumed run skips the rest)
+
+
+def _note_saves() -> None:
+    save = Checkpointer.save
+
+    def save_and_note(self, epoch, state):
+        SAVED_EPOCHS.append(epoch)
+        save(self, epoch, state)
+
+    Checkpointer.save = save_and_note
+
+
 def train(name: str, checkpoint_dir: str | None = None):
     """(fitted model, NDCG@10 on the per-user 80/20 test split, full ranking)."""
     torch.set_num_threads(1)
+    if checkpoint_dir is not None:
+        _note_saves()
     data = load_movielens_100k(os.path.join(os.environ["RECFORGE_DATA_DIR"], "ml-100k"), features=name != "sasrec")
     split = per_user_split(data, 0.2, seed=0)
     model = create_model(name, **PARAMS[name]).fit(split.train, TrainOptions(seed=0, checkpoint_dir=checkpoint_dir))
@@ -42,5 +58,6 @@ if __name__ == "__main__":
     if int(os.environ.get("RANK", "0")) == 0:
         arrays = weights(model)
         arrays["__ndcg__"] = np.array(ndcg)
+        arrays["__saved_epochs__"] = np.array(SAVED_EPOCHS, dtype=np.int64)
         arrays["__log__"] = np.frombuffer(json.dumps(model.training_log_).encode(), dtype=np.uint8)
         np.savez(out, **arrays)

@@ -86,6 +86,8 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(data_dir, t
     stopped_after = checkpoint.epoch()
     assert 1 <= stopped_after < 4 and not (tmp_path / "killed.npz").exists()
     resumed = run_worker("sasrec", tmp_path / "resumed.npz", checkpoints=folder)
+    assert resumed["__saved_epochs__"].tolist() == list(range(stopped_after + 1, 5))  # it did not start over
+    assert uninterrupted["__saved_epochs__"].tolist() == [1, 2, 3, 4]
     assert [e["epoch"] for e in resumed["__log__"]] == [1, 2, 3, 4]
     for name, value in weights(uninterrupted).items():
         np.testing.assert_array_equal(resumed[name], value, err_msg=name)
@@ -145,3 +147,42 @@ def test_a_truncated_checkpoint_is_refused(tmp_path):
     checkpointer.path.write_bytes(checkpointer.path.read_bytes()[:-100])
     with pytest.raises(ConfigError, match="checkpoint"):
         checkpointer.load()
+
+
+class _Crash(Exception):
+    pass
+
+
+def test_a_two_tower_run_that_died_after_a_checkpoint_resumes_to_the_same_weights(ml100k, tmp_path, monkeypatch):
+    import torch
+
+    from recforge.models import create_model
+    from recforge.models.base import TrainOptions
+
+    params = {"preset": "retrieval", "n_epochs": 4, "history_dim": 64}
+    uninterrupted = create_model("two_tower", **params).fit(ml100k, TrainOptions(seed=0))
+    save = Checkpointer.save
+
+    def save_then_die(self, epoch, state):
+        save(self, epoch, state)
+        if epoch == 2:
+            raise _Crash  # the process dies right after epoch 2's checkpoint reached the disk
+
+    monkeypatch.setattr(Checkpointer, "save", save_then_die)
+    with pytest.raises(_Crash):
+        create_model("two_tower", **params).fit(ml100k, TrainOptions(seed=0, checkpoint_dir=str(tmp_path)))
+    assert Checkpointer(tmp_path, fingerprint="").epoch() == 2
+    trained_epochs = []
+
+    def save_and_note(self, epoch, state):
+        trained_epochs.append(epoch)
+        save(self, epoch, state)
+
+    monkeypatch.setattr(Checkpointer, "save", save_and_note)
+    resumed = create_model("two_tower", **params).fit(ml100k, TrainOptions(seed=0, checkpoint_dir=str(tmp_path)))
+    assert trained_epochs == [3, 4]  # it continued after epoch 2 instead of starting over
+    assert [e["epoch"] for e in resumed.training_log_] == [1, 2, 3, 4]
+    assert resumed.training_log_ == uninterrupted.training_log_
+    for name, value in uninterrupted.towers_.state_dict().items():
+        torch.testing.assert_close(resumed.towers_.state_dict()[name], value, rtol=0, atol=0, msg=name)
+    np.testing.assert_array_equal(resumed.item_factors_, uninterrupted.item_factors_)
