@@ -680,9 +680,13 @@ class TwoTower(FactorModel):
         vectors /= np.where(totals > 0, totals, 1.0)[:, None]
         return vectors.astype(np.float32) / max(self.target_span_, 1e-12)
 
-    def user_feature_columns(self) -> list[str]:
-        """The raw user-feature columns the user tower reads (what a features-only user may carry)."""
-        return [] if self.user_features_frame_ is None else [str(c) for c in self.user_features_frame_.columns]
+    def user_feature_kinds(self) -> dict[str, str]:
+        """The raw user-feature columns the user tower reads (what a features-only user may carry), each
+        "numeric" (range-scaled) or "categorical"."""
+        if self.user_features_frame_ is None:
+            return {}
+        numeric = set(self.user_builder_.numeric_ranges) if self.user_builder_ is not None else set()
+        return {str(c): "numeric" if c in numeric else "categorical" for c in self.user_features_frame_.columns}
 
     def embed_users(self, features: pd.DataFrame | None = None, history: History | None = None) -> np.ndarray:
         """Vectors for users unknown to the model, described by features (one row per user, the training
@@ -698,7 +702,7 @@ class TwoTower(FactorModel):
             raise ConfigError(f"{len(features)} feature rows for {len(history)} histories")
         frame = None
         if features is not None:
-            frame = features.reset_index(drop=True).reindex(columns=self.user_feature_columns())
+            frame = features.reset_index(drop=True).reindex(columns=list(self.user_feature_kinds()))
         return self.embed_history(np.full(n, -1), history, frame)
 
     def score_new_users(self, features: pd.DataFrame, history: History | None = None) -> np.ndarray:

@@ -138,36 +138,33 @@ class RecommenderService:
         items = [self.item_index(item) for item, _ in ratings]
         exclude = np.array(items, dtype=np.int64) if items else None
         history = History.from_items([items], self.model.n_items, ratings=[[r for _, r in ratings]]) if items else None
-        note = ""
-        if features:
-            if USER_FEATURES in self.model.capabilities and hasattr(self.model, "score_new_users"):
-                frame = pd.DataFrame([self._checked_features(features)])
-                scores = self.model.score_new_users(frame, history)
-                return self._answer(scores, k, exclude, "features+history" if items else "features")
-            note = f"features ignored: {self.model.name} has no user-feature tower"
+        if features and USER_FEATURES in self.model.capabilities and hasattr(self.model, "score_new_users"):
+            frame = pd.DataFrame([self._checked_features(features)])
+            scores = self.model.score_new_users(frame, history)
+            return self._answer(scores, k, exclude, "features+history" if items else "features")
         if not items:
-            return self._popular(k, None, "; ".join(filter(None, ["no history given", note])))
-        if HISTORY not in self.model.capabilities:
-            return self._popular(
-                k, exclude, "; ".join(filter(None, [f"{self.model.name} cannot score a history", note]))
-            )
-        answer = self._answer(self.model.score(np.array([-1]), history), k, exclude, "history")
-        answer.note = note
+            answer = self._popular(k, None, "no history given")
+        elif HISTORY not in self.model.capabilities:
+            answer = self._popular(k, exclude, f"{self.model.name} cannot score a history")
+        else:
+            answer = self._answer(self.model.score(np.array([-1]), history), k, exclude, "history")
+        if features:
+            ignored = f"features ignored: {self.model.name} has no user-feature tower"
+            answer.note = "; ".join(filter(None, [answer.note, ignored]))
         return answer
 
     def _checked_features(self, features: dict[str, Any]) -> dict[str, Any]:
-        """The features a user-feature tower reads, validated: unknown names and non-numeric values of
-        numeric features are errors that name the field; missing ones count as unknown."""
-        model = self.model
-        known = model.user_feature_columns()
-        unknown = sorted(set(features) - set(known))
+        """Request features, validated against what the user tower reads: unknown names and non-numeric
+        values of numeric features are errors that name the field; missing ones count as unknown. (The
+        model itself reads unparseable numbers as missing, as it does for catalogue values like "Unknown";
+        a JSON request that sends text for a number is a client error.)"""
+        kinds = self.model.user_feature_kinds()
+        unknown = sorted(set(features) - set(kinds))
         if unknown:
-            raise ConfigError(f"unknown user feature(s) {unknown}; this model reads {known}")
-        builder = model.user_builder_
-        numeric = set(builder.numeric_ranges) if builder is not None else set()
-        for name in numeric & set(features):
-            value = features[name]
-            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"unknown user feature(s) {unknown}; this model reads {list(kinds)}")
+        for name, value in features.items():
+            numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if kinds[name] == "numeric" and value is not None and not numeric:
                 raise ConfigError(f"user feature {name!r} must be a number, got {value!r}")
         return features
 
