@@ -23,7 +23,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
+from safetensors.torch import save as serialize
 
 from recforge._io import atomic_path
 from recforge.errors import ConfigError
@@ -63,7 +64,7 @@ class Checkpointer:
         structure = _encode(state, "", tensors)
         metadata = {"format": FORMAT, "epoch": str(epoch), "fingerprint": self.fingerprint}
         metadata["structure"] = json.dumps(structure, allow_nan=True)
-        payload = save(tensors, metadata=metadata)
+        payload = serialize(tensors, metadata=metadata)
         self.folder.mkdir(parents=True, exist_ok=True)
         with atomic_path(self.path) as tmp:
             tmp.write_bytes(payload)
