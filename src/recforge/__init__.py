@@ -2,7 +2,11 @@
 
 __version__ = "0.1.0"
 
-from recforge.data import Interactions, Split, Vocabulary, load_dataset, make_split
+from recforge.threads import quiet_openmp_spinning
+
+quiet_openmp_spinning()  # before anything imports torch: see recforge.threads
+
+from recforge.data import Interactions, Split, Vocabulary, load_dataset, make_split  # noqa: E402
 
 
 def load(path: str) -> object:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from recforge.data.interactions import Interactions, Sequences
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import CapabilityError, ConfigError, NotFittedError
 from recforge.retrieval.topk import batched, default_batch_size, mask_items, topk
+from recforge.threads import thread_limit
 
 # What a model can serve (RecTools/Cornac style). The router in `recforge.coldstart` reads these.
 KNOWN_USERS = "known_users"  # users with training interactions
@@ -66,11 +68,9 @@ class ModelConfig(BaseModel):
 
     @classmethod
     def from_toml(cls, text: str) -> ModelConfig:
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        payload = tomllib.loads(text)
+        from recforge._toml import loads
+
+        payload = loads(text, f"{cls.__name__} TOML")
         for path in payload.pop("__none__", []):
             *parents, key = path.split(".")
             node = payload
@@ -108,6 +108,8 @@ class TrainOptions:
     device: str = "cpu"
     progress: bool = False
     valid: Interactions | None = None
+    # CPU threads for this fit; None = the policy of `recforge.threads` (RECFORGE_THREADS, OMP_NUM_THREADS, or
+    # the cores free when the fit starts). The previous counts are restored when the fit ends.
     threads: int | None = None
     # neural models: write a checkpoint here after every epoch, and resume from it when one from the same
     # run (model, config, data, seed) exists — a killed run picks up where it stopped
@@ -261,20 +263,22 @@ class Recommender(ABC):
         self.known_users_ = np.asarray(self.seen_.getnnz(axis=1) > 0)
         self.rating_scale_ = train.rating_scale
         self.training_log_ = []
-        if options.threads is not None:
-            import torch
-
-            torch.set_num_threads(options.threads)
         from recforge.nn.training import flush_denormals
 
-        with flush_denormals():
-            self._fit(train, options)
+        with thread_limit(options.threads, self.max_threads(train)) as threads, flush_denormals():
+            self._fit(train, dataclasses.replace(options, threads=threads))  # members of a blend inherit it
+        self.fit_threads_ = threads
         self.fitted_on_ = train.fingerprint()
         self.fit_seconds_ = time.perf_counter() - started
         return self
 
     @abstractmethod
     def _fit(self, train: Interactions, options: TrainOptions) -> None: ...
+
+    def max_threads(self, train: Interactions) -> int | None:
+        """The most CPU threads this fit can use profitably (None: no limit); applies when the thread count
+        is chosen automatically (see `recforge.threads`)."""
+        return None
 
     def _require_fitted(self) -> None:
         if self.fitted_on_ is None:
@@ -297,9 +301,12 @@ class Recommender(ABC):
         self._require_fitted()
         users = np.asarray(users, dtype=np.int64)
         if history is None:
+            if KNOWN_USERS not in self.capabilities:
+                raise CapabilityError(self.ranking_refusal())
             return np.asarray(self._score_known(users), dtype=np.float32)
         if HISTORY not in self.capabilities:
-            raise CapabilityError(f"{self.name} cannot score from a query-time history")
+            reason = self.ranking_refusal() if KNOWN_USERS not in self.capabilities else ""
+            raise CapabilityError(reason or f"{self.name} cannot score from a query-time history")
         if len(history) != len(users):
             raise ConfigError("history must have one row per user")
         return np.asarray(self._score_history(history, users), dtype=np.float32)
@@ -309,6 +316,10 @@ class Recommender(ABC):
 
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
         raise CapabilityError(f"{self.name} cannot score from a query-time history")
+
+    def ranking_refusal(self) -> str:
+        """Why this model (as configured) does not rank items for users, for models without KNOWN_USERS."""
+        return f"{self.name} does not rank items for users"
 
     def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         """Predicted ratings for (user index, item index) pairs; only rating models implement this."""

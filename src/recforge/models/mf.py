@@ -95,6 +95,11 @@ class ExplicitMF(FactorModel):
     Config = MFConfig
     capabilities = frozenset({KNOWN_USERS, HISTORY, EMBEDDINGS, RATINGS})
 
+    def max_threads(self, train: Interactions) -> int | None:
+        """Mini-batch SGD steps are a few hundred microseconds of memory-bound work: a second thread gained
+        nothing on average (benchmarks/results/threads.md), so one, unless full-batch steps are asked for."""
+        return None if self.config.batch_size is None else 1  # type: ignore[attr-defined]
+
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: MFConfig = self.config  # type: ignore[assignment]
         users, items, ratings = _rated_arrays(train, self.name)
