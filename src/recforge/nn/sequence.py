@@ -8,6 +8,12 @@ same as training on every prefix ("sliding prefixes") at the cost of one pass.
   feed-forward layer as wide as the embedding (Kang & McAuley 2018).
 - `RecurrentEncoder`: stacked GRU/LSTM layers with dropout between them: GRU4Rec (one GRU), the
   beauty study's Model I (LSTM 256 -> LSTM 256), and Model II over text embeddings (GRU -> LSTM -> GRU).
+
+A state depends on its own row's items only, never on how much padding the batch added: SASRec masks
+padded keys (each position may always attend to itself, so a padded query never has an empty, NaN
+softmax), and positions count back from the last item; the recurrent encoder packs each row to its true
+length, so no recurrent step runs over padding. Scores are therefore the same for a user scored alone
+or beside a long sequence (tested), and a reported metric does not depend on the batch size.
 """
 
 from __future__ import annotations
@@ -40,9 +46,20 @@ class SASRecEncoder(nn.Module):
         length = sequence.shape[1]  # batches may be trimmed: positions count back from the last item
         positions = torch.arange(self.max_len - length, self.max_len, device=sequence.device)
         x = self.item(sequence) * math.sqrt(self.dim) + self.position(positions)[None]
-        x = self.dropout(x) * (sequence > 0).unsqueeze(-1)  # padding stays zero (no key-padding mask: no NaN rows)
-        causal = torch.triu(torch.full((length, length), float("-inf"), device=sequence.device), diagonal=1)
-        return self.norm(self.blocks(x, mask=causal, is_causal=True))
+        real = sequence > 0
+        x = self.dropout(x) * real.unsqueeze(-1)
+        return self.norm(self.blocks(x, mask=self._attention_mask(real)))
+
+    def _attention_mask(self, real: torch.Tensor) -> torch.Tensor:
+        """(batch · heads, L, L) additive mask: a query sees earlier real items and itself, nothing else."""
+        length = real.shape[1]
+        device = real.device
+        future = torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
+        blocked = future[None] | ~real[:, None, :]
+        blocked &= ~torch.eye(length, dtype=torch.bool, device=device)[None]
+        mask = torch.zeros(blocked.shape, device=device).masked_fill(blocked, float("-inf"))
+        heads = self.blocks.layers[0].self_attn.num_heads
+        return mask.repeat_interleave(heads, dim=0)
 
     def output_embeddings(self) -> torch.Tensor:
         """(n_items, dim) tied output embeddings (padding row dropped)."""
@@ -77,8 +94,26 @@ class RecurrentEncoder(nn.Module):
         self.out_dim = width
 
     def forward(self, sequence: torch.Tensor) -> torch.Tensor:
-        x = self.item(sequence)
+        """(B, L) left-padded ids -> (B, L, out_dim) states, zero at padding. Each row runs over its own
+        items only: rows move to the left edge, are packed to their lengths, and move back."""
+        from torch.nn.utils.rnn import PackedSequence, pack_padded_sequence, pad_packed_sequence
+
+        batch, length = sequence.shape
+        lengths = (sequence > 0).sum(1)
+        offset = (length - lengths)[:, None]
+        columns = torch.arange(length, device=sequence.device)[None, :]
+        to_left = (columns + offset) % length  # row b's items start at column 0, its padding follows
+        packed = pack_padded_sequence(
+            self.item(sequence.gather(1, to_left)),
+            lengths.clamp(min=1).cpu(),  # an empty history runs one step on the zero padding vector
+            batch_first=True,
+            enforce_sorted=False,
+        )
         for layer in self.recurrent:
-            x, _ = layer(x)
-            x = self.dropout(x)
-        return x
+            packed, _ = layer(packed)
+            packed = PackedSequence(
+                self.dropout(packed.data), packed.batch_sizes, packed.sorted_indices, packed.unsorted_indices
+            )
+        states, _ = pad_packed_sequence(packed, batch_first=True, total_length=length)
+        back = ((columns - offset) % length)[..., None].expand(batch, length, states.shape[2])
+        return states.gather(1, back) * (sequence > 0).unsqueeze(-1)
