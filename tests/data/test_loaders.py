@@ -19,7 +19,7 @@ from recforge.data.loaders import (
     load_table,
     read_anime_catalogue,
 )
-from recforge.errors import DatasetNotFoundError
+from recforge.errors import DataFormatError, DatasetNotFoundError
 
 
 def test_ml100k_documented_counts(ml100k):
@@ -186,11 +186,93 @@ def test_amazon_sequences_fixture_with_titles(tmp_path):
     folder = tmp_path / "toy"
     folder.mkdir()
     (folder / "Toy.txt").write_text("1 1 2 3\n2 2 3\n")
-    (folder / "item_asin.tsv").write_text("item_id\tasin\n1\tB01\n2\tB02\n3\tB03\n")
+    (folder / "Toy_item_asin.tsv").write_text("item_id\tasin\n1\tB01\n2\tB02\n3\tB03\n")
     meta = tmp_path / "meta.json"
     meta.write_text('{"asin": "B02", "title": "Shampoo"}\n')
     data = load_amazon_sequences(folder, file="Toy.txt", metadata=meta, name="toy")
-    assert len(data) == 5 and data.item_features["title"].iloc[1] == "Shampoo"
+    assert len(data) == 5 and data.item_features["title"].iloc[1] == "Shampoo" and data.name == "toy"
+
+
+def write_sequences(folder: Path, name: str = "Toys_and_Games.txt") -> Path:
+    folder.mkdir(exist_ok=True)
+    (folder / name).write_text("1 10 11 12\n2 11 12 13 10\n3 13 10\n")
+    return folder / name
+
+
+def test_other_amazon_sequence_files_load_by_path_or_name(tmp_path, beauty):
+    toys = write_sequences(tmp_path / "amazon")
+    (tmp_path / "amazon" / "item_asin.tsv").write_text("item_id\tasin\n10\tB10\n")  # Beauty's map: not Toys'
+    by_file = load_amazon_sequences(toys)  # the file's own path
+    by_name = load_dataset("amazon-beauty", tmp_path / "amazon", file=toys.name)
+    relabelled = load_dataset("amazon-beauty", tmp_path / "amazon", file=toys.name, name="amazon-toys")
+    for data in (by_file, by_name, relabelled):
+        assert (data.n_users, data.n_items, len(data)) == (3, 4, 9)
+        assert data.item_features is None  # item_asin.tsv belongs to Beauty.txt; only Toys_*_item_asin.tsv would apply
+    assert by_file.name == by_name.name == "amazon-toys_and_games" and relabelled.name == "amazon-toys"
+    generic = load_dataset("sequence-file", toys)
+    assert generic.name == "Toys_and_Games" and generic.fingerprint() == by_file.fingerprint()
+    assert load_dataset("sequence-file", toys, name="toys").name == "toys"
+    assert beauty.name == "amazon-beauty" and "asin" in beauty.item_features  # the shared folder keeps its map
+    with pytest.raises(DatasetNotFoundError, match="file="):
+        load_dataset("amazon-beauty", tmp_path / "amazon", file="Sports.txt")
+    with pytest.raises(DatasetNotFoundError, match="needs the sequence file"):
+        load_dataset("sequence-file")
+
+
+def test_repeated_pairs_are_refused_with_the_option_that_allows_them(tmp_path):
+    from recforge.data.splits import leave_last_out
+    from recforge.errors import LeakageError
+    from recforge.evaluation.guards import check_split
+
+    path = tmp_path / "plays.txt"
+    path.write_text("1 10 11 10 12 10\n2 11 12 13\n")  # user 1 re-consumes item 10
+    split = leave_last_out(load_dataset("sequence-file", path), k=1)
+    with pytest.raises(LeakageError, match="allow_repeat_pairs"):
+        check_split(split)
+    check_split(split, allow_repeat_pairs=True)
+
+
+def test_headerless_double_colon_table_loads_with_names_given(tmp_path):
+    path = tmp_path / "ratings_subset.dat"
+    path.write_text("1::1193::5::978300760\n1::661::3::978302109\n2::1193::4::978298413\n")
+    data = load_dataset(
+        "table", path, sep="::", header=False, columns=["user", "item", "stars", "time"],
+        user="user", item="item", rating="stars", timestamp="time", rating_scale=(1, 5),
+    )  # fmt: skip
+    assert (data.n_users, data.n_items, len(data), data.n_rated) == (2, 2, 3, 3)
+    assert data.timestamp.tolist() == [978300760, 978302109, 978298413]
+    with pytest.raises(DataFormatError, match="header=False"):
+        load_table(path, user="user", item="item", sep="::")  # the first line is data, not a header
+    with pytest.raises(DataFormatError, match=r"separated by '::'"):  # the separator as the user wrote it
+        load_table(path, sep="::", header=False, columns=["user", "item", "stars"], user="user", item="item")
+    with pytest.raises(DataFormatError, match="columns="):
+        load_table(path, sep="::", header=False, user="user", item="item")
+
+
+def test_ml1m_reads_a_ratings_file_by_the_name_given(tmp_path):
+    folder = tmp_path / "ml-1m"
+    write_ml1m(folder)
+    (folder / "ratings.dat").rename(folder / "ratings_per_user_subset.dat")
+    with pytest.raises(DatasetNotFoundError, match="file="):
+        load_movielens_1m(folder)
+    data = load_movielens_1m(folder, file="ratings_per_user_subset.dat")
+    same = load_movielens_1m(folder / "ratings_per_user_subset.dat")
+    assert len(data) == 3 and data.fingerprint() == same.fingerprint()
+    assert data.name == "ml-1m (ratings_per_user_subset.dat)" and data.item_features is not None
+    (folder / "movies.dat").unlink()
+    with pytest.raises(DatasetNotFoundError, match="features=False"):
+        load_movielens_1m(folder, file="ratings_per_user_subset.dat")
+    assert load_movielens_1m(folder, file="ratings_per_user_subset.dat", features=False).item_features is None
+
+
+def test_every_named_dataset_takes_a_file(ml100k, data_dir, tmp_path):
+    from recforge.data.loaders import DATASETS
+
+    assert all("file" in DATASETS[name].__kwdefaults__ for name in DATASETS)
+    fold = load_dataset("ml-100k", data_dir / "ml-100k", file="u1.base")
+    assert len(fold) == 80000 and fold.name == "ml-100k (u1.base)" and fold.item_features is not None
+    sample = load_dataset("anime-kaggle", data_dir / "anime-kaggle" / "rating_sample5000.csv", features=False)
+    assert len(sample) == 520609 and sample.name == "anime-kaggle"
 
 
 def test_generic_table_csv_and_parquet(tmp_path):

@@ -35,7 +35,9 @@ def check_split(split: Split, *, allow_repeat_pairs: bool = False) -> None:
             item = split.data.items.id(other.item_index[row])
             raise LeakageError(
                 f"split {split.name!r}: {int(overlap.sum())} {part} (user, item) pair(s) also appear in training, "
-                f"e.g. user {user!r} with item {item!r}; de-duplicate the data or fix the split"
+                f"e.g. user {user!r} with item {item!r}; de-duplicate the data or fix the split, or, if repeats "
+                "are genuine re-consumption (plays, purchases), allow them with `allow_repeat_pairs = true` under "
+                "[evaluation] (check_split(..., allow_repeat_pairs=True))"
             )
     kind = split.params.get("kind")
     data = split.data

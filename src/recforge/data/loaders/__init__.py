@@ -19,6 +19,7 @@ from recforge.data.loaders.movielens import (
     load_movielens_100k_fold,
     load_movielens_latest_small,
 )
+from recforge.data.loaders.sequences import load_sequence_file
 from recforge.data.loaders.tabular import load_table
 from recforge.errors import ConfigError
 
@@ -29,14 +30,18 @@ DATASETS: dict[str, Callable[..., Interactions]] = {
     "anime-kaggle": load_anime_kaggle,
     "anime-mal": load_anime_mal,
     "amazon-beauty": load_amazon_sequences,
+    "sequence-file": load_sequence_file,
 }
 
 
-def load_dataset(name: str, path: str | Path | None = None, **options: Any) -> Interactions:
+def load_dataset(name: str, /, path: str | Path | None = None, **options: Any) -> Interactions:
     """Load a named dataset (see `DATASETS`), or a saved recforge interactions directory by path.
 
+    `path` is the dataset's folder or its main file; options go to the loader (every named dataset takes
+    `file=` for its interactions file and `features=`; `name=` relabels sequence files).
     `name="table"` reads any CSV/Parquet file with a column mapping passed as options
-    (user=, item=, rating=, timestamp=, rating_scale=).
+    (user=, item=, rating=, timestamp=, rating_scale=, and header=False with columns=[...] for a file
+    without a header row).
     """
     if name == "table":
         if path is None:
@@ -62,6 +67,7 @@ __all__ = [
     "load_movielens_100k",
     "load_movielens_100k_fold",
     "load_movielens_latest_small",
+    "load_sequence_file",
     "load_table",
     "read_amazon_metadata",
     "read_anime_catalogue",

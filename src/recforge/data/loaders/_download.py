@@ -44,18 +44,26 @@ def cache_dir() -> Path:
 
 
 def resolve_dataset_dir(
-    folder: str, path: str | Path | None, required: tuple[str, ...], remote: RemoteSource | None = None
+    folder: str,
+    path: str | Path | None,
+    required: tuple[str, ...],
+    remote: RemoteSource | None = None,
+    hints: dict[str, str] | None = None,
 ) -> Path:
-    """Find the folder holding a dataset's files, downloading it into the cache if allowed and needed."""
+    """Find the folder holding a dataset's files, downloading it into the cache if allowed and needed.
+
+    `hints` maps a required file to the loader option that avoids or renames it; a missing file's error
+    names that option.
+    """
     if path is not None:
         path = Path(path)
-        _require(path, required, f"the path you gave ({path})")
+        _require(path, required, f"the path you gave ({path})", hints)
         return path
     data_dir = os.environ.get(DATA_DIR_ENV)
     if data_dir:
         candidate = Path(data_dir) / folder
         if candidate.exists():
-            _require(candidate, required, f"{DATA_DIR_ENV}/{folder}")
+            _require(candidate, required, f"{DATA_DIR_ENV}/{folder}", hints)
             return candidate
     cached = cache_dir() / folder
     if cached.exists() and all((cached / name).exists() for name in required):
@@ -68,12 +76,28 @@ def resolve_dataset_dir(
     return download(folder, remote)
 
 
-def _require(folder: Path, required: tuple[str, ...], label: str) -> None:
+def split_file_path(path: str | Path | None, file: str | None, default: str) -> tuple[Path | None, str]:
+    """(folder, file name) from a loader's `path` and `file` options: `path` may name the folder or the
+    file itself; `file` names the file inside the folder (default `default`)."""
+    if path is not None and Path(path).is_file():
+        path = Path(path)
+        if file is not None and file != path.name:
+            raise DatasetNotFoundError(f"path names the file {path.name!r} but file={file!r}; give one of them")
+        return path.parent, path.name
+    return (None if path is None else Path(path)), file or default
+
+
+def _require(folder: Path, required: tuple[str, ...], label: str, hints: dict[str, str] | None = None) -> None:
     if not folder.exists():
         raise DatasetNotFoundError(f"{label} does not exist")
     missing = [name for name in required if not (folder / name).exists()]
     if missing:
-        raise DatasetNotFoundError(f"{label} lacks {missing}; expected the files {list(required)}")
+        present = sorted(p.name for p in folder.iterdir())[:12]
+        advice = [hints[name] for name in missing if hints and name in hints]
+        raise DatasetNotFoundError(
+            f"{label} lacks {missing}; expected the files {list(required)} (it holds {present})"
+            + ("; " + "; ".join(dict.fromkeys(advice)) if advice else "")
+        )
 
 
 def download(folder: str, remote: RemoteSource) -> Path:

@@ -85,7 +85,7 @@ def read_delimited(
         match = _TOKENIZE_LINE.search(str(exc))
         line = int(match.group(1)) if match else None
         raise DataFormatError(
-            f"wrong number of fields ({exc}); is the separator {sep!r} right?", path=path, line=line
+            f"wrong number of fields ({exc}); is the separator {shown_sep!r} right?", path=path, line=line
         ) from exc
     except pd.errors.EmptyDataError as exc:
         raise DataFormatError("file has no rows", path=path) from exc
@@ -98,7 +98,8 @@ def read_delimited(
         missing = [c for c in columns if c not in frame.columns]
         if missing:
             raise DataFormatError(
-                f"missing column(s) {missing}; header has {list(frame.columns)} (is the separator {sep!r} right?)",
+                f"missing column(s) {missing}; header has {list(frame.columns)} (is the separator {shown_sep!r} "
+                "right? a file without a header row needs header=False and its column names)",
                 path=path,
                 line=1,
             )
@@ -106,13 +107,14 @@ def read_delimited(
         n_expected = len(columns)
         if frame.shape[1] > n_expected:
             raise DataFormatError(
-                f"expected {n_expected} fields separated by {sep!r}, found {frame.shape[1]}",
+                f"expected {n_expected} fields separated by {shown_sep!r}, found {frame.shape[1]}",
                 path=path,
                 line=int(line_numbers[0]),
             )
         if frame.shape[1] < (min_columns or n_expected):
             raise DataFormatError(
-                f"expected {n_expected} fields separated by {sep!r}, found {frame.shape[1]}; is the separator right?",
+                f"expected {n_expected} fields separated by {shown_sep!r}, found {frame.shape[1]}; "
+                "is the separator right?",
                 path=path,
                 line=int(line_numbers[0]),
             )

@@ -1,9 +1,8 @@
 """Amazon product data: the sequential benchmark text layout and the raw review JSON-lines.
 
-Sequential layout (S3-Rec / ICLRec `Beauty.txt`): one line per user, `user item item ...`, items in time
-order, no ratings or timestamps; the order of each line is the time order. A folder may also hold
-`item_asin.tsv` (item id -> ASIN) and `<Name>_item2attributes.json` (item id -> attribute ids), which
-become item features, and titles can be joined from a metadata file keyed by ASIN.
+Sequential layout (S3-Rec / ICLRec `Beauty.txt`, `Sports_and_Outdoors.txt`, ...): read by the generic
+sequence-file reader (`recforge.data.loaders.sequences`); `load_amazon_sequences` adds Beauty's
+download, the `amazon-<stem>` label and the shared Beauty folder's `item_asin.tsv`.
 
 Raw layout (McAuley et al. 2014/2018): reviews as JSON lines with reviewerID, asin, overall,
 unixReviewTime; optional metadata lines with asin, title, categories (the 2014 files use Python dict
@@ -21,11 +20,12 @@ import numpy as np
 import pandas as pd
 
 from recforge.data.interactions import Interactions
-from recforge.data.loaders._download import RemoteSource, resolve_dataset_dir
+from recforge.data.loaders._download import RemoteSource, split_file_path
 from recforge.data.loaders._source import check_scale, decode_file, source_info
-from recforge.data.vocabulary import Vocabulary
+from recforge.data.loaders.sequences import load_sequence_file
 from recforge.errors import DataFormatError
 
+BEAUTY_FILE = "Beauty.txt"
 BEAUTY_REMOTE = RemoteSource(
     url="https://github.com/salesforce/ICLRec/archive/2890e6c3ff6a22c6699fc19cb863b66786c1cde4.zip",
     archive_checksum=None,
@@ -33,33 +33,6 @@ BEAUTY_REMOTE = RemoteSource(
     key_file="Beauty.txt",
     key_sha256="226cce9c3105299ca0db9615d7d3fb32b3175e90da43100ae352599f0f0107b8",
 )
-
-
-def read_sequence_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Parse `user item item ...` lines into (user_ids, item_ids) arrays in file order, vectorised."""
-    text = decode_file(path, "utf-8")
-    lines = text.splitlines()
-    tokens_per_line = np.array([len(line.split()) for line in lines], dtype=np.int64)
-    try:
-        tokens = np.array(text.split(), dtype=np.int64)
-    except ValueError as exc:
-        for number, line in enumerate(lines, start=1):
-            for token in line.split():
-                if not token.lstrip("-").isdigit():
-                    raise DataFormatError(f"not an integer id: {token!r}", path=path, line=number) from exc
-        raise DataFormatError(str(exc), path=path) from exc
-    nonempty = tokens_per_line > 0
-    starts = np.r_[0, np.cumsum(tokens_per_line)[:-1]][nonempty]
-    lengths = tokens_per_line[nonempty] - 1
-    users = np.repeat(tokens[starts], lengths)
-    is_user = np.zeros(len(tokens), dtype=bool)
-    is_user[starts] = True
-    items = tokens[~is_user]
-    duplicated_users = pd.Index(tokens[starts]).duplicated()
-    if duplicated_users.any():
-        line = int(np.flatnonzero(nonempty)[np.flatnonzero(duplicated_users)[0]]) + 1
-        raise DataFormatError(f"user {tokens[starts][duplicated_users][0]} has a second line", path=path, line=line)
-    return users, items
 
 
 def _read_json_lines(path: Path) -> pd.DataFrame:
@@ -109,41 +82,33 @@ def read_amazon_metadata(path: str | Path) -> pd.DataFrame:
 def load_amazon_sequences(
     path: str | Path | None = None,
     *,
-    file: str = "Beauty.txt",
+    file: str | None = None,
     metadata: str | Path | None = None,
-    name: str = "amazon-beauty",
+    name: str | None = None,
+    asin_file: str | None = None,
 ) -> Interactions:
-    """Sequential benchmark layout (default: Amazon Beauty, 22363 users, 12101 items, 198502 interactions).
+    """Amazon sequential benchmark files (S3-Rec layout); default Beauty.txt, downloaded when missing.
 
-    Item features, when the side files exist: asin, attributes (list of attribute ids), and title /
-    categories from `metadata` (joined by ASIN).
+    Beauty: 22363 users, 12101 items, 198502 interactions. `path` is the folder or the file itself; `file`
+    names another file in the same layout (Sports_and_Outdoors.txt, Toys_and_Games.txt, ...), labelled
+    `amazon-<stem>` unless `name` is given.
+
+    Item features, when the side files exist: asin (from `<stem>_item_asin.tsv`; for Beauty.txt also
+    the shipped `item_asin.tsv`), attributes (list of attribute ids), and title / categories from
+    `metadata` (joined by ASIN).
     """
-    folder = resolve_dataset_dir(name, path, (file,), BEAUTY_REMOTE if file == "Beauty.txt" else None)
-    users, items = read_sequence_file(folder / file)
-    vocab_users, user_codes = Vocabulary.encode(users, name="user")
-    vocab_items, item_codes = Vocabulary.encode(items, name="item")
-    features = pd.DataFrame(index=pd.Index(vocab_items.ids, name="item_id"))
-    asin_path = folder / "item_asin.tsv"
-    if asin_path.exists():
-        asin = pd.read_csv(asin_path, sep="\t", dtype={"item_id": np.int64, "asin": str}).set_index("item_id")["asin"]
-        features["asin"] = asin.reindex(features.index).to_numpy()
-    attribute_files = sorted(folder.glob(f"{Path(file).stem}_item2attributes.json"))
-    if attribute_files:
-        attributes = json.loads(attribute_files[0].read_text())
-        features["attributes"] = [attributes.get(str(i), []) for i in features.index]
-    if metadata is not None:
-        if "asin" not in features.columns:
-            raise DataFormatError("metadata is joined by ASIN, but item_asin.tsv is missing", path=folder)
-        meta = read_amazon_metadata(metadata)
-        features = features.join(meta, on="asin")
-    return Interactions(
-        users=vocab_users,
-        items=vocab_items,
-        user_index=user_codes,
-        item_index=item_codes,
-        item_features=features.reset_index(drop=True) if features.shape[1] else None,
-        name=name,
-        source=source_info(folder, [file, "item_asin.tsv", *[p.name for p in attribute_files]]),
+    folder, file = split_file_path(path, file, BEAUTY_FILE)
+    if asin_file is None and file == BEAUTY_FILE and folder is not None and (folder / "item_asin.tsv").exists():
+        asin_file = "item_asin.tsv"  # the shared Beauty folder's map, written for Beauty.txt only
+    return load_sequence_file(
+        folder,
+        file=file,
+        name=name or ("amazon-beauty" if file == BEAUTY_FILE else f"amazon-{Path(file).stem.lower()}"),
+        metadata=metadata,
+        asin_file=asin_file,
+        dataset="amazon-beauty",
+        default_file=BEAUTY_FILE,
+        remote=BEAUTY_REMOTE,
     )
 
 

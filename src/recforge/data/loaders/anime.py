@@ -23,9 +23,9 @@ import numpy as np
 import pandas as pd
 
 from recforge.data.interactions import Interactions
-from recforge.data.loaders._download import resolve_dataset_dir
+from recforge.data.loaders._download import resolve_dataset_dir, split_file_path
 from recforge.data.loaders._source import check_scale, parse_float, parse_int, read_delimited, source_info
-from recforge.errors import DataFormatError
+from recforge.errors import DataFormatError, DatasetNotFoundError
 
 KAGGLE_RATING_FILES = ("rating.csv", "rating_sample5000.csv")
 _MISSING = ("", "Unknown", "unknown", "NaN", "nan")
@@ -132,14 +132,26 @@ def read_anime_catalogue(path: str | Path) -> pd.DataFrame:
     return frame
 
 
+FILE_HINT = "pass file=<name> (or the ratings file's own path) to read ratings under another name"
+FEATURES_HINT = "pass features=False to load the ratings without the anime catalogue"
+
+
 def load_anime_kaggle(
-    path: str | Path | None = None, *, ratings_file: str | None = None, features: bool = True
+    path: str | Path | None = None, *, file: str | None = None, features: bool = True
 ) -> Interactions:
-    """Kaggle anime layout; `ratings_file` defaults to rating.csv, else the shipped 5000-user sample."""
-    folder = resolve_dataset_dir("anime-kaggle", path, ("anime.csv",))
-    if ratings_file is None:
-        ratings_file = next((f for f in KAGGLE_RATING_FILES if (folder / f).exists()), KAGGLE_RATING_FILES[0])
-    ratings_path = folder / ratings_file
+    """Kaggle "Anime Recommendations" layout: anime.csv + rating.csv (1-10; -1 = watched, not rated).
+
+    `path` is the folder or the ratings file itself; `file` names the ratings file in the folder
+    (default rating.csv, else the shipped 5000-user sample rating_sample5000.csv)."""
+    folder, file = split_file_path(path, file, "")
+    side = ("anime.csv",) if features else ()
+    hints = {"anime.csv": FEATURES_HINT}
+    folder = resolve_dataset_dir("anime-kaggle", folder, side, hints=hints)
+    if not file:
+        file = next((f for f in KAGGLE_RATING_FILES if (folder / f).exists()), KAGGLE_RATING_FILES[0])
+    ratings_path = folder / file
+    if not ratings_path.exists():
+        raise DatasetNotFoundError(f"{folder} lacks {file!r}; {FILE_HINT}")
     frame = read_delimited(ratings_path, sep=",", columns=("user_id", "anime_id", "rating"), header=True)
     rating = parse_float(frame, "rating", ratings_path)
     check_scale(rating, frame, "rating", ratings_path, (1, 10), allowed_extra=(-1,))
@@ -161,17 +173,21 @@ def load_anime_kaggle(
         rating="rating",
         rating_scale=(1.0, 10.0),
         item_features=read_anime_catalogue(folder / "anime.csv") if features else None,
-        name="anime-kaggle",
-        source=source_info(folder, ["anime.csv", ratings_file]),
+        name="anime-kaggle" if file in KAGGLE_RATING_FILES else f"anime-kaggle ({file})",
+        source=source_info(folder, [*side, file]),
     )
 
 
 def load_anime_mal(
-    path: str | Path | None = None, *, zero_is_rating: bool = False, features: bool = True
+    path: str | Path | None = None, *, file: str | None = None, zero_is_rating: bool = False, features: bool = True
 ) -> Interactions:
-    """MyAnimeList-style export (animes.csv + ratings.csv); see the module docstring for the 0 convention."""
-    folder = resolve_dataset_dir("anime-mal", path, ("animes.csv", "ratings.csv"))
-    ratings_path = folder / "ratings.csv"
+    """MyAnimeList-style export (animes.csv + ratings.csv); see the module docstring for the 0 convention.
+    `path` is the folder or the ratings file itself; `file` names another ratings file in the folder."""
+    folder, file = split_file_path(path, file, "ratings.csv")
+    side = ("animes.csv",) if features else ()
+    hints = {file: FILE_HINT, "animes.csv": FEATURES_HINT}
+    folder = resolve_dataset_dir("anime-mal", folder, (*side, file), hints=hints)
+    ratings_path = folder / file
     frame = read_delimited(ratings_path, sep=",", columns=("userID", "animeID", "rating"), header=True)
     rating = parse_float(frame, "rating", ratings_path)
     check_scale(rating, frame, "rating", ratings_path, (0, 10))
@@ -190,6 +206,6 @@ def load_anime_mal(
         rating="rating",
         rating_scale=scale,
         item_features=read_anime_catalogue(folder / "animes.csv") if features else None,
-        name="anime-mal",
-        source=source_info(folder, ["animes.csv", "ratings.csv"]),
+        name="anime-mal" if file == "ratings.csv" else f"anime-mal ({file})",
+        source=source_info(folder, [*side, file]),
     )

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 
 from recforge.data.interactions import Interactions
-from recforge.data.loaders._download import RemoteSource, resolve_dataset_dir
+from recforge.data.loaders._download import RemoteSource, resolve_dataset_dir, split_file_path
 from recforge.data.loaders._source import check_scale, parse_float, parse_int, read_delimited, source_info
 from recforge.data.splits import Split
 from recforge.errors import DataFormatError
@@ -47,6 +47,23 @@ ML_LATEST_SMALL_REMOTE = RemoteSource(
     key_file="ratings.csv",
     key_sha256="aa289ca83157595d0df6aea1be6a4ded676ddc4385472e8313a8ed9805352646",
 )
+
+
+FILE_HINT = "pass file=<name> (or the ratings file's own path) to read ratings under another name"
+FEATURES_HINT = "pass features=False to load the ratings without movie and user features"
+
+
+def _locate(
+    dataset: str, path: str | Path | None, file: str | None, default: str, side: tuple[str, ...], remote: RemoteSource
+) -> tuple[Path, str, str]:
+    """(folder, ratings file name, dataset label) for a MovieLens loader's `path` / `file` options.
+
+    Another ratings file (a subset, a fold) keeps the layout's parsing; its name goes into the label so
+    reports say which file they describe. The download applies to the published file only."""
+    folder, file = split_file_path(path, file, default)
+    hints = {file: FILE_HINT} | {name: FEATURES_HINT for name in side}
+    folder = resolve_dataset_dir(dataset, folder, (file, *side), remote if file == default else None, hints)
+    return folder, file, dataset if file == default else f"{dataset} ({file})"
 
 
 def _year_from_title(titles: pd.Series) -> np.ndarray:
@@ -120,14 +137,18 @@ def _ml100k_users(folder: Path) -> pd.DataFrame:
     )
 
 
-def load_movielens_100k(path: str | Path | None = None, *, features: bool = True) -> Interactions:
+def load_movielens_100k(
+    path: str | Path | None = None, *, file: str | None = None, features: bool = True
+) -> Interactions:
     """MovieLens 100K: 100000 ratings (1-5) by 943 users on 1682 movies, with movie and user features.
 
-    Item features: title, year, release_date, imdb_url, genres (list of the 19 u.item genre flags).
-    User features: age, gender, occupation, zip.
+    `path` is the folder, or the ratings file itself; `file` names another ratings file in the folder
+    (same tab-separated layout, e.g. `u1.base`). Item features: title, year, release_date, imdb_url,
+    genres (list of the 19 u.item genre flags). User features: age, gender, occupation, zip.
     """
-    folder = resolve_dataset_dir("ml-100k", path, ("u.data", "u.item", "u.user"), ML100K_REMOTE)
-    frame = _ratings_frame(folder / "u.data", sep="\t", header=False, encoding="latin-1", scale=(1, 5))
+    side = ("u.item", "u.user") if features else ()
+    folder, file, name = _locate("ml-100k", path, file, "u.data", side, ML100K_REMOTE)
+    frame = _ratings_frame(folder / file, sep="\t", header=False, encoding="latin-1", scale=(1, 5))
     return Interactions.from_frame(
         frame,
         rating="rating",
@@ -135,8 +156,8 @@ def load_movielens_100k(path: str | Path | None = None, *, features: bool = True
         rating_scale=(1.0, 5.0),
         item_features=_ml100k_items(folder) if features else None,
         user_features=_ml100k_users(folder) if features else None,
-        name="ml-100k",
-        source=source_info(folder, ["u.data", "u.item", "u.user"]),
+        name=name,
+        source=source_info(folder, [file, *side]),
     )
 
 
@@ -166,10 +187,16 @@ def load_movielens_100k_fold(fold: str = "u1", path: str | Path | None = None, *
 
 
 # ----------------------------------------------------------------------------- 1M
-def load_movielens_1m(path: str | Path | None = None, *, features: bool = True) -> Interactions:
-    """MovieLens 1M: 1000209 ratings (1-5) by 6040 users on 3706 movies; `::`-separated latin-1 files."""
-    folder = resolve_dataset_dir("ml-1m", path, ("ratings.dat", "movies.dat", "users.dat"), ML1M_REMOTE)
-    frame = _ratings_frame(folder / "ratings.dat", sep="::", header=False, encoding="latin-1", scale=(1, 5))
+def load_movielens_1m(
+    path: str | Path | None = None, *, file: str | None = None, features: bool = True
+) -> Interactions:
+    """MovieLens 1M: 1000209 ratings (1-5) by 6040 users on 3706 movies; `::`-separated latin-1 files.
+
+    `path` is the folder, or the ratings file itself; `file` names another ratings file in the folder
+    (same layout, e.g. a per-user subset)."""
+    side = ("movies.dat", "users.dat") if features else ()
+    folder, file, name = _locate("ml-1m", path, file, "ratings.dat", side, ML1M_REMOTE)
+    frame = _ratings_frame(folder / file, sep="::", header=False, encoding="latin-1", scale=(1, 5))
     item_features = user_features = None
     if features:
         movies_path = folder / "movies.dat"
@@ -225,21 +252,25 @@ def load_movielens_1m(path: str | Path | None = None, *, features: bool = True) 
         rating_scale=(1.0, 5.0),
         item_features=item_features,
         user_features=user_features,
-        name="ml-1m",
-        source=source_info(folder, ["ratings.dat", "movies.dat", "users.dat"]),
+        name=name,
+        source=source_info(folder, [file, *side]),
     )
 
 
 # ----------------------------------------------------------------------------- latest-small
-def load_movielens_latest_small(path: str | Path | None = None, *, features: bool = True) -> Interactions:
+def load_movielens_latest_small(
+    path: str | Path | None = None, *, file: str | None = None, features: bool = True
+) -> Interactions:
     """MovieLens latest-small (2018): 100836 ratings (0.5-5 in half stars) by 610 users on 9724 movies.
 
-    Item features: title, year, genres (list; "(no genres listed)" becomes []), tags (distinct
-    lower-cased user tags). Tags are user-generated, so they can carry information about test
+    `path` is the folder, or the ratings file itself; `file` names another ratings file in the folder
+    (same CSV layout). Item features: title, year, genres (list; "(no genres listed)" becomes []), tags
+    (distinct lower-cased user tags). Tags are user-generated, so they can carry information about test
     interactions; leave them out of features when that matters.
     """
-    folder = resolve_dataset_dir("ml-latest-small", path, ("ratings.csv", "movies.csv"), ML_LATEST_SMALL_REMOTE)
-    ratings_path = folder / "ratings.csv"
+    side = ("movies.csv",) if features else ()
+    folder, file, name = _locate("ml-latest-small", path, file, "ratings.csv", side, ML_LATEST_SMALL_REMOTE)
+    ratings_path = folder / file
     frame = _ratings_frame(ratings_path, sep=",", header=True, encoding="utf-8", scale=(0.5, 5))
     half_stars = frame["rating"].to_numpy() * 2
     if (half_stars % 1 != 0).any():
@@ -277,6 +308,6 @@ def load_movielens_latest_small(path: str | Path | None = None, *, features: boo
         timestamp="timestamp",
         rating_scale=(0.5, 5.0),
         item_features=item_features,
-        name="ml-latest-small",
-        source=source_info(folder, ["ratings.csv", "movies.csv", "tags.csv"]),
+        name=name,
+        source=source_info(folder, [file, *side, "tags.csv"] if features else [file]),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -34,33 +35,57 @@ def load_table(
     timestamp: str | None = None,
     rating_scale: tuple[float, float] | None = None,
     sep: str | None = None,
+    header: bool = True,
+    columns: Sequence[str] | None = None,
     encoding: str = "utf-8",
     timestamp_format: str | None = None,
     on_missing: Literal["raise", "drop"] = "raise",
     name: str | None = None,
 ) -> Interactions:
-    """Read interactions from a delimited text file (.csv, .tsv, .txt) or Parquet, naming the columns.
+    """Read interactions from a delimited text file (.csv, .tsv, .txt, .dat) or Parquet, naming the columns.
 
-    Timestamps are integers (unix seconds) unless `timestamp_format` is given (e.g. "%Y-%m-%d" or
-    "iso"). Ratings outside `rating_scale` raise. Rows with a missing user, item or timestamp raise,
-    or are dropped with `on_missing="drop"` (the count is logged and kept in `source["dropped_missing"]`).
+    A text file without a header row takes `header=False` and `columns`, the names of its fields in
+    order (e.g. MovieLens 1M: `sep="::", header=False, columns=["user", "item", "rating", "time"]`);
+    `user`/`item`/... then refer to those names. Timestamps are integers (unix seconds) unless
+    `timestamp_format` is given (e.g. "%Y-%m-%d" or "iso"). Ratings outside `rating_scale` raise. Rows with
+    a missing user, item or timestamp raise, or are dropped with `on_missing="drop"` (the count is logged
+    and kept in `source["dropped_missing"]`).
     """
     path = Path(path)
-    columns = [c for c in (user, item, rating, timestamp) if c is not None]
+    wanted = [c for c in (user, item, rating, timestamp) if c is not None]
+    if header and columns is not None:
+        raise DataFormatError(
+            "columns= names the fields of a file without a header row; also pass header=False", path=path
+        )
+    if not header:
+        if not columns:
+            raise DataFormatError(
+                "a file without a header row (header=False) needs columns=[...] naming its fields", path=path
+            )
+        unknown = [c for c in wanted if c not in columns]
+        if unknown:
+            raise DataFormatError(
+                f"user/item/rating/timestamp name {unknown}, which are not among columns={list(columns)}", path=path
+            )
     if path.suffix.lower() in (".parquet", ".pq") or path.is_dir():
+        if not header:
+            raise DataFormatError(
+                "Parquet files carry their column names; header=False applies to text files", path=path
+            )
         frame = pd.read_parquet(path, columns=None)
-        missing = [c for c in columns if c not in frame.columns]
+        missing = [c for c in wanted if c not in frame.columns]
         if missing:
             raise DataFormatError(f"missing column(s) {missing}; have {list(frame.columns)}", path=path)
         if timestamp_format is None and _typed(frame, user, item, rating, timestamp):
             table, dropped = _typed_table(frame, path, user, item, rating, timestamp, rating_scale, on_missing)
             return _finish(table, path, rating, timestamp, rating_scale, name, dropped)
-        frame = frame[columns].astype(str).where(frame[columns].notna(), "")
+        frame = frame[wanted].astype(str).where(frame[wanted].notna(), "")
         frame["_line"] = np.arange(1, len(frame) + 1)  # Parquet has no lines: report 1-based row numbers
     else:
         if sep is None:
             sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
-        frame = read_delimited(path, sep=sep, columns=columns, header=True, encoding=encoding)
+        names = wanted if header else list(columns)  # type: ignore[arg-type]
+        frame = read_delimited(path, sep=sep, columns=names, header=header, encoding=encoding)
     required = [c for c in (user, item, timestamp) if c is not None]
     blank = frame[required].apply(lambda col: col.str.strip() == "").any(axis=1).to_numpy()
     dropped = 0
