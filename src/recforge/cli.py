@@ -11,6 +11,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from recforge.errors import RecforgeError
@@ -56,21 +57,48 @@ def data_list() -> None:
     from recforge.data.loaders import DATASETS
 
     for name, loader in DATASETS.items():
-        console.print(f"[bold]{name}[/]  {(loader.__doc__ or '').strip().splitlines()[0]}")
+        console.print(f"[bold]{name}[/]  {(loader.__doc__ or '').strip().splitlines()[0]}", markup=True)
+    console.print("[bold]table[/]  any CSV/TSV/Parquet file with a column mapping (user=, item=, rating=, ...)")
+    console.print("[bold]saved[/]  an Interactions folder written by `recforge data prepare`")
+
+
+def _loader_options(file: str | None, label: str | None, options: list[str]) -> dict[str, Any]:
+    """--file, --name and -o KEY=VALUE as loader keyword options (values read as TOML: 5, 1.5, true, [..])."""
+    from recforge._toml import parse_value
+
+    parsed: dict[str, Any] = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        if not sep or not key.strip():
+            raise RecforgeError(f"-o expects KEY=VALUE, got {option!r}")
+        parsed[key.strip()] = parse_value(value.strip())
+    if file is not None:
+        parsed["file"] = file
+    if label is not None:
+        parsed["name"] = label
+    return parsed
 
 
 @data_app.command("describe")
 @_friendly
 def data_describe(
-    name: Annotated[str, typer.Argument(help="dataset name (see `recforge data list`) or 'saved'")],
-    path: Annotated[Path | None, typer.Option(help="folder with the dataset's files")] = None,
+    name: Annotated[str, typer.Argument(help="dataset name (see `recforge data list`), 'table' or 'saved'")],
+    path: Annotated[Path | None, typer.Option(help="the dataset's folder, or its interactions file")] = None,
+    file: Annotated[
+        str | None, typer.Option(help="interactions file inside --path (e.g. another ratings file)")
+    ] = None,
+    label: Annotated[str | None, typer.Option("--name", help="label for the data (sequence files)")] = None,
+    option: Annotated[
+        list[str] | None,
+        typer.Option("-o", help="loader option KEY=VALUE, repeatable (e.g. -o sep=:: -o header=false)"),
+    ] = None,
     json_output: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
 ) -> None:
     """Counts, density, ratings histogram and per-user quantiles of a dataset."""
     from recforge.data.loaders import load_dataset
 
     with console.status(f"loading {name}"):
-        data = load_dataset(name, path)
+        data = load_dataset(name, path, **_loader_options(file, label, option or []))
     description = data.describe()
     if json_output:
         import json
@@ -118,6 +146,13 @@ def _run_and_report(config: Any, output: Path) -> Any:
         keep = [c for c in wanted if c in table.columns]
         label = next(r.results[protocol].protocol for r in result.runs if protocol in r.results)
         print_frame(table[keep], f"{protocol}: {label} — split {result.split.name}, seed {config.all_seeds[0]}")
+    from recforge.experiment import below_floor
+
+    for warning in below_floor(result):
+        console.print(f"[bold yellow]warning:[/] {escape(warning)}")
+    for run in result.runs:
+        for protocol, why in run.skipped.items():
+            console.print(f"[yellow]not evaluated:[/] {escape(run.label)} ({protocol}): {escape(why)}")
     console.print(f"report: {output / 'report.md'} and {output / 'report.html'}")
     return result
 
@@ -233,14 +268,13 @@ def serve(
 
 # ----------------------------------------------------------------------------- spark
 def _read_recipe(path: Path) -> Any:
-    import tomllib
-
+    from recforge._toml import load_file
     from recforge.data.prepare import PrepareConfig
     from recforge.errors import ConfigError
 
     try:
-        return PrepareConfig(**tomllib.loads(path.read_text()))
-    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        return PrepareConfig(**load_file(path))
+    except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
 
 

@@ -47,7 +47,7 @@ from recforge.evaluation.protocols import (
     next_item_evaluator,
 )
 from recforge.models import create_model
-from recforge.models.base import RATINGS, Recommender, TrainOptions
+from recforge.models.base import KNOWN_USERS, RATINGS, Recommender, TrainOptions
 
 Protocol = Literal["ranking", "rating", "next_item"]
 
@@ -140,19 +140,16 @@ def load_config(path: str | Path, schema: type[BaseModel] | None = None) -> Any:
     """Read a TOML (or YAML, if PyYAML is installed) experiment config (or another `schema` with a
     `dataset` section, such as `recforge.train.TrainConfig`); relative dataset paths stay relative to the
     config file's folder."""
+    from recforge import _toml
+
     schema = schema or ExperimentConfig
     path = Path(path)
-    text = path.read_text()
     if path.suffix in (".yaml", ".yml"):
         import yaml  # optional
 
-        payload = yaml.safe_load(text)
+        payload = yaml.safe_load(path.read_text())
     else:
-        try:
-            import tomllib
-        except ModuleNotFoundError:  # Python 3.10
-            import tomli as tomllib
-        payload = tomllib.loads(text)
+        payload = _toml.load_file(path)
     try:
         config = schema.model_validate(payload)
     except Exception as exc:
@@ -174,6 +171,7 @@ class ModelRun:
     results: dict[str, RankingResult | RatingResult]
     training_log: list[dict[str, float]]
     search: list[dict[str, Any]] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)  # protocol -> why the model was not evaluated on it
 
 
 @dataclass
@@ -257,6 +255,31 @@ def _grid(search: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 
 LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "avg_popularity", "gini"})
+FLOORS = {"ranking": "most_popular", "next_item": "most_popular", "rating": "global_mean"}
+
+
+def below_floor(result: ExperimentResult, seed: int | None = None) -> list[str]:
+    """Warnings for every model that scores worse than its protocol's floor (popularity for ranking, the
+    global mean for ratings) on the primary metric: a defect to look into, not a result to report."""
+    seed = result.config.all_seeds[0] if seed is None else seed
+    runs = [r for r in result.runs if r.seed == seed]
+    warnings = []
+    for protocol, floor_model in FLOORS.items():
+        metric = "rmse" if protocol == "rating" else result.config.evaluation.primary_metric
+        floor = next((r for r in runs if r.model == floor_model and protocol in r.results), None)
+        if floor is None or metric not in floor.results[protocol].summary:
+            continue
+        reference = floor.results[protocol].summary[metric]
+        lower = metric in LOWER_IS_BETTER
+        for run in runs:
+            if run is floor or protocol not in run.results or metric not in run.results[protocol].summary:
+                continue
+            value = run.results[protocol].summary[metric]
+            if (value > reference) if lower else (value < reference):
+                warnings.append(
+                    f"{run.label} ({protocol}) is below {floor_model}: {metric} {value:.4f} vs {reference:.4f}"
+                )
+    return warnings
 
 
 def run_experiment(config: ExperimentConfig | dict[str, Any], *, progress: bool = False) -> ExperimentResult:
@@ -348,10 +371,14 @@ def _run_model(
     train = split.train
     model = _fit(spec.model, params, train, seed, valid)
     results: dict[str, RankingResult | RatingResult] = {}
+    skipped: dict[str, str] = {}
     for protocol, evaluator in evaluators.items():
         if (protocol == "rating" and RATINGS not in model.capabilities) or (
             spec.protocols and protocol not in spec.protocols
         ):
+            continue
+        if protocol != "rating" and KNOWN_USERS not in model.capabilities:
+            skipped[protocol] = model.ranking_refusal()
             continue
         results[protocol] = evaluator.evaluate(model)
     judge_settings = config.evaluation.llm_judge
@@ -380,6 +407,7 @@ def _run_model(
         results=results,
         training_log=model.training_log_,
         search=search_log,
+        skipped=skipped,
     )
 
 

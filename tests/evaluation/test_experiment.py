@@ -125,3 +125,27 @@ def test_write_report_is_atomic(tmp_path, data_dir):
     target = tmp_path / "report"
     write_report(result, target)
     assert (target / "report.md").exists() and not list(Path(tmp_path).glob(".report.*"))
+
+
+def test_rating_knn_is_not_ranked_and_models_below_popularity_are_flagged(tmp_path, data_dir):
+    config = {
+        "name": "floors",
+        "dataset": {"name": "ml-100k"},
+        "split": {"kind": "per_user", "test_fraction": 0.2},
+        "evaluation": {"protocols": ["ranking", "rating"], "ks": [10]},
+        "models": [
+            {"name": "item_knn (rating)", "model": "item_knn"},
+            {"name": "bias (ranks by item bias)", "model": "bias"},
+        ],
+    }
+    result = run_experiment(config)
+    knn = next(r for r in result.runs if r.label == "item_knn (rating)")
+    assert set(knn.results) == {"rating"} and "feedback='implicit'" in knn.skipped["ranking"]
+    bias = next(r for r in result.runs if r.label.startswith("bias ("))
+    popular = next(r for r in result.runs if r.model == "most_popular")
+    assert bias.results["ranking"].summary["ndcg@10"] < popular.results["ranking"].summary["ndcg@10"]
+    write_report(result, tmp_path / "report")
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "## Warnings" in report and "bias (ranks by item bias) (ranking) is below most_popular" in report
+    assert "item_knn (rating)** (ranking): not evaluated" in report
+    assert "item_knn (rating) (rating) is below" not in report  # its RMSE beats the global mean

@@ -10,8 +10,9 @@ import pytest
 
 from recforge import load
 from recforge.data.splits import per_user_split
+from recforge.errors import CapabilityError
 from recforge.models import create_model
-from recforge.models.base import HISTORY, RATINGS, History, TrainOptions
+from recforge.models.base import HISTORY, KNOWN_USERS, RATINGS, History, TrainOptions
 from tests.conftest import make_interactions
 
 
@@ -43,12 +44,21 @@ class ModelContract:
 
     def test_scores_shape_and_values(self, fitted, split):
         users = np.arange(split.data.n_users)
+        if KNOWN_USERS not in fitted.capabilities:  # a rating-only configuration refuses to rank, saying why
+            with pytest.raises(CapabilityError, match=fitted.name):
+                fitted.score(users)
+            with pytest.raises(CapabilityError, match=fitted.name):
+                fitted.recommend(split.data.users.ids[:3], k=5)
+            assert fitted.fitted_on_ == split.train.fingerprint()
+            return
         scores = fitted.score(users)
         assert scores.shape == (split.data.n_users, split.data.n_items) and scores.dtype == np.float32
         assert np.isfinite(scores).all()
         assert fitted.fitted_on_ == split.train.fingerprint()
 
     def test_recommend_excludes_seen_and_sorts(self, fitted, split):
+        if KNOWN_USERS not in fitted.capabilities:
+            pytest.skip("does not rank (checked in test_scores_shape_and_values)")
         users = split.data.users.ids[:10]
         recs = fitted.recommend(users, k=5)
         seen = split.train.to_csr("binary")
@@ -62,13 +72,19 @@ class ModelContract:
         if not self.deterministic:
             pytest.skip("model declares itself non-deterministic")
         again = create_model(self.model_name, **self.params).fit(split.train, TrainOptions(seed=5))
-        np.testing.assert_allclose(again.score(np.arange(5)), fitted.score(np.arange(5)), rtol=1e-5, atol=1e-6)
+        users = np.arange(5)
+        if KNOWN_USERS in fitted.capabilities:
+            np.testing.assert_allclose(again.score(users), fitted.score(users), rtol=1e-5, atol=1e-6)
+        if RATINGS in fitted.capabilities:
+            np.testing.assert_allclose(again.predict(users, users), fitted.predict(users, users), rtol=1e-5, atol=1e-6)
 
     def test_save_load_roundtrip(self, fitted, tmp_path):
         path = fitted.save(tmp_path / "model")
         loaded = load(path)
         users = np.arange(min(8, fitted.n_users))
-        np.testing.assert_allclose(loaded.score(users), fitted.score(users), rtol=1e-6, atol=1e-6)
+        if KNOWN_USERS in fitted.capabilities:
+            np.testing.assert_allclose(loaded.score(users), fitted.score(users), rtol=1e-6, atol=1e-6)
+        assert loaded.capabilities == fitted.capabilities
         assert loaded.config == fitted.config and loaded.fitted_on_ == fitted.fitted_on_
         if RATINGS in fitted.capabilities:
             np.testing.assert_allclose(loaded.predict(users, users), fitted.predict(users, users), rtol=1e-6)

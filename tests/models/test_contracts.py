@@ -75,6 +75,11 @@ class TestUserKNN(ModelContract):
     params = {"k": 10, "similarity": "pearson"}
 
 
+class TestUserKNNImplicit(ModelContract):
+    model_name = "user_knn"
+    params = {"k": 10, "feedback": "implicit", "similarity": "cosine"}
+
+
 class TestBlend(ModelContract):
     model_name = "blend"
     params = {

@@ -215,7 +215,7 @@ def test_new_items_from_features_join_the_catalogue(ml100k, tmp_path):
 
 
 def test_a_model_that_cannot_take_new_interactions_refuses_and_keeps_its_state(ml100k, tmp_path):
-    path = _artifact(create_model("user_knn").fit(ml100k), ml100k, tmp_path / "uknn")
+    path = _artifact(create_model("user_knn", feedback="implicit").fit(ml100k), ml100k, tmp_path / "uknn")
     client = TestClient(create_app(RecommenderService.from_artifact(path)))
     before = client.get("/users/1/recommendations", params={"k": 5}).json()
     response = client.post("/users/1/interactions", json={"items": [{"item": before["items"][0]["item"]}]})

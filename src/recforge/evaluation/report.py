@@ -17,7 +17,7 @@ from recforge._io import atomic_path, write_json_atomic, write_text_atomic
 from recforge.evaluation import plots
 from recforge.evaluation.protocols import RankingResult, RatingResult
 from recforge.evaluation.stats import holm, mean_ci, paired_test
-from recforge.experiment import LOWER_IS_BETTER, ExperimentResult, ModelRun
+from recforge.experiment import LOWER_IS_BETTER, ExperimentResult, ModelRun, below_floor
 
 RANKING_COLUMNS = ("ndcg", "recall", "precision", "map", "hit_rate", "mrr")
 RATING_COLUMNS = ("rmse", "mae", "r2")
@@ -334,8 +334,20 @@ def _sections(result: ExperimentResult, runs: list[ModelRun], folder: Path) -> l
             _Section("Across seeds", text="Mean and standard deviation over seeds.", table=_seed_table(result))
         )
     notes = "\n".join(
-        f"- **{r.label}** ({p}): " + "; ".join(x.notes) for r in runs for p, x in r.results.items() if x.notes
+        [f"- **{r.label}** ({p}): " + "; ".join(x.notes) for r in runs for p, x in r.results.items() if x.notes]
+        + [f"- **{r.label}** ({p}): not evaluated: {why}" for r in runs for p, why in r.skipped.items()]
     )
+    warnings = below_floor(result)
+    if warnings:
+        sections.insert(
+            1,
+            _Section(
+                "Warnings",
+                text="\n".join(
+                    f"- ⚠ {w}: a model below this floor is a defect to find, not a result" for w in warnings
+                ),
+            ),
+        )
     searches = "\n".join(
         f"- **{r.label}**: "
         + "; ".join(
