@@ -39,7 +39,7 @@ HNSW = {"kind": "hnsw", "m": 16, "ef_search": 64}
 
 
 def build_artifact(folder: Path, index: str) -> Path:
-    from recforge.artifacts import index_writers, save_model
+    from recforge.artifacts import index_writers
     from recforge.data.interactions import Interactions
     from recforge.data.synthetic import SyntheticConfig, synthetic_interactions
     from recforge.data.vocabulary import Vocabulary
@@ -57,7 +57,7 @@ def build_artifact(folder: Path, index: str) -> Path:
     model = create_model("ials", n_factors=64, n_iterations=5).fit(data)
     config = HNSW if index == "hnsw" else {"kind": index}
     extra = {} if index == "none" else index_writers(VectorIndex(config).build(model.item_embeddings()))
-    return save_model(model, folder / "model", extra_files=extra)
+    return model.save(folder / "model", extra_files=extra)
 
 
 def served_recall(artifact: Path, n_users: int = 1000) -> float | None:

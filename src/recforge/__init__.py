@@ -1,7 +1,6 @@
 """recforge: from raw ratings and interaction logs to evaluated, explained and served recommendations."""
 
-__version__ = "0.1.0"
-
+from recforge._version import __version__
 from recforge.threads import quiet_openmp_spinning
 
 quiet_openmp_spinning()  # before anything imports torch: see recforge.threads
@@ -11,7 +10,7 @@ from recforge.data import Interactions, Split, Vocabulary, load_dataset, make_sp
 
 def load(path: str) -> object:
     """Load a saved model artifact directory (checksums and version verified); see `recforge.artifacts`."""
-    from recforge.artifacts import load_model
+    from recforge.models import load_model
 
     return load_model(path)
 

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from recforge import __version__
 from recforge._io import atomic_path, sha256_file
+from recforge._version import __version__
 from recforge.errors import ArtifactError
 
 FORMAT = "recforge-model"
@@ -36,20 +36,24 @@ def _version_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in version.split(".")[:3] if part.isdigit())
 
 
-def save_model(
-    model: Any, path: str | Path, extra_files: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None
+def write_artifact(
+    path: str | Path,
+    *,
+    model: str,
+    config: dict[str, Any],
+    data_fingerprint: str | None,
+    arrays: dict[str, np.ndarray],
+    state: dict[str, Any],
+    extra_files: dict[str, Any] | None = None,
+    metadata: dict[str, Any] | None = None,
 ) -> Path:
-    """Write `model` (a fitted `Recommender`) as an artifact directory. `extra_files` maps file names to
-    callables that write that file given a path (used for ANN indexes)."""
-    from recforge.models import model_names
-
-    if model.name not in model_names():
-        raise ArtifactError(f"model {model.name!r} is not registered; register it to save it")
-    arrays, extras = model.get_state()
+    """Write an artifact directory: `arrays` to safetensors, `state` to JSON, `extra_files` (file name ->
+    callable writing that file given a path, e.g. an ANN index) and the manifest that checksums them all.
+    Knows nothing of model classes: `Recommender.save` gathers what it passes."""
     path = Path(path)
     with atomic_path(path, is_dir=True) as tmp:
         save_file({name: np.ascontiguousarray(value) for name, value in arrays.items()}, str(tmp / ARRAYS))
-        (tmp / STATE).write_text(json.dumps(extras, sort_keys=True, default=_json_default))
+        (tmp / STATE).write_text(json.dumps(state, sort_keys=True, default=_json_default))
         for name, writer in (extra_files or {}).items():
             writer(tmp / name)
         files = sorted(p.name for p in tmp.iterdir())
@@ -57,9 +61,9 @@ def save_model(
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "recforge_version": __version__,
-            "model": model.name,
-            "config": model.config.model_dump(mode="json"),
-            "data_fingerprint": model.fitted_on_,
+            "model": model,
+            "config": config,
+            "data_fingerprint": data_fingerprint,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "metadata": metadata or {},
             "files": {
@@ -123,28 +127,17 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_model(path: str | Path) -> Any:
-    """Load and verify a model artifact; returns the fitted `Recommender`."""
-    from recforge.models import model_class
-
+def read_artifact(path: str | Path) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[str, Any]]:
+    """(manifest, arrays, state) of a verified artifact directory; `recforge.models.load_model` turns them
+    back into a fitted model."""
     path = Path(path)
     manifest = read_manifest(path)
     try:
-        cls = model_class(manifest["model"])
-    except Exception as exc:
-        raise ArtifactError(f"{path}: unknown model {manifest.get('model')!r}") from exc
-    try:
-        model = cls(cls.Config.model_validate(manifest["config"]))
         arrays = load_file(str(path / ARRAYS))
-        extras = json.loads((path / STATE).read_text())
-        model.set_state(arrays, extras)
-    except ArtifactError:
-        raise
-    except Exception as exc:  # a structurally valid but inconsistent artifact
-        raise ArtifactError(f"{path}: cannot restore {manifest['model']} ({type(exc).__name__}: {exc})") from exc
-    model.artifact_path_ = path
-    model.manifest_ = manifest
-    return model
+        state = json.loads((path / STATE).read_text())
+    except Exception as exc:
+        raise ArtifactError(f"{path}: unreadable arrays or state ({type(exc).__name__}: {exc})") from exc
+    return manifest, arrays, state
 
 
 INDEX_ARRAYS = "index.safetensors"
@@ -152,7 +145,7 @@ INDEX_CONFIG = "index.json"
 
 
 def index_writers(index: Any) -> dict[str, Any]:
-    """`extra_files` for `save_model` that store a built `VectorIndex` inside the artifact."""
+    """`extra_files` for `write_artifact` that store a built `VectorIndex` inside the artifact."""
 
     def arrays(path: Path) -> None:
         save_file({k: np.ascontiguousarray(v) for k, v in index.to_arrays().items()}, str(path))

@@ -146,9 +146,7 @@ def _run_and_report(config: Any, output: Path) -> Any:
         keep = [c for c in wanted if c in table.columns]
         label = next(r.results[protocol].protocol for r in result.runs if protocol in r.results)
         print_frame(table[keep], f"{protocol}: {label} — split {result.split.name}, seed {config.all_seeds[0]}")
-    from recforge.experiment import below_floor
-
-    for warning in below_floor(result):
+    for warning in result.below_floor():
         console.print(f"[bold yellow]warning:[/] {escape(warning)}")
     for run in result.runs:
         for protocol, why in run.skipped.items():

@@ -22,7 +22,6 @@ import inspect
 import itertools
 import platform
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,15 +29,16 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from recforge import __version__
 from recforge._progress import progress_bar
+from recforge._version import __version__
 from recforge.data.interactions import Interactions
 from recforge.data.loaders import load_dataset
-from recforge.data.preprocess import StepReport, parse_steps, preprocess
+from recforge.data.preprocess import parse_steps, preprocess
 from recforge.data.splits import SPLITTERS, Split
 from recforge.errors import ConfigError, LeakageError
 from recforge.evaluation.guards import check_split
 from recforge.evaluation.llm_judge import JudgeConfig, LLMJudge, judge_rankings
+from recforge.evaluation.metrics import direction
 from recforge.evaluation.protocols import (
     FullRankingEvaluator,
     RankingResult,
@@ -46,6 +46,7 @@ from recforge.evaluation.protocols import (
     RatingResult,
     next_item_evaluator,
 )
+from recforge.evaluation.results import ExperimentResult, ModelRun
 from recforge.models import create_model
 from recforge.models.base import KNOWN_USERS, RATINGS, Recommender, TrainOptions
 
@@ -140,7 +141,7 @@ def load_config(path: str | Path, schema: type[BaseModel] | None = None) -> Any:
     """Read a TOML (or YAML, if PyYAML is installed) experiment config (or another `schema` with a
     `dataset` section, such as `recforge.train.TrainConfig`); relative dataset paths stay relative to the
     config file's folder."""
-    from recforge import _toml
+    from recforge._toml import load_file
 
     schema = schema or ExperimentConfig
     path = Path(path)
@@ -149,7 +150,7 @@ def load_config(path: str | Path, schema: type[BaseModel] | None = None) -> Any:
 
         payload = yaml.safe_load(path.read_text())
     else:
-        payload = _toml.load_file(path)
+        payload = load_file(path)
     try:
         config = schema.model_validate(payload)
     except Exception as exc:
@@ -157,43 +158,6 @@ def load_config(path: str | Path, schema: type[BaseModel] | None = None) -> Any:
     if config.dataset.path is not None and not Path(config.dataset.path).is_absolute():
         config.dataset.path = str((path.parent / config.dataset.path).resolve())
     return config
-
-
-# ----------------------------------------------------------------------------- results
-@dataclass
-class ModelRun:
-    label: str
-    model: str
-    params: dict[str, Any]
-    is_baseline: bool
-    seed: int
-    fit_seconds: float
-    results: dict[str, RankingResult | RatingResult]
-    training_log: list[dict[str, float]]
-    search: list[dict[str, Any]] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)  # protocol -> why the model was not evaluated on it
-
-
-@dataclass
-class ExperimentResult:
-    config: ExperimentConfig
-    data: Interactions
-    split: Split
-    preprocessing: list[StepReport]
-    runs: list[ModelRun]
-    machine: dict[str, Any]
-    data_fingerprint: str
-    source: dict[str, Any]
-
-    def table(self, protocol: str, seed: int | None = None) -> pd.DataFrame:
-        """Summary metrics, one row per model (for one seed; default the first)."""
-        seed = self.config.all_seeds[0] if seed is None else seed
-        rows = []
-        for run in self.runs:
-            if run.seed == seed and protocol in run.results:
-                result = run.results[protocol]
-                rows.append({"model": run.label, **result.summary, **getattr(result, "topk_accuracy", {})})
-        return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
 
 
 def machine_info() -> dict[str, Any]:
@@ -252,34 +216,6 @@ def _fit(
 def _grid(search: dict[str, list[Any]]) -> list[dict[str, Any]]:
     keys = sorted(search)
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(search[k] for k in keys))]
-
-
-LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "avg_popularity", "gini"})
-FLOORS = {"ranking": "most_popular", "next_item": "most_popular", "rating": "global_mean"}
-
-
-def below_floor(result: ExperimentResult, seed: int | None = None) -> list[str]:
-    """Warnings for every model that scores worse than its protocol's floor (popularity for ranking, the
-    global mean for ratings) on the primary metric: a defect to look into, not a result to report."""
-    seed = result.config.all_seeds[0] if seed is None else seed
-    runs = [r for r in result.runs if r.seed == seed]
-    warnings = []
-    for protocol, floor_model in FLOORS.items():
-        metric = "rmse" if protocol == "rating" else result.config.evaluation.primary_metric
-        floor = next((r for r in runs if r.model == floor_model and protocol in r.results), None)
-        if floor is None or metric not in floor.results[protocol].summary:
-            continue
-        reference = floor.results[protocol].summary[metric]
-        lower = metric in LOWER_IS_BETTER
-        for run in runs:
-            if run is floor or protocol not in run.results or metric not in run.results[protocol].summary:
-                continue
-            value = run.results[protocol].summary[metric]
-            if (value > reference) if lower else (value < reference):
-                warnings.append(
-                    f"{run.label} ({protocol}) is below {floor_model}: {metric} {value:.4f} vs {reference:.4f}"
-                )
-    return warnings
 
 
 def run_experiment(config: ExperimentConfig | dict[str, Any], *, progress: bool = False) -> ExperimentResult:
@@ -448,7 +384,7 @@ def _grid_search(
         started = time.perf_counter()
         model = _fit(spec.model, params, inner.train, seed, None)
         value = evaluator.evaluate(model).summary[metric]
-        score = -value if metric in LOWER_IS_BETTER else value
+        score = -value if direction(metric) == "min" else value
         log.append({"params": point, metric: value, "seconds": time.perf_counter() - started})
         if score > best_score:
             best, best_score = params, score

@@ -55,13 +55,13 @@ def load_train_config(path: str | Path) -> TrainConfig:
 
 def train(config: TrainConfig, output: str | Path | None = None, progress: bool = False) -> Path:
     """Fit the configured model on the whole dataset and write its artifact; returns the directory."""
-    from recforge.artifacts import index_writers, save_model
+    from recforge.artifacts import index_writers
+    from recforge.data.catalogue import ITEMS_FILE, item_metadata
     from recforge.data.loaders import load_dataset
     from recforge.models import create_model
     from recforge.models.base import TrainOptions
     from recforge.models.factorization import FactorModel
     from recforge.retrieval.ann import VectorIndex
-    from recforge.serving.service import ITEMS_FILE, item_metadata
 
     target = output or config.output
     if target is None:
@@ -80,4 +80,4 @@ def train(config: TrainConfig, output: str | Path | None = None, progress: bool 
     items = item_metadata(data)
     if items is not None:
         extra[ITEMS_FILE] = lambda path: items.to_parquet(path, index=False)
-    return save_model(model, target, extra_files=extra, metadata={"dataset": data.name, "seed": config.seed})
+    return model.save(target, extra_files=extra, metadata={"dataset": data.name, "seed": config.seed})

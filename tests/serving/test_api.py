@@ -8,10 +8,11 @@ import pytest
 from fastapi.testclient import TestClient
 
 from recforge.artifacts import index_writers
+from recforge.data.catalogue import ITEMS_FILE, item_metadata
 from recforge.models import create_model
 from recforge.retrieval.ann import VectorIndex
 from recforge.serving.app import create_app
-from recforge.serving.service import ITEMS_FILE, RecommenderService, item_metadata
+from recforge.serving.service import RecommenderService
 
 pytestmark = pytest.mark.xdist_group("serving")
 
@@ -21,9 +22,7 @@ def _artifact(model, data, path, index=None):
     extra = {ITEMS_FILE: lambda p: items.to_parquet(p, index=False)}
     if index is not None:
         extra |= index_writers(VectorIndex(index).build(model.item_embeddings()))
-    from recforge.artifacts import save_model
-
-    return save_model(model, path, extra_files=extra)
+    return model.save(path, extra_files=extra)
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,10 @@ import time
 
 import pytest
 
+from recforge.data.catalogue import item_metadata
 from recforge.models import create_model
 from recforge.serving.app import create_app
-from recforge.serving.service import RecommenderService, item_metadata
+from recforge.serving.service import RecommenderService
 
 pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 

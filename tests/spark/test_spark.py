@@ -119,12 +119,11 @@ def test_binarize_and_first_duplicate_agree(spark, tmp_path):
 
 
 def test_batch_scores_equal_recommend(spark, ml100k, tmp_path):
-    from recforge.artifacts import save_model
     from recforge.models import create_model
     from recforge.spark.score import score_spark
 
     model = create_model("ials", n_factors=16, n_iterations=3).fit(ml100k)
-    artifact = save_model(model, tmp_path / "model")
+    artifact = model.save(tmp_path / "model")
     rows = score_spark(spark, artifact, tmp_path / "scores", k=10, partitions=3, batch_size=200)
     assert rows == ml100k.n_users * 10
     scored = pd.read_parquet(tmp_path / "scores").sort_values(["user_id", "rank"])

@@ -21,6 +21,20 @@ from __future__ import annotations
 
 import numpy as np
 
+# Metric names whose smaller values are better; every other metric (NDCG, recall, coverage, ...) is
+# better larger. The one table experiments, reports, tuning and early stopping consult.
+LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "avg_popularity", "gini", "loss", "valid_rmse", "valid_loss"})
+
+
+def direction(metric: str) -> str:
+    """ "min" when smaller values of `metric` (e.g. "rmse", "valid_rmse") are better, else "max"."""
+    return "min" if metric.split("@")[0] in LOWER_IS_BETTER else "max"
+
+
+def better(metric: str, value: float, than: float) -> bool:
+    """Whether `value` is strictly better than `than` for `metric`."""
+    return value < than if direction(metric) == "min" else value > than
+
 
 # ----------------------------------------------------------------------------- rating prediction
 def mse(y_true: np.ndarray, y_pred: np.ndarray) -> float:

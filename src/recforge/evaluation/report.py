@@ -12,12 +12,13 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recforge import __version__
 from recforge._io import atomic_path, write_json_atomic, write_text_atomic
+from recforge._version import __version__
 from recforge.evaluation import plots
+from recforge.evaluation.metrics import direction
 from recforge.evaluation.protocols import RankingResult, RatingResult
+from recforge.evaluation.results import ExperimentResult, ModelRun
 from recforge.evaluation.stats import holm, mean_ci, paired_test
-from recforge.experiment import LOWER_IS_BETTER, ExperimentResult, ModelRun, below_floor
 
 RANKING_COLUMNS = ("ndcg", "recall", "precision", "map", "hit_rate", "mrr")
 RATING_COLUMNS = ("rmse", "mae", "r2")
@@ -49,7 +50,7 @@ def significance_table(runs: list[ModelRun], protocol: str, metric: str, method:
     others = [r for r in candidates if not r.is_baseline]
     if not baselines or not others:
         return pd.DataFrame(), ""
-    lower = metric in LOWER_IS_BETTER or protocol == "rating"
+    lower = direction(metric) == "min" or protocol == "rating"
     best = (min if lower else max)(baselines, key=lambda r: r.results[protocol].per_user[column].mean())
     reference = best.results[protocol].per_user[column]
     rows, p_values = [], []
@@ -337,7 +338,7 @@ def _sections(result: ExperimentResult, runs: list[ModelRun], folder: Path) -> l
         [f"- **{r.label}** ({p}): " + "; ".join(x.notes) for r in runs for p, x in r.results.items() if x.notes]
         + [f"- **{r.label}** ({p}): not evaluated: {why}" for r in runs for p, why in r.skipped.items()]
     )
-    warnings = below_floor(result)
+    warnings = result.below_floor()
     if warnings:
         sections.insert(
             1,

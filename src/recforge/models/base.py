@@ -27,7 +27,7 @@ from recforge.data.interactions import Interactions, Sequences
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import CapabilityError, ConfigError, NotFittedError
 from recforge.retrieval.topk import batched, default_batch_size, mask_items, topk
-from recforge.threads import thread_limit
+from recforge.threads import denormals_flushed, thread_limit
 
 # What a model can serve (RecTools/Cornac style). The router in `recforge.coldstart` reads these.
 KNOWN_USERS = "known_users"  # users with training interactions
@@ -263,9 +263,7 @@ class Recommender(ABC):
         self.known_users_ = np.asarray(self.seen_.getnnz(axis=1) > 0)
         self.rating_scale_ = train.rating_scale
         self.training_log_ = []
-        from recforge.nn.training import flush_denormals
-
-        with thread_limit(options.threads, self.max_threads(train)) as threads, flush_denormals():
+        with thread_limit(options.threads, self.max_threads(train)) as threads, denormals_flushed():
             self._fit(train, dataclasses.replace(options, threads=threads))  # members of a blend inherit it
         self.fit_threads_ = threads
         self.fitted_on_ = train.fingerprint()
@@ -446,8 +444,23 @@ class Recommender(ABC):
     def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
         return None
 
-    def save(self, path: Any) -> Any:
-        """Write a model artifact directory (see `recforge.artifacts`)."""
-        from recforge.artifacts import save_model
+    def save(self, path: Any, extra_files: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None) -> Any:
+        """Write a model artifact directory (see `recforge.artifacts`); `recforge.load` reads it back.
+        `extra_files` maps file names to callables writing them (an ANN index, the item catalogue)."""
+        from recforge.artifacts import write_artifact
+        from recforge.errors import ArtifactError
+        from recforge.models.registry import model_names
 
-        return save_model(self, path)
+        if self.name not in model_names():
+            raise ArtifactError(f"model {self.name!r} is not registered; register it to save it")
+        arrays, state = self.get_state()
+        return write_artifact(
+            path,
+            model=self.name,
+            config=self.config.model_dump(mode="json"),
+            data_fingerprint=self.fitted_on_,
+            arrays=arrays,
+            state=state,
+            extra_files=extra_files,
+            metadata=metadata,
+        )

@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-import torch
 from pydantic import Field
 
 from recforge.data.interactions import Interactions
@@ -31,15 +30,16 @@ class EASEConfig(ModelConfig):
     dtype: str = Field("float64", pattern="^(float32|float64)$", description="precision of the inversion")
 
 
-def ease_weights(
-    matrix: sp.csr_matrix, reg: float, dropout: float = 0.0, dtype: torch.dtype = torch.float64
-) -> np.ndarray:
+def ease_weights(matrix: sp.csr_matrix, reg: float, dropout: float = 0.0, dtype: str = "float64") -> np.ndarray:
     """Item-item weight matrix B (n_items, n_items) of EASE for a users x items interaction matrix.
 
     With `dropout` p > 0 this is EDLAE (Steck 2020, "Autoencoders that don't overfit towards the
     identity"): the diagonal penalty becomes λ + p/(1-p)·G_ii, which regularises popular items more.
+    torch's Cholesky inverse is used for speed (imported here, so EASE scoring alone never loads it).
     """
-    gram_matrix = torch.from_numpy((matrix.T @ matrix).toarray()).to(dtype)
+    import torch
+
+    gram_matrix = torch.from_numpy((matrix.T @ matrix).toarray()).to(getattr(torch, dtype))
     gram_matrix.diagonal().add_(reg + dropout / (1.0 - dropout) * gram_matrix.diagonal())
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram_matrix))
     weights = -inverse / inverse.diagonal()[None, :]
@@ -54,7 +54,7 @@ class EASE(Recommender):
 
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: EASEConfig = self.config  # type: ignore[assignment]
-        self.weights_ = ease_weights(self.seen_, c.reg, c.dropout, getattr(torch, c.dtype)).astype(np.float32)
+        self.weights_ = ease_weights(self.seen_, c.reg, c.dropout, c.dtype).astype(np.float32)
 
     def _score_known(self, users: np.ndarray) -> np.ndarray:
         return np.asarray(self.seen_[users] @ self.weights_)

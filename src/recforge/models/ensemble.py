@@ -46,7 +46,7 @@ class Blend(Recommender):
 
     def __init__(self, config: BlendConfig | None = None, **params: Any) -> None:
         super().__init__(config, **params)
-        from recforge.models import create_model
+        from recforge.models.registry import create_model
 
         c: BlendConfig = self.config  # type: ignore[assignment]
         if not c.members:

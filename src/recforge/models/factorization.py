@@ -10,9 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
-from recforge.models._solvers import GroupedRows, gram, ridge, solve_spd, weighted_sum
 from recforge.models.base import EMBEDDINGS, HISTORY, KNOWN_USERS, History, Recommender
 
 
@@ -76,6 +74,10 @@ class FactorModel(Recommender):
         Unrated history items are ignored; a query with no rated item gets a zero vector (its scores
         fall back to μ + b_i). Implicit models override this.
         """
+        import torch
+
+        from recforge.models._solvers import GroupedRows, ridge
+
         n, d = len(history), self.item_factors_.shape[1]
         if history.ratings is None or history.ratings.nnz == 0:
             return np.zeros((n, d), np.float32), np.zeros(n)
@@ -95,6 +97,10 @@ class FactorModel(Recommender):
     def implicit_fold_in(self, history: History, reg: float, alpha: float) -> tuple[np.ndarray, np.ndarray]:
         """iALS-style fold-in from interactions alone: minimise Σ_i c_i (p_i − xᵀq_i)² + reg‖x‖² over all
         items, with c = 1 + alpha for the query's items and p = 1 for them, 0 otherwise."""
+        import torch
+
+        from recforge.models._solvers import GroupedRows, gram, solve_spd, weighted_sum
+
         binary = history.binary.tocsr()
         groups = GroupedRows(
             indptr=binary.indptr.astype(np.int64), cols=binary.indices.astype(np.int64), order=np.arange(binary.nnz)

@@ -7,9 +7,10 @@ handling are identical everywhere. Ties are broken by the lower item index (a st
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import scipy.sparse as sp
-import torch
 
 
 def mask_items(scores: np.ndarray, exclude: sp.csr_matrix | None, rows: np.ndarray | None = None) -> np.ndarray:
@@ -57,10 +58,19 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     return indices, top_scores
 
 
+# score blocks at least this large go through torch.topk even when torch is not loaded yet
+TORCH_TOPK_ELEMENTS = 1 << 22
+
+
 def _partition(scores: np.ndarray, k: int) -> np.ndarray:
     """Column indices of k largest scores per row, in no particular order. torch.topk is ~5x faster than
-    np.argpartition on a 100k-item row (one CPU core); other dtypes and read-only views use numpy."""
-    if scores.dtype in (np.float32, np.float64) and scores.flags.writeable and scores.flags.c_contiguous:
+    np.argpartition on a 100k-item row (one CPU core); it is used when torch is loaded, or imported for
+    blocks big enough to repay the import. Other dtypes and read-only views use numpy. Both select the
+    same set (the caller breaks ties), so results do not depend on which one ran."""
+    fast = scores.dtype in (np.float32, np.float64) and scores.flags.writeable and scores.flags.c_contiguous
+    if fast and ("torch" in sys.modules or scores.size >= TORCH_TOPK_ELEMENTS):
+        import torch
+
         return torch.topk(torch.from_numpy(scores), k, dim=1, sorted=False).indices.numpy()
     return np.argpartition(scores, scores.shape[1] - k, axis=1)[:, -k:]
 

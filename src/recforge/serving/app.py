@@ -23,7 +23,7 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
-from recforge import __version__
+from recforge._version import __version__
 from recforge.errors import CapabilityError, ConfigError, UnknownIdError
 from recforge.serving.service import Answer, RecommenderService
 

@@ -26,13 +26,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recforge.data.catalogue import ITEMS_FILE
 from recforge.errors import CapabilityError, ConfigError, UnknownIdError
 from recforge.models.base import HISTORY, KNOWN_USERS, RATINGS, USER_FEATURES, History, Recommender
 from recforge.models.factorization import FactorModel
 from recforge.retrieval.ann import VectorIndex
 from recforge.retrieval.topk import topk
-
-ITEMS_FILE = "items.parquet"
 
 
 @dataclass
@@ -71,8 +70,8 @@ class RecommenderService:
 
     @classmethod
     def from_artifact(cls, path: str | Path, **options: Any) -> RecommenderService:
-        from recforge import load
         from recforge.artifacts import read_index
+        from recforge.models import load_model as load
 
         path = Path(path)
         model = load(path)
@@ -308,21 +307,6 @@ def _catalogue(model: Recommender, items: pd.DataFrame | None) -> pd.DataFrame:
     if "genres" not in frame:
         frame["genres"] = [[] for _ in range(len(frame))]
     frame["genres"] = [list(g) if isinstance(g, (list, tuple, np.ndarray)) else [] for g in frame["genres"]]
-    return frame
-
-
-def item_metadata(data: Any) -> pd.DataFrame | None:
-    """item_id, title, genres from an Interactions' item-feature table (what `recforge train` stores)."""
-    features = data.item_features
-    if features is None:
-        return None
-    frame = pd.DataFrame({"item_id": data.items.ids})
-    if "title" in features:
-        frame["title"] = features["title"].astype("string").to_numpy()
-    for column in ("genres", "genre"):
-        if column in features:
-            frame["genres"] = [list(g) if isinstance(g, (list, tuple, np.ndarray)) else [] for g in features[column]]
-            break
     return frame
 
 

@@ -25,9 +25,9 @@ _LOADED: dict[str, Any] = {}  # per Python worker: artifact path -> model
 
 def _model(path: str) -> Any:
     if path not in _LOADED:
-        from recforge import load
+        from recforge.models import load_model
 
-        _LOADED[path] = load(path)
+        _LOADED[path] = load_model(path)
     return _LOADED[path]
 
 

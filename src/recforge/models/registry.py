@@ -1,0 +1,72 @@
+"""The model registry (`create_model("ials", n_factors=64)`) and loading of saved artifacts. Classes are
+imported lazily, so the CLI and data-only users do not pay for torch."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+from recforge.artifacts import read_artifact
+from recforge.errors import ArtifactError, ConfigError
+
+_REGISTRY: dict[str, str] = {
+    "global_mean": "recforge.models.baselines:GlobalMean",
+    "bias": "recforge.models.baselines:BiasBaseline",
+    "most_popular": "recforge.models.baselines:MostPopular",
+    "weighted_popularity": "recforge.models.baselines:WeightedPopularity",
+    "als": "recforge.models.als:ExplicitALS",
+    "bayesian_mf": "recforge.models.als:BayesianMF",
+    "mf": "recforge.models.mf:ExplicitMF",
+    "ials": "recforge.models.ials:ImplicitALS",
+    "ease": "recforge.models.ease:EASE",
+    "bpr": "recforge.models.bpr:BPR",
+    "item_knn": "recforge.models.knn:ItemKNN",
+    "user_knn": "recforge.models.knn:UserKNN",
+    "blend": "recforge.models.ensemble:Blend",
+    "two_tower": "recforge.models.two_tower:TwoTower",
+    "sasrec": "recforge.models.sequential:SASRec",
+    "gru4rec": "recforge.models.sequential:GRU4Rec",
+    "lstm_next": "recforge.models.sequential:LSTMNext",
+    "text_regression": "recforge.models.sequential:TextRegression",
+}
+
+
+def register(name: str, target: str) -> None:
+    """Add a model class under `name`, given as "module:Class"."""
+    _REGISTRY[name] = target
+
+
+def model_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def model_class(name: str) -> type[Any]:
+    if name not in _REGISTRY:
+        raise ConfigError(f"unknown model {name!r}; known models: {model_names()}")
+    module, cls = _REGISTRY[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+def create_model(name: str, **params: Any) -> Any:
+    return model_class(name)(**params)
+
+
+def load_model(path: str | Path) -> Any:
+    """Load and verify a model artifact (see `recforge.artifacts`); returns the fitted `Recommender`."""
+    path = Path(path)
+    manifest, arrays, state = read_artifact(path)
+    try:
+        cls = model_class(manifest["model"])
+    except ConfigError as exc:
+        raise ArtifactError(f"{path}: unknown model {manifest.get('model')!r}") from exc
+    try:
+        model = cls(cls.Config.model_validate(manifest["config"]))
+        model.set_state(arrays, state)
+    except ArtifactError:
+        raise
+    except Exception as exc:  # a structurally valid but inconsistent artifact
+        raise ArtifactError(f"{path}: cannot restore {manifest['model']} ({type(exc).__name__}: {exc})") from exc
+    model.artifact_path_ = path
+    model.manifest_ = manifest
+    return model
