@@ -16,7 +16,8 @@ import numpy as np
 
 from recforge import __version__
 from recforge._io import write_json_atomic, write_text_atomic
-from recforge.models.base import KNOWN_USERS, RATINGS, Recommender
+from recforge.coldstart import KNOWN_USERS, RATINGS
+from recforge.models.base import Recommender
 
 RESULTS = Path(__file__).parent / "results"
 

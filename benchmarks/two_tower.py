@@ -27,13 +27,15 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import RESULTS, data_dir, markdown_table, timed, write_results
+from recforge.coldstart import HISTORY
 from recforge.data.interactions import Interactions
 from recforge.data.loaders import load_anime_kaggle, load_movielens_100k
+from recforge.data.query import History
 from recforge.data.splits import Split, per_user_split, random_split, user_disjoint_split
 from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator
 from recforge.evaluation.stats import holm, mean_ci, paired_test
 from recforge.models import create_model
-from recforge.models.base import HISTORY, History, Recommender, TrainOptions
+from recforge.models.base import Recommender, TrainOptions
 from recforge.retrieval.clusters import ClusterRetriever, elbow
 from recforge.retrieval.topk import mask_items
 

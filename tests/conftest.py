@@ -70,15 +70,33 @@ def beauty(data_dir: Path) -> Interactions:
 
 
 def make_interactions(
-    n_users: int = 30, n_items: int = 40, n: int = 600, seed: int = 0, rated: bool = True, timestamps: bool = True
+    n_users: int = 30,
+    n_items: int = 40,
+    n: int = 600,
+    seed: int = 0,
+    rated: bool = True,
+    timestamps: bool = True,
+    preference: bool = False,
 ) -> Interactions:
-    """Synthetic interactions with a low-rank preference structure (so models have something to learn)."""
+    """Synthetic interactions with a low-rank preference structure (so models have something to learn).
+
+    Ratings follow the preference; which items a user picks follows popularity, or, with `preference`,
+    popularity times exp(preference) without repeats, so that who-picked-what carries the structure too.
+    """
     rng = np.random.default_rng(seed)
     user_vec = rng.normal(size=(n_users, 3))
     item_vec = rng.normal(size=(n_items, 3))
-    users = rng.integers(0, n_users, size=n)
     popularity = rng.pareto(1.5, size=n_items) + 1
-    items = rng.choice(n_items, size=n, p=popularity / popularity.sum())
+    if preference:
+        weights = popularity[None, :] * np.exp(1.5 * user_vec @ item_vec.T)
+        keys = -np.log(rng.random((n_users, n_items))) / weights  # weighted sampling without replacement
+        per_user = max(1, n // n_users)
+        items = np.argsort(keys, axis=1)[:, :per_user].ravel()
+        users = np.repeat(np.arange(n_users), per_user)
+        n = len(users)
+    else:
+        users = rng.integers(0, n_users, size=n)
+        items = rng.choice(n_items, size=n, p=popularity / popularity.sum())
     score = (user_vec[users] * item_vec[items]).sum(axis=1)
     rating = np.clip(np.rint(3 + score), 1, 5).astype(np.float32) if rated else None
     frame = pd.DataFrame({"user_id": users + 1, "item_id": items + 101})

@@ -203,11 +203,12 @@ def train(
     console.print(f"artifact: {path}")
 
 
-def _recommendations_table(answer: Any, title: str) -> None:
-    table = Table(title=f"{title} (served by {answer.served_by}{': ' + answer.note if answer.note else ''})")
+def _recommendations_table(answer: dict[str, Any], title: str) -> None:
+    note = answer["note"]
+    table = Table(title=escape(f"{title} (served by {answer['served_by']}{': ' + note if note else ''})"))
     for column in ("rank", "item", "title", "genres", "score"):
         table.add_column(column, justify="right" if column in ("rank", "score") else "left")
-    for rank, row in enumerate(answer.items, 1):
+    for rank, row in enumerate(answer["items"], 1):
         table.add_row(str(rank), str(row["item"]), str(row["title"]), ", ".join(row["genres"]), f"{row['score']:.4f}")
     console.print(table)
 

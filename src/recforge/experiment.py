@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from recforge._progress import progress_bar
 from recforge._version import __version__
+from recforge.coldstart import KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
 from recforge.data.loaders import load_dataset
 from recforge.data.preprocess import parse_steps, preprocess
@@ -48,7 +49,7 @@ from recforge.evaluation.protocols import (
 )
 from recforge.evaluation.results import ExperimentResult, ModelRun
 from recforge.models import create_model
-from recforge.models.base import KNOWN_USERS, RATINGS, Recommender, TrainOptions
+from recforge.models.base import Recommender, TrainOptions
 
 Protocol = Literal["ranking", "rating", "next_item"]
 
@@ -324,7 +325,7 @@ def _run_model(
         judged = judge_rankings(
             LLMJudge(judge_settings),
             ranking.per_user.index.to_numpy()[:count],
-            ranking.recommended[:count, : judge_settings.k],
+            ranking.recommended.item_index[:count, : judge_settings.k],
             train,
             judge_settings.title_column,
         )

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
+from recforge.coldstart import HISTORY, KNOWN_USERS, RATINGS
 from recforge.data import Interactions
 from recforge.data.splits import Split, leave_last_out, per_user_split, random_split
 from recforge.errors import LeakageError
@@ -22,7 +23,7 @@ from recforge.evaluation.protocols import (
     _ranks_of,
     next_item_evaluator,
 )
-from recforge.models.base import HISTORY, KNOWN_USERS, RATINGS, Recommender
+from recforge.models.base import Recommender
 from recforge.models.baselines import BiasBaseline, GlobalMean, MostPopular
 
 
@@ -78,10 +79,10 @@ def test_full_ranking_hand_computed():
     assert per_user.loc[0, "ndcg@2"] == pytest.approx((1 / np.log2(3)) / (1 + 1 / np.log2(3)))
     assert result.topk_accuracy["top1_accuracy"] == 0.0
     assert result.topk_accuracy["top5_accuracy"] == 1.0  # every held-out pair ranks within the 5 items
-    assert result.recommended[0].tolist() == [3, 4]
+    assert result.recommended.item_index[0].tolist() == [3, 4]
     # without exclusion the training items come back
     open_result = FullRankingEvaluator(split.train, split.test, ks=(2,), exclude_train=False).evaluate(model)
-    assert open_result.recommended[0].tolist() == [0, 1]
+    assert open_result.recommended.item_index[0].tolist() == [0, 1]
     assert "nothing excluded" in open_result.protocol
 
 
@@ -123,7 +124,7 @@ def test_next_item_protocol_passes_history_and_excludes_it(ml100k):
     result = evaluator.evaluate(model)
     assert model.history_calls > 0
     valid_items = split.valid.item_index[np.argsort(split.valid.user_index)]
-    assert not (result.recommended == valid_items[:, None]).any()  # validation item is history: excluded
+    assert not (result.recommended.item_index == valid_items[:, None]).any()  # validation item is history: excluded
     chance = (10 / (ml100k.n_items - ml100k.user_counts() + 1)).mean()  # a random scorer's expected hit rate
     assert result.summary["hit_rate@10"] < chance + 4 * np.sqrt(chance / ml100k.n_users)
 

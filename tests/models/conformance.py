@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 
 from recforge import load
+from recforge.coldstart import ANONYMOUS, HISTORY, KNOWN_USERS, RATINGS
+from recforge.data.query import History, Query
 from recforge.data.splits import per_user_split
-from recforge.errors import CapabilityError
+from recforge.errors import CapabilityError, UnknownIdError
 from recforge.models import create_model
-from recforge.models.base import HISTORY, KNOWN_USERS, RATINGS, History, TrainOptions
+from recforge.models.base import TrainOptions
 from tests.conftest import make_interactions
 
 
@@ -20,11 +22,14 @@ class ModelContract:
     model_name: ClassVar[str]
     params: ClassVar[dict[str, Any]] = {}
     deterministic: ClassVar[bool] = True
+    # how much worse (mean rank percentile of held-out items) folding in a user's own history may be
+    # than their trained state; 0.05 = five percentiles
+    fold_in_tolerance: ClassVar[float] = 0.05
 
     @pytest.fixture(scope="class")
     @classmethod
     def split(cls):
-        return per_user_split(make_interactions(n_users=40, n_items=60, n=1500, seed=3), 0.2, seed=0)
+        return per_user_split(make_interactions(n_users=40, n_items=60, n=1000, seed=3, preference=True), 0.2, seed=0)
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -108,3 +113,50 @@ class ModelContract:
         test = split.test
         predictions = fitted.predict(test.user_index, test.item_index)
         assert predictions.shape == (len(test),) and np.isfinite(predictions).all()
+
+    # -------------------------------------------------------------- behaviour through the router
+    def test_unknown_users_are_refused(self, fitted, split):
+        if not fitted.capabilities & {KNOWN_USERS, HISTORY, ANONYMOUS}:
+            pytest.skip("does not rank")
+        with pytest.raises(UnknownIdError):
+            fitted.recommend(["no-such-user"], k=5)
+        with pytest.raises(UnknownIdError):
+            fitted.score(np.array([fitted.n_users + 3]))
+
+    def test_an_empty_history_takes_the_declared_cold_start_path(self, fitted, split):
+        if not fitted.capabilities & {KNOWN_USERS, HISTORY, ANONYMOUS}:
+            pytest.skip("does not rank")
+        query = Query.from_history(History.empty(2, fitted.n_items))
+        recs = fitted.recommend(query, k=5)
+        expected = "model" if ANONYMOUS in fitted.capabilities else "popularity"
+        assert list(recs.served_by) == [expected, expected] and all(recs.notes)
+        assert (recs.item_index >= 0).all() and np.isfinite(recs.scores).all()
+        if expected == "popularity":  # the training interactions' most popular items
+            counts = split.train.item_counts()
+            assert counts[recs.item_index[0, 0]] == counts.max()
+
+    def test_folding_in_a_users_own_history_ranks_like_their_trained_vector(self, fitted, split):
+        """The history path must understand a known user: given their training interactions as a
+        query-time history (as a new user), their held-out items rank about as well as from the trained
+        state. Measured as the mean rank percentile of held-out items among unseen items."""
+        if HISTORY not in fitted.capabilities or KNOWN_USERS not in fitted.capabilities:
+            pytest.skip("needs both the trained and the history path")
+        test = split.test
+        users = np.unique(test.user_index)
+        users = users[fitted.known_users_[users]]
+        seen = split.train.to_csr("binary")[users]
+        history = History.from_interactions(split.train, users)
+
+        def percentile(scores: np.ndarray) -> float:
+            scores = scores.astype(np.float64)
+            scores[seen.nonzero()] = -np.inf
+            ranks = (-scores).argsort(axis=1, kind="stable").argsort(axis=1, kind="stable")
+            rows = np.searchsorted(users, test.user_index)
+            keep = np.isin(test.user_index, users)
+            keep[keep] &= np.asarray(seen[rows[keep], test.item_index[keep]]).ravel() == 0  # a repeat is not held out
+            unseen = fitted.n_items - seen.getnnz(axis=1)[rows[keep]]
+            return float(np.mean(ranks[rows[keep], test.item_index[keep]] / unseen))
+
+        trained = percentile(fitted.score(users))
+        folded = percentile(fitted.score(Query.from_history(history)))  # as strangers with that history
+        assert folded <= trained + self.fold_in_tolerance, (trained, folded)

@@ -159,7 +159,7 @@ def test_fold_in_for_users_unseen_at_training_beats_popularity(ml100k, name, par
 def test_explicit_fold_in_predicts_new_users_ratings(ml100k):
     """Explicit MF folds a new user in from the ratings they give (least squares against fixed item
     factors); on their held-out ratings it must beat the bias baseline given the same ratings."""
-    from recforge.models.base import History
+    from recforge.data.query import History
 
     split = user_disjoint_split(ml100k, test_user_fraction=0.2, fold_in_fraction=0.5, seed=0)
     users = np.unique(split.test.user_index)

@@ -8,10 +8,11 @@ import pytest
 import torch
 
 from recforge.data.interactions import Sequences
+from recforge.data.query import History
 from recforge.data.splits import leave_last_out
 from recforge.evaluation.protocols import next_item_evaluator
 from recforge.models import create_model
-from recforge.models.base import History, TrainOptions
+from recforge.models.base import TrainOptions
 from recforge.models.sequential import last_items, training_windows, trim_padding
 from recforge.nn.sequence import RecurrentEncoder, SASRecEncoder
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from recforge.data.query import History
 from recforge.data.splits import per_user_split, random_split, user_disjoint_split
 from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator
 from recforge.models import create_model
-from recforge.models.base import History, TrainOptions
+from recforge.models.base import TrainOptions
 from recforge.retrieval.clusters import ClusterRetriever, cluster_items, elbow
 from recforge.retrieval.topk import mask_items, topk
 

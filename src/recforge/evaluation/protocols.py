@@ -15,11 +15,13 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
+from recforge.coldstart import RATINGS
 from recforge.data.interactions import Interactions
+from recforge.data.query import Query
 from recforge.data.splits import Split
 from recforge.evaluation import metrics as M
 from recforge.evaluation.guards import check_fitted_on
-from recforge.models.base import HISTORY, RATINGS, History, Recommender
+from recforge.models.base import Recommendations, Recommender
 from recforge.retrieval.topk import batched, default_batch_size, mask_items, topk
 
 TOPK_ACCURACY_KS = (1, 5, 10, 50, 100)
@@ -32,7 +34,7 @@ class RankingResult:
     summary: dict[str, float]
     curves: dict[str, list[float]]
     topk_accuracy: dict[str, float]
-    recommended: np.ndarray
+    recommended: Recommendations  # each test user's top max(ks) list; users are user indices here
     notes: list[str] = field(default_factory=list)
     predict_seconds: float = 0.0
 
@@ -120,14 +122,14 @@ class FullRankingEvaluator:
         self.relevance_label = relevance if relevance == "binary" else f"graded ({gain} gain)"
 
     # ------------------------------------------------------------------ helpers
-    def _scores(self, model: Recommender, users: np.ndarray) -> np.ndarray:
-        history = None
-        if self.history is not None and HISTORY in model.capabilities:
-            history = History.from_interactions(self.history, users)
-        scores = model.score(users, history)
+    def _scores(self, model: Recommender, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Scores of test users and the path that served each (`recforge.coldstart`): with a `history`,
+        every model gets the query-time history and the router decides whether it can use it."""
+        query = Query.from_interactions(self.history, users) if self.history is not None else Query.known(users)
+        scores, routing = model.score_routed(query)
         if self.exclude is not None:
             mask_items(scores, self.exclude, users)
-        return scores
+        return scores, routing.paths + np.where(routing.notes != "", " (" + routing.notes.astype(str) + ")", "")
 
     def evaluate(self, model: Recommender) -> RankingResult:
         if self.check_fit:
@@ -136,15 +138,18 @@ class FullRankingEvaluator:
             return self._evaluate_sampled(model)
         started = time.perf_counter()
         cut = min(self.cut, self.test.n_items)
-        relevance_blocks, ideal_blocks, recommended_blocks, pair_ranks = [], [], [], []
+        relevance_blocks, ideal_blocks, recommended_blocks, score_blocks, pair_ranks = [], [], [], [], []
         pair_users, pair_items = self.pairs
         order = np.argsort(pair_users, kind="stable")
         pair_users, pair_items = pair_users[order], pair_items[order]
+        served: list[np.ndarray] = []
         for rows in batched(len(self.users), self.batch_size):
             users = self.users[rows]
-            scores = self._scores(model, users)
-            top_index, _ = topk(scores, cut)
+            scores, paths = self._scores(model, users)
+            served.append(paths)
+            top_index, top_scores = topk(scores, cut)
             del scores
+            score_blocks.append(top_scores[:, : max(self.ks)])
             gains = self.gains[users]
             relevance_blocks.append(_gains_at(gains, top_index))
             ideal_blocks.append(_ideal_gains(gains, cut))
@@ -160,14 +165,24 @@ class FullRankingEvaluator:
         per_user = self._per_user(relevance, ideal, n_relevant)
         per_user = per_user.join(self._beyond_accuracy(recommended[:, : max(self.ks)]))
         ranks = np.concatenate(pair_ranks) if pair_ranks else np.zeros(0)
-        notes = self._notes(model)
+        notes = self._notes(np.concatenate(served) if served else np.zeros(0, object))
         return RankingResult(
             protocol=self.protocol,
             per_user=per_user,
             summary=self._summary(per_user, recommended),
             curves={name: values.tolist() for name, values in M.curves(relevance, ideal, n_relevant).items()},
             topk_accuracy={f"top{k}_accuracy": M.topk_accuracy(ranks, k) for k in TOPK_ACCURACY_KS if k <= cut},
-            recommended=recommended[:, : max(self.ks)],
+            recommended=Recommendations(
+                users=self.users,
+                item_index=recommended[:, : max(self.ks)],
+                items=np.where(
+                    recommended[:, : max(self.ks)] >= 0,
+                    self.test.items.lookup(np.maximum(recommended[:, : max(self.ks)], 0)),
+                    None,
+                ),
+                scores=np.concatenate(score_blocks) if score_blocks else np.zeros((0, 0), np.float32),
+                served_by=np.concatenate(served) if served else np.zeros(0, object),
+            ),
             notes=notes,
             predict_seconds=elapsed,
         )
@@ -208,14 +223,10 @@ class FullRankingEvaluator:
         summary["gini"] = M.gini_index(top, self.test.n_items)
         return summary
 
-    def _notes(self, model: Recommender) -> list[str]:
+    def _notes(self, served: np.ndarray) -> list[str]:
         notes = [f"{len(self.users)} test users, relevance {self.relevance_label}"]
-        if self.history is not None:
-            scored_from = "the query-time history" if HISTORY in model.capabilities else "its training state"
-            notes.append(f"{model.name} scored users from {scored_from}")
-        cold = int((self.train.user_counts()[self.users] == 0).sum())
-        if cold:
-            notes.append(f"{cold} test user(s) have no training interactions (scored by the model regardless)")
+        paths, counts = np.unique(served.astype(str), return_counts=True)
+        notes.append("served by " + ", ".join(f"{path}: {count}" for path, count in zip(paths, counts, strict=True)))
         unseen = int((self.train.item_counts()[self.pairs[1]] == 0).sum())
         if unseen:
             notes.append(f"{unseen} test pair(s) have an item never seen in training")
@@ -242,7 +253,7 @@ class FullRankingEvaluator:
                     break
                 negatives[clash] = rng.integers(0, n_items, size=int(clash.sum()))
             unique_users, local = np.unique(users, return_inverse=True)
-            scores = self._scores(model, unique_users)[local]
+            scores = self._scores(model, unique_users)[0][local]
             positive_scores = scores[np.arange(len(users)), pair_items[rows]]
             negative_scores = np.take_along_axis(scores, negatives, axis=1)
             ranks[rows] = (negative_scores > positive_scores[:, None]).sum(axis=1)
@@ -259,7 +270,12 @@ class FullRankingEvaluator:
             summary=summary,
             curves={},
             topk_accuracy={},
-            recommended=np.zeros((0, 0), np.int64),
+            recommended=Recommendations(
+                users=np.zeros(0, np.int64),
+                item_index=np.zeros((0, 0), np.int64),
+                items=np.zeros((0, 0), np.int64),
+                scores=np.zeros((0, 0), np.float32),
+            ),
             notes=[f"SAMPLED protocol: {n} negatives per test item; not comparable with full-ranking numbers"],
             predict_seconds=time.perf_counter() - started,
         )

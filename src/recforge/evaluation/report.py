@@ -321,9 +321,9 @@ def _sections(result: ExperimentResult, runs: list[ModelRun], folder: Path) -> l
         if path is not None:
             sections.append(_Section(f"Metric@k curves ({protocol})", image=str(path.relative_to(folder))))
         lists = {
-            r.label: r.results[protocol].recommended
+            r.label: r.results[protocol].recommended.item_index
             for r in runs
-            if isinstance(r.results.get(protocol), RankingResult) and r.results[protocol].recommended.size
+            if isinstance(r.results.get(protocol), RankingResult) and r.results[protocol].recommended.item_index.size
         }
         path = plots.recommendation_popularity(
             lists, train.item_counts(), folder / "plots" / f"popularity_{protocol}.png"

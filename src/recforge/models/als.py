@@ -15,11 +15,13 @@ from pydantic import Field
 from scipy.stats import wishart
 
 from recforge._progress import progress_bar
+from recforge.coldstart import EMBEDDINGS, HISTORY, KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
+from recforge.data.query import History
 from recforge.errors import ConfigError
 from recforge.models._solvers import GroupedRows, gram, ridge, solve_spd, weighted_sum
-from recforge.models.base import EMBEDDINGS, HISTORY, KNOWN_USERS, RATINGS, History, ModelConfig, TrainOptions
-from recforge.models.factorization import FactorModel
+from recforge.models.base import ModelConfig, TrainOptions
+from recforge.models.factorization import FactorModel, FoldInPenalty
 
 
 def _rated_arrays(train: Interactions, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -84,13 +86,13 @@ class ExplicitALS(FactorModel):
                 self.training_log_.append({"epoch": iteration + 1, "loss": loss})
                 bar.advance()
                 bar.update(train_mse=loss)
-        self.fold_in_reg, self.fold_in_bias_reg, self.fold_in_per_rating = c.reg, c.reg_bias, True  # as ALS-WR
         self._set_factors(
             user_part[:, :-1].numpy(),
             item_part[:, :-1].numpy(),
             user_part[:, -1].numpy(),
             item_part[:, -1].numpy(),
             mean,
+            fold_in=FoldInPenalty(c.reg, c.reg_bias, per_rating=True),  # as ALS-WR trains
         )
 
 

@@ -3,9 +3,11 @@
 - Hyper-parameters live in a typed pydantic config (`Model.Config`), which round-trips to TOML/JSON.
 - `fit(train, options)` learns from an `Interactions`; the seed, device and progress display come
   in `TrainOptions`, not in the config. Learned state ends with `_`.
-- Scoring: `score(users)` scores known users from what the model learned; `score(users, history)`
-  scores from interactions given at query time (new users, fresh interactions, the next-item
-  protocol) for models that declare the `history` capability.
+- Scoring: `score(query)` / `recommend(query, k)` take a `Query` (known users, and/or a history given
+  at query time, and/or user features; a plain array of user indices means known users).
+  `recforge.coldstart` routes each row to the model's primitives (`_score_known`, `_score_history`,
+  `_score_features`, `_score_anonymous`) or to popularity, by the capabilities the model declares,
+  and every answer says which path served it and why.
 - `recommend` and `similar_items` are shared and built on one exact top-k kernel.
 - State for artifacts is arrays plus JSON (`get_state`/`set_state`); nothing is pickled.
 """
@@ -23,20 +25,14 @@ import pandas as pd
 import scipy.sparse as sp
 from pydantic import BaseModel, ConfigDict
 
-from recforge.data.interactions import Interactions, Sequences
+from recforge import coldstart
+from recforge.coldstart import ANONYMOUS, HISTORY, KNOWN_USERS, RATINGS, USER_FEATURES
+from recforge.data.interactions import Interactions
+from recforge.data.query import History, Query
 from recforge.data.vocabulary import Vocabulary
-from recforge.errors import CapabilityError, ConfigError, NotFittedError
+from recforge.errors import CapabilityError, ConfigError, NotFittedError, UnknownIdError
 from recforge.retrieval.topk import batched, default_batch_size, mask_items, topk
 from recforge.threads import denormals_flushed, thread_limit
-
-# What a model can serve (RecTools/Cornac style). The router in `recforge.coldstart` reads these.
-KNOWN_USERS = "known_users"  # users with training interactions
-HISTORY = "history"  # users described only by interactions given at query time
-USER_FEATURES = "user_features"  # users described only by features
-ITEM_FEATURES = "item_features"  # items described only by features
-ANONYMOUS = "anonymous"  # nobody at all: the same list for everyone
-RATINGS = "ratings"  # predicts rating values (explicit feedback)
-EMBEDDINGS = "embeddings"  # exposes user/item vectors whose inner product is the score
 
 
 class ModelConfig(BaseModel):
@@ -117,90 +113,12 @@ class TrainOptions:
 
 
 @dataclass(frozen=True)
-class History:
-    """Interactions supplied at query time, one row per query.
-
-    `binary` (n_queries, n_items) marks every item the query interacted with; `ratings` holds the
-    rated ones (explicit value), or None when the source has no ratings; `sequences` lists each
-    query's items in time order (for sequential models).
-    """
-
-    binary: sp.csr_matrix
-    ratings: sp.csr_matrix | None
-    sequences: Sequences
-
-    def __len__(self) -> int:
-        return self.binary.shape[0]
-
-    @classmethod
-    def from_interactions(cls, data: Interactions, users: np.ndarray) -> History:
-        """The rows of `data` belonging to `users` (user indices of data's vocabulary), one query each."""
-        users = np.asarray(users, dtype=np.int64)
-        position = np.full(data.n_users, -1, dtype=np.int64)
-        position[users] = np.arange(len(users))
-        keep = position[data.user_index] >= 0
-        part = data.subset(keep)
-        query = position[part.user_index]
-        remapped = Interactions(
-            users=Vocabulary(np.arange(len(users)), "query"),
-            items=data.items,
-            user_index=query,
-            item_index=part.item_index,
-            rating=part.rating,
-            timestamp=part.timestamp,
-            rating_scale=data.rating_scale,
-        )
-        ratings = remapped.explicit().to_csr("rating") if remapped.rating is not None else None
-        return cls(binary=remapped.to_csr("binary"), ratings=ratings, sequences=remapped.sequences())
-
-    @classmethod
-    def from_items(
-        cls, item_lists: list[list[int]], n_items: int, ratings: list[list[float | None]] | None = None
-    ) -> History:
-        """Queries given as lists of item indices (in time order), with optional ratings (None = unrated)."""
-        lengths = np.array([len(items) for items in item_lists], dtype=np.int64)
-        indptr = np.r_[0, np.cumsum(lengths)]
-        items = (
-            np.concatenate([np.asarray(i, dtype=np.int64) for i in item_lists]) if indptr[-1] else np.zeros(0, np.int64)
-        )
-        if len(items) and (items.min() < 0 or items.max() >= n_items):
-            raise ConfigError("history item index out of range")
-        query = np.repeat(np.arange(len(item_lists)), lengths)
-        binary = sp.csr_matrix((np.ones(len(items), np.float32), (query, items)), shape=(len(item_lists), n_items))
-        binary.data[:] = 1.0
-        rating_matrix = None
-        if ratings is not None:
-            values = np.array([np.nan if r is None else r for row in ratings for r in row], dtype=np.float32)
-            if len(values) != len(items):
-                raise ConfigError("ratings must match the item lists one for one")
-            rated = ~np.isnan(values)
-            # the latest rating of a repeated item wins: keep the last occurrence per (query, item)
-            frame = pd.DataFrame({"q": query[rated], "i": items[rated], "r": values[rated]}).drop_duplicates(
-                ["q", "i"], keep="last"
-            )
-            rating_matrix = sp.csr_matrix(
-                (frame["r"].to_numpy(np.float32), (frame["q"].to_numpy(), frame["i"].to_numpy())),
-                shape=(len(item_lists), n_items),
-            )
-        sequences = Sequences(indptr=indptr, items=items, rows=np.arange(len(items)))
-        return cls(binary=binary, ratings=rating_matrix, sequences=sequences)
-
-    def take(self, rows: np.ndarray | slice) -> History:
-        rows = np.arange(len(self))[rows] if isinstance(rows, slice) else np.asarray(rows, dtype=np.int64)
-        starts = self.sequences.indptr[rows]
-        lengths = self.sequences.indptr[rows + 1] - starts
-        indptr = np.r_[0, np.cumsum(lengths)].astype(np.int64)
-        positions = np.arange(indptr[-1]) - np.repeat(indptr[:-1], lengths) + np.repeat(starts, lengths)
-        sequences = Sequences(indptr=indptr, items=self.sequences.items[positions], rows=self.sequences.rows[positions])
-        return History(self.binary[rows], None if self.ratings is None else self.ratings[rows], sequences)
-
-
-@dataclass(frozen=True)
 class Recommendations:
-    """Top-k lists for a batch of queries: external ids and scores, plus the dense indices.
+    """Top-k lists for a batch of queries: the one result type for top-k lists in recforge.
 
     `items`/`item_index`/`scores` are (n_queries, k); a short list is padded with item None / index -1 /
-    score -inf. `served_by` says which path produced each list (model, history, popularity, ...).
+    score -inf. `served_by` (n_queries,) says which path produced each list (model, history, features,
+    popularity, ... see `recforge.coldstart`) and `notes` (n_queries,) why, when there is something to say.
     """
 
     users: np.ndarray
@@ -208,9 +126,13 @@ class Recommendations:
     items: np.ndarray
     scores: np.ndarray
     served_by: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+    notes: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=object))
+
+    def __len__(self) -> int:
+        return self.item_index.shape[0]
 
     def to_frame(self) -> pd.DataFrame:
-        """Long frame: user, rank (1-based), item, score; padding is left out."""
+        """Long frame: user, rank (1-based), item, score (and served_by); padding is left out."""
         n, k = self.item_index.shape
         frame = pd.DataFrame(
             {
@@ -223,6 +145,23 @@ class Recommendations:
         if len(self.served_by) == n:
             frame["served_by"] = np.repeat(self.served_by, k)
         return frame[self.item_index.ravel() >= 0].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class UserUpdate:
+    """A known user's state after interactions added since training, computed without changing the model
+    (`Recommender.update_user`): the items they have now (excluded from their lists) and what scoring
+    needs — a refolded vector for factor models, else the history to score from (bounded)."""
+
+    user: int
+    items: np.ndarray  # sorted unique item indices: training plus added
+    history: History | None = None  # history models: the most recent items (training order, then added)
+    vector: np.ndarray | None = None  # factor models: the user's vector (d,) after the update
+    bias: float = 0.0
+
+
+# a history model keeps this many of a user's most recent items after updates (older ones are dropped)
+MAX_UPDATE_ITEMS = 1000
 
 
 class Recommender(ABC):
@@ -293,27 +232,59 @@ class Recommender(ABC):
         return len(self.users_)
 
     # ------------------------------------------------------------------ scoring
-    def score(self, users: np.ndarray, history: History | None = None) -> np.ndarray:
-        """Scores (len(users), n_items) float32. With `history`, score from the given interactions
-        (row q of history belongs to users[q]); models without the history capability refuse."""
-        self._require_fitted()
-        users = np.asarray(users, dtype=np.int64)
-        if history is None:
-            if KNOWN_USERS not in self.capabilities:
-                raise CapabilityError(self.ranking_refusal())
-            return np.asarray(self._score_known(users), dtype=np.float32)
-        if HISTORY not in self.capabilities:
-            reason = self.ranking_refusal() if KNOWN_USERS not in self.capabilities else ""
-            raise CapabilityError(reason or f"{self.name} cannot score from a query-time history")
-        if len(history) != len(users):
+    def as_query(self, query: Query | np.ndarray | list[int], history: History | None = None) -> Query:
+        """A `Query` from a Query, or from user indices (plus an optional history, one row per user)."""
+        if isinstance(query, Query):
+            if history is not None:
+                raise ConfigError("pass the history inside the Query, not beside it")
+            return query
+        users = np.asarray(query, dtype=np.int64)
+        if history is not None and len(history) != len(users):
             raise ConfigError("history must have one row per user")
-        return np.asarray(self._score_history(history, users), dtype=np.float32)
+        return Query(users, history)
+
+    def score(self, query: Query | np.ndarray | list[int], history: History | None = None) -> np.ndarray:
+        """Scores (n_queries, n_items) float32, each row from the path `recforge.coldstart` routes it to.
+        `query` is a `Query`, or user indices (known users; with `history`, scored from that history)."""
+        return self.score_routed(query, history)[0]
+
+    def score_routed(
+        self, query: Query | np.ndarray | list[int], history: History | None = None
+    ) -> tuple[np.ndarray, coldstart.Routing]:
+        """`score` plus the routing: which path served each row and why."""
+        self._require_fitted()
+        query = self.as_query(query, history)
+        if not (self.capabilities & {KNOWN_USERS, HISTORY, USER_FEATURES, ANONYMOUS}):
+            raise CapabilityError(self.ranking_refusal())
+        self._check_users(query.users)
+        return coldstart.score(self, query)
+
+    def _check_users(self, users: np.ndarray) -> None:
+        bad = (users < -1) | (users >= self.n_users)
+        if bad.any():
+            raise UnknownIdError(f"user index {int(users[bad][0])} is outside 0..{self.n_users - 1} (-1 = no user)")
 
     @abstractmethod
-    def _score_known(self, users: np.ndarray) -> np.ndarray: ...
+    def _score_known(self, users: np.ndarray) -> np.ndarray:
+        """(len(users), n_items) scores of users the model was trained on."""
 
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
+        """Scores from interactions given at query time (models with the HISTORY capability)."""
         raise CapabilityError(f"{self.name} cannot score from a query-time history")
+
+    def _score_features(self, features: pd.DataFrame, history: History | None) -> np.ndarray:
+        """Scores of users described by features, and their history when given (USER_FEATURES models)."""
+        raise CapabilityError(f"{self.name} has no user-feature tower")
+
+    def _score_anonymous(self, n: int) -> np.ndarray:
+        """The list for someone the model knows nothing about (ANONYMOUS models: the baselines)."""
+        raise CapabilityError(f"{self.name} does not serve anonymous users")
+
+    def popularity_scores(self, n: int) -> np.ndarray:
+        """(n, n_items) log(1 + training interactions) per item: the cold-start fallback."""
+        self._require_fitted()
+        counts = np.asarray(self.seen_.sum(axis=0), dtype=np.float32).ravel()
+        return np.broadcast_to(np.log1p(counts), (n, self.n_items)).copy()
 
     def ranking_refusal(self) -> str:
         """Why this model (as configured) does not rank items for users, for models without KNOWN_USERS."""
@@ -332,7 +303,7 @@ class Recommender(ABC):
     # ------------------------------------------------------------------ recommendations
     def recommend(
         self,
-        users: np.ndarray | list[Any],
+        users: Query | np.ndarray | list[Any],
         k: int = 10,
         *,
         exclude_seen: bool = True,
@@ -340,42 +311,106 @@ class Recommender(ABC):
         external_ids: bool = True,
         batch_size: int | None = None,
     ) -> Recommendations:
-        """Top-k for many users at once. `users` are external ids (or indices with external_ids=False).
+        """Top-k for many queries at once: a `Query`, or users as external ids (indices with
+        external_ids=False), optionally with a `history` (one row per user).
 
-        Seen items are the training interactions, or the history's items when a history is given.
+        Seen items (with exclude_seen) are a known user's training interactions plus the items of the
+        query's history. Each list says which path served it (`served_by`) and why (`notes`).
         """
         self._require_fitted()
-        index = self.users_.index(users) if external_ids else np.asarray(users, dtype=np.int64)
+        if isinstance(users, Query):
+            query = self.as_query(users, history)
+            labels = np.where(query.users >= 0, self.users_.lookup(np.maximum(query.users, 0)), None)
+        else:
+            index = self.users_.index(users) if external_ids else np.asarray(users, dtype=np.int64)
+            query = self.as_query(index, history)
+            labels = np.asarray(users) if external_ids else self.users_.lookup(index)
         batch_size = batch_size or default_batch_size(self.n_items)
-        all_indices, all_scores = [], []
-        for rows in batched(len(index), batch_size):
-            part = None if history is None else history.take(rows)
-            scores = self.score(index[rows], part)
+        all_indices, all_scores, paths, notes = [], [], [], []
+        for rows in batched(len(query), batch_size):
+            part = query.take(rows) if len(query) > batch_size else query
+            scores, routing = self.score_routed(part)
             if exclude_seen:
-                mask_items(
-                    scores, self.seen_ if part is None else part.binary, None if part is not None else index[rows]
-                )
+                mask_items(scores, self.seen_by(part))
             top_index, top_scores = topk(scores, k)
             all_indices.append(top_index)
             all_scores.append(top_scores)
-        item_index = np.concatenate(all_indices) if all_indices else np.zeros((0, k), np.int64)
-        scores = np.concatenate(all_scores) if all_scores else np.zeros((0, k), np.float32)
+            paths.append(routing.paths)
+            notes.append(routing.notes)
+        width = min(k, self.n_items)
+        item_index = np.concatenate(all_indices) if all_indices else np.zeros((0, width), np.int64)
+        scores = np.concatenate(all_scores) if all_scores else np.zeros((0, width), np.float32)
         return self._package(
-            np.asarray(users) if external_ids else self.users_.lookup(index),
+            labels,
             item_index,
             scores,
-            "history" if history is not None else "model",
+            np.concatenate(paths) if paths else np.zeros(0, object),
+            np.concatenate(notes) if notes else np.zeros(0, object),
         )
 
-    def _package(self, users: np.ndarray, item_index: np.ndarray, scores: np.ndarray, path: str) -> Recommendations:
+    # ------------------------------------------------------------------ updates without retraining
+    def update_user(self, user: int, added: History, previous: UserUpdate | None = None) -> UserUpdate:
+        """The state of known user `user` after the interactions in `added` (one row), on top of an earlier
+        update. History models keep the user's most recent MAX_UPDATE_ITEMS items (training first, then
+        added) and score from them; models without the HISTORY capability cannot take updates."""
+        self._require_fitted()
+        if HISTORY not in self.capabilities:
+            raise CapabilityError(f"{self.name} cannot take new interactions without retraining")
+        before = previous.history if previous is not None else self.training_history(user)
+        items = np.concatenate([before.row_items(0), added.row_items(0)])
+        ratings = _row_ratings(before, items[: len(before.row_items(0))]) + _row_ratings(added, added.row_items(0))
+        order = items[::-1]  # the most recent occurrence of each item wins, order kept
+        _, first = np.unique(order, return_index=True)
+        keep = np.sort(len(items) - 1 - first)[-MAX_UPDATE_ITEMS:]
+        history = History.from_items([items[keep].tolist()], self.n_items, [[ratings[i] for i in keep]])
+        return UserUpdate(user, self._items_after(user, added, previous), history=history)
+
+    def extend_items(self, ids: list[Any], features: pd.DataFrame) -> Recommender:
+        """A new model with brand-new items described by features appended (models with an item-feature
+        tower); this model is left unchanged."""
+        raise CapabilityError(f"{self.name} cannot embed items from features; retrain to add items")
+
+    def training_history(self, user: int) -> History:
+        """A known user's training interactions as a one-row History (item index order; sequence models
+        override this with their time order)."""
+        items = self.seen_.indices[self.seen_.indptr[user] : self.seen_.indptr[user + 1]]
+        return History.from_items([items.tolist()], self.n_items)
+
+    def score_updated(self, update: UserUpdate) -> np.ndarray:
+        """(1, n_items) scores of a user after `update`: from the updated history (factor models: vector)."""
+        return self.score(Query(np.array([update.user]), update.history))
+
+    def _items_after(self, user: int, added: History, previous: UserUpdate | None) -> np.ndarray:
+        before = (
+            previous.items
+            if previous is not None
+            else self.seen_.indices[self.seen_.indptr[user] : self.seen_.indptr[user + 1]]
+        )
+        return np.union1d(before, added.row_items(0)).astype(np.int64)
+
+    def seen_by(self, query: Query) -> sp.csr_matrix:
+        """(n_queries, n_items) binary: each row's training items (known users) plus its history's items."""
+        known = np.flatnonzero(query.users >= 0)
+        if len(known) == len(query):
+            seen = self.seen_[query.users]
+        else:  # a selection matrix: known users' rows, empty rows for the others
+            ones = np.ones(len(known), dtype=np.float32)
+            selector = sp.csr_matrix((ones, (known, query.users[known])), shape=(len(query), self.n_users))
+            seen = (selector @ self.seen_).tocsr()
+        if query.history is not None:
+            seen = (seen + query.history.binary).tocsr()
+        return seen
+
+    def _package(
+        self, users: np.ndarray, item_index: np.ndarray, scores: np.ndarray, paths: Any, notes: Any = None
+    ) -> Recommendations:
         ids = self.items_.lookup(np.maximum(item_index, 0)).astype(object)
         ids[item_index < 0] = None
+        n = len(users)
+        paths = np.full(n, paths, dtype=object) if isinstance(paths, str) else np.asarray(paths, dtype=object)
+        notes = np.full(n, "", dtype=object) if notes is None else np.asarray(notes, dtype=object)
         return Recommendations(
-            users=users,
-            item_index=item_index,
-            items=ids,
-            scores=scores,
-            served_by=np.full(len(users), path, dtype=object),
+            users=np.asarray(users), item_index=item_index, items=ids, scores=scores, served_by=paths, notes=notes
         )
 
     def item_vectors(self) -> np.ndarray | None:
@@ -464,3 +499,12 @@ class Recommender(ABC):
             extra_files=extra_files,
             metadata=metadata,
         )
+
+
+def _row_ratings(history: History, items: np.ndarray) -> list[float | None]:
+    """Ratings of one history row's items (None where unrated or the history has no ratings)."""
+    if history.ratings is None or not len(items):
+        return [None] * len(items)
+    row = history.ratings.getrow(0)
+    values = dict(zip(row.indices.tolist(), row.data.tolist(), strict=True))
+    return [values.get(int(i)) for i in items]

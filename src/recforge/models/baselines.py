@@ -8,21 +8,15 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from recforge.coldstart import ANONYMOUS, HISTORY, KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
+from recforge.data.query import History
 from recforge.errors import ConfigError
-from recforge.models.base import (
-    ANONYMOUS,
-    HISTORY,
-    KNOWN_USERS,
-    RATINGS,
-    USER_FEATURES,
-    History,
-    ModelConfig,
-    Recommender,
-    TrainOptions,
-)
+from recforge.models.base import ModelConfig, Recommender, TrainOptions
 
-_EVERYONE = frozenset({KNOWN_USERS, HISTORY, USER_FEATURES, ANONYMOUS})
+# Baselines serve everyone: known users, histories, and anyone at all (the same list). They read no
+# user features, so they do not claim the user-feature capability; the router notes features ignored.
+_EVERYONE = frozenset({KNOWN_USERS, HISTORY, ANONYMOUS})
 
 
 def _rated(train: Interactions, model: str) -> Interactions:
@@ -41,10 +35,13 @@ class GlobalMean(Recommender):
         self.mean_ = float(_rated(train, self.name).rating.mean(dtype=np.float64))
 
     def _score_known(self, users: np.ndarray) -> np.ndarray:
-        return np.full((len(users), self.n_items), self.mean_, dtype=np.float32)
+        return self._score_anonymous(len(users))
 
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
-        return self._score_known(users)
+        return self._score_anonymous(len(users))
+
+    def _score_anonymous(self, n: int) -> np.ndarray:
+        return np.full((n, self.n_items), self.mean_, dtype=np.float32)
 
     def _predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         return np.full(len(users), self.mean_, dtype=np.float32)
@@ -92,6 +89,9 @@ class BiasBaseline(Recommender):
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
         user_bias = self.history_bias(history)
         return (self.mean_ + user_bias[:, None] + self.item_bias_[None, :]).astype(np.float32)
+
+    def _score_anonymous(self, n: int) -> np.ndarray:
+        return np.broadcast_to((self.mean_ + self.item_bias_).astype(np.float32), (n, self.n_items)).copy()
 
     def history_bias(self, history: History) -> np.ndarray:
         """User biases solved from the history's ratings against the fixed item biases."""
@@ -149,10 +149,13 @@ class MostPopular(Recommender):
         self.counts_ = train.item_counts().astype(np.float64)
 
     def _score_known(self, users: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(np.log1p(self.counts_).astype(np.float32), (len(users), self.n_items)).copy()
+        return self._score_anonymous(len(users))
 
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
-        return self._score_known(users)
+        return self._score_anonymous(len(users))
+
+    def _score_anonymous(self, n: int) -> np.ndarray:
+        return np.broadcast_to(np.log1p(self.counts_).astype(np.float32), (n, self.n_items)).copy()
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {"counts": self.counts_}
@@ -184,10 +187,13 @@ class WeightedPopularity(Recommender):
         self.weighted_ = votes / (votes + self.m_) * item_mean + self.m_ / (votes + self.m_) * self.global_mean_
 
     def _score_known(self, users: np.ndarray) -> np.ndarray:
-        return np.broadcast_to(self.weighted_.astype(np.float32), (len(users), self.n_items)).copy()
+        return self._score_anonymous(len(users))
 
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
-        return self._score_known(users)
+        return self._score_anonymous(len(users))
+
+    def _score_anonymous(self, n: int) -> np.ndarray:
+        return np.broadcast_to(self.weighted_.astype(np.float32), (n, self.n_items)).copy()
 
     def _predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         return self.weighted_[items]

@@ -14,8 +14,10 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
+from recforge.coldstart import HISTORY, KNOWN_USERS
 from recforge.data.interactions import Interactions
-from recforge.models.base import HISTORY, KNOWN_USERS, History, ModelConfig, Recommender, TrainOptions
+from recforge.data.query import History
+from recforge.models.base import ModelConfig, Recommender, TrainOptions
 
 
 class EASEConfig(ModelConfig):

@@ -13,9 +13,11 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from recforge.coldstart import HISTORY, KNOWN_USERS
 from recforge.data.interactions import Interactions
+from recforge.data.query import History
 from recforge.errors import ConfigError
-from recforge.models.base import HISTORY, KNOWN_USERS, History, ModelConfig, Recommender, TrainOptions
+from recforge.models.base import ModelConfig, Recommender, TrainOptions
 
 
 class Member(BaseModel):

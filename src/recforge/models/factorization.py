@@ -7,11 +7,22 @@ approximate (faiss) retrieval can work on any factor model without knowing its f
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from recforge.models.base import EMBEDDINGS, HISTORY, KNOWN_USERS, History, Recommender
+from recforge.coldstart import EMBEDDINGS, HISTORY, KNOWN_USERS, RATINGS
+from recforge.data.query import History
+from recforge.models.base import Recommender, UserUpdate
+
+
+class FoldInPenalty(NamedTuple):
+    """L2 penalties of the explicit fold-in (and the MAP update of a user): on the factors, on the user
+    bias, and whether they scale with the user's rating count (as ALS-WR and per-rating SGD train)."""
+
+    reg: float = 0.1
+    bias_reg: float = 0.01
+    per_rating: bool = False
 
 
 class FactorModel(Recommender):
@@ -35,8 +46,43 @@ class FactorModel(Recommender):
         return self._scores_from(self.user_factors_[users], self.user_bias_[users])
 
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
-        factors, bias = self.fold_in(history)
-        return self._scores_from(factors, bias)
+        return self._scores_from(*self.history_vectors(history, users))
+
+    def history_vectors(self, history: History, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """User vectors and biases of query-time histories (default: `fold_in`; towers embed instead)."""
+        return self.fold_in(history)
+
+    def score_vectors(self, vectors: np.ndarray, biases: np.ndarray) -> np.ndarray:
+        """(n, n_items) scores of arbitrary user vectors (d,) and biases (a folded-in or updated user)."""
+        return self._scores_from(np.asarray(vectors, dtype=np.float32), np.asarray(biases, dtype=np.float64))
+
+    # -------------------------------------------------------------- updates without retraining
+    def update_user(self, user: int, added: History, previous: UserUpdate | None = None) -> UserUpdate:
+        """A known user's vector after interactions added since training, computed aside (the model is not
+        changed). Rated additions to an explicit model take a MAP step from the current vector:
+        argmin Σ_added (r − μ − b_u − b_i − xᵀq_i)² + λ‖x − x₀‖² (λ as the fold-in penalty), so earlier
+        evidence is the prior. Otherwise the user is refolded from all their items by the model's own
+        history path (iALS's fold-in, BPR's objective, the two-tower's history tower)."""
+        self._require_fitted()
+        vector = previous.vector if previous is not None else self.user_factors_[user]
+        bias = previous.bias if previous is not None else float(self.user_bias_[user])
+        items = self._items_after(user, added, previous)
+        rated = added.ratings.getrow(0) if added.ratings is not None else None
+        if RATINGS in self.capabilities and rated is not None and rated.nnz:
+            q = self.item_factors_[rated.indices].astype(np.float64)
+            residual = rated.data - self.global_bias_ - bias - self.item_bias_[rated.indices]
+            reg, _, per_rating = self.fold_in_penalty_
+            reg = max(float(reg), 1e-6) * (len(rated.indices) if per_rating else 1)
+            system = q.T @ q + reg * np.eye(q.shape[1])
+            vector = np.linalg.solve(system, q.T @ residual + reg * vector.astype(np.float64))
+        elif RATINGS not in self.capabilities:
+            everything = History.from_items([items.tolist()], self.n_items)
+            factors, biases = self.history_vectors(everything, np.array([user]))
+            vector, bias = factors[0], float(biases[0])
+        return UserUpdate(user, items, vector=np.asarray(vector, dtype=np.float32), bias=bias)
+
+    def score_updated(self, update: UserUpdate) -> np.ndarray:
+        return self.score_vectors(update.vector[None, :], np.array([update.bias]))
 
     def _predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         dots = np.einsum(
@@ -50,27 +96,28 @@ class FactorModel(Recommender):
     def user_embeddings(self, users: np.ndarray | None = None, history: History | None = None) -> np.ndarray:
         """(n, d + 2) vectors whose inner product with `item_embeddings()` is the score."""
         if history is not None:
-            factors, bias = self.fold_in(history)
+            factors, bias = self.history_vectors(history, np.full(len(history), -1) if users is None else users)
         else:
             index = np.arange(self.n_users) if users is None else np.asarray(users)
             factors, bias = self.user_factors_[index], self.user_bias_[index]
+        return self.augmented(factors, bias)
+
+    def augmented(self, factors: np.ndarray, biases: np.ndarray) -> np.ndarray:
+        """User vectors (n, d) and biases (n,) as (n, d + 2) embeddings [p_u, 1, μ + b_u] for retrieval."""
         ones = np.ones((len(factors), 1), dtype=np.float32)
-        return np.hstack([factors, ones, (self.global_bias_ + bias)[:, None]]).astype(np.float32)
+        return np.hstack([factors, ones, (self.global_bias_ + np.asarray(biases))[:, None]]).astype(np.float32)
 
     def item_embeddings(self) -> np.ndarray:
         ones = np.ones((self.n_items, 1), dtype=np.float32)
         return np.hstack([self.item_factors_, self.item_bias_[:, None], ones]).astype(np.float32)
 
     # -------------------------------------------------------------- fold-in
-    fold_in_reg: float = 0.1
-    fold_in_bias_reg: float = 0.01
-    fold_in_per_rating: bool = False  # penalty multiplied by the query's rating count (as SGD/ALS-WR training)
-
     def fold_in(self, history: History) -> tuple[np.ndarray, np.ndarray]:
         """User vectors and biases for query-time histories, solved against the fixed item factors.
 
         Default (explicit models): ridge regression of (r - μ - b_i) on [q_i, 1] over the rated items,
-        with the same L2 penalties the model was trained with (per rating when `fold_in_per_rating`).
+        with the L2 penalties the model was trained with (`fold_in_penalty_`, set by its fit; per rating
+        when the training penalised per rating).
         Unrated history items are ignored; a query with no rated item gets a zero vector (its scores
         fall back to μ + b_i). Implicit models override this.
         """
@@ -85,8 +132,9 @@ class FactorModel(Recommender):
         groups = GroupedRows.build(ratings.row.astype(np.int64), ratings.col.astype(np.int64), n)
         design = torch.from_numpy(np.hstack([self.item_factors_, np.ones((self.n_items, 1))]).astype(np.float64))
         targets = ratings.data - self.global_bias_ - self.item_bias_[ratings.col]
-        penalty = torch.tensor([self.fold_in_reg] * d + [self.fold_in_bias_reg], dtype=torch.float64)
-        if self.fold_in_per_rating:
+        reg, bias_reg, per_rating = self.fold_in_penalty_
+        penalty = torch.tensor([reg] * d + [bias_reg], dtype=torch.float64)
+        if per_rating:
             counts = torch.from_numpy(np.maximum(groups.sizes, 1)).double()
             regularization = torch.diag_embed(counts[:, None] * penalty)
         else:
@@ -121,10 +169,7 @@ class FactorModel(Recommender):
         }
 
     def _get_extras(self) -> dict[str, Any]:
-        return {
-            "global_bias": float(self.global_bias_),
-            "fold_in": [self.fold_in_reg, self.fold_in_bias_reg, self.fold_in_per_rating],
-        }
+        return {"global_bias": float(self.global_bias_), "fold_in": list(self.fold_in_penalty_)}
 
     def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
         self.user_factors_ = arrays["user_factors"]
@@ -132,7 +177,7 @@ class FactorModel(Recommender):
         self.user_bias_ = arrays["user_bias"]
         self.item_bias_ = arrays["item_bias"]
         self.global_bias_ = extras["global_bias"]
-        self.fold_in_reg, self.fold_in_bias_reg, self.fold_in_per_rating = extras["fold_in"]
+        self.fold_in_penalty_ = FoldInPenalty(*extras["fold_in"])
 
     def _set_factors(
         self,
@@ -141,9 +186,12 @@ class FactorModel(Recommender):
         user_bias: Any = None,
         item_bias: Any = None,
         global_bias: float = 0.0,
+        fold_in: FoldInPenalty | None = None,
     ) -> None:
+        """Store learned factors (and the penalties the explicit fold-in solves with, as trained)."""
         self.user_factors_ = np.ascontiguousarray(user_factors, dtype=np.float32)
         self.item_factors_ = np.ascontiguousarray(item_factors, dtype=np.float32)
         self.user_bias_ = np.zeros(len(self.user_factors_)) if user_bias is None else np.asarray(user_bias, np.float64)
         self.item_bias_ = np.zeros(len(self.item_factors_)) if item_bias is None else np.asarray(item_bias, np.float64)
         self.global_bias_ = float(global_bias)
+        self.fold_in_penalty_ = fold_in or FoldInPenalty()

@@ -26,9 +26,11 @@ import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
+from recforge.coldstart import HISTORY, KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
+from recforge.data.query import History
 from recforge.errors import ConfigError
-from recforge.models.base import HISTORY, KNOWN_USERS, RATINGS, History, ModelConfig, Recommender, TrainOptions
+from recforge.models.base import ModelConfig, Recommender, TrainOptions
 from recforge.models.baselines import fit_biases
 from recforge.retrieval.topk import batched
 

@@ -19,20 +19,13 @@ import torch
 from pydantic import Field, model_validator
 
 from recforge._progress import progress_bar
+from recforge.coldstart import EMBEDDINGS, HISTORY, KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
+from recforge.data.query import History
 from recforge.errors import ConfigError, TrainingDivergedError
 from recforge.models.als import _rated_arrays
-from recforge.models.base import (
-    EMBEDDINGS,
-    HISTORY,
-    KNOWN_USERS,
-    RATINGS,
-    History,
-    ModelConfig,
-    TrainOptions,
-    apply_preset,
-)
-from recforge.models.factorization import FactorModel
+from recforge.models.base import ModelConfig, TrainOptions, apply_preset
+from recforge.models.factorization import FactorModel, FoldInPenalty
 from recforge.nn.training import make_optimizer
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -165,14 +158,13 @@ class ExplicitMF(FactorModel):
                             break
         if best[1] is not None:
             P, Q, bu, bi = best[1]
-        self.fold_in_reg, self.fold_in_bias_reg = c.reg, c.reg_bias
-        self.fold_in_per_rating = c.reg_mode == "per_rating"
         self._set_factors(
             P.detach().numpy(),
             Q.detach().numpy(),
             bu.detach().numpy() if c.biased else None,
             bi.detach().numpy() if c.biased else None,
             mean,
+            fold_in=FoldInPenalty(c.reg, c.reg_bias, per_rating=c.reg_mode == "per_rating"),
         )
         self._fit_blend_means(users, items, ratings, n_users, n_items)
 

@@ -26,9 +26,11 @@ import torch
 from pydantic import Field
 
 from recforge._progress import progress_bar
+from recforge.coldstart import HISTORY, KNOWN_USERS
 from recforge.data.interactions import Interactions, Sequences
+from recforge.data.query import History
 from recforge.errors import ConfigError
-from recforge.models.base import HISTORY, KNOWN_USERS, History, ModelConfig, Recommender, TrainOptions
+from recforge.models.base import ModelConfig, Recommender, TrainOptions
 from recforge.nn.checkpoint import Checkpointer, restore_rng, rng_state
 from recforge.nn.distributed import DistributedContext
 from recforge.nn.sequence import RecurrentEncoder, SASRecEncoder
@@ -208,6 +210,10 @@ class SequenceModel(Recommender):
 
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
         return self._score_sequences(history.sequences, np.arange(len(history)))
+
+    def training_history(self, user: int) -> History:
+        """The user's training sequence, in time order (what an update appends to)."""
+        return History.from_items([self.sequences_[user].tolist()], self.n_items)
 
     @torch.no_grad()
     def _score_sequences(self, sequences: Sequences, rows: np.ndarray, batch: int = 1024) -> np.ndarray:

@@ -20,6 +20,7 @@ history are embedded by fold-in (least squares) or by the rating-weighted averag
 
 from __future__ import annotations
 
+import copy
 from typing import Any, Literal
 
 import numpy as np
@@ -29,6 +30,7 @@ import torch
 from pydantic import Field, model_validator
 
 from recforge._progress import progress_bar
+from recforge.coldstart import EMBEDDINGS, HISTORY, ITEM_FEATURES, KNOWN_USERS, RATINGS, USER_FEATURES
 from recforge.data.features import (
     FeatureMatrix,
     ItemFeatureBuilder,
@@ -37,21 +39,11 @@ from recforge.data.features import (
     infer_user_columns,
 )
 from recforge.data.interactions import Interactions
+from recforge.data.query import History
 from recforge.errors import CapabilityError, ConfigError
 from recforge.models.als import _rated_arrays
-from recforge.models.base import (
-    EMBEDDINGS,
-    HISTORY,
-    ITEM_FEATURES,
-    KNOWN_USERS,
-    RATINGS,
-    USER_FEATURES,
-    History,
-    ModelConfig,
-    TrainOptions,
-    apply_preset,
-)
-from recforge.models.factorization import FactorModel
+from recforge.models.base import ModelConfig, TrainOptions, apply_preset
+from recforge.models.factorization import FactorModel, FoldInPenalty
 from recforge.nn.checkpoint import Checkpointer, restore_rng, rng_state
 from recforge.nn.distributed import DistributedContext
 from recforge.nn.tasks import BCETask, RatingTask, RetrievalTask, factorized_topk
@@ -613,8 +605,8 @@ class TwoTower(FactorModel):
             user_bias.numpy() * span,
             item_bias.numpy() * span,
             low + span * self.mean_,
+            fold_in=FoldInPenalty(1.0, 1.0, per_rating=False),
         )
-        self.fold_in_reg, self.fold_in_bias_reg, self.fold_in_per_rating = 1.0, 1.0, False
 
     # ------------------------------------------------------------------ predictions
     def _predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -624,10 +616,12 @@ class TwoTower(FactorModel):
         return predictions
 
     # ------------------------------------------------------------------ cold start
-    def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
+    def history_vectors(self, history: History, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """With history pooling the user tower reads the history itself; otherwise fold-in (or the
+        weighted average of the history's items, per `history_strategy`)."""
         if self.towers_.history is None:
-            return super()._score_history(history, users)
-        return self._scores_from(self.embed_history(users, history), np.zeros(len(history)))
+            return super().history_vectors(history, users)
+        return self.embed_history(users, history), np.zeros(len(history))
 
     @torch.no_grad()
     def embed_history(self, users: np.ndarray, history: History, features: pd.DataFrame | None = None) -> np.ndarray:
@@ -705,11 +699,38 @@ class TwoTower(FactorModel):
             frame = features.reset_index(drop=True).reindex(columns=list(self.user_feature_kinds()))
         return self.embed_history(np.full(n, -1), history, frame)
 
-    def score_new_users(self, features: pd.DataFrame, history: History | None = None) -> np.ndarray:
-        """Scores (n_users, n_items) of users described by features (and optionally a history): the
-        features-only cold-start path, on the same scale as `score`."""
+    def _score_features(self, features: pd.DataFrame, history: History | None) -> np.ndarray:
+        """Scores of users described by features (and optionally a history), through the user tower with
+        the unknown ID: the router's "features" / "features+history" paths, on the same scale as `score`."""
         vectors = self.embed_users(features, history)
         return self._scores_from(vectors, np.zeros(len(vectors)))
+
+    def extend_items(self, ids: list[Any], features: pd.DataFrame) -> TwoTower:
+        """A new model with brand-new items appended, embedded by the item tower from their features with
+        the unknown ID (copy-on-write: this model is unchanged, the new one shares the towers). `features`
+        has one row per id with the training item-feature columns; ids already in the catalogue, repeated
+        ids and items without any usable feature are refused by name."""
+        self._require_fitted()
+        if self.item_builder_ is None:
+            raise CapabilityError(f"{self.name} has no item-feature tower; retrain to add items")
+        if len(ids) != len(features):
+            raise ConfigError(f"{len(ids)} item ids for {len(features)} feature rows")
+        if len(set(ids)) != len(ids):
+            raise ConfigError("the same new item id is given twice")
+        clashes = [item for item in ids if self.items_.position(item) is not None]
+        if clashes:
+            raise ConfigError(f"items already in the catalogue: {clashes[:5]}")
+        frame = features.reset_index(drop=True)
+        vectors = self.embed_items(frame).astype(np.float32)
+        genres = self.item_builder_.transform(frame).dense[:, : len(self.genre_names_)]
+        extended = copy.copy(self)
+        extended.items_ = self.items_.extend(ids)
+        extended.item_factors_ = np.vstack([self.item_factors_, vectors])
+        extended.item_bias_ = np.concatenate([self.item_bias_, np.zeros(len(ids))])
+        extended.item_genres_ = np.vstack([self.item_genres_, genres.astype(self.item_genres_.dtype)])
+        extended.seen_ = sp.hstack([self.seen_, sp.csr_matrix((self.seen_.shape[0], len(ids)))], format="csr")
+        extended._seen_torch = _torch_csr(extended.seen_)
+        return extended
 
     def embed_items(self, features: pd.DataFrame) -> np.ndarray:
         """Vectors for items described only by features (training item-feature columns), unknown ID."""

@@ -25,7 +25,7 @@ from starlette.concurrency import run_in_threadpool
 
 from recforge._version import __version__
 from recforge.errors import CapabilityError, ConfigError, UnknownIdError
-from recforge.serving.service import Answer, RecommenderService
+from recforge.serving.service import RecommenderService
 
 MAX_K = 1000
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
@@ -101,10 +101,6 @@ class Metrics:
                 "latency_ms_mean": self.total_ms / self.n if self.n else 0.0,
                 "n": self.n,
             }
-
-
-def _answer(answer: Answer, **extra: Any) -> dict[str, Any]:
-    return {**extra, "served_by": answer.served_by, "note": answer.note, "items": answer.items}
 
 
 class _LimitAndMeasure:
@@ -190,13 +186,13 @@ def create_app(service: RecommenderService, max_body_bytes: int = 1 << 20) -> Fa
         # sub-millisecond answers run on the event loop: a thread-pool hop (and the GIL hand-offs it
         # brings) cost more than the work and dominated tail latency under load; heavier ones go to threads
         if service.answers_quickly():
-            return _answer(service.recommend_user(user_id, k, exclude_seen), user=user_id)
+            return {"user": user_id, **service.recommend_user(user_id, k, exclude_seen)}
         answer = await run_in_threadpool(service.recommend_user, user_id, k, exclude_seen)
-        return _answer(answer, user=user_id)
+        return {"user": user_id, **answer}
 
     @app.post("/recommendations")
     def new_user_recommendations(body: NewUserRequest) -> dict:
-        return _answer(service.recommend_new([(r.item, r.rating) for r in body.items], body.k, body.features))
+        return service.recommend_new([(r.item, r.rating) for r in body.items], body.k, body.features)
 
     @app.post("/users/{user_id}/interactions")
     def add_interactions(user_id: str, body: InteractionsRequest) -> dict:
@@ -210,7 +206,7 @@ def create_app(service: RecommenderService, max_body_bytes: int = 1 << 20) -> Fa
 
     @app.get("/items/{item_id}/similar")
     def similar_items(item_id: str, k: int = Query(10, ge=1, le=MAX_K)) -> dict:
-        return _answer(service.similar(item_id, k), item=item_id)
+        return {"item": item_id, **service.similar(item_id, k)}
 
     @app.post("/predict")
     def predict(body: PredictRequest) -> dict:

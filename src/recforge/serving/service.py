@@ -1,80 +1,94 @@
-"""What the HTTP service does, without HTTP: a loaded model plus item metadata and an optional ANN index.
+"""What the HTTP service does, without HTTP: a loaded model, its item catalogue and an optional ANN index.
 
-Every answer says which path served it (`served_by`):
-- "model": a known user, scored by the trained model (through the ANN index when the artifact has one:
-  "model+ann");
-- "model (updated)": a known user whose vector was updated in place by `add_interactions`;
-- "history": a query-time history scored by the model (fold-in, weighted average, item-item, ...);
-- "features" / "features+history": a new user described by features (and items), through the user tower;
-- "popularity": an empty history, or a model that cannot use one (the reason is given in `note`).
-Nothing falls back silently: unknown user or item ids raise `UnknownIdError`.
+Every answer says which path served it (`served_by`, from `recforge.coldstart`, plus "+ann" when the
+index answered) and why (`note`). The service does no model math: routing is `Recommender.recommend`
+with a `Query`, a known user's new interactions are `Recommender.update_user`, new items are
+`Recommender.extend_items`. Unknown user or item ids raise `UnknownIdError`.
 
-Updates without retraining (`add_interactions`): explicit factor models take a MAP step for that user
-only, with the trained vector as the prior mean (argmin Σ_new (r − μ − b_u − b_i − xᵀq_i)² + λ‖x − x₀‖²);
-implicit factor models refold the user from all their items (training + new) against fixed item
-factors; other history models (EASE, KNN) keep the new items as a per-user history overlay.
+State a request can change is never edited under readers: a user's update is a new immutable
+`UserUpdate` that replaces the old one in one dictionary assignment, and new items build a whole new
+`Snapshot` (model, catalogue, index) aside that replaces the old one in one assignment; a request reads
+the snapshot once and works on it to the end.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
+from recforge.coldstart import KNOWN_USERS, RATINGS, USER_FEATURES
 from recforge.data.catalogue import ITEMS_FILE
+from recforge.data.query import History, Query
 from recforge.errors import CapabilityError, ConfigError, UnknownIdError
-from recforge.models.base import HISTORY, KNOWN_USERS, RATINGS, USER_FEATURES, History, Recommender
+from recforge.models.base import Recommendations, Recommender, UserUpdate
 from recforge.models.factorization import FactorModel
 from recforge.retrieval.ann import VectorIndex
-from recforge.retrieval.topk import topk
 
 
-@dataclass
-class Answer:
-    items: list[dict[str, Any]]
-    served_by: str
-    note: str = ""
+@dataclass(frozen=True)
+class Catalogue:
+    """Plain-Python columns of item id, title and genres in model index order (answers read them per
+    item: pandas .iloc is ~100x slower), plus lower-cased titles for search."""
+
+    ids: list[Any]
+    titles: list[str]
+    genres: list[list[str]]
+    title_lower: pd.Series
+
+    @classmethod
+    def build(cls, model: Recommender, items: pd.DataFrame | None) -> Catalogue:
+        frame = _catalogue(model, items)
+        return cls(
+            [_plain(v) for v in frame["item_id"]],
+            frame["title"].tolist(),
+            frame["genres"].tolist(),
+            frame["title"].fillna("").str.lower(),
+        )
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"item_id": self.ids, "title": self.titles, "genres": self.genres})
 
 
-@dataclass
-class _Overlay:
-    """Interactions a known user added after training."""
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a read needs, replaced as a whole (never edited) when the catalogue changes."""
 
-    items: list[int] = field(default_factory=list)
-    ratings: list[float | None] = field(default_factory=list)
+    model: Recommender
+    catalogue: Catalogue
+    index: VectorIndex | None
+    popularity: np.ndarray
 
 
 class RecommenderService:
     def __init__(
         self, model: Recommender, items: pd.DataFrame | None = None, index: VectorIndex | None = None, max_k: int = 1000
     ) -> None:
-        self.model, self.index, self.max_k = model, index, max_k
-        self.items = _catalogue(model, items)
-        counts = np.asarray(model.seen_.sum(axis=0)).ravel()
-        self.popularity = counts.astype(np.float64)
-        self._lock = threading.Lock()  # guards in-place updates; reads need no lock (numpy releases the GIL)
-        self._overlays: dict[int, _Overlay] = {}
-        self._index_catalogue()
+        self.max_k = max_k
+        popularity = np.asarray(model.seen_.sum(axis=0), dtype=np.float64).ravel()
+        self.snapshot = Snapshot(model, Catalogue.build(model, items), index, popularity)
+        self.updates: dict[int, UserUpdate] = {}
+        self._write_lock = threading.Lock()  # writers queue; readers never wait
 
-    def _index_catalogue(self) -> None:
-        """Plain-Python columns of the catalogue: answers read them per item (pandas .iloc is ~100x slower)."""
-        self._ids = [_plain(v) for v in self.items["item_id"]]
-        self._titles = self.items["title"].tolist()
-        self._genres = self.items["genres"].tolist()
-        self._title_lower = self.items["title"].fillna("").str.lower()
+    @property
+    def model(self) -> Recommender:
+        return self.snapshot.model
+
+    @property
+    def index(self) -> VectorIndex | None:
+        return self.snapshot.index
 
     @classmethod
     def from_artifact(cls, path: str | Path, **options: Any) -> RecommenderService:
         from recforge.artifacts import read_index
-        from recforge.models import load_model as load
+        from recforge.models import load_model
 
         path = Path(path)
-        model = load(path)
+        model = load_model(path)
         items = pd.read_parquet(path / ITEMS_FILE) if (path / ITEMS_FILE).exists() else None
         return cls(model, items, read_index(path), **options)
 
@@ -84,80 +98,75 @@ class RecommenderService:
     def answers_quickly(self) -> bool:
         """True when a known user's recommendations cost well under a millisecond: served from the ANN
         index, or an exact scan of a small catalogue (the HTTP layer then skips the thread pool)."""
-        model = self.model
-        if not isinstance(model, FactorModel):
+        snapshot = self.snapshot
+        if not isinstance(snapshot.model, FactorModel):
             return False
-        if self.index is not None:
+        if snapshot.index is not None:
             return True
-        return model.n_items * model.item_factors_.shape[1] <= self.QUICK_EXACT_WORK
+        return snapshot.model.n_items * snapshot.model.item_factors_.shape[1] <= self.QUICK_EXACT_WORK
 
     # ------------------------------------------------------------------ ids
-    def user_index(self, user: Any) -> int:
-        return _resolve(self.model.users_, user, "user")
+    def user_index(self, user: Any, snapshot: Snapshot | None = None) -> int:
+        return _resolve((snapshot or self.snapshot).model.users_, user, "user")
 
-    def item_index(self, item: Any) -> int:
-        return _resolve(self.model.items_, item, "item")
+    def item_index(self, item: Any, snapshot: Snapshot | None = None) -> int:
+        return _resolve((snapshot or self.snapshot).model.items_, item, "item")
 
-    def _check_k(self, k: int) -> int:
+    def _check_k(self, k: int, snapshot: Snapshot) -> int:
         if not 1 <= k <= self.max_k:
             raise ConfigError(f"k must be between 1 and {self.max_k}, got {k}")
-        return min(k, self.model.n_items)
+        return min(k, snapshot.model.n_items)
 
     # ------------------------------------------------------------------ recommendations
-    def recommend_user(self, user: Any, k: int = 10, exclude_seen: bool = True) -> Answer:
-        k = self._check_k(k)
-        index = self.user_index(user)
-        model = self.model
-        if KNOWN_USERS not in model.capabilities or not model.known_users_[index]:
+    def recommend_user(self, user: Any, k: int = 10, exclude_seen: bool = True) -> dict[str, Any]:
+        """A known user's top k: from their update when they added interactions, else the trained state
+        (through the ANN index when there is one)."""
+        snapshot = self.snapshot
+        k = self._check_k(k, snapshot)
+        index = self.user_index(user, snapshot)
+        model = snapshot.model
+        update = self.updates.get(index)
+        if update is None and (KNOWN_USERS not in model.capabilities or not model.known_users_[index]):
             raise UnknownIdError(f"user {user!r} has no training data in this model; POST /recommendations instead")
-        overlay = self._overlays.get(index)
-        exclude = None
-        if exclude_seen:
+        if update is not None:
+            exclude = update.items if exclude_seen else None
+            path = "model (updated)" if update.vector is not None else "history (updated)"
+            if snapshot.index is not None and update.vector is not None:
+                vector = model.augmented(update.vector[None, :], np.array([update.bias]))[0]
+                return self._searched(snapshot, vector, k, exclude, path)
+            return self._top(snapshot, model.score_updated(update), k, exclude, path)
+        if snapshot.index is not None and isinstance(model, FactorModel):
             seen = model.seen_  # the row's indices straight from CSR: a scipy row slice costs ~25 µs
-            exclude = seen.indices[seen.indptr[index] : seen.indptr[index + 1]]
-            if overlay is not None:
-                exclude = np.union1d(exclude, overlay.items)
-        if overlay is not None and not isinstance(model, FactorModel):
-            scores = model.score(np.array([index]), self._history_of(index, overlay))
-            return self._answer(scores, k, exclude, "history (updated)")
-        path = "model (updated)" if overlay is not None else "model"
-        if self.index is not None and isinstance(model, FactorModel):
-            items, scores = self.index.search_one(model.user_embeddings(np.array([index]))[0], k, exclude)
-            return Answer(self._rows(items, scores), path + "+ann")
-        return self._answer(model.score(np.array([index])), k, exclude, path)
+            exclude = seen.indices[seen.indptr[index] : seen.indptr[index + 1]] if exclude_seen else None
+            return self._searched(snapshot, model.user_embeddings(np.array([index]))[0], k, exclude, "model")
+        recs = model.recommend(np.array([index]), k, exclude_seen=exclude_seen, external_ids=False)
+        return self.render(snapshot, recs)
 
     def recommend_new(
         self, ratings: list[tuple[Any, float | None]], k: int = 10, features: dict[str, Any] | None = None
-    ) -> Answer:
+    ) -> dict[str, Any]:
         """A user unknown to the model, described by the items they rated now (rating None = interacted)
-        and/or by user features (e.g. age, gender, occupation). Routes to the user-feature tower when the
-        model has one and features are given ("features", "features+history"), else to the model's history
-        scoring ("history"), else to popularity; features a model cannot read are reported in `note`."""
-        k = self._check_k(k)
-        items = [self.item_index(item) for item, _ in ratings]
-        exclude = np.array(items, dtype=np.int64) if items else None
-        history = History.from_items([items], self.model.n_items, ratings=[[r for _, r in ratings]]) if items else None
-        if features and USER_FEATURES in self.model.capabilities and hasattr(self.model, "score_new_users"):
-            frame = pd.DataFrame([self._checked_features(features)])
-            scores = self.model.score_new_users(frame, history)
-            return self._answer(scores, k, exclude, "features+history" if items else "features")
-        if not items:
-            answer = self._popular(k, None, "no history given")
-        elif HISTORY not in self.model.capabilities:
-            answer = self._popular(k, exclude, f"{self.model.name} cannot score a history")
-        else:
-            answer = self._answer(self.model.score(np.array([-1]), history), k, exclude, "history")
+        and/or user features; `recforge.coldstart` picks the path (features, history or popularity) and
+        says what it could not use."""
+        snapshot = self.snapshot
+        model = snapshot.model
+        k = self._check_k(k, snapshot)
+        items = [self.item_index(item, snapshot) for item, _ in ratings]
+        history = History.from_items([items], model.n_items, ratings=[[r for _, r in ratings]])
+        frame = None
         if features:
-            ignored = f"features ignored: {self.model.name} has no user-feature tower"
-            answer.note = "; ".join(filter(None, [answer.note, ignored]))
-        return answer
+            frame = pd.DataFrame([self._checked_features(model, features)])
+        recs = model.recommend(Query(np.array([-1]), history, frame), k, external_ids=False)
+        return self.render(snapshot, recs)
 
-    def _checked_features(self, features: dict[str, Any]) -> dict[str, Any]:
+    @staticmethod
+    def _checked_features(model: Recommender, features: dict[str, Any]) -> dict[str, Any]:
         """Request features, validated against what the user tower reads: unknown names and non-numeric
-        values of numeric features are errors that name the field; missing ones count as unknown. (The
-        model itself reads unparseable numbers as missing, as it does for catalogue values like "Unknown";
-        a JSON request that sends text for a number is a client error.)"""
-        kinds = self.model.user_feature_kinds()
+        values of numeric features are errors that name the field; missing ones count as unknown. A model
+        without a user-feature tower ignores features (the answer's note says so)."""
+        if USER_FEATURES not in model.capabilities:
+            return features
+        kinds = model.user_feature_kinds()
         unknown = sorted(set(features) - set(kinds))
         if unknown:
             raise ConfigError(f"unknown user feature(s) {unknown}; this model reads {list(kinds)}")
@@ -167,74 +176,66 @@ class RecommenderService:
                 raise ConfigError(f"user feature {name!r} must be a number, got {value!r}")
         return features
 
-    def similar(self, item: Any, k: int = 10) -> Answer:
-        k = self._check_k(k)
-        result = self.model.similar_items(np.array([self.item_index(item)]), k, external_ids=False)
-        return Answer(self._rows(result.item_index[0], result.scores[0]), "similar")
+    def similar(self, item: Any, k: int = 10) -> dict[str, Any]:
+        snapshot = self.snapshot
+        k = self._check_k(k, snapshot)
+        recs = snapshot.model.similar_items(np.array([self.item_index(item, snapshot)]), k, external_ids=False)
+        return self.render(snapshot, recs)
 
     def predict(self, pairs: list[tuple[Any, Any]]) -> list[float]:
-        if RATINGS not in self.model.capabilities:
-            raise CapabilityError(f"{self.model.name} does not predict ratings")
+        model = self.snapshot.model
+        if RATINGS not in model.capabilities:
+            raise CapabilityError(f"{model.name} does not predict ratings")
         users = np.array([self.user_index(u) for u, _ in pairs], dtype=np.int64)
         items = np.array([self.item_index(i) for _, i in pairs], dtype=np.int64)
-        predictions = self.model.predict(users, items)
-        if self.model.rating_scale_ is not None:
-            predictions = np.clip(predictions, *self.model.rating_scale_)
+        predictions = self._updated_predictions(model, users, items)
+        if model.rating_scale_ is not None:
+            predictions = np.clip(predictions, *model.rating_scale_)
         return [float(p) for p in predictions]
 
+    def _updated_predictions(self, model: Recommender, users: np.ndarray, items: np.ndarray) -> np.ndarray:
+        """Predicted ratings; users with an update are predicted from their updated vector."""
+        predictions = np.asarray(model.predict(users, items), dtype=np.float64)
+        for row, (user, item) in enumerate(zip(users, items, strict=True)):
+            update = self.updates.get(int(user))
+            if update is not None and update.vector is not None:
+                predictions[row] = float(model.score_updated(update)[0, item])
+        return predictions
+
     def search_items(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+        snapshot = self.snapshot
         query = query.strip().lower()
         if not query:
             return []
-        hits = np.flatnonzero(self._title_lower.str.contains(query, regex=False).to_numpy())
-        hits = hits[np.argsort(-self.popularity[hits], kind="stable")][:limit]  # popular titles first
-        return [self._item_row(int(i)) for i in hits]
+        hits = np.flatnonzero(snapshot.catalogue.title_lower.str.contains(query, regex=False).to_numpy())
+        hits = hits[np.argsort(-snapshot.popularity[hits], kind="stable")][:limit]  # popular titles first
+        return [_item_row(snapshot.catalogue, int(i)) for i in hits]
 
     # ------------------------------------------------------------------ updates
     def add_interactions(self, user: Any, ratings: list[tuple[Any, float | None]]) -> str:
-        """Fold new interactions of a known user into their vector (or history); returns how."""
-        index = self.user_index(user)
-        items = [self.item_index(item) for item, _ in ratings]
-        model = self.model
-        if not isinstance(model, FactorModel) and HISTORY not in model.capabilities:
-            raise CapabilityError(f"{model.name} cannot take new interactions without retraining")
-        with self._lock:
-            overlay = self._overlays.setdefault(index, _Overlay())
-            overlay.items += items
-            overlay.ratings += [r for _, r in ratings]
-            if not isinstance(model, FactorModel):
-                return "history overlay"
-            if RATINGS in model.capabilities and any(r is not None for _, r in ratings):
-                self._map_update(index, [(i, r) for i, (_, r) in zip(items, ratings, strict=True) if r is not None])
-                return "MAP update of the user's factors"
-            vectors, bias = model.fold_in(self._history_of(index, overlay))
-            model.user_factors_[index] = vectors[0]
-            model.user_bias_[index] = bias[0]
-            return "fold-in of the user's whole history"
+        """Fold a known user's new interactions into their state (`Recommender.update_user`); returns how."""
+        with self._write_lock:
+            snapshot = self.snapshot
+            model = snapshot.model
+            index = self.user_index(user, snapshot)
+            items = [self.item_index(item, snapshot) for item, _ in ratings]
+            added = History.from_items([items], model.n_items, ratings=[[r for _, r in ratings]])
+            update = model.update_user(index, added, self.updates.get(index))
+            self.updates[index] = update  # one assignment: readers see the old update or the new one
+        if update.vector is None:
+            return "history overlay"
+        rated = RATINGS in model.capabilities and any(r is not None for _, r in ratings)
+        return "MAP update of the user's factors" if rated else "fold-in of the user's whole history"
 
     def add_items(self, items: list[dict[str, Any]]) -> str:
-        """Add brand-new items described by features (two-tower models with an item tower): each gets a
-        vector from the tower with the unknown ID and joins the catalogue, the index and search at once.
-        Each dict: `item` (new id), optional `title`, and the model's item-feature columns."""
-        from recforge.models.base import ITEM_FEATURES
-
-        model = self.model
-        if ITEM_FEATURES not in model.capabilities or not hasattr(model, "embed_items"):
-            raise CapabilityError(f"{model.name} cannot embed items from features; retrain to add items")
+        """Add brand-new items described by features (models with an item tower): each gets a vector from
+        the tower with the unknown ID and joins the catalogue, the index and search at once. Each dict:
+        `item` (new id), optional `title`, and the model's item-feature columns."""
         ids = [entry["item"] for entry in items]
-        clashes = [i for i in ids if i in model.items_ or str(i) in model.items_]
-        if clashes:
-            raise ConfigError(f"items already in the catalogue: {clashes[:5]}")
-        if len(set(ids)) != len(ids):
-            raise ConfigError("duplicate item ids in the request")
         frame = pd.DataFrame([{k: v for k, v in entry.items() if k != "item"} for entry in items])
-        vectors = model.embed_items(frame)
-        with self._lock:
-            model.items_ = model.items_.extend(ids)
-            model.item_factors_ = np.vstack([model.item_factors_, vectors.astype(np.float32)])
-            model.item_bias_ = np.concatenate([model.item_bias_, np.zeros(len(ids))])
-            model.seen_ = sp.hstack([model.seen_, sp.csr_matrix((model.seen_.shape[0], len(ids)))]).tocsr()
-            self.popularity = np.concatenate([self.popularity, np.zeros(len(ids))])
+        with self._write_lock:
+            snapshot = self.snapshot
+            model = snapshot.model.extend_items(ids, frame)
             added = pd.DataFrame(
                 {
                     "item_id": ids,
@@ -245,53 +246,60 @@ class RecommenderService:
                     ],
                 }
             )
-            self.items = _catalogue(model, pd.concat([self.items, added], ignore_index=True))
-            self._index_catalogue()
-            if self.index is not None:
-                self.index = VectorIndex(self.index.config).build(model.item_embeddings())
+            catalogue = Catalogue.build(model, pd.concat([snapshot.catalogue.frame(), added], ignore_index=True))
+            index = None
+            if snapshot.index is not None:
+                index = VectorIndex(snapshot.index.config).build(model.item_embeddings())  # type: ignore[attr-defined]
+            popularity = np.concatenate([snapshot.popularity, np.zeros(len(ids))])
+            self.snapshot = Snapshot(model, catalogue, index, popularity)  # one assignment swaps it all
         return "item tower (features, unknown ID)"
 
-    def _map_update(self, user: int, rated: list[tuple[int, float]]) -> None:
-        model: FactorModel = self.model  # type: ignore[assignment]
-        items = np.array([i for i, _ in rated])
-        q = model.item_factors_[items].astype(np.float64)
-        residual = (
-            np.array([r for _, r in rated]) - model.global_bias_ - model.user_bias_[user] - model.item_bias_[items]
-        )
-        reg = max(float(model.fold_in_reg), 1e-6) * (len(items) if model.fold_in_per_rating else 1)
-        prior = model.user_factors_[user].astype(np.float64)
-        system = q.T @ q + reg * np.eye(q.shape[1])
-        model.user_factors_[user] = np.linalg.solve(system, q.T @ residual + reg * prior).astype(np.float32)
+    # ------------------------------------------------------------------ answers
+    def render(self, snapshot: Snapshot, recs: Recommendations, row: int = 0) -> dict[str, Any]:
+        """One list of a `Recommendations` as the service's JSON shape."""
+        items, scores = recs.item_index[row], recs.scores[row]
+        return {
+            "served_by": str(recs.served_by[row]),
+            "note": str(recs.notes[row]) if len(recs.notes) else "",
+            "items": [
+                _item_row(snapshot.catalogue, int(i), float(s)) for i, s in zip(items, scores, strict=True) if i >= 0
+            ],
+        }
 
-    def _history_of(self, index: int, overlay: _Overlay) -> History:
-        seen = self.model.seen_[index].indices.tolist()
-        already = set(seen)
-        items = seen + [i for i in dict.fromkeys(overlay.items) if i not in already]
-        known = dict(zip(overlay.items, overlay.ratings, strict=True))
-        return History.from_items([items], self.model.n_items, ratings=[[known.get(i) for i in items]])
+    def _top(
+        self, snapshot: Snapshot, scores: np.ndarray, k: int, exclude: np.ndarray | None, path: str
+    ) -> dict[str, Any]:
+        from recforge.retrieval.topk import topk
 
-    # ------------------------------------------------------------------ helpers
-    def _answer(self, scores: np.ndarray, k: int, exclude: np.ndarray | None, path: str) -> Answer:
-        """Top-k of one row of scores, leaving out the item indices in `exclude`."""
         scores = np.array(scores, dtype=np.float32)
         if exclude is not None:
             scores[0, exclude] = -np.inf
         items, top = topk(scores, k)
-        return Answer(self._rows(items[0], top[0]), path)
+        return self.render(snapshot, _one(snapshot.model, items, top, path))
 
-    def _popular(self, k: int, exclude: np.ndarray | None, why: str) -> Answer:
-        answer = self._answer(self.popularity[None, :].astype(np.float32), k, exclude, "popularity")
-        answer.note = why
-        return answer
+    def _searched(
+        self, snapshot: Snapshot, vector: np.ndarray, k: int, exclude: np.ndarray | None, path: str
+    ) -> dict[str, Any]:
+        items, scores = snapshot.index.search_one(vector, k, exclude)  # type: ignore[union-attr]
+        return self.render(snapshot, _one(snapshot.model, items[None, :], scores[None, :], path + "+ann"))
 
-    def _rows(self, items: np.ndarray, scores: np.ndarray) -> list[dict[str, Any]]:
-        return [self._item_row(int(i), float(s)) for i, s in zip(items, scores, strict=True) if i >= 0]
 
-    def _item_row(self, index: int, score: float | None = None) -> dict[str, Any]:
-        out = {"item": self._ids[index], "title": self._titles[index], "genres": self._genres[index]}
-        if score is not None:
-            out["score"] = score
-        return out
+def _one(model: Recommender, items: np.ndarray, scores: np.ndarray, path: str) -> Recommendations:
+    return Recommendations(
+        users=np.array([None]),
+        item_index=items,
+        items=model.items_.lookup(np.maximum(items, 0)).astype(object),
+        scores=scores,
+        served_by=np.array([path], dtype=object),
+        notes=np.array([""], dtype=object),
+    )
+
+
+def _item_row(catalogue: Catalogue, index: int, score: float | None = None) -> dict[str, Any]:
+    out = {"item": catalogue.ids[index], "title": catalogue.titles[index], "genres": catalogue.genres[index]}
+    if score is not None:
+        out["score"] = score
+    return out
 
 
 def _catalogue(model: Recommender, items: pd.DataFrame | None) -> pd.DataFrame:
