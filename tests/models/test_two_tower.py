@@ -141,8 +141,8 @@ def test_anime_layout_end_to_end(anime):
     data = anime.subset(np.flatnonzero(anime.user_index < 800))  # 800 users keep the test quick
     split = per_user_split(data, 0.2, seed=0)
     model = create_model("two_tower", preset="rating", n_epochs=2, id_dropout=0.2).fit(split.train)
-    assert model.feature_meta_["item"]["dense_dim"] > 20  # multi-hot genres + scaled numerics
-    assert "type" in model.feature_meta_["item"]["categorical_names"]
+    assert model.features_.meta["item"]["dense_dim"] > 20  # multi-hot genres + scaled numerics
+    assert "type" in model.features_.meta["item"]["categorical_names"]
     rmse = RatingEvaluator(split.train, split.test).evaluate(model).summary["rmse"]
     assert rmse < 1.6, rmse  # 1-10 scale; the global mean scores about 1.7 on this sample
     new_items = split.data.item_features.head(3).drop(columns=["item_id"], errors="ignore")

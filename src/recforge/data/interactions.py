@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from recforge._io import atomic_path
 from recforge.data.vocabulary import Vocabulary
-from recforge.errors import DataFormatError
+from recforge.errors import ConfigError, DataFormatError
 
 FORMAT_VERSION = 1
 
@@ -200,6 +200,19 @@ class Interactions:
             raise DataFormatError(f"{self.name} has no ratings; explicit models need rated interactions")
         rated = self.is_rated
         return self if rated.all() else self.subset(rated)
+
+    def rated_triples(self, needed_by: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(user indices int64, item indices int64, ratings float64) of the rated rows, the latest rating of
+        a repeated pair only: what explicit models train on. `needed_by` names the model in the error."""
+        if self.rating is None or self.n_rated == 0:
+            raise ConfigError(f"{needed_by} needs rated interactions")
+        rated = self.explicit()
+        rows = rated.latest_per_pair()
+        return (
+            rated.user_index[rows].astype(np.int64),
+            rated.item_index[rows].astype(np.int64),
+            rated.rating[rows].astype(np.float64),
+        )
 
     def compact(self) -> Interactions:
         """Drop users and items left without interactions and renumber; features follow their ids."""

@@ -174,3 +174,11 @@ def gini_index(recommended: np.ndarray, n_items: int) -> float:
         return float("nan")
     index = np.arange(1, n_items + 1)
     return float(np.sum((2 * index - n_items - 1) * counts) / (n_items * counts.sum()))
+
+
+# ----------------------------------------------------------------------------- single target per query
+def ndcg_from_ranks(ranks: np.ndarray, k: int) -> np.ndarray:
+    """NDCG@k of queries with one relevant item at 0-based rank `ranks` (inf = not ranked): 1/log2(r + 2)
+    inside the top k, else 0 (the ideal DCG of a single item is 1)."""
+    ranks = np.asarray(ranks, dtype=np.float64)
+    return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)

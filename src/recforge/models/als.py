@@ -24,18 +24,6 @@ from recforge.models.base import ModelConfig, TrainOptions
 from recforge.models.factorization import FactorModel, FoldInPenalty
 
 
-def _rated_arrays(train: Interactions, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    if train.rating is None or train.n_rated == 0:
-        raise ConfigError(f"{name} needs rated interactions")
-    rated = train.explicit()
-    rows = rated.latest_per_pair()
-    return (
-        rated.user_index[rows].astype(np.int64),
-        rated.item_index[rows].astype(np.int64),
-        rated.rating[rows].astype(np.float64),
-    )
-
-
 def _with_ones(factors: torch.Tensor) -> torch.Tensor:
     return torch.cat([factors, torch.ones((factors.shape[0], 1), dtype=factors.dtype)], dim=1)
 
@@ -58,7 +46,7 @@ class ExplicitALS(FactorModel):
 
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: ALSConfig = self.config  # type: ignore[assignment]
-        users, items, ratings = _rated_arrays(train, self.name)
+        users, items, ratings = train.rated_triples(self.name)
         generator = torch.Generator().manual_seed(options.seed)
         mean = float(ratings.mean())
         by_user = GroupedRows.build(users, items, train.n_users)
@@ -125,7 +113,7 @@ class BayesianMF(FactorModel):
         c: BayesianMFConfig = self.config  # type: ignore[assignment]
         if c.burn_in >= c.n_iterations:
             raise ConfigError("burn_in must be smaller than n_iterations")
-        users, items, ratings = _rated_arrays(train, self.name)
+        users, items, ratings = train.rated_triples(self.name)
         rng = np.random.default_rng(options.seed)
         torch_rng = torch.Generator().manual_seed(options.seed)
         mean = float(ratings.mean())

@@ -14,11 +14,11 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from recforge._progress import progress_bar
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
 from recforge.models.base import ModelConfig, TrainOptions
 from recforge.models.factorization import FactorModel
+from recforge.nn.training import EpochContext, EpochPlan, fit_epochs, seed_everything
 
 
 class BPRConfig(ModelConfig):
@@ -35,11 +35,11 @@ class BPRConfig(ModelConfig):
 
 
 def sample_negatives(
-    users: np.ndarray, n_items: int, positive_keys: np.ndarray, rng: np.random.Generator, max_rounds: int = 50
+    users: np.ndarray, n_items: int, positive_keys: np.ndarray, generator: torch.Generator, max_rounds: int = 50
 ) -> np.ndarray:
     """One uniformly drawn item per user that is not among the user's positives (`positive_keys` are the
     sorted u * n_items + i keys). Re-draws collisions in vectorised rounds."""
-    negatives = rng.integers(0, n_items, size=len(users))
+    negatives = torch.randint(0, n_items, (len(users),), generator=generator).numpy()
     pending = np.arange(len(users))
     for _ in range(max_rounds):
         keys = users[pending].astype(np.int64) * n_items + negatives[pending]
@@ -48,7 +48,7 @@ def sample_negatives(
         pending = pending[clash]
         if not len(pending):
             break
-        negatives[pending] = rng.integers(0, n_items, size=len(pending))
+        negatives[pending] = torch.randint(0, n_items, (len(pending),), generator=generator).numpy()
     return negatives
 
 
@@ -58,31 +58,12 @@ class BPR(FactorModel):
 
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: BPRConfig = self.config  # type: ignore[assignment]
-        rng = np.random.default_rng(options.seed)
-        generator = torch.Generator().manual_seed(options.seed)
-        coo = self.seen_.tocoo()
-        users, items = coo.row.astype(np.int64), coo.col.astype(np.int64)
-        keys = np.sort(users * train.n_items + items)
+        generator = seed_everything(options.seed)  # initialisation
         P = torch.randn((train.n_users, c.n_factors), generator=generator) * c.init_std
         Q = torch.randn((train.n_items, c.n_factors), generator=generator) * c.init_std
-        bias = torch.zeros(train.n_items)
-        with progress_bar("BPR", c.n_epochs, enabled=options.progress) as bar:
-            for epoch in range(c.n_epochs):
-                picks = rng.integers(0, len(users), size=len(users))
-                batch_users, positives = users[picks], items[picks]
-                negatives = sample_negatives(batch_users, train.n_items, keys, rng)
-                total, correct = 0.0, 0
-                for start in range(0, len(picks), c.batch_size):
-                    u = torch.from_numpy(batch_users[start : start + c.batch_size])
-                    i = torch.from_numpy(positives[start : start + c.batch_size])
-                    j = torch.from_numpy(negatives[start : start + c.batch_size])
-                    loss, hits = self._step(P, Q, bias, u, i, j, c)
-                    total += loss
-                    correct += hits
-                self.training_log_.append({"epoch": epoch + 1, "loss": total / len(picks), "auc": correct / len(picks)})
-                bar.advance()
-                bar.update(loss=total / len(picks))
-        self._set_factors(P.numpy(), Q.numpy(), item_bias=bias.numpy().astype(np.float64))
+        trainer = _BPRTrainer(c, self.seen_, P, Q)
+        self.training_log_ = fit_epochs(trainer, EpochPlan(n_epochs=c.n_epochs, description="BPR"), options)
+        self._set_factors(trainer.P.numpy(), trainer.Q.numpy(), item_bias=trainer.bias.numpy().astype(np.float64))
 
     def fold_in(self, history: History) -> tuple[np.ndarray, np.ndarray]:
         """A new user's vector by BPR's own objective with the item factors fixed: full-batch gradient
@@ -115,8 +96,56 @@ class BPR(FactorModel):
             x += c.fold_in_lr * gradient
         return x.numpy(), np.zeros(n)
 
-    @staticmethod
-    def _step(P, Q, bias, u, i, j, c: BPRConfig) -> tuple[float, int]:
+
+class _BPRTrainer:
+    """One epoch = as many (user, positive, negative) triples as there are interactions, SGD by the BPR-Opt
+    rule in mini-batches with hand-written gradients. No validation metric: BPR trains for n_epochs."""
+
+    def __init__(self, config: BPRConfig, seen: Any, P: torch.Tensor, Q: torch.Tensor) -> None:
+        self.config, self.P, self.Q = config, P, Q
+        self.bias = torch.zeros(len(Q))
+        coo = seen.tocoo()
+        self.users, self.items = coo.row.astype(np.int64), coo.col.astype(np.int64)
+        self.n_items = seen.shape[1]
+        self.keys = np.sort(self.users * self.n_items + self.items)
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> None:
+        self.device = device
+        self.P, self.Q, self.bias = self.P.to(device), self.Q.to(device), self.bias.to(device)
+
+    def train_epoch(self, context: EpochContext) -> dict[str, float]:
+        c = self.config
+        picks = torch.randint(0, len(self.users), (len(self.users),), generator=context.generator).numpy()
+        users, positives = self.users[picks], self.items[picks]
+        negatives = sample_negatives(users, self.n_items, self.keys, context.generator)
+        total, correct = 0.0, 0
+        for start in range(0, len(picks), c.batch_size):
+            end = start + c.batch_size
+            u, i, j = (torch.from_numpy(a[start:end]).to(self.device) for a in (users, positives, negatives))
+            loss, hits = self._step(u, i, j)
+            total += loss
+            correct += hits
+        return {"loss": total / len(picks), "auc": correct / len(picks)}
+
+    def validate(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.load_weights(state["weights"])
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {"P": self.P, "Q": self.Q, "bias": self.bias}
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        for name, tensor in self.weights().items():
+            tensor.copy_(weights[name])
+
+    def _step(self, u: torch.Tensor, i: torch.Tensor, j: torch.Tensor) -> tuple[float, int]:
+        P, Q, bias, c = self.P, self.Q, self.bias, self.config
         pu, qi, qj = P.index_select(0, u), Q.index_select(0, i), Q.index_select(0, j)
         bi, bj = bias.index_select(0, i), bias.index_select(0, j)
         difference = (pu * (qi - qj)).sum(1) + bi - bj

@@ -8,6 +8,8 @@ stores every member's state under its own prefix.
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -61,16 +63,10 @@ class Blend(Recommender):
 
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         for index, member in enumerate(self.members_):
-            member.fit(
-                train,
-                TrainOptions(
-                    seed=options.seed + index,
-                    device=options.device,
-                    progress=options.progress,
-                    valid=options.valid,
-                    threads=options.threads,
-                ),
+            checkpoints = (
+                None if options.checkpoint_dir is None else str(Path(options.checkpoint_dir) / f"member{index}")
             )
+            member.fit(train, dataclasses.replace(options, seed=options.seed + index, checkpoint_dir=checkpoints))
             self.training_log_ += [{"member": index, **entry} for entry in member.training_log_]
 
     def _combine(self, parts: list[np.ndarray]) -> np.ndarray:

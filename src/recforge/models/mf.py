@@ -18,15 +18,14 @@ import numpy as np
 import torch
 from pydantic import Field, model_validator
 
-from recforge._progress import progress_bar
 from recforge.coldstart import EMBEDDINGS, HISTORY, KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
-from recforge.errors import ConfigError, TrainingDivergedError
-from recforge.models.als import _rated_arrays
+from recforge.errors import ConfigError
+from recforge.evaluation import metrics as M
 from recforge.models.base import ModelConfig, TrainOptions, apply_preset
 from recforge.models.factorization import FactorModel, FoldInPenalty
-from recforge.nn.training import make_optimizer
+from recforge.nn.training import EpochContext, EpochPlan, fit_epochs, make_optimizer, seed_everything
 
 PRESETS: dict[str, dict[str, Any]] = {
     "anime-paper": {
@@ -95,150 +94,36 @@ class ExplicitMF(FactorModel):
 
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: MFConfig = self.config  # type: ignore[assignment]
-        users, items, ratings = _rated_arrays(train, self.name)
-        torch.manual_seed(options.seed)
-        generator = torch.Generator().manual_seed(options.seed)
+        users, items, ratings = train.rated_triples(self.name)
+        generator = seed_everything(options.seed)  # initialisation
         mean = float(ratings.mean()) if c.biased else 0.0
-        n_users, n_items, k = train.n_users, train.n_items, c.n_factors
-        P = torch.randn((n_users, k), generator=generator) * c.init_std
-        Q = torch.randn((n_items, k), generator=generator) * c.init_std
-        bu, bi = torch.zeros(n_users), torch.zeros(n_items)
-        u_t, i_t = torch.from_numpy(users), torch.from_numpy(items)
-        r_t = torch.from_numpy(ratings.astype(np.float32))
-        valid = self._validation(options.valid)
-        batch = len(r_t) if c.batch_size is None else c.batch_size
-        best = (np.inf, None)
-        stale = 0
-        self._damp = c.optimizer == "sgd" and _needs_damping(
-            users, items, batch, c.lr if c.loss == "sum" else c.lr / batch
+        k = c.n_factors
+        P = torch.randn((train.n_users, k), generator=generator) * c.init_std
+        Q = torch.randn((train.n_items, k), generator=generator) * c.init_std
+        trainer = _MFTrainer(
+            c, (users, items, ratings), P, Q, mean, self._validation(options.valid), self._scale(train)
         )
-        if c.optimizer != "sgd":
-            for tensor in (P, Q, bu, bi):
-                tensor.grad = torch.zeros_like(tensor)
-            optimizer = make_optimizer(c.optimizer, [P, Q] + ([bu, bi] if c.biased else []), c.lr)
-        with progress_bar("MF", c.n_epochs, enabled=options.progress) as bar:
-            for epoch in range(c.n_epochs):
-                if batch < len(r_t):  # shuffle once per epoch, then take contiguous slices (views, no copies)
-                    order = torch.randperm(len(r_t), generator=generator)
-                    u_epoch, i_epoch, r_epoch = u_t[order], i_t[order], r_t[order]
-                else:
-                    u_epoch, i_epoch, r_epoch = u_t, i_t, r_t
-                total = torch.zeros(())
-                for start in range(0, len(r_t), batch):
-                    u, i, r = (
-                        u_epoch[start : start + batch],
-                        i_epoch[start : start + batch],
-                        r_epoch[start : start + batch],
-                    )
-                    if c.optimizer == "sgd":
-                        total += self._sgd_step(P, Q, bu, bi, u, i, r, mean)
-                    else:
-                        total += self._set_gradients(P, Q, bu, bi, u, i, r, mean)
-                        optimizer.step()
-                entry = {"epoch": epoch + 1, "loss": float(total) / len(r_t)}
-                if not np.isfinite(entry["loss"]):
-                    raise TrainingDivergedError(
-                        f"{self.name}: the training loss became {entry['loss']} at epoch {epoch + 1}; "
-                        f"lower lr (now {c.lr}) or batch_size (now {c.batch_size})"
-                    )
-                if valid is not None:
-                    with torch.no_grad():
-                        vu, vi, vr = valid
-                        pred = (mean + bu[vu] + bi[vi] + (P[vu] * Q[vi]).sum(1)).clamp(*self._scale(train)).numpy()
-                    entry["valid_rmse"] = float(np.sqrt(np.mean((pred - vr) ** 2)))
-                self.training_log_.append(entry)
-                bar.advance()
-                bar.update(**{k: v for k, v in entry.items() if k != "epoch"})
-                if valid is not None and c.early_stopping_patience is not None:
-                    if entry["valid_rmse"] < best[0] - 1e-5:
-                        best, stale = (entry["valid_rmse"], [t.detach().clone() for t in (P, Q, bu, bi)]), 0
-                    else:
-                        stale += 1
-                        if stale >= c.early_stopping_patience:
-                            break
-        if best[1] is not None:
-            P, Q, bu, bi = best[1]
+        plan = EpochPlan(
+            n_epochs=c.n_epochs,
+            monitor="valid_rmse" if trainer.valid is not None else None,
+            patience=c.early_stopping_patience,
+            description="MF",
+        )
+        self.training_log_ = fit_epochs(trainer, plan, options)
         self._set_factors(
-            P.detach().numpy(),
-            Q.detach().numpy(),
-            bu.detach().numpy() if c.biased else None,
-            bi.detach().numpy() if c.biased else None,
+            trainer.P.numpy(),
+            trainer.Q.numpy(),
+            trainer.bu.numpy() if c.biased else None,
+            trainer.bi.numpy() if c.biased else None,
             mean,
             fold_in=FoldInPenalty(c.reg, c.reg_bias, per_rating=c.reg_mode == "per_rating"),
         )
-        self._fit_blend_means(users, items, ratings, n_users, n_items)
+        self._fit_blend_means(users, items, ratings, train.n_users, train.n_items)
 
-    def _sgd_step(self, P, Q, bu, bi, u, i, r, mean) -> float:
-        """One vectorised SGD step with the per-rating updates of Funk SVD, summed over the batch.
-
-        Written for memory traffic: index_select (4x faster than advanced indexing on CPU), in-place
-        updates, and no autograd graph.
-        """
-        c: MFConfig = self.config  # type: ignore[assignment]
-        lr = c.lr if c.loss == "sum" else c.lr / len(r)
-        pu, qi = P.index_select(0, u), Q.index_select(0, i)
-        error = r - torch.linalg.vecdot(pu, qi)  # one fused pass instead of multiply-then-sum
-        damp_u = damp_i = None
-        if self._damp:  # a row seen n times in the batch takes n summed steps at once: cap its total step
-            damp_u, damp_i = _damping(u, len(P), lr), _damping(i, len(Q), lr)
-        if c.biased:
-            bu_u, bi_i = bu.index_select(0, u), bi.index_select(0, i)
-            error -= bu_u + bi_i + mean
-            step_u = lr * error - (lr * c.reg_bias) * bu_u
-            step_i = lr * error - (lr * c.reg_bias) * bi_i
-            bu.index_add_(0, u, step_u if damp_u is None else step_u * damp_u)
-            bi.index_add_(0, i, step_i if damp_i is None else step_i * damp_i)
-        scaled = (lr * error).unsqueeze(1)
-        grad_p = qi * scaled
-        grad_p.add_(pu, alpha=-lr * c.reg)
-        pu.mul_(scaled).add_(qi, alpha=-lr * c.reg)  # pu now holds Q's update
-        if damp_u is not None:
-            grad_p.mul_(damp_u.unsqueeze(1))
-            pu.mul_(damp_i.unsqueeze(1))
-        P.index_add_(0, u, grad_p)
-        Q.index_add_(0, i, pu)
-        return error.square().sum()
-
-    def _set_gradients(self, P, Q, bu, bi, u, i, r, mean) -> float:
-        """Exact gradients of the configured loss written into `.grad` (no autograd graph: ~4x faster)."""
-        c: MFConfig = self.config  # type: ignore[assignment]
-        pu, qi = P.index_select(0, u), Q.index_select(0, i)
-        error = mean + (pu * qi).sum(1) - r
-        if c.biased:
-            error += bu.index_select(0, u) + bi.index_select(0, i)
-        scale = 2.0 if c.loss == "sum" else 2.0 / len(r)
-        weighted = (scale * error).unsqueeze(1)
-        for tensor in (P, Q, bu, bi):
-            tensor.grad.zero_()
-        P.grad.index_add_(0, u, weighted * qi)
-        Q.grad.index_add_(0, i, weighted * pu)
-        if c.biased:
-            bu.grad.index_add_(0, u, scale * error)
-            bi.grad.index_add_(0, i, scale * error)
-        reg_scale = 2.0 if c.loss == "sum" else 2.0 / len(r)
-        if c.reg_mode == "global":
-            P.grad.add_(P, alpha=reg_scale * c.reg)
-            Q.grad.add_(Q, alpha=reg_scale * c.reg)
-            if c.biased:
-                bu.grad.add_(bu, alpha=reg_scale * c.reg_bias)
-                bi.grad.add_(bi, alpha=reg_scale * c.reg_bias)
-        else:
-            P.grad.index_add_(0, u, (reg_scale * c.reg) * pu)
-            Q.grad.index_add_(0, i, (reg_scale * c.reg) * qi)
-            if c.biased:
-                bu.grad.index_add_(0, u, (reg_scale * c.reg_bias) * bu.index_select(0, u))
-                bi.grad.index_add_(0, i, (reg_scale * c.reg_bias) * bi.index_select(0, i))
-        return error.square().sum()
-
-    def _validation(self, valid: Interactions | None) -> tuple[torch.Tensor, torch.Tensor, np.ndarray] | None:
+    def _validation(self, valid: Interactions | None) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         if valid is None or valid.rating is None or valid.n_rated == 0:
             return None
-        rated = valid.explicit()
-        return (
-            torch.from_numpy(rated.user_index.astype(np.int64)),
-            torch.from_numpy(rated.item_index.astype(np.int64)),
-            rated.rating.astype(np.float64),
-        )
+        return valid.rated_triples("validation")
 
     @staticmethod
     def _scale(train: Interactions) -> tuple[float, float]:
@@ -300,6 +185,168 @@ class ExplicitMF(FactorModel):
         super()._set_state(arrays, extras)
         self.blend_user_, self.blend_item_ = arrays["blend_user"], arrays["blend_item"]
         self.blend_global_ = extras["blend_global"]
+
+
+class _MFTrainer:
+    """One epoch = every rating once, in shuffled mini-batches (or one full batch); SGD with hand-written
+    per-rating updates, or a torch optimizer on exact hand-written gradients; validation = valid_rmse."""
+
+    def __init__(
+        self,
+        config: MFConfig,
+        rows: tuple[np.ndarray, np.ndarray, np.ndarray],
+        P: torch.Tensor,
+        Q: torch.Tensor,
+        mean: float,
+        valid: tuple[np.ndarray, np.ndarray, np.ndarray] | None,
+        scale: tuple[float, float],
+    ) -> None:
+        c = self.config = config
+        users, items, ratings = rows
+        self.P, self.Q, self.mean, self.valid, self.scale = P, Q, mean, valid, scale
+        self.bu, self.bi = torch.zeros(len(P)), torch.zeros(len(Q))
+        self.users, self.items = torch.from_numpy(users), torch.from_numpy(items)
+        self.ratings = torch.from_numpy(ratings.astype(np.float32))
+        self.batch = len(self.ratings) if c.batch_size is None else c.batch_size
+        lr = c.lr if c.loss == "sum" else c.lr / self.batch
+        self._damp = c.optimizer == "sgd" and _needs_damping(users, items, self.batch, lr)
+        self.optimizer = None
+        if c.optimizer != "sgd":
+            for tensor in self.tensors():
+                tensor.grad = torch.zeros_like(tensor)
+            self.optimizer = make_optimizer(c.optimizer, [P, Q] + ([self.bu, self.bi] if c.biased else []), c.lr)
+        self.device = torch.device("cpu")
+
+    def tensors(self) -> list[torch.Tensor]:
+        return [self.P, self.Q, self.bu, self.bi]
+
+    def to(self, device: torch.device) -> None:
+        if device == self.device:
+            return
+        self.device = device
+        for name in ("P", "Q", "bu", "bi", "users", "items", "ratings"):
+            moved = getattr(self, name).to(device)
+            if name in ("P", "Q", "bu", "bi") and self.optimizer is not None:
+                moved.grad = torch.zeros_like(moved)
+            setattr(self, name, moved)
+        if self.optimizer is not None:  # the optimizer follows the moved tensors
+            c = self.config
+            params = [self.P, self.Q] + ([self.bu, self.bi] if c.biased else [])
+            state = self.optimizer.state_dict()
+            self.optimizer = make_optimizer(c.optimizer, params, c.lr)
+            self.optimizer.load_state_dict(state)
+
+    def train_epoch(self, context: EpochContext) -> dict[str, float]:
+        n = len(self.ratings)
+        if self.batch < n:  # shuffle once per epoch, then take contiguous slices (views, no copies)
+            order = torch.randperm(n, generator=context.generator).to(self.device)
+            users, items, ratings = self.users[order], self.items[order], self.ratings[order]
+        else:
+            users, items, ratings = self.users, self.items, self.ratings
+        total = torch.zeros((), device=self.device)
+        for start in range(0, n, self.batch):
+            u, i, r = (
+                users[start : start + self.batch],
+                items[start : start + self.batch],
+                ratings[start : start + self.batch],
+            )
+            if self.optimizer is None:
+                total += self._sgd_step(u, i, r)
+            else:
+                total += self._set_gradients(u, i, r)
+                self.optimizer.step()
+        return {"loss": float(total) / n}
+
+    @torch.no_grad()
+    def validate(self) -> dict[str, float]:
+        if self.valid is None:
+            return {}
+        vu, vi = (torch.from_numpy(a).to(self.device) for a in self.valid[:2])
+        ratings = self.valid[2]
+        prediction = self.mean + self.bu[vu] + self.bi[vi] + (self.P[vu] * self.Q[vi]).sum(1)
+        prediction = prediction.clamp(*self.scale).to("cpu").numpy()
+        return {"valid_rmse": M.rmse(ratings, prediction)}
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"weights": self.weights()}
+        if self.optimizer is not None:
+            state["optimizer"] = self.optimizer.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.load_weights(state["weights"])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return {"P": self.P, "Q": self.Q, "bu": self.bu, "bi": self.bi}
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, tensor in self.weights().items():
+                tensor.copy_(weights[name])
+
+    def _sgd_step(self, u: torch.Tensor, i: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """One vectorised SGD step with the per-rating updates of Funk SVD, summed over the batch.
+
+        Written for memory traffic: index_select (4x faster than advanced indexing on CPU), in-place
+        updates, and no autograd graph.
+        """
+        c, P, Q, bu, bi, mean = self.config, self.P, self.Q, self.bu, self.bi, self.mean
+        lr = c.lr if c.loss == "sum" else c.lr / len(r)
+        pu, qi = P.index_select(0, u), Q.index_select(0, i)
+        error = r - torch.linalg.vecdot(pu, qi)  # one fused pass instead of multiply-then-sum
+        damp_u = damp_i = None
+        if self._damp:  # a row seen n times in the batch takes n summed steps at once: cap its total step
+            damp_u, damp_i = _damping(u, len(P), lr), _damping(i, len(Q), lr)
+        if c.biased:
+            bu_u, bi_i = bu.index_select(0, u), bi.index_select(0, i)
+            error -= bu_u + bi_i + mean
+            step_u = lr * error - (lr * c.reg_bias) * bu_u
+            step_i = lr * error - (lr * c.reg_bias) * bi_i
+            bu.index_add_(0, u, step_u if damp_u is None else step_u * damp_u)
+            bi.index_add_(0, i, step_i if damp_i is None else step_i * damp_i)
+        scaled = (lr * error).unsqueeze(1)
+        grad_p = qi * scaled
+        grad_p.add_(pu, alpha=-lr * c.reg)
+        pu.mul_(scaled).add_(qi, alpha=-lr * c.reg)  # pu now holds Q's update
+        if damp_u is not None:
+            grad_p.mul_(damp_u.unsqueeze(1))
+            pu.mul_(damp_i.unsqueeze(1))
+        P.index_add_(0, u, grad_p)
+        Q.index_add_(0, i, pu)
+        return error.square().sum()
+
+    def _set_gradients(self, u: torch.Tensor, i: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
+        """Exact gradients of the configured loss written into `.grad` (no autograd graph: ~4x faster)."""
+        c, P, Q, bu, bi, mean = self.config, self.P, self.Q, self.bu, self.bi, self.mean
+        pu, qi = P.index_select(0, u), Q.index_select(0, i)
+        error = mean + (pu * qi).sum(1) - r
+        if c.biased:
+            error += bu.index_select(0, u) + bi.index_select(0, i)
+        scale = 2.0 if c.loss == "sum" else 2.0 / len(r)
+        weighted = (scale * error).unsqueeze(1)
+        for tensor in (P, Q, bu, bi):
+            tensor.grad.zero_()
+        P.grad.index_add_(0, u, weighted * qi)
+        Q.grad.index_add_(0, i, weighted * pu)
+        if c.biased:
+            bu.grad.index_add_(0, u, scale * error)
+            bi.grad.index_add_(0, i, scale * error)
+        reg_scale = 2.0 if c.loss == "sum" else 2.0 / len(r)
+        if c.reg_mode == "global":
+            P.grad.add_(P, alpha=reg_scale * c.reg)
+            Q.grad.add_(Q, alpha=reg_scale * c.reg)
+            if c.biased:
+                bu.grad.add_(bu, alpha=reg_scale * c.reg_bias)
+                bi.grad.add_(bi, alpha=reg_scale * c.reg_bias)
+        else:
+            P.grad.index_add_(0, u, (reg_scale * c.reg) * pu)
+            Q.grad.index_add_(0, i, (reg_scale * c.reg) * qi)
+            if c.biased:
+                bu.grad.index_add_(0, u, (reg_scale * c.reg_bias) * bu.index_select(0, u))
+                bi.grad.index_add_(0, i, (reg_scale * c.reg_bias) * bi.index_select(0, i))
+        return error.square().sum()
 
 
 MAX_ROW_STEP = 1.0  # the largest summed learning rate one user or item row may take in one mini-batch

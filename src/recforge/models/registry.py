@@ -24,7 +24,7 @@ _REGISTRY: dict[str, str] = {
     "item_knn": "recforge.models.knn:ItemKNN",
     "user_knn": "recforge.models.knn:UserKNN",
     "blend": "recforge.models.ensemble:Blend",
-    "two_tower": "recforge.models.two_tower:TwoTower",
+    "two_tower": "recforge.models.two_tower.model:TwoTower",
     "sasrec": "recforge.models.sequential:SASRec",
     "gru4rec": "recforge.models.sequential:GRU4Rec",
     "lstm_next": "recforge.models.sequential:LSTMNext",

@@ -18,25 +18,20 @@ validation items with early stopping.
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from pydantic import Field
 
-from recforge._progress import progress_bar
 from recforge.coldstart import HISTORY, KNOWN_USERS
 from recforge.data.interactions import Interactions, Sequences
 from recforge.data.query import History
 from recforge.errors import ConfigError
 from recforge.models.base import ModelConfig, Recommender, TrainOptions
-from recforge.nn.checkpoint import Checkpointer, restore_rng, rng_state
-from recforge.nn.distributed import DistributedContext
+from recforge.nn.checkpoint import Checkpointer
 from recforge.nn.sequence import RecurrentEncoder, SASRecEncoder
-from recforge.nn.training import EarlyStopping, make_optimizer, seed_everything
-
-logger = logging.getLogger(__name__)
+from recforge.nn.training import EpochContext, EpochPlan, fit_epochs, make_optimizer, seed_everything
 
 
 class SequenceConfig(ModelConfig):
@@ -110,74 +105,22 @@ class SequenceModel(Recommender):
     # ------------------------------------------------------------------ training
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: SequenceConfig = self.config  # type: ignore[assignment]
-        generator = seed_everything(options.seed)
+        seed_everything(options.seed)  # the network's initialisation
         self.sequences_ = train.sequences()
         self.net_ = self._build(train)
         windows = torch.from_numpy(training_windows(self.sequences_, c.max_len))
-        lengths = (windows > 0).sum(1)
         if len(windows) == 0:
             raise ConfigError(f"{self.name}: no user has two or more interactions to learn a next item from")
-        parallel = DistributedContext.from_environment(options.device)
-        net = parallel.wrap(self.net_)
-        optimizer = make_optimizer(
-            c.optimizer, [p for p in self.net_.parameters() if p.requires_grad], c.lr, c.weight_decay
-        )
         valid = self._validation_targets(options.valid)
-        stopper = EarlyStopping(c.early_stopping_patience, mode="max")
-        checkpoints = Checkpointer.for_fit(self, train, options)
-        first_epoch = 1
-        saved = checkpoints.load() if checkpoints else None
-        if saved is not None:
-            self.net_.load_state_dict(saved["net"])
-            optimizer.load_state_dict(saved["optimizer"])
-            stopper.load_state(saved["stopper"])
-            restore_rng(saved, generator)
-            self.training_log_ = list(saved["log"])
-            first_epoch = saved["epoch"] + 1
-            logger.info("%s: resumed from %s after epoch %d", self.name, options.checkpoint_dir, saved["epoch"])
-        stop = saved is not None and saved["stopped"]
-        with progress_bar(self.name, c.n_epochs, enabled=options.progress and parallel.is_main) as bar:
-            for epoch in range(first_epoch, c.n_epochs + 1):
-                if stop:
-                    break
-                self.net_.train()
-                total, count = 0.0, 0
-                for index in length_buckets(lengths, c.batch_size, generator):
-                    batch = trim_padding(windows[index])  # trimmed as one global batch on every rank
-                    all_targets = (batch[:, :-1] > 0) & (batch[:, 1:] > 0)
-                    rows = parallel.local_rows(len(batch))
-                    inputs, targets, mask = batch[rows, :-1], batch[rows, 1:], all_targets[rows]
-                    states = net(inputs)[mask]
-                    loss = self._loss(states, targets[mask] - 1, generator)
-                    scale = parallel.loss_scale(int(mask.sum()), int(all_targets.sum()), len(batch))
-                    optimizer.zero_grad()
-                    (loss * scale).backward()
-                    optimizer.step()
-                    total += float(loss.detach()) * int(mask.sum())
-                    count += int(mask.sum())
-                entry: dict[str, float] = {"epoch": epoch, "loss": total / max(count, 1)}
-                if valid is not None and epoch % c.eval_every == 0:
-                    entry["valid_ndcg@10"] = self._validate(*valid)
-                    stop = stopper.update(entry["valid_ndcg@10"], epoch, self.net_)
-                self.training_log_.append(entry)
-                logger.info("%s epoch %d: %s", self.name, epoch, entry)
-                if checkpoints is not None and parallel.is_main:
-                    checkpoints.save(
-                        epoch,
-                        {
-                            "net": self.net_.state_dict(),
-                            "optimizer": optimizer.state_dict(),
-                            "stopper": stopper.state(),
-                            "log": self.training_log_,
-                            "stopped": stop,
-                            **rng_state(generator),
-                        },
-                    )
-                parallel.barrier()
-                bar.advance()
-                bar.update(**{k: v for k, v in entry.items() if k != "epoch"})
-        if valid is not None:
-            stopper.restore(self.net_)
+        plan = EpochPlan(
+            n_epochs=c.n_epochs,
+            monitor="valid_ndcg@10" if valid is not None else None,
+            patience=c.early_stopping_patience,
+            eval_every=c.eval_every,
+            description=self.name,
+        )
+        trainer = _SequenceTrainer(self, windows, valid)
+        self.training_log_ = fit_epochs(trainer, plan, options, Checkpointer.for_fit(self, train, options))
         self.net_.eval()
 
     def _validation_targets(self, valid: Interactions | None) -> tuple[np.ndarray, np.ndarray] | None:
@@ -192,17 +135,18 @@ class SequenceModel(Recommender):
     @torch.no_grad()
     def _validate(self, users: np.ndarray, items: np.ndarray, batch: int = 2048) -> float:
         """Mean next-item NDCG@10 over validation users (full ranking, training items excluded)."""
+        from recforge.evaluation.metrics import ndcg_from_ranks
+
         self.net_.eval()
-        gains = []
+        ranks = []
         for start in range(0, len(users), batch):
             block_users, block_items = users[start : start + batch], items[start : start + batch]
             scores = torch.from_numpy(self._score_known(block_users))
             seen = self.seen_[block_users].tocoo()
             scores[seen.row, seen.col] = -torch.inf
             target = scores[torch.arange(len(block_users)), torch.from_numpy(block_items)]
-            rank = (scores > target[:, None]).sum(1)
-            gains.append(torch.where(rank < 10, 1.0 / torch.log2(rank.double() + 2.0), 0.0))
-        return float(torch.cat(gains).mean())
+            ranks.append((scores > target[:, None]).sum(1).numpy())
+        return float(ndcg_from_ranks(np.concatenate(ranks), 10).mean())
 
     # ------------------------------------------------------------------ scoring
     def _score_known(self, users: np.ndarray) -> np.ndarray:
@@ -349,6 +293,64 @@ class TextRegression(SequenceModel):
     def _logits(self, states: torch.Tensor) -> torch.Tensor:
         predicted = torch.nn.functional.normalize(self.net_.output(states), dim=1)
         return predicted @ torch.nn.functional.normalize(self.text_, dim=1).T
+
+
+class _SequenceTrainer:
+    """One epoch = every training window once, in length buckets (so little padding is computed), the loss
+    at every real position; validation = next-item NDCG@10."""
+
+    def __init__(self, model: SequenceModel, windows: torch.Tensor, valid: tuple[np.ndarray, np.ndarray] | None):
+        c = model.config
+        self.model, self.windows, self.valid = model, windows, valid
+        self.lengths = (windows > 0).sum(1)
+        self.parameters = [p for p in model.net_.parameters() if p.requires_grad]
+        self.optimizer = make_optimizer(c.optimizer, self.parameters, c.lr, c.weight_decay)
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> None:
+        self.device = device
+        self.model.net_.to(device)
+
+    def train_epoch(self, context: EpochContext) -> dict[str, float]:
+        model, parallel = self.model, context.parallel
+        model.net_.train()
+        total, count = 0.0, 0
+        for index in length_buckets(self.lengths, model.config.batch_size, context.generator):
+            batch = trim_padding(self.windows[index])  # trimmed as one global batch on every rank
+            all_targets = (batch[:, :-1] > 0) & (batch[:, 1:] > 0)
+            rows = parallel.local_rows(len(batch))
+            inputs, targets, mask = (t.to(self.device) for t in (batch[rows, :-1], batch[rows, 1:], all_targets[rows]))
+            states = model.net_(inputs)[mask]
+            loss = model._loss(states, targets[mask] - 1, context.generator)
+            scale = parallel.loss_scale(int(mask.sum()), int(all_targets.sum()), len(batch))
+            self.optimizer.zero_grad()
+            (loss * scale).backward()
+            parallel.sync_gradients(self.parameters)
+            self.optimizer.step()
+            total += float(loss.detach()) * int(mask.sum())
+            count += int(mask.sum())
+        return {"loss": total / max(count, 1)}
+
+    def validate(self) -> dict[str, float]:
+        if self.valid is None:
+            return {}
+        self.model.net_.to("cpu")  # scoring runs on the CPU, as after training
+        value = self.model._validate(*self.valid)
+        self.model.net_.to(self.device)
+        return {"valid_ndcg@10": value}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"net": self.model.net_.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.net_.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return self.model.net_.state_dict()
+
+    def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
+        self.model.net_.load_state_dict(weights)
 
 
 def training_windows(sequences: Sequences, max_len: int) -> np.ndarray:

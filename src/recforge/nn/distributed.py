@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -32,7 +33,7 @@ class DistributedContext:
         return self.rank == 0
 
     @classmethod
-    def from_environment(cls, device: str = "cpu") -> DistributedContext:
+    def from_environment(cls, device: Any = "cpu") -> DistributedContext:
         """Join the process group torchrun describes (RANK, WORLD_SIZE, MASTER_ADDR/PORT), once."""
         world = int(os.environ.get("WORLD_SIZE", "1"))
         if world <= 1 or not dist.is_available():
@@ -41,12 +42,6 @@ class DistributedContext:
             backend = "nccl" if str(device).startswith("cuda") else "gloo"
             dist.init_process_group(backend=backend)
         return cls(rank=dist.get_rank(), world_size=dist.get_world_size())
-
-    def wrap(self, module: torch.nn.Module) -> torch.nn.Module:
-        """The module DDP-wrapped (gradients all-reduced in backward), or itself when not distributed."""
-        if not self.enabled:
-            return module
-        return torch.nn.parallel.DistributedDataParallel(module, find_unused_parameters=False)
 
     def local_rows(self, n: int) -> slice:
         """This rank's contiguous share of a global batch of n rows (all rows if n < world size)."""
@@ -62,10 +57,11 @@ class DistributedContext:
             return 1.0  # every rank computed the same full batch; the average is that batch's gradient
         return local_weight * self.world_size / max(global_weight, 1e-12)
 
-    def average_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
-        """DDP's gradient all-reduce, done explicitly, for models whose loss calls their modules through
-        several methods rather than one `forward` (the two-tower): one flat buffer, missing gradients as
-        zeros, so every rank takes part in the same collective even when a step leaves a parameter unused."""
+    def sync_gradients(self, parameters: list[torch.nn.Parameter]) -> None:
+        """Average gradients over ranks before an optimizer step (what DDP does in backward), done
+        explicitly so it works for any model, however its loss calls its modules: one flat buffer, missing
+        gradients as zeros, so every rank takes part in the same collective even when a step leaves a
+        parameter unused. A no-op outside torchrun."""
         if not self.enabled:
             return
         flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in parameters])
