@@ -23,7 +23,7 @@ from recforge.data.loaders import load_movielens_100k, load_movielens_100k_fold,
 from recforge.data.splits import Split, per_user_split, random_split
 from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator
 from recforge.models import create_model
-from recforge.models.base import TrainOptions
+from recforge.models.config import TrainOptions
 
 warnings.filterwarnings("ignore", category=RuntimeWarning, module="implicit")
 

@@ -92,7 +92,7 @@ def stage_e2e(size: str) -> dict:
 
     from recforge.evaluation.protocols import FullRankingEvaluator
     from recforge.models import create_model
-    from recforge.models.base import TrainOptions
+    from recforge.models.config import TrainOptions
 
     total = time.perf_counter()
     timings: dict = {}
@@ -117,7 +117,7 @@ def stage_fit(size: str, name: str) -> dict:
     import numpy as np
 
     from recforge.models import create_model
-    from recforge.models.base import TrainOptions
+    from recforge.models.config import TrainOptions
 
     timings: dict = {}
     split = _load_and_prepare(size, timings)

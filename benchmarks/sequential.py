@@ -24,7 +24,7 @@ from recforge.data.loaders import load_amazon_sequences
 from recforge.data.splits import leave_last_out
 from recforge.evaluation.protocols import next_item_evaluator
 from recforge.models import create_model
-from recforge.models.base import TrainOptions
+from recforge.models.config import TrainOptions
 
 BEAUTY_SASREC = {"dropout": 0.5, "batch_size": 256, "eval_every": 2, "early_stopping_patience": 4}
 METRICS = ["hit_rate@5", "ndcg@5", "hit_rate@10", "ndcg@10", "hit_rate@20", "ndcg@20", "hit_rate@1"]

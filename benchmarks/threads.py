@@ -60,7 +60,7 @@ def _training_data(task: str):
 
 def _recforge_fit(task: str, threads: int | None, warm_up: bool):
     from recforge.models import create_model
-    from recforge.models.base import TrainOptions
+    from recforge.models.config import TrainOptions
 
     params = {
         "mf": {"n_factors": 100, "n_epochs": 2 if warm_up else 20},

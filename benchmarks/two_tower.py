@@ -35,7 +35,8 @@ from recforge.data.splits import Split, per_user_split, random_split, user_disjo
 from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator
 from recforge.evaluation.stats import holm, mean_ci, paired_test
 from recforge.models import create_model
-from recforge.models.base import Recommender, TrainOptions
+from recforge.models.base import Recommender
+from recforge.models.config import TrainOptions
 from recforge.retrieval.clusters import ClusterRetriever, elbow
 from recforge.retrieval.topk import mask_items
 

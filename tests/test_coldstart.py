@@ -11,7 +11,7 @@ from recforge.coldstart import route
 from recforge.data.query import History, Query
 from recforge.data.splits import user_disjoint_split
 from recforge.models import create_model
-from recforge.models.base import TrainOptions
+from recforge.models.config import TrainOptions
 from tests.conftest import make_interactions
 
 

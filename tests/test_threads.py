@@ -13,7 +13,7 @@ from threadpoolctl import threadpool_info
 
 from recforge import threads
 from recforge.models import create_model
-from recforge.models.base import TrainOptions
+from recforge.models.config import TrainOptions
 
 
 def _blas_threads() -> list[int]:

@@ -18,7 +18,6 @@ Decisions worth knowing:
 
 from __future__ import annotations
 
-import inspect
 import itertools
 import platform
 import time
@@ -27,16 +26,17 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from recforge._progress import progress_bar
 from recforge._version import __version__
 from recforge.coldstart import KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
 from recforge.data.loaders import load_dataset
-from recforge.data.preprocess import parse_steps, preprocess
-from recforge.data.splits import SPLITTERS, Split
-from recforge.errors import ConfigError, LeakageError
+from recforge.data.preprocess import PreprocessStep, preprocess
+from recforge.data.split_specs import SplitSpec
+from recforge.data.splits import Split
+from recforge.errors import ConfigError
 from recforge.evaluation.guards import check_split
 from recforge.evaluation.llm_judge import JudgeConfig, LLMJudge, judge_rankings
 from recforge.evaluation.metrics import direction
@@ -48,8 +48,9 @@ from recforge.evaluation.protocols import (
     next_item_evaluator,
 )
 from recforge.evaluation.results import ExperimentResult, ModelRun
-from recforge.models import create_model
-from recforge.models.base import Recommender, TrainOptions
+from recforge.models.base import Recommender
+from recforge.models.config import TrainOptions
+from recforge.models.registry import ModelSpec
 
 Protocol = Literal["ranking", "rating", "next_item"]
 
@@ -62,20 +63,6 @@ class DatasetConfig(_Strict):
     name: str
     path: str | None = None
     options: dict[str, Any] = Field(default_factory=dict)
-
-
-class SplitConfig(BaseModel):
-    """`kind` is one of recforge.data.splits.SPLITTERS, or "ml100k_fold" (with `fold = "u1"` etc.) for the
-    folds shipped with MovieLens 100K; other keys are the split's parameters. `validation` is an
-    optional carve-out of the training part (same keys) used for hyper-parameter search."""
-
-    model_config = ConfigDict(extra="allow")
-    kind: str
-    validation: dict[str, Any] | None = None
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
 
 
 class LLMJudgeSettings(JudgeConfig):
@@ -100,15 +87,33 @@ class EvaluationConfig(_Strict):
     llm_judge: LLMJudgeSettings | None = Field(None, description="opt-in: rate ranking lists with a chat model")
 
 
-class ModelSpec(_Strict):
+class ExperimentModel(ModelSpec):
+    """A model of an experiment: the shared `ModelSpec` plus a label, a search grid (every point is
+    checked against the model's config at load) and the protocols to evaluate it on."""
+
     name: str | None = None
-    model: str
-    params: dict[str, Any] = Field(default_factory=dict)
     search: dict[str, list[Any]] = Field(default_factory=dict, description="grid: parameter -> candidate values")
-    fit_on: Literal["train", "all"] = "train"
     protocols: list[Protocol] | None = Field(
         None, description="evaluate only these protocols (default: all it supports)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_fit_on(cls, values: Any) -> Any:
+        if isinstance(values, dict) and values.get("fit_on", "train") != "train":
+            raise ValueError(
+                f"model {values.get('name') or values.get('model')!r}: fit_on={values['fit_on']!r} trains on the "
+                "test interactions too; every metric would be inflated (models always fit on the training part)"
+            )
+        if isinstance(values, dict):
+            values = {k: v for k, v in values.items() if k != "fit_on"}
+        return values
+
+    @model_validator(mode="after")
+    def _grid_fits_the_model(self) -> ExperimentModel:
+        for point in _grid(self.search):
+            self.model_config_for({**self.params, **point})
+        return self
 
     @property
     def label(self) -> str:
@@ -120,22 +125,35 @@ class ExperimentConfig(_Strict):
     seed: int = 0
     seeds: list[int] | None = None
     dataset: DatasetConfig
-    preprocess: list[dict[str, Any]] = Field(default_factory=list)
-    split: SplitConfig
+    preprocess: list[PreprocessStep] = Field(default_factory=list)
+    split: SplitSpec
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
-    models: list[ModelSpec] = Field(default_factory=list)
+    models: list[ExperimentModel] = Field(default_factory=list)
     baselines: bool = True
     output: str | None = None
-
-    @field_validator("preprocess")
-    @classmethod
-    def _steps_parse(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        parse_steps(value)
-        return value
 
     @property
     def all_seeds(self) -> list[int]:
         return list(self.seeds) if self.seeds else [self.seed]
+
+
+def parse_config(payload: Any, schema: type[BaseModel], source: str = "config") -> Any:
+    """`schema` validated from a dict, every problem named by its path in one ConfigError."""
+    try:
+        return schema.model_validate(payload)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: " + "; ".join(_describe(error) for error in exc.errors())) from exc
+
+
+def _describe(error: Any) -> str:
+    where = ".".join(str(part) for part in error["loc"] if not str(part).endswith("Spec")) or "config"
+    if error["type"] == "union_tag_invalid":
+        context = error.get("ctx", {})
+        return f"{where}: unknown split kind {context.get('tag')!r}; choose one of {context.get('expected_tags')}"
+    message = str(error["msg"]).removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        message = "not a known setting"
+    return f"{where}: {message}"
 
 
 def load_config(path: str | Path, schema: type[BaseModel] | None = None) -> Any:
@@ -152,10 +170,7 @@ def load_config(path: str | Path, schema: type[BaseModel] | None = None) -> Any:
         payload = yaml.safe_load(path.read_text())
     else:
         payload = load_file(path)
-    try:
-        config = schema.model_validate(payload)
-    except Exception as exc:
-        raise ConfigError(f"{path}: {exc}") from exc
+    config = parse_config(payload, schema, str(path))
     if config.dataset.path is not None and not Path(config.dataset.path).is_absolute():
         config.dataset.path = str((path.parent / config.dataset.path).resolve())
     return config
@@ -185,33 +200,13 @@ BASELINES = {"ranking": ["most_popular"], "next_item": ["most_popular"], "rating
 
 
 def make_experiment_split(config: ExperimentConfig, data: Interactions, seed: int) -> Split:
-    spec = config.split
-    params = spec.params
-    if spec.kind == "ml100k_fold":
-        from recforge.data.loaders import load_movielens_100k_fold
-
-        fold = load_movielens_100k_fold(params.get("fold", "u1"), config.dataset.path)
-        if fold.data.fingerprint() != data.fingerprint():
-            raise ConfigError("split kind ml100k_fold needs the unprocessed ml-100k dataset")
-        split = fold
-    else:
-        if spec.kind not in SPLITTERS:
-            raise ConfigError(f"unknown split kind {spec.kind!r}; choose one of {sorted(SPLITTERS)} or ml100k_fold")
-        splitter = SPLITTERS[spec.kind]
-        if "seed" in inspect.signature(splitter).parameters:
-            params = {"seed": seed, **params}
-        try:
-            split = splitter(data, **params)
-        except TypeError as exc:
-            raise ConfigError(f"split {spec.kind!r}: {exc}") from exc
-    return split
+    return config.split.make(data, seed, config.dataset.path)
 
 
 def _fit(
-    spec_model: str, params: dict[str, Any], train: Interactions, seed: int, valid: Interactions | None
+    spec: ModelSpec, params: dict[str, Any], train: Interactions, seed: int, valid: Interactions | None
 ) -> Recommender:
-    model = create_model(spec_model, **params)
-    return model.fit(train, TrainOptions(seed=seed, valid=valid))
+    return spec.build(**params).fit(train, TrainOptions(seed=seed, valid=valid))
 
 
 def _grid(search: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -221,7 +216,7 @@ def _grid(search: dict[str, list[Any]]) -> list[dict[str, Any]]:
 
 def run_experiment(config: ExperimentConfig | dict[str, Any], *, progress: bool = False) -> ExperimentResult:
     if isinstance(config, dict):
-        config = ExperimentConfig.model_validate(config)
+        config = parse_config(config, ExperimentConfig)
     data = load_dataset(config.dataset.name, config.dataset.path, **config.dataset.options)
     data, reports = preprocess(data, config.preprocess)
     specs = list(config.models)
@@ -232,7 +227,7 @@ def run_experiment(config: ExperimentConfig | dict[str, Any], *, progress: bool 
             for baseline in BASELINES[protocol]:
                 if baseline not in present and (protocol != "rating" or data.n_rated):
                     added.setdefault(baseline, []).append(protocol)
-        specs = [ModelSpec(model=name, protocols=protocols) for name, protocols in added.items()] + specs
+        specs = [ExperimentModel(model=name, protocols=protocols) for name, protocols in added.items()] + specs
     if not specs:
         raise ConfigError("the experiment has no models")
     runs: list[ModelRun] = []
@@ -294,19 +289,15 @@ def _evaluators(config: ExperimentConfig, split: Split, data: Interactions) -> d
 
 
 def _run_model(
-    config: ExperimentConfig, spec: ModelSpec, split: Split, evaluators: dict[str, Any], seed: int
+    config: ExperimentConfig, spec: ExperimentModel, split: Split, evaluators: dict[str, Any], seed: int
 ) -> ModelRun:
     params = dict(spec.params)
     search_log: list[dict[str, Any]] = []
     valid = split.valid
-    if spec.fit_on == "all":
-        raise LeakageError(
-            f"model {spec.label!r}: fit_on='all' trains on the test interactions too; every metric would be inflated"
-        )
     if spec.search:
         params, search_log = _grid_search(config, spec, split, seed)
     train = split.train
-    model = _fit(spec.model, params, train, seed, valid)
+    model = _fit(spec, params, train, seed, valid)
     results: dict[str, RankingResult | RatingResult] = {}
     skipped: dict[str, str] = {}
     for protocol, evaluator in evaluators.items():
@@ -352,21 +343,13 @@ _ALL_BASELINES = {name for names in BASELINES.values() for name in names} | {"we
 
 
 def _grid_search(
-    config: ExperimentConfig, spec: ModelSpec, split: Split, seed: int
+    config: ExperimentConfig, spec: ExperimentModel, split: Split, seed: int
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Fit each grid point on train-minus-validation, score on validation, return the best parameters."""
-    from recforge.data.splits import make_split
-
     validation = config.split.validation
     if validation is None:
         raise ConfigError(f"model {spec.label!r} has a search grid but the split has no [split.validation] carve-out")
-    inner_params = {k: v for k, v in validation.items() if k != "kind"}
-    splitter = SPLITTERS.get(validation.get("kind", ""))
-    if splitter is None:
-        raise ConfigError(f"[split.validation] needs a kind from {sorted(SPLITTERS)}")
-    if "seed" in inspect.signature(splitter).parameters:
-        inner_params.setdefault("seed", seed)
-    inner = make_split(split.train, validation["kind"], **inner_params)
+    inner = validation.make(split.train, seed, config.dataset.path)
     metric = config.evaluation.primary_metric
     protocol = "rating" if metric in ("rmse", "mae", "mse", "r2") else "ranking"
     if protocol == "rating":
@@ -383,7 +366,7 @@ def _grid_search(
     for point in _grid(spec.search):
         params = {**spec.params, **point}
         started = time.perf_counter()
-        model = _fit(spec.model, params, inner.train, seed, None)
+        model = _fit(spec, params, inner.train, seed, None)
         value = evaluator.evaluate(model).summary[metric]
         score = -value if direction(metric) == "min" else value
         log.append({"params": point, metric: value, "seconds": time.perf_counter() - started})

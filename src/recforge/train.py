@@ -22,29 +22,26 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-from recforge.data.preprocess import parse_steps, preprocess
+from recforge.data.preprocess import PreprocessStep, preprocess
 from recforge.errors import ConfigError
-from recforge.experiment import DatasetConfig, ModelSpec
+from recforge.experiment import DatasetConfig
+from recforge.models.registry import ModelSpec
 from recforge.retrieval.ann import IndexConfig
 
 
 class TrainConfig(BaseModel):
+    """A training config, validated when loaded (the model's parameters against its typed config)."""
+
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
     seed: int = 0
     output: str | None = None
     dataset: DatasetConfig
-    preprocess: list[dict[str, Any]] = Field(default_factory=list)
+    preprocess: list[PreprocessStep] = Field(default_factory=list)
     model: ModelSpec
     index: IndexConfig | None = None
     checkpoint_dir: str | None = Field(None, description="neural models: per-epoch checkpoints; a rerun resumes")
-
-    @field_validator("preprocess")
-    @classmethod
-    def _steps_parse(cls, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        parse_steps(value)
-        return value
 
 
 def load_train_config(path: str | Path) -> TrainConfig:
@@ -58,8 +55,7 @@ def train(config: TrainConfig, output: str | Path | None = None, progress: bool 
     from recforge.artifacts import index_writers
     from recforge.data.catalogue import ITEMS_FILE, item_metadata
     from recforge.data.loaders import load_dataset
-    from recforge.models import create_model
-    from recforge.models.base import TrainOptions
+    from recforge.models.config import TrainOptions
     from recforge.models.factorization import FactorModel
     from recforge.retrieval.ann import VectorIndex
 
@@ -68,7 +64,7 @@ def train(config: TrainConfig, output: str | Path | None = None, progress: bool 
         raise ConfigError("no output directory: set `output` in the config or pass --output")
     data = load_dataset(config.dataset.name, config.dataset.path, **config.dataset.options)
     data, _ = preprocess(data, config.preprocess)
-    model = create_model(config.model.model, **config.model.params)
+    model = config.model.build()
     model.fit(data, TrainOptions(seed=config.seed, progress=progress, checkpoint_dir=config.checkpoint_dir))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank trains; only rank 0 writes
         return Path(target)

@@ -78,7 +78,7 @@ def test_fit_on_all_is_refused(data_dir):
         "models": [{"model": "most_popular", "fit_on": "all"}],
         "baselines": False,
     }
-    with pytest.raises(LeakageError, match="trains on the test interactions"):
+    with pytest.raises(ConfigError, match="trains on the test interactions"):
         run_experiment(config)
 
 
@@ -149,3 +149,45 @@ def test_rating_knn_is_not_ranked_and_models_below_popularity_are_flagged(tmp_pa
     assert "## Warnings" in report and "bias (ranks by item bias) (ranking) is below most_popular" in report
     assert "item_knn (rating)** (ranking): not evaluated" in report
     assert "item_knn (rating) (rating) is below" not in report  # its RMSE beats the global mean
+
+
+def test_a_typo_in_a_model_parameter_fails_at_load_naming_it(tmp_path, monkeypatch):
+    from recforge.data import loaders
+
+    def no_data(*args, **kwargs):  # the config must fail before any data is read
+        raise AssertionError("data was read")
+
+    monkeypatch.setattr(loaders, "load_dataset", no_data)
+    path = tmp_path / "typo.toml"
+    body = '[dataset]\nname = "ml-100k"\n[split]\nkind = "per_user"\n'
+    path.write_text(body + '[[models]]\nmodel = "ials"\nparams = { n_factor = 8 }\n')
+    with pytest.raises(ConfigError, match=r"models\.0.*'ials'.*n_factor.*did you mean 'n_factors'"):
+        load_config(path)
+    path.write_text(body + '[[models]]\nmodel = "ials"\nsearch = { reg = [1.0, -5.0] }\n')
+    with pytest.raises(ConfigError, match="reg"):
+        load_config(path)  # every grid point is checked against the model's config
+    path.write_text(body + '[[models]]\nmodel = "iasl"\n')
+    with pytest.raises(ConfigError, match="did you mean 'ials'"):
+        load_config(path)
+    path.write_text(body.replace("per_user", "per_usr"))
+    with pytest.raises(ConfigError, match="unknown split kind 'per_usr'"):
+        load_config(path)
+    path.write_text(body + "test_fraction = 1.5\n")
+    with pytest.raises(ConfigError, match="test_fraction"):
+        load_config(path)
+    path.write_text(body + '[[preprocess]]\nstep = "filter_user_counts"\nmin_cont = 5\n')
+    with pytest.raises(ConfigError, match="min_cont"):
+        load_config(path)
+    blend = '[[models]]\nmodel = "blend"\nparams = { members = [{ model = "ease", params = { regg = 1 } }] }\n'
+    path.write_text(body + blend)
+    with pytest.raises(ConfigError, match="regg"):
+        load_config(path)
+
+
+def test_a_training_config_refuses_experiment_only_keys(tmp_path):
+    from recforge.train import load_train_config
+
+    path = tmp_path / "train.toml"
+    path.write_text('[dataset]\nname = "ml-100k"\n[model]\nmodel = "ials"\nsearch = { reg = [1.0] }\n')
+    with pytest.raises(ConfigError, match=r"model\.search: not a known setting"):
+        load_train_config(path)

@@ -14,7 +14,7 @@ from recforge.data.query import History, Query
 from recforge.data.splits import per_user_split
 from recforge.errors import CapabilityError, UnknownIdError
 from recforge.models import create_model
-from recforge.models.base import TrainOptions
+from recforge.models.config import TrainOptions
 from tests.conftest import make_interactions
 
 

@@ -11,7 +11,7 @@ import pytest
 from recforge.data.splits import per_user_split, random_split, user_disjoint_split
 from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator
 from recforge.models import create_model
-from recforge.models.base import TrainOptions
+from recforge.models.config import TrainOptions
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from recforge.data.query import History
 from recforge.data.splits import leave_last_out
 from recforge.evaluation.protocols import next_item_evaluator
 from recforge.models import create_model
-from recforge.models.base import TrainOptions
+from recforge.models.config import TrainOptions
 from recforge.models.sequential import last_items, training_windows, trim_padding
 from recforge.nn.sequence import RecurrentEncoder, SASRecEncoder
 

@@ -14,7 +14,7 @@ from recforge.data.query import History
 from recforge.data.splits import per_user_split, random_split, user_disjoint_split
 from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator
 from recforge.models import create_model
-from recforge.models.base import TrainOptions
+from recforge.models.config import TrainOptions
 from recforge.retrieval.clusters import ClusterRetriever, cluster_items, elbow
 from recforge.retrieval.topk import mask_items, topk
 

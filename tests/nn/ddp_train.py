@@ -13,7 +13,7 @@ from recforge.data.loaders import load_movielens_100k
 from recforge.data.splits import per_user_split
 from recforge.evaluation.protocols import FullRankingEvaluator
 from recforge.models import create_model
-from recforge.models.base import TrainOptions
+from recforge.models.config import TrainOptions
 from recforge.nn.checkpoint import Checkpointer
 
 PARAMS = {

@@ -157,7 +157,7 @@ def test_a_two_tower_run_that_died_after_a_checkpoint_resumes_to_the_same_weight
     import torch
 
     from recforge.models import create_model
-    from recforge.models.base import TrainOptions
+    from recforge.models.config import TrainOptions
 
     params = {"preset": "retrieval", "n_epochs": 4, "history_dim": 64}
     uninterrupted = create_model("two_tower", **params).fit(ml100k, TrainOptions(seed=0))

@@ -10,7 +10,7 @@ import torch
 
 from recforge.errors import ConfigError, TrainingDivergedError
 from recforge.models import create_model
-from recforge.models.base import TrainOptions
+from recforge.models.config import TrainOptions
 from recforge.nn.checkpoint import Checkpointer
 from recforge.nn.training import EpochContext, EpochPlan, fit_epochs, resolve_device
 

@@ -26,6 +26,10 @@ import numpy as np
 LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "avg_popularity", "gini", "loss", "valid_rmse", "valid_loss"})
 
 
+# the cut-offs of TF-Recommenders' FactorizedTopK accuracy, reported by evaluators and two-tower validation
+TOPK_ACCURACY_KS = (1, 5, 10, 50, 100)
+
+
 def direction(metric: str) -> str:
     """ "min" when smaller values of `metric` (e.g. "rmse", "valid_rmse") are better, else "max"."""
     return "min" if metric.split("@")[0] in LOWER_IS_BETTER else "max"

@@ -24,8 +24,6 @@ from recforge.evaluation.guards import check_fitted_on
 from recforge.models.base import Recommendations, Recommender
 from recforge.retrieval.topk import batched, default_batch_size, mask_items, topk
 
-TOPK_ACCURACY_KS = (1, 5, 10, 50, 100)
-
 
 @dataclass
 class RankingResult:
@@ -90,7 +88,7 @@ class FullRankingEvaluator:
         self.seed = seed
         self.item_vectors = item_vectors
         self.check_fit = check_fit
-        self.cut = max(max(self.ks), curve_k, max(TOPK_ACCURACY_KS))
+        self.cut = max(max(self.ks), curve_k, max(M.TOPK_ACCURACY_KS))
         self.batch_size = batch_size or default_batch_size(test.n_items)
         test_rows = test.latest_per_pair()
         keep = np.ones(len(test_rows), dtype=bool)
@@ -171,7 +169,7 @@ class FullRankingEvaluator:
             per_user=per_user,
             summary=self._summary(per_user, recommended),
             curves={name: values.tolist() for name, values in M.curves(relevance, ideal, n_relevant).items()},
-            topk_accuracy={f"top{k}_accuracy": M.topk_accuracy(ranks, k) for k in TOPK_ACCURACY_KS if k <= cut},
+            topk_accuracy={f"top{k}_accuracy": M.topk_accuracy(ranks, k) for k in M.TOPK_ACCURACY_KS if k <= cut},
             recommended=Recommendations(
                 users=self.users,
                 item_index=recommended[:, : max(self.ks)],

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 from recforge.data.query import History
-from recforge.models.base import ModelConfig, Recommendations, Recommender, TrainOptions
+from recforge.models.base import Recommendations, Recommender
+from recforge.models.config import ModelConfig, TrainOptions
 from recforge.models.registry import create_model, load_model, model_class, model_names, register
 
 __all__ = [

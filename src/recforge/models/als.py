@@ -20,7 +20,7 @@ from recforge.data.interactions import Interactions
 from recforge.data.query import History
 from recforge.errors import ConfigError
 from recforge.models._solvers import GroupedRows, gram, ridge, solve_spd, weighted_sum
-from recforge.models.base import ModelConfig, TrainOptions
+from recforge.models.config import ModelConfig, TrainOptions
 from recforge.models.factorization import FactorModel, FoldInPenalty
 
 

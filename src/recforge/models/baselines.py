@@ -12,7 +12,8 @@ from recforge.coldstart import ANONYMOUS, HISTORY, KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
 from recforge.errors import ConfigError
-from recforge.models.base import ModelConfig, Recommender, TrainOptions
+from recforge.models.base import Recommender
+from recforge.models.config import ModelConfig, TrainOptions
 
 # Baselines serve everyone: known users, histories, and anyone at all (the same list). They read no
 # user features, so they do not claim the user-feature capability; the router notes features ignored.

@@ -16,7 +16,7 @@ from pydantic import Field
 
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
-from recforge.models.base import ModelConfig, TrainOptions
+from recforge.models.config import ModelConfig, TrainOptions
 from recforge.models.factorization import FactorModel
 from recforge.nn.training import EpochContext, EpochPlan, fit_epochs, seed_everything
 

@@ -17,7 +17,8 @@ from pydantic import Field
 from recforge.coldstart import HISTORY, KNOWN_USERS
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
-from recforge.models.base import ModelConfig, Recommender, TrainOptions
+from recforge.models.base import Recommender
+from recforge.models.config import ModelConfig, TrainOptions
 
 
 class EASEConfig(ModelConfig):

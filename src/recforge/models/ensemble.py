@@ -13,20 +13,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field, model_validator
 
 from recforge.coldstart import HISTORY, KNOWN_USERS
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
 from recforge.errors import ConfigError
-from recforge.models.base import ModelConfig, Recommender, TrainOptions
+from recforge.models.base import Recommender
+from recforge.models.config import ModelConfig, TrainOptions
+from recforge.models.registry import ModelSpec
 
 
-class Member(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
-    model: str
-    params: dict[str, Any] = Field(default_factory=dict)
+class Member(ModelSpec):
+    """A member of a blend: the shared `ModelSpec` plus its weight."""
+
     weight: float = 1.0
+
+    @model_validator(mode="after")
+    def _not_a_blend(self) -> Member:
+        if self.model == "blend":
+            raise ValueError("blends cannot be nested")
+        return self
 
 
 class BlendConfig(ModelConfig):
@@ -50,14 +57,10 @@ class Blend(Recommender):
 
     def __init__(self, config: BlendConfig | None = None, **params: Any) -> None:
         super().__init__(config, **params)
-        from recforge.models.registry import create_model
-
         c: BlendConfig = self.config  # type: ignore[assignment]
         if not c.members:
             raise ConfigError("a blend needs at least one member")
-        if any(m.model == "blend" for m in c.members):
-            raise ConfigError("blends cannot be nested")
-        self.members_ = [create_model(m.model, **m.params) for m in c.members]
+        self.members_ = [member.build() for member in c.members]
         shared = frozenset.intersection(*(m.capabilities for m in self.members_))
         self.capabilities = frozenset({KNOWN_USERS}) | (shared & {HISTORY})
 

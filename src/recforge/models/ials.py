@@ -23,7 +23,7 @@ from recforge._progress import progress_bar
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
 from recforge.models._solvers import GroupedRows, gram, solve_spd
-from recforge.models.base import ModelConfig, TrainOptions
+from recforge.models.config import ModelConfig, TrainOptions
 from recforge.models.factorization import FactorModel
 
 

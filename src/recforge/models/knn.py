@@ -30,8 +30,9 @@ from recforge.coldstart import HISTORY, KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
 from recforge.errors import ConfigError
-from recforge.models.base import ModelConfig, Recommender, TrainOptions
+from recforge.models.base import Recommender
 from recforge.models.baselines import fit_biases
+from recforge.models.config import ModelConfig, TrainOptions
 from recforge.retrieval.topk import batched
 
 Similarity = Literal["cosine", "pearson", "adjusted_cosine", "pearson_baseline"]

@@ -23,7 +23,7 @@ from recforge.data.interactions import Interactions
 from recforge.data.query import History
 from recforge.errors import ConfigError
 from recforge.evaluation import metrics as M
-from recforge.models.base import ModelConfig, TrainOptions, apply_preset
+from recforge.models.config import ModelConfig, TrainOptions, apply_preset
 from recforge.models.factorization import FactorModel, FoldInPenalty
 from recforge.nn.training import EpochContext, EpochPlan, fit_epochs, make_optimizer, seed_everything
 

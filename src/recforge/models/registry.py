@@ -3,9 +3,12 @@ imported lazily, so the CLI and data-only users do not pay for torch."""
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from recforge.artifacts import read_artifact
 from recforge.errors import ArtifactError, ConfigError
@@ -43,7 +46,7 @@ def model_names() -> list[str]:
 
 def model_class(name: str) -> type[Any]:
     if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; known models: {model_names()}")
+        raise ConfigError(f"unknown model {name!r}{did_you_mean(name, model_names())}; known models: {model_names()}")
     module, cls = _REGISTRY[name].split(":")
     return getattr(importlib.import_module(module), cls)
 
@@ -70,3 +73,42 @@ def load_model(path: str | Path) -> Any:
     model.artifact_path_ = path
     model.manifest_ = manifest
     return model
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """' (did you mean 'x'?)' for the closest of `choices`, or ''."""
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+class ModelSpec(BaseModel):
+    """A model by registry name and parameters: the one spec shape experiments, ensembles and training
+    configs share (each adds its own fields). Validated when it is built: an unknown model name or a
+    parameter its typed config rejects fails at load time, naming it, before any data is read."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    model: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _params_fit_the_model(self) -> ModelSpec:
+        self.model_config_for(self.params)
+        return self
+
+    def model_config_for(self, params: dict[str, Any]) -> Any:
+        """The model's typed config from `params` (ConfigError naming the model and the field)."""
+        cls = model_class(self.model)
+        try:
+            return cls.Config(**params)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in error['loc']) or 'params'}: {error['msg']}" for error in exc.errors()
+            )
+            fields = list(cls.Config.model_fields)
+            unknown = [str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden" and e["loc"]]
+            hints = "".join(did_you_mean(name, fields) for name in unknown)
+            raise ConfigError(f"model {self.model!r}: {problems}{hints}") from exc
+
+    def build(self, **overrides: Any) -> Any:
+        """A fresh, unfitted model with these parameters (and `overrides` on top)."""
+        return model_class(self.model)(self.model_config_for({**self.params, **overrides}))

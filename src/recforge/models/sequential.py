@@ -28,7 +28,8 @@ from recforge.coldstart import HISTORY, KNOWN_USERS
 from recforge.data.interactions import Interactions, Sequences
 from recforge.data.query import History
 from recforge.errors import ConfigError
-from recforge.models.base import ModelConfig, Recommender, TrainOptions
+from recforge.models.base import Recommender
+from recforge.models.config import ModelConfig, TrainOptions
 from recforge.nn.checkpoint import Checkpointer
 from recforge.nn.sequence import RecurrentEncoder, SASRecEncoder
 from recforge.nn.training import EpochContext, EpochPlan, fit_epochs, make_optimizer, seed_everything

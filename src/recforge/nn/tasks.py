@@ -29,8 +29,6 @@ from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError
 from recforge.evaluation import metrics as M
 
-TOPK = (1, 5, 10, 50, 100)
-
 
 class TowerScorer(Protocol):
     """What a task asks of the towers while training (training-mode vectors: dropout applied)."""
@@ -120,7 +118,7 @@ class _RankingValidation:
         user_side = torch.cat([embeddings.users[users], torch.ones(len(users), 1)], dim=1)
         item_side = torch.cat([embeddings.items, (self.temperature * embeddings.item_bias)[:, None]], dim=1)
         ranks = target_ranks(user_side, item_side, items, exclude)
-        return {f"top{k}_accuracy": M.topk_accuracy(ranks, k) for k in TOPK}
+        return {f"top{k}_accuracy": M.topk_accuracy(ranks, k) for k in M.TOPK_ACCURACY_KS}
 
 
 class RatingTask:

@@ -25,9 +25,8 @@ from starlette.concurrency import run_in_threadpool
 
 from recforge._version import __version__
 from recforge.errors import CapabilityError, ConfigError, UnknownIdError
-from recforge.serving.service import RecommenderService
+from recforge.serving.service import MAX_K, RecommenderService
 
-MAX_K = 1000
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 
 

@@ -29,6 +29,8 @@ from recforge.models.base import Recommendations, Recommender, UserUpdate
 from recforge.models.factorization import FactorModel
 from recforge.retrieval.ann import VectorIndex
 
+MAX_K = 1000  # the longest list a request may ask for
+
 
 @dataclass(frozen=True)
 class Catalogue:
@@ -66,7 +68,11 @@ class Snapshot:
 
 class RecommenderService:
     def __init__(
-        self, model: Recommender, items: pd.DataFrame | None = None, index: VectorIndex | None = None, max_k: int = 1000
+        self,
+        model: Recommender,
+        items: pd.DataFrame | None = None,
+        index: VectorIndex | None = None,
+        max_k: int = MAX_K,
     ) -> None:
         self.max_k = max_k
         popularity = np.asarray(model.seen_.sum(axis=0), dtype=np.float64).ravel()

@@ -6,7 +6,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from recforge.models.base import ModelConfig, apply_preset
+from recforge.models.config import ModelConfig, apply_preset
 from recforge.nn.towers import TowerConfig
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -21,7 +21,7 @@ from recforge.coldstart import EMBEDDINGS, HISTORY, ITEM_FEATURES, KNOWN_USERS, 
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
 from recforge.errors import CapabilityError, ConfigError
-from recforge.models.base import TrainOptions
+from recforge.models.config import TrainOptions
 from recforge.models.factorization import FactorModel, FoldInPenalty
 from recforge.models.two_tower.config import TwoTowerConfig
 from recforge.models.two_tower.features import TowerFeatures, tensors
