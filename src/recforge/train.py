@@ -52,12 +52,10 @@ def load_train_config(path: str | Path) -> TrainConfig:
 
 def train(config: TrainConfig, output: str | Path | None = None, progress: bool = False) -> Path:
     """Fit the configured model on the whole dataset and write its artifact; returns the directory."""
-    from recforge.artifacts import index_writers
     from recforge.data.catalogue import ITEMS_FILE, item_metadata
     from recforge.data.loaders import load_dataset
     from recforge.models.config import TrainOptions
-    from recforge.models.factorization import FactorModel
-    from recforge.retrieval.ann import VectorIndex
+    from recforge.models.indexed import IndexedRecommender
 
     target = output or config.output
     if target is None:
@@ -68,12 +66,9 @@ def train(config: TrainConfig, output: str | Path | None = None, progress: bool 
     model.fit(data, TrainOptions(seed=config.seed, progress=progress, checkpoint_dir=config.checkpoint_dir))
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank trains; only rank 0 writes
         return Path(target)
+    served = model if config.index is None else IndexedRecommender.build(model, config.index)
     extra: dict[str, Any] = {}
-    if config.index is not None:
-        if not isinstance(model, FactorModel):
-            raise ConfigError(f"an ANN index needs a factor model; {model.name} scores items another way")
-        extra |= index_writers(VectorIndex(config.index).build(model.item_embeddings()))
     items = item_metadata(data)
     if items is not None:
         extra[ITEMS_FILE] = lambda path: items.to_parquet(path, index=False)
-    return model.save(target, extra_files=extra, metadata={"dataset": data.name, "seed": config.seed})
+    return served.save(target, extra_files=extra, metadata={"dataset": data.name, "seed": config.seed})

@@ -10,7 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from recforge.artifacts import read_artifact
+from recforge.artifacts import read_artifact, read_index
 from recforge.errors import ArtifactError, ConfigError
 
 _REGISTRY: dict[str, str] = {
@@ -55,9 +55,21 @@ def create_model(name: str, **params: Any) -> Any:
     return model_class(name)(**params)
 
 
-def load_model(path: str | Path) -> Any:
-    """Load and verify a model artifact (see `recforge.artifacts`); returns the fitted `Recommender`."""
+def load_model(path: str | Path, *, with_index: bool = True) -> Any:
+    """Load and verify a model artifact (see `recforge.artifacts`): the fitted `Recommender`, or, when the
+    artifact holds a vector index (and `with_index`), an `IndexedRecommender` that serves top-k from it."""
     path = Path(path)
+    model = _load_recommender(path)
+    if with_index:
+        index = read_index(path)
+        if index is not None:
+            from recforge.models.indexed import IndexedRecommender
+
+            return IndexedRecommender(model, index)
+    return model
+
+
+def _load_recommender(path: Path) -> Any:
     manifest, arrays, state = read_artifact(path)
     try:
         cls = model_class(manifest["model"])

@@ -113,8 +113,26 @@ class VectorIndex:
             whole = exclude is None or (rows.start == 0 and rows.stop == exclude.shape[0])
             block = exclude if whole else exclude[rows.start : rows.stop]  # slicing costs ~20 µs a call
             items, scores = self._search_block(queries[rows], k, block)
+            items, scores = self._exactly_k(queries[rows], k, block, items, scores)
             out_items[rows, : items.shape[1]], out_scores[rows, : items.shape[1]] = items, scores
         return out_items, out_scores
+
+    def _exactly_k(
+        self, queries: np.ndarray, k: int, exclude: sp.csr_matrix | None, items: np.ndarray, scores: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Rows where the approximate search found fewer than min(k, unexcluded items) results (an HNSW graph
+        or IVF cells that run dry, a cluster smaller than k) are answered by the exact scan instead."""
+        if self._faiss_index is None and self._clusters is None:
+            return items, scores
+        excluded = np.zeros(len(queries), dtype=np.int64) if exclude is None else np.diff(exclude.indptr)
+        wanted = np.minimum(k, self.n_items - excluded)
+        short = np.flatnonzero((items >= 0).sum(axis=1) < wanted)
+        if len(short):
+            block = None if exclude is None else exclude[short]
+            exact_items, exact_scores = topk(mask_items(queries[short] @ self._vectors.T, block), k)
+            items, scores = items.copy(), scores.copy()
+            items[short, : exact_items.shape[1]], scores[short, : exact_items.shape[1]] = exact_items, exact_scores
+        return items, scores
 
     def search_one(self, query: np.ndarray, k: int, exclude: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One query vector (d,) and the item indices to leave out: (items, scores), each (min(k, n),),
@@ -145,6 +163,11 @@ class VectorIndex:
             position = np.minimum(np.searchsorted(exclude, items), len(exclude) - 1)
             keep &= exclude[position] != items
         items, scores = items[keep], scores[keep]
+        if len(items) < min(k, self.n_items - len(exclude)):  # the graph ran dry: the exact scan answers
+            scores = (query @ self._vectors.T).astype(np.float32, copy=False)
+            scores[0, exclude] = -np.inf
+            exact_items, exact_scores = topk(scores, k)
+            return exact_items[0], exact_scores[0]
         order = np.argsort(-scores, kind="stable")[:k]
         out_items, out_scores = np.full(k, -1, dtype=np.int64), np.full(k, -np.inf, dtype=np.float32)
         out_items[: len(order)], out_scores[: len(order)] = items[order], scores[order]

@@ -1,0 +1,70 @@
+"""IndexedRecommender: the same recommend as the model, answered by a vector index, exactly k long."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from recforge import load
+from recforge.data.query import Query
+from recforge.models import create_model
+from recforge.models.indexed import IndexedRecommender
+
+pytestmark = pytest.mark.xdist_group("indexed")
+
+
+@pytest.fixture(scope="module")
+def ials(ml100k):
+    return create_model("ials", n_factors=32, n_iterations=8).fit(ml100k)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"kind": "hnsw", "ef_search": 16, "m": 4},  # a small graph runs dry long before 1,000 results
+        {"kind": "ivf", "nlist": 64, "nprobe": 1},  # one cell holds a few dozen items
+        {"kind": "kmeans", "n_clusters": 40},  # the nearest cluster is smaller than k
+    ],
+    ids=["hnsw", "ivf", "kmeans"],
+)
+def test_every_search_path_returns_exactly_k_or_every_unseen_item(ials, ml100k, config):
+    indexed = IndexedRecommender.build(ials, config)
+    user = ml100k.users.index([13])[0]
+    unseen = ml100k.n_items - ials.seen_[user].nnz  # 1,046 for user 13
+    for k in (10, 1000, 5000):
+        recs = indexed.recommend([13], k=k)
+        listed = recs.item_index[0][recs.item_index[0] >= 0]
+        assert len(listed) == min(k, unseen) and len(set(listed)) == len(listed)
+        assert not set(listed) & set(ials.seen_[user].indices)
+    items, _ = indexed.recommend_vector(ials.user_embeddings(np.array([user]))[0], 1000, ials.seen_[user].indices)
+    assert (items >= 0).sum() == min(1000, unseen)  # the service's single-query path too
+
+
+def test_indexed_answers_agree_with_the_exact_model_and_say_so(ials, ml100k):
+    indexed = IndexedRecommender.build(ials, {"kind": "hnsw"})
+    users = ml100k.users.ids[:200]
+    approx, exact = indexed.recommend(users, k=10), ials.recommend(users, k=10)
+    recall = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(approx.item_index, exact.item_index, strict=True)])
+    assert recall >= 0.97 and set(approx.served_by) == {"model+ann"}
+    query = Query.from_items([[49, 171, 180], []], ml100k.n_items)  # Star Wars fans, and someone new
+    mixed = indexed.recommend(query, k=10)
+    assert list(mixed.served_by) == ["history+ann", "popularity"] and "no history given" in mixed.notes[1]
+    assert not {49, 171, 180} & set(mixed.item_index[0])
+    np.testing.assert_array_equal(mixed.item_index[1], ials.recommend(query, k=10).item_index[1])
+
+
+def test_an_indexed_artifact_loads_back_indexed(ials, tmp_path):
+    indexed = IndexedRecommender.build(ials, {"kind": "hnsw"})
+    loaded = load(indexed.save(tmp_path / "model"))
+    assert isinstance(loaded, IndexedRecommender) and loaded.index.config.kind == "hnsw"
+    np.testing.assert_array_equal(loaded.recommend([1, 2], k=5).item_index, indexed.recommend([1, 2], k=5).item_index)
+    assert loaded.n_items == ials.n_items and loaded.predict is not None  # the rest is the model's own
+    plain = load(ials.save(tmp_path / "plain"))
+    assert not isinstance(plain, IndexedRecommender)
+
+
+def test_a_model_without_embeddings_cannot_be_indexed(ml100k):
+    from recforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="embeddings"):
+        IndexedRecommender.build(create_model("ease").fit(ml100k), {"kind": "hnsw"})
