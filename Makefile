@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export RECFORGE_DATA_DIR ?= $(abspath ../shared/data)
 PYTEST_ARGS ?=
 
-.PHONY: browser-deps install demo test test-all lint format bench clean
+.PHONY: browser-deps install demo test test-fast lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,10 @@ browser-deps:
 
 test: install browser-deps
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q $(PYTEST_ARGS)
+
+# the inner loop: everything but model fits on real data, Spark, the browser and torchrun (< 3 min)
+test-fast: install
+	$(BIN)/python -m pytest -n 2 --dist loadgroup -q -m "not slow and not spark and not browser" $(PYTEST_ARGS)
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks

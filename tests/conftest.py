@@ -49,6 +49,22 @@ def ml100k(data_dir: Path) -> Interactions:
 
 
 @pytest.fixture(scope="session")
+def ml100k_rating_split(ml100k: Interactions):
+    """Random 80/20 of all ratings, seed 0: the rating benchmarks' split."""
+    from recforge.data.splits import random_split
+
+    return random_split(ml100k, 0.2, seed=0)
+
+
+@pytest.fixture(scope="session")
+def ml100k_ranking_split(ml100k: Interactions):
+    """Per-user 80/20, seed 0: the top-k benchmarks' split (full ranking, training items excluded)."""
+    from recforge.data.splits import per_user_split
+
+    return per_user_split(ml100k, 0.2, seed=0)
+
+
+@pytest.fixture(scope="session")
 def ml_latest(data_dir: Path) -> Interactions:
     from recforge.data.loaders import load_movielens_latest_small
 

@@ -41,6 +41,24 @@ def test_ranking_metrics_hand_computed():
     assert M.reciprocal_rank_at_k(np.array([[0, 0, 1.0]]), 2)[0] == 0.0
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(min_value=0, max_value=30) | st.just(10**9), min_size=1, max_size=20), st.integers(1, 25))
+def test_single_target_metrics_equal_the_general_ones(ranks, k):
+    """With one relevant item per query, the rank shortcuts agree with the list metrics (rank 10**9 = unranked)."""
+    ranks = np.array(ranks, dtype=np.float64)
+    relevance = np.zeros((len(ranks), k))
+    listed = ranks < k
+    relevance[np.flatnonzero(listed), ranks[listed].astype(int)] = 1.0
+    ideal = np.zeros((len(ranks), k))
+    ideal[:, 0] = 1.0
+    np.testing.assert_allclose(M.ndcg_from_ranks(ranks, k), M.ndcg_at_k(relevance, ideal, k))
+    np.testing.assert_allclose(M.hit_rate_from_ranks(ranks, k), M.hit_rate_at_k(relevance, k))
+    np.testing.assert_allclose(
+        M.reciprocal_rank_from_ranks(np.where(listed, ranks, np.inf)), M.reciprocal_rank_at_k(relevance, k)
+    )
+    assert M.topk_accuracy(ranks, k) == pytest.approx(listed.mean())
+
+
 def test_curves_match_pointwise_metrics():
     rng = np.random.default_rng(0)
     relevance = (rng.random((20, 10)) < 0.3).astype(float)

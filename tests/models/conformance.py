@@ -13,6 +13,7 @@ from recforge.coldstart import ANONYMOUS, HISTORY, KNOWN_USERS, RATINGS
 from recforge.data.query import History, Query
 from recforge.data.splits import per_user_split
 from recforge.errors import CapabilityError, UnknownIdError
+from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator
 from recforge.models import create_model
 from recforge.models.config import TrainOptions
 from tests.conftest import make_interactions
@@ -25,6 +26,11 @@ class ModelContract:
     # how much worse (mean rank percentile of held-out items) folding in a user's own history may be
     # than their trained state; 0.05 = five percentiles
     fold_in_tolerance: ClassVar[float] = 0.05
+    # the model's quality band on MovieLens 100K with `quality_params` (default: its defaults): ("rmse", low,
+    # high) on the random 80/20 split or ("ndcg@10", low, high) on the per-user 80/20 split (seed 0, full
+    # ranking); a value above the band is as suspicious as one below (leakage)
+    quality: ClassVar[tuple[str, float, float] | None] = None
+    quality_params: ClassVar[dict[str, Any]] = {}
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -160,3 +166,20 @@ class ModelContract:
         trained = percentile(fitted.score(users))
         folded = percentile(fitted.score(Query.from_history(history)))  # as strangers with that history
         assert folded <= trained + self.fold_in_tolerance, (trained, folded)
+
+    @pytest.mark.slow
+    def test_quality_band_on_movielens_100k(self, request):
+        if self.quality is None:
+            pytest.skip("no quality band declared for this configuration")
+        metric, low, high = self.quality
+        if metric == "rmse":
+            split = request.getfixturevalue("ml100k_rating_split")
+            evaluator = RatingEvaluator(split.train, split.test)
+        else:
+            split = request.getfixturevalue("ml100k_ranking_split")
+            evaluator = FullRankingEvaluator(split.train, split.test, ks=(10,))
+        model = create_model(self.model_name, **self.quality_params).fit(split.train, TrainOptions(seed=0))
+        value = evaluator.evaluate(model).summary[metric]
+        assert low <= value <= high, (
+            f"{self.model_name} {self.quality_params}: {metric} {value:.4f} not in [{low}, {high}]"
+        )

@@ -1,29 +1,41 @@
-"""Every registered model runs the shared contract."""
+"""Every registered model runs the shared contract; each configuration declares what is specific to it:
+its parameters for the quick checks and, where it has one, its quality band on MovieLens 100K."""
 
 from __future__ import annotations
 
+import pandas as pd
+import pytest
+
+from recforge.data.splits import per_user_split
+from tests.conftest import make_interactions
 from tests.models.conformance import ModelContract
 
 
 class TestGlobalMean(ModelContract):
     model_name = "global_mean"
+    quality = ("rmse", 1.115, 1.13)
 
 
 class TestBias(ModelContract):
     model_name = "bias"
+    quality = ("rmse", 0.935, 0.945)
 
 
 class TestMostPopular(ModelContract):
     model_name = "most_popular"
+    quality = ("ndcg@10", 0.22, 0.23)
 
 
 class TestWeightedPopularity(ModelContract):
     model_name = "weighted_popularity"
+    quality = ("rmse", 1.05, 1.07)
 
 
 class TestExplicitMF(ModelContract):
     model_name = "mf"
     params = {"n_epochs": 5, "n_factors": 8}
+    quality = ("rmse", 0.90, 0.915)
+    quality_params = {}
 
 
 class TestAnimePaperMF(ModelContract):
@@ -34,16 +46,22 @@ class TestAnimePaperMF(ModelContract):
 class TestExplicitALS(ModelContract):
     model_name = "als"
     params = {"n_factors": 8, "n_iterations": 3}
+    quality = ("rmse", 0.905, 0.92)
+    quality_params = {}
 
 
 class TestBayesianMF(ModelContract):
     model_name = "bayesian_mf"
     params = {"n_factors": 4, "n_iterations": 12, "burn_in": 4, "n_kept": 4}
+    quality = ("rmse", 0.885, 0.90)
+    quality_params = {}
 
 
 class TestImplicitALS(ModelContract):
     model_name = "ials"
     params = {"n_factors": 8, "n_iterations": 5, "reg": 1.0}  # learns the fixture (percentile 0.23 vs 0.45)
+    quality = ("ndcg@10", 0.43, 0.445)
+    quality_params = {}
 
 
 class TestImplicitALSCholesky(ModelContract):
@@ -54,30 +72,41 @@ class TestImplicitALSCholesky(ModelContract):
 class TestBPR(ModelContract):
     model_name = "bpr"
     params = {"n_factors": 8, "n_epochs": 30}
+    quality = ("ndcg@10", 0.305, 0.33)
+    quality_params = {}
 
 
 class TestEASE(ModelContract):
     model_name = "ease"
+    quality = ("ndcg@10", 0.445, 0.46)
 
 
 class TestItemKNN(ModelContract):
     model_name = "item_knn"
     params = {"k": 10}
+    quality = ("rmse", 0.905, 0.92)
+    quality_params = {}
 
 
 class TestItemKNNImplicit(ModelContract):
     model_name = "item_knn"
     params = {"k": 10, "feedback": "implicit", "similarity": "cosine"}
+    quality = ("ndcg@10", 0.355, 0.375)
+    quality_params = {"feedback": "implicit", "similarity": "cosine", "k": 20, "shrinkage": 0}
 
 
 class TestUserKNN(ModelContract):
     model_name = "user_knn"
     params = {"k": 10, "similarity": "pearson"}
+    quality = ("rmse", 0.915, 0.93)
+    quality_params = {"similarity": "pearson"}
 
 
 class TestUserKNNImplicit(ModelContract):
     model_name = "user_knn"
     params = {"k": 10, "feedback": "implicit", "similarity": "cosine"}
+    quality = ("ndcg@10", 0.39, 0.41)
+    quality_params = {"feedback": "implicit", "similarity": "cosine", "k": 50, "shrinkage": 0}
 
 
 class TestBlend(ModelContract):
@@ -85,6 +114,8 @@ class TestBlend(ModelContract):
     params = {
         "members": [{"model": "ease"}, {"model": "ials", "params": {"n_factors": 4, "n_iterations": 2}, "weight": 0.5}]
     }
+    quality = ("ndcg@10", 0.45, 0.465)
+    quality_params = {}
 
 
 class TestTwoTowerRetrieval(ModelContract):
@@ -97,6 +128,8 @@ class TestTwoTowerRetrieval(ModelContract):
         "user_tower": {"output_dim": 16},
         "item_tower": {"id_dim": 16, "output_dim": 16},
     }
+    quality = ("ndcg@10", 0.39, 0.41)
+    quality_params = {}
 
 
 class TestTwoTowerInBatchPairs(ModelContract):
@@ -116,6 +149,8 @@ class TestTwoTowerInBatchPairs(ModelContract):
 class TestTwoTowerRating(ModelContract):
     model_name = "two_tower"
     params = {"preset": "rating", "n_epochs": 3, "margin_weight": 0.5, "inverse_frequency": True}
+    quality = ("rmse", 0.905, 0.92)
+    quality_params = {"preset": "rating"}
 
 
 class TestTwoTowerIdOnly(ModelContract):
@@ -154,3 +189,21 @@ class TestGRU4Rec(ModelContract):
 class TestLSTMNext(ModelContract):
     model_name = "lstm_next"
     params = {"n_epochs": 2, "dim": 16, "hidden": 16, "max_len": 10}
+
+
+class TestTextRegression(ModelContract):
+    model_name = "text_regression"
+    params = {"n_epochs": 2, "hidden": 16, "max_len": 10}
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def split(cls):
+        data = make_interactions(n_users=40, n_items=60, n=1000, seed=3, preference=True)
+        genres = ["space opera", "court drama", "kitchen comedy", "mountain thriller"]
+        titles = pd.DataFrame(
+            {"title": [f"A {genres[i % 4]} number {i}" for i in range(data.n_items)]},
+            index=pd.Index(data.items.ids, name="item_id"),
+        )
+        titled = data.with_features(item_features=titles)
+        assert titled.item_features["title"].notna().all()
+        return per_user_split(titled, 0.2, seed=0)

@@ -13,6 +13,8 @@ from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator
 from recforge.models import create_model
 from recforge.models.config import TrainOptions
 
+pytestmark = pytest.mark.slow  # every test here fits on real data (quality bands live in test_contracts.py)
+
 
 @pytest.fixture(scope="module")
 def rating_split(ml100k):
@@ -35,14 +37,7 @@ def ndcg(model, split, k=10):
     return FullRankingEvaluator(split.train, split.test, ks=(k,)).evaluate(fitted).summary[f"ndcg@{k}"]
 
 
-def test_bayesian_mf_meets_the_rating_target(rating_split):
-    # acceptance: best model RMSE <= 0.900 on a random 80/20 split; Surprise's best tuned SVD gets 0.907 here
-    assert rmse(create_model("bayesian_mf"), rating_split) <= 0.900
-
-
-def test_biased_mf_and_als_are_in_their_bands(rating_split):
-    assert rmse(create_model("mf"), rating_split) < 0.915
-    assert rmse(create_model("als"), rating_split) < 0.925
+def test_the_anime_papers_mf_is_weaker_and_its_user_mean_blend_helps(rating_split):
     # the anime study's preset (no biases, λ = 1e-4) is weaker; its blend with the user mean helps
     paper_model = create_model("mf", preset="anime-paper").fit(rating_split.train)
     evaluator = RatingEvaluator(rating_split.train, rating_split.test)
@@ -100,7 +95,6 @@ def test_ease_equals_numpy_reference(ranking_split, dropout):
     B = P / (-np.diag(P))[None, :]
     np.fill_diagonal(B, 0.0)
     np.testing.assert_allclose(model.weights_, B, atol=1e-6)
-    assert ndcg(model, ranking_split) >= 0.44  # acceptance: best top-k model NDCG@10 >= 0.44
 
 
 def test_blend_beats_its_members_and_tuned_implicit_als(ranking_split):
@@ -130,16 +124,6 @@ def test_ials_cg_agrees_with_exact_solves(ranking_split):
     cg = ndcg(create_model("ials", n_factors=32, solver="cg", cg_steps=6), ranking_split)
     exact = ndcg(create_model("ials", n_factors=32, solver="cholesky"), ranking_split)
     assert cg == pytest.approx(exact, abs=0.01)
-
-
-def test_implicit_models_beat_popularity(ranking_split):
-    popular = ndcg(create_model("most_popular"), ranking_split)
-    for name, params in (
-        ("bpr", {"lr": 0.02}),
-        ("item_knn", {"feedback": "implicit", "similarity": "cosine", "k": 20, "shrinkage": 0}),
-        ("user_knn", {"feedback": "implicit", "similarity": "cosine", "k": 50, "shrinkage": 0}),
-    ):
-        assert ndcg(create_model(name, **params), ranking_split) > popular * 1.4, name
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,7 @@ def test_encoder_states_ignore_the_padding_a_batch_adds(encoder):
         torch.testing.assert_close(encoder(empty)[0, -1], encoder(empty[:1, -2:])[0, -1], rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["sasrec", "gru4rec", "lstm_next"])
 def test_scores_do_not_depend_on_who_else_is_in_the_batch(name, loo):
     """A user scored alone, in a small batch and beside the heaviest users gets the same scores and list."""
@@ -97,6 +98,7 @@ def loo(ml100k):
     return split, evaluator, popular
 
 
+@pytest.mark.slow
 def test_sasrec_and_gru4rec_beat_popularity_on_ml100k(loo):
     split, evaluator, popular = loo
     for name, params in (("sasrec", {"n_epochs": 8, "lr": 3e-3}), ("gru4rec", {"n_epochs": 6})):
@@ -106,6 +108,7 @@ def test_sasrec_and_gru4rec_beat_popularity_on_ml100k(loo):
         assert ndcg > popular * 1.15, (name, ndcg, popular)
 
 
+@pytest.mark.slow
 def test_text_regression_runs_on_titles_and_decodes_by_nearest_neighbour(loo, ml100k):
     split, _, _ = loo
     model = create_model("text_regression", n_epochs=2, hidden=64).fit(split.train, TrainOptions(seed=0))

@@ -27,6 +27,7 @@ def retrieval_model(ml100k):
     return split, create_model("two_tower", n_epochs=30).fit(split.train, TrainOptions(seed=0))
 
 
+@pytest.mark.slow
 def test_retrieval_preset_beats_popularity_by_half(retrieval_model):
     # the acceptance bar is 1.5x popularity; the 50-epoch preset gets 0.40 vs popularity's 0.226
     split, model = retrieval_model
@@ -36,6 +37,7 @@ def test_retrieval_preset_beats_popularity_by_half(retrieval_model):
     assert ours > 1.5 * popular, (ours, popular)
 
 
+@pytest.mark.slow
 def test_rating_preset_is_close_to_biased_mf(ml100k):
     split = random_split(ml100k, 0.2, seed=0)
     evaluator = RatingEvaluator(split.train, split.test)
@@ -44,6 +46,7 @@ def test_rating_preset_is_close_to_biased_mf(ml100k):
     assert towers <= mf + 0.02, (towers, mf)
 
 
+@pytest.mark.slow
 def test_weighted_average_is_the_rating_weighted_mean_of_item_vectors(retrieval_model):
     _, model = retrieval_model
     history = History.from_items([[0, 5, 9]], model.n_items, ratings=[[5.0, 1.0, 4.0]])
@@ -68,6 +71,7 @@ def _ndcg_from_vectors(split, users, vectors, item_vectors, exclude):
     return (hits * discounts).sum(1) / ideal
 
 
+@pytest.mark.slow
 def test_cold_start_from_features_alone_beats_a_random_ranking(disjoint):
     """A user tower with demographics only (no ID, no history) embeds held-out users from u.user alone."""
     split, users, history = disjoint
@@ -99,6 +103,7 @@ def test_cold_start_from_features_alone_beats_a_random_ranking(disjoint):
     assert ndcg.mean() > random.mean() + 0.1, (ndcg.mean(), random.mean())
 
 
+@pytest.mark.slow
 def test_cluster_retrieval_with_one_cluster_equals_the_full_scan(retrieval_model):
     split, model = retrieval_model
     users = np.arange(50)
@@ -111,6 +116,7 @@ def test_cluster_retrieval_with_one_cluster_equals_the_full_scan(retrieval_model
     np.testing.assert_array_equal(items, exact)
 
 
+@pytest.mark.slow
 def test_cluster_popularity_ranking_returns_the_clusters_most_popular_unseen_items(retrieval_model):
     split, model = retrieval_model
     popularity = split.train.item_counts().astype(np.float64)
@@ -128,6 +134,7 @@ def test_cluster_popularity_ranking_returns_the_clusters_most_popular_unseen_ite
         )
 
 
+@pytest.mark.slow
 def test_elbow_scores_fall_as_k_grows_and_gmm_clusters(retrieval_model):
     _, model = retrieval_model
     inertia = elbow(model.item_factors_, [2, 8, 32])

@@ -186,3 +186,13 @@ def ndcg_from_ranks(ranks: np.ndarray, k: int) -> np.ndarray:
     inside the top k, else 0 (the ideal DCG of a single item is 1)."""
     ranks = np.asarray(ranks, dtype=np.float64)
     return np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+
+
+def hit_rate_from_ranks(ranks: np.ndarray, k: int) -> np.ndarray:
+    """1 where the single relevant item ranks in the top k (0-based `ranks`), else 0."""
+    return (np.asarray(ranks, dtype=np.float64) < k).astype(np.float64)
+
+
+def reciprocal_rank_from_ranks(ranks: np.ndarray) -> np.ndarray:
+    """1 / (rank + 1) of the single relevant item (0 when it is not ranked: rank inf)."""
+    return 1.0 / (np.asarray(ranks, dtype=np.float64) + 1.0)

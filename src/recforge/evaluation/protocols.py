@@ -257,9 +257,9 @@ class FullRankingEvaluator:
             ranks[rows] = (negative_scores > positive_scores[:, None]).sum(axis=1)
         frame = pd.DataFrame({"user": pair_users, "rank": ranks})
         for k in self.ks:
-            frame[f"hit_rate@{k}"] = (frame["rank"] < k).astype(float)
-            frame[f"ndcg@{k}"] = np.where(frame["rank"] < k, 1.0 / np.log2(frame["rank"] + 2), 0.0)
-        frame["mrr"] = 1.0 / (frame["rank"] + 1)
+            frame[f"hit_rate@{k}"] = M.hit_rate_from_ranks(ranks, k)
+            frame[f"ndcg@{k}"] = M.ndcg_from_ranks(ranks, k)
+        frame["mrr"] = M.reciprocal_rank_from_ranks(ranks)
         per_user = frame.drop(columns="rank").groupby("user").mean()
         summary = {column: float(per_user[column].mean()) for column in per_user.columns}
         return RankingResult(
