@@ -24,31 +24,37 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
 
 @contextlib.contextmanager
 def atomic_path(target: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
-    """Yield a temporary path next to `target`; rename it onto `target` only if the block succeeds.
+    """Yield a temporary path next to `target`; put it in place of `target` only if the block succeeds.
 
-    Readers therefore see either the old content or the complete new content, never a partial write.
-    A directory target that already exists is replaced as a whole.
+    Readers see the old content or the complete new content, never a mix, and `target` never goes
+    missing: the written content is fsynced, then a file is renamed over the target, and a directory is
+    swapped with the existing one in a single `renameat2(RENAME_EXCHANGE)` (Linux; elsewhere a rename
+    that leaves an instant without the target). The old directory is then removed; temporary directories
+    a killed process left behind (`.<name>.*.tmp`) are removed by the next write to the same target.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+        _remove_stale_temporaries(target)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
     else:
         fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         os.close(fd)
         tmp = Path(name)
     try:
         yield tmp
-        if is_dir:
-            if target.exists():
-                backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+        fsync_tree(tmp)
+        if is_dir and target.exists():
+            if _exchange(tmp, target):  # tmp now holds the old content
+                shutil.rmtree(tmp, ignore_errors=True)
+            else:
+                backup = target.with_name(f".{target.name}.{os.getpid()}.old.tmp")
                 os.replace(target, backup)
                 os.replace(tmp, target)
                 shutil.rmtree(backup, ignore_errors=True)
-            else:
-                os.replace(tmp, target)
         else:
             os.replace(tmp, target)
+        _fsync_directory(target.parent)
     except BaseException:
         if is_dir:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -56,6 +62,72 @@ def atomic_path(target: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         raise
+
+
+def fsync_tree(path: Path) -> None:
+    """fsync a file, or every file of a directory tree and the directories themselves."""
+    if path.is_dir():
+        for child in path.rglob("*"):
+            if child.is_file() and not child.is_symlink():
+                _fsync_file(child)
+        for folder in [*(p for p in path.rglob("*") if p.is_dir()), path]:
+            _fsync_directory(folder)
+    elif path.exists():
+        _fsync_file(path)
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(path: Path) -> None:
+    with contextlib.suppress(OSError):  # not every platform can open a directory
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE); False where unsupported."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    result = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return result == 0
+
+
+def _remove_stale_temporaries(target: Path) -> None:
+    """Remove `.<name>.<pid>.*.tmp` directories whose writing process is gone (killed mid-save)."""
+    for stale in target.parent.glob(f".{target.name}.*.tmp"):
+        pid = stale.name[len(target.name) + 2 :].split(".", 1)[0]
+        if stale.is_dir() and not stale.is_symlink() and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True  # another thread of this process may be writing it; a failed write removes its own
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:

@@ -249,14 +249,43 @@ def serve(
     host: Annotated[str, typer.Option(help="interface to bind")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port")] = 8000,
     workers: Annotated[int, typer.Option(help="uvicorn worker processes (each loads the model)")] = 1,
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="event store URL: sqlite:///path or postgresql://user@host/db (default: SQLite beside the model)"
+        ),
+    ] = None,
+    token_file: Annotated[
+        Path | None, typer.Option(help="file holding the bearer token writes need (or set RECFORGE_TOKEN)")
+    ] = None,
+    read_token_file: Annotated[
+        Path | None, typer.Option(help="file holding a token reads need too (or set RECFORGE_READ_TOKEN)")
+    ] = None,
+    max_connections: Annotated[int, typer.Option(help="concurrent connections before 503s")] = 1000,
+    keep_alive: Annotated[int, typer.Option(help="seconds an idle keep-alive connection stays open")] = 5,
 ) -> None:
-    """Serve a model artifact over HTTP (FastAPI + uvicorn) with the web page at /."""
+    """Serve a model artifact over HTTP (FastAPI + uvicorn) with the web page at /. Writes are committed to
+    the event store before they are acknowledged and need a bearer token; see docs/serving.md (put nginx in
+    front for header timeouts: deploy/nginx.conf)."""
     import os
 
     import uvicorn
 
     os.environ["RECFORGE_MODEL"] = str(model.resolve())
-    options = {"host": host, "port": port, "log_level": "warning", "access_log": False}
+    if store:
+        os.environ["RECFORGE_STORE"] = store
+    if token_file is not None:
+        os.environ["RECFORGE_TOKEN_FILE"] = str(token_file.resolve())
+    if read_token_file is not None:
+        os.environ["RECFORGE_READ_TOKEN_FILE"] = str(read_token_file.resolve())
+    options = {
+        "host": host,
+        "port": port,
+        "log_level": "warning",
+        "access_log": False,
+        "limit_concurrency": max_connections,
+        "timeout_keep_alive": keep_alive,
+    }
     if workers == 1:
         from recforge.serving.app import app_from_environment
 

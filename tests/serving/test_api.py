@@ -15,6 +15,15 @@ from recforge.serving.app import create_app
 from recforge.serving.service import RecommenderService
 
 pytestmark = pytest.mark.xdist_group("serving")
+TOKEN = "test-token-0123456789abcdef"
+
+
+def serve(source, store: str = "sqlite://", **options) -> TestClient:
+    """A client of an artifact path (or a ready service) with its own in-memory event store and the write
+    token in every request."""
+    service = source if isinstance(source, RecommenderService) else RecommenderService.from_artifact(source, store)
+    app = create_app(service, write_token=TOKEN, **options)
+    return TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"})
 
 
 def _artifact(model, data, path, index=None):
@@ -33,14 +42,14 @@ def ials_dir(ml100k, tmp_path_factory):
 
 @pytest.fixture
 def client(ials_dir):
-    return TestClient(create_app(RecommenderService.from_artifact(ials_dir)))
+    return serve(ials_dir)
 
 
 @pytest.fixture(scope="module")
 def mf_client(ml100k, tmp_path_factory):
     model = create_model("mf", n_epochs=10).fit(ml100k)
     path = _artifact(model, ml100k, tmp_path_factory.mktemp("b") / "mf")
-    return TestClient(create_app(RecommenderService.from_artifact(path)))
+    return serve(path)
 
 
 def test_health(client):
@@ -70,7 +79,8 @@ def test_k_is_bounded(client, k):
 def test_unknown_ids_are_404_with_a_message(client):
     response = client.get("/users/999999/recommendations")
     assert response.status_code == 404 and "999999" in response.json()["detail"]
-    assert client.get("/items/nope/similar").status_code == 404
+    assert client.get("/items/99999999/similar").status_code == 404
+    assert client.get("/items/nope/similar").status_code == 422  # not an integer id: malformed, not unknown
     response = client.post("/recommendations", json={"items": [{"item": 123456, "rating": 4}]})
     assert response.status_code == 404 and "123456" in response.json()["detail"]
 
@@ -133,7 +143,9 @@ def test_title_search(client):
 def test_predict_needs_a_rating_model(client, mf_client):
     response = client.post("/predict", json={"pairs": [{"user": 1, "item": 50}]})
     assert response.status_code == 409 and "does not predict" in response.json()["detail"]
-    body = mf_client.post("/predict", json={"pairs": [{"user": 1, "item": 50}, {"user": "2", "item": "1"}]}).json()
+    strings = mf_client.post("/predict", json={"pairs": [{"user": "2", "item": "1"}]})
+    assert strings.status_code == 422 and "pairs.0.user" in strings.json()["detail"]  # ids keep their type
+    body = mf_client.post("/predict", json={"pairs": [{"user": 1, "item": 50}, {"user": 2, "item": 1}]}).json()
     ratings = [p["rating"] for p in body["predictions"]]
     assert all(1 <= r <= 5 for r in ratings) and ratings[0] > 4  # user 1 rated Star Wars 5
     assert mf_client.post("/predict", json={"pairs": []}).status_code == 422
@@ -161,7 +173,7 @@ def test_explicit_model_takes_a_map_step_towards_new_ratings(mf_client):
 
 def test_non_factor_models_keep_a_history_overlay(ml100k, tmp_path):
     path = _artifact(create_model("ease").fit(ml100k), ml100k, tmp_path / "ease")
-    client = TestClient(create_app(RecommenderService.from_artifact(path)))
+    client = serve(path)
     first = client.get("/users/1/recommendations", params={"k": 3}).json()["items"][0]["item"]
     assert (
         client.post("/users/1/interactions", json={"items": [{"item": first}]}).json()["updated_by"]
@@ -198,7 +210,7 @@ def test_hnsw_index_roundtrips_and_agrees_with_exact_search(ials_dir):
 
 def test_new_items_from_features_join_the_catalogue(ml100k, tmp_path):
     model = create_model("two_tower", item_features=True, id_dropout=0.3, n_epochs=3).fit(ml100k)
-    client = TestClient(create_app(RecommenderService.from_artifact(_artifact(model, ml100k, tmp_path / "tt"))))
+    client = serve(_artifact(model, ml100k, tmp_path / "tt"))
     star_wars = ml100k.item_features.iloc[ml100k.items.index([50])[0]]
     new = {"item": 99999, "title": "Star Wars: The Lost Reel (1977)", "genres": list(star_wars["genres"]), "year": 1977}
     response = client.post("/items", json={"items": [new]})
@@ -208,14 +220,14 @@ def test_new_items_from_features_join_the_catalogue(ml100k, tmp_path):
     assert len(similar) == 20
     genres = [set(row["genres"]) for row in similar]
     assert np.mean([bool(g & set(star_wars["genres"])) for g in genres]) > 0.5  # neighbours share its genres
-    assert client.post("/items", json={"items": [new]}).status_code == 422  # already there now
-    ials = TestClient(create_app(RecommenderService(create_model("ials", n_iterations=2).fit(ml100k))))
+    assert client.post("/items", json={"items": [new]}).status_code == 409  # already there now: a conflict
+    ials = serve(RecommenderService(create_model("ials", n_iterations=2).fit(ml100k)))
     assert ials.post("/items", json={"items": [{"item": 5}]}).status_code == 409
 
 
 def test_a_model_that_cannot_take_new_interactions_refuses_and_keeps_its_state(ml100k, tmp_path):
     path = _artifact(create_model("user_knn", feedback="implicit").fit(ml100k), ml100k, tmp_path / "uknn")
-    client = TestClient(create_app(RecommenderService.from_artifact(path)))
+    client = serve(path)
     before = client.get("/users/1/recommendations", params={"k": 5}).json()
     response = client.post("/users/1/interactions", json={"items": [{"item": before["items"][0]["item"]}]})
     assert response.status_code == 409 and "retraining" in response.json()["detail"]
@@ -227,7 +239,7 @@ def test_a_model_that_cannot_take_new_interactions_refuses_and_keeps_its_state(m
 def features_client(ml100k, tmp_path_factory):
     model = create_model("two_tower", user_features=True, n_epochs=3).fit(ml100k)
     path = _artifact(model, ml100k, tmp_path_factory.mktemp("f") / "tt-features")
-    return TestClient(create_app(RecommenderService.from_artifact(path)))
+    return serve(path)
 
 
 def test_a_new_user_with_only_features_goes_through_the_user_tower(features_client, client):

@@ -109,6 +109,9 @@ class BayesianMF(FactorModel):
     Config = BayesianMFConfig
     capabilities = frozenset({KNOWN_USERS, HISTORY, EMBEDDINGS, RATINGS})
 
+    def factor_columns(self) -> int | None:
+        return None  # posterior samples are stored side by side: n_factors × the samples kept
+
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: BayesianMFConfig = self.config  # type: ignore[assignment]
         if c.burn_in >= c.n_iterations:

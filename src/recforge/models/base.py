@@ -381,7 +381,11 @@ class Recommender(ABC):
     def set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> Recommender:
         self.users_ = Vocabulary(extras["users"], "user")
         self.items_ = Vocabulary(extras["items"], "item")
-        indices = arrays["seen.indices"]
+        indices, indptr = arrays["seen.indices"], arrays["seen.indptr"]
+        if len(indptr) != len(self.users_) + 1 or (
+            len(indices) and not 0 <= indices.min() <= indices.max() < len(self.items_)
+        ):
+            raise ValueError("the seen-items matrix does not fit the user and item vocabularies")
         self.seen_ = sp.csr_matrix(
             (np.ones(len(indices), np.float32), indices, arrays["seen.indptr"]),
             shape=(len(self.users_), len(self.items_)),

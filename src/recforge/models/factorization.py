@@ -160,6 +160,11 @@ class FactorModel(Recommender):
         return solve_spd(matrices, rhs).numpy().astype(np.float32), np.zeros(len(history))
 
     # -------------------------------------------------------------- state
+    def factor_columns(self) -> int | None:
+        """How many columns the config says the factors have (checked when an artifact is loaded)."""
+        value = getattr(self.config, "n_factors", None)
+        return value if isinstance(value, int) else None
+
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {
             "user_factors": self.user_factors_,
@@ -172,6 +177,19 @@ class FactorModel(Recommender):
         return {"global_bias": float(self.global_bias_), "fold_in": list(self.fold_in_penalty_)}
 
     def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
+        users, items = arrays["user_factors"], arrays["item_factors"]
+        expected = {
+            "user_factors": (len(self.users_), items.shape[1] if items.ndim == 2 else -1),
+            "item_factors": (len(self.items_), users.shape[1] if users.ndim == 2 else -1),
+            "user_bias": (len(self.users_),),
+            "item_bias": (len(self.items_),),
+        }
+        for name, shape in expected.items():
+            if arrays[name].shape != shape:
+                raise ValueError(f"{name} has shape {arrays[name].shape}, the vocabularies and factors need {shape}")
+        width = self.factor_columns()
+        if width is not None and users.shape[1] != width:
+            raise ValueError(f"the factors have {users.shape[1]} columns, the config asks for {width}")
         self.user_factors_ = arrays["user_factors"]
         self.item_factors_ = arrays["item_factors"]
         self.user_bias_ = arrays["user_bias"]

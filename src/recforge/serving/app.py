@@ -13,63 +13,48 @@ run on the event loop, because the thread hop cost more than the work (see docs/
 
 from __future__ import annotations
 
+import hmac
+import math
+import os
 import threading
 import time
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from recforge._version import __version__
 from recforge.errors import CapabilityError, ConfigError, UnknownIdError
-from recforge.serving.service import MAX_K, RecommenderService
+from recforge.serving.schemas import (
+    ERRORS,
+    MAX_ID_LENGTH,
+    MAX_K,
+    Answer,
+    Health,
+    InteractionsAnswer,
+    InteractionsRequest,
+    ItemsAnswer,
+    NewItemsRequest,
+    NewUserRequest,
+    PredictAnswer,
+    PredictRequest,
+    PromoteRequest,
+    SearchAnswer,
+    SimilarAnswer,
+    UserAnswer,
+    WriteAnswer,
+)
+from recforge.serving.service import RecommenderService
+from recforge.serving.store import DuplicateItemError, StoreUnavailableError
 
+UserId = Annotated[str, Path(max_length=MAX_ID_LENGTH)]
+ItemId = Annotated[str, Path(max_length=MAX_ID_LENGTH)]
+Count = Annotated[int, Query(ge=1, le=MAX_K)]
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
-
-
-class RatedItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    item: str | int
-    rating: float | None = Field(None, description="omit for an interaction without a rating")
-
-
-class NewUserRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    items: list[RatedItem] = Field(default_factory=list, max_length=10_000)
-    features: dict[str, str | int | float | None] | None = Field(
-        None, max_length=100, description="user features (e.g. age, gender) for models with a user-feature tower"
-    )
-    k: int = Field(10, ge=1, le=MAX_K)
-
-
-class InteractionsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    items: list[RatedItem] = Field(min_length=1, max_length=10_000)
-
-
-class NewItem(BaseModel):
-    model_config = ConfigDict(extra="allow")  # the model's item-feature columns (genres, year, type, ...)
-    item: str | int
-    title: str | None = None
-
-
-class NewItemsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    items: list[NewItem] = Field(min_length=1, max_length=1_000)
-
-
-class Pair(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    user: str | int
-    item: str | int
-
-
-class PredictRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    pairs: list[Pair] = Field(min_length=1, max_length=10_000)
 
 
 class Metrics:
@@ -148,28 +133,36 @@ class _LimitAndMeasure:
             self.metrics.record(route, status, (time.perf_counter() - started) * 1e3)
 
 
-def create_app(service: RecommenderService, max_body_bytes: int = 1 << 20) -> FastAPI:
+def create_app(
+    service: RecommenderService,
+    max_body_bytes: int = 1 << 20,
+    *,
+    write_token: str | None = None,
+    read_token: str | None = None,
+) -> FastAPI:
+    """The app over `service`. Writes (and `POST /admin/models`) need `Authorization: Bearer
+    <write_token>`; without a write token configured they are refused (403). Reads are open, or need
+    `read_token` (or the write token) when one is given. Tokens are compared in constant time."""
     app = FastAPI(title="recforge", version=__version__)
     metrics = Metrics()
     app.state.service, app.state.metrics = service, metrics
-
     app.add_middleware(_LimitAndMeasure, metrics=metrics, max_body_bytes=max_body_bytes)
+    _handle_errors(app)
+    bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <token>")
 
-    @app.exception_handler(UnknownIdError)
-    def _unknown(request: Request, exc: UnknownIdError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=404)
+    def can_write(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+        _check_token(credentials, [write_token] if write_token else [], "writes")
 
-    @app.exception_handler(CapabilityError)
-    def _incapable(request: Request, exc: CapabilityError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=409)
+    def can_read(credentials: HTTPAuthorizationCredentials | None = Security(bearer)) -> None:
+        if read_token:
+            _check_token(credentials, [t for t in (read_token, write_token) if t], "reads")
 
-    @app.exception_handler(ConfigError)
-    def _invalid(request: Request, exc: ConfigError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status_code=422)
+    read, write = [Depends(can_read)], [Depends(can_write)]
 
-    @app.get("/health")
+    @app.get("/health", response_model=Health)
     def health() -> dict[str, Any]:
-        model = service.model
+        engine = service.engine
+        model = engine.snapshot.model
         return {
             "status": "ok",
             "model": model.name,
@@ -177,11 +170,15 @@ def create_app(service: RecommenderService, max_body_bytes: int = 1 << 20) -> Fa
             "n_users": model.n_users,
             "n_items": model.n_items,
             "capabilities": sorted(model.capabilities),
-            "ann": service.index is not None,
+            "ann": engine.snapshot.indexed is not None,
+            "events_applied": engine.applied,
+            "artifact": engine.snapshot.artifact,
+            "swaps": engine.swaps,
+            "worker": os.getpid(),
         }
 
-    @app.get("/users/{user_id}/recommendations")
-    async def user_recommendations(user_id: str, k: int = Query(10, ge=1, le=MAX_K), exclude_seen: bool = True) -> dict:
+    @app.get("/users/{user_id}/recommendations", response_model=UserAnswer, responses=ERRORS, dependencies=read)
+    async def user_recommendations(user_id: UserId, k: Count = 10, exclude_seen: bool = True) -> dict:
         # sub-millisecond answers run on the event loop: a thread-pool hop (and the GIL hand-offs it
         # brings) cost more than the work and dominated tail latency under load; heavier ones go to threads
         if service.answers_quickly():
@@ -189,25 +186,31 @@ def create_app(service: RecommenderService, max_body_bytes: int = 1 << 20) -> Fa
         answer = await run_in_threadpool(service.recommend_user, user_id, k, exclude_seen)
         return {"user": user_id, **answer}
 
-    @app.post("/recommendations")
+    @app.post("/recommendations", response_model=Answer, responses=ERRORS, dependencies=read)
     def new_user_recommendations(body: NewUserRequest) -> dict:
         return service.recommend_new([(r.item, r.rating) for r in body.items], body.k, body.features)
 
-    @app.post("/users/{user_id}/interactions")
-    def add_interactions(user_id: str, body: InteractionsRequest) -> dict:
-        how = service.add_interactions(user_id, [(r.item, r.rating) for r in body.items])
-        return {"user": user_id, "added": len(body.items), "updated_by": how}
+    @app.post("/users/{user_id}/interactions", response_model=InteractionsAnswer, responses=ERRORS, dependencies=write)
+    def add_interactions(user_id: UserId, body: InteractionsRequest) -> dict:
+        done = service.add_interactions(user_id, [(r.item, r.rating) for r in body.items])
+        return {"user": user_id, "added": len(body.items), **done}
 
-    @app.post("/items")
+    @app.post("/items", response_model=ItemsAnswer, responses=ERRORS, dependencies=write)
     def add_items(body: NewItemsRequest) -> dict:
-        how = service.add_items([item.model_dump() for item in body.items])
-        return {"added": [item.item for item in body.items], "embedded_by": how}
+        done = service.add_items([item.model_dump() for item in body.items])
+        return {"added": [item.item for item in body.items], **done}
 
-    @app.get("/items/{item_id}/similar")
-    def similar_items(item_id: str, k: int = Query(10, ge=1, le=MAX_K)) -> dict:
+    @app.post("/admin/models", response_model=WriteAnswer, responses=ERRORS, dependencies=write)
+    def promote(body: PromoteRequest) -> dict:
+        """Promote a model artifact (e.g. one `recforge retrain` wrote): every worker loads it in the
+        background, replays the events newer than its cut-off and swaps without dropping a request."""
+        return {"seq": service.promote(body.path)}
+
+    @app.get("/items/{item_id}/similar", response_model=SimilarAnswer, responses=ERRORS, dependencies=read)
+    def similar_items(item_id: ItemId, k: Count = 10) -> dict:
         return {"item": item_id, **service.similar(item_id, k)}
 
-    @app.post("/predict")
+    @app.post("/predict", response_model=PredictAnswer, responses=ERRORS, dependencies=read)
     def predict(body: PredictRequest) -> dict:
         values = service.predict([(p.user, p.item) for p in body.pairs])
         return {
@@ -216,9 +219,10 @@ def create_app(service: RecommenderService, max_body_bytes: int = 1 << 20) -> Fa
             ]
         }
 
-    @app.get("/items")
+    @app.get("/items", response_model=SearchAnswer, responses=ERRORS, dependencies=read)
     def search_items(
-        query: str = Query(..., min_length=1, max_length=200), limit: int = Query(20, ge=1, le=200)
+        query: Annotated[str, Query(min_length=1, max_length=200)],
+        limit: Annotated[int, Query(ge=1, le=200)] = 20,
     ) -> dict:
         return {"query": query, "items": service.search_items(query, limit)}
 
@@ -235,14 +239,72 @@ def create_app(service: RecommenderService, max_body_bytes: int = 1 << 20) -> Fa
     return app
 
 
+def _check_token(credentials: HTTPAuthorizationCredentials | None, accepted: list[str], what: str) -> None:
+    if not accepted:
+        raise HTTPException(403, f"{what} are disabled: the server has no token configured (RECFORGE_TOKEN)")
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise HTTPException(401, f"{what} need 'Authorization: Bearer <token>'", headers={"WWW-Authenticate": "Bearer"})
+    given = credentials.credentials.encode()
+    if not any(hmac.compare_digest(given, token.encode()) for token in accepted):
+        raise HTTPException(403, "the token is not valid")
+
+
+def _handle_errors(app: FastAPI) -> None:
+    """Map recforge's errors to statuses, and render every 422 safely (an input holding NaN or bytes
+    must not break the error answer itself)."""
+
+    def answer(status: int) -> Any:
+        return lambda request, exc: JSONResponse({"detail": str(exc)}, status_code=status)
+
+    app.add_exception_handler(UnknownIdError, answer(404))
+    app.add_exception_handler(CapabilityError, answer(409))
+    app.add_exception_handler(DuplicateItemError, answer(409))
+    app.add_exception_handler(ConfigError, answer(422))
+    app.add_exception_handler(StoreUnavailableError, answer(503))
+
+    @app.exception_handler(RequestValidationError)
+    def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": [_safe(error) for error in exc.errors()]}, status_code=422)
+
+
+def _safe(value: Any) -> Any:
+    """A JSON-safe copy: non-finite floats and unknown objects become their repr."""
+    if isinstance(value, dict):
+        return {str(k): _safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_safe(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    return repr(value)[:200]
+
+
 def app_from_environment() -> FastAPI:
-    """App factory for `recforge serve`: each worker process loads the artifact named by RECFORGE_MODEL."""
+    """App factory for `recforge serve`: each worker process loads the artifact named by RECFORGE_MODEL and
+    applies the event store at RECFORGE_STORE (default: a SQLite file beside the artifact); the write token
+    comes from RECFORGE_TOKEN or the file RECFORGE_TOKEN_FILE, the read token from RECFORGE_READ_TOKEN."""
     import gc
     import os
 
-    app = create_app(RecommenderService.from_artifact(os.environ["RECFORGE_MODEL"]))
+    service = RecommenderService.from_artifact(os.environ["RECFORGE_MODEL"], os.environ.get("RECFORGE_STORE") or None)
+    app = create_app(service, write_token=_token("RECFORGE_TOKEN"), read_token=_token("RECFORGE_READ_TOKEN"))
     # the model and catalogue live as long as the process: move them out of the collector's view, so
     # full collections do not re-scan ~10^5 catalogue objects in the middle of requests (tail latency)
     gc.collect()
     gc.freeze()
     return app
+
+
+def _token(variable: str) -> str | None:
+    """A token from the environment variable, or from the file its `_FILE` twin names (stripped)."""
+    import os
+    from pathlib import Path as FilePath
+
+    value = os.environ.get(variable, "").strip()
+    file = os.environ.get(f"{variable}_FILE", "").strip()
+    if not value and file:
+        value = FilePath(file).read_text().strip()
+    if value and len(value) < 16:
+        raise ConfigError(f"{variable}: a token needs at least 16 characters")
+    return value or None

@@ -90,12 +90,26 @@ class TowerFeatures:
             return empty_features(n)
         return self.item_builder.transform(frame)
 
+    def item_feature_kinds(self) -> dict[str, str]:
+        """The item-feature columns the item tower reads, each "list" (genres), "numeric" or "categorical"."""
+        builder = self.item_builder
+        if builder is None:
+            return {}
+        kinds = {c: "list" for c in builder.genre_columns}
+        kinds |= {c: "numeric" for c in (builder.scaler_.columns if builder.scaler_ is not None else ())}
+        return kinds | {c: "categorical" for c in builder.categorical}
+
     def new_item_rows(self, frame: pd.DataFrame) -> tuple[FeatureMatrix, np.ndarray]:
-        """(features, genre block) of items described only by `frame` (the training item-feature columns)."""
+        """(features, genre block) of items described only by `frame` (the training item-feature columns; a
+        missing column counts as unknown: the fitted fill value or the unknown category)."""
         if self.item_builder is None:
             raise ConfigError("this two-tower has no item features")
+        frame = frame.reset_index(drop=True)
+        for column, kind in self.item_feature_kinds().items():
+            if column not in frame.columns:
+                frame[column] = [[] for _ in range(len(frame))] if kind == "list" else np.nan
         try:
-            matrix = self.item_builder.transform(frame.reset_index(drop=True))
+            matrix = self.item_builder.transform(frame)
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"new item features do not fit the item tower: {exc}") from exc
         return matrix, matrix.dense[:, : len(self.genre_names)]

@@ -174,6 +174,10 @@ class TwoTower(FactorModel):
         """The raw user-feature columns the user tower reads, each "numeric" or "categorical"."""
         return self.features_.user_feature_kinds()
 
+    def item_feature_kinds(self) -> dict[str, str]:
+        """The item-feature columns the item tower reads, each "list", "numeric" or "categorical"."""
+        return self.features_.item_feature_kinds()
+
     def embed_users(self, features: pd.DataFrame | None = None, history: History | None = None) -> np.ndarray:
         """Vectors for users unknown to the model, described by features (one row per user, the training
         user-feature columns; a missing column or value is an unknown category / the fitted fill value) and,

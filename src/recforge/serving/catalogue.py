@@ -1,0 +1,64 @@
+"""The catalogue a service shows: item id, title and genres per model item, in index order."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Plain-Python columns (answers read them per item: pandas .iloc is ~100x slower), plus lower-cased
+    titles for search. Titles default to the id; genres to []."""
+
+    ids: list[Any]
+    titles: list[str]
+    genres: list[list[str]]
+    title_lower: pd.Series
+
+    @classmethod
+    def build(cls, model: Any, items: pd.DataFrame | None) -> Catalogue:
+        frame = pd.DataFrame({"item_id": model.items_.ids})
+        if items is not None and len(items):
+            meta = items.drop_duplicates("item_id").set_index("item_id")
+            frame = frame.join(meta[[c for c in ("title", "genres") if c in meta.columns]], on="item_id")
+        if "title" not in frame:
+            frame["title"] = None
+        frame["title"] = frame["title"].where(frame["title"].notna(), frame["item_id"].astype(str))
+        if "genres" not in frame:
+            frame["genres"] = [[] for _ in range(len(frame))]
+        frame["genres"] = [_list(g) for g in frame["genres"]]
+        return cls(
+            [_plain(v) for v in frame["item_id"]],
+            frame["title"].tolist(),
+            frame["genres"].tolist(),
+            frame["title"].fillna("").str.lower(),
+        )
+
+    def extended(self, model: Any, ids: list[Any], features: pd.DataFrame) -> Catalogue:
+        """The catalogue of `model` after `ids` were appended, titles and genres from `features`."""
+        n = len(ids)
+        titles = features["title"].tolist() if "title" in features else [None] * n
+        genres = features["genres"].tolist() if "genres" in features else [None] * n
+        added = pd.DataFrame({"item_id": ids, "title": titles, "genres": [_list(g) for g in genres]})
+        return Catalogue.build(model, pd.concat([self.frame(), added], ignore_index=True))
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame({"item_id": self.ids, "title": self.titles, "genres": self.genres})
+
+    def row(self, index: int, score: float | None = None) -> dict[str, Any]:
+        out = {"item": self.ids[index], "title": self.titles[index], "genres": self.genres[index]}
+        if score is not None:
+            out["score"] = score
+        return out
+
+
+def _list(value: Any) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, (list, tuple, np.ndarray)) else []
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value

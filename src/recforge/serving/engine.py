@@ -1,0 +1,205 @@
+"""The serving engine: one consistent state built from a model artifact plus the event log.
+
+State a request reads is a `Snapshot`: the model (and its vector index), the item catalogue, item
+popularity, and the users updated since training (`UserUpdate`s, one immutable entry per user). It is
+never edited under a reader: a user's update replaces that user's entry in one assignment, and new items
+or a new model build a whole new snapshot aside that replaces the old one in one assignment. A request
+takes the snapshot once and finishes on it, so a model swap never changes an answer half-way.
+
+Writes are events (`recforge.serving.store`): validated against the current state, committed, then
+applied here in sequence order by every worker, so workers agree once caught up. Reads first catch up
+with the store (one indexed query), so a client that wrote through one worker and reads through another
+sees its write. A `model` event (from `recforge retrain`) makes each worker load the promoted artifact
+in the background, replay the events newer than its training cut-off, and swap.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recforge.coldstart import HISTORY, ITEM_FEATURES
+from recforge.data.catalogue import ITEMS_FILE
+from recforge.data.query import History
+from recforge.errors import CapabilityError, RecforgeError
+from recforge.models.base import Recommender, UserUpdate
+from recforge.models.indexed import IndexedRecommender
+from recforge.serving.catalogue import Catalogue
+from recforge.serving.store import Event, EventStore
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Everything a read needs; replaced as a whole (never edited) when the catalogue or model changes."""
+
+    model: Recommender
+    catalogue: Catalogue
+    indexed: IndexedRecommender | None  # the model behind its vector index, when the artifact has one
+    popularity: np.ndarray
+    artifact: str | None = None
+    cutoff: int = 0  # the last event the model was trained with
+    updates: dict[int, UserUpdate] = field(default_factory=dict)  # user index -> state after their writes
+
+    @property
+    def index(self) -> Any:
+        return None if self.indexed is None else self.indexed.index
+
+    @classmethod
+    def of(
+        cls,
+        model: Any,
+        items: pd.DataFrame | None = None,
+        index: Any = None,
+        artifact: str | None = None,
+        cutoff: int = 0,
+    ) -> Snapshot:
+        if isinstance(model, IndexedRecommender):
+            model, index = model.model, model.index
+        popularity = np.asarray(model.seen_.sum(axis=0), dtype=np.float64).ravel()
+        indexed = None if index is None else IndexedRecommender(model, index)
+        return cls(model, Catalogue.build(model, items), indexed, popularity, artifact, cutoff)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Snapshot:
+        """A snapshot from an artifact directory (its index and item catalogue, when it has them)."""
+        from recforge.artifacts import artifact_file
+        from recforge.models import load_model
+
+        path = Path(path)
+        model = load_model(path)
+        items_path = artifact_file(path, ITEMS_FILE, required=False)
+        items = pd.read_parquet(items_path) if items_path is not None else None
+        manifest = model.manifest_ if hasattr(model, "manifest_") else model.model.manifest_
+        cutoff = int(manifest.get("metadata", {}).get("event_cutoff", 0))
+        return cls.of(model, items, artifact=str(path), cutoff=cutoff)
+
+    def with_items(self, entries: list[dict[str, Any]]) -> Snapshot:
+        """A new snapshot with brand-new items (`extend_items` of the model), their titles and genres in the
+        catalogue, the index rebuilt; user updates carry over (item indices are only appended)."""
+        ids = [entry["item"] for entry in entries]
+        features = pd.DataFrame([{k: v for k, v in entry.items() if k != "item"} for entry in entries])
+        model = self.model.extend_items(ids, features)
+        catalogue = self.catalogue.extended(model, ids, features)
+        indexed = None if self.indexed is None else IndexedRecommender.build(model, self.indexed.index.config)
+        popularity = np.concatenate([self.popularity, np.zeros(len(ids))])
+        return replace(self, model=model, catalogue=catalogue, indexed=indexed, popularity=popularity)
+
+
+class Engine:
+    """The current snapshot, the sequence number of the last applied event, and the store."""
+
+    def __init__(self, snapshot: Snapshot, store: EventStore) -> None:
+        self.snapshot, self.store = snapshot, store
+        self.applied = snapshot.cutoff
+        self._apply_lock = threading.RLock()  # one applier at a time; readers never take it when caught up
+        self.write_lock = threading.Lock()  # writes of this process queue here (the database orders processes)
+        self._swapping: int | None = None
+        self.swaps = 0
+        self._replay_items_missing_from(self.snapshot)
+
+    @classmethod
+    def open(cls, artifact: str | Path, store: EventStore) -> Engine:
+        """The engine of a worker: the newest promoted model in the store (else `artifact`), caught up."""
+        promoted = store.latest_model()
+        path = promoted.payload["path"] if promoted is not None else str(artifact)
+        engine = cls(Snapshot.load(path), store)
+        engine.catch_up()
+        return engine
+
+    # ------------------------------------------------------------------ catching up
+    def catch_up(self) -> int:
+        """Apply every committed event this worker has not applied yet, in order; returns the applied seq."""
+        latest = self.store.latest_seq()
+        if latest <= self.applied:
+            return self.applied
+        with self._apply_lock:
+            if latest > self.applied:
+                for event in self.store.events_after(self.applied, latest):
+                    self._apply(event)
+                    self.applied = event.seq
+        return self.applied
+
+    def _apply(self, event: Event) -> None:
+        """Apply one event to the current snapshot. An event this model cannot use (an item it does not
+        know after a model swap) is skipped with a warning: every worker skips it alike."""
+        try:
+            if event.kind == "interactions":
+                self.snapshot = apply_interactions(self.snapshot, event)
+            elif event.kind == "items":
+                self.snapshot = apply_items(self.snapshot, event)
+            elif event.kind == "model":
+                self._start_swap(event)
+        except RecforgeError as exc:
+            logger.warning("event %d (%s) not applied: %s", event.seq, event.kind, exc)
+
+    def _replay_items_missing_from(self, snapshot: Snapshot) -> None:
+        """Items added through the service before the model's cut-off but absent from it (items nobody
+        interacted with are not learned by a retrain) are added again, so the catalogue never shrinks."""
+        if ITEM_FEATURES not in snapshot.model.capabilities:
+            return
+        for event in self.store.events_after(0, snapshot.cutoff, kinds=("items",)):
+            self._apply(event)
+
+    # ------------------------------------------------------------------ model swaps
+    def _start_swap(self, event: Event) -> None:
+        if self._swapping is not None and self._swapping >= event.seq:
+            return
+        self._swapping = event.seq
+        threading.Thread(target=self._swap, args=(event,), daemon=True, name=f"swap-{event.seq}").start()
+
+    def _swap(self, event: Event) -> None:
+        """Load the promoted artifact aside, replay the events newer than its cut-off, then swap under the
+        apply lock after the last few; requests in flight finish on the snapshot they took."""
+        try:
+            fresh = Snapshot.load(event.payload["path"])
+            staging = Engine(fresh, self.store)
+            staging.applied = fresh.cutoff
+            target = self.applied
+            for replayed in self.store.events_after(fresh.cutoff, target):
+                if replayed.kind != "model":
+                    staging._apply(replayed)
+                staging.applied = replayed.seq
+            with self._apply_lock:
+                for replayed in self.store.events_after(staging.applied, self.applied):
+                    if replayed.kind != "model":
+                        staging._apply(replayed)
+                if self._swapping == event.seq:
+                    self.snapshot = staging.snapshot
+                    self.swaps += 1
+                    logger.info("swapped to %s (events after %d replayed)", fresh.artifact, fresh.cutoff)
+        except Exception:  # a broken promotion keeps the current model serving
+            logger.exception("could not swap to the model of event %d", event.seq)
+        finally:
+            if self._swapping == event.seq:
+                self._swapping = None
+
+
+def apply_interactions(snapshot: Snapshot, event: Event) -> Snapshot:
+    """A user's new interactions: their update replaces their entry (the snapshot object stays)."""
+    model = snapshot.model
+    user = model.users_.position(event.payload["user"])
+    if user is None:
+        raise CapabilityError(f"user {event.payload['user']!r} is unknown to this model")
+    if HISTORY not in model.capabilities:
+        raise CapabilityError(f"{model.name} cannot take new interactions")
+    positions = [model.items_.position(item) for item in event.payload["items"]]
+    kept = [(p, r) for p, r in zip(positions, event.payload["ratings"], strict=True) if p is not None]
+    if not kept:
+        raise CapabilityError("none of its items is in this model")
+    added = History.from_items([[p for p, _ in kept]], model.n_items, ratings=[[r for _, r in kept]])
+    snapshot.updates[user] = model.update_user(user, added, snapshot.updates.get(user))
+    return snapshot
+
+
+def apply_items(snapshot: Snapshot, event: Event) -> Snapshot:
+    """New items: a new snapshot with them (ids the model already has are left as they are)."""
+    entries = [e for e in event.payload["items"] if snapshot.model.items_.position(e["item"]) is None]
+    return snapshot.with_items(entries) if entries else snapshot

@@ -1,0 +1,199 @@
+"""The service's event store: an append-only log of accepted writes in a real database.
+
+Every write the service accepts (a user's new interactions, new items, a promoted model) is first
+committed here as an event with a sequence number; only then is it applied to the in-memory state and
+acknowledged. Workers (processes, or machines sharing a PostgreSQL server) apply the log in sequence
+order, so they agree once caught up, and a restarted worker replays what its model has not seen.
+
+One code path for every database, through SQLAlchemy Core:
+- SQLite (the default, nothing to install): `sqlite:///path/to/events.sqlite`, in WAL mode (readers
+  never block the writer) with synchronous=FULL (a committed event survives a crash of the machine,
+  not only of the process) and a busy timeout for concurrent writers;
+- PostgreSQL: `postgresql://user@host:port/db` (psycopg 3).
+
+Tables: `events(seq, kind, user_id, payload, created)` where payload is JSON, and `items(item_id, seq)`,
+whose primary key makes concurrent additions of one item id resolve to exactly one winner.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from recforge.errors import ConfigError
+
+EVENT_KINDS = ("interactions", "items", "model")
+
+
+@dataclass(frozen=True)
+class Event:
+    seq: int
+    kind: str
+    user: str | None
+    payload: dict[str, Any]
+    created: float
+
+
+class DuplicateItemError(ConfigError):
+    """An item id that is already in the store (a concurrent or repeated addition)."""
+
+
+class StoreUnavailableError(RuntimeError):
+    """The database could not be reached or refused the write: nothing was committed."""
+
+
+class EventStore:
+    """Append and read events; thread-safe (one SQLAlchemy engine, a connection per call)."""
+
+    def __init__(self, url: str) -> None:
+        try:
+            import sqlalchemy as sa
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ConfigError("the event store needs SQLAlchemy: pip install 'recforge[serve]'") from exc
+        self.url = url
+        self.sqlite = url.startswith("sqlite")
+        if url.startswith("postgresql://"):
+            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        options: dict[str, Any] = {}
+        if self.sqlite:
+            options["connect_args"] = {"timeout": 30, "check_same_thread": False}
+            if url in ("sqlite://", "sqlite:///:memory:"):  # one shared in-memory database (tests, notebooks)
+                options["poolclass"] = sa.pool.StaticPool
+        else:
+            options |= {"pool_size": 8, "max_overflow": 8, "pool_pre_ping": True}
+        try:
+            self.engine = sa.create_engine(url, **options)
+        except Exception as exc:
+            raise ConfigError(f"cannot open the event store {self.url!r}: {exc}") from exc
+        if self.sqlite:
+            sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        metadata = sa.MetaData()
+        self.events = sa.Table(
+            "recforge_events",
+            metadata,
+            sa.Column(
+                "seq", sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+            ),
+            sa.Column("kind", sa.String(16), nullable=False),
+            sa.Column("user_id", sa.String(256), nullable=True),
+            sa.Column("payload", sa.Text, nullable=False),
+            sa.Column("created", sa.Float, nullable=False),
+        )
+        self.items = sa.Table(
+            "recforge_items",
+            metadata,
+            sa.Column("item_id", sa.String(256), primary_key=True),
+            sa.Column("seq", sa.BigInteger, nullable=False),
+        )
+        self._sa = sa
+        self._lock = threading.Lock()
+        try:
+            metadata.create_all(self.engine)
+        except Exception as exc:
+            raise ConfigError(f"cannot open the event store {self.url!r}: {exc}") from exc
+
+    @classmethod
+    def beside(cls, artifact: str | Path) -> EventStore:
+        """The default store: a SQLite file next to the model artifact (`<artifact>.events.sqlite`)."""
+        artifact = Path(artifact).resolve()
+        return cls(f"sqlite:///{artifact.parent / (artifact.name + '.events.sqlite')}")
+
+    # ------------------------------------------------------------------ writing
+    def append(self, kind: str, payload: dict[str, Any], user: str | None = None) -> int:
+        """Commit one event; returns its sequence number. Nothing is acknowledged before this returns."""
+        return self._write(lambda connection: self._insert(connection, kind, payload, user))
+
+    def append_items(self, item_ids: list[str], payload: dict[str, Any]) -> int:
+        """Commit an `items` event together with the item ids it claims, in one transaction: if any id is
+        already claimed (now, or by a concurrent writer), nothing is written and DuplicateItemError says
+        which."""
+        sa = self._sa
+
+        def write(connection: Any) -> int:
+            seq = self._insert(connection, "items", payload, None)
+            try:
+                connection.execute(self.items.insert(), [{"item_id": i, "seq": seq} for i in item_ids])
+            except sa.exc.IntegrityError as exc:
+                taken = connection.execute(
+                    sa.select(self.items.c.item_id).where(self.items.c.item_id.in_(item_ids))
+                ).scalars()
+                raise DuplicateItemError(f"items already in the catalogue: {sorted(taken)[:5]}") from exc
+            return seq
+
+        return self._write(write)
+
+    def _insert(self, connection: Any, kind: str, payload: dict[str, Any], user: str | None) -> int:
+        if kind not in EVENT_KINDS:
+            raise ValueError(f"unknown event kind {kind!r}")
+        text = json.dumps(payload, allow_nan=False, separators=(",", ":"))
+        result = connection.execute(
+            self.events.insert().values(kind=kind, user_id=user, payload=text, created=time.time())
+        )
+        return int(result.inserted_primary_key[0])
+
+    def _write(self, work: Any) -> int:
+        sa = self._sa
+        try:
+            with self.engine.begin() as connection:  # commits on success, rolls back on any error
+                return work(connection)
+        except DuplicateItemError:
+            raise
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreUnavailableError(f"the event store refused the write: {exc.__class__.__name__}") from exc
+
+    # ------------------------------------------------------------------ reading
+    def latest_seq(self) -> int:
+        """The newest committed sequence number (0 for an empty store)."""
+        sa = self._sa
+        try:
+            with self.engine.connect() as connection:
+                value = connection.execute(sa.select(sa.func.max(self.events.c.seq))).scalar()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreUnavailableError(f"the event store cannot be read: {exc.__class__.__name__}") from exc
+        return int(value or 0)
+
+    def events_after(self, seq: int, upto: int | None = None, kinds: tuple[str, ...] | None = None) -> list[Event]:
+        """Events with seq in (seq, upto], in sequence order."""
+        sa = self._sa
+        query = sa.select(self.events).where(self.events.c.seq > seq).order_by(self.events.c.seq)
+        if upto is not None:
+            query = query.where(self.events.c.seq <= upto)
+        if kinds is not None:
+            query = query.where(self.events.c.kind.in_(kinds))
+        try:
+            with self.engine.connect() as connection:
+                rows = connection.execute(query).all()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreUnavailableError(f"the event store cannot be read: {exc.__class__.__name__}") from exc
+        return [Event(int(r.seq), r.kind, r.user_id, json.loads(r.payload), float(r.created)) for r in rows]
+
+    def latest_model(self) -> Event | None:
+        """The newest `model` event (a promoted artifact), or None."""
+        sa = self._sa
+        query = sa.select(self.events).where(self.events.c.kind == "model").order_by(self.events.c.seq.desc()).limit(1)
+        with self.engine.connect() as connection:
+            row = connection.execute(query).first()
+        return None if row is None else Event(int(row.seq), row.kind, row.user_id, json.loads(row.payload), row.created)
+
+    def count(self, kind: str | None = None) -> int:
+        sa = self._sa
+        query = sa.select(sa.func.count()).select_from(self.events)
+        if kind is not None:
+            query = query.where(self.events.c.kind == kind)
+        with self.engine.connect() as connection:
+            return int(connection.execute(query).scalar() or 0)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _sqlite_pragmas(connection: Any, record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.close()
