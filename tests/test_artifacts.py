@@ -90,3 +90,80 @@ def test_no_pickle_anywhere_in_the_package():
         text = source.read_text()
         for unpickler in ("pickle.load", "joblib.load", "torch.load(", "np.load(", "allow_pickle=True"):
             assert unpickler not in text, (source, unpickler)
+
+
+def test_links_fifos_and_paths_outside_are_refused(tmp_path, saved):
+    import os
+
+    _, path = saved
+    state = path / "state.json"
+    outside = tmp_path / "elsewhere.json"
+    outside.write_bytes(state.read_bytes())
+    state.unlink()
+    state.symlink_to(outside)  # same bytes, so only the file type can give it away
+    with pytest.raises(ArtifactError, match="not a regular file"):
+        load(path)
+    state.unlink()
+    os.mkfifo(state)  # reading a FIFO would block forever; it must be refused before any read
+    with pytest.raises(ArtifactError, match="not a regular file"):
+        load(path)
+    state.unlink()
+    state.write_bytes(outside.read_bytes())
+    manifest = json.loads((path / MANIFEST).read_text())
+    manifest["files"]["../elsewhere.json"] = manifest["files"]["state.json"]
+    (path / MANIFEST).write_text(json.dumps(manifest))
+    with pytest.raises(ArtifactError, match="not a plain file name"):
+        load(path)
+
+
+def test_unlisted_files_are_ignored_and_never_read(saved):
+    import os
+
+    model, path = saved
+    os.mkfifo(path / "stray.fifo")  # an unlisted FIFO would hang any loader that opened it
+    (path / "notes.txt").write_text("left by an operator")
+    loaded = load(path)
+    np.testing.assert_allclose(loaded.score(np.arange(3)), model.score(np.arange(3)))
+
+
+def test_saved_files_get_ordinary_permissions(saved):
+    import stat
+
+    _, path = saved
+    assert stat.S_IMODE(path.stat().st_mode) & 0o055 == 0o055  # group/others can read and enter
+    for file in path.iterdir():
+        assert stat.S_IMODE(file.stat().st_mode) & 0o044 == 0o044, file
+
+
+def test_a_save_killed_midway_leaves_the_previous_model(tmp_path):
+    """SIGKILL while a large model is being written: the target still loads as the old model, and the next
+    save cleans up what the killed process left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    data = make_interactions()
+    old = create_model("most_popular").fit(data)
+    path = old.save(tmp_path / "m")
+    script = (
+        "import sys, numpy as np\n"
+        "from recforge.models import create_model\n"
+        "from tests.conftest import make_interactions\n"
+        "m = create_model('ials', n_factors=4, n_iterations=1).fit(make_interactions())\n"
+        "m.item_factors_ = np.random.default_rng(0).random((4_000_000, 4), dtype=np.float32)\n"
+        "print('saving', flush=True)\n"
+        "m.save(sys.argv[1])\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script, str(path)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "saving"
+    deadline = time.monotonic() + 30
+    while not list(tmp_path.glob(".m.*.tmp")) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    os.kill(child.pid, signal.SIGKILL)
+    child.wait()
+    assert list(tmp_path.glob(".m.*.tmp")), "the child finished before it could be killed mid-save"
+    assert load(path).name == "most_popular"
+    create_model("most_popular").fit(data).save(path)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]

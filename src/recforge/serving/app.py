@@ -11,8 +11,6 @@ when the service can answer them in well under a millisecond (an ANN index, or a
 run on the event loop, because the thread hop cost more than the work (see docs/serving.md).
 """
 
-from __future__ import annotations
-
 import hmac
 import math
 import os
@@ -28,31 +26,29 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from recforge._version import __version__
+from recforge.coldstart import ITEM_FEATURES, RATINGS, USER_FEATURES
 from recforge.errors import CapabilityError, ConfigError, UnknownIdError
 from recforge.serving.schemas import (
     ERRORS,
+    INTEGER_PATTERN,
     MAX_ID_LENGTH,
+    MAX_INTEGER_ID,
     MAX_K,
     Answer,
     Health,
     InteractionsAnswer,
-    InteractionsRequest,
     ItemsAnswer,
-    NewItemsRequest,
-    NewUserRequest,
     PredictAnswer,
-    PredictRequest,
     PromoteRequest,
     SearchAnswer,
     SimilarAnswer,
     UserAnswer,
     WriteAnswer,
+    request_models,
 )
 from recforge.serving.service import RecommenderService
 from recforge.serving.store import DuplicateItemError, StoreUnavailableError
 
-UserId = Annotated[str, Path(max_length=MAX_ID_LENGTH)]
-ItemId = Annotated[str, Path(max_length=MAX_ID_LENGTH)]
 Count = Annotated[int, Query(ge=1, le=MAX_K)]
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
 
@@ -133,6 +129,20 @@ class _LimitAndMeasure:
             self.metrics.record(route, status, (time.perf_counter() - started) * 1e3)
 
 
+def _integer_ids(vocabulary: Any, kind: str) -> bool:
+    """Whether the vocabulary's ids are integers the API can carry (at most 15 digits); refuse to serve
+    longer ones rather than answer for ids no client could send."""
+    ids = vocabulary.ids
+    if ids.dtype.kind not in "iu":
+        return False
+    if len(ids) and max(int(ids.max()), -int(ids.min())) > MAX_INTEGER_ID:
+        raise ConfigError(
+            f"{kind} ids longer than 15 digits cannot travel as JSON numbers; load them as strings "
+            "(e.g. dtype={'user_id': str}) and retrain"
+        )
+    return True
+
+
 def create_app(
     service: RecommenderService,
     max_body_bytes: int = 1 << 20,
@@ -157,7 +167,22 @@ def create_app(
         if read_token:
             _check_token(credentials, [t for t in (read_token, write_token) if t], "reads")
 
-    read, write = [Depends(can_read)], [Depends(can_write)]
+    # reads declare (and check) the bearer scheme only when a read token is configured
+    read, write = ([Depends(can_read)] if read_token else []), [Depends(can_write)]
+    # ids keep the model vocabulary's type: the schema (and so clients and fuzzers) know integer ids
+    model = service.model
+    integer_users, integer_items = _integer_ids(model.users_, "user"), _integer_ids(model.items_, "item")
+    models = request_models(
+        integer_users,
+        integer_items,
+        model.rating_scale_ if RATINGS in model.capabilities else None,
+        model.user_feature_kinds() if USER_FEATURES in model.capabilities else None,  # type: ignore[attr-defined]
+        model.item_feature_kinds() if ITEM_FEATURES in model.capabilities else None,  # type: ignore[attr-defined]
+    )
+    UserId = Annotated[str, Path(max_length=MAX_ID_LENGTH, pattern=INTEGER_PATTERN if integer_users else None)]
+    ItemId = Annotated[str, Path(max_length=MAX_ID_LENGTH, pattern=INTEGER_PATTERN if integer_items else None)]
+    NewUserRequest, InteractionsRequest = models.NewUserRequest, models.InteractionsRequest
+    NewItemsRequest, PredictRequest = models.NewItemsRequest, models.PredictRequest
 
     @app.get("/health", response_model=Health)
     def health() -> dict[str, Any]:
@@ -188,7 +213,10 @@ def create_app(
 
     @app.post("/recommendations", response_model=Answer, responses=ERRORS, dependencies=read)
     def new_user_recommendations(body: NewUserRequest) -> dict:
-        return service.recommend_new([(r.item, r.rating) for r in body.items], body.k, body.features)
+        features = body.features
+        if features is not None and not isinstance(features, dict):  # typed when the model has a user tower
+            features = features.model_dump(exclude_none=True)
+        return service.recommend_new([(r.item, r.rating) for r in body.items], body.k, features)
 
     @app.post("/users/{user_id}/interactions", response_model=InteractionsAnswer, responses=ERRORS, dependencies=write)
     def add_interactions(user_id: UserId, body: InteractionsRequest) -> dict:
@@ -197,7 +225,7 @@ def create_app(
 
     @app.post("/items", response_model=ItemsAnswer, responses=ERRORS, dependencies=write)
     def add_items(body: NewItemsRequest) -> dict:
-        done = service.add_items([item.model_dump() for item in body.items])
+        done = service.add_items([item.model_dump(exclude_unset=True) for item in body.items])
         return {"added": [item.item for item in body.items], **done}
 
     @app.post("/admin/models", response_model=WriteAnswer, responses=ERRORS, dependencies=write)

@@ -1,68 +1,129 @@
 """Request and response bodies of the HTTP service, strict: booleans are not numbers, strings are not
-numbers, numbers are finite, lists and strings are bounded, unknown fields are refused. Ids are an
-integer or a string here; the service then requires the model vocabulary's own type."""
+numbers, numbers are finite, lists and strings are bounded, unknown fields are refused. Request models are
+built per app (`request_models`) with the model vocabulary's id type, so the OpenAPI schema says exactly
+which ids are accepted: integers for integer vocabularies, strings otherwise.
 
-from __future__ import annotations
+(No `from __future__ import annotations` here: the models are built inside a function and pydantic must
+see their annotations as objects.)"""
 
+import math
+from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictStr, create_model
 
 MAX_K = 1000  # the longest list a request may ask for
 MAX_ID_LENGTH = 256
+# Integer ids have at most 15 digits: every such number survives a JavaScript client's JSON.parse (2**53)
+# and JSON Schema generators' float arithmetic; a dataset with longer numeric ids loads them as strings.
+MAX_INTEGER_ID = 10**15 - 1
+INTEGER_PATTERN = r"^-?[0-9]{1,15}$"  # ASCII digits only ('١' and '²' are not ids)
 
-Id = Annotated[
-    StrictInt | Annotated[StrictStr, Field(max_length=MAX_ID_LENGTH)], Field(description="an item or user id")
-]
-Rating = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-FeatureValue = StrictStr | StrictInt | Annotated[float, Field(strict=True, allow_inf_nan=False)] | None
-K = Annotated[int, Field(strict=True, ge=1, le=MAX_K)]
+
+def _integral(value: Any) -> Any:
+    """A JSON integer: an int, or a number with no fractional part (JSON Schema's "integer": 281.0 is 281);
+    never a boolean or a string."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError("must be an integer number (not a string or a boolean)")
+    if isinstance(value, float):
+        if not math.isfinite(value) or not value.is_integer():
+            raise ValueError("must be a whole number")
+        return int(value)
+    return value
+
+
+Text = Annotated[StrictStr, Field(max_length=MAX_ID_LENGTH)]
+IntegerId = Annotated[int, Field(ge=-MAX_INTEGER_ID, le=MAX_INTEGER_ID), BeforeValidator(_integral)]
+K = Annotated[int, Field(ge=1, le=MAX_K), BeforeValidator(_integral)]
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class RatedItem(_Strict):
-    item: Id
-    rating: Rating | None = Field(None, description="omit for an interaction without a rating")
-
-
-class NewUserRequest(_Strict):
-    items: list[RatedItem] = Field(default_factory=list, max_length=10_000)
-    features: dict[Annotated[str, Field(max_length=100)], FeatureValue] | None = Field(
-        None, max_length=100, description="user features (e.g. age, gender) for models with a user-feature tower"
-    )
-    k: K = 10
-
-
-class InteractionsRequest(_Strict):
-    items: list[RatedItem] = Field(min_length=1, max_length=10_000)
-
-
-class NewItem(BaseModel):
-    """A new item: its id, an optional title, and the model's item-feature columns (genres, year, ...)."""
-
-    model_config = ConfigDict(extra="allow")
-    item: Id
-    title: Annotated[StrictStr, Field(max_length=1000)] | None = None
-
-
-class NewItemsRequest(_Strict):
-    items: list[NewItem] = Field(min_length=1, max_length=1_000)
-
-
-class Pair(_Strict):
-    user: Id
-    item: Id
-
-
-class PredictRequest(_Strict):
-    pairs: list[Pair] = Field(min_length=1, max_length=10_000)
-
-
 class PromoteRequest(_Strict):
     path: Annotated[StrictStr, Field(min_length=1, max_length=4096)]
+
+
+@dataclass(frozen=True)
+class RequestModels:
+    RatedItem: type[BaseModel]
+    NewUserRequest: type[BaseModel]
+    InteractionsRequest: type[BaseModel]
+    NewItem: type[BaseModel]
+    NewItemsRequest: type[BaseModel]
+    Pair: type[BaseModel]
+    PredictRequest: type[BaseModel]
+
+
+def request_models(
+    integer_users: bool,
+    integer_items: bool,
+    rating_scale: tuple[float, float] | None = None,
+    user_features: dict[str, str] | None = None,
+    item_features: dict[str, str] | None = None,
+) -> RequestModels:
+    """The request bodies for one model: user / item ids as integers or strings, ratings inside its scale,
+    and its user and item feature columns by name and kind ("numeric", "categorical", "list")."""
+    UserId = IntegerId if integer_users else Text
+    ItemId = IntegerId if integer_items else Text
+    scale = {} if rating_scale is None else {"ge": float(rating_scale[0]), "le": float(rating_scale[1])}
+    RatingValue = Annotated[float, Field(strict=True, allow_inf_nan=False, **scale)]
+    # a model without a user-feature tower takes any well-formed features and says it ignored them
+    UserFeatures: Any = (
+        _features_model("UserFeatures", user_features)
+        if user_features
+        else Annotated[dict[Annotated[str, Field(max_length=200)], AnyFeature | None], Field(max_length=100)]
+    )
+
+    class RatedItem(_Strict):
+        item: ItemId
+        rating: RatingValue | None = Field(None, description="omit for an interaction without a rating")
+
+    class NewUserRequest(_Strict):
+        items: list[RatedItem] = Field(default_factory=list, max_length=10_000)
+        features: UserFeatures | None = Field(
+            None, description="user features (e.g. age, gender) for models with a user-feature tower"
+        )
+        k: K = 10
+
+    class InteractionsRequest(_Strict):
+        items: list[RatedItem] = Field(min_length=1, max_length=10_000)
+
+    item_fields = {name: (_FEATURE_TYPES[kind] | None, None) for name, kind in (item_features or {}).items()}
+    NewItem = create_model(
+        "NewItem",
+        __base__=_Strict,
+        __doc__="A new item: its id, an optional title, and the item-tower features (a missing one is unknown).",
+        item=(ItemId, ...),
+        title=(Annotated[StrictStr, Field(max_length=1000)] | None, None),
+        **item_fields,
+    )
+
+    class NewItemsRequest(_Strict):
+        items: list[NewItem] = Field(min_length=1, max_length=1_000)  # type: ignore[valid-type]
+
+    class Pair(_Strict):
+        user: UserId
+        item: ItemId
+
+    class PredictRequest(_Strict):
+        pairs: list[Pair] = Field(min_length=1, max_length=10_000)
+
+    return RequestModels(RatedItem, NewUserRequest, InteractionsRequest, NewItem, NewItemsRequest, Pair, PredictRequest)
+
+
+Category = Annotated[StrictStr, Field(max_length=200)] | IntegerId
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+Genres = Annotated[list[Annotated[StrictStr, Field(max_length=200)]], Field(max_length=100)]
+AnyFeature = Category | Number | Genres
+_FEATURE_TYPES: dict[str, Any] = {"numeric": Number, "categorical": Category, "list": Genres}
+
+
+def _features_model(name: str, kinds: dict[str, str]) -> type[BaseModel]:
+    """A strict model with one optional field per feature (None or absent: unknown)."""
+    fields = {feature: (_FEATURE_TYPES[kind] | None, None) for feature, kind in kinds.items()}
+    return create_model(name, __base__=_Strict, **fields)
 
 
 # ----------------------------------------------------------------------------- answers

@@ -28,10 +28,10 @@ from recforge.errors import CapabilityError, ConfigError, UnknownIdError
 from recforge.models.base import Recommendations, Recommender
 from recforge.models.factorization import FactorModel
 from recforge.serving.engine import Engine, Snapshot
-from recforge.serving.schemas import MAX_ID_LENGTH, MAX_K
+from recforge.serving.schemas import INTEGER_PATTERN, MAX_ID_LENGTH, MAX_INTEGER_ID, MAX_K
 from recforge.serving.store import EventStore
 
-_INTEGER = re.compile(r"^-?[0-9]{1,18}$")  # ASCII digits only ('١' and '²' are not ids), int64 range
+_INTEGER = re.compile(INTEGER_PATTERN)
 
 
 class RecommenderService:
@@ -286,8 +286,6 @@ class RecommenderService:
         kinds = model.item_feature_kinds()  # type: ignore[attr-defined]
         features = {k: v for k, v in entry.items() if k not in ("item", "title")}
         checked = _checked_features(features, kinds, f"items.{n}")
-        if not any(v is not None and v != [] for v in checked.values()):
-            raise ConfigError(f"items.{n} has none of the features the item tower reads: {sorted(kinds)}")
         title = entry.get("title")
         if title is not None and (not isinstance(title, str) or len(title) > 1000):
             raise ConfigError(f"items.{n}.title must be text of at most 1000 characters")
@@ -341,8 +339,8 @@ def check_id(vocabulary: Any, raw: Any, field: str, from_url: bool = False) -> N
         raise ConfigError(f"{field} is longer than {MAX_ID_LENGTH} characters")
     if integer and isinstance(raw, str) and not _INTEGER.match(raw):
         raise ConfigError(f"{field} must be an integer id of ASCII digits, got {raw[:40]!r}")
-    if integer and isinstance(raw, int) and not -(2**63) <= raw < 2**63:
-        raise ConfigError(f"{field} is outside the range of integer ids")
+    if integer and isinstance(raw, int) and not -MAX_INTEGER_ID <= raw <= MAX_INTEGER_ID:
+        raise ConfigError(f"{field} is outside the range of integer ids (at most 15 digits)")
     if not integer and isinstance(raw, int):
         raise ConfigError(f"{field}: this model's ids are text; send {str(raw)!r} as a string")
 
