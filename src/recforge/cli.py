@@ -294,6 +294,53 @@ def serve(
         uvicorn.run("recforge.serving.app:app_from_environment", factory=True, workers=workers, **options)
 
 
+@app.command()
+@_friendly
+def retrain(
+    config: Annotated[Path, typer.Argument(help="the training config the serving model was trained with")],
+    output: Annotated[Path, typer.Option(help="directory for the candidate artifact")],
+    serving: Annotated[
+        Path | None, typer.Option(help="the serving artifact (default: the newest model promoted in the store)")
+    ] = None,
+    store: Annotated[
+        str | None, typer.Option(help="the service's event store URL (default: SQLite beside --serving)")
+    ] = None,
+    holdout: Annotated[float, typer.Option(help="fraction of the newest event rows held out to compare")] = 0.1,
+    k: Annotated[int, typer.Option("-k", help="list length of the comparison (NDCG@k decides)")] = 10,
+    tolerance: Annotated[float, typer.Option(help="NDCG@k the candidate may lose and still be promoted")] = 0.0,
+    refit: Annotated[bool, typer.Option(help="refit the promoted candidate on every event, hold-out included")] = True,
+    promote: Annotated[bool, typer.Option(help="commit a model event so every worker swaps to the candidate")] = True,
+) -> None:
+    """Train a candidate on the original data plus the service's events, compare it with the serving model on
+    the most recent events, and promote it only if it is not worse. Writes <output>.retrain.json/.md."""
+    from recforge.serving.retrain import report_paths
+    from recforge.serving.retrain import retrain as run_retrain
+    from recforge.serving.store import EventStore
+    from recforge.train import load_train_config
+
+    if store is None and serving is None:
+        raise typer.BadParameter("give --store, or --serving to use the SQLite store beside it")
+    events = EventStore(store) if store else EventStore.beside(serving)  # type: ignore[arg-type]
+    report = run_retrain(
+        load_train_config(config),
+        events,
+        output,
+        serving=serving,
+        holdout=holdout,
+        k=k,
+        tolerance=tolerance,
+        refit=refit,
+        promote=promote,
+        progress=True,
+    )
+    for name in ("serving", "candidate"):
+        if f"{name}_metrics" in report:
+            metrics = report[f"{name}_metrics"]
+            console.print(f"{name:9s} NDCG@{k} {metrics['ndcg']:.4f}  Recall@{k} {metrics['recall']:.4f}")
+    console.print(f"[bold]{report['decision']}[/bold]: {escape(report['reason'])}")
+    console.print(f"report: {report_paths(output)[1]}")
+
+
 # ----------------------------------------------------------------------------- spark
 def _read_recipe(path: Path) -> Any:
     from recforge._toml import load_file

@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from recforge.data.interactions import Interactions
 from recforge.data.preprocess import PreprocessStep, preprocess
 from recforge.errors import ConfigError
 from recforge.experiment import DatasetConfig
@@ -52,23 +53,43 @@ def load_train_config(path: str | Path) -> TrainConfig:
 
 def train(config: TrainConfig, output: str | Path | None = None, progress: bool = False) -> Path:
     """Fit the configured model on the whole dataset and write its artifact; returns the directory."""
-    from recforge.data.catalogue import ITEMS_FILE, item_metadata
-    from recforge.data.loaders import load_dataset
-    from recforge.models.config import TrainOptions
-    from recforge.models.indexed import IndexedRecommender
-
     target = output or config.output
     if target is None:
         raise ConfigError("no output directory: set `output` in the config or pass --output")
-    data = load_dataset(config.dataset.name, config.dataset.path, **config.dataset.options)
-    data, _ = preprocess(data, config.preprocess)
-    model = config.model.build()
-    model.fit(data, TrainOptions(seed=config.seed, progress=progress, checkpoint_dir=config.checkpoint_dir))
+    data, _ = preprocess(load_raw_dataset(config), config.preprocess)
+    model = fit_model(config, data, progress)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank trains; only rank 0 writes
         return Path(target)
+    return save_served(config, model, data, target)
+
+
+def load_raw_dataset(config: TrainConfig) -> Interactions:
+    """The configured dataset before preprocessing (`recforge retrain` adds the service's events to it)."""
+    from recforge.data.loaders import load_dataset
+
+    return load_dataset(config.dataset.name, config.dataset.path, **config.dataset.options)
+
+
+def fit_model(config: TrainConfig, data: Interactions, progress: bool = False) -> Any:
+    """A fresh model of the configured kind fitted on `data` with the configured seed."""
+    from recforge.models.config import TrainOptions
+
+    model = config.model.build()
+    return model.fit(data, TrainOptions(seed=config.seed, progress=progress, checkpoint_dir=config.checkpoint_dir))
+
+
+def save_served(
+    config: TrainConfig, model: Any, data: Interactions, target: str | Path, metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write what the service loads: the model (behind the configured index) and its item catalogue."""
+    from recforge.data.catalogue import ITEMS_FILE, item_metadata
+    from recforge.models.indexed import IndexedRecommender
+
     served = model if config.index is None else IndexedRecommender.build(model, config.index)
     extra: dict[str, Any] = {}
     items = item_metadata(data)
     if items is not None:
         extra[ITEMS_FILE] = lambda path: items.to_parquet(path, index=False)
-    return served.save(target, extra_files=extra, metadata={"dataset": data.name, "seed": config.seed})
+    return served.save(
+        target, extra_files=extra, metadata={"dataset": data.name, "seed": config.seed, **(metadata or {})}
+    )

@@ -11,11 +11,13 @@ when the service can answer them in well under a millisecond (an ANN index, or a
 run on the event loop, because the thread hop cost more than the work (see docs/serving.md).
 """
 
+import contextlib
 import hmac
 import math
 import os
 import threading
 import time
+from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Annotated, Any
 
@@ -26,8 +28,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
 from recforge._version import __version__
-from recforge.coldstart import ITEM_FEATURES, RATINGS, USER_FEATURES
 from recforge.errors import CapabilityError, ConfigError, UnknownIdError
+from recforge.serving.engine import interface
 from recforge.serving.schemas import (
     ERRORS,
     INTEGER_PATTERN,
@@ -153,7 +155,14 @@ def create_app(
     """The app over `service`. Writes (and `POST /admin/models`) need `Authorization: Bearer
     <write_token>`; without a write token configured they are refused (403). Reads are open, or need
     `read_token` (or the write token) when one is given. Tokens are compared in constant time."""
-    app = FastAPI(title="recforge", version=__version__)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        stop = service.engine.follow()  # idle workers stay current and swap promptly
+        yield
+        stop.set()
+
+    app = FastAPI(title="recforge", version=__version__, lifespan=lifespan)
     metrics = Metrics()
     app.state.service, app.state.metrics = service, metrics
     app.add_middleware(_LimitAndMeasure, metrics=metrics, max_body_bytes=max_body_bytes)
@@ -170,14 +179,12 @@ def create_app(
     # reads declare (and check) the bearer scheme only when a read token is configured
     read, write = ([Depends(can_read)] if read_token else []), [Depends(can_write)]
     # ids keep the model vocabulary's type: the schema (and so clients and fuzzers) know integer ids
+    # (a promoted model must keep this interface: `recforge.serving.engine.check_same_interface`)
     model = service.model
     integer_users, integer_items = _integer_ids(model.users_, "user"), _integer_ids(model.items_, "item")
+    shape = interface(model)
     models = request_models(
-        integer_users,
-        integer_items,
-        model.rating_scale_ if RATINGS in model.capabilities else None,
-        model.user_feature_kinds() if USER_FEATURES in model.capabilities else None,  # type: ignore[attr-defined]
-        model.item_feature_kinds() if ITEM_FEATURES in model.capabilities else None,  # type: ignore[attr-defined]
+        integer_users, integer_items, shape["rating_scale"], shape["user_features"], shape["item_features"]
     )
     UserId = Annotated[str, Path(max_length=MAX_ID_LENGTH, pattern=INTEGER_PATTERN if integer_users else None)]
     ItemId = Annotated[str, Path(max_length=MAX_ID_LENGTH, pattern=INTEGER_PATTERN if integer_items else None)]
@@ -199,6 +206,7 @@ def create_app(
             "events_applied": engine.applied,
             "artifact": engine.snapshot.artifact,
             "swaps": engine.swaps,
+            "swap_error": engine.swap_error,
             "worker": os.getpid(),
         }
 

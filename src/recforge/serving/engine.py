@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -27,11 +28,11 @@ import pandas as pd
 from recforge.coldstart import HISTORY, ITEM_FEATURES
 from recforge.data.catalogue import ITEMS_FILE
 from recforge.data.query import History
-from recforge.errors import CapabilityError, RecforgeError
+from recforge.errors import CapabilityError, ConfigError, RecforgeError
 from recforge.models.base import Recommender, UserUpdate
 from recforge.models.indexed import IndexedRecommender
 from recforge.serving.catalogue import Catalogue
-from recforge.serving.store import Event, EventStore
+from recforge.serving.store import Event, EventStore, StoreUnavailableError
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +97,16 @@ class Snapshot:
 class Engine:
     """The current snapshot, the sequence number of the last applied event, and the store."""
 
-    def __init__(self, snapshot: Snapshot, store: EventStore) -> None:
-        self.snapshot, self.store = snapshot, store
+    def __init__(self, snapshot: Snapshot, store: EventStore, horizon: int | None = None) -> None:
+        """`horizon` pins the engine at a point of the log: it never applies events after it and ignores
+        model promotions (how `recforge retrain` replays what the service answered at that point)."""
+        self.snapshot, self.store, self.horizon = snapshot, store, horizon
         self.applied = snapshot.cutoff
         self._apply_lock = threading.RLock()  # one applier at a time; readers never take it when caught up
         self.write_lock = threading.Lock()  # writes of this process queue here (the database orders processes)
         self._swapping: int | None = None
         self.swaps = 0
+        self.swap_error: str | None = None  # why the last promotion could not be served (for /health)
         self._replay_items_missing_from(self.snapshot)
 
     @classmethod
@@ -117,7 +121,7 @@ class Engine:
     # ------------------------------------------------------------------ catching up
     def catch_up(self) -> int:
         """Apply every committed event this worker has not applied yet, in order; returns the applied seq."""
-        latest = self.store.latest_seq()
+        latest = self.store.latest_seq() if self.horizon is None else self.horizon
         if latest <= self.applied:
             return self.applied
         with self._apply_lock:
@@ -135,7 +139,7 @@ class Engine:
                 self.snapshot = apply_interactions(self.snapshot, event)
             elif event.kind == "items":
                 self.snapshot = apply_items(self.snapshot, event)
-            elif event.kind == "model":
+            elif event.kind == "model" and self.horizon is None:
                 self._start_swap(event)
         except RecforgeError as exc:
             logger.warning("event %d (%s) not applied: %s", event.seq, event.kind, exc)
@@ -148,6 +152,21 @@ class Engine:
         for event in self.store.events_after(0, snapshot.cutoff, kinds=("items",)):
             self._apply(event)
 
+    def follow(self, interval: float = 1.0) -> threading.Event:
+        """Catch up every `interval` seconds in a daemon thread, so an idle worker stays current and swaps
+        to a promoted model without waiting for a request; set the returned event to stop."""
+        stop = threading.Event()
+
+        def loop() -> None:
+            while not stop.wait(interval):
+                try:
+                    self.catch_up()
+                except Exception as exc:  # the store is down: requests say so; keep trying
+                    logger.warning("catching up with the event store failed: %s", exc)
+
+        threading.Thread(target=loop, daemon=True, name="follow-store").start()
+        return stop
+
     # ------------------------------------------------------------------ model swaps
     def _start_swap(self, event: Event) -> None:
         if self._swapping is not None and self._swapping >= event.seq:
@@ -157,29 +176,71 @@ class Engine:
 
     def _swap(self, event: Event) -> None:
         """Load the promoted artifact aside, replay the events newer than its cut-off, then swap under the
-        apply lock after the last few; requests in flight finish on the snapshot they took."""
+        apply lock after the last few; requests in flight finish on the snapshot they took. A store that
+        cannot be read is retried; an artifact that cannot be served keeps the current model (and says
+        why in `swap_error`)."""
         try:
-            fresh = Snapshot.load(event.payload["path"])
-            staging = Engine(fresh, self.store)
-            staging.applied = fresh.cutoff
-            target = self.applied
-            for replayed in self.store.events_after(fresh.cutoff, target):
-                if replayed.kind != "model":
-                    staging._apply(replayed)
-                staging.applied = replayed.seq
-            with self._apply_lock:
-                for replayed in self.store.events_after(staging.applied, self.applied):
-                    if replayed.kind != "model":
-                        staging._apply(replayed)
-                if self._swapping == event.seq:
-                    self.snapshot = staging.snapshot
-                    self.swaps += 1
-                    logger.info("swapped to %s (events after %d replayed)", fresh.artifact, fresh.cutoff)
-        except Exception:  # a broken promotion keeps the current model serving
+            for attempt in range(SWAP_ATTEMPTS):
+                try:
+                    self._swap_once(event)
+                    return
+                except StoreUnavailableError as exc:
+                    if attempt == SWAP_ATTEMPTS - 1:
+                        raise
+                    logger.warning("swap to event %d: %s; retrying", event.seq, exc)
+                    time.sleep(0.2 * 2**attempt)
+        except Exception as exc:
+            self.swap_error = f"event {event.seq}: {type(exc).__name__}: {exc}"
             logger.exception("could not swap to the model of event %d", event.seq)
         finally:
             if self._swapping == event.seq:
                 self._swapping = None
+
+    def _swap_once(self, event: Event) -> None:
+        fresh = Snapshot.load(event.payload["path"])
+        check_same_interface(self.snapshot.model, fresh.model)
+        staging = Engine(fresh, self.store)
+        staging.applied = fresh.cutoff
+        for replayed in self.store.events_after(fresh.cutoff, self.applied):
+            if replayed.kind != "model":
+                staging._apply(replayed)
+            staging.applied = replayed.seq
+        with self._apply_lock:
+            for replayed in self.store.events_after(staging.applied, self.applied):
+                if replayed.kind != "model":
+                    staging._apply(replayed)
+            if self._swapping == event.seq:
+                self.snapshot = staging.snapshot
+                self.swaps += 1
+                self.swap_error = None
+                logger.info("swapped to %s (events after %d replayed)", fresh.artifact, fresh.cutoff)
+
+
+SWAP_ATTEMPTS = 6  # ~6 s of retries when the store cannot be read
+
+
+def interface(model: Recommender) -> dict[str, Any]:
+    """What the HTTP schema of a service is built from: id types, rating scale, feature names and kinds.
+    A model swap keeps it (the published schema cannot change under running clients)."""
+    from recforge.coldstart import RATINGS, USER_FEATURES
+
+    return {
+        "user_ids": "integer" if model.users_.ids.dtype.kind in "iu" else "text",
+        "item_ids": "integer" if model.items_.ids.dtype.kind in "iu" else "text",
+        "rating_scale": list(model.rating_scale_) if RATINGS in model.capabilities and model.rating_scale_ else None,
+        "user_features": model.user_feature_kinds() if USER_FEATURES in model.capabilities else None,  # type: ignore[attr-defined]
+        "item_features": model.item_feature_kinds() if ITEM_FEATURES in model.capabilities else None,  # type: ignore[attr-defined]
+    }
+
+
+def check_same_interface(serving: Recommender, candidate: Recommender) -> None:
+    """ConfigError naming the difference when `candidate` would need another HTTP schema than `serving`."""
+    old, new = interface(serving), interface(candidate)
+    changed = [f"{key}: {old[key]} -> {new[key]}" for key in old if old[key] != new[key]]
+    if changed:
+        raise ConfigError(
+            "the promoted model needs a different API (" + "; ".join(changed) + "); start a new service for it"
+        )
 
 
 def apply_interactions(snapshot: Snapshot, event: Event) -> Snapshot:

@@ -189,6 +189,7 @@ class Health(BaseModel):
     events_applied: int
     artifact: str | None
     swaps: int
+    swap_error: str | None = Field(None, description="why the last promoted model could not be served")
     worker: int = Field(description="the process id of the worker that answered")
 
 

@@ -27,7 +27,7 @@ from recforge.data.query import History, Query
 from recforge.errors import CapabilityError, ConfigError, UnknownIdError
 from recforge.models.base import Recommendations, Recommender
 from recforge.models.factorization import FactorModel
-from recforge.serving.engine import Engine, Snapshot
+from recforge.serving.engine import Engine, Snapshot, check_same_interface
 from recforge.serving.schemas import INTEGER_PATTERN, MAX_ID_LENGTH, MAX_INTEGER_ID, MAX_K
 from recforge.serving.store import EventStore
 
@@ -92,8 +92,8 @@ class RecommenderService:
         """True when a known user's recommendations cost well under a millisecond: served from the ANN
         index, or an exact scan of a small catalogue (the HTTP layer then skips the thread pool)."""
         snapshot = self.engine.snapshot
-        if not isinstance(snapshot.model, FactorModel):
-            return False
+        if not self.engine.store.sqlite or not isinstance(snapshot.model, FactorModel):
+            return False  # a read first asks the store for news: a network round trip belongs in a thread
         if snapshot.indexed is not None:
             return True
         return snapshot.model.n_items * snapshot.model.item_factors_.shape[1] <= self.QUICK_EXACT_WORK
@@ -246,6 +246,7 @@ class RecommenderService:
         try:
             read_manifest(artifact)
             fresh = Snapshot.load(artifact)
+            check_same_interface(self.model, fresh.model)
         except Exception as exc:
             raise ConfigError(f"path: cannot serve {path!r}: {exc}") from exc
         with self.engine.write_lock:
