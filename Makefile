@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export RECFORGE_DATA_DIR ?= $(abspath ../shared/data)
 PYTEST_ARGS ?=
 
-.PHONY: browser-deps install demo test test-fast lint format bench clean
+.PHONY: system-deps install demo test test-fast lint format bench clean
 
 install: $(VENV)/.installed
 
@@ -22,14 +22,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 demo: install
 	$(BIN)/recforge demo
 
-# Debian's Chromium + ChromeDriver for the end-to-end browser test (root or sudo needed once).
-browser-deps:
-	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+# Debian packages the tests drive for real: Chromium + ChromeDriver (the web page), PostgreSQL (the event
+# store's server path) and nginx (the recommended reverse proxy). Root or sudo is needed once.
+SYSTEM_PACKAGES := chromium chromium-driver postgresql nginx-light
+system-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
+	  && command -v nginx >/dev/null || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null 2>&1 || \
-	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium chromium-driver >/dev/null; }; }
+	  $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; }; }
 
-test: install browser-deps
+test: install system-deps
 	$(BIN)/python -m pytest -n 2 --dist loadgroup -q $(PYTEST_ARGS)
 
 # the inner loop: everything but model fits on real data, Spark, the browser and torchrun (< 3 min)
