@@ -60,27 +60,48 @@ def browser():
     driver.quit()
 
 
-def test_rate_items_and_see_recommendations_update(server, browser):
+def settled(driver, list_id: str) -> list[dict] | None:
+    """The rows of a list once its latest request is answered (read in one script call, so a re-render
+    cannot make half of them stale), else None."""
+    return driver.execute_script(
+        """
+        const list = document.getElementById(arguments[0]);
+        if (list.getAttribute("aria-busy") !== "false") return null;
+        return [...list.querySelectorAll("li")].map(li => ({item: li.dataset.item, text: li.textContent}));
+        """,
+        list_id,
+    )
+
+
+def click(wait, css: str) -> None:
+    """Find and click in one retried step: a list re-rendered between the two is simply found again."""
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as ec
+
+    wait.until(lambda d: d.find_element(By.CSS_SELECTOR, css).click() or True)
+
+
+def test_rate_items_and_see_recommendations_update(server, browser):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(browser, 15)
+    wait = WebDriverWait(browser, 15, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
     browser.get(server)
-    wait.until(lambda d: "popularity" in d.find_element(By.ID, "served").text)
-    popular = [li.get_attribute("data-item") for li in browser.find_elements(By.CSS_SELECTOR, "#recommendations li")]
+    wait.until(lambda d: "popularity" in d.find_element(By.ID, "served").text and settled(d, "recommendations"))
+    popular = [row["item"] for row in settled(browser, "recommendations")]
     assert len(popular) == 10
 
     browser.find_element(By.ID, "search").send_keys("star wars")
-    first = wait.until(ec.presence_of_element_located((By.CSS_SELECTOR, "#results li[data-item='50']")))
-    first.find_element(By.CSS_SELECTOR, "button.rate[data-rating='5']").click()
-    wait.until(lambda d: "history" in d.find_element(By.ID, "served").text)
-    rows = browser.find_elements(By.CSS_SELECTOR, "#recommendations li")
-    items = [li.get_attribute("data-item") for li in rows]
+    found = wait.until(lambda d: (rows := settled(d, "results")) and any(r["item"] == "50" for r in rows) and rows)
+    assert all("star wars" in row["text"].lower() for row in found)  # the latest search's answer, not an older one
+    click(wait, "#results li[data-item='50'] button.rate[data-rating='5']")
+    wait.until(lambda d: "history" in d.find_element(By.ID, "served").text and settled(d, "recommendations"))
+    rows = settled(browser, "recommendations")
+    items = [row["item"] for row in rows]
     assert len(items) == 10 and "50" not in items and items != popular
-    assert "Return of the Jedi" in browser.find_element(By.ID, "recommendations").text
+    assert any("Return of the Jedi" in row["text"] for row in rows)
     assert browser.find_elements(By.CSS_SELECTOR, "#recommendations .genres")[0].text  # genres shown
     assert "Star Wars" in browser.find_element(By.ID, "ratings").text
 
-    rows[0].find_element(By.CSS_SELECTOR, "button.similar").click()
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#similar li")) == 8)
+    click(wait, f"#recommendations li[data-item='{items[0]}'] button.similar")
+    wait.until(lambda d: (rows := settled(d, "similar")) is not None and len(rows) == 8)
