@@ -78,14 +78,13 @@ class History:
             values = np.array([np.nan if r is None else r for row in ratings for r in row], dtype=np.float32)
             if len(values) != len(items):
                 raise ConfigError("ratings must match the item lists one for one")
-            rated = ~np.isnan(values)
+            rated = np.flatnonzero(~np.isnan(values))
             # the latest rating of a repeated item wins: keep the last occurrence per (query, item)
-            frame = pd.DataFrame({"q": query[rated], "i": items[rated], "r": values[rated]}).drop_duplicates(
-                ["q", "i"], keep="last"
-            )
+            keys = query[rated] * n_items + items[rated]
+            _, last_from_end = np.unique(keys[::-1], return_index=True)
+            kept = rated[len(rated) - 1 - last_from_end]
             rating_matrix = sp.csr_matrix(
-                (frame["r"].to_numpy(np.float32), (frame["q"].to_numpy(), frame["i"].to_numpy())),
-                shape=(len(item_lists), n_items),
+                (values[kept], (query[kept], items[kept])), shape=(len(item_lists), n_items), dtype=np.float32
             )
         sequences = Sequences(indptr=indptr, items=items, rows=np.arange(len(items)))
         return cls(binary=binary, ratings=rating_matrix, sequences=sequences)

@@ -129,8 +129,11 @@ class FactorModel(Recommender):
         if history.ratings is None or history.ratings.nnz == 0:
             return np.zeros((n, d), np.float32), np.zeros(n)
         ratings = history.ratings.tocoo()
-        groups = GroupedRows.build(ratings.row.astype(np.int64), ratings.col.astype(np.int64), n)
-        design = torch.from_numpy(np.hstack([self.item_factors_, np.ones((self.n_items, 1))]).astype(np.float64))
+        # only the rated items enter the solve: the design matrix is theirs, not the whole catalogue's
+        touched, local = np.unique(ratings.col, return_inverse=True)
+        groups = GroupedRows.build(ratings.row.astype(np.int64), local.astype(np.int64), n)
+        factors = self.item_factors_[touched].astype(np.float64)
+        design = torch.from_numpy(np.hstack([factors, np.ones((len(touched), 1))]))
         targets = ratings.data - self.global_bias_ - self.item_bias_[ratings.col]
         reg, bias_reg, per_rating = self.fold_in_penalty_
         penalty = torch.tensor([reg] * d + [bias_reg], dtype=torch.float64)
@@ -150,14 +153,31 @@ class FactorModel(Recommender):
         from recforge.models._solvers import GroupedRows, gram, solve_spd, weighted_sum
 
         binary = history.binary.tocsr()
+        if len(history) == 1:  # one user (a service write or request): numpy beats torch's batched set-up
+            factors = self.item_factors_[binary.indices].astype(np.float64)
+            system = self.item_gram() + alpha * (factors.T @ factors) + reg * np.eye(factors.shape[1])
+            vector = np.linalg.solve(system, (1.0 + alpha) * factors.sum(axis=0))
+            return vector[None, :].astype(np.float32), np.zeros(1)
+        touched, local = np.unique(binary.indices, return_inverse=True)  # per query only its items' rows
         groups = GroupedRows(
-            indptr=binary.indptr.astype(np.int64), cols=binary.indices.astype(np.int64), order=np.arange(binary.nnz)
+            indptr=binary.indptr.astype(np.int64), cols=local.astype(np.int64), order=np.arange(binary.nnz)
         )
         weights = np.full(binary.nnz, alpha)
-        Y = torch.from_numpy(self.item_factors_.astype(np.float64))
-        matrices = (Y.T @ Y + reg * torch.eye(Y.shape[1], dtype=torch.float64))[None] + gram(groups, Y, weights)
+        Y = torch.from_numpy(self.item_factors_[touched].astype(np.float64))
+        shared = torch.from_numpy(self.item_gram()) + reg * torch.eye(Y.shape[1], dtype=torch.float64)
+        matrices = shared[None] + gram(groups, Y, weights)
         rhs = weighted_sum(groups, Y, 1.0 + weights)
         return solve_spd(matrices, rhs).numpy().astype(np.float32), np.zeros(len(history))
+
+    def item_gram(self) -> np.ndarray:
+        """QᵀQ of the item factors in float64, computed once per set of item factors: an O(items·d²)
+        product a per-request fold-in must not repeat (the arrays are only ever replaced, never edited)."""
+        cached = getattr(self, "_item_gram_cache", None)
+        if cached is None or cached[0] is not self.item_factors_:
+            factors = self.item_factors_.astype(np.float64)
+            cached = (self.item_factors_, factors.T @ factors)
+            self._item_gram_cache = cached
+        return cached[1]
 
     # -------------------------------------------------------------- state
     def factor_columns(self) -> int | None:
@@ -209,6 +229,7 @@ class FactorModel(Recommender):
         """Store learned factors (and the penalties the explicit fold-in solves with, as trained)."""
         self.user_factors_ = np.ascontiguousarray(user_factors, dtype=np.float32)
         self.item_factors_ = np.ascontiguousarray(item_factors, dtype=np.float32)
+        self._item_gram_cache = None  # the same array object may come back with new values
         self.user_bias_ = np.zeros(len(self.user_factors_)) if user_bias is None else np.asarray(user_bias, np.float64)
         self.item_bias_ = np.zeros(len(self.item_factors_)) if item_bias is None else np.asarray(item_bias, np.float64)
         self.global_bias_ = float(global_bias)
