@@ -118,3 +118,23 @@ def test_two_workers_read_their_writes_every_time(ials_dir, ml100k, tmp_path):
         assert len(pids) == 2  # both workers served
     finally:
         server.stop()
+
+
+def test_postgresql_sequence_numbers_become_visible_in_order(postgres):
+    """A writer mid-transaction holds its sequence number; a second writer must wait for it to commit,
+    or readers would see seq n+1 before n and a worker would skip n for good."""
+    store = EventStore(postgres)
+    before = store.latest_seq()
+    later: list[int] = []
+    with store.engine.begin() as slow:
+        store.serialize_writers(slow)
+        held = store._insert(slow, "interactions", {"user": 1, "items": [1], "ratings": [None]}, "1")
+        second = threading.Thread(
+            target=lambda: later.append(store.append("interactions", {"user": 2, "items": [2], "ratings": [None]}))
+        )
+        second.start()
+        time.sleep(1.0)
+        assert second.is_alive() and not later, "a second writer committed while an earlier number was open"
+        assert store.latest_seq() == before  # nothing newer than the open transaction is visible
+    second.join(timeout=30)
+    assert later and later[0] > held and store.latest_seq() == later[0]

@@ -1,0 +1,70 @@
+"""The event store on its own: group commit hands every concurrent writer its own sequence number, in one
+or a few transactions; a failed transaction fails every event in it and leaves nothing behind."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from recforge.serving.store import EventStore, StoreUnavailableError
+
+pytestmark = pytest.mark.xdist_group("serving")
+
+
+def test_concurrent_appends_each_get_their_own_event(tmp_path):
+    store = EventStore(f"sqlite:///{tmp_path / 'events.sqlite'}")
+    results: dict[tuple[int, int], int] = {}
+    lock = threading.Lock()
+
+    def writer(thread: int) -> None:
+        for n in range(50):
+            seq = store.append("interactions", {"user": thread, "items": [n], "ratings": [None]}, user=str(thread))
+            with lock:
+                results[(thread, n)] = seq
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(results) == 800 and len(set(results.values())) == 800
+    stored = {event.seq: event for event in store.events_after(0)}
+    assert len(stored) == 800
+    for (thread, n), seq in results.items():  # each writer's number names its own event
+        assert stored[seq].payload == {"user": thread, "items": [n], "ratings": [None]}
+        assert stored[seq].user == str(thread)
+    for thread in range(16):  # one thread's events keep their order
+        mine = [results[(thread, n)] for n in range(50)]
+        assert mine == sorted(mine)
+
+
+def test_a_failed_group_commit_fails_every_waiter_and_stores_nothing(tmp_path):
+    store = EventStore(f"sqlite:///{tmp_path / 'events.sqlite'}")
+    store.append("interactions", {"user": 1, "items": [1], "ratings": [None]}, user="1")
+    with store.engine.begin() as connection:  # the table disappears: every insert now fails
+        connection.execute(store._sa.text("DROP TABLE recforge_events"))
+    errors: list[BaseException] = []
+
+    def writer() -> None:
+        try:
+            store.append("interactions", {"user": 2, "items": [2], "ratings": [None]}, user="2")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert not any(thread.is_alive() for thread in threads), "a writer waits forever after a failed commit"
+    assert len(errors) == 8 and all(isinstance(e, StoreUnavailableError) for e in errors)
+
+
+def test_unknown_kinds_and_non_finite_payloads_are_refused_before_the_database(tmp_path):
+    store = EventStore(f"sqlite:///{tmp_path / 'events.sqlite'}")
+    with pytest.raises(ValueError, match="unknown event kind"):
+        store.append("gossip", {})
+    with pytest.raises(ValueError):
+        store.append("interactions", {"user": 1, "items": [1], "ratings": [float("nan")]})
+    assert store.count() == 0
