@@ -106,6 +106,7 @@ class Engine:
         self.write_lock = threading.Lock()  # writes of this process queue here (the database orders processes)
         self._swapping: int | None = None
         self.swaps = 0
+        self.applied_total = 0  # events this engine applied (a gap in the sequence would show here)
         self.swap_error: str | None = None  # why the last promotion could not be served (for /health)
         self._replay_items_missing_from(self.snapshot)
 
@@ -119,9 +120,10 @@ class Engine:
         return engine
 
     # ------------------------------------------------------------------ catching up
-    def catch_up(self) -> int:
-        """Apply every committed event this worker has not applied yet, in order; returns the applied seq."""
-        latest = self.store.latest_seq() if self.horizon is None else self.horizon
+    def catch_up(self, upto: int | None = None) -> int:
+        """Apply every committed event this worker has not applied yet (or those up to `upto`, a seq known
+        to be committed: a writer's own event), in order; returns the applied seq."""
+        latest = upto if upto is not None else self.store.latest_seq() if self.horizon is None else self.horizon
         if latest <= self.applied:
             return self.applied
         with self._apply_lock:
@@ -129,6 +131,7 @@ class Engine:
                 for event in self.store.events_after(self.applied, latest):
                     self._apply(event)
                     self.applied = event.seq
+                    self.applied_total += 1
         return self.applied
 
     def _apply(self, event: Event) -> None:

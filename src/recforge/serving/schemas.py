@@ -186,7 +186,8 @@ class Health(BaseModel):
     n_items: int
     capabilities: list[str]
     ann: bool
-    events_applied: int
+    events_applied: int = Field(description="the sequence number of the last event this worker applied")
+    events_applied_total: int = Field(description="how many events this worker applied since it started")
     artifact: str | None
     swaps: int
     swap_error: str | None = Field(None, description="why the last promoted model could not be served")
