@@ -114,6 +114,41 @@ def score(model: Any, query: Query) -> tuple[np.ndarray, Routing]:
     return out, routing
 
 
+def predict(model: Any, users: np.ndarray, items: np.ndarray, query: Query) -> tuple[np.ndarray, Routing]:
+    """Predicted ratings of (user, item) pairs, each user served by its routed path. `query` describes
+    the distinct users (`query.users` sorted, covering `users`). Known users and the baselines use the
+    model's own `_predict`; users described by a history or features are scored by that path and read at
+    the pair's item; users with nothing get the model's cold-start rating (`_predict_cold`), never the
+    popularity scores a ranking falls back to, which are not ratings."""
+    routing = route(model, query)
+    # a trained user's ratings come from the model even when it does not rank (a rating-only KNN)
+    in_vocabulary = (query.users >= 0) & (query.users < len(model.known_users_))
+    known = np.zeros(len(query), dtype=bool)
+    known[in_vocabulary] = model.known_users_[query.users[in_vocabulary]]
+    routed = np.where((routing.paths == POPULARITY) & known, MODEL, routing.paths)
+    routing = Routing(routed, np.where(routed == routing.paths, routing.notes, ""))
+    row = np.searchsorted(query.users, users)
+    out = np.empty(len(users), dtype=np.float64)
+    paths = routing.paths[row]
+    for path in np.unique(paths):
+        pairs = np.flatnonzero(paths == path)
+        if path == MODEL:
+            out[pairs] = model._predict(users[pairs], items[pairs])
+        elif path == POPULARITY:
+            out[pairs] = model._predict_cold(items[pairs])
+        else:
+            rows = routing.rows(path)
+            for start in range(0, len(rows), PREDICT_BATCH):  # at most PREDICT_BATCH x n_items scores at once
+                block_rows = rows[start : start + PREDICT_BATCH]
+                block = _score_path(model, path, query.take(block_rows))
+                inside = pairs[np.isin(row[pairs], block_rows)]
+                out[inside] = block[np.searchsorted(block_rows, row[inside]), items[inside]]
+    return out, routing
+
+
+PREDICT_BATCH = 1024
+
+
 def _score_path(model: Any, path: str, part: Query) -> np.ndarray:
     if path == MODEL:
         known = (part.users >= 0) & (part.users < len(model.known_users_))

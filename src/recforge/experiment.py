@@ -271,14 +271,17 @@ def _evaluators(config: ExperimentConfig, split: Split, data: Interactions) -> d
         sampled_negatives=ev.sampled_negatives,
         item_vectors=item_vectors,
     )
+    # a user-disjoint split gives each held-out user a history at query time: every model is asked
+    # with it (and its items are excluded), exactly as `FullRankingEvaluator(..., history=split.fold_in)`
+    given = split.fold_in
     evaluators: dict[str, Any] = {}
     for protocol in ev.protocols:
         if protocol == "ranking":
             evaluators[protocol] = FullRankingEvaluator(
-                split.train, split.test, exclude_train=ev.exclude_train, **common
+                split.train, split.test, exclude_train=ev.exclude_train, history=given, **common
             )
         elif protocol == "rating":
-            evaluators[protocol] = RatingEvaluator(split.train, split.test)
+            evaluators[protocol] = RatingEvaluator(split.train, split.test, history=given)
         elif protocol == "next_item":
             if split.valid_rows is None:
                 raise ConfigError(

@@ -280,10 +280,21 @@ class FullRankingEvaluator:
 
 
 class RatingEvaluator:
-    """RMSE/MAE/MSE/R² of predicted ratings on the rated test pairs, clipped to the rating scale."""
+    """RMSE/MAE/MSE/R² of predicted ratings on the rated test pairs, clipped to the rating scale.
+    `history`: interactions given at query time (a user-disjoint split's fold-in part); users with rows
+    there are predicted from them (`Recommender.predict`)."""
 
-    def __init__(self, train: Interactions, test: Interactions, *, clip: bool = True, check_fit: bool = True) -> None:
+    def __init__(
+        self,
+        train: Interactions,
+        test: Interactions,
+        *,
+        clip: bool = True,
+        check_fit: bool = True,
+        history: Interactions | None = None,
+    ) -> None:
         self.train = train
+        self.history = history
         self.test = test.explicit()
         self.clip = clip
         self.check_fit = check_fit
@@ -295,7 +306,7 @@ class RatingEvaluator:
         if self.check_fit:
             check_fitted_on(model, self.train)
         started = time.perf_counter()
-        predictions = model.predict(self.test.user_index, self.test.item_index).astype(np.float64)
+        predictions = model.predict(self.test.user_index, self.test.item_index, self.history).astype(np.float64)
         elapsed = time.perf_counter() - started
         scale = self.test.rating_scale or model.rating_scale_
         if self.clip and scale is not None:

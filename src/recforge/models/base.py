@@ -213,15 +213,31 @@ class Recommender(ABC):
         """Why this model (as configured) does not rank items for users, for models without KNOWN_USERS."""
         return f"{self.name} does not rank items for users"
 
-    def predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
-        """Predicted ratings for (user index, item index) pairs; only rating models implement this."""
+    def predict(self, users: np.ndarray, items: np.ndarray, history: Interactions | None = None) -> np.ndarray:
+        """Predicted ratings for (user index, item index) pairs; only rating models implement this.
+
+        Routed like `score` (`recforge.coldstart`): a user with rows in `history` (interactions given at
+        query time, e.g. a user-disjoint split's fold-in part) is predicted from them; a user the model
+        was trained on from the model; a user with neither gets the cold-start rating (`_predict_cold`:
+        μ + b_i for biased models)."""
         self._require_fitted()
         if RATINGS not in self.capabilities:
             raise CapabilityError(f"{self.name} does not predict ratings")
-        return np.asarray(self._predict(np.asarray(users, np.int64), np.asarray(items, np.int64)), dtype=np.float32)
+        users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
+        self._check_users(users)
+        distinct = np.unique(users)
+        query = Query.from_interactions(history, distinct) if history is not None else Query.known(distinct)
+        return np.asarray(coldstart.predict(self, users, items, query)[0], dtype=np.float32)
 
     def _predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         raise CapabilityError(f"{self.name} does not predict ratings")
+
+    def _predict_cold(self, items: np.ndarray) -> np.ndarray:
+        """Ratings for a user of whom nothing is known: by default the model's own history path given an
+        empty history (fold-in of nothing: μ + b_i for biased factor models)."""
+        if HISTORY not in self.capabilities:
+            raise CapabilityError(f"{self.name} cannot predict ratings for a user without training data or history")
+        return self._score_history(History.empty(1, self.n_items), np.array([-1]))[0, items]
 
     # ------------------------------------------------------------------ recommendations
     def recommend(

@@ -198,6 +198,12 @@ class _NeighbourModel(Recommender):
             out[rows] = self._weighted_average(sims, mask, deviations) + self._baseline(users[rows], items[rows])
         return out
 
+    def _predict_cold(self, items: np.ndarray) -> np.ndarray:
+        """A user with no ratings has no neighbours and no bias of their own: the baseline μ + b_i."""
+        if self.config.feedback != "explicit":  # type: ignore[attr-defined]
+            raise ConfigError(f"{self.name} fitted on implicit feedback does not predict ratings")
+        return self.mean_ + self.item_bias_[items]
+
     def _weighted_average(self, sims: np.ndarray, mask: np.ndarray, deviations: np.ndarray) -> np.ndarray:
         """Mean deviation over each row's k most similar candidates (positive similarities only)."""
         k = min(self.config.k, sims.shape[1])  # type: ignore[attr-defined]

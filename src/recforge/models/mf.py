@@ -15,13 +15,13 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from pydantic import Field, model_validator
 
 from recforge.coldstart import EMBEDDINGS, HISTORY, KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
-from recforge.errors import ConfigError
 from recforge.evaluation import metrics as M
 from recforge.models.config import ModelConfig, TrainOptions, apply_preset
 from recforge.models.factorization import FactorModel, FoldInPenalty
@@ -145,34 +145,47 @@ class ExplicitMF(FactorModel):
         self.blend_item_ = means(items, n_items)
 
     def _blend(self, raw: np.ndarray, users: np.ndarray | None, items: np.ndarray | None) -> np.ndarray:
+        """p·R̂ + (1 − p)·⟨R⟩. Without known users (`users` None) the user mean is the global mean: a new
+        user has no training ratings of their own."""
         c: MFConfig = self.config  # type: ignore[assignment]
         if c.blend_weight == 1.0:
             return raw
-        if c.blend_mean == "global":
+        if c.blend_mean == "global" or (c.blend_mean == "user" and users is None):
             mean = self.blend_global_
         elif c.blend_mean == "user":
-            if users is None:
-                raise ConfigError("blend_mean='user' needs known users")
             mean = self.blend_user_[users] if raw.ndim == 1 else self.blend_user_[users][:, None]
         else:
             mean = self.blend_item_[items] if items is not None else self.blend_item_[None, :]
         return c.blend_weight * raw + (1.0 - c.blend_weight) * mean
 
+    def _cold_raw(self, items: np.ndarray) -> np.ndarray:
+        """R̂ for a user of whom nothing is known: μ + b_i with biases; without them (the anime preset)
+        the item's training mean, since X Wᵀ of an empty user is 0, not a rating."""
+        if self.config.biased:  # type: ignore[attr-defined]
+            return self.global_bias_ + self.item_bias_[items]
+        return self.blend_item_[items]
+
     def _predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         return self._blend(super()._predict(users, items), users, items)
+
+    def _predict_cold(self, items: np.ndarray) -> np.ndarray:
+        return self._blend(self._cold_raw(items), None, items)
 
     def _score_known(self, users: np.ndarray) -> np.ndarray:
         return self._blend(super()._score_known(users), users, None).astype(np.float32)
 
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
-        raw = super()._score_history(history, users)
-        if self.config.blend_mean == "user":  # type: ignore[attr-defined]
-            history_mean = np.asarray(history.ratings.sum(axis=1)).ravel() / np.maximum(
-                history.ratings.getnnz(axis=1), 1
-            )
-            return (self.config.blend_weight * raw + (1 - self.config.blend_weight) * history_mean[:, None]).astype(
-                np.float32
-            )  # type: ignore[attr-defined]
+        raw = super()._score_history(history, users).astype(np.float64)
+        empty = history.lengths() == 0
+        if empty.any():
+            raw[empty] = self._cold_raw(np.arange(self.n_items))
+        if self.config.blend_mean == "user" and self.config.blend_weight != 1.0:  # type: ignore[attr-defined]
+            rated = history.ratings if history.ratings is not None else sp.csr_matrix((len(history), self.n_items))
+            counts = rated.getnnz(axis=1)
+            sums = np.asarray(rated.sum(axis=1)).ravel()
+            history_mean = np.divide(sums, counts, out=np.full(len(counts), self.blend_global_), where=counts > 0)
+            p = self.config.blend_weight  # type: ignore[attr-defined]
+            return (p * raw + (1 - p) * history_mean[:, None]).astype(np.float32)
         return self._blend(raw, None, None).astype(np.float32)
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
