@@ -34,8 +34,11 @@ def _friendly(function: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return function(*args, **kwargs)
         except RecforgeError as exc:
-            console.print(f"[bold red]error:[/] {exc}")
+            console.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(2) from exc
+        except KeyboardInterrupt:
+            console.print("[bold yellow]interrupted[/] before anything was finished; nothing written")
+            raise typer.Exit(130) from None
 
     return wrapper
 
@@ -132,17 +135,20 @@ def data_prepare(
 
 
 # ----------------------------------------------------------------------------- experiments
-def _run_and_report(config: Any, output: Path) -> Any:
+def _run_and_report(config: Any, output: Path, resume: bool = False) -> Any:
     from recforge.evaluation.report import write_report
     from recforge.experiment import run_experiment
 
-    result = run_experiment(config, progress=True)
+    result = run_experiment(config, progress=True, runs_folder=output / "runs", resume=resume)
     write_report(result, output)
+    ranking = [
+        f"{metric}@{k}" for k in config.evaluation.ks for metric in ("ndcg", "recall", "precision", "map", "hit_rate")
+    ]
     for protocol in config.evaluation.protocols:
         table = result.table(protocol)
         if table.empty:
             continue
-        wanted = ("rmse", "mae", "r2", "ndcg@10", "recall@10", "map@10", "hit_rate@10", "mrr@10", "coverage", "novelty")
+        wanted = ("rmse", "mae", "r2", *ranking, "coverage", "novelty")
         keep = [c for c in wanted if c in table.columns]
         label = next(r.results[protocol].protocol for r in result.runs if protocol in r.results)
         print_frame(table[keep], f"{protocol}: {label} — split {result.split.name}, seed {config.all_seeds[0]}")
@@ -152,6 +158,12 @@ def _run_and_report(config: Any, output: Path) -> Any:
         for protocol, why in run.skipped.items():
             console.print(f"[yellow]not evaluated:[/] {escape(run.label)} ({protocol}): {escape(why)}")
     console.print(f"report: {output / 'report.md'} and {output / 'report.html'}")
+    if result.interrupted:
+        console.print(
+            f"[bold yellow]interrupted:[/] {len(result.runs)} finished run(s) reported; "
+            "run the same command with --resume to continue"
+        )
+        raise typer.Exit(130)
     return result
 
 
@@ -162,12 +174,16 @@ def compare(
     output: Annotated[
         Path | None, typer.Option(help="report folder (default: the config's `output` or reports/<name>)")
     ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="keep the finished runs of an interrupted compare into the same output; fit the rest")
+    ] = False,
 ) -> None:
-    """Run every model of an experiment config on the same split and write a comparison report."""
+    """Run every model of an experiment config on the same split and write a comparison report. Each
+    finished model is kept in <output>/runs as it finishes; Ctrl-C writes a report of the finished ones."""
     from recforge.experiment import load_config
 
     spec = load_config(config)
-    _run_and_report(spec, output or Path(spec.output or f"reports/{spec.name}"))
+    _run_and_report(spec, output or Path(spec.output or f"reports/{spec.name}"), resume=resume)
 
 
 @app.command()

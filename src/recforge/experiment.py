@@ -19,6 +19,7 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import itertools
+import json
 import platform
 import time
 from pathlib import Path
@@ -199,14 +200,28 @@ def machine_info() -> dict[str, Any]:
 BASELINES = {"ranking": ["most_popular"], "next_item": ["most_popular"], "rating": ["global_mean", "bias"]}
 
 
+def experiment_fingerprint(config: ExperimentConfig, data: Interactions) -> str:
+    """What finished runs depend on: the whole config except where the report goes, and the data."""
+    import hashlib
+
+    payload = config.model_dump(mode="json", exclude={"output"})
+    text = json.dumps(payload, sort_keys=True, default=str) + data.fingerprint()
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def make_experiment_split(config: ExperimentConfig, data: Interactions, seed: int) -> Split:
     return config.split.make(data, seed, config.dataset.path)
 
 
 def _fit(
-    spec: ModelSpec, params: dict[str, Any], train: Interactions, seed: int, valid: Interactions | None
+    spec: ModelSpec,
+    params: dict[str, Any],
+    train: Interactions,
+    seed: int,
+    valid: Interactions | None,
+    progress: bool = False,
 ) -> Recommender:
-    return spec.build(**params).fit(train, TrainOptions(seed=seed, valid=valid))
+    return spec.build(**params).fit(train, TrainOptions(seed=seed, valid=valid, progress=progress))
 
 
 def _grid(search: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -214,7 +229,19 @@ def _grid(search: dict[str, list[Any]]) -> list[dict[str, Any]]:
     return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(search[k] for k in keys))]
 
 
-def run_experiment(config: ExperimentConfig | dict[str, Any], *, progress: bool = False) -> ExperimentResult:
+def run_experiment(
+    config: ExperimentConfig | dict[str, Any],
+    *,
+    progress: bool = False,
+    runs_folder: str | Path | None = None,
+    resume: bool = False,
+) -> ExperimentResult:
+    """Fit and evaluate every model of `config` on the same split(s).
+
+    With `runs_folder`, each finished (seed, model) run is written there as it finishes
+    (`recforge.evaluation.run_store`); with `resume`, runs already there for the same config and data are
+    read back instead of refitted. Ctrl-C (KeyboardInterrupt) after at least one finished run returns
+    the runs finished so far with `interrupted=True` instead of discarding them."""
     if isinstance(config, dict):
         config = parse_config(config, ExperimentConfig)
     data = load_dataset(config.dataset.name, config.dataset.path, **config.dataset.options)
@@ -230,21 +257,39 @@ def run_experiment(config: ExperimentConfig | dict[str, Any], *, progress: bool 
         specs = [ExperimentModel(model=name, protocols=protocols) for name, protocols in added.items()] + specs
     if not specs:
         raise ConfigError("the experiment has no models")
+    store = None
+    if runs_folder is not None:
+        from recforge.evaluation.run_store import RunStore
+
+        store = RunStore(runs_folder, experiment_fingerprint(config, data), resume=resume)
     runs: list[ModelRun] = []
     first_split: Split | None = None
+    interrupted = False
     total = len(specs) * len(config.all_seeds)
     with progress_bar(f"experiment {config.name}", total, enabled=progress) as bar:
-        for seed in config.all_seeds:
-            split = make_experiment_split(config, data, seed)
-            check_split(split, allow_repeat_pairs=config.evaluation.allow_repeat_pairs)
-            first_split = first_split or split
-            evaluators = _evaluators(config, split, data)
-            for spec in specs:
-                bar.update(model=spec.label, seed=seed)
-                runs.append(_run_model(config, spec, split, evaluators, seed))
-                bar.advance()
+        try:
+            for seed in config.all_seeds:
+                split = make_experiment_split(config, data, seed)
+                check_split(split, allow_repeat_pairs=config.evaluation.allow_repeat_pairs)
+                first_split = first_split or split
+                evaluators = None
+                for index, spec in enumerate(specs):
+                    bar.update(model=spec.label, seed=seed)
+                    run = store.load(seed, index, spec.label, data.items) if store is not None else None
+                    if run is None:
+                        evaluators = evaluators or _evaluators(config, split, data)
+                        run = _run_model(config, spec, split, evaluators, seed, progress)
+                        if store is not None:
+                            store.save(run, index)
+                    runs.append(run)
+                    bar.advance()
+        except KeyboardInterrupt:
+            if not runs:
+                raise
+            interrupted = True
     assert first_split is not None
     return ExperimentResult(
+        interrupted=interrupted,
         config=config,
         data=data,
         split=first_split,
@@ -292,7 +337,12 @@ def _evaluators(config: ExperimentConfig, split: Split, data: Interactions) -> d
 
 
 def _run_model(
-    config: ExperimentConfig, spec: ExperimentModel, split: Split, evaluators: dict[str, Any], seed: int
+    config: ExperimentConfig,
+    spec: ExperimentModel,
+    split: Split,
+    evaluators: dict[str, Any],
+    seed: int,
+    progress: bool = False,
 ) -> ModelRun:
     params = dict(spec.params)
     search_log: list[dict[str, Any]] = []
@@ -300,7 +350,7 @@ def _run_model(
     if spec.search:
         params, search_log = _grid_search(config, spec, split, seed)
     train = split.train
-    model = _fit(spec, params, train, seed, valid)
+    model = _fit(spec, params, train, seed, valid, progress)
     results: dict[str, RankingResult | RatingResult] = {}
     skipped: dict[str, str] = {}
     for protocol, evaluator in evaluators.items():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -175,14 +176,17 @@ def metrics_payload(result: ExperimentResult) -> dict[str, Any]:
         "split": result.split.describe(),
         "preprocessing": [r.to_dict() for r in result.preprocessing],
         "runs": runs,
-    }
+    } | ({"interrupted": True} if result.interrupted else {})
 
 
 def write_report(result: ExperimentResult, output: str | Path) -> Path:
-    """Write the full report folder (atomically) and return its path."""
+    """Write the full report folder (atomically) and return its path. The finished runs an experiment
+    kept in `<output>/runs` (`recforge.evaluation.run_store`) are carried over into the new folder."""
     output = Path(output)
     with atomic_path(output, is_dir=True) as tmp:
         _write_all(result, tmp)
+        if (output / "runs").is_dir():
+            shutil.copytree(output / "runs", tmp / "runs")
     return output
 
 
@@ -246,7 +250,20 @@ def _sections(result: ExperimentResult, runs: list[ModelRun], folder: Path) -> l
     config = result.config
     ev = config.evaluation
     split = result.split
-    sections = [
+    sections = []
+    if result.interrupted:
+        planned = len(config.models)
+        sections.append(
+            _Section(
+                "Interrupted",
+                text=(
+                    f"**This run was stopped before every model had run**: {len(result.runs)} finished "
+                    f"(model, seed) run(s) are reported below ({planned} model(s) configured besides the "
+                    "baselines). `recforge compare --resume` continues from them.\n"
+                ),
+            )
+        )
+    sections += [
         _Section(
             "Setup",
             text=(

@@ -42,6 +42,7 @@ class ExperimentResult:
     machine: dict[str, Any]
     data_fingerprint: str
     source: dict[str, Any]
+    interrupted: bool = False  # stopped (Ctrl-C) before every model ran: the report covers the finished ones
 
     def table(self, protocol: str, seed: int | None = None) -> pd.DataFrame:
         """Summary metrics, one row per model (for one seed; default the first)."""
