@@ -16,12 +16,34 @@ from rich.table import Table
 
 from recforge.errors import RecforgeError
 
-app = typer.Typer(help="recforge: recommendations from raw ratings to evaluated, served models.", no_args_is_help=True)
-data_app = typer.Typer(help="Inspect and prepare datasets.", no_args_is_help=True)
+# help text is plain text: Rich markup would eat bracketed words such as "[spark]"
+PLAIN = {"no_args_is_help": True, "rich_markup_mode": None}
+app = typer.Typer(help="recforge: recommendations from raw ratings to evaluated, served models.", **PLAIN)
+data_app = typer.Typer(help="Inspect and prepare datasets.", **PLAIN)
 app.add_typer(data_app, name="data")
-spark_app = typer.Typer(
-    help="Preprocess and batch-score on Spark (needs the [spark] extra and Java).", no_args_is_help=True
-)
+
+
+@app.callback()
+def _options(
+    threads: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="CPU threads every fit computes with (default: the cores free when a fit starts; "
+            "also RECFORGE_THREADS)",
+        ),
+    ] = None,
+) -> None:
+    """recforge: recommendations from raw ratings to evaluated, served models."""
+    if threads is not None:
+        import os
+
+        from recforge.threads import THREADS_ENV
+
+        os.environ[THREADS_ENV] = str(threads)
+
+
+spark_app = typer.Typer(help="Preprocess and batch-score on Spark (needs the [spark] extra and Java).", **PLAIN)
 app.add_typer(spark_app, name="spark")
 console = Console(width=None if sys.stdout.isatty() else 160)
 
@@ -233,15 +255,160 @@ def _recommendations_table(answer: dict[str, Any], title: str) -> None:
 @_friendly
 def recommend(
     model: Annotated[Path, typer.Option("--model", help="model artifact directory")],
-    user: Annotated[str, typer.Option("--user", help="external user id")],
-    k: Annotated[int, typer.Option("-k", help="list length")] = 10,
+    user: Annotated[str | None, typer.Option("--user", help="one external user id: prints a table")] = None,
+    users: Annotated[
+        str | None,
+        typer.Option("--users", help="CSV/Parquet file with a user column, or 'all' (batch, with --output)"),
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="batch output file: .csv, .tsv or .parquet")] = None,
+    k: Annotated[int, typer.Option("-k", min=1, help="list length")] = 10,
     include_seen: Annotated[bool, typer.Option(help="keep items the user already has")] = False,
+    user_column: Annotated[str, typer.Option(help="user column of the --users file")] = "user_id",
+    sep: Annotated[str | None, typer.Option(help="separator of a text file (default: sniffed)")] = None,
+    unknown: Annotated[str, typer.Option(help="users unknown to the model: raise or drop")] = "raise",
 ) -> None:
-    """Top-k recommendations for a known user of a saved model."""
-    from recforge.serving.service import RecommenderService
+    """Top-k recommendations of a saved model: for one user (--user, a table), or for a file of users or
+    every trained user (--users FILE|all --output recs.csv|.parquet: user, rank, item, score, served_by)."""
+    if (user is None) == (users is None):
+        raise typer.BadParameter("give --user ID, or --users FILE|all with --output")
+    if user is not None:
+        from recforge.serving.service import RecommenderService
 
-    service = RecommenderService.from_artifact(model)
-    _recommendations_table(service.recommend_user(user, k, exclude_seen=not include_seen), f"top {k} for user {user}")
+        service = RecommenderService.from_artifact(model)
+        answer = service.recommend_user(user, k, exclude_seen=not include_seen)
+        _recommendations_table(answer, f"top {k} for user {user}")
+        return
+    if output is None:
+        raise typer.BadParameter("--users needs --output FILE (.csv, .tsv or .parquet)")
+    from recforge.evaluation.saved import recommend_file, write_table
+
+    fitted = _load_model(model)
+    frame = recommend_file(
+        fitted,
+        users,
+        k=k,
+        user=user_column,
+        sep=_separator(sep),
+        unknown=_unknown(unknown),
+        exclude_seen=not include_seen,
+    )
+    write_table(frame, output)
+    console.print(f"wrote {frame['user'].nunique():,} users x {k} to {output}")
+
+
+def _load_model(path: Path) -> Any:
+    from recforge.models import load_model
+
+    return load_model(path)
+
+
+def _separator(sep: str | None) -> str | None:
+    """'\\t' typed on a command line means a tab."""
+    return None if sep is None else sep.replace("\\t", "\t")
+
+
+def _names(columns: str | None) -> list[str] | None:
+    return None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
+
+
+def _unknown(value: str) -> Any:
+    if value not in ("raise", "drop"):
+        raise typer.BadParameter(f"--unknown must be raise or drop, not {value!r}")
+    return value
+
+
+@app.command()
+@_friendly
+def evaluate(
+    model: Annotated[Path, typer.Option("--model", help="model artifact directory")],
+    test: Annotated[Path, typer.Option("--test", help="held-out interactions: CSV/TSV/Parquet with a header row")],
+    k: Annotated[list[int] | None, typer.Option("-k", min=1, help="cut-offs (repeat: -k 10 -k 20)")] = None,
+    user_column: Annotated[str, typer.Option(help="user column")] = "user_id",
+    item_column: Annotated[str, typer.Option(help="item column")] = "item_id",
+    rating_column: Annotated[
+        str | None, typer.Option(help="rating column: adds RMSE/MAE/R2 for a rating model")
+    ] = None,
+    sep: Annotated[str | None, typer.Option(help="separator of a text file (default: sniffed)")] = None,
+    columns: Annotated[
+        str | None, typer.Option(help="a file without a header row: its field names in order, comma-separated")
+    ] = None,
+    unknown: Annotated[
+        str, typer.Option(help="rows with a user or item unknown to the model: raise or drop")
+    ] = "raise",
+    output: Annotated[Path | None, typer.Option(help="also write the numbers as JSON")] = None,
+) -> None:
+    """Evaluate a saved model on a file of held-out interactions: full-ranking metrics over the whole
+    catalogue with each user's training items excluded (as `recforge compare`), plus rating metrics."""
+    from recforge._io import write_json_atomic
+    from recforge.evaluation.saved import evaluate_saved, summary_rows
+
+    ks = tuple(sorted(set(k or [10])))
+    result = evaluate_saved(
+        _load_model(model),
+        test,
+        user=user_column,
+        item=item_column,
+        rating=rating_column,
+        ks=ks,
+        sep=_separator(sep),
+        unknown=_unknown(unknown),
+        names=_names(columns),
+    )
+    import pandas as pd
+
+    summary = result.ranking.summary
+    names = [f"{m}@{c}" for c in ks for m in ("ndcg", "recall", "precision", "map", "hit_rate", "mrr")]
+    print_frame(
+        pd.DataFrame(
+            [{n: summary[n] for n in [*names, "coverage", "novelty"]}], index=pd.Index([model.name], name="model")
+        ),
+        f"{result.ranking.protocol} — {test.name}",
+    )
+    if result.rating is not None:
+        rating = result.rating.summary
+        print_frame(
+            pd.DataFrame([{m: rating[m] for m in ("rmse", "mae", "r2")}], index=pd.Index([model.name], name="model")),
+            result.rating.protocol,
+        )
+    for note in result.ranking.notes:
+        console.print(escape(note))
+    if result.dropped_unknown:
+        console.print(f"[yellow]left out[/] {result.dropped_unknown:,} of {result.rows:,} rows: unknown user or item")
+    if output is not None:
+        write_json_atomic(output, summary_rows(result))
+        console.print(f"wrote {output}")
+
+
+@app.command()
+@_friendly
+def predict(
+    model: Annotated[Path, typer.Option("--model", help="model artifact directory (a rating model)")],
+    pairs: Annotated[Path, typer.Option("--input", help="(user, item) pairs: CSV/TSV/Parquet with a header row")],
+    output: Annotated[Path, typer.Option(help="output file: .csv, .tsv or .parquet (adds a prediction column)")],
+    user_column: Annotated[str, typer.Option(help="user column")] = "user_id",
+    item_column: Annotated[str, typer.Option(help="item column")] = "item_id",
+    sep: Annotated[str | None, typer.Option(help="separator of a text file (default: sniffed)")] = None,
+    columns: Annotated[
+        str | None, typer.Option(help="a file without a header row: its field names in order, comma-separated")
+    ] = None,
+    unknown: Annotated[
+        str, typer.Option(help="pairs with a user or item unknown to the model: raise or drop")
+    ] = "raise",
+) -> None:
+    """Predicted ratings of a saved rating model for every (user, item) pair of a file."""
+    from recforge.evaluation.saved import predict_file, write_table
+
+    frame = predict_file(
+        _load_model(model),
+        pairs,
+        user=user_column,
+        item=item_column,
+        sep=_separator(sep),
+        unknown=_unknown(unknown),
+        names=_names(columns),
+    )
+    write_table(frame, output)
+    console.print(f"wrote {len(frame):,} predictions to {output}")
 
 
 @app.command()

@@ -132,6 +132,7 @@ class ExperimentConfig(_Strict):
     models: list[ExperimentModel] = Field(default_factory=list)
     baselines: bool = True
     output: str | None = None
+    threads: int | None = Field(None, ge=1, description="CPU threads per fit (default: recforge.threads' policy)")
 
     @property
     def all_seeds(self) -> list[int]:
@@ -220,8 +221,10 @@ def _fit(
     seed: int,
     valid: Interactions | None,
     progress: bool = False,
+    threads: int | None = None,
 ) -> Recommender:
-    return spec.build(**params).fit(train, TrainOptions(seed=seed, valid=valid, progress=progress))
+    options = TrainOptions(seed=seed, valid=valid, progress=progress, threads=threads)
+    return spec.build(**params).fit(train, options)
 
 
 def _grid(search: dict[str, list[Any]]) -> list[dict[str, Any]]:
@@ -350,7 +353,7 @@ def _run_model(
     if spec.search:
         params, search_log = _grid_search(config, spec, split, seed)
     train = split.train
-    model = _fit(spec, params, train, seed, valid, progress)
+    model = _fit(spec, params, train, seed, valid, progress, config.threads)
     results: dict[str, RankingResult | RatingResult] = {}
     skipped: dict[str, str] = {}
     for protocol, evaluator in evaluators.items():
@@ -419,7 +422,7 @@ def _grid_search(
     for point in _grid(spec.search):
         params = {**spec.params, **point}
         started = time.perf_counter()
-        model = _fit(spec, params, inner.train, seed, None)
+        model = _fit(spec, params, inner.train, seed, None, threads=config.threads)
         value = evaluator.evaluate(model).summary[metric]
         score = -value if direction(metric) == "min" else value
         log.append({"params": point, metric: value, "seconds": time.perf_counter() - started})

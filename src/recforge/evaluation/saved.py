@@ -1,0 +1,220 @@
+"""A saved model against files of users, pairs or interactions: what `recforge evaluate`, `recforge
+predict` and batch `recforge recommend` run.
+
+Files are CSV/TSV (any separator pandas can sniff, or `sep`) or Parquet, with a header row naming the
+columns, or text files without one whose fields `names` lists (MovieLens' u1.test: user, item, rating,
+timestamp separated by tabs). Ids are read in the model's own id type (integer vocabularies read integer ids, string
+vocabularies strings), so "50" in a file matches item 50 of a MovieLens model. A row whose user or item
+the model does not know is an error naming the file, row and id; with `unknown="drop"` such rows are
+left out and counted in the result, never silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from recforge._io import atomic_path
+from recforge.coldstart import RATINGS
+from recforge.data.interactions import Interactions
+from recforge.data.vocabulary import Vocabulary
+from recforge.errors import DataFormatError
+from recforge.evaluation.protocols import FullRankingEvaluator, RankingResult, RatingEvaluator, RatingResult
+from recforge.models.base import Recommender
+
+Unknown = Literal["raise", "drop"]
+
+
+def read_table(
+    path: str | Path, columns: list[str], sep: str | None = None, names: list[str] | None = None
+) -> pd.DataFrame:
+    """The named columns of a CSV/TSV/Parquet file with a header row, or of a text file without one
+    whose fields `names` lists in order (as strings for text files: ids are converted to the model's id
+    type later, so leading zeros and long ids survive)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataFormatError("no such file", path=path)
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            engine = "python" if sep is None else "c"  # the python engine sniffs the separator
+            header = "infer" if names is None else None
+            frame = pd.read_csv(
+                path, sep=sep, engine=engine, dtype=str, keep_default_na=False, header=header, names=names
+            )
+    except (ValueError, OSError) as exc:
+        raise DataFormatError(f"cannot read the file: {exc}", path=path) from exc
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataFormatError(f"lacks column(s) {missing}; it has {list(frame.columns)}", path=path)
+    return frame[columns]
+
+
+def _indices(values: pd.Series, vocabulary: Vocabulary, path: Path, column: str) -> np.ndarray:
+    """Positions of file ids in a model vocabulary (-1 when unknown), converting ids to its type."""
+    ids = vocabulary.ids
+    if ids.dtype.kind in "iu":
+        numbers = pd.to_numeric(values, errors="coerce")
+        bad = numbers.isna() | (numbers != np.floor(numbers))
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataFormatError(
+                f"column {column!r}: {values.iloc[row]!r} is not an integer id (this model's ids are integers)",
+                path=path,
+                line=row + 2,  # 1-based, counting the header line
+            )
+        values = numbers.astype(np.int64)
+    else:
+        values = values.astype(str)
+    return vocabulary.index(values.to_numpy(), missing="ignore")
+
+
+def _known_rows(
+    frame: pd.DataFrame, model: Recommender, path: Path, user: str, item: str | None, unknown: Unknown
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """User and item indices of the rows, and the rows kept (all, or the known ones with drop)."""
+    users = _indices(frame[user], model.users_, path, user)
+    items = _indices(frame[item], model.items_, path, item) if item is not None else None
+    known = (users >= 0) & (items >= 0 if items is not None else True)
+    if unknown == "raise" and not known.all():
+        row = int(np.flatnonzero(~known)[0])
+        which = user if users[row] < 0 else item
+        raise DataFormatError(
+            f"{which} {frame[which].iloc[row]!r} is unknown to the model ({int((~known).sum())} such row(s)); "
+            "pass --unknown drop to leave them out",
+            path=path,
+            line=row + 2,
+        )
+    keep = np.flatnonzero(known)
+    return users[keep], (items[keep] if items is not None else None), keep
+
+
+@dataclass
+class SavedEvaluation:
+    ranking: RankingResult
+    rating: RatingResult | None
+    rows: int  # rows in the file
+    dropped_unknown: int  # rows left out because their user or item is unknown to the model
+
+
+def evaluate_saved(
+    model: Recommender,
+    path: str | Path,
+    *,
+    user: str = "user_id",
+    item: str = "item_id",
+    rating: str | None = None,
+    ks: tuple[int, ...] = (5, 10, 20),
+    sep: str | None = None,
+    unknown: Unknown = "raise",
+    names: list[str] | None = None,
+) -> SavedEvaluation:
+    """Full-ranking metrics of `model` on the interactions in `path` (the items each user had in training
+    excluded, as in `recforge compare`), and rating metrics when the file has `rating` and the model
+    predicts ratings."""
+    path = Path(path)
+    frame = read_table(path, [c for c in (user, item, rating) if c is not None], sep, names)
+    users, items, keep = _known_rows(frame, model, path, user, item, unknown)
+    assert items is not None
+    ratings = None
+    if rating is not None:
+        ratings = pd.to_numeric(frame[rating].iloc[keep], errors="coerce").to_numpy(np.float32)
+        if np.isnan(ratings).any():
+            row = int(keep[np.flatnonzero(np.isnan(ratings))[0]])
+            raise DataFormatError(
+                f"column {rating!r} is not a number: {frame[rating].iloc[row]!r}", path=path, line=row + 2
+            )
+    seen = model.seen_.tocoo()
+    train = Interactions(users=model.users_, items=model.items_, user_index=seen.row, item_index=seen.col)
+    test = Interactions(
+        users=model.users_,
+        items=model.items_,
+        user_index=users,
+        item_index=items,
+        rating=ratings,
+        rating_scale=model.rating_scale_,
+        name=path.name,
+    )
+    ranking = FullRankingEvaluator(train, test, ks=ks, check_fit=False).evaluate(model)
+    rated = None
+    if ratings is not None and RATINGS in model.capabilities:
+        rated = RatingEvaluator(train, test, check_fit=False).evaluate(model)
+    return SavedEvaluation(ranking, rated, len(frame), len(frame) - len(keep))
+
+
+def predict_file(
+    model: Recommender,
+    path: str | Path,
+    *,
+    user: str = "user_id",
+    item: str = "item_id",
+    sep: str | None = None,
+    unknown: Unknown = "raise",
+    names: list[str] | None = None,
+) -> pd.DataFrame:
+    """The file's (user, item) pairs with the model's predicted rating (`prediction`)."""
+    path = Path(path)
+    frame = read_table(path, [user, item], sep, names)
+    users, items, _ = _known_rows(frame, model, path, user, item, unknown)
+    assert items is not None
+    return pd.DataFrame(
+        {
+            user: model.users_.lookup(users),
+            item: model.items_.lookup(items),
+            "prediction": model.predict(users, items),
+        }
+    )
+
+
+def recommend_file(
+    model: Recommender,
+    users: str | Path,
+    *,
+    k: int = 10,
+    user: str = "user_id",
+    sep: str | None = None,
+    unknown: Unknown = "raise",
+    exclude_seen: bool = True,
+    batch_size: int | None = None,
+) -> pd.DataFrame:
+    """Top-k for the users listed in a file (one per row, duplicates once), or for every user the model
+    was trained on with `users="all"`: a long frame user, rank, item, score, served_by."""
+    if str(users) == "all":
+        index = np.flatnonzero(model.known_users_)
+    else:
+        path = Path(users)
+        frame = read_table(path, [user], sep)
+        index, _, _ = _known_rows(frame, model, path, user, None, unknown)
+        index = pd.unique(index)
+    recommendations = model.recommend(
+        np.asarray(index, np.int64), k, exclude_seen=exclude_seen, external_ids=False, batch_size=batch_size
+    )
+    return recommendations.to_frame()
+
+
+def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
+    """CSV or Parquet by the file's suffix, written atomically."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".csv", ".parquet", ".pq", ".tsv"):
+        raise DataFormatError("the output must end in .csv, .tsv or .parquet", path=path)
+    with atomic_path(path) as tmp:
+        if suffix in (".parquet", ".pq"):
+            frame.to_parquet(tmp, index=False)
+        else:
+            frame.to_csv(tmp, index=False, sep="\t" if suffix == ".tsv" else ",")
+    return path
+
+
+def summary_rows(evaluation: SavedEvaluation) -> dict[str, Any]:
+    """The numbers `recforge evaluate` prints and writes."""
+    out: dict[str, Any] = {"rows": evaluation.rows, "dropped_unknown": evaluation.dropped_unknown}
+    out["ranking"] = {"protocol": evaluation.ranking.protocol, **evaluation.ranking.summary}
+    if evaluation.rating is not None:
+        out["rating"] = {"protocol": evaluation.rating.protocol, **evaluation.rating.summary}
+    return out

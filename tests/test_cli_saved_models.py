@@ -1,0 +1,78 @@
+"""`recforge evaluate`, `recforge predict` and batch `recforge recommend` on a saved model, end to end on
+MovieLens 100K's u1 fold: the numbers equal the library's for the same model and files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from recforge.cli import app
+from recforge.data.loaders import load_movielens_100k_fold
+from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator
+from recforge.models import create_model, load_model
+from recforge.models.config import TrainOptions
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory, data_dir):
+    split = load_movielens_100k_fold("u1", data_dir / "ml-100k")
+    model = create_model("mf", n_epochs=5).fit(split.train, TrainOptions(seed=0))
+    folder = tmp_path_factory.mktemp("saved")
+    model.save(folder / "mf")
+    return split, load_model(folder / "mf"), folder
+
+
+def _run(*args: str) -> str:
+    result = CliRunner().invoke(app, list(args))
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_evaluate_a_headerless_test_file_equals_the_library(saved, data_dir, tmp_path):
+    split, model, folder = saved
+    out = tmp_path / "metrics.json"
+    _run(
+        "evaluate", "--model", str(folder / "mf"), "--test", str(data_dir / "ml-100k" / "u1.test"),
+        "--sep", "\\t", "--columns", "user_id,item_id,rating,timestamp", "--rating-column", "rating",
+        "-k", "10", "-k", "20", "--output", str(out),
+    )  # fmt: skip
+    numbers = json.loads(out.read_text())
+    library = FullRankingEvaluator(split.train, split.test, ks=(10, 20)).evaluate(model).summary
+    for name in ("ndcg@10", "recall@20", "map@10", "coverage"):
+        assert numbers["ranking"][name] == pytest.approx(library[name], abs=1e-12)
+    rmse = RatingEvaluator(split.train, split.test).evaluate(model).summary["rmse"]
+    assert numbers["rating"]["rmse"] == pytest.approx(rmse, abs=1e-9)
+    assert 0.9 < rmse < 1.05 and numbers["rows"] == 20_000 and numbers["dropped_unknown"] == 0
+
+
+def test_unknown_ids_are_named_or_dropped_and_counted(saved, tmp_path):
+    _, _, folder = saved
+    test = tmp_path / "test.csv"
+    pd.DataFrame({"user_id": [1, 2, 99999], "item_id": [50, 172, 50]}).to_csv(test, index=False)
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(folder / "mf"), "--test", str(test)])
+    assert result.exit_code == 2 and "line 4" in result.output and "99999" in result.output, result.output
+    output = _run("evaluate", "--model", str(folder / "mf"), "--test", str(test), "--unknown", "drop")
+    assert "left out 1 of 3 rows" in output
+
+
+def test_predict_and_batch_recommend_write_files(saved, tmp_path):
+    split, model, folder = saved
+    pairs = tmp_path / "pairs.csv"
+    pd.DataFrame({"user_id": [1, 1, 7], "item_id": [50, 172, 1]}).to_csv(pairs, index=False)
+    _run("predict", "--model", str(folder / "mf"), "--input", str(pairs), "--output", str(tmp_path / "p.parquet"))
+    predicted = pd.read_parquet(tmp_path / "p.parquet")
+    users, items = model.users_.index([1, 1, 7]), model.items_.index([50, 172, 1])
+    np.testing.assert_allclose(predicted["prediction"], model.predict(users, items), rtol=1e-6)
+
+    _run("recommend", "--model", str(folder / "mf"), "--users", "all", "-k", "5", "--output", str(tmp_path / "r.csv"))
+    recs = pd.read_csv(tmp_path / "r.csv")
+    assert recs["user"].nunique() == int(model.known_users_.sum()) and (recs.groupby("user").size() == 5).all()
+    train = split.train
+    seen = set(zip(train.users.lookup(train.user_index), train.items.lookup(train.item_index), strict=True))
+    assert not any((u, i) in seen for u, i in zip(recs["user"], recs["item"], strict=True))  # training excluded
+    expected = model.recommend([1], k=5).to_frame()
+    assert recs[recs["user"] == 1]["item"].tolist() == expected["item"].tolist()
