@@ -268,24 +268,26 @@ def run_experiment(
     runs: list[ModelRun] = []
     first_split: Split | None = None
     interrupted = False
-    total = len(specs) * len(config.all_seeds)
+    n_folds = getattr(config.split, "n_folds", 1)
+    total = len(specs) * len(config.all_seeds) * n_folds
     with progress_bar(f"experiment {config.name}", total, enabled=progress) as bar:
         try:
             for seed in config.all_seeds:
-                split = make_experiment_split(config, data, seed)
-                check_split(split, allow_repeat_pairs=config.evaluation.allow_repeat_pairs)
-                first_split = first_split or split
-                evaluators = None
-                for index, spec in enumerate(specs):
-                    bar.update(model=spec.label, seed=seed)
-                    run = store.load(seed, index, spec.label, data.items) if store is not None else None
-                    if run is None:
-                        evaluators = evaluators or _evaluators(config, split, data)
-                        run = _run_model(config, spec, split, evaluators, seed, progress)
-                        if store is not None:
-                            store.save(run, index)
-                    runs.append(run)
-                    bar.advance()
+                for fold, split in enumerate(config.split.make_all(data, seed, config.dataset.path)):
+                    check_split(split, allow_repeat_pairs=config.evaluation.allow_repeat_pairs)
+                    first_split = first_split or split
+                    evaluators = None
+                    for index, spec in enumerate(specs):
+                        bar.update(model=spec.label, seed=seed, **({"fold": fold + 1} if fold else {}))
+                        run = store.load(seed, fold, index, spec.label, data.items) if store is not None else None
+                        if run is None:
+                            evaluators = evaluators or _evaluators(config, split, data)
+                            run = _run_model(config, spec, split, evaluators, seed, progress)
+                            run.fold = fold
+                            if store is not None:
+                                store.save(run, index)
+                        runs.append(run)
+                        bar.advance()
         except KeyboardInterrupt:
             if not runs:
                 raise

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from recforge.data.splits import (
     Split,
+    kfold_split,
     leave_last_out,
     per_user_split,
     random_split,
@@ -78,6 +79,24 @@ def test_user_disjoint(data, users, fold_in, seed):
             split.fold_in.timestamp[split.fold_in.user_index == user].max()
             <= split.test.timestamp[split.test.user_index == user].min()
         )
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=data_strategy, n_folds=st.integers(2, 7), seed=st.integers(0, 99), per_user=st.booleans())
+def test_kfold_puts_every_row_in_exactly_one_test_fold(data, n_folds, seed, per_user):
+    folds = [kfold_split(data, n_folds, f, seed=seed, per_user=per_user) for f in range(n_folds)]
+    for split in folds:
+        assert_partition(split)
+    tested = np.concatenate([split.test_rows for split in folds])
+    assert np.array_equal(np.sort(tested), np.arange(len(data)))  # each row tested once
+    sizes = np.array([len(split.test_rows) for split in folds])
+    if per_user:  # each user's rows spread over the folds: at most one apart
+        for user in np.unique(data.user_index):
+            per_fold = [int((split.test.user_index == user).sum()) for split in folds]
+            assert max(per_fold) - min(per_fold) <= 1
+    else:
+        assert sizes.max() - sizes.min() <= 1
+    assert np.array_equal(folds[0].test_rows, kfold_split(data, n_folds, 0, seed=seed, per_user=per_user).test_rows)
 
 
 @settings(max_examples=60, deadline=None)

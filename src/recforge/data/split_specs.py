@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from recforge.data.interactions import Interactions
 from recforge.data.splits import (
     Split,
+    kfold_split,
     leave_last_out,
     per_user_split,
     random_split,
@@ -32,6 +33,10 @@ class _SplitSpec(BaseModel):
 
     def make(self, data: Interactions, seed: int = 0, dataset_path: str | None = None) -> Split:
         raise NotImplementedError  # pragma: no cover - every kind implements it
+
+    def make_all(self, data: Interactions, seed: int = 0, dataset_path: str | None = None) -> list[Split]:
+        """Every split one seed gives: one, or k for k-fold cross-validation."""
+        return [self.make(data, seed, dataset_path)]
 
     @property
     def params(self) -> dict:
@@ -109,6 +114,21 @@ class LeaveLastOutSpec(_SplitSpec):
         return leave_last_out(data, self.k, self.valid_k)
 
 
+class KFoldSpec(_SplitSpec):
+    """k-fold cross-validation: every fold is the test part once; reports give each model's mean ± 95% CI
+    over the folds (and seeds). `make` gives the first fold."""
+
+    kind: Literal["kfold"] = "kfold"
+    n_folds: int = Field(5, ge=2, le=100)
+    per_user: bool = False
+
+    def make(self, data: Interactions, seed: int = 0, dataset_path: str | None = None) -> Split:
+        return kfold_split(data, self.n_folds, 0, seed=seed, per_user=self.per_user)
+
+    def make_all(self, data: Interactions, seed: int = 0, dataset_path: str | None = None) -> list[Split]:
+        return [kfold_split(data, self.n_folds, f, seed=seed, per_user=self.per_user) for f in range(self.n_folds)]
+
+
 class ML100KFoldSpec(_SplitSpec):
     """One of the folds GroupLens ships with MovieLens 100K (u1..u5, ua, ub); needs the unprocessed data."""
 
@@ -131,10 +151,20 @@ SplitSpec = Annotated[
     | UserDisjointSplitSpec
     | TemporalSplitSpec
     | LeaveLastOutSpec
+    | KFoldSpec
     | ML100KFoldSpec,
     Field(discriminator="kind"),
 ]
-SPLIT_KINDS = ("random", "stratified", "per_user", "user_disjoint", "temporal", "leave_last_out", "ml100k_fold")
+SPLIT_KINDS = (
+    "random",
+    "stratified",
+    "per_user",
+    "user_disjoint",
+    "temporal",
+    "leave_last_out",
+    "kfold",
+    "ml100k_fold",
+)
 
 for _spec in (
     RandomSplitSpec,
@@ -143,6 +173,7 @@ for _spec in (
     UserDisjointSplitSpec,
     TemporalSplitSpec,
     LeaveLastOutSpec,
+    KFoldSpec,
     ML100KFoldSpec,
 ):
     _spec.model_rebuild()

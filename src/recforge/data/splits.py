@@ -362,6 +362,38 @@ def leave_last_out(data: Interactions, k: int = 1, valid_k: int = 0) -> Split:
     )
 
 
+def kfold_split(data: Interactions, n_folds: int = 5, fold: int = 0, seed: int = 0, per_user: bool = False) -> Split:
+    """Fold `fold` of a k-fold cross-validation: the rows are shuffled once (by `seed`) and dealt into
+    `n_folds` folds of equal size (±1); the fold is the test part, the other folds train. With
+    `per_user`, each user's rows are dealt separately (a random start fold per user), so every user
+    with at least `n_folds` interactions has about 1/n_folds of them in every fold. Every row is in
+    exactly one test fold across the k splits of one seed."""
+    if not 2 <= n_folds <= 100:
+        raise ConfigError(f"n_folds must be in 2..100, got {n_folds}")
+    if not 0 <= fold < n_folds:
+        raise ConfigError(f"fold must be in 0..{n_folds - 1}, got {fold}")
+    rng = np.random.default_rng(seed)
+    keys = rng.random(len(data))
+    if per_user:
+        offset = rng.integers(0, n_folds, data.n_users)  # so small users do not all land in fold 0
+        assigned = (_rank_within_groups(data.user_index, keys) + offset[data.user_index]) % n_folds
+    else:
+        assigned = np.empty(len(data), dtype=np.int64)
+        assigned[np.argsort(keys, kind="stable")] = np.arange(len(data)) % n_folds
+    test = assigned == fold
+    return Split.from_rows(
+        data,
+        train=np.flatnonzero(~test),
+        test=np.flatnonzero(test),
+        seed=seed,
+        name=f"{n_folds}-fold{' per user' if per_user else ''}, fold {fold + 1}",
+        kind="kfold",
+        n_folds=n_folds,
+        fold=fold,
+        per_user=per_user,
+    )
+
+
 SPLITTERS = {
     "random": random_split,
     "stratified": stratified_split,
@@ -369,6 +401,7 @@ SPLITTERS = {
     "user_disjoint": user_disjoint_split,
     "temporal": temporal_split,
     "leave_last_out": leave_last_out,
+    "kfold": kfold_split,
 }
 
 

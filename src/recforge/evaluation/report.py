@@ -124,6 +124,29 @@ def metrics_table(runs: list[ModelRun], protocol: str, ks: list[int]) -> pd.Data
     return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
 
 
+def repetitions_table(runs: list[ModelRun], protocol: str, metrics: list[str]) -> pd.DataFrame:
+    """Each model's summary metrics over every seed and fold: mean ± 95% CI (Student t over the
+    repetitions) and how many there were. Empty when every model ran once."""
+    values: dict[str, dict[str, list[float]]] = {}
+    for run in runs:
+        result = run.results.get(protocol)
+        if result is None:
+            continue
+        for metric in metrics:
+            if metric in result.summary:
+                values.setdefault(run.label, {}).setdefault(metric, []).append(result.summary[metric])
+    if not values or max(len(v) for by_metric in values.values() for v in by_metric.values()) < 2:
+        return pd.DataFrame()
+    rows = []
+    for label, by_metric in values.items():
+        row: dict[str, Any] = {"model": label, "runs": max(len(v) for v in by_metric.values())}
+        for metric, numbers in by_metric.items():
+            mean, half = mean_ci(np.asarray(numbers))
+            row[metric] = f"{mean:.4f} ± {half:.4f}"
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model")
+
+
 def beyond_accuracy_table(runs: list[ModelRun], protocol: str) -> pd.DataFrame:
     rows = []
     for run in runs:
@@ -154,6 +177,7 @@ def metrics_payload(result: ExperimentResult) -> dict[str, Any]:
                 "model": run.label,
                 "class": run.model,
                 "seed": run.seed,
+                "fold": run.fold,
                 "params": run.params,
                 "results": {
                     protocol: {
@@ -193,7 +217,7 @@ def write_report(result: ExperimentResult, output: str | Path) -> Path:
 def _write_all(result: ExperimentResult, folder: Path) -> None:
     config = result.config
     first_seed = config.all_seeds[0]
-    runs = [r for r in result.runs if r.seed == first_seed]
+    runs = [r for r in result.runs if r.seed == first_seed and r.fold == 0]
     (folder / "plots").mkdir()
     write_json_atomic(folder / "metrics.json", metrics_payload(result))
     write_json_atomic(
@@ -295,9 +319,28 @@ def _sections(result: ExperimentResult, runs: list[ModelRun], folder: Path) -> l
         if table.empty:
             continue
         label = next((r.results[protocol].protocol for r in runs if protocol in r.results), protocol)
+        first = "the first seed and fold; " if len({(r.seed, r.fold) for r in result.runs}) > 1 else ""
         sections.append(
-            _Section(f"{protocol} — {label}", text="Mean ± 95% confidence interval over users.", table=table)
+            _Section(
+                f"{protocol} — {label}",
+                text=f"Mean ± 95% confidence interval over users ({first}{split.name}).",
+                table=table,
+            )
         )
+        wanted = (
+            ["rmse", "mae", "r2"]
+            if protocol == "rating"
+            else [f"{m}@{k}" for k in ev.ks for m in ("ndcg", "recall", "precision", "map")] + ["coverage"]
+        )
+        repeated = repetitions_table(result.runs, protocol, wanted)
+        if not repeated.empty:
+            sections.append(
+                _Section(
+                    f"{protocol} — over seeds and folds",
+                    text="Mean ± 95% confidence interval over the runs (seeds × folds) of each model.",
+                    table=repeated,
+                )
+            )
         cutoffs = cutoff_table(runs, protocol, ev.ks)
         if not cutoffs.empty and len(ev.ks) > 1:
             sections.append(_Section(f"{protocol} — other cut-offs", table=cutoffs))

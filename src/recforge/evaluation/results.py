@@ -30,6 +30,7 @@ class ModelRun:
     training_log: list[dict[str, float]]
     search: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # protocol -> why the model was not evaluated on it
+    fold: int = 0  # which split of the seed (k-fold cross-validation); 0 otherwise
 
 
 @dataclass
@@ -49,7 +50,7 @@ class ExperimentResult:
         seed = self.config.all_seeds[0] if seed is None else seed
         rows = []
         for run in self.runs:
-            if run.seed == seed and protocol in run.results:
+            if run.seed == seed and run.fold == 0 and protocol in run.results:
                 result = run.results[protocol]
                 rows.append({"model": run.label, **result.summary, **getattr(result, "topk_accuracy", {})})
         return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame()
@@ -58,7 +59,7 @@ class ExperimentResult:
         """Warnings for every model that scores worse than its protocol's floor (popularity for ranking, the
         global mean for ratings) on the primary metric: a defect to look into, not a result to report."""
         seed = self.config.all_seeds[0] if seed is None else seed
-        runs = [r for r in self.runs if r.seed == seed]
+        runs = [r for r in self.runs if r.seed == seed and r.fold == 0]
         warnings = []
         for protocol, floor_model in FLOORS.items():
             metric = "rmse" if protocol == "rating" else self.config.evaluation.primary_metric

@@ -2,7 +2,7 @@
 and `--resume` continues where it stopped.
 
 `<report>/runs/` holds `experiment.json` (a fingerprint of the config and the data) and, per finished
-(seed, model), `seed<s>-<nnn>.json` (labels, parameters, timings, training log, summaries, curves,
+(seed, fold, model), `seed<s>-fold<f>-<nnn>.json` (labels, parameters, timings, training log, summaries, curves,
 notes) beside Parquet/npz files for the per-user tables, top-k lists and predictions. Nothing is
 pickled; every file is written atomically, the JSON last, so a run is either complete or absent.
 A resumed run is read back exactly (floats round-trip through JSON), so the report of a resumed
@@ -48,11 +48,11 @@ class RunStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(manifest, {"fingerprint": fingerprint})
 
-    def _stem(self, seed: int, index: int) -> str:
-        return f"seed{seed}-{index:03d}"
+    def _stem(self, seed: int, fold: int, index: int) -> str:
+        return f"seed{seed}-fold{fold}-{index:03d}"
 
     def save(self, run: ModelRun, index: int) -> None:
-        stem = self._stem(run.seed, index)
+        stem = self._stem(run.seed, run.fold, index)
         results = {}
         for protocol, result in run.results.items():
             base = self.folder / f"{stem}.{protocol}"
@@ -90,6 +90,7 @@ class RunStore:
                     "params": run.params,
                     "is_baseline": run.is_baseline,
                     "seed": run.seed,
+                    "fold": run.fold,
                     "fit_seconds": run.fit_seconds,
                     "training_log": run.training_log,
                     "search": run.search,
@@ -99,9 +100,9 @@ class RunStore:
             ),
         )
 
-    def load(self, seed: int, index: int, label: str, items: Vocabulary) -> ModelRun | None:
-        """The finished run of model number `index` (named `label`) for `seed`, or None."""
-        stem = self._stem(seed, index)
+    def load(self, seed: int, fold: int, index: int, label: str, items: Vocabulary) -> ModelRun | None:
+        """The finished run of model number `index` (named `label`) for `seed` and `fold`, or None."""
+        stem = self._stem(seed, fold, index)
         path = self.folder / f"{stem}.json"
         if not path.is_file():
             return None
@@ -150,4 +151,5 @@ class RunStore:
             training_log=payload["training_log"],
             search=payload["search"],
             skipped=payload["skipped"],
+            fold=payload["fold"],
         )
