@@ -39,7 +39,7 @@ from recforge.data.split_specs import SplitSpec
 from recforge.data.splits import Split
 from recforge.errors import ConfigError
 from recforge.evaluation.guards import check_split
-from recforge.evaluation.llm_judge import JudgeConfig, LLMJudge, judge_rankings
+from recforge.evaluation.llm_judge import JudgeConfig, JudgeError, LLMJudge, judge_rankings
 from recforge.evaluation.metrics import direction
 from recforge.evaluation.protocols import (
     FullRankingEvaluator,
@@ -69,6 +69,7 @@ class DatasetConfig(_Strict):
 class LLMJudgeSettings(JudgeConfig):
     """The judge's endpoint settings plus how many test users (the first by index) and list length."""
 
+    enabled: bool = Field(True, description="false keeps the settings but skips the judge (offline runs)")
     n_users: int = 50
     k: int = 10
     title_column: str = "title"
@@ -81,11 +82,34 @@ class EvaluationConfig(_Strict):
     relevance: Literal["binary", "graded"] = "binary"
     relevance_threshold: float | None = None
     sampled_negatives: int | None = None
-    primary_metric: str = "ndcg@10"
+    primary_metric: str | None = Field(
+        None, description="the metric that ranks models and is tested first (default: ndcg@10, or ndcg@ks[0])"
+    )
     significance: Literal["wilcoxon", "t"] = "wilcoxon"
     allow_repeat_pairs: bool = False
     diversity_features: str | None = Field(None, description="item feature column (list) used for intra-list diversity")
     llm_judge: LLMJudgeSettings | None = Field(None, description="opt-in: rate ranking lists with a chat model")
+
+    @model_validator(mode="after")
+    def _primary_metric_is_measured(self) -> EvaluationConfig:
+        if not self.ks or min(self.ks) < 1:
+            raise ValueError("ks must be positive cut-offs")
+        if self.primary_metric is None:
+            self.primary_metric = f"ndcg@{10 if 10 in self.ks else self.ks[0]}"
+        name, _, k = self.primary_metric.partition("@")
+        ranking = ("ndcg", "recall", "precision", "map", "hit_rate", "mrr")
+        if name in ranking:
+            if not k.isdigit() or int(k) not in self.ks:
+                raise ValueError(
+                    f"primary_metric {self.primary_metric!r} is not measured: ks are {self.ks}; "
+                    f"use one of {[f'{name}@{c}' for c in self.ks]} or add its cut-off to ks"
+                )
+        elif self.primary_metric not in ("rmse", "mae", "mse", "r2"):
+            raise ValueError(
+                f"unknown primary_metric {self.primary_metric!r}; use a ranking metric at one of ks "
+                f"({', '.join(ranking)}) or rmse/mae/mse/r2"
+            )
+        return self
 
 
 class ExperimentModel(ModelSpec):
@@ -369,20 +393,8 @@ def _run_model(
         results[protocol] = evaluator.evaluate(model)
     judge_settings = config.evaluation.llm_judge
     ranking = results.get("ranking")
-    if judge_settings is not None and isinstance(ranking, RankingResult):
-        count = min(judge_settings.n_users, len(ranking.per_user))
-        judged = judge_rankings(
-            LLMJudge(judge_settings),
-            ranking.per_user.index.to_numpy()[:count],
-            ranking.recommended.item_index[:count, : judge_settings.k],
-            train,
-            judge_settings.title_column,
-        )
-        ranking.per_user["llm_judge_score"] = judged
-        ranking.summary["llm_judge_score"] = float(judged.mean())
-        ranking.notes.append(
-            f"llm_judge_score: {judge_settings.model} rated the top-{judge_settings.k} lists of {count} users"
-        )
+    if judge_settings is not None and judge_settings.enabled and isinstance(ranking, RankingResult):
+        _judge(judge_settings, ranking, train)
     return ModelRun(
         label=spec.label,
         model=spec.model,
@@ -395,6 +407,26 @@ def _run_model(
         search=search_log,
         skipped=skipped,
     )
+
+
+def _judge(settings: LLMJudgeSettings, ranking: RankingResult, train: Interactions) -> None:
+    """Add the LLM judge's scores to a ranking result, or a note saying why there are none: an endpoint
+    that is down or a missing key must not throw away the models already fitted."""
+    count = min(settings.n_users, len(ranking.per_user))
+    try:
+        judged = judge_rankings(
+            LLMJudge(settings),
+            ranking.per_user.index.to_numpy()[:count],
+            ranking.recommended.item_index[:count, : settings.k],
+            train,
+            settings.title_column,
+        )
+    except (JudgeError, ConfigError, OSError) as exc:
+        ranking.notes.append(f"llm_judge_score: not computed: {exc}")
+        return
+    ranking.per_user["llm_judge_score"] = judged
+    ranking.summary["llm_judge_score"] = float(judged.mean())
+    ranking.notes.append(f"llm_judge_score: {settings.model} rated the top-{settings.k} lists of {count} users")
 
 
 _ALL_BASELINES = {name for names in BASELINES.values() for name in names} | {"weighted_popularity"}

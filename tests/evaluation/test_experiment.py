@@ -212,3 +212,33 @@ def test_kfold_reports_every_fold_and_their_mean(tmp_path, data_dir):
     write_report(result, tmp_path / "report")
     report = (tmp_path / "report" / "report.md").read_text()
     assert "over seeds and folds" in report and f"{np.mean(rmse):.4f}" in report
+
+
+def test_reports_show_every_requested_cutoff_and_test_every_metric(tmp_path, data_dir):
+    """ks = [5, 20]: the primary metric defaults to ndcg@5 (ndcg@10 is not measured), the significance
+    sections are there, and precision/MAP at both cut-offs reach the report's tables."""
+    config = {
+        "name": "cutoffs",
+        "dataset": {"name": "ml-100k"},
+        "split": {"kind": "per_user"},
+        "evaluation": {"ks": [5, 20]},
+        "models": [{"model": "ials", "params": {"n_iterations": 5}}],
+    }
+    result = run_experiment(config)
+    assert result.config.evaluation.primary_metric == "ndcg@5"
+    write_report(result, tmp_path / "report")
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "ranking — significance\n" in report and "significance on every metric" in report
+    for column in ("precision@5", "map@20", "hit_rate@20", "mrr@5"):
+        assert column in report
+    grid = report.split("significance on every metric")[1]
+    assert "| ials |" in grid and "+" in grid  # iALS beats popularity significantly on some metric
+
+    with pytest.raises(ConfigError, match=r"ndcg@10.*not measured"):
+        load_config_from({**config, "evaluation": {"ks": [5, 20], "primary_metric": "ndcg@10"}})
+
+
+def load_config_from(payload):
+    from recforge.experiment import ExperimentConfig, parse_config
+
+    return parse_config(payload, ExperimentConfig)

@@ -127,3 +127,32 @@ def test_experiment_runs_the_judge_when_configured(judge_factory, data_dir, tmp_
     prompts = [r["body"]["messages"][0]["content"] for r in server.requests]
     assert all(re.search(r"^- .+ \(\d{4}\) \[[1-5]\]$", p, flags=re.M) for p in prompts)  # rated movie titles
     assert all(re.search(r"^10\. ", p, flags=re.M) for p in prompts)  # ten recommendations listed
+
+
+def test_a_missing_key_fails_at_once_without_a_request(judge_factory, monkeypatch):
+    from recforge.errors import ConfigError
+
+    judge, server = judge_factory([(200, '{"score": 5}')])
+    monkeypatch.delenv(judge.config.api_key_env, raising=False)
+    with pytest.raises(ConfigError, match=judge.config.api_key_env):
+        judge.judge(WATCHED, RECOMMENDED)
+    assert server.requests == []
+
+
+def test_experiment_notes_an_unreachable_judge_and_skips_a_disabled_one(data_dir, tmp_path):
+    from recforge.evaluation.report import write_report
+    from recforge.experiment import run_experiment
+
+    settings = {"base_url": "http://127.0.0.1:9", "model": "m", "api_key_env": None, "max_retries": 0}
+    settings |= {"backoff_seconds": 0.0, "cache_dir": str(tmp_path / "cache"), "n_users": 3}
+    config = {"dataset": {"name": "ml-100k"}, "split": {"kind": "per_user"}, "evaluation": {"llm_judge": settings}}
+    result = run_experiment(config)  # nothing listens on port 9: the models are kept, the failure noted
+    ranking = result.runs[0].results["ranking"]
+    assert "llm_judge_score" not in ranking.summary
+    assert any(note.startswith("llm_judge_score: not computed") for note in ranking.notes)
+    write_report(result, tmp_path / "report")
+    assert "llm_judge_score: not computed" in (tmp_path / "report" / "report.md").read_text()
+
+    config["evaluation"]["llm_judge"] = settings | {"enabled": False}
+    ranking = run_experiment(config).runs[0].results["ranking"]
+    assert not any("llm_judge" in note for note in ranking.notes)

@@ -186,9 +186,28 @@ def test_non_factor_models_keep_a_history_overlay(ml100k, tmp_path):
 def test_metrics_count_requests_and_latency(client):
     client.get("/health")
     client.get("/users/999999/recommendations")
-    metrics = client.get("/metrics").json()
+    metrics = client.get("/metrics/json").json()
     assert metrics["requests"]["/health 200"] >= 1 and metrics["requests"]["/users/{user_id}/recommendations 404"] >= 1
     assert sum(metrics["latency_ms_histogram"].values()) == metrics["n"] >= 2
+
+
+def test_metrics_in_the_prometheus_text_format(client):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    client.get("/health")
+    client.get("/users/999999/recommendations")
+    response = client.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    families = {family.name: family for family in text_string_to_metric_families(response.text)}
+    requests = {
+        (s.labels["route"], s.labels["status"]): s.value
+        for s in families["recforge_requests"].samples
+        if s.name == "recforge_requests_total"
+    }
+    assert requests[("/health", "200")] >= 1 and requests[("/users/{user_id}/recommendations", "404")] >= 1
+    histogram = {s.name: s for s in families["recforge_request_duration_seconds"].samples}
+    assert histogram["recforge_request_duration_seconds_count"].value >= 2
+    assert "recforge_events_applied" in families and "recforge_model_swaps" in families
 
 
 def test_web_page_is_served(client):

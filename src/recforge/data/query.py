@@ -63,6 +63,7 @@ class History:
         cls, item_lists: list[list[int]], n_items: int, ratings: list[list[float | None]] | None = None
     ) -> History:
         """Queries given as lists of item indices (in time order), with optional ratings (None = unrated)."""
+        n = len(item_lists)
         lengths = np.array([len(items) for items in item_lists], dtype=np.int64)
         indptr = np.r_[0, np.cumsum(lengths)]
         items = (
@@ -70,9 +71,11 @@ class History:
         )
         if len(items) and (items.min() < 0 or items.max() >= n_items):
             raise ConfigError("history item index out of range")
-        query = np.repeat(np.arange(len(item_lists)), lengths)
-        binary = sp.csr_matrix((np.ones(len(items), np.float32), (query, items)), shape=(len(item_lists), n_items))
-        binary.data[:] = 1.0
+        query = np.repeat(np.arange(n), lengths)
+        # canonical CSR straight from sorted unique (query, item) keys: no COO round trip (a service write
+        # builds two of these; through COO they were most of its cost)
+        keys = np.unique(query * n_items + items)
+        binary = _csr(keys, n, n_items, np.ones(len(keys), np.float32))
         rating_matrix = None
         if ratings is not None:
             values = np.array([np.nan if r is None else r for row in ratings for r in row], dtype=np.float32)
@@ -80,12 +83,10 @@ class History:
                 raise ConfigError("ratings must match the item lists one for one")
             rated = np.flatnonzero(~np.isnan(values))
             # the latest rating of a repeated item wins: keep the last occurrence per (query, item)
-            keys = query[rated] * n_items + items[rated]
-            _, last_from_end = np.unique(keys[::-1], return_index=True)
+            rated_keys = query[rated] * n_items + items[rated]
+            unique_keys, last_from_end = np.unique(rated_keys[::-1], return_index=True)
             kept = rated[len(rated) - 1 - last_from_end]
-            rating_matrix = sp.csr_matrix(
-                (values[kept], (query[kept], items[kept])), shape=(len(item_lists), n_items), dtype=np.float32
-            )
+            rating_matrix = _csr(unique_keys, n, n_items, values[kept])
         sequences = Sequences(indptr=indptr, items=items, rows=np.arange(len(items)))
         return cls(binary=binary, ratings=rating_matrix, sequences=sequences)
 
@@ -110,6 +111,16 @@ class History:
     def lengths(self) -> np.ndarray:
         """(n,) number of distinct items per query."""
         return np.diff(self.binary.indptr)
+
+
+def _csr(keys: np.ndarray, n_rows: int, n_columns: int, values: np.ndarray) -> sp.csr_matrix:
+    """A canonical CSR matrix from sorted unique flat keys (row * n_columns + column) and their values."""
+    rows = keys // n_columns
+    indptr = np.zeros(n_rows + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+    matrix = sp.csr_matrix((values, keys - rows * n_columns, indptr), shape=(n_rows, n_columns))
+    matrix.has_canonical_format = True
+    return matrix
 
 
 @dataclass(frozen=True)

@@ -93,6 +93,7 @@ class LLMJudge:
         cached = self.cache_dir / f"{key}.json"
         if cached.exists():
             return JudgeCall(Verdict.model_validate_json(cached.read_text()), cached=True, attempts=0)
+        self._headers()  # a missing key is a configuration error: fail at once, never retried
         last_error: Exception | None = None
         for attempt in range(1, self.config.max_retries + 2):
             try:
@@ -109,6 +110,15 @@ class LLMJudge:
             return JudgeCall(verdict, cached=False, attempts=attempt)
         raise JudgeError(f"no usable answer after {self.config.max_retries + 1} attempts: {last_error}")
 
+    def _headers(self) -> dict[str, str]:
+        headers = {"Content-Type": "application/json"}
+        if self.config.api_key_env:
+            key = os.environ.get(self.config.api_key_env)
+            if not key:
+                raise ConfigError(f"set {self.config.api_key_env} to the endpoint's API key (or api_key_env = none)")
+            headers["Authorization"] = f"Bearer {key}"
+        return headers
+
     def _post(self, prompt: str) -> str:
         body = json.dumps(
             {
@@ -118,14 +128,8 @@ class LLMJudge:
                 "messages": [{"role": "user", "content": prompt}],
             }
         ).encode()
-        headers = {"Content-Type": "application/json"}
-        if self.config.api_key_env:
-            key = os.environ.get(self.config.api_key_env)
-            if not key:
-                raise ConfigError(f"set {self.config.api_key_env} to the endpoint's API key (or api_key_env = none)")
-            headers["Authorization"] = f"Bearer {key}"
         request = urllib.request.Request(
-            f"{self.config.base_url.rstrip('/')}/chat/completions", data=body, headers=headers, method="POST"
+            f"{self.config.base_url.rstrip('/')}/chat/completions", data=body, headers=self._headers(), method="POST"
         )
         self.requests_sent += 1
         with urllib.request.urlopen(request, timeout=self.config.timeout_seconds) as response:

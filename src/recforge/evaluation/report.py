@@ -40,7 +40,10 @@ def _fmt(value: Any) -> str:
 
 
 def _per_user_column(protocol: str, metric: str) -> str:
-    return "mse" if protocol == "rating" else metric
+    """The per-user column a metric is tested on (RMSE by each user's MSE)."""
+    if protocol == "rating":
+        return "mae" if metric == "mae" else "mse"
+    return metric
 
 
 def significance_table(runs: list[ModelRun], protocol: str, metric: str, method: str) -> tuple[pd.DataFrame, str]:
@@ -79,8 +82,32 @@ def significance_table(runs: list[ModelRun], protocol: str, metric: str, method:
     return table, note
 
 
+def significance_grid(runs: list[ModelRun], protocol: str, metrics: list[str], method: str) -> pd.DataFrame:
+    """Holm-corrected p-values of paired per-user tests of every model against the best baseline on each
+    metric (the best baseline chosen per metric), corrected over every test in the grid; a mark says
+    whether the model is better (+) or worse (−) at 0.05."""
+    cells: list[tuple[str, str, float, float]] = []
+    for metric in metrics:
+        table, _ = significance_table(runs, protocol, metric, method)
+        if table.empty:
+            continue
+        delta = next(c for c in table.columns if c.startswith("mean Δ"))
+        for model, row in table.iterrows():
+            cells.append((str(model), metric, float(row["p"]), float(row[delta])))
+    if not cells:
+        return pd.DataFrame()
+    corrected = holm([p for _, _, p, _ in cells])
+    grid: dict[str, dict[str, str]] = {}
+    for (model, metric, _, delta), p in zip(cells, corrected, strict=True):
+        better_is_lower = direction(metric) == "min" or protocol == "rating"
+        improved = delta < 0 if better_is_lower else delta > 0
+        mark = ("+" if improved else "−") if p < 0.05 else " "
+        grid.setdefault(model, {})[metric] = f"{p:.2g} {mark}".rstrip()
+    return pd.DataFrame.from_dict(grid, orient="index").rename_axis("model")
+
+
 def cutoff_table(runs: list[ModelRun], protocol: str, ks: list[int]) -> pd.DataFrame:
-    """NDCG and Recall at every configured cut-off (means)."""
+    """Every ranking metric at every configured cut-off (means)."""
     rows = []
     for run in runs:
         result = run.results.get(protocol)
@@ -91,7 +118,7 @@ def cutoff_table(runs: list[ModelRun], protocol: str, ks: list[int]) -> pd.DataF
                     **{
                         f"{m}@{k}": result.summary[f"{m}@{k}"]
                         for k in ks
-                        for m in ("ndcg", "recall")
+                        for m in ("ndcg", "recall", "precision", "map", "hit_rate", "mrr")
                         if f"{m}@{k}" in result.summary
                     },
                 }
@@ -160,7 +187,7 @@ def beyond_accuracy_table(runs: list[ModelRun], protocol: str) -> pd.DataFrame:
                 **{k: _fmt(v) for k, v in result.topk_accuracy.items()},
                 **{
                     k: _fmt(summary[k])
-                    for k in ("coverage", "novelty", "avg_popularity", "gini", "diversity")
+                    for k in ("coverage", "novelty", "avg_popularity", "gini", "diversity", "llm_judge_score")
                     if k in summary
                 },
             }
@@ -347,6 +374,24 @@ def _sections(result: ExperimentResult, runs: list[ModelRun], folder: Path) -> l
         significance, note = significance_table(runs, protocol, metric, ev.significance)
         if not significance.empty:
             sections.append(_Section(f"{protocol} — significance", text=note, table=significance))
+            every = (
+                ["rmse", "mae"]
+                if protocol == "rating"
+                else [f"{m}@{k}" for k in ev.ks for m in ("ndcg", "recall", "precision", "map", "hit_rate", "mrr")]
+            )
+            grid = significance_grid(runs, protocol, every, ev.significance)
+            if not grid.empty:
+                sections.append(
+                    _Section(
+                        f"{protocol} — significance on every metric",
+                        text=(
+                            f"Paired {ev.significance} tests against the best baseline on each metric; p-values "
+                            f"Holm-corrected over all {grid.count().sum()} tests of this table; + better, − worse "
+                            "at 0.05."
+                        ),
+                        table=grid,
+                    )
+                )
         beyond = beyond_accuracy_table(runs, protocol)
         if not beyond.empty:
             sections.append(

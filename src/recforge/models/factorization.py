@@ -67,12 +67,15 @@ class FactorModel(Recommender):
         vector = previous.vector if previous is not None else self.user_factors_[user]
         bias = previous.bias if previous is not None else float(self.user_bias_[user])
         items = self._items_after(user, added, previous)
-        rated = added.ratings.getrow(0) if added.ratings is not None else None
-        if RATINGS in self.capabilities and rated is not None and rated.nnz:
-            q = self.item_factors_[rated.indices].astype(np.float64)
-            residual = rated.data - self.global_bias_ - bias - self.item_bias_[rated.indices]
+        ratings = added.ratings
+        # the first row's rated items and values, read off the CSR arrays (getrow builds a matrix)
+        rated_items = ratings.indices[ratings.indptr[0] : ratings.indptr[1]] if ratings is not None else None
+        if RATINGS in self.capabilities and rated_items is not None and len(rated_items):
+            rated_values = ratings.data[ratings.indptr[0] : ratings.indptr[1]]
+            q = self.item_factors_[rated_items].astype(np.float64)
+            residual = rated_values - self.global_bias_ - bias - self.item_bias_[rated_items]
             reg, _, per_rating = self.fold_in_penalty_
-            reg = max(float(reg), 1e-6) * (len(rated.indices) if per_rating else 1)
+            reg = max(float(reg), 1e-6) * (len(rated_items) if per_rating else 1)
             system = q.T @ q + reg * np.eye(q.shape[1])
             vector = np.linalg.solve(system, q.T @ residual + reg * vector.astype(np.float64))
         elif RATINGS not in self.capabilities:

@@ -1,12 +1,12 @@
 """The HTTP service: `create_app(service)` or `recforge serve --model DIR`.
 
 Endpoints (JSON): GET /health, GET /users/{id}/recommendations?k=&exclude_seen=, POST /recommendations,
-POST /users/{id}/interactions, POST /items (new items from features),
-GET /items/{id}/similar?k=, POST /predict, GET /items?query=&limit=,
-GET /metrics; GET / serves the web page. Errors: unknown ids -> 404, impossible requests (a model that
-cannot predict) -> 409, bad parameters or bodies -> 422 naming the field, bodies over `max_body_bytes`
--> 413. Handlers are plain `def` functions, so FastAPI runs them in its thread pool and numpy/torch work
-of concurrent requests overlaps (they release the GIL). The exception is a known user's recommendations
+POST /users/{id}/interactions, POST /items (new items from features), GET /items/{id}/similar?k=,
+POST /predict, GET /items?query=&limit=, GET /metrics (Prometheus text; /metrics/json the same as
+JSON); GET / serves the web page. Errors: unknown ids -> 404, impossible requests (a model that cannot
+predict) -> 409, bad parameters or bodies -> 422 naming the field, bodies over `max_body_bytes` -> 413.
+Handlers are plain `def` functions, so FastAPI runs them in its thread pool and numpy/torch work of
+concurrent requests overlaps (they release the GIL). The exception is a known user's recommendations
 when the service can answer them in well under a millisecond (an ANN index, or a small catalogue): those
 run on the event loop, because the thread hop cost more than the work (see docs/serving.md).
 """
@@ -21,9 +21,10 @@ from collections.abc import AsyncIterator
 from importlib import resources
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
@@ -73,6 +74,39 @@ class Metrics:
             self.buckets[slot] += 1
             self.total_ms += milliseconds
             self.n += 1
+
+    def prometheus(self, gauges: dict[str, tuple[str, float]]) -> bytes:
+        """The counters, the latency histogram (seconds, cumulative buckets) and `gauges` (name ->
+        (help, value)) in the Prometheus text exposition format, encoded by prometheus-client."""
+        from prometheus_client import CollectorRegistry, generate_latest
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+
+        with self._lock:
+            counts, buckets, total_ms = dict(self.counts), list(self.buckets), self.total_ms
+
+        class Snapshot:
+            def collect(self) -> Any:
+                requests = CounterMetricFamily(
+                    "recforge_requests", "HTTP responses by route template and status", labels=["route", "status"]
+                )
+                for key, value in sorted(counts.items()):
+                    route, _, status = key.rpartition(" ")
+                    requests.add_metric([route, status], value)
+                yield requests
+                cumulative = np.cumsum(buckets).tolist()
+                edges = [str(edge / 1000) for edge in LATENCY_BUCKETS_MS] + ["+Inf"]
+                yield HistogramMetricFamily(
+                    "recforge_request_duration_seconds",
+                    "time from a request's first byte to its response",
+                    buckets=list(zip(edges, cumulative, strict=True)),
+                    sum_value=total_ms / 1000,
+                )
+                for name, (text, value) in gauges.items():
+                    yield GaugeMetricFamily(name, text, value=value)
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(Snapshot())
+        return generate_latest(registry)
 
     def snapshot(self) -> dict[str, Any]:
         with self._lock:
@@ -272,8 +306,21 @@ def create_app(
     ) -> dict:
         return {"query": query, "items": service.search_items(query, limit)}
 
-    @app.get("/metrics")
-    def get_metrics() -> dict:
+    @app.get("/metrics", response_class=PlainTextResponse, responses={200: {"content": {"text/plain": {}}}})
+    def get_metrics() -> PlainTextResponse:
+        """Prometheus text format: request counts by route and status, the latency histogram, and the
+        engine's event and swap gauges. Each worker process answers for itself."""
+        engine = service.engine
+        gauges = {
+            "recforge_events_applied": ("the last event sequence number this worker applied", engine.applied),
+            "recforge_events_applied_total": ("events this worker applied since it started", engine.applied_total),
+            "recforge_model_swaps": ("model swaps this worker made", engine.swaps),
+        }
+        return PlainTextResponse(metrics.prometheus(gauges), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    @app.get("/metrics/json")
+    def get_metrics_json() -> dict:
+        """The same counters as JSON (per route and status, a latency histogram in milliseconds)."""
         return metrics.snapshot()
 
     page = resources.files("recforge.serving").joinpath("static/index.html").read_text(encoding="utf-8")

@@ -120,15 +120,21 @@ class Engine:
         return engine
 
     # ------------------------------------------------------------------ catching up
-    def catch_up(self, upto: int | None = None) -> int:
+    def catch_up(self, upto: int | None = None, own: Event | None = None) -> int:
         """Apply every committed event this worker has not applied yet (or those up to `upto`, a seq known
-        to be committed: a writer's own event), in order; returns the applied seq."""
+        to be committed: a writer's own event), in order; returns the applied seq. A writer passes its
+        just-committed event as `own`: when it is the next one in sequence it is applied as is, without
+        reading it back from the store."""
         latest = upto if upto is not None else self.store.latest_seq() if self.horizon is None else self.horizon
         if latest <= self.applied:
             return self.applied
         with self._apply_lock:
             if latest > self.applied:
-                for event in self.store.events_after(self.applied, latest):
+                if own is not None and own.seq == latest == self.applied + 1:
+                    events = [own]
+                else:
+                    events = self.store.events_after(self.applied, latest)
+                for event in events:
                     self._apply(event)
                     self.applied = event.seq
                     self.applied_total += 1

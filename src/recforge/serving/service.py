@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from recforge.models.base import Recommendations, Recommender
 from recforge.models.factorization import FactorModel
 from recforge.serving.engine import Engine, Snapshot, check_same_interface
 from recforge.serving.schemas import INTEGER_PATTERN, MAX_ID_LENGTH, MAX_INTEGER_ID, MAX_K
-from recforge.serving.store import EventStore
+from recforge.serving.store import Event, EventStore
 
 _INTEGER = re.compile(INTEGER_PATTERN)
 
@@ -210,7 +211,7 @@ class RecommenderService:
             "ratings": values,
         }
         seq = self.engine.store.append("interactions", payload, user=str(payload["user"]))
-        self.engine.catch_up(upto=seq)
+        self.engine.catch_up(upto=seq, own=Event(seq, "interactions", str(payload["user"]), payload, time.time()))
         update = self.engine.snapshot.updates.get(index)
         if update is None or update.vector is None:
             how = "history overlay"
