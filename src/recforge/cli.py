@@ -1,5 +1,10 @@
 """`recforge` command line. Thin: parses arguments, calls the same library functions a notebook would,
-prints with Rich. Errors recforge raises on purpose are printed as one red line with exit code 2."""
+prints with Rich. Errors recforge raises on purpose are printed as one red line with exit code 2.
+
+Why one module of ~600 lines: it holds nothing but ~20 thin commands (options, one library call, a
+printed table), kept together so the whole command surface and its help text read in one place; no
+logic lives here to split (files -> `evaluation.saved`, experiments -> `experiment`, serving ->
+`serving`)."""
 
 from __future__ import annotations
 
