@@ -29,6 +29,7 @@ LAYERS: dict[str, int] = {
     "recforge.evaluation": 6,
     "recforge.experiment": 7,
     "recforge.train": 7,
+    "recforge.tune": 7,
     "recforge.serving": 8,
     "recforge.spark": 8,
     "recforge.cli": 9,

@@ -231,6 +231,37 @@ def demo(
     _run_and_report(demo_config(path), output)
 
 
+@app.command()
+@_friendly
+def tune(
+    config: Annotated[Path, typer.Argument(help="tuning config: an experiment config plus a [tune] table")],
+    study: Annotated[
+        Path | None, typer.Option(help="SQLite file of the Optuna study (default: <config>.study.sqlite); resumes")
+    ] = None,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="finished trials wanted in the study (default: config)")
+    ] = None,
+    output: Annotated[Path | None, typer.Option(help="best parameters as TOML (default: <config>.best.toml)")] = None,
+) -> None:
+    """Hyper-parameter search with Optuna (TPE or random, median pruning of epoch-trained fits) on the
+    split's validation carve-out; the study is stored in SQLite, so a stopped search resumes."""
+    from recforge._io import write_text_atomic
+    from recforge.tune import best_as_toml, load_tune_config
+    from recforge.tune import tune as run_tune
+
+    spec = load_tune_config(config)
+    study = study or config.with_suffix(".study.sqlite")
+    output = output or config.with_suffix(".best.toml")
+    result = run_tune(spec, study, trials=trials, progress=True)
+    write_text_atomic(output, best_as_toml(result))
+    console.print(
+        f"best {result['metric']} {result['best_value']:.4f} (trial {result['best_trial']}; "
+        f"{result['complete']} complete, {result['pruned']} pruned of {result['trials']}): "
+        + escape(str(result["best_params"]))
+    )
+    console.print(f"study: {study}  best parameters: {output}")
+
+
 # ----------------------------------------------------------------------------- artifacts and serving
 @app.command()
 @_friendly

@@ -4,6 +4,7 @@ progress, validation data, checkpoints: how to train, as opposed to what)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,3 +88,6 @@ class TrainOptions:
     # neural models: write a checkpoint here after every epoch, and resume from it when one from the same
     # run (model, config, data, seed) exists — a killed run picks up where it stopped
     checkpoint_dir: str | None = None
+    # called after every epoch of an epoch-trained model with (epoch, log entry): `recforge tune` reports
+    # validation metrics to its pruner here (raising optuna.TrialPruned stops the fit)
+    on_epoch: Callable[[int, dict[str, float]], None] | None = None

@@ -197,6 +197,8 @@ def fit_epochs(
                     stop = stopper.update(metrics[plan.monitor], epoch, trainer.weights())
             log.append(entry)
             logger.info("%s epoch %d: %s", plan.description, epoch, entry)
+            if getattr(options, "on_epoch", None) is not None:
+                options.on_epoch(epoch, entry)
             if checkpoints is not None and parallel.is_main:
                 checkpoints.save(
                     epoch,

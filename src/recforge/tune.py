@@ -1,0 +1,251 @@
+"""`recforge tune`: hyper-parameter search with Optuna on a validation carve-out, never on the test part.
+
+A tuning config is an experiment config (dataset, preprocessing, split with a `[split.validation]`
+carve-out, evaluation) plus a `[tune]` table:
+
+    [tune]
+    model = "mf"
+    metric = "rmse"            # default: the evaluation's primary metric (rmse for rating-only protocols)
+    trials = 30
+    sampler = "tpe"            # or "random"
+    prune = true               # stop epoch-trained fits whose validation curve trails (median rule)
+    fixed = { n_epochs = 30 }  # parameters every trial uses
+    [tune.params]              # the search space, one table per parameter
+    n_factors = { low = 16, high = 256, log = true }     # integers when both bounds are integers
+    lr = { low = 1e-4, high = 0.1, log = true }
+    reg = { low = 0.0, high = 0.2 }
+    init_std = { choices = [0.01, 0.1] }
+
+Every trial fits the model on the training part minus the carve-out and is scored on the carve-out;
+epoch-trained models report their per-epoch validation metric to Optuna's median pruner. The study lives
+in a SQLite file (`--study`), so an interrupted search resumes where it stopped and more trials can be
+added later. The best parameters are written as a TOML `[[models]]` entry that `recforge compare` reads.
+Search spaces are checked against the model's typed config before any data is read.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from recforge.errors import ConfigError, TrainingDivergedError
+from recforge.evaluation.metrics import direction
+from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator
+from recforge.experiment import ExperimentConfig, load_config
+from recforge.models.config import TrainOptions
+from recforge.models.registry import ModelSpec
+
+RATING_METRICS = ("rmse", "mae", "mse", "r2")
+
+
+class Dimension(BaseModel):
+    """One parameter's range: `low`/`high` (integers when both are integers; `log` for a log scale), or
+    `choices`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    low: int | float | None = None  # integers stay integers: both ends integral -> an integer parameter
+    high: int | float | None = None
+    log: bool = False
+    choices: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Dimension:
+        if self.choices is not None:
+            if self.low is not None or self.high is not None or not self.choices:
+                raise ValueError("give either choices (non-empty) or low/high, not both")
+        elif self.low is None or self.high is None or not self.low <= self.high:
+            raise ValueError("give low <= high, or choices")
+        elif self.log and self.low <= 0:
+            raise ValueError("a log scale needs low > 0")
+        return self
+
+    @property
+    def integer(self) -> bool:
+        return isinstance(self.low, int) and isinstance(self.high, int)
+
+    def corners(self) -> list[Any]:
+        """Values that must all be valid for the model (checked at load)."""
+        if self.choices is not None:
+            return list(self.choices)
+        return [self.low, self.high]
+
+    def suggest(self, trial: Any, name: str) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(name, self.choices)
+        if self.integer:
+            return trial.suggest_int(name, int(self.low), int(self.high), log=self.log)  # type: ignore[arg-type]
+        return trial.suggest_float(name, float(self.low), float(self.high), log=self.log)  # type: ignore[arg-type]
+
+
+class TuneSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
+    model: str
+    params: dict[str, Dimension] = Field(description="the search space")
+    fixed: dict[str, Any] = Field(default_factory=dict, description="parameters every trial uses")
+    metric: str | None = None
+    trials: int = Field(20, ge=1)
+    sampler: Literal["tpe", "random"] = "tpe"
+    prune: bool = True
+
+    @model_validator(mode="after")
+    def _space_fits_the_model(self) -> TuneSettings:
+        if not self.params:
+            raise ValueError("tune.params is empty: name at least one parameter to search")
+        overlap = set(self.params) & set(self.fixed)
+        if overlap:
+            raise ValueError(f"{sorted(overlap)} are both searched and fixed")
+        spec = ModelSpec(model=self.model, params=self.fixed)
+        for name, dimension in self.params.items():  # every end of every range must be a valid value
+            for value in dimension.corners():
+                spec.model_config_for({**self.fixed, name: value})
+        return self
+
+
+class TuneConfig(ExperimentConfig):
+    tune: TuneSettings
+
+    @model_validator(mode="after")
+    def _needs_a_carve_out(self) -> TuneConfig:
+        if self.split.validation is None:
+            raise ValueError(
+                "tuning needs a validation carve-out of the training part: add [split.validation] "
+                '(e.g. kind = "per_user", test_fraction = 0.1); the test part is never used for tuning'
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _metric_is_known(self) -> TuneConfig:
+        metric = self.metric
+        name, _, k = metric.partition("@")
+        ranking = ("ndcg", "recall", "precision", "map", "hit_rate", "mrr")
+        if metric not in RATING_METRICS and not (name in ranking and k.isdigit() and int(k) > 0):
+            raise ValueError(f"tune.metric {metric!r}: use one of {list(RATING_METRICS)} or e.g. ndcg@10, recall@20")
+        return self
+
+    @property
+    def metric(self) -> str:
+        if self.tune.metric is not None:
+            return self.tune.metric
+        return "rmse" if self.evaluation.protocols == ["rating"] else str(self.evaluation.primary_metric)
+
+
+def load_tune_config(path: str | Path) -> TuneConfig:
+    return load_config(path, TuneConfig)
+
+
+def tune(
+    config: TuneConfig, study_path: str | Path, *, trials: int | None = None, progress: bool = False
+) -> dict[str, Any]:
+    """Run (or continue) the study in `study_path` until it has `trials` finished trials (default: the
+    config's); returns the best trial: parameters, value, and the study's counts."""
+    import optuna
+
+    from recforge.data.loaders import load_dataset
+    from recforge.data.preprocess import preprocess
+
+    study_path = Path(study_path)
+    if not study_path.parent.is_dir():
+        raise ConfigError(f"{study_path}: the study's folder {study_path.parent} does not exist")
+    metric = config.metric
+    minimise = direction(metric) == "min"
+    data = load_dataset(config.dataset.name, config.dataset.path, **config.dataset.options)
+    data, _ = preprocess(data, config.preprocess)
+    split = config.split.make(data, config.seed, config.dataset.path)
+    assert config.split.validation is not None
+    inner = config.split.validation.make(split.train, config.seed, config.dataset.path)
+    if metric in RATING_METRICS:
+        evaluator: Any = RatingEvaluator(inner.train, inner.test)
+    else:
+        ks = tuple(sorted({*config.evaluation.ks, int(metric.partition("@")[2] or 10)}))
+        evaluator = FullRankingEvaluator(
+            inner.train, inner.test, ks=ks, relevance_threshold=config.evaluation.relevance_threshold
+        )
+    settings = config.tune
+    sampler = (
+        optuna.samplers.TPESampler(seed=config.seed)
+        if settings.sampler == "tpe"
+        else optuna.samplers.RandomSampler(seed=config.seed)
+    )
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if settings.prune else None
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        study_name=config.name,
+        storage=f"sqlite:///{Path(study_path).resolve()}",
+        load_if_exists=True,
+        direction="minimize" if minimise else "maximize",
+        sampler=sampler,
+        pruner=pruner,
+    )
+
+    def objective(trial: Any) -> float:
+        params = {**settings.fixed, **{name: d.suggest(trial, name) for name, d in settings.params.items()}}
+        model = ModelSpec(model=settings.model, params=params).build()
+
+        def report(epoch: int, entry: dict[str, float]) -> None:
+            monitored = next((v for k, v in entry.items() if k.startswith("valid_")), None)
+            if pruner is None or monitored is None or not math.isfinite(monitored):
+                return
+            trial.report(monitored, epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {epoch}: {monitored:.4f} trails the median")
+
+        started = time.perf_counter()
+        model.fit(
+            inner.train, TrainOptions(seed=config.seed, valid=inner.test, on_epoch=report, threads=config.threads)
+        )
+        value = float(evaluator.evaluate(model).summary[metric])
+        trial.set_user_attr("fit_seconds", time.perf_counter() - started)
+        return value
+
+    done = [t for t in study.trials if t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+    wanted = trials if trials is not None else settings.trials
+    remaining = max(0, wanted - len(done))
+    if remaining:
+        study.optimize(
+            objective,
+            n_trials=remaining,
+            show_progress_bar=False,
+            callbacks=[_printer(progress)],
+            catch=(TrainingDivergedError,),  # a learning rate that diverges is a failed trial, not the end
+        )
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        raise ConfigError(f"study {config.name!r} has no completed trial (all pruned or failed)")
+    best = study.best_trial
+    return {
+        "model": settings.model,
+        "metric": metric,
+        "direction": "minimize" if minimise else "maximize",
+        "best_value": best.value,
+        "best_params": {**settings.fixed, **best.params},
+        "best_trial": best.number,
+        "trials": len(study.trials),
+        "complete": len(complete),
+        "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
+        "validation": inner.name,
+    }
+
+
+def _printer(enabled: bool) -> Any:
+    def callback(study: Any, trial: Any) -> None:
+        if enabled:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+            value = "pruned" if trial.value is None else f"{trial.value:.4f}"
+            print(f"{stamp} trial {trial.number}: {value} {trial.params}", flush=True)
+
+    return callback
+
+
+def best_as_toml(result: dict[str, Any]) -> str:
+    """The best parameters as a `[[models]]` entry for an experiment config."""
+    import tomli_w
+
+    note = (
+        f"# recforge tune: best of {result['complete']} completed trial(s) on {result['validation']}, "
+        f"{result['metric']} = {result['best_value']:.6g}\n"
+    )
+    return note + tomli_w.dumps({"models": [{"model": result["model"], "params": result["best_params"]}]})
