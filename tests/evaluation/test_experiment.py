@@ -242,3 +242,31 @@ def load_config_from(payload):
     from recforge.experiment import ExperimentConfig, parse_config
 
     return parse_config(payload, ExperimentConfig)
+
+
+def test_training_curves_put_each_validation_metric_on_its_own_axis(tmp_path):
+    import matplotlib.pyplot as plt
+
+    from recforge.evaluation import plots
+
+    logs = {
+        "mf": [{"epoch": e, "loss": 0.9 / e, "valid_rmse": 1.0 - 0.01 * e} for e in range(1, 6)],
+        "sasrec": [{"epoch": e, "loss": 8.0 / e, "valid_ndcg@10": 0.02 * e} for e in range(1, 6)],
+        "bias": [],
+    }
+    closed = []
+    original = plots._save
+    plots._save = lambda figure, path: (
+        closed.append([a for a in figure.axes if a.get_visible()]),
+        original(figure, path),
+    )[1]
+    try:
+        path = plots.training_curves(logs, tmp_path / "curves.png")
+    finally:
+        plots._save = original
+    assert path is not None and path.exists()
+    axes = closed[0]
+    assert [a.get_title() for a in axes] == ["training loss (relative)", "valid_ndcg@10", "valid_rmse"]
+    relative = {line.get_label(): line.get_ydata() for line in axes[0].get_lines()}
+    assert relative["mf"][0] == relative["sasrec"][0] == 1.0  # both start at 1: one scale for all losses
+    plt.close("all")

@@ -57,19 +57,39 @@ def histogram(values: np.ndarray, path: Path, title: str, xlabel: str) -> Path:
 
 
 def training_curves(logs: Mapping[str, Sequence[Mapping[str, float]]], path: Path) -> Path | None:
-    """Loss per epoch for every model that logged one (and validation metrics when present)."""
-    with_loss = {label: log for label, log in logs.items() if log and "loss" in log[0]}
-    if not with_loss:
+    """Per epoch, one panel per quantity: the training loss of every model relative to its first epoch
+    (models' losses are on different scales: MSE, BPR, cross-entropy), then each validation metric a model
+    logged (valid_rmse, valid_ndcg@10, the retrieval study's top-k accuracy, ...) on its own axis."""
+    logs = {label: log for label, log in logs.items() if log}
+    quantities: list[str] = []
+    for log in logs.values():
+        for key in log[0]:
+            if key != "epoch" and key not in quantities and all(isinstance(e.get(key), (int, float)) for e in log):
+                quantities.append(key)
+    if not quantities:
         return None
-    figure, axis = plt.subplots(figsize=(6.5, 3.6))
-    for label, log in with_loss.items():
-        epochs = [entry.get("epoch", i + 1) for i, entry in enumerate(log)]
-        axis.plot(epochs, [entry["loss"] for entry in log], marker="o", markersize=3, label=label)
-    axis.set_xlabel("epoch")
-    axis.set_ylabel("training loss")
-    axis.set_yscale("log")
-    axis.set_title("Training loss per epoch")
-    axis.legend(fontsize=8)
+    quantities.sort(key=lambda q: (q != "loss", q))
+    columns = min(3, len(quantities))
+    rows = -(-len(quantities) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for axis, quantity in zip(axes.ravel(), quantities, strict=False):
+        for label, log in logs.items():
+            points = [(entry.get("epoch", i + 1), entry[quantity]) for i, entry in enumerate(log) if quantity in entry]
+            if not points:
+                continue
+            epochs, values = zip(*points, strict=True)
+            values = np.asarray(values, dtype=np.float64)
+            if quantity == "loss" and values[0] not in (0.0,) and np.isfinite(values[0]):
+                values = values / values[0]
+            axis.plot(epochs, values, marker="o", markersize=3, label=label)
+        axis.set_xlabel("epoch")
+        axis.set_ylabel("training loss / epoch 1" if quantity == "loss" else quantity)
+        axis.set_title("training loss (relative)" if quantity == "loss" else quantity, fontsize=10)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    for axis in axes.ravel()[len(quantities) :]:
+        axis.set_visible(False)
+    figure.suptitle("Training curves")
     return _save(figure, path)
 
 

@@ -254,9 +254,9 @@ def _sections(result: ExperimentResult, runs: list[ModelRun], folder: Path) -> l
             {"train": train.rating, "test": test.rating}, folder / "plots" / "ratings_distribution.png"
         )
         sections.append(_Section("Ratings distribution", image=str(path.relative_to(folder))))
-    path = plots.training_curves({r.label: r.training_log for r in runs}, folder / "plots" / "training_loss.png")
+    path = plots.training_curves({r.label: r.training_log for r in runs}, folder / "plots" / "training_curves.png")
     if path is not None:
-        sections.append(_Section("Training loss", image=str(path.relative_to(folder))))
+        sections.append(_Section("Training curves", image=str(path.relative_to(folder))))
     for protocol in ev.protocols:
         curves = {
             r.label: r.results[protocol].curves
