@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from recforge._progress import progress_bar
 from recforge._version import __version__
-from recforge.coldstart import KNOWN_USERS, RATINGS
+from recforge.coldstart import EMBEDDINGS, KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
 from recforge.data.loaders import load_dataset
 from recforge.data.preprocess import PreprocessStep, preprocess
@@ -75,6 +75,17 @@ class LLMJudgeSettings(JudgeConfig):
     title_column: str = "title"
 
 
+class ClusterSettings(_Strict):
+    """The anime clustering study as an experiment option: for every ranked model with item embeddings,
+    an elbow curve over `elbow` cluster counts and, per method, the model answered from each user's
+    nearest cluster (`models.clustered`), evaluated beside the full model."""
+
+    methods: list[Literal["kmeans", "gmm"]] = Field(default_factory=lambda: ["kmeans"])
+    n_clusters: int = Field(20, ge=1)
+    rank: Literal["popularity", "score"] = "popularity"
+    elbow: list[int] = Field(default_factory=lambda: [2, 4, 8, 16, 32, 64])
+
+
 class EvaluationConfig(_Strict):
     protocols: list[Protocol] = Field(default_factory=lambda: ["ranking"])
     ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
@@ -89,6 +100,7 @@ class EvaluationConfig(_Strict):
     allow_repeat_pairs: bool = False
     diversity_features: str | None = Field(None, description="item feature column (list) used for intra-list diversity")
     llm_judge: LLMJudgeSettings | None = Field(None, description="opt-in: rate ranking lists with a chat model")
+    clusters: ClusterSettings | None = Field(None, description="opt-in: cluster retrieval and elbow curves")
 
     @model_validator(mode="after")
     def _primary_metric_is_measured(self) -> EvaluationConfig:
@@ -303,14 +315,15 @@ def run_experiment(
                     evaluators = None
                     for index, spec in enumerate(specs):
                         bar.update(model=spec.label, seed=seed, **({"fold": fold + 1} if fold else {}))
-                        run = store.load(seed, fold, index, spec.label, data.items) if store is not None else None
-                        if run is None:
+                        group = store.load_group(seed, fold, index, spec.label, data.items) if store else None
+                        if group is None:
                             evaluators = evaluators or _evaluators(config, split, data)
-                            run = _run_model(config, spec, split, evaluators, seed, progress)
-                            run.fold = fold
+                            group = _run_model(config, spec, split, evaluators, seed, progress)
+                            for run in group:
+                                run.fold = fold
                             if store is not None:
-                                store.save(run, index)
-                        runs.append(run)
+                                store.save_group(group, index)
+                        runs.extend(group)
                         bar.advance()
         except KeyboardInterrupt:
             if not runs:
@@ -372,7 +385,8 @@ def _run_model(
     evaluators: dict[str, Any],
     seed: int,
     progress: bool = False,
-) -> ModelRun:
+) -> list[ModelRun]:
+    """The model's run, then one run per clustered variant when `[evaluation.clusters]` asks for them."""
     params = dict(spec.params)
     search_log: list[dict[str, Any]] = []
     valid = split.valid
@@ -395,7 +409,7 @@ def _run_model(
     ranking = results.get("ranking")
     if judge_settings is not None and judge_settings.enabled and isinstance(ranking, RankingResult):
         _judge(judge_settings, ranking, train)
-    return ModelRun(
+    run = ModelRun(
         label=spec.label,
         model=spec.model,
         params=model.config.model_dump(),
@@ -407,6 +421,48 @@ def _run_model(
         search=search_log,
         skipped=skipped,
     )
+    settings = config.evaluation.clusters
+    if settings is None or EMBEDDINGS not in model.capabilities or run.is_baseline:
+        return [run]
+    return [run, *_clustered_runs(settings, run, model, evaluators, seed)]
+
+
+def _clustered_runs(
+    settings: ClusterSettings, run: ModelRun, model: Recommender, evaluators: dict[str, Any], seed: int
+) -> list[ModelRun]:
+    """The elbow curves (kept on `run`) and each method's nearest-cluster recommender, evaluated on the
+    ranking protocols like any model."""
+    from recforge.models.clustered import ClusteredRecommender
+    from recforge.retrieval.clusters import elbow
+
+    vectors = model.item_embeddings()
+    ks = [k for k in settings.elbow if k <= len(vectors)]
+    run.elbow = {m: {str(k): v for k, v in elbow(vectors, ks, m, seed).items()} for m in settings.methods}
+    variants = []
+    for method in settings.methods:
+        started = time.perf_counter()
+        clustered = ClusteredRecommender.around(model, settings.n_clusters, method, settings.rank, seed)
+        seconds = time.perf_counter() - started
+        results = {p: e.evaluate(clustered) for p, e in evaluators.items() if p in ("ranking", "next_item")}
+        for result in results.values():
+            sizes = clustered.cluster_sizes()
+            result.notes.append(
+                f"{method}, {settings.n_clusters} clusters of {sizes.min()}-{sizes.max()} items, ranked by "
+                f"{settings.rank} inside each user's nearest cluster"
+            )
+        variants.append(
+            ModelRun(
+                label=f"{run.label} · {method}-{settings.n_clusters}",
+                model="clustered",
+                params={"of": run.label, "method": method, "n_clusters": settings.n_clusters, "rank": settings.rank},
+                is_baseline=False,
+                seed=seed,
+                fit_seconds=seconds,
+                results=results,
+                training_log=[],
+            )
+        )
+    return variants
 
 
 def _judge(settings: LLMJudgeSettings, ranking: RankingResult, train: Interactions) -> None:

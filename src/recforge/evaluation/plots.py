@@ -93,6 +93,25 @@ def training_curves(logs: Mapping[str, Sequence[Mapping[str, float]]], path: Pat
     return _save(figure, path)
 
 
+def elbow_curves(curves: Mapping[str, Mapping[str, Mapping[str, float]]], path: Path) -> Path | None:
+    """Per clustering method, inertia (k-means) or BIC (GMM) against the number of clusters, one line per
+    model whose item embeddings were clustered: pick k where the curve bends."""
+    methods = sorted({method for by_method in curves.values() for method in by_method})
+    if not methods:
+        return None
+    figure, axes = plt.subplots(1, len(methods), figsize=(4.6 * len(methods), 3.4), squeeze=False)
+    for axis, method in zip(axes[0], methods, strict=True):
+        for label, by_method in curves.items():
+            points = sorted((int(k), v) for k, v in by_method.get(method, {}).items())
+            if points:
+                axis.plot(*zip(*points, strict=True), marker="o", markersize=3, label=label)
+        axis.set_xscale("log", base=2)
+        axis.set(xlabel="clusters k", ylabel="inertia" if method == "kmeans" else "BIC", title=f"{method} elbow")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=7)
+    return _save(figure, path)
+
+
 def metric_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Path, protocol: str) -> Path | None:
     """NDCG@k and Recall@k for k = 1..K, one line per model."""
     if not curves:

@@ -257,6 +257,16 @@ def _sections(result: ExperimentResult, runs: list[ModelRun], folder: Path) -> l
     path = plots.training_curves({r.label: r.training_log for r in runs}, folder / "plots" / "training_curves.png")
     if path is not None:
         sections.append(_Section("Training curves", image=str(path.relative_to(folder))))
+    path = plots.elbow_curves({r.label: r.elbow for r in runs if r.elbow}, folder / "plots" / "elbow.png")
+    if path is not None:
+        sections.append(
+            _Section(
+                "Clusters of item embeddings",
+                text="Inertia (k-means) or BIC (Gaussian mixture) by number of clusters; the clustered models "
+                "in the tables answer each user from the nearest cluster.",
+                image=str(path.relative_to(folder)),
+            )
+        )
     for protocol in ev.protocols:
         curves = {
             r.label: r.results[protocol].curves

@@ -31,6 +31,8 @@ class ModelRun:
     search: list[dict[str, Any]] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)  # protocol -> why the model was not evaluated on it
     fold: int = 0  # which split of the seed (k-fold cross-validation); 0 otherwise
+    # clustering of the model's item embeddings: method -> {k: inertia (k-means) or BIC (GMM)}
+    elbow: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 @dataclass

@@ -48,11 +48,30 @@ class RunStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         write_json_atomic(manifest, {"fingerprint": fingerprint})
 
-    def _stem(self, seed: int, fold: int, index: int) -> str:
-        return f"seed{seed}-fold{fold}-{index:03d}"
+    def _stem(self, seed: int, fold: int, index: int, part: int = 0) -> str:
+        return f"seed{seed}-fold{fold}-{index:03d}-{part}"
 
-    def save(self, run: ModelRun, index: int) -> None:
-        stem = self._stem(run.seed, run.fold, index)
+    def save_group(self, runs: list[ModelRun], index: int) -> None:
+        """The runs one configured model produced (itself, and e.g. its clustered variants), then a marker
+        naming how many: a group without its marker (a kill half-way) counts as not finished."""
+        for part, run in enumerate(runs):
+            self.save(run, index, part)
+        first = runs[0]
+        marker = self.folder / f"{self._stem(first.seed, first.fold, index)}.group.json"
+        write_json_atomic(marker, {"parts": len(runs), "label": first.label})
+
+    def load_group(self, seed: int, fold: int, index: int, label: str, items: Vocabulary) -> list[ModelRun] | None:
+        marker = self.folder / f"{self._stem(seed, fold, index)}.group.json"
+        if not marker.is_file():
+            return None
+        stored = json.loads(marker.read_text())
+        if stored.get("label") != label:
+            return None
+        runs = [self.load(seed, fold, index, None, items, part) for part in range(int(stored["parts"]))]
+        return None if any(run is None for run in runs) else runs  # type: ignore[return-value]
+
+    def save(self, run: ModelRun, index: int, part: int = 0) -> None:
+        stem = self._stem(run.seed, run.fold, index, part)
         results = {}
         for protocol, result in run.results.items():
             base = self.folder / f"{stem}.{protocol}"
@@ -91,6 +110,7 @@ class RunStore:
                     "is_baseline": run.is_baseline,
                     "seed": run.seed,
                     "fold": run.fold,
+                    "elbow": run.elbow,
                     "fit_seconds": run.fit_seconds,
                     "training_log": run.training_log,
                     "search": run.search,
@@ -100,14 +120,16 @@ class RunStore:
             ),
         )
 
-    def load(self, seed: int, fold: int, index: int, label: str, items: Vocabulary) -> ModelRun | None:
-        """The finished run of model number `index` (named `label`) for `seed` and `fold`, or None."""
-        stem = self._stem(seed, fold, index)
+    def load(
+        self, seed: int, fold: int, index: int, label: str | None, items: Vocabulary, part: int = 0
+    ) -> ModelRun | None:
+        """The finished run of model number `index` (named `label`, unless None) for `seed` and `fold`."""
+        stem = self._stem(seed, fold, index, part)
         path = self.folder / f"{stem}.json"
         if not path.is_file():
             return None
         payload = json.loads(path.read_text())
-        if payload["label"] != label:
+        if label is not None and payload["label"] != label:
             return None
         results: dict[str, RankingResult | RatingResult] = {}
         for protocol, stored in payload["results"].items():
@@ -152,4 +174,5 @@ class RunStore:
             search=payload["search"],
             skipped=payload["skipped"],
             fold=payload["fold"],
+            elbow=payload.get("elbow", {}),
         )
