@@ -575,9 +575,14 @@ def _read_recipe(path: Path) -> Any:
 @spark_app.command("prepare")
 @_friendly
 def spark_prepare(
-    source: Annotated[Path, typer.Argument(help="an Interactions directory, or an events Parquet file/folder")],
+    source: Annotated[
+        Path, typer.Argument(help="a dataset folder (with --dataset), an Interactions directory, or events Parquet")
+    ],
     output: Annotated[Path, typer.Argument(help="folder to write the prepared data to")],
     recipe: Annotated[Path, typer.Option("--recipe", help="TOML: steps, split, genres, numeric_ranges, taste")],
+    dataset: Annotated[
+        str | None, typer.Option(help="read SOURCE with this dataset's loader first (e.g. anime-kaggle, ml-100k)")
+    ] = None,
     items: Annotated[Path | None, typer.Option(help="item table (Parquet) for an events-file source")] = None,
     item_id: Annotated[str, typer.Option(help="id column of --items")] = "item_id",
     rating_scale: Annotated[str | None, typer.Option(help="LOW,HIGH for an events-file source")] = None,
@@ -585,15 +590,35 @@ def spark_prepare(
     memory: Annotated[str, typer.Option(help="driver memory in local mode")] = "4g",
 ) -> None:
     """Run the preparation recipe on Spark; the output equals `recforge.data.prepare` on the same input."""
+    import tempfile
+
+    from recforge.errors import DataFormatError
     from recforge.spark.prepare import prepare_spark, prepare_spark_from_interactions, spark_session
 
     config = _read_recipe(recipe)
+    if not source.exists():
+        raise DataFormatError("no such file or folder", path=source)
+    staging = None
+    if dataset is not None:  # the loader reads the raw files; Spark starts from its Interactions directory
+        from recforge.data.loaders import load_dataset
+
+        staging = tempfile.TemporaryDirectory(prefix="recforge-spark-")
+        load_dataset(dataset, source).save(Path(staging.name) / "interactions")
+        source = Path(staging.name) / "interactions"
+    elif source.is_dir() and not (source / "meta.json").exists() and not any(source.rglob("*.parquet")):
+        raise DataFormatError(
+            "is neither an Interactions directory nor events Parquet; for a raw dataset folder pass "
+            "--dataset NAME (see `recforge data list`) so recforge's loader reads it",
+            path=source,
+        )
     with spark_session(local_threads or None, memory) as spark:
         if (source / "meta.json").exists():
             counts = prepare_spark_from_interactions(spark, source, output, config)
         else:
             scale = None if rating_scale is None else tuple(float(v) for v in rating_scale.split(","))
             counts = prepare_spark(spark, source, output, config, items=items, item_id=item_id, rating_scale=scale)
+    if staging is not None:
+        staging.cleanup()
     console.print(f"wrote {output}: " + ", ".join(f"{k} {v:,}" for k, v in counts.items()))
 
 
