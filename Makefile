@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 export RECFORGE_DATA_DIR ?= $(abspath ../shared/data)
 PYTEST_ARGS ?=
 
-.PHONY: system-deps install demo test test-fast lint format bench clean
+.PHONY: system-deps install demo test test-fast lint format bench docs wheel clean
 
 install: $(VENV)/.installed
 
@@ -16,7 +16,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.13.0"
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all,dev,bench]"
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[all,dev,bench,docs]"
 	touch $@
 
 demo: install
@@ -46,8 +46,16 @@ format: install
 	$(BIN)/ruff check --fix src tests benchmarks
 	$(BIN)/ruff format src tests benchmarks
 
+# the documentation site (MkDocs + mkdocstrings API reference) into site/; warnings are errors
+docs: install
+	$(BIN)/mkdocs build --strict
+
+# a wheel in dist/ (tests/test_docs.py installs it in a fresh venv and runs `recforge demo`)
+wheel: install
+	$(BIN)/python -m pip wheel --quiet --no-deps -w dist .
+
 bench: install
 	$(BIN)/python -m benchmarks.run_all
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache build dist src/*.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache build dist site src/*.egg-info
