@@ -70,3 +70,11 @@ class CapabilityError(RecforgeError):
 
 class TrainingDivergedError(RecforgeError, FloatingPointError):
     """Training produced a non-finite loss; the message names the model, epoch and what to lower."""
+
+
+def did_you_mean(name: str, choices: list[str]) -> str:
+    """' (did you mean 'x'?)' for the closest of `choices`, or '' (for messages about unknown names)."""
+    import difflib
+
+    close = difflib.get_close_matches(str(name), [str(c) for c in choices], n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""

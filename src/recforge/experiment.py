@@ -37,7 +37,7 @@ from recforge.data.loaders import load_dataset
 from recforge.data.preprocess import PreprocessStep, preprocess
 from recforge.data.split_specs import SplitSpec
 from recforge.data.splits import Split
-from recforge.errors import ConfigError
+from recforge.errors import ConfigError, did_you_mean
 from recforge.evaluation.guards import check_split
 from recforge.evaluation.llm_judge import JudgeConfig, JudgeError, LLMJudge, judge_rankings
 from recforge.evaluation.metrics import direction
@@ -187,7 +187,10 @@ def _describe(error: Any) -> str:
     where = ".".join(str(part) for part in error["loc"] if not str(part).endswith("Spec")) or "config"
     if error["type"] == "union_tag_invalid":
         context = error.get("ctx", {})
-        return f"{where}: unknown split kind {context.get('tag')!r}; choose one of {context.get('expected_tags')}"
+        tag, expected = context.get("tag"), str(context.get("expected_tags", ""))
+        hint = did_you_mean(str(tag), [t.strip(" '") for t in expected.split(",")])
+        what = "split kind" if where.startswith("split") else "step" if where.startswith("preprocess") else "kind"
+        return f"{where}: unknown {what} {tag!r}{hint}; choose one of {expected}"
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
         message = "not a known setting"

@@ -270,3 +270,16 @@ def test_training_curves_put_each_validation_metric_on_its_own_axis(tmp_path):
     relative = {line.get_label(): line.get_ydata() for line in axes[0].get_lines()}
     assert relative["mf"][0] == relative["sasrec"][0] == 1.0  # both start at 1: one scale for all losses
     plt.close("all")
+
+
+def test_misspelt_names_get_a_suggestion(tmp_path, data_dir):
+    from recforge.data.loaders import load_dataset
+
+    with pytest.raises(ConfigError, match=r"did you mean 'ml-100k'\?"):
+        load_dataset("ml100k")
+    config = tmp_path / "typo.toml"
+    config.write_text('[dataset]\nname = "ml-100k"\n[split]\nkind = "per-user"\n[[preprocess]]\nstep = "dedupe"\n')
+    with pytest.raises(ConfigError) as error:
+        load_config(config)
+    assert "unknown split kind 'per-user' (did you mean 'per_user'?)" in str(error.value)
+    assert "unknown step 'dedupe'" in str(error.value)

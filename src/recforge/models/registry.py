@@ -3,7 +3,6 @@ imported lazily, so the CLI and data-only users do not pay for torch."""
 
 from __future__ import annotations
 
-import difflib
 import importlib
 from pathlib import Path
 from typing import Any
@@ -11,7 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from recforge.artifacts import read_artifact, read_index
-from recforge.errors import ArtifactError, ConfigError
+from recforge.errors import ArtifactError, ConfigError, did_you_mean
 
 _REGISTRY: dict[str, str] = {
     "global_mean": "recforge.models.baselines:GlobalMean",
@@ -85,12 +84,6 @@ def _load_recommender(path: Path) -> Any:
     model.artifact_path_ = path
     model.manifest_ = manifest
     return model
-
-
-def did_you_mean(name: str, choices: list[str]) -> str:
-    """' (did you mean 'x'?)' for the closest of `choices`, or ''."""
-    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 class ModelSpec(BaseModel):

@@ -21,7 +21,7 @@ from recforge.data.loaders.movielens import (
 )
 from recforge.data.loaders.sequences import load_sequence_file
 from recforge.data.loaders.tabular import load_table
-from recforge.errors import ConfigError
+from recforge.errors import ConfigError, did_you_mean
 
 DATASETS: dict[str, Callable[..., Interactions]] = {
     "ml-100k": load_movielens_100k,
@@ -52,7 +52,8 @@ def load_dataset(name: str, /, path: str | Path | None = None, **options: Any) -
             raise ConfigError("dataset 'saved' needs a path")
         return Interactions.load(path)
     if name not in DATASETS:
-        raise ConfigError(f"unknown dataset {name!r}; known: {sorted(DATASETS)} plus 'table' and 'saved'")
+        known = [*sorted(DATASETS), "table", "saved"]
+        raise ConfigError(f"unknown dataset {name!r}{did_you_mean(name, known)}; known: {known}")
     return DATASETS[name](path, **options)
 
 
