@@ -3,7 +3,7 @@ and `--resume` continues where it stopped.
 
 `<report>/runs/` holds `experiment.json` (a fingerprint of the config and the data) and, per finished
 (seed, fold, model), `seed<s>-fold<f>-<nnn>.json` (labels, parameters, timings, training log, summaries, curves,
-notes) beside Parquet/npz files for the per-user tables, top-k lists and predictions. Nothing is
+notes) beside Parquet/safetensors files for the per-user tables, top-k lists and predictions. Nothing is
 pickled; every file is written atomically, the JSON last, so a run is either complete or absent.
 A resumed run is read back exactly (floats round-trip through JSON), so the report of a resumed
 experiment equals the report of an uninterrupted one.
@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from safetensors.numpy import load_file, save_file
 
 from recforge._io import atomic_path, write_json_atomic, write_text_atomic
 from recforge.data.vocabulary import Vocabulary
@@ -82,16 +83,20 @@ class RunStore:
                 kind = "ranking"
                 top = result.recommended
                 arrays = {
-                    "users": top.users,
-                    "item_index": top.item_index,
-                    "scores": top.scores,
-                    "served_by": np.asarray(top.served_by, dtype=str),
+                    "users": np.ascontiguousarray(top.users, dtype=np.int64),
+                    "item_index": np.ascontiguousarray(top.item_index, dtype=np.int64),
+                    "scores": np.ascontiguousarray(top.scores, dtype=np.float32),
                 }
-                extra = {"curves": result.curves, "topk_accuracy": result.topk_accuracy}
+                extra = {
+                    "curves": result.curves,
+                    "topk_accuracy": result.topk_accuracy,
+                    "served_by": [str(path) for path in top.served_by],
+                }
             else:
-                kind, arrays, extra = "rating", {"predictions": result.predictions}, {}
-            with atomic_path(base.with_suffix(".npz")) as tmp, tmp.open("wb") as handle:
-                np.savez(handle, **arrays)
+                kind, extra = "rating", {}
+                arrays = {"predictions": np.ascontiguousarray(result.predictions)}
+            with atomic_path(base.with_suffix(".safetensors")) as tmp:
+                save_file(arrays, str(tmp))
             results[protocol] = {
                 "kind": kind,
                 "protocol": result.protocol,
@@ -135,8 +140,7 @@ class RunStore:
         for protocol, stored in payload["results"].items():
             base = self.folder / f"{stem}.{protocol}"
             per_user = pd.read_parquet(base.with_suffix(".per_user.parquet"))
-            with np.load(base.with_suffix(".npz"), allow_pickle=False) as arrays:
-                arrays = {name: arrays[name] for name in arrays.files}
+            arrays = load_file(str(base.with_suffix(".safetensors")))
             common: dict[str, Any] = {
                 "protocol": stored["protocol"],
                 "per_user": per_user,
@@ -156,7 +160,7 @@ class RunStore:
                         if index_.size
                         else np.zeros(index_.shape, object),
                         scores=arrays["scores"],
-                        served_by=arrays["served_by"].astype(object),
+                        served_by=np.asarray(stored["served_by"], dtype=object),
                     ),
                     **common,
                 )
