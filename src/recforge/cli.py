@@ -147,9 +147,9 @@ def data_prepare(
     """Load and preprocess a dataset as a config describes, and save it as Parquet."""
     from recforge.data.loaders import load_dataset
     from recforge.data.preprocess import preprocess
-    from recforge.experiment import load_config
+    from recforge.experiment import DataConfig, load_config
 
-    spec = load_config(config)
+    spec = load_config(config, DataConfig)
     data = load_dataset(spec.dataset.name, spec.dataset.path, **spec.dataset.options)
     data, reports = preprocess(data, spec.preprocess)
     for report in reports:

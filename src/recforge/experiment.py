@@ -66,6 +66,15 @@ class DatasetConfig(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
 
 
+class DataConfig(BaseModel):
+    """The [dataset] and [[preprocess]] parts of a config (`recforge data prepare`); other sections of an
+    experiment config are ignored here, so no [split] is demanded."""
+
+    model_config = ConfigDict(extra="ignore", protected_namespaces=())
+    dataset: DatasetConfig
+    preprocess: list[PreprocessStep] = Field(default_factory=list)
+
+
 class LLMJudgeSettings(JudgeConfig):
     """The judge's endpoint settings plus how many test users (the first by index) and list length."""
 

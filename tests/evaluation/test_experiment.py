@@ -283,3 +283,14 @@ def test_misspelt_names_get_a_suggestion(tmp_path, data_dir):
         load_config(config)
     assert "unknown split kind 'per-user' (did you mean 'per_user'?)" in str(error.value)
     assert "unknown step 'dedupe'" in str(error.value)
+
+
+def test_data_prepare_needs_no_split(tmp_path, data_dir):
+    from recforge.data.interactions import Interactions
+
+    config = tmp_path / "prepare.toml"
+    config.write_text('[dataset]\nname = "ml-100k"\n[[preprocess]]\nstep = "filter_user_counts"\nmin_count = 50\n')
+    result = CliRunner().invoke(app, ["data", "prepare", str(config), "--output", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    prepared = Interactions.load(tmp_path / "out")
+    assert len(prepared) == 88_471 and prepared.user_counts()[prepared.user_counts() > 0].min() >= 50
