@@ -58,6 +58,9 @@ TFRS_LIKE = {  # the tutorial's model: 32-d ID embeddings, in-batch softmax, Ada
     "user_tower": {"id_dim": 32, "output_dim": 32, "output_activation": "none"},
     "item_tower": {"id_dim": 32, "output_dim": 32},
 }
+# recforge's in-batch softmax: the same 32-d ID towers, with the log-Q correction (the default of the
+# retrieval task; TFRS_LIKE switches it off to copy the tutorial) and 10 epochs at batch 1,024
+IN_BATCH = {**TFRS_LIKE, "logq_correction": True, "batch_size": 1024, "n_epochs": 10}
 FEATURES_ONLY = {  # no ID and no history on the user side: u.user demographics only
     "history_pooling": False,
     "user_features": True,
