@@ -1,7 +1,8 @@
 """The `make demo` / `recforge demo` job: MovieLens 100K from raw files to a comparison report.
 
 Kept as an ordinary experiment config so that what the demo shows is exactly what `recforge compare`
-would do with the same TOML (see docs/quickstart.md for the equivalent file).
+would do with the same TOML (`demo_config` below is that config as a dict; docs/quickstart/ has a
+quickstart per study).
 """
 
 from __future__ import annotations
