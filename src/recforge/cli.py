@@ -168,9 +168,9 @@ def _run_and_report(config: Any, output: Path, resume: bool = False) -> Any:
 
     result = run_experiment(config, progress=True, runs_folder=output / "runs", resume=resume)
     write_report(result, output)
-    ranking = [
-        f"{metric}@{k}" for k in config.evaluation.ks for metric in ("ndcg", "recall", "precision", "map", "hit_rate")
-    ]
+    from recforge.evaluation.metrics import at_cutoffs
+
+    ranking = at_cutoffs(config.evaluation.ks, ("ndcg", "recall", "precision", "map", "hit_rate"))
     for protocol in config.evaluation.protocols:
         table = result.table(protocol)
         if table.empty:
@@ -393,7 +393,9 @@ def evaluate(
     import pandas as pd
 
     summary = result.ranking.summary
-    names = [f"{m}@{c}" for c in ks for m in ("ndcg", "recall", "precision", "map", "hit_rate", "mrr")]
+    from recforge.evaluation.metrics import at_cutoffs
+
+    names = at_cutoffs(ks)
     print_frame(
         pd.DataFrame(
             [{n: summary[n] for n in [*names, "coverage", "novelty"]}], index=pd.Index([model.name], name="model")

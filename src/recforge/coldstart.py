@@ -60,10 +60,7 @@ def route(model: Any, query: Query) -> Routing:
     """The path of every row of `query` for a fitted `model` (see the module docstring for the order)."""
     capabilities = model.capabilities
     n = len(query)
-    users = query.users
-    in_vocabulary = (users >= 0) & (users < len(model.known_users_))
-    known = np.zeros(n, dtype=bool)
-    known[in_vocabulary] = model.known_users_[users[in_vocabulary]]
+    in_vocabulary, known = _known(model, query.users)
     has_history, has_features = query.has_history(), query.has_features()
     paths = np.full(n, POPULARITY, dtype=object)
     notes = np.full(n, "", dtype=object)
@@ -122,9 +119,7 @@ def predict(model: Any, users: np.ndarray, items: np.ndarray, query: Query) -> t
     popularity scores a ranking falls back to, which are not ratings."""
     routing = route(model, query)
     # a trained user's ratings come from the model even when it does not rank (a rating-only KNN)
-    in_vocabulary = (query.users >= 0) & (query.users < len(model.known_users_))
-    known = np.zeros(len(query), dtype=bool)
-    known[in_vocabulary] = model.known_users_[query.users[in_vocabulary]]
+    _, known = _known(model, query.users)
     routed = np.where((routing.paths == POPULARITY) & known, MODEL, routing.paths)
     routing = Routing(routed, np.where(routed == routing.paths, routing.notes, ""))
     row = np.searchsorted(query.users, users)
@@ -151,8 +146,7 @@ PREDICT_BATCH = 1024
 
 def _score_path(model: Any, path: str, part: Query) -> np.ndarray:
     if path == MODEL:
-        known = (part.users >= 0) & (part.users < len(model.known_users_))
-        known[known] &= model.known_users_[part.users[known]]
+        _, known = _known(model, part.users)
         if known.all():
             return model._score_known(part.users)
         block = np.empty((len(part), model.n_items), dtype=np.float32)
@@ -165,6 +159,14 @@ def _score_path(model: Any, path: str, part: Query) -> np.ndarray:
     if path in (FEATURES, FEATURES_HISTORY):
         return model._score_features(part.features, part.history if path == FEATURES_HISTORY else None)
     return model.popularity_scores(len(part))
+
+
+def _known(model: Any, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which rows name a user index of the model's vocabulary, and which of those it was trained on."""
+    in_vocabulary = (users >= 0) & (users < len(model.known_users_))
+    known = np.zeros(len(users), dtype=bool)
+    known[in_vocabulary] = model.known_users_[users[in_vocabulary]]
+    return in_vocabulary, known
 
 
 def _note(notes: np.ndarray, mask: np.ndarray, text: str) -> None:

@@ -40,7 +40,7 @@ from recforge.data.splits import Split
 from recforge.errors import ConfigError, did_you_mean
 from recforge.evaluation.guards import check_split
 from recforge.evaluation.llm_judge import JudgeConfig, JudgeError, LLMJudge, judge_rankings
-from recforge.evaluation.metrics import direction
+from recforge.evaluation.metrics import RATING_METRICS, direction, metric_problem
 from recforge.evaluation.protocols import (
     FullRankingEvaluator,
     RankingResult,
@@ -117,19 +117,9 @@ class EvaluationConfig(_Strict):
             raise ValueError("ks must be positive cut-offs")
         if self.primary_metric is None:
             self.primary_metric = f"ndcg@{10 if 10 in self.ks else self.ks[0]}"
-        name, _, k = self.primary_metric.partition("@")
-        ranking = ("ndcg", "recall", "precision", "map", "hit_rate", "mrr")
-        if name in ranking:
-            if not k.isdigit() or int(k) not in self.ks:
-                raise ValueError(
-                    f"primary_metric {self.primary_metric!r} is not measured: ks are {self.ks}; "
-                    f"use one of {[f'{name}@{c}' for c in self.ks]} or add its cut-off to ks"
-                )
-        elif self.primary_metric not in ("rmse", "mae", "mse", "r2"):
-            raise ValueError(
-                f"unknown primary_metric {self.primary_metric!r}; use a ranking metric at one of ks "
-                f"({', '.join(ranking)}) or rmse/mae/mse/r2"
-            )
+        problem = metric_problem(self.primary_metric, self.ks)
+        if problem:
+            raise ValueError(f"primary_metric {problem}")
         return self
 
 
@@ -456,12 +446,13 @@ def _clustered_runs(
         clustered = ClusteredRecommender.around(model, settings.n_clusters, method, settings.rank, seed)
         seconds = time.perf_counter() - started
         results = {p: e.evaluate(clustered) for p, e in evaluators.items() if p in ("ranking", "next_item")}
+        sizes = clustered.cluster_sizes()
+        note = (
+            f"{method}, {settings.n_clusters} clusters of {sizes.min()}-{sizes.max()} items, ranked by "
+            f"{settings.rank} inside each user's nearest cluster"
+        )
         for result in results.values():
-            sizes = clustered.cluster_sizes()
-            result.notes.append(
-                f"{method}, {settings.n_clusters} clusters of {sizes.min()}-{sizes.max()} items, ranked by "
-                f"{settings.rank} inside each user's nearest cluster"
-            )
+            result.notes.append(note)
         variants.append(
             ModelRun(
                 label=f"{run.label} · {method}-{settings.n_clusters}",
@@ -500,6 +491,18 @@ def _judge(settings: LLMJudgeSettings, ranking: RankingResult, train: Interactio
 _ALL_BASELINES = {name for names in BASELINES.values() for name in names} | {"weighted_popularity"}
 
 
+def validation_evaluator(config: ExperimentConfig, inner: Split, metric: str) -> Any:
+    """The evaluator of a validation carve-out (`inner`: training part minus the carve-out) for `metric`,
+    as grid search and `recforge tune` score candidates: ratings, or full ranking at the config's ks and
+    the metric's own cut-off."""
+    if metric in RATING_METRICS:
+        return RatingEvaluator(inner.train, inner.test)
+    ks = tuple(sorted({*config.evaluation.ks, int(metric.partition("@")[2])}))
+    return FullRankingEvaluator(
+        inner.train, inner.test, ks=ks, relevance_threshold=config.evaluation.relevance_threshold
+    )
+
+
 def _grid_search(
     config: ExperimentConfig, spec: ExperimentModel, split: Split, seed: int
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -508,17 +511,8 @@ def _grid_search(
     if validation is None:
         raise ConfigError(f"model {spec.label!r} has a search grid but the split has no [split.validation] carve-out")
     inner = validation.make(split.train, seed, config.dataset.path)
-    metric = config.evaluation.primary_metric
-    protocol = "rating" if metric in ("rmse", "mae", "mse", "r2") else "ranking"
-    if protocol == "rating":
-        evaluator = RatingEvaluator(inner.train, inner.test)
-    else:
-        evaluator = FullRankingEvaluator(
-            inner.train,
-            inner.test,
-            ks=tuple(config.evaluation.ks),
-            relevance_threshold=config.evaluation.relevance_threshold,
-        )
+    metric = str(config.evaluation.primary_metric)
+    evaluator = validation_evaluator(config, inner, metric)
     log = []
     best, best_score = None, -np.inf
     for point in _grid(spec.search):

@@ -33,13 +33,10 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recforge.errors import ConfigError, TrainingDivergedError
-from recforge.evaluation.metrics import direction
-from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator
-from recforge.experiment import ExperimentConfig, load_config
+from recforge.evaluation.metrics import direction, metric_problem
+from recforge.experiment import ExperimentConfig, load_config, validation_evaluator
 from recforge.models.config import TrainOptions
 from recforge.models.registry import ModelSpec
-
-RATING_METRICS = ("rmse", "mae", "mse", "r2")
 
 
 class Dimension(BaseModel):
@@ -119,11 +116,9 @@ class TuneConfig(ExperimentConfig):
 
     @model_validator(mode="after")
     def _metric_is_known(self) -> TuneConfig:
-        metric = self.metric
-        name, _, k = metric.partition("@")
-        ranking = ("ndcg", "recall", "precision", "map", "hit_rate", "mrr")
-        if metric not in RATING_METRICS and not (name in ranking and k.isdigit() and int(k) > 0):
-            raise ValueError(f"tune.metric {metric!r}: use one of {list(RATING_METRICS)} or e.g. ndcg@10, recall@20")
+        problem = metric_problem(self.metric)
+        if problem:
+            raise ValueError(f"tune.metric: {problem}")
         return self
 
     @property
@@ -157,13 +152,7 @@ def tune(
     split = config.split.make(data, config.seed, config.dataset.path)
     assert config.split.validation is not None
     inner = config.split.validation.make(split.train, config.seed, config.dataset.path)
-    if metric in RATING_METRICS:
-        evaluator: Any = RatingEvaluator(inner.train, inner.test)
-    else:
-        ks = tuple(sorted({*config.evaluation.ks, int(metric.partition("@")[2] or 10)}))
-        evaluator = FullRankingEvaluator(
-            inner.train, inner.test, ks=ks, relevance_threshold=config.evaluation.relevance_threshold
-        )
+    evaluator = validation_evaluator(config, inner, metric)
     settings = config.tune
     sampler = (
         optuna.samplers.TPESampler(seed=config.seed)

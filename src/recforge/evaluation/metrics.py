@@ -29,6 +29,31 @@ LOWER_IS_BETTER = frozenset({"rmse", "mae", "mse", "avg_popularity", "gini", "lo
 # the cut-offs of TF-Recommenders' FactorizedTopK accuracy, reported by evaluators and two-tower validation
 TOPK_ACCURACY_KS = (1, 5, 10, 50, 100)
 
+# per-user ranking metrics, each named at a cut-off ("ndcg@10"), and the rating metrics: the names configs,
+# reports, tuning and the CLI accept and show
+RANKING_METRICS = ("ndcg", "recall", "precision", "map", "hit_rate", "mrr")
+RATING_METRICS = ("rmse", "mae", "mse", "r2")
+
+
+def at_cutoffs(ks: list[int] | tuple[int, ...], names: tuple[str, ...] = RANKING_METRICS) -> list[str]:
+    """Every ranking metric name at every cut-off, cut-off by cut-off: ["ndcg@5", "recall@5", ...]."""
+    return [f"{name}@{k}" for k in ks for name in names]
+
+
+def metric_problem(metric: str, ks: list[int] | None = None) -> str | None:
+    """Why `metric` cannot be asked for (None when it can): a rating metric, or a ranking metric at a
+    positive cut-off, one of `ks` when they are given."""
+    name, _, k = metric.partition("@")
+    if metric in RATING_METRICS:
+        return None
+    if name in RANKING_METRICS and k.isdigit() and int(k) > 0:
+        if ks is None or int(k) in ks:
+            return None
+        choices = at_cutoffs(ks, (name,))
+        return f"{metric!r} is not measured: ks are {list(ks)}; use one of {choices} or add its cut-off to ks"
+    ranking = ", ".join(RANKING_METRICS)
+    return f"unknown metric {metric!r}; use {ranking} at a cut-off (e.g. ndcg@10) or {list(RATING_METRICS)}"
+
 
 def direction(metric: str) -> str:
     """ "min" when smaller values of `metric` (e.g. "rmse", "valid_rmse") are better, else "max"."""

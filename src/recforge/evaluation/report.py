@@ -15,6 +15,7 @@ import pandas as pd
 from recforge._io import atomic_path, write_json_atomic, write_text_atomic
 from recforge._version import __version__
 from recforge.evaluation import plots
+from recforge.evaluation.metrics import at_cutoffs
 from recforge.evaluation.protocols import RankingResult
 from recforge.evaluation.report_tables import (
     beyond_accuracy_table,
@@ -198,7 +199,7 @@ def _sections(result: ExperimentResult, runs: list[ModelRun], folder: Path) -> l
         wanted = (
             ["rmse", "mae", "r2"]
             if protocol == "rating"
-            else [f"{m}@{k}" for k in ev.ks for m in ("ndcg", "recall", "precision", "map")] + ["coverage"]
+            else [*at_cutoffs(ev.ks, ("ndcg", "recall", "precision", "map")), "coverage"]
         )
         repeated = repetitions_table(result.runs, protocol, wanted)
         if not repeated.empty:
@@ -215,11 +216,7 @@ def _sections(result: ExperimentResult, runs: list[ModelRun], folder: Path) -> l
         significance, note = significance_table(runs, protocol, metric, ev.significance)
         if not significance.empty:
             sections.append(_Section(f"{protocol} — significance", text=note, table=significance))
-            every = (
-                ["rmse", "mae"]
-                if protocol == "rating"
-                else [f"{m}@{k}" for k in ev.ks for m in ("ndcg", "recall", "precision", "map", "hit_rate", "mrr")]
-            )
+            every = ["rmse", "mae"] if protocol == "rating" else at_cutoffs(ev.ks)
             grid = significance_grid(runs, protocol, every, ev.significance)
             if not grid.empty:
                 sections.append(

@@ -9,12 +9,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recforge.evaluation.metrics import direction
+from recforge.evaluation.metrics import RANKING_METRICS, direction
 from recforge.evaluation.protocols import RankingResult, RatingResult
 from recforge.evaluation.results import ModelRun
 from recforge.evaluation.stats import holm, mean_ci, paired_test
 
-RANKING_COLUMNS = ("ndcg", "recall", "precision", "map", "hit_rate", "mrr")
 RATING_COLUMNS = ("rmse", "mae", "r2")
 
 
@@ -103,7 +102,7 @@ def cutoff_table(runs: list[ModelRun], protocol: str, ks: list[int]) -> pd.DataF
                     **{
                         f"{m}@{k}": result.summary[f"{m}@{k}"]
                         for k in ks
-                        for m in ("ndcg", "recall", "precision", "map", "hit_rate", "mrr")
+                        for m in RANKING_METRICS
                         if f"{m}@{k}" in result.summary
                     },
                 }
@@ -125,7 +124,7 @@ def metrics_table(runs: list[ModelRun], protocol: str, ks: list[int]) -> pd.Data
             row["per-user MSE (95% CI)"] = f"{mean:.4f} ± {half:.4f}"
         else:
             for k in ks:
-                for name in RANKING_COLUMNS:
+                for name in RANKING_METRICS:
                     column = f"{name}@{k}"
                     if column in result.per_user.columns:
                         mean, half = mean_ci(result.per_user[column].to_numpy())
