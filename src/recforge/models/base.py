@@ -257,13 +257,7 @@ class Recommender(ABC):
         query's history. Each list says which path served it (`served_by`) and why (`notes`).
         """
         self._require_fitted()
-        if isinstance(users, Query):
-            query = self.as_query(users, history)
-            labels = np.where(query.users >= 0, self.users_.lookup(np.maximum(query.users, 0)), None)
-        else:
-            index = self.users_.index(users) if external_ids else np.asarray(users, dtype=np.int64)
-            query = self.as_query(index, history)
-            labels = np.asarray(users) if external_ids else self.users_.lookup(index)
+        query, labels = self.query_and_labels(users, history, external_ids)
         batch_size = batch_size or default_batch_size(self.n_items)
         all_indices, all_scores, paths, notes = [], [], [], []
         for rows in batched(len(query), batch_size):
@@ -286,6 +280,18 @@ class Recommender(ABC):
             np.concatenate(paths) if paths else np.zeros(0, object),
             np.concatenate(notes) if notes else np.zeros(0, object),
         )
+
+    def query_and_labels(
+        self, users: Query | np.ndarray | list[Any], history: History | None, external_ids: bool
+    ) -> tuple[Query, np.ndarray]:
+        """A `recommend` call's query and the user label of each row (external ids; None for a row that
+        names no known user)."""
+        if isinstance(users, Query):
+            query = self.as_query(users, history)
+            return query, np.where(query.users >= 0, self.users_.lookup(np.maximum(query.users, 0)), None)
+        index = self.users_.index(users) if external_ids else np.asarray(users, dtype=np.int64)
+        labels = np.asarray(users) if external_ids else self.users_.lookup(index)
+        return self.as_query(index, history), labels
 
     # ------------------------------------------------------------------ updates without retraining
     def update_user(self, user: int, added: History, previous: UserUpdate | None = None) -> UserUpdate:

@@ -61,13 +61,7 @@ class IndexedRecommender:
     ) -> Recommendations:
         """Top-k like `Recommender.recommend`, vector rows answered by the index."""
         model = self.model
-        if isinstance(users, Query):
-            query = model.as_query(users, history)
-            labels = np.where(query.users >= 0, model.users_.lookup(np.maximum(query.users, 0)), None)
-        else:
-            index = model.users_.index(users) if external_ids else np.asarray(users, dtype=np.int64)
-            query = model.as_query(index, history)
-            labels = np.asarray(users) if external_ids else model.users_.lookup(index)
+        query, labels = model.query_and_labels(users, history, external_ids)
         model._check_users(query.users)
         width = min(k, model.n_items)
         item_index = np.full((len(query), width), -1, dtype=np.int64)
