@@ -507,10 +507,15 @@ def serve(
         "limit_concurrency": max_connections,
         "timeout_keep_alive": keep_alive,
     }
+    from recforge.serving.workers import balanced_workers_supported, run_workers
+
     if workers == 1:
         from recforge.serving.app import app_from_environment
 
         uvicorn.run(app_from_environment(), **options)
+    elif balanced_workers_supported():  # a socket per worker: connections spread evenly (serving/workers.py)
+        host_and_port = {"host": options.pop("host"), "port": options.pop("port")}
+        raise typer.Exit(run_workers(workers, host_and_port["host"], host_and_port["port"], options))
     else:
         uvicorn.run("recforge.serving.app:app_from_environment", factory=True, workers=workers, **options)
 

@@ -1,0 +1,99 @@
+"""`recforge serve --workers N` on Linux: a SO_REUSEPORT socket per worker (serving/workers.py). Keep-alive
+clients are spread over the workers (uvicorn's shared socket gave one worker nearly all of them), the
+workers die with their supervisor even when it is killed outright, and a model that cannot load stops
+the server with an error instead of restarting forever."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import httpx
+import pytest
+
+from recforge.models import create_model
+from recforge.serving.workers import balanced_workers_supported
+from tests.serving.servers import TOKEN, Server, free_port
+from tests.serving.test_api import _artifact
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.xdist_group("servers"),
+    pytest.mark.skipif(not balanced_workers_supported(), reason="SO_REUSEPORT balancing is Linux-only"),
+]
+
+
+@pytest.fixture(scope="module")
+def ials_dir(ml100k, tmp_path_factory):
+    model = create_model("ials", n_factors=8, n_iterations=2).fit(ml100k)
+    return _artifact(model, ml100k, tmp_path_factory.mktemp("workers") / "ials")
+
+
+def _children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in found]
+
+
+def _workers(pids: list[int]) -> list[int]:
+    return [p for p in pids if b"spawn_main" in open(f"/proc/{p}/cmdline", "rb").read()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = open(f"/proc/{pid}/stat").read().split()  # noqa: SIM115
+    return stat[2] != "Z"
+
+
+def test_keep_alive_connections_are_spread_over_the_workers(ials_dir, tmp_path):
+    server = Server(ials_dir, f"sqlite:///{tmp_path / 'events.sqlite'}", workers=2)
+    try:
+        clients = [server.client() for _ in range(16)]  # each keeps one connection open
+        pids = [client.get("/health").json()["worker"] for client in clients]
+        for _ in range(3):  # the same connection keeps its worker
+            assert [client.get("/health").json()["worker"] for client in clients] == pids
+        counts = sorted(pids.count(p) for p in set(pids))
+        # a hash of the client port picks the socket: all 16 on one worker has probability 2 * 2**-16
+        assert len(counts) == 2 and counts[0] >= 2, counts
+        for client in clients:
+            client.close()
+    finally:
+        server.stop()
+
+
+def test_workers_die_with_their_supervisor_even_when_it_is_killed(ials_dir, tmp_path):
+    server = Server(ials_dir, f"sqlite:///{tmp_path / 'events.sqlite'}", workers=2)
+    children = _children(server.process.pid)  # the workers and multiprocessing's resource tracker
+    assert len(_workers(children)) == 2
+    server.kill()  # SIGKILL: the supervisor cannot stop them itself
+    deadline = time.time() + 30
+    while time.time() < deadline and any(_alive(p) for p in children):
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in children)
+    with pytest.raises(httpx.HTTPError):
+        httpx.get(server.url + "/health", timeout=2)
+
+
+def test_a_model_that_cannot_load_stops_the_server_with_an_error(tmp_path):
+    broken = tmp_path / "model"
+    broken.mkdir()
+    (broken / "manifest.json").write_text("{}")
+    command = [sys.executable, "-m", "recforge.cli", "serve", "--model", str(broken), "--port", str(free_port())]
+    env = {**os.environ, "RECFORGE_TOKEN": TOKEN}
+    done = subprocess.run([*command, "--workers", "2"], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert "manifest" in done.stderr.lower() or "artifact" in done.stderr.lower(), done.stderr[-2000:]
+
+
+def test_sigterm_stops_every_worker_gracefully(ials_dir, tmp_path):
+    server = Server(ials_dir, f"sqlite:///{tmp_path / 'events.sqlite'}", workers=2)
+    workers = _workers(_children(server.process.pid))
+    assert len(workers) == 2
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=60) == 0
+    assert not any(_alive(p) for p in workers)
