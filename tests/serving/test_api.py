@@ -3,9 +3,13 @@ every error path, plus in-place updates and agreement between ANN and exact retr
 
 from __future__ import annotations
 
+from urllib.parse import quote
+
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from recforge.artifacts import index_writers
 from recforge.data.catalogue import ITEMS_FILE, item_metadata
@@ -288,3 +292,48 @@ def test_a_new_user_with_only_features_goes_through_the_user_tower(features_clie
 def test_bad_user_features_are_422_naming_the_field(features_client, features, named):
     response = features_client.post("/recommendations", json={"features": features})
     assert response.status_code == 422 and named in str(response.json()["detail"])
+
+
+def _one_service(ials_dir) -> tuple[TestClient, TestClient]:
+    """Two apps over one service: with the quick read path (the default) and without it."""
+    service = RecommenderService.from_artifact(ials_dir, "sqlite://")
+    return serve(service), serve(service, quick_reads=False)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    user=st.one_of(st.sampled_from(["1", "13", "943", "0", "944", "-1", "007", "1" * 16]), st.text(max_size=5)),
+    query=st.lists(
+        st.tuples(
+            st.sampled_from(["k", "exclude_seen", "K", "other"]),
+            st.one_of(
+                st.sampled_from(["10", "1", "0", "1000", "1001", "true", "false", "True", "1"]), st.text(max_size=4)
+            ),
+        ),
+        max_size=3,
+    ),
+)
+def test_quick_reads_answer_exactly_what_fastapi_answers(ials_dir, user, query):
+    """The quick path for GET /users/{id}/recommendations (serving/app.py `_QuickReads`) answers byte for
+    byte what FastAPI's route answers, for well-formed requests and every malformed one (which it leaves
+    to FastAPI), and the metrics count it under the route."""
+    quick, plain = _APPS.setdefault(str(ials_dir), _one_service(ials_dir))
+    url = f"/users/{quote(user, safe='')}/recommendations"
+    params = "&".join(f"{quote(name)}={quote(value)}" for name, value in query)
+    fast, slow = quick.get(f"{url}?{params}"), plain.get(f"{url}?{params}")
+    assert (fast.status_code, fast.content) == (slow.status_code, slow.content)
+    assert fast.headers["content-type"] == slow.headers["content-type"]
+
+
+_APPS: dict[str, tuple[TestClient, TestClient]] = {}
+
+
+def test_quick_reads_are_measured_and_follow_writes(ials_dir):
+    quick, _ = _one_service(ials_dir)
+    before = quick.get("/users/13/recommendations?k=5").json()
+    item = before["items"][0]["item"]
+    assert quick.post("/users/13/interactions", json={"items": [{"item": item}]}).status_code == 200
+    after = quick.get("/users/13/recommendations?k=5").json()
+    assert after["served_by"] == "model (updated)+ann" and item not in [r["item"] for r in after["items"]]
+    counts = quick.get("/metrics/json").json()["requests"]
+    assert counts["/users/{user_id}/recommendations 200"] == 2
