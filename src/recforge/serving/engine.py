@@ -264,7 +264,8 @@ def apply_interactions(snapshot: Snapshot, event: Event) -> Snapshot:
     kept = [(p, r) for p, r in zip(positions, event.payload["ratings"], strict=True) if p is not None]
     if not kept:
         raise CapabilityError("none of its items is in this model")
-    added = History.from_items([[p for p, _ in kept]], model.n_items, ratings=[[r for _, r in kept]])
+    ratings = [[r for _, r in kept]] if any(r is not None for _, r in kept) else None  # None: interactions only
+    added = History.from_items([[p for p, _ in kept]], model.n_items, ratings=ratings)
     snapshot.updates[user] = model.update_user(user, added, snapshot.updates.get(user))
     return snapshot
 
