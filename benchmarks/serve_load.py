@@ -186,6 +186,20 @@ def load(base: str, clients: int, seconds: float, processes: int, writes: float)
 TARGET_P99_MS = 25.0
 
 
+def cpu_speed_ms(repeats: int = 30) -> float:
+    """Median milliseconds of a fixed pure-Python loop on one core, taken just before a run: this shared
+    machine's speed moved by 2x within an hour (3.8 ms and 7.7 ms), and requests/s and p99 move with it,
+    so every row carries the speed it was measured at."""
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        total = 0
+        for i in range(200_000):
+            total += i
+        times.append((time.perf_counter() - started) * 1e3)
+    return float(np.median(times))
+
+
 def summary_lines(rows: list[dict]) -> list[str]:
     """Per setting: the p99 range over its runs and how many runs met the target (p99 <= 25 ms, no errors)."""
     lines = []
@@ -195,9 +209,12 @@ def summary_lines(rows: list[dict]) -> list[str]:
         p99 = [r["p99_ms"] for r in runs]
         writes = [r["writes_p99_ms"] for r in runs if r.get("writes_p99_ms") is not None]
         write_part = f"; writes' p99 {min(writes):.1f}–{max(writes):.1f} ms" if writes else ""
+        speeds = [r["cpu_speed_ms"] for r in runs if r.get("cpu_speed_ms") is not None]
+        speed_part = f" (machine speed {min(speeds):.1f}–{max(speeds):.1f} ms per loop)" if speeds else ""
         lines.append(
             f"- index {index}, {workers} server worker(s): p99 {min(p99):.1f}–{max(p99):.1f} ms over {len(runs)} "
             f"run(s){write_part}, {sum(r['errors'] for r in runs)} errors; target met in {met} of {len(runs)}"
+            + speed_part
         )
     return lines
 
@@ -244,8 +261,9 @@ def main() -> None:
             try:
                 base = f"http://127.0.0.1:{port}"
                 _wait_ready(base)
-                load(base, 4, 2.0, 1, 0.0)  # warm-up
+                load(base, args.clients, 2.0, 1, 0.0)  # warm-up, reaching every worker
                 row = {
+                    "cpu_speed_ms": cpu_speed_ms(),
                     "items": N_ITEMS,
                     "index": index,
                     "server workers": int(workers),
@@ -272,6 +290,7 @@ def main() -> None:
         markdown_table(
             rows,
             [
+                "cpu_speed_ms",
                 "items",
                 "index",
                 "recall@10",
