@@ -68,3 +68,39 @@ def test_unknown_kinds_and_non_finite_payloads_are_refused_before_the_database(t
     with pytest.raises(ValueError):
         store.append("interactions", {"user": 1, "items": [1], "ratings": [float("nan")]})
     assert store.count() == 0
+
+
+def test_writer_processes_of_one_sqlite_file_take_turns_on_a_file_lock(tmp_path):
+    """A commit waits on `<file>.writer-lock` (an flock, which wakes its waiter on release) rather than in
+    SQLite's busy handler (which sleeps 1, 2, 5, 10... ms with the event loop stopped): while another
+    process holds the lock nothing commits, and the commit goes through once it is released."""
+    import fcntl
+    import subprocess
+    import sys
+
+    path = tmp_path / "events.sqlite"
+    store = EventStore(f"sqlite:///{path}")
+    store.append("interactions", {"user": 1, "items": [1], "ratings": [None]}, user="1")  # creates the lock file
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, sys, time; f = open(sys.argv[1], 'a+b'); "
+         "fcntl.flock(f, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.readline()", f"{path}.writer-lock"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done: list[int] = []
+        writer = threading.Thread(
+            target=lambda: done.append(store.append("interactions", {"user": 2, "items": [2], "ratings": [None]}))
+        )
+        writer.start()
+        writer.join(timeout=1.0)
+        assert writer.is_alive() and not done and store.latest_seq() == 1  # waiting on the other process
+        holder.stdin.write("\n")
+        holder.stdin.flush()
+        writer.join(timeout=30)
+        assert done == [2] and store.latest_seq() == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    with open(f"{path}.writer-lock", "a+b") as free:  # and the lock is free again afterwards
+        fcntl.flock(free, fcntl.LOCK_EX | fcntl.LOCK_NB)
