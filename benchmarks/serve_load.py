@@ -95,6 +95,8 @@ async def client_loop(
     host, port = base.removeprefix("http://").split(":")
     rng = np.random.default_rng(os.getpid() ^ id(timings) & 0xFFFF ^ id(errors) & 0xFFFF0000)
     reader, writer = await asyncio.open_connection(host, int(port))
+    writer.write(f"GET /health HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())  # which worker has this connection
+    timings.setdefault("workers", []).append(json.loads((await _read_response(reader))[1])["worker"])
     try:
         while time.perf_counter() < stop_at:
             user = int(users[rng.integers(len(users))])
@@ -166,6 +168,7 @@ def load(base: str, clients: int, seconds: float, processes: int, writes: float)
     results = [queue.get() for _ in workers]
     for worker in workers:
         worker.join()
+    workers = [pid for r in results for pid in r[0].get("workers", [])]
     reads = np.concatenate([np.asarray(r[0]["reads"]) for r in results])
     written = np.concatenate([np.asarray(r[0]["writes"]) for r in results])
     every = np.concatenate([reads, written])
@@ -180,6 +183,8 @@ def load(base: str, clients: int, seconds: float, processes: int, writes: float)
         "reads_p99_ms": float(np.percentile(reads, 99)) if len(reads) else None,
         "writes_p50_ms": float(np.percentile(written, 50)) if len(written) else None,
         "writes_p99_ms": float(np.percentile(written, 99)) if len(written) else None,
+        # keep-alive connections per server worker at the start (a busier worker has a longer queue)
+        "connections per worker": sorted((workers.count(pid) for pid in set(workers)), reverse=True),
     }
 
 
@@ -306,6 +311,7 @@ def main() -> None:
                 "reads_p99_ms",
                 "writes_p50_ms",
                 "writes_p99_ms",
+                "connections per worker",
             ],
         ),
         "",
