@@ -109,17 +109,33 @@ def test_sasrec_and_gru4rec_beat_popularity_on_ml100k(loo):
 
 
 @pytest.mark.slow
-def test_text_regression_runs_on_titles_and_decodes_by_nearest_neighbour(loo, ml100k):
+def test_model_ii_as_published_regresses_into_title_space_and_decodes_by_cosine(loo, ml100k):
     split, _, _ = loo
-    model = create_model("text_regression", n_epochs=2, hidden=64).fit(split.train, TrainOptions(seed=0))
+    params = {"n_epochs": 2, "hidden": 64, "objective": "mse"}
+    model = create_model("text_regression", **params).fit(split.train, TrainOptions(seed=0))
     assert model.text_.shape == (ml100k.n_items, 384)
     scores = model.score(np.arange(3))
     assert scores.shape == (3, ml100k.n_items) and np.all(np.abs(scores) <= 1.0 + 1e-5)  # cosine similarities
-    # titles alone are a weak signal (numbers in benchmarks/results/sequential.md), but the predicted vector
-    # must point towards the next item: a random ranking puts it at percentile 0.50 ± 0.01 (943 users);
-    # two short epochs reach 0.45
+    # the predicted vector points towards the next item (a random ranking puts it at percentile 0.50 ± 0.01
+    # over 943 users; two short epochs reach 0.45), yet too weakly to rank (benchmarks/results/sequential.md)
     users = split.valid.user_index  # scored from their training sequence: the next item is the validation one
     scores = model.score(users)
     target = scores[np.arange(len(users)), split.valid.item_index]
     percentile = (scores > target[:, None]).mean(1)
     assert percentile.mean() < 0.47, percentile.mean()
+
+
+@pytest.mark.slow
+def test_model_ii_trained_contrastively_beats_popularity(loo):
+    """The default objective (softmax over the catalogue's cosines plus an item bias) ranks: above
+    popularity after four short epochs of a narrow network (0.052 vs 0.045 NDCG@10; the published MSE
+    objective stays at ~0.008 however long it trains; the full preset, 15 epochs of width 312, reaches
+    ~0.088: benchmarks/results/model2.md)."""
+    split, evaluator, popular = loo
+    params = {"n_epochs": 4, "hidden": 128, "lr": 3e-3}
+    model = create_model("text_regression", **params).fit(split.train, TrainOptions(seed=0))
+    ndcg = evaluator.evaluate(model).summary["ndcg@10"]
+    assert ndcg > popular * 1.1, (ndcg, popular)
+    # an item's score is its title's cosine with the prediction (through the learned map) plus its bias
+    state = model.net_
+    assert state.item_map.weight.shape == (384, 384) and state.bias.shape == (model.n_items,)
