@@ -514,8 +514,8 @@ def serve(
 
         uvicorn.run(app_from_environment(), **options)
     elif balanced_workers_supported():  # a socket per worker: connections spread evenly (serving/workers.py)
-        host_and_port = {"host": options.pop("host"), "port": options.pop("port")}
-        raise typer.Exit(run_workers(workers, host_and_port["host"], host_and_port["port"], options))
+        per_worker = {k: v for k, v in options.items() if k not in ("host", "port")}
+        raise typer.Exit(run_workers(workers, host, port, per_worker))
     else:
         uvicorn.run("recforge.serving.app:app_from_environment", factory=True, workers=workers, **options)
 

@@ -8,7 +8,7 @@ from urllib.parse import quote
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recforge.artifacts import index_writers
@@ -300,7 +300,12 @@ def _one_service(ials_dir) -> tuple[TestClient, TestClient]:
     return serve(service), serve(service, quick_reads=False)
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.fixture(scope="module")
+def quick_and_plain(ials_dir) -> tuple[TestClient, TestClient]:
+    return _one_service(ials_dir)
+
+
+@settings(max_examples=150, deadline=None)
 @given(
     user=st.one_of(st.sampled_from(["1", "13", "943", "0", "944", "-1", "007", "1" * 16]), st.text(max_size=5)),
     query=st.lists(
@@ -313,19 +318,16 @@ def _one_service(ials_dir) -> tuple[TestClient, TestClient]:
         max_size=3,
     ),
 )
-def test_quick_reads_answer_exactly_what_fastapi_answers(ials_dir, user, query):
+def test_quick_reads_answer_exactly_what_fastapi_answers(quick_and_plain, user, query):
     """The quick path for GET /users/{id}/recommendations (serving/app.py `_QuickReads`) answers byte for
     byte what FastAPI's route answers, for well-formed requests and every malformed one (which it leaves
     to FastAPI), and the metrics count it under the route."""
-    quick, plain = _APPS.setdefault(str(ials_dir), _one_service(ials_dir))
+    quick, plain = quick_and_plain
     url = f"/users/{quote(user, safe='')}/recommendations"
     params = "&".join(f"{quote(name)}={quote(value)}" for name, value in query)
     fast, slow = quick.get(f"{url}?{params}"), plain.get(f"{url}?{params}")
     assert (fast.status_code, fast.content) == (slow.status_code, slow.content)
     assert fast.headers["content-type"] == slow.headers["content-type"]
-
-
-_APPS: dict[str, tuple[TestClient, TestClient]] = {}
 
 
 def test_quick_reads_are_measured_and_follow_writes(ials_dir):

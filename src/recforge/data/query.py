@@ -123,10 +123,7 @@ def _csr(keys: np.ndarray, n_rows: int, n_columns: int, values: np.ndarray) -> s
     rows = keys // n_columns
     index_dtype = np.int32 if max(n_columns, len(keys)) < _INT32_MAX else np.int64
     indptr = np.zeros(n_rows + 1, dtype=index_dtype)
-    if n_rows == 1:
-        indptr[1] = len(keys)
-    else:
-        np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
+    np.cumsum(np.bincount(rows, minlength=n_rows), out=indptr[1:])
     columns = (keys - rows * n_columns).astype(index_dtype)
     matrix = sp.csr_matrix((values, columns, indptr), shape=(n_rows, n_columns))
     matrix.has_canonical_format = True
