@@ -31,6 +31,7 @@ from typing import Any
 from recforge.errors import ConfigError
 
 EVENT_KINDS = ("interactions", "items", "model")
+SCHEMA_LOCK_KEY = 0x7265_6366_6F72_6765 & 0x7FFF_FFFF_FFFF_FFFF  # "recforge": PostgreSQL advisory lock id
 
 
 @dataclass(frozen=True)
@@ -103,9 +104,25 @@ class EventStore:
         self._queue: list[_Pending] = []
         self._committing = False
         try:
-            metadata.create_all(self.engine)
+            self._create_tables(metadata)
         except Exception as exc:
             raise ConfigError(f"cannot open the event store {self.url!r}: {exc}") from exc
+
+    def _create_tables(self, metadata: Any) -> None:
+        """Create the tables that do not exist yet, one process at a time: workers starting together on a
+        fresh store each found the tables missing and the slower one's CREATE TABLE failed ("table
+        recforge_items already exists"), which stopped `recforge serve --workers 2` at start-up. SQLite
+        files take the writers' file lock; PostgreSQL takes a transaction-scoped advisory lock (its DDL
+        is transactional, so the second process sees the first one's tables once it gets the lock)."""
+        if self._sqlite_file is not None:
+            with self._writers_of_this_file():
+                metadata.create_all(self.engine)
+        elif self.sqlite:
+            metadata.create_all(self.engine)
+        else:
+            with self.engine.begin() as connection:
+                connection.execute(self._sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+                metadata.create_all(connection)
 
     @classmethod
     def beside(cls, artifact: str | Path) -> EventStore:
