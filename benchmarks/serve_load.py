@@ -265,7 +265,7 @@ def main() -> None:
             )
             try:
                 base = f"http://127.0.0.1:{port}"
-                _wait_ready(base)
+                _wait_ready(base, server)
                 load(base, args.clients, 2.0, 1, 0.0)  # warm-up, reaching every worker
                 row = {
                     "cpu_speed_ms": cpu_speed_ms(),
@@ -319,11 +319,13 @@ def main() -> None:
     write_results("serve_load", {"rows": rows}, "\n".join(markdown))
 
 
-def _wait_ready(base: str, timeout: float = 120.0) -> None:
+def _wait_ready(base: str, server: subprocess.Popen | None = None, timeout: float = 120.0) -> None:
     import httpx
 
     deadline = time.time() + timeout
     while time.time() < deadline:
+        if server is not None and server.poll() is not None:  # a failed start: say so now, not in 120 s
+            raise RuntimeError(f"the service at {base} exited during start-up (status {server.returncode})")
         try:
             if httpx.get(base + "/health", timeout=1.0).status_code == 200:
                 return
