@@ -3,12 +3,13 @@ every error path, plus in-place updates and agreement between ANN and exact retr
 
 from __future__ import annotations
 
+import json
 from urllib.parse import quote
 
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from hypothesis import given, settings
+from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
 from recforge.artifacts import index_writers
@@ -297,7 +298,7 @@ def test_bad_user_features_are_422_naming_the_field(features_client, features, n
 def _one_service(ials_dir) -> tuple[TestClient, TestClient]:
     """Two apps over one service: with the quick read path (the default) and without it."""
     service = RecommenderService.from_artifact(ials_dir, "sqlite://")
-    return serve(service), serve(service, quick_reads=False)
+    return serve(service), serve(service, quick_paths=False)
 
 
 @pytest.fixture(scope="module")
@@ -319,7 +320,7 @@ def quick_and_plain(ials_dir) -> tuple[TestClient, TestClient]:
     ),
 )
 def test_quick_reads_answer_exactly_what_fastapi_answers(quick_and_plain, user, query):
-    """The quick path for GET /users/{id}/recommendations (serving/app.py `_QuickReads`) answers byte for
+    """The quick path for GET /users/{id}/recommendations (serving/app.py `_QuickPaths`) answers byte for
     byte what FastAPI's route answers, for well-formed requests and every malformed one (which it leaves
     to FastAPI), and the metrics count it under the route."""
     quick, plain = quick_and_plain
@@ -328,6 +329,84 @@ def test_quick_reads_answer_exactly_what_fastapi_answers(quick_and_plain, user, 
     fast, slow = quick.get(f"{url}?{params}"), plain.get(f"{url}?{params}")
     assert (fast.status_code, fast.content) == (slow.status_code, slow.content)
     assert fast.headers["content-type"] == slow.headers["content-type"]
+
+
+@pytest.fixture(scope="module")
+def quick_and_plain_writers(ml100k, tmp_path_factory) -> tuple[TestClient, TestClient]:
+    """Two apps, each over its own service and in-memory store, on one explicit model: with the quick
+    paths and without. Fed the same writes in the same order, their states stay equal."""
+    model = create_model("mf", n_epochs=2, n_factors=8).fit(ml100k)
+    path = _artifact(model, ml100k, tmp_path_factory.mktemp("writers") / "mf")
+    return tuple(  # type: ignore[return-value]
+        TestClient(create_app(RecommenderService.from_artifact(path, "sqlite://"), write_token=TOKEN, quick_paths=q))
+        for q in (True, False)
+    )
+
+
+# each strategy leans towards values the route accepts, so that about half the writes are accepted
+_ITEMS = st.one_of(
+    st.integers(1, 1682),
+    st.sampled_from([1683, 0, -1, 10**20]),
+    st.integers(),
+    st.text(max_size=3),
+    st.booleans(),
+    st.floats(),
+)
+_RATINGS = st.one_of(st.none(), st.sampled_from([1, 5, 3.5, 0, 6, 1000, True]), st.floats(1, 5), st.floats())
+_VALID_ITEMS = st.lists(
+    st.fixed_dictionaries(
+        {"item": st.integers(1, 1682)}, optional={"rating": st.one_of(st.none(), st.integers(1, 5), st.floats(1, 5))}
+    ),
+    min_size=1,
+    max_size=3,
+)
+_BODIES = st.one_of(
+    st.fixed_dictionaries({"items": _VALID_ITEMS}).map(lambda body: json.dumps(body).encode()),
+    st.fixed_dictionaries(
+        {"items": st.lists(st.fixed_dictionaries({"item": _ITEMS}, optional={"rating": _RATINGS}), max_size=3)},
+        optional={"extra": st.integers()},
+    ).map(lambda body: json.dumps(body).encode()),  # NaN and Infinity come out as JSON5-style tokens
+    st.binary(max_size=16),
+    st.sampled_from([b"", b"null", b"[]", b'{"items": "50"}', b'{"items":[{"item":"50"}]}', b'{"items":[{}]}']),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    user=st.one_of(
+        st.integers(1, 943).map(str), st.sampled_from(["944", "0", "-1", "007", "x", "١"]), st.text(max_size=4)
+    ),
+    body=_BODIES,
+    content_type=st.sampled_from(["application/json"] * 5 + ["text/plain", None, "application/json; charset=utf-8"]),
+    authorization=st.sampled_from(
+        [f"Bearer {TOKEN}"] * 5 + ["Bearer wrong-token-0123456789", None, f"bearer {TOKEN}", f"Bearer  {TOKEN}"]
+    ),
+)
+def test_quick_writes_answer_exactly_what_fastapi_answers(
+    quick_and_plain_writers, user, body, content_type, authorization
+):
+    """The quick path for POST /users/{id}/interactions answers byte for byte what FastAPI's route answers:
+    accepted writes (same sequence numbers: both stores took the same writes), refused ones (bad token,
+    wrong content type, malformed JSON, ids or ratings the request model refuses, unknown users and
+    items), and it leaves the store in the same state."""
+    quick, plain = quick_and_plain_writers
+    headers = {k: v for k, v in {"Content-Type": content_type, "Authorization": authorization}.items() if v}
+    url = f"/users/{quote(user, safe='')}/interactions"
+    fast, slow = quick.post(url, content=body, headers=headers), plain.post(url, content=body, headers=headers)
+    assert (fast.status_code, fast.content) == (slow.status_code, slow.content)
+    assert fast.headers["content-type"] == slow.headers["content-type"]
+    assert fast.status_code != 500
+    event(f"status {fast.status_code}")
+
+
+def test_quick_writes_are_measured_and_read_back(ials_dir):
+    quick, _ = _one_service(ials_dir)
+    item = quick.get("/users/13/recommendations?k=5").json()["items"][0]["item"]
+    answer = quick.post("/users/13/interactions", json={"items": [{"item": item}]})
+    assert answer.status_code == 200 and answer.json()["seq"] == 1
+    assert item not in [r["item"] for r in quick.get("/users/13/recommendations?k=5").json()["items"]]
+    counts = quick.get("/metrics/json").json()["requests"]
+    assert counts["/users/{user_id}/interactions 200"] == 1
 
 
 def test_quick_reads_are_measured_and_follow_writes(ials_dir):

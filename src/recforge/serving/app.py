@@ -13,6 +13,7 @@ run on the event loop, because the thread hop cost more than the work (see docs/
 
 import contextlib
 import hmac
+import json
 import math
 import os
 import re
@@ -167,42 +168,85 @@ class _LimitAndMeasure:
             self.metrics.record(route, status, (time.perf_counter() - started) * 1e3)
 
 
-class _QuickReads:
-    """`GET /users/{id}/recommendations` in its plainest form (a well-formed id; no query, or `k=<digits>`
-    and/or `exclude_seen=true|false`) answered without FastAPI's routing and parameter solving, which
-    cost about as much as the answer itself when an ANN index serves it. Anything else, any error and
-    every other route go through FastAPI unchanged, which validates and renders errors; the body is
-    rendered by the route's own response model, so both paths answer byte for byte alike
-    (tests/serving/test_api.py checks that). Measured in-process on the 100k-item HNSW benchmark model:
-    225 -> 178 µs per read. Off when reads need a token (the check lives in FastAPI's dependencies)."""
+class _QuickPaths:
+    """The two hottest requests answered without FastAPI's routing and parameter solving, which cost about
+    as much as the work itself on an ANN-served model:
+    - `GET /users/{id}/recommendations` in its plainest form (a well-formed id; no query, or `k=<digits>`
+      and/or `exclude_seen=true|false`): 225 -> 178 µs per read in-process on the 100k-item benchmark model;
+    - `POST /users/{id}/interactions` with a valid bearer token, `Content-Type: application/json`, a
+      declared length and a body the route's own request model accepts (parsed and validated as FastAPI
+      does: `json.loads`, then the model in Python mode).
+    Anything else, and every other route, goes through FastAPI unchanged, which validates and renders the
+    errors; a write's body is handed on as it was received. Once a write has passed validation its outcome
+    is answered here (the service's errors with the statuses of the app's exception handlers), never sent
+    on, so it runs once. Answers are rendered by the routes' response models, so both paths answer byte for
+    byte alike (tests/serving/test_api.py checks reads and writes). Reads are off when they need a token
+    (the check lives in FastAPI's dependencies); writes are off without a write token."""
 
-    ROUTE = "/users/{user_id}/recommendations"
+    READ_ROUTE = "/users/{user_id}/recommendations"
+    WRITE_ROUTE = "/users/{user_id}/interactions"
+    MAX_QUICK_BODY = 64 * 1024
+    ERRORS: tuple[tuple[type[Exception], int], ...] = (
+        (UnknownIdError, 404),
+        (CapabilityError, 409),
+        (DuplicateItemError, 409),
+        (ConfigError, 422),
+        (StoreUnavailableError, 503),
+    )  # the statuses `_handle_errors` gives them (DuplicateItemError before its base class ConfigError)
 
-    def __init__(self, app: Any, service: RecommenderService, router: Any, integer_users: bool) -> None:
+    def __init__(
+        self,
+        app: Any,
+        service: RecommenderService,
+        router: Any,
+        integer_users: bool,
+        reads: bool,
+        write_token: str | None,
+        interactions_request: Any,
+    ) -> None:
         # built with the middleware stack, at the first request: every route exists by then
-        self.app, self.service = app, service
-        self.route = next(r for r in router.routes if getattr(r, "path", None) == self.ROUTE)
+        self.app, self.service, self.reads = app, service, reads
+        routes = {getattr(r, "path", None): r for r in router.routes if "GET" in getattr(r, "methods", ())}
+        self.read_route = routes[self.READ_ROUTE]
+        self.write_route = next(
+            r for r in router.routes if getattr(r, "path", None) == self.WRITE_ROUTE and "POST" in r.methods
+        )
         self.user = re.compile(INTEGER_PATTERN) if integer_users else None
         self.answer = TypeAdapter(UserAnswer)
+        self.write_answer = TypeAdapter(InteractionsAnswer)
+        self.request = TypeAdapter(interactions_request)
+        self.authorization = f"Bearer {write_token}".encode() if write_token else None
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        answer = self._answer(scope) if scope["type"] == "http" and scope["method"] == "GET" else None
+        if scope["type"] == "http" and scope["method"] == "POST" and self.authorization is not None:
+            await self._write(scope, receive, send)
+            return
+        answer = self._answer(scope) if self.reads and scope["type"] == "http" and scope["method"] == "GET" else None
         if answer is None:
             await self.app(scope, receive, send)
             return
-        scope["route"] = self.route  # for the metrics
-        headers = [(b"content-length", str(len(answer)).encode()), (b"content-type", b"application/json")]
-        await send({"type": "http.response.start", "status": 200, "headers": headers})
-        await send({"type": "http.response.body", "body": answer})
+        scope["route"] = self.read_route  # for the metrics
+        await self._send(send, 200, answer)
 
-    def _answer(self, scope: dict) -> bytes | None:
-        path: str = scope["path"]
-        if not (path.startswith("/users/") and path.endswith("/recommendations")):
+    @staticmethod
+    async def _send(send: Any, status: int, body: bytes) -> None:
+        headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    def _user_in(self, path: str, prefix: str, suffix: str) -> str | None:
+        if not (path.startswith(prefix) and path.endswith(suffix)):
             return None
-        user = path[7:-16]
+        user = path[len(prefix) : -len(suffix)]
         if not user or len(user) > MAX_ID_LENGTH or "/" in user:
             return None
         if self.user is not None and not self.user.match(user):
+            return None
+        return user
+
+    def _answer(self, scope: dict) -> bytes | None:
+        user = self._user_in(scope["path"], "/users/", "/recommendations")
+        if user is None:
             return None
         k, exclude_seen = 10, True
         query: bytes = scope["query_string"]
@@ -226,6 +270,56 @@ class _QuickReads:
             return None
         return self.answer.dump_json(self.answer.validate_python({"user": user, **answer}))
 
+    async def _write(self, scope: dict, receive: Any, send: Any) -> None:
+        user = self._user_in(scope["path"], "/users/", "/interactions")
+        headers = dict(scope["headers"]) if user is not None and not scope["query_string"] else {}
+        length = headers.get(b"content-length", b"")
+        if not (
+            headers.get(b"content-type") == b"application/json"
+            and length.isdigit()
+            and int(length) <= self.MAX_QUICK_BODY
+            and len(headers) == len(scope["headers"])  # no repeated header to second-guess
+            and hmac.compare_digest(headers.get(b"authorization", b""), self.authorization)  # type: ignore[arg-type]
+            and self.service.writes_quickly()
+        ):
+            await self.app(scope, receive, send)
+            return
+        chunks, more = [], True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client left before sending its body: nothing to answer
+            chunks.append(message.get("body", b""))
+            more = message.get("more_body", False)
+        body = b"".join(chunks)
+        try:
+            request = self.request.validate_python(json.loads(body))
+        except Exception:  # FastAPI parses it again, from the same bytes, and renders the error
+            handed = False
+
+            async def replay() -> dict:
+                nonlocal handed
+                if not handed:
+                    handed = True
+                    return {"type": "http.request", "body": body, "more_body": False}
+                return await receive()
+
+            await self.app(scope, replay, send)
+            return
+        scope["route"] = self.write_route  # for the metrics
+        pairs = [(r.item, r.rating) for r in request.items]
+        try:
+            done = self.service.add_interactions(user, pairs)
+        except Exception as exc:
+            status = next((code for kind, code in self.ERRORS if isinstance(exc, kind)), None)
+            if status is None:
+                raise  # as on FastAPI's path: the server-error middleware answers it
+            detail = json.dumps({"detail": str(exc)}, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+            await self._send(send, status, detail.encode())  # as the app's exception handlers render it
+            return
+        answer = {"user": user, "added": len(request.items), **done}
+        await self._send(send, 200, self.write_answer.dump_json(self.write_answer.validate_python(answer)))
+
 
 def _integer_ids(vocabulary: Any, kind: str) -> bool:
     """Whether the vocabulary's ids are integers the API can carry (at most 15 digits); refuse to serve
@@ -247,12 +341,12 @@ def create_app(
     *,
     write_token: str | None = None,
     read_token: str | None = None,
-    quick_reads: bool = True,
+    quick_paths: bool = True,
 ) -> FastAPI:
     """The app over `service`. Writes (and `POST /admin/models`) need `Authorization: Bearer
     <write_token>`; without a write token configured they are refused (403). Reads are open, or need
     `read_token` (or the write token) when one is given. Tokens are compared in constant time.
-    `quick_reads=False` sends every request through FastAPI (`_QuickReads` answers the same bytes)."""
+    `quick_paths=False` sends every request through FastAPI (`_QuickPaths` answers the same bytes)."""
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -264,8 +358,24 @@ def create_app(
     metrics = Metrics()
     app.state.service, app.state.metrics = service, metrics
     integer_users = _integer_ids(service.model.users_, "user")
-    if quick_reads and not read_token:
-        app.add_middleware(_QuickReads, service=service, router=app.router, integer_users=integer_users)
+    # ids keep the model vocabulary's type: the schema (and so clients and fuzzers) know integer ids
+    # (a promoted model must keep this interface: `recforge.serving.engine.check_same_interface`)
+    model = service.model
+    integer_items = _integer_ids(model.items_, "item")
+    shape = interface(model)
+    models = request_models(
+        integer_users, integer_items, shape["rating_scale"], shape["user_features"], shape["item_features"]
+    )
+    if quick_paths:
+        app.add_middleware(
+            _QuickPaths,
+            service=service,
+            router=app.router,
+            integer_users=integer_users,
+            reads=not read_token,
+            write_token=write_token,
+            interactions_request=models.InteractionsRequest,
+        )
     app.add_middleware(_LimitAndMeasure, metrics=metrics, max_body_bytes=max_body_bytes)  # outermost: measures all
     _handle_errors(app)
     bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <token>")
@@ -281,14 +391,6 @@ def create_app(
 
     # reads declare (and check) the bearer scheme only when a read token is configured
     read, write = ([Depends(can_read)] if read_token else []), [Depends(can_write)]
-    # ids keep the model vocabulary's type: the schema (and so clients and fuzzers) know integer ids
-    # (a promoted model must keep this interface: `recforge.serving.engine.check_same_interface`)
-    model = service.model
-    integer_items = _integer_ids(model.items_, "item")
-    shape = interface(model)
-    models = request_models(
-        integer_users, integer_items, shape["rating_scale"], shape["user_features"], shape["item_features"]
-    )
     UserId = Annotated[str, Path(max_length=MAX_ID_LENGTH, pattern=INTEGER_PATTERN if integer_users else None)]
     ItemId = Annotated[str, Path(max_length=MAX_ID_LENGTH, pattern=INTEGER_PATTERN if integer_items else None)]
     NewUserRequest, InteractionsRequest = models.NewUserRequest, models.InteractionsRequest
