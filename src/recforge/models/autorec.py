@@ -78,7 +78,7 @@ class AutoRec(Recommender):
                     optimizer.zero_grad()
                     loss.backward()
                     optimizer.step()
-                    total += float(error)
+                    total += float(error.detach())
                 train_rmse = float(np.sqrt(total / max(1, self.item_ratings_.nnz)))
                 self.training_log_.append({"epoch": epoch + 1, "train_rmse": train_rmse})
                 bar.advance()
