@@ -84,19 +84,28 @@ class Blend(Recommender):
         return self._combine([member.score(users, history) for member in self.members_])
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {}
-        for index, member in enumerate(self.members_):
-            member_arrays, _ = member.get_state()
-            arrays |= {f"member{index}/{name}": value for name, value in member_arrays.items()}
-        return arrays
+        return members_arrays(self.members_)
 
     def _get_extras(self) -> dict[str, Any]:
         return {"members": [member.get_state()[1] for member in self.members_]}
 
     def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
-        for index, (member, member_extras) in enumerate(zip(self.members_, extras["members"], strict=True)):
-            prefix = f"member{index}/"
-            member.set_state({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}, member_extras)
+        restore_members(self.members_, arrays, extras["members"])
+
+
+def members_arrays(members: list[Recommender]) -> dict[str, np.ndarray]:
+    """Every member's arrays under its own prefix (`member<i>/`), for an ensemble's artifact."""
+    arrays = {}
+    for index, member in enumerate(members):
+        member_arrays, _ = member.get_state()
+        arrays |= {f"member{index}/{name}": value for name, value in member_arrays.items()}
+    return arrays
+
+
+def restore_members(members: list[Recommender], arrays: dict[str, np.ndarray], extras: list[dict[str, Any]]) -> None:
+    for index, (member, member_extras) in enumerate(zip(members, extras, strict=True)):
+        prefix = f"member{index}/"
+        member.set_state({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}, member_extras)
 
 
 # ----------------------------------------------------------------------------- rating stacking
@@ -230,10 +239,7 @@ class Stack(Recommender):
         arrays = {"weights": self.weights_, "user_support": self.user_support_, "item_support": self.item_support_}
         if self.config.meta_features:  # type: ignore[attr-defined]
             arrays |= {"meta_mean": self.meta_mean_, "meta_std": self.meta_std_}
-        for index, member in enumerate(self.members_):
-            member_arrays, _ = member.get_state()
-            arrays |= {f"member{index}/{name}": value for name, value in member_arrays.items()}
-        return arrays
+        return arrays | members_arrays(self.members_)
 
     def _get_extras(self) -> dict[str, Any]:
         return {"members": [member.get_state()[1] for member in self.members_], "ridge": self.ridge_}
@@ -247,9 +253,7 @@ class Stack(Recommender):
         if self.config.meta_features:  # type: ignore[attr-defined]
             self.meta_mean_, self.meta_std_ = arrays["meta_mean"], arrays["meta_std"]
         self.ridge_ = float(extras["ridge"])
-        for index, (member, member_extras) in enumerate(zip(self.members_, extras["members"], strict=True)):
-            prefix = f"member{index}/"
-            member.set_state({k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}, member_extras)
+        restore_members(self.members_, arrays, extras["members"])
 
 
 def _ridge(design: np.ndarray, targets: np.ndarray, penalty: float) -> np.ndarray:
