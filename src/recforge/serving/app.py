@@ -186,13 +186,6 @@ class _QuickPaths:
     READ_ROUTE = "/users/{user_id}/recommendations"
     WRITE_ROUTE = "/users/{user_id}/interactions"
     MAX_QUICK_BODY = 64 * 1024
-    ERRORS: tuple[tuple[type[Exception], int], ...] = (
-        (UnknownIdError, 404),
-        (CapabilityError, 409),
-        (DuplicateItemError, 409),
-        (ConfigError, 422),
-        (StoreUnavailableError, 503),
-    )  # the statuses `_handle_errors` gives them (DuplicateItemError before its base class ConfigError)
 
     def __init__(
         self,
@@ -206,11 +199,8 @@ class _QuickPaths:
     ) -> None:
         # built with the middleware stack, at the first request: every route exists by then
         self.app, self.service, self.reads = app, service, reads
-        routes = {getattr(r, "path", None): r for r in router.routes if "GET" in getattr(r, "methods", ())}
-        self.read_route = routes[self.READ_ROUTE]
-        self.write_route = next(
-            r for r in router.routes if getattr(r, "path", None) == self.WRITE_ROUTE and "POST" in r.methods
-        )
+        self.read_route = _route(router, self.READ_ROUTE, "GET")
+        self.write_route = _route(router, self.WRITE_ROUTE, "POST")
         self.user = re.compile(INTEGER_PATTERN) if integer_users else None
         self.answer = TypeAdapter(UserAnswer)
         self.write_answer = TypeAdapter(InteractionsAnswer)
@@ -311,14 +301,17 @@ class _QuickPaths:
         try:
             done = self.service.add_interactions(user, pairs)
         except Exception as exc:
-            status = next((code for kind, code in self.ERRORS if isinstance(exc, kind)), None)
+            status = next((code for kind, code in ERROR_STATUSES if isinstance(exc, kind)), None)
             if status is None:
                 raise  # as on FastAPI's path: the server-error middleware answers it
-            detail = json.dumps({"detail": str(exc)}, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
-            await self._send(send, status, detail.encode())  # as the app's exception handlers render it
+            await _error_answer(status)(None, exc)(scope, receive, send)  # the app's exception handlers' answer
             return
         answer = {"user": user, "added": len(request.items), **done}
         await self._send(send, 200, self.write_answer.dump_json(self.write_answer.validate_python(answer)))
+
+
+def _route(router: Any, path: str, method: str) -> Any:
+    return next(r for r in router.routes if getattr(r, "path", None) == path and method in getattr(r, "methods", ()))
 
 
 def _integer_ids(vocabulary: Any, kind: str) -> bool:
@@ -515,18 +508,27 @@ def _handle_errors(app: FastAPI) -> None:
     """Map recforge's errors to statuses, and render every 422 safely (an input holding NaN or bytes
     must not break the error answer itself)."""
 
-    def answer(status: int) -> Any:
-        return lambda request, exc: JSONResponse({"detail": str(exc)}, status_code=status)
-
-    app.add_exception_handler(UnknownIdError, answer(404))
-    app.add_exception_handler(CapabilityError, answer(409))
-    app.add_exception_handler(DuplicateItemError, answer(409))
-    app.add_exception_handler(ConfigError, answer(422))
-    app.add_exception_handler(StoreUnavailableError, answer(503))
+    for kind, status in ERROR_STATUSES:
+        app.add_exception_handler(kind, _error_answer(status))
 
     @app.exception_handler(RequestValidationError)
     def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         return JSONResponse({"detail": [_safe(error) for error in exc.errors()]}, status_code=422)
+
+
+# recforge's errors and their statuses, for FastAPI's exception handlers and the quick write path
+# (most specific first: DuplicateItemError is a ConfigError)
+ERROR_STATUSES: tuple[tuple[type[Exception], int], ...] = (
+    (UnknownIdError, 404),
+    (CapabilityError, 409),
+    (DuplicateItemError, 409),
+    (ConfigError, 422),
+    (StoreUnavailableError, 503),
+)
+
+
+def _error_answer(status: int) -> Any:
+    return lambda request, exc: JSONResponse({"detail": str(exc)}, status_code=status)
 
 
 def _safe(value: Any) -> Any:
