@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numba
 import numpy as np
 import torch
 from pydantic import Field
@@ -19,13 +20,28 @@ from recforge.coldstart import EMBEDDINGS, HISTORY, KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
 from recforge.errors import ConfigError
-from recforge.models._solvers import GroupedRows, gram, ridge, solve_spd, weighted_sum
+from recforge.models._solvers import GroupedRows, gaussian_rows, ridge
 from recforge.models.config import ModelConfig, TrainOptions
 from recforge.models.factorization import FactorModel, FoldInPenalty
 
 
 def _with_ones(factors: torch.Tensor) -> torch.Tensor:
     return torch.cat([factors, torch.ones((factors.shape[0], 1), dtype=factors.dtype)], dim=1)
+
+
+@numba.njit(parallel=True, cache=True, nogil=True)
+def _predictions(user_part, item_part, users, items, mean):  # pragma: no cover - compiled
+    """μ + b_u + b_i + ⟨p_u, q_i⟩ per rating, for rows [p, b] of the user and item parts (one pass,
+    no (n_ratings, d) gathers)."""
+    d = user_part.shape[1] - 1
+    out = np.empty(len(users))
+    for r in numba.prange(len(users)):
+        u, i = users[r], items[r]
+        total = mean + user_part[u, d] + item_part[i, d]
+        for k in range(d):
+            total += user_part[u, k] * item_part[i, k]
+        out[r] = total
+    return out
 
 
 class ALSConfig(ModelConfig):
@@ -64,12 +80,7 @@ class ExplicitALS(FactorModel):
                 user_part = ridge(by_user, _with_ones(item_part[:, :-1]), ratings - mean - item_bias[items], user_reg)
                 user_bias = user_part[:, -1].numpy()
                 item_part = ridge(by_item, _with_ones(user_part[:, :-1]), ratings - mean - user_bias[users], item_reg)
-                prediction = (
-                    mean
-                    + user_part[users, -1]
-                    + item_part[items, -1]
-                    + (user_part[users, :-1] * item_part[items, :-1]).sum(1)
-                ).numpy()
+                prediction = _predictions(user_part.numpy(), item_part.numpy(), users, items, mean)
                 loss = float(np.mean((prediction - ratings) ** 2))
                 self.training_log_.append({"epoch": iteration + 1, "loss": loss})
                 bar.advance()
@@ -154,15 +165,7 @@ class BayesianMF(FactorModel):
                     alpha,
                     torch_rng,
                 )
-                residual = (
-                    ratings
-                    - (
-                        mean
-                        + user_part[users, -1]
-                        + item_part[items, -1]
-                        + (user_part[users, :-1] * item_part[items, :-1]).sum(1)
-                    ).numpy()
-                )
+                residual = ratings - _predictions(user_part.numpy(), item_part.numpy(), users, items, mean)
                 mse = float(np.mean(residual**2))
                 if c.sample_precision:
                     alpha = float(rng.gamma(1.0 + len(ratings) / 2, 1.0 / (1.0 + 0.5 * np.sum(residual**2))))
@@ -218,14 +221,9 @@ class BayesianMF(FactorModel):
         generator: torch.Generator,
     ) -> torch.Tensor:
         """Rows drawn from their Gaussian conditionals N(A⁻¹ b, A⁻¹), A = Λ + α Σ x xᵀ, b = Λμ + α Σ t x."""
-        lam = torch.from_numpy(prior_precision)
-        precision = lam[None] + alpha * gram(groups, design)
-        rhs = (lam @ torch.from_numpy(prior_mean))[None] + alpha * weighted_sum(groups, design, targets)
-        cholesky = torch.linalg.cholesky(precision)
-        mean = torch.cholesky_solve(rhs.unsqueeze(-1), cholesky).squeeze(-1)
-        noise = torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
-        # x = mean + L^{-T} z has covariance (L Lᵀ)^{-1} = A^{-1}
-        return mean + torch.linalg.solve_triangular(cholesky.mT, noise.unsqueeze(-1), upper=True).squeeze(-1)
+        noise = torch.randn((groups.n_groups, design.shape[1]), generator=generator, dtype=torch.float64)
+        lam, mu = torch.from_numpy(prior_precision), torch.from_numpy(prior_mean)
+        return gaussian_rows(groups, design, targets, lam, mu, scale=alpha, noise=noise)
 
     def fold_in(self, history: History) -> tuple[np.ndarray, np.ndarray]:
         """Per kept sample, the posterior mean of a new user's [p, b_u] given their ratings; concatenated
@@ -245,11 +243,8 @@ class BayesianMF(FactorModel):
             item_factors = self.item_factors_[:, s * d : (s + 1) * d].astype(np.float64) * scale
             design = _with_ones(torch.from_numpy(item_factors))
             targets = ratings.data - self.global_bias_ - self.item_bias_samples_[ratings.col, s]
-            lam = torch.from_numpy(self.prior_precisions_[s])
-            alpha = float(self.noise_precisions_[s])
-            matrices = lam[None] + alpha * gram(groups, design)
-            rhs = (lam @ torch.from_numpy(self.prior_means_[s]))[None] + alpha * weighted_sum(groups, design, targets)
-            solution = solve_spd(matrices, rhs).numpy()
+            lam, mu = torch.from_numpy(self.prior_precisions_[s]), torch.from_numpy(self.prior_means_[s])
+            solution = gaussian_rows(groups, design, targets, lam, mu, scale=float(self.noise_precisions_[s])).numpy()
             parts.append(solution[:, :d] / scale)
             biases.append(solution[:, d])
         return np.concatenate(parts, axis=1).astype(np.float32), np.mean(biases, axis=0)
