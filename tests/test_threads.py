@@ -6,6 +6,7 @@ from __future__ import annotations
 import multiprocessing
 import time
 
+import numba
 import numpy as np
 import pytest
 import torch
@@ -39,13 +40,16 @@ def test_explicit_counts_win_in_order(monkeypatch, no_thread_settings):
 
 
 def test_threads_set_for_a_fit_are_restored_afterwards(small):
-    before_torch, before_blas = torch.get_num_threads(), _blas_threads()
+    create_model("ials", n_factors=4, n_iterations=2).fit(small)  # loads every BLAS pool a fit uses (scipy.linalg)
+    before_torch, before_blas, before_numba = torch.get_num_threads(), _blas_threads(), numba.get_num_threads()
     target = 1 if before_torch != 1 else 2
     with threads.thread_limit(target) as used:
         assert used == target
         assert torch.get_num_threads() == target
         assert all(count == target for count in _blas_threads())
+        assert numba.get_num_threads() == min(target, numba.config.NUMBA_NUM_THREADS)
     assert torch.get_num_threads() == before_torch and _blas_threads() == before_blas
+    assert numba.get_num_threads() == before_numba
     model = create_model("ials", n_factors=4, n_iterations=2).fit(small, TrainOptions(threads=target))
     assert model.fit_threads_ == target
     assert torch.get_num_threads() == before_torch and _blas_threads() == before_blas

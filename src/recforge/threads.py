@@ -22,8 +22,8 @@ The policy (`TrainOptions.threads = None`, the default):
    CPU-bound neighbours MF took 0.6-0.9 s at 1,000-10,000 spins and 33 s at 100,000-300,000; on an idle
    machine 10,000 spins were as fast as 300,000 (MF, iALS, BPR, SASRec within noise), 1,000 slower for MF.
 
-`thread_limit(n)` applies a count to torch's intra-op pool and to the BLAS pools of numpy/scipy
-(threadpoolctl) for the duration of a block, and restores the previous counts afterwards, so a fit with
+`thread_limit(n)` applies a count to torch's intra-op pool, numba's parallel loops and the BLAS pools
+of numpy/scipy (threadpoolctl) for the duration of a block, and restores the previous counts afterwards, so a fit with
 `threads=1` does not leave the process single-threaded. Floating-point results can differ in their
 last bits between thread counts (parallel reductions sum in another order): pin `threads` for
 bit-for-bit reproducible runs.
@@ -176,6 +176,10 @@ def thread_limit(threads: int | None = None, useful: int | None = None) -> Itera
     previous = torch.get_num_threads() if torch is not None else None
     if torch is not None and previous != count:
         torch.set_num_threads(count)
+    numba = sys.modules.get("numba")  # the compiled loops of iALS, ALS and Bayesian MF
+    previous_numba = numba.get_num_threads() if numba is not None else None
+    if numba is not None:
+        numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
@@ -186,6 +190,8 @@ def thread_limit(threads: int | None = None, useful: int | None = None) -> Itera
         with limiter:
             yield count
     finally:
+        if previous_numba is not None:
+            numba.set_num_threads(previous_numba)
         torch = sys.modules.get("torch")
         if torch is not None:
             if previous is None:  # torch was imported inside the block: give it back its own default

@@ -194,7 +194,6 @@ class ImplicitALS(FactorModel):
         rows = np.array(current.numpy(), dtype=np.float32, order="C")  # solved in place
         if penalty is None:
             penalty = torch.zeros(len(row_counts), dtype=fixed.dtype)  # λ is already on the diagonal
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
         _conjugate_gradient_rows(
             pattern.crow.numpy(),
             pattern.col.numpy(),
