@@ -174,6 +174,7 @@ def implicit_item_item(matrix, k: int) -> PeerScores:
 
 IALS_GRID = {"n_factors": [32, 64, 128], "reg": [1.0, 10.0, 20.0, 50.0], "alpha": [1.0, 2.0, 5.0, 10.0]}
 EASE_GRID = {"reg": [100.0, 250.0, 500.0, 1000.0], "dropout": [0.0, 0.3, 0.6]}
+RP3_GRID = {"alpha": [0.6, 0.8, 1.0], "beta": [0.3, 0.5, 0.7], "k": [100, 400]}
 
 
 def tune(split: Split, fit_and_score, grid: dict) -> dict:
@@ -218,6 +219,8 @@ def ranking_rows(split: Split, quick: bool) -> tuple[list[dict], dict]:
     tuned["recforge ials"] = tune(split, lambda t, p: create_model("ials", **p).fit(t), grid_ials)
     tuned["implicit ALS"] = tune(split, implicit_als, grid_ials)
     tuned["recforge ease"] = tune(split, lambda t, p: create_model("ease", **p).fit(t), grid_ease)
+    grid_rp3 = RP3_GRID if not quick else {"alpha": [0.6], "beta": [0.5], "k": [400]}
+    tuned["recforge rp3beta"] = tune(split, lambda t, p: create_model("rp3beta", **p).fit(t), grid_rp3)
     candidates = [
         ("recforge", "most_popular", lambda: create_model("most_popular").fit(split.train)),
         (
@@ -226,6 +229,12 @@ def ranking_rows(split: Split, quick: bool) -> tuple[list[dict], dict]:
             lambda: create_model("ease", **tuned["recforge ease"]).fit(split.train),
         ),
         ("recforge", "blend (defaults: EDLAE + 0.5·iALS)", lambda: create_model("blend").fit(split.train)),
+        ("recforge", "rp3beta (defaults)", lambda: create_model("rp3beta").fit(split.train)),
+        (
+            "recforge",
+            f"rp3beta (tuned {tuned['recforge rp3beta']})",
+            lambda: create_model("rp3beta", **tuned["recforge rp3beta"]).fit(split.train),
+        ),
         ("recforge", "ials (defaults)", lambda: create_model("ials").fit(split.train)),
         (
             "recforge",

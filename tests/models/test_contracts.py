@@ -81,6 +81,13 @@ class TestEASE(ModelContract):
     quality = ("ndcg@10", 0.445, 0.46)
 
 
+class TestRP3Beta(ModelContract):
+    model_name = "rp3beta"
+    params = {"k": 10}
+    quality = ("ndcg@10", 0.40, 0.42)  # 0.410 (P3α, β = 0: 0.346; EDLAE 0.45)
+    quality_params = {}
+
+
 class TestItemKNN(ModelContract):
     model_name = "item_knn"
     params = {"k": 10}

@@ -100,15 +100,16 @@ def similarity_matrix(
 
 
 def prune_top_k(similarity: np.ndarray, k: int) -> sp.csr_matrix:
-    """Keep the k largest positive similarities of each row, as a sparse matrix."""
-    n = similarity.shape[0]
-    k = min(k, n - 1) if n > 1 else 0
+    """Keep the k largest positive similarities of each row, as a sparse matrix (rows may be a block of a
+    square matrix: k is bounded by the number of columns less one, the row's own item)."""
+    n_rows, n_cols = similarity.shape
+    k = min(k, n_cols - 1) if n_cols > 1 else 0
     if k <= 0:
         return sp.csr_matrix(similarity.shape, dtype=np.float32)
     top = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
     values = np.take_along_axis(similarity, top, axis=1)
     keep = values > 0
-    rows = np.repeat(np.arange(n), k)[keep.ravel()]
+    rows = np.repeat(np.arange(n_rows), k)[keep.ravel()]
     return sp.csr_matrix((values[keep], (rows, top[keep])), shape=similarity.shape, dtype=np.float32)
 
 
