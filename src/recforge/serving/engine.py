@@ -27,7 +27,7 @@ import pandas as pd
 
 from recforge.coldstart import HISTORY, ITEM_FEATURES
 from recforge.data.catalogue import ITEMS_FILE
-from recforge.data.query import History
+from recforge.data.query import History, Query
 from recforge.errors import CapabilityError, ConfigError, RecforgeError
 from recforge.models.base import Recommender, UserUpdate
 from recforge.models.indexed import IndexedRecommender
@@ -66,6 +66,7 @@ class Snapshot:
             model, index = model.model, model.index
         popularity = np.asarray(model.seen_.sum(axis=0), dtype=np.float64).ravel()
         indexed = None if index is None else IndexedRecommender(model, index)
+        _warm_up(model)
         return cls(model, Catalogue.build(model, items), indexed, popularity, artifact, cutoff)
 
     @classmethod
@@ -92,6 +93,18 @@ class Snapshot:
         indexed = None if self.indexed is None else IndexedRecommender.build(model, self.indexed.index.config)
         popularity = np.concatenate([self.popularity, np.zeros(len(ids))])
         return replace(self, model=model, catalogue=catalogue, indexed=indexed, popularity=popularity)
+
+
+def _warm_up(model: Recommender) -> None:
+    """Score one rated one-item history before the snapshot serves, so the first real request does not pay
+    for loading or compiling the fold-in's loops: the first ridge fold-in of an explicit MF took 2.2 s in a
+    fresh installation (numba compiling) and 0.6 s with its on-disk cache (loading), then 2 ms."""
+    if HISTORY not in model.capabilities or model.n_items == 0:
+        return
+    try:
+        model.score(Query.from_items([[0]], model.n_items, [[1.0]]))
+    except RecforgeError as exc:  # a model that refuses this history refuses it for requests too, with a 4xx
+        logger.info("warm-up of %s skipped: %s", type(model).__name__, exc)
 
 
 class Engine:
