@@ -18,10 +18,17 @@
    factors, 15 iterations, 3 conjugate-gradient steps, regularization 20, alpha 2, binary confidence.
    Median of alternating fits after a warm-up of each; NDCG@10 of the first fit of each on the test part.
 
+4. The same SASRec recipe trained on every interaction but the test one (`leave_last_out(valid_k=0)`):
+   the recipe makes no choice on validation data, so the second-to-last item can be training data like
+   any other, as a final refit would use it. The test items and the full-ranking evaluation are those of
+   part 1. The published protocol (the S3-Rec/ICLRec code) trains without the validation item, so this
+   row is not comparable to published numbers; it is reported against issue 19's sequential line.
+
 fit_s is the wall time of `fit` on this 2-core machine (set-up included).
 
-Run: `python -m benchmarks.time_to_quality [--parts sasrec,rating,ials] [--seeds 0,1,2] [--repeats 3]`;
-writes results/time_to_quality.json and .md. A run of some parts keeps the other parts' previous results.
+Run: `python -m benchmarks.time_to_quality [--parts sasrec,sasrec_with_validation_item,rating,ials]
+[--seeds 0,1,2] [--repeats 3]`; writes results/time_to_quality.json and .md. A run of some parts keeps the
+other parts' previous results; `--parts ""` only re-renders the Markdown.
 """
 
 from __future__ import annotations
@@ -40,18 +47,25 @@ from recforge.models.config import TrainOptions
 warnings.filterwarnings("ignore", category=UserWarning)
 
 TARGET_NDCG, BUDGET_S = 0.045, 300.0
+SEQUENTIAL_TARGET = (0.050, 0.066)  # NDCG@10, NDCG@20
 FAST_SASREC = {"dropout": 0.5, "batch_size": 256, "lr": 3e-3}
 ICLREC_NDCG10 = 0.0403
 IALS_SETTINGS = {"n_factors": 64, "n_iterations": 15, "reg": 20.0, "alpha": 2.0, "cg_steps": 3}
 
 
-def sasrec_part(seeds: list[int], epochs: int) -> dict:
+def sasrec_part(seeds: list[int], epochs: int, with_validation_item: bool = False) -> dict:
+    """`with_validation_item`: train on every interaction but the test one (`leave_last_out(valid_k=0)`); the
+    recipe makes no choice on validation data, so the second-to-last item is training data like any other.
+    The published protocol (S3-Rec/ICLRec code) trains without it; both are reported, labelled."""
     from recforge.data.loaders import load_amazon_sequences
     from recforge.data.splits import leave_last_out
     from recforge.evaluation.protocols import next_item_evaluator
 
     data = load_amazon_sequences(data_dir() / "amazon-beauty")
-    split = leave_last_out(data, k=1, valid_k=1)
+    split = leave_last_out(data, k=1, valid_k=0 if with_validation_item else 1)
+    label = f"sasrec, {epochs} epochs at lr 3e-3" + (
+        ", trained with the validation item" if with_validation_item else ""
+    )
     evaluator = next_item_evaluator(split, ks=(10, 20))
     popular = evaluator.evaluate(create_model("most_popular").fit(split.train)).summary
     rows = [
@@ -70,7 +84,7 @@ def sasrec_part(seeds: list[int], epochs: int) -> dict:
         summary = evaluator.evaluate(model).summary
         rows.append(
             {
-                "model": f"sasrec, {epochs} epochs at lr 3e-3",
+                "model": label,
                 "seed": seed,
                 "fit_s": seconds,
                 "ndcg@10": summary["ndcg@10"],
@@ -81,20 +95,29 @@ def sasrec_part(seeds: list[int], epochs: int) -> dict:
         print(rows[-1], flush=True)
     runs = rows[1:]
     fit_s, ndcg = max(r["fit_s"] for r in runs), float(np.mean([r["ndcg@10"] for r in runs]))
+    ndcg20 = float(np.mean([r["ndcg@20"] for r in runs]))
     return {
         "rows": rows,
         "epochs": epochs,
         "config": FAST_SASREC,
         "side_by_side": {
-            "task": "SASRec, Amazon Beauty LOO",
+            "task": "SASRec, Amazon Beauty LOO" + (" (validation item in training)" if with_validation_item else ""),
             "recforge": f"sasrec, {epochs} epochs (seeds {','.join(map(str, seeds))})",
             "recforge_fit_s": fit_s,
-            "recforge_quality": f"NDCG@10 {ndcg:.4f}",
+            "recforge_quality": f"NDCG@10 {ndcg:.4f}, @20 {ndcg20:.4f}",
             "peer": "ICLRec (published)",
             "peer_fit_s": "",
             "peer_quality": f"NDCG@10 {ICLREC_NDCG10}",
-            "target": f"NDCG@10 >= {TARGET_NDCG} in <= {BUDGET_S:.0f} s, every seed",
-            "met": all(r["reached"] for r in runs),
+            "target": (
+                f"mean NDCG@10 >= {SEQUENTIAL_TARGET[0]} and @20 >= {SEQUENTIAL_TARGET[1]} (issue 19's sequential line)"
+                if with_validation_item
+                else f"NDCG@10 >= {TARGET_NDCG} in <= {BUDGET_S:.0f} s, every seed"
+            ),
+            "met": (
+                ndcg >= SEQUENTIAL_TARGET[0] and ndcg20 >= SEQUENTIAL_TARGET[1]
+                if with_validation_item
+                else all(r["reached"] for r in runs)
+            ),
         },
     }
 
@@ -184,7 +207,7 @@ def ials_part(repeats: int) -> dict:
     }
 
 
-PARTS = {"sasrec": sasrec_part, "rating": rating_part, "ials": ials_part}
+PARTS = {"sasrec": sasrec_part, "sasrec_with_validation_item": sasrec_part, "rating": rating_part, "ials": ials_part}
 COLUMNS = [
     "task",
     "recforge",
@@ -200,17 +223,18 @@ COLUMNS = [
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--parts", default="sasrec,rating,ials")
+    parser.add_argument("--parts", default="sasrec,sasrec_with_validation_item,rating,ials")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--epochs", type=int, default=13)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     previous = RESULTS / "time_to_quality.json"
     parts = json.loads(previous.read_text()).get("parts", {}) if previous.exists() else {}
-    for name in args.parts.split(","):
+    for name in filter(None, args.parts.split(",")):
         started = time.strftime("%Y-%m-%d %H:%M")
-        if name == "sasrec":
-            parts[name] = sasrec_part([int(s) for s in args.seeds.split(",")], args.epochs)
+        if name.startswith("sasrec"):
+            seeds = [int(s) for s in args.seeds.split(",")]
+            parts[name] = sasrec_part(seeds, args.epochs, with_validation_item=name == "sasrec_with_validation_item")
         elif name in PARTS:
             parts[name] = PARTS[name](args.repeats)
         else:
@@ -228,13 +252,14 @@ def main() -> None:
         markdown_table(table, COLUMNS),
         "",
     ]
-    if "sasrec" in parts:
-        markdown += [
-            "## SASRec on Beauty per seed",
-            "",
-            markdown_table(parts["sasrec"]["rows"], ["model", "seed", "fit_s", "ndcg@10", "ndcg@20", "reached"]),
-            "",
-        ]
+    for name in ("sasrec", "sasrec_with_validation_item"):
+        if name in parts:
+            markdown += [
+                f"## {parts[name]['side_by_side']['task']}, per seed",
+                "",
+                markdown_table(parts[name]["rows"], ["model", "seed", "fit_s", "ndcg@10", "ndcg@20", "reached"]),
+                "",
+            ]
     write_results("time_to_quality", {"parts": parts}, "\n".join(markdown))
 
 
