@@ -61,12 +61,11 @@ def rp3beta_weights(matrix: sp.csr_matrix, alpha: float, beta: float, k: int, no
         dense = np.asarray((item_to_user[start:stop] @ user_to_item).todense())
         dense[np.arange(stop - start), np.arange(start, stop)] = 0.0  # a walk back to the item itself
         blocks.append(prune_top_k(dense, k))
-    weights = sp.vstack(blocks, format="csr").astype(np.float32)
+    weights = sp.vstack(blocks, format="csr")
     if normalize_rows:
         sums = np.asarray(weights.sum(axis=1)).ravel()
-        weights = (sp.diags(np.where(sums > 0, 1.0 / np.where(sums > 0, sums, 1.0), 0.0)) @ weights).tocsr()
-        weights = weights.astype(np.float32)
-    return weights
+        weights = (sp.diags(np.divide(1.0, sums, out=np.zeros_like(sums), where=sums > 0)) @ weights).tocsr()
+    return weights.astype(np.float32)
 
 
 class RP3Beta(Recommender):
@@ -86,7 +85,7 @@ class RP3Beta(Recommender):
 
     def _item_similarity(self, items: np.ndarray) -> np.ndarray:
         """How likely the walk from i lands on j, symmetrised (W is not symmetric)."""
-        return np.asarray((self.weights_[items] + self.weights_.T.tocsr()[items]).todense(), dtype=np.float32)
+        return np.asarray((self.weights_[items] + self.weights_[:, items].T).todense(), dtype=np.float32)
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {
