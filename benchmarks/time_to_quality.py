@@ -207,7 +207,18 @@ def ials_part(repeats: int) -> dict:
     }
 
 
-PARTS = {"sasrec": sasrec_part, "sasrec_with_validation_item": sasrec_part, "rating": rating_part, "ials": ials_part}
+PARTS = {  # name -> the part, given the command-line arguments
+    "sasrec": lambda args: sasrec_part(_seeds(args), args.epochs),
+    "sasrec_with_validation_item": lambda args: sasrec_part(_seeds(args), args.epochs, with_validation_item=True),
+    "rating": lambda args: rating_part(args.repeats),
+    "ials": lambda args: ials_part(args.repeats),
+}
+
+
+def _seeds(args: argparse.Namespace) -> list[int]:
+    return [int(s) for s in args.seeds.split(",")]
+
+
 COLUMNS = [
     "task",
     "recforge",
@@ -232,13 +243,9 @@ def main() -> None:
     parts = json.loads(previous.read_text()).get("parts", {}) if previous.exists() else {}
     for name in filter(None, args.parts.split(",")):
         started = time.strftime("%Y-%m-%d %H:%M")
-        if name.startswith("sasrec"):
-            seeds = [int(s) for s in args.seeds.split(",")]
-            parts[name] = sasrec_part(seeds, args.epochs, with_validation_item=name == "sasrec_with_validation_item")
-        elif name in PARTS:
-            parts[name] = PARTS[name](args.repeats)
-        else:
+        if name not in PARTS:
             raise SystemExit(f"unknown part {name!r}; choose from {', '.join(PARTS)}")
+        parts[name] = PARTS[name](args)
         parts[name]["measured"] = started
     table = [parts[name]["side_by_side"] for name in PARTS if name in parts]
     measured = ", ".join(f"{name} {parts[name]['measured']}" for name in PARTS if name in parts)
