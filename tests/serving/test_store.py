@@ -104,3 +104,60 @@ def test_writer_processes_of_one_sqlite_file_take_turns_on_a_file_lock(tmp_path)
         holder.wait()
     with open(f"{path}.writer-lock", "a+b") as free:  # and the lock is free again afterwards
         fcntl.flock(free, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_appends_from_an_event_loop_share_commits_and_keep_their_events(tmp_path):
+    """`append_async`: coroutines of one loop get their own committed events, in fewer transactions than
+    events (they wait together while the commit thread writes), and the loop is never blocked meanwhile."""
+    import asyncio
+
+    store = EventStore(f"sqlite:///{tmp_path / 'events.sqlite'}")
+    commits = 0
+    commit = store._commit_sqlite
+
+    def counted(batch):
+        nonlocal commits
+        commits += 1
+        return commit(batch)
+
+    store._commit_sqlite = counted
+
+    async def main() -> list[int]:
+        async def writer(n: int) -> int:
+            return await store.append_async("interactions", {"user": n, "items": [n], "ratings": [None]}, str(n))
+
+        return await asyncio.gather(*(writer(n) for n in range(200)))
+
+    seqs = asyncio.run(main())
+    stored = {event.seq: event for event in store.events_after(0)}
+    assert len(set(seqs)) == 200 and set(seqs) == set(stored)
+    for n, seq in enumerate(seqs):
+        assert stored[seq].payload == {"user": n, "items": [n], "ratings": [None]}
+    assert commits < 200
+    store.close()
+
+
+def test_a_failed_commit_fails_the_waiting_coroutines_and_later_writes_still_commit(tmp_path):
+    import asyncio
+
+    store = EventStore(f"sqlite:///{tmp_path / 'events.sqlite'}")
+    commit, failing = store._commit_sqlite, True
+
+    def sometimes(batch):
+        if failing:
+            raise StoreUnavailableError("the disk is full")
+        return commit(batch)
+
+    store._commit_sqlite = sometimes
+
+    async def write(n: int) -> int:
+        return await store.append_async("interactions", {"user": n, "items": [n], "ratings": [None]}, str(n))
+
+    async def main() -> list:
+        return await asyncio.gather(*(write(n) for n in range(20)), return_exceptions=True)
+
+    outcomes = asyncio.run(main())
+    assert all(isinstance(o, StoreUnavailableError) for o in outcomes) and store.count() == 0
+    failing = False  # the commit thread is not stuck "committing" after a failure
+    assert asyncio.run(asyncio.wait_for(write(7), timeout=30)) == 1
+    store.close()

@@ -100,8 +100,10 @@ class RecommenderService:
         return snapshot.model.n_items * snapshot.model.item_factors_.shape[1] <= self.QUICK_EXACT_WORK
 
     def writes_quickly(self) -> bool:
-        """True when a user's new interactions cost about a millisecond to commit and apply: a local
-        SQLite store and a factor model's closed-form update."""
+        """True when checking and applying a user's new interactions costs well under a millisecond (a
+        factor model's closed-form update) and asking the store for news a few microseconds (a local
+        SQLite file): the HTTP layer then runs the write on the event loop, its commit in the store's
+        commit thread (`add_interactions_async`)."""
         return self.engine.store.sqlite and isinstance(self.engine.snapshot.model, FactorModel)
 
     # ------------------------------------------------------------------ ids
@@ -199,6 +201,18 @@ class RecommenderService:
         """Validate a known user's new interactions, commit them as an event, apply it; returns how.
         Concurrent writers share commits (the store's group commit) and no process-wide lock: whether
         these interactions are valid does not depend on any other write."""
+        index, payload = self._interactions_event(user, ratings)
+        seq = self.engine.store.append("interactions", payload, user=str(payload["user"]))
+        return self._interactions_applied(index, payload, seq)
+
+    async def add_interactions_async(self, user: Any, ratings: list[tuple[Any, float | None]]) -> dict[str, Any]:
+        """`add_interactions` on an event loop: validation and the update run on the loop, the commit (an
+        fsync) in the store's commit threads while the loop serves other requests."""
+        index, payload = self._interactions_event(user, ratings)
+        seq = await self.engine.store.append_async("interactions", payload, user=str(payload["user"]))
+        return self._interactions_applied(index, payload, seq)
+
+    def _interactions_event(self, user: Any, ratings: list[tuple[Any, float | None]]) -> tuple[int, dict[str, Any]]:
         snapshot = self.current()
         model = snapshot.model
         index = self.user_index(user, snapshot)
@@ -210,12 +224,15 @@ class RecommenderService:
             "items": [_plain(model.items_.ids[i]) for i in items],
             "ratings": values,
         }
-        seq = self.engine.store.append("interactions", payload, user=str(payload["user"]))
+        return index, payload
+
+    def _interactions_applied(self, index: int, payload: dict[str, Any], seq: int) -> dict[str, Any]:
         self.engine.catch_up(upto=seq, own=Event(seq, "interactions", str(payload["user"]), payload, time.time()))
+        model = self.engine.snapshot.model
         update = self.engine.snapshot.updates.get(index)
         if update is None or update.vector is None:
             how = "history overlay"
-        elif RATINGS in model.capabilities and any(v is not None for v in values):
+        elif RATINGS in model.capabilities and any(v is not None for v in payload["ratings"]):
             how = "MAP update of the user's factors"
         else:
             how = "fold-in of the user's whole history"

@@ -17,6 +17,7 @@ whose primary key makes concurrent additions of one item id resolve to exactly o
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import fcntl
 import json
@@ -24,6 +25,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,8 @@ class EventStore:
         self._queue_lock = threading.Lock()
         self._queue: list[_Pending] = []
         self._committing = False
+        # `append_async`'s commits run here: never queued behind other blocking work
+        self._committer = ThreadPoolExecutor(1, thread_name_prefix="recforge-commit")
         try:
             self._create_tables(metadata)
         except Exception as exc:
@@ -134,42 +138,59 @@ class EventStore:
     def append(self, kind: str, payload: dict[str, Any], user: str | None = None) -> int:
         """Commit one event; returns its sequence number. Nothing is acknowledged before this returns.
 
-        Group commit: events appended concurrently by this process's threads share one transaction (one
-        fsync). The first caller to find no commit in progress becomes the leader and commits every event
-        waiting when it starts, then those that arrived meanwhile, until none is left; the others wait
-        for their event's outcome. A failed transaction fails every event in it and commits none."""
-        text = _encode(kind, payload)
-        pending = _Pending(kind, text, user)
+        Group commit: events appended concurrently by this process (threads, or `append_async` on an event
+        loop) share one transaction (one fsync). A thread that finds no commit in progress leads: it
+        commits every event waiting when it starts, then those that arrived meanwhile, until none is left;
+        the others wait for their event's outcome. A failed transaction fails every event in it and
+        commits none."""
+        pending = _Pending(kind, _encode(kind, payload), user)
+        if self._enqueue(pending):
+            self._drain()
+        else:
+            pending.done.wait()
+        return pending.outcome()
+
+    async def append_async(self, kind: str, payload: dict[str, Any], user: str | None = None) -> int:
+        """`append` for an event loop, which serves other requests while the commit runs in the store's
+        commit thread. On the loop, a SQLite commit stopped every request of the process for its fsync
+        (~0.3 ms alone, ~0.9 ms on a loaded machine, plus any wait for another worker's commit: 15% of a
+        loaded worker's time at 10% writes). One thread leads every commit of the loop's writes: a thread
+        per write made them contend for the GIL with the loop."""
+        loop = asyncio.get_running_loop()
+        pending = _Pending(kind, _encode(kind, payload), user, loop=loop, future=loop.create_future())
+        if self._enqueue(pending):
+            self._committer.submit(self._drain)
+        await pending.future  # type: ignore[misc]
+        return pending.outcome()
+
+    def _enqueue(self, pending: _Pending) -> bool:
+        """Queue an event for the next commit; True when the caller must lead (no commit in progress)."""
         with self._queue_lock:
             self._queue.append(pending)
             lead = not self._committing
             self._committing = True
-        if not lead:
-            pending.done.wait()
-        else:
-            while True:
-                with self._queue_lock:
-                    batch, self._queue = self._queue, []
-                    if not batch:
-                        self._committing = False
-                        break
-                try:
-                    if self._sqlite_file is not None:
-                        seqs = self._commit_sqlite(batch)
-                    else:
-                        seqs = self._write(
-                            lambda connection, rows=batch: [self._insert_text(connection, p) for p in rows]
-                        )
-                    for entry, seq in zip(batch, seqs, strict=True):
-                        entry.seq = seq
-                except Exception as exc:
-                    for entry in batch:
-                        entry.error = exc
+        return lead
+
+    def _drain(self) -> None:
+        """Commit the queued events, batch after batch, until the queue is empty."""
+        while True:
+            with self._queue_lock:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._committing = False
+                    return
+            try:
+                if self._sqlite_file is not None:
+                    seqs = self._commit_sqlite(batch)
+                else:
+                    seqs = self._write(lambda connection, rows=batch: [self._insert_text(connection, p) for p in rows])
+                for entry, seq in zip(batch, seqs, strict=True):
+                    entry.seq = seq
+            except Exception as exc:
                 for entry in batch:
-                    entry.done.set()
-        if pending.error is not None:
-            raise pending.error
-        return pending.seq  # type: ignore[return-value]
+                    entry.error = exc
+            for entry in batch:
+                entry.settle()
 
     def _commit_sqlite(self, batch: list[_Pending]) -> list[int]:
         """One group commit on a SQLite file through a plain sqlite3 connection (only the leader uses it):
@@ -339,6 +360,7 @@ class EventStore:
             return int(connection.execute(query).scalar() or 0)
 
     def close(self) -> None:
+        self._committer.shutdown(wait=True)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -350,7 +372,7 @@ class EventStore:
 
 @dataclass
 class _Pending:
-    """An event waiting for its group commit."""
+    """An event waiting for its group commit; a thread waits on `done`, a coroutine on `future`."""
 
     kind: str
     text: str
@@ -358,6 +380,24 @@ class _Pending:
     seq: int | None = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
+    loop: asyncio.AbstractEventLoop | None = None
+    future: asyncio.Future | None = None
+
+    def settle(self) -> None:
+        self.done.set()
+        if self.future is not None:
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits for this answer
+                self.loop.call_soon_threadsafe(_resolve, self.future)  # type: ignore[union-attr]
+
+    def outcome(self) -> int:
+        if self.error is not None:
+            raise self.error
+        return self.seq  # type: ignore[return-value]
+
+
+def _resolve(future: asyncio.Future) -> None:
+    if not future.done():  # a cancelled request's future stays cancelled; its event is committed all the same
+        future.set_result(None)
 
 
 def _encode(kind: str, payload: dict[str, Any]) -> str:
