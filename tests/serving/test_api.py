@@ -418,3 +418,50 @@ def test_quick_reads_are_measured_and_follow_writes(ials_dir):
     assert after["served_by"] == "model (updated)+ann" and item not in [r["item"] for r in after["items"]]
     counts = quick.get("/metrics/json").json()["requests"]
     assert counts["/users/{user_id}/recommendations 200"] == 2
+
+
+def test_an_answer_sent_from_a_callback_finishes_even_when_send_has_to_wait():
+    """The quick write path sends its answer from the store's callback, outside any task: a `send` that
+    does not suspend is done on return; one that waits (back-pressure) is carried on by a task, in order,
+    and an error from it surfaces from that task."""
+    import asyncio
+
+    from recforge.serving.app import _QuickPaths, _send_from_callback
+
+    async def main() -> None:
+        sent: list[str] = []
+
+        async def plain(message: dict) -> None:
+            sent.append(message["type"])
+
+        assert _send_from_callback(_QuickPaths._send(plain, 200, b"{}")) is None
+        assert sent == ["http.response.start", "http.response.body"]
+
+        sent.clear()
+        gate = asyncio.get_running_loop().create_future()
+
+        async def paused(message: dict) -> None:
+            if message["type"] == "http.response.body":
+                await gate
+            sent.append(message["type"])
+
+        task = _send_from_callback(_QuickPaths._send(paused, 200, b"{}"))
+        assert task is not None and sent == ["http.response.start"]
+        await asyncio.sleep(0)
+        assert sent == ["http.response.start"]
+        gate.set_result(None)
+        await task
+        assert sent == ["http.response.start", "http.response.body"]
+
+        broken = asyncio.get_running_loop().create_future()
+
+        async def failing(message: dict) -> None:
+            await broken
+            raise ConnectionResetError("the client left")
+
+        task = _send_from_callback(_QuickPaths._send(failing, 200, b"{}"))
+        broken.set_result(None)
+        with pytest.raises(ConnectionResetError):
+            await task
+
+    asyncio.run(main())

@@ -161,3 +161,63 @@ def test_a_failed_commit_fails_the_waiting_coroutines_and_later_writes_still_com
     failing = False  # the commit thread is not stuck "committing" after a failure
     assert asyncio.run(asyncio.wait_for(write(7), timeout=30)) == 1
     store.close()
+
+
+def test_then_runs_on_the_loop_with_the_sequence_number_and_its_outcome_is_awaited(tmp_path):
+    """`append_async(then=...)`: the loop runs `then(seq)` once the event is committed and the await
+    returns what it returns (or raises what it raises); the event is committed either way."""
+    import asyncio
+
+    store = EventStore(f"sqlite:///{tmp_path / 'events.sqlite'}")
+    threads: list[str] = []
+
+    def then(seq: int) -> tuple[str, int]:
+        threads.append(threading.current_thread().name)
+        return ("answered", seq)
+
+    def refuse(seq: int) -> None:
+        raise LookupError(f"cannot apply {seq}")
+
+    async def main() -> tuple:
+        first = await store.append_async("interactions", {"user": 1, "items": [1], "ratings": [None]}, "1", then=then)
+        with pytest.raises(LookupError, match="cannot apply 2"):
+            await store.append_async("interactions", {"user": 2, "items": [2], "ratings": [None]}, "2", then=refuse)
+        return first, threading.current_thread().name
+
+    (answer, loop_thread) = asyncio.run(main())
+    assert answer == ("answered", 1) and threads == [loop_thread]
+    assert [event.seq for event in store.events_after(0)] == [1, 2]
+    store.close()
+
+
+def test_a_waiter_cancelled_during_its_commit_leaves_the_event_committed(tmp_path):
+    import asyncio
+
+    store = EventStore(f"sqlite:///{tmp_path / 'events.sqlite'}")
+    commit, started = store._commit_sqlite, threading.Event()
+    release = threading.Event()
+    ran: list[int] = []
+
+    def slow(batch):
+        started.set()
+        release.wait(30)
+        return commit(batch)
+
+    store._commit_sqlite = slow
+
+    async def main() -> None:
+        task = asyncio.ensure_future(
+            store.append_async("interactions", {"user": 1, "items": [1], "ratings": [None]}, "1", then=ran.append)
+        )
+        await asyncio.get_running_loop().run_in_executor(None, started.wait, 30)
+        task.cancel()
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        store._commit_sqlite = commit
+        later = await store.append_async("interactions", {"user": 2, "items": [2], "ratings": [None]}, "2")
+        assert later == 2
+
+    asyncio.run(main())
+    assert ran == [] and store.count() == 2
+    store.close()

@@ -11,6 +11,7 @@ when the service can answer them in well under a millisecond (an ANN index, or a
 run on the event loop, because the thread hop cost more than the work (see docs/serving.md).
 """
 
+import asyncio
 import contextlib
 import hmac
 import json
@@ -19,7 +20,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from importlib import resources
 from typing import Annotated, Any
 
@@ -298,16 +299,54 @@ class _QuickPaths:
             return
         scope["route"] = self.write_route  # for the metrics
         pairs = [(r.item, r.rating) for r in request.items]
+
+        def answer(done: dict[str, Any]) -> asyncio.Task | None:
+            # on the loop, as soon as it notices the commit: the answer goes out now, not after the
+            # coroutine has waited one more turn of the loop behind every request that is ready
+            body = self.write_answer.dump_json(
+                self.write_answer.validate_python({"user": user, "added": len(request.items), **done})
+            )
+            return _send_from_callback(self._send(send, 200, body))
+
         try:
-            done = await self.service.add_interactions_async(user, pairs)
+            still_sending = await self.service.add_interactions_async(user, pairs, then=answer)
         except Exception as exc:
             status = next((code for kind, code in ERROR_STATUSES if isinstance(exc, kind)), None)
             if status is None:
                 raise  # as on FastAPI's path: the server-error middleware answers it
             await _error_answer(status)(None, exc)(scope, receive, send)  # the app's exception handlers' answer
             return
-        answer = {"user": user, "added": len(request.items), **done}
-        await self._send(send, 200, self.write_answer.dump_json(self.write_answer.validate_python(answer)))
+        if still_sending is not None:
+            await still_sending
+
+
+def _send_from_callback(sending: Coroutine[Any, Any, None]) -> asyncio.Task | None:
+    """Run an ASGI `send` coroutine from a plain callback (no task): for a small answer on a connection
+    that is not applying back-pressure it finishes without suspending, and the answer is on the wire
+    when this returns (None). If it does suspend, a task carries it on from there and is returned: it
+    awaits what the coroutine waits for and resumes it, as a task would have; an error from `send`
+    surfaces from the task."""
+    try:
+        waiting = sending.send(None)
+    except StopIteration:
+        return None
+    return asyncio.ensure_future(_carry_on(sending, waiting))
+
+
+async def _carry_on(sending: Coroutine[Any, Any, None], waiting: Any) -> None:
+    """What a task does for a coroutine: wait until the future it yielded is done, resume it, repeat."""
+    loop = asyncio.get_running_loop()
+    while True:
+        if waiting is None:  # a bare yield asks for one turn of the loop
+            await asyncio.sleep(0)
+        else:  # its own await of that future sees the outcome when resumed
+            resumed = loop.create_future()
+            waiting.add_done_callback(lambda _, resumed=resumed: resumed.done() or resumed.set_result(None))
+            await resumed
+        try:
+            waiting = sending.send(None)
+        except StopIteration:
+            return
 
 
 def _route(router: Any, path: str, method: str) -> Any:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -205,12 +206,20 @@ class RecommenderService:
         seq = self.engine.store.append("interactions", payload, user=str(payload["user"]))
         return self._interactions_applied(index, payload, seq)
 
-    async def add_interactions_async(self, user: Any, ratings: list[tuple[Any, float | None]]) -> dict[str, Any]:
+    async def add_interactions_async(
+        self, user: Any, ratings: list[tuple[Any, float | None]], then: Callable[[dict[str, Any]], Any] | None = None
+    ) -> Any:
         """`add_interactions` on an event loop: validation and the update run on the loop, the commit (an
-        fsync) in the store's commit threads while the loop serves other requests."""
+        fsync) in the store's commit thread while the loop serves other requests. Returns the answer, or
+        what `then(answer)` returns: `then` runs on the loop as soon as it notices the commit, after the
+        update (the HTTP layer sends the answer from it)."""
         index, payload = self._interactions_event(user, ratings)
-        seq = await self.engine.store.append_async("interactions", payload, user=str(payload["user"]))
-        return self._interactions_applied(index, payload, seq)
+
+        def applied(seq: int) -> Any:
+            answer = self._interactions_applied(index, payload, seq)
+            return answer if then is None else then(answer)
+
+        return await self.engine.store.append_async("interactions", payload, user=str(payload["user"]), then=applied)
 
     def _interactions_event(self, user: Any, ratings: list[tuple[Any, float | None]]) -> tuple[int, dict[str, Any]]:
         snapshot = self.current()

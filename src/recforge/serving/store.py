@@ -21,10 +21,13 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+import weakref
+from collections import deque
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,6 +110,7 @@ class EventStore:
         self._committing = False
         # `append_async`'s commits run here: never queued behind other blocking work
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="recforge-commit")
+        self._bells: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Doorbell] = weakref.WeakKeyDictionary()
         try:
             self._create_tables(metadata)
         except Exception as exc:
@@ -150,18 +154,25 @@ class EventStore:
             pending.done.wait()
         return pending.outcome()
 
-    async def append_async(self, kind: str, payload: dict[str, Any], user: str | None = None) -> int:
+    async def append_async(
+        self, kind: str, payload: dict[str, Any], user: str | None = None, then: Callable[[int], Any] | None = None
+    ) -> Any:
         """`append` for an event loop, which serves other requests while the commit runs in the store's
-        commit thread. On the loop, a SQLite commit stopped every request of the process for its fsync
-        (~0.3 ms alone, ~0.9 ms on a loaded machine, plus any wait for another worker's commit: 15% of a
-        loaded worker's time at 10% writes). One thread leads every commit of the loop's writes: a thread
-        per write made them contend for the GIL with the loop."""
+        commit thread; returns the sequence number, or what `then(seq)` returns. `then` runs on the loop
+        as soon as it notices the commit (`_Doorbell`), before the coroutine resumes: the HTTP layer sends
+        the write's answer from it. On the loop, a SQLite commit stopped every request of the process
+        for its fsync (~0.3 ms alone, ~0.9 ms on a loaded machine, plus any wait for another worker's
+        commit: 15% of a loaded worker's time at 10% writes). One thread leads every commit of the loop's
+        writes: a thread per write made them contend with the loop for the GIL."""
         loop = asyncio.get_running_loop()
-        pending = _Pending(kind, _encode(kind, payload), user, loop=loop, future=loop.create_future())
+        with self._queue_lock:
+            bell = self._bells.get(loop)
+            if bell is None:
+                bell = self._bells[loop] = _Doorbell(loop)
+        pending = _Pending(kind, _encode(kind, payload), user, bell=bell, future=loop.create_future(), then=then)
         if self._enqueue(pending):
             self._committer.submit(self._drain)
-        await pending.future  # type: ignore[misc]
-        return pending.outcome()
+        return await pending.future  # type: ignore[misc]
 
     def _enqueue(self, pending: _Pending) -> bool:
         """Queue an event for the next commit; True when the caller must lead (no commit in progress)."""
@@ -361,6 +372,8 @@ class EventStore:
 
     def close(self) -> None:
         self._committer.shutdown(wait=True)
+        for bell in list(self._bells.values()):
+            bell.close()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -372,7 +385,8 @@ class EventStore:
 
 @dataclass
 class _Pending:
-    """An event waiting for its group commit; a thread waits on `done`, a coroutine on `future`."""
+    """An event waiting for its group commit; a thread waits on `done`, a coroutine on `future` (and its
+    loop runs `then(seq)` when it is committed)."""
 
     kind: str
     text: str
@@ -380,14 +394,14 @@ class _Pending:
     seq: int | None = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
-    loop: asyncio.AbstractEventLoop | None = None
+    bell: _Doorbell | None = None
     future: asyncio.Future | None = None
+    then: Callable[[int], Any] | None = None
 
     def settle(self) -> None:
         self.done.set()
-        if self.future is not None:
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits for this answer
-                self.loop.call_soon_threadsafe(_resolve, self.future)  # type: ignore[union-attr]
+        if self.bell is not None:
+            self.bell.ring(self)
 
     def outcome(self) -> int:
         if self.error is not None:
@@ -395,9 +409,55 @@ class _Pending:
         return self.seq  # type: ignore[return-value]
 
 
-def _resolve(future: asyncio.Future) -> None:
-    if not future.done():  # a cancelled request's future stays cancelled; its event is committed all the same
-        future.set_result(None)
+class _Doorbell:
+    """How the commit thread hands committed events back to the event loop whose coroutines wait for
+    them: it queues them and writes a byte to a socket pair the loop watches, and the loop runs each
+    event's `then` and resolves its future from its I/O phase, first thing in its next iteration.
+    `call_soon_threadsafe` would queue the callback behind every request the busy loop has ready, and the
+    coroutine resumes only one iteration after that: a write took ~3 loop iterations to a read's one
+    (writes' p50 ~15 ms against ~6.5 ms for reads at 4,000 requests/s; ~11 ms with the doorbell and the
+    answer sent from `then`)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = weakref.ref(loop)  # the store's registry of bells must not keep a closed loop alive
+        self._settled: deque[_Pending] = deque()
+        self._ours, self._theirs = socket.socketpair()
+        for end in (self._ours, self._theirs):
+            end.setblocking(False)
+        loop.add_reader(self._ours.fileno(), self._answer)
+
+    def ring(self, pending: _Pending) -> None:
+        """From the commit thread."""
+        self._settled.append(pending)
+        with contextlib.suppress(BlockingIOError, OSError):  # full: earlier rings are unread and wake it for
+            self._theirs.send(b"\0")  # this one too; closed: the loop is gone and nobody waits
+
+    def _answer(self) -> None:
+        """On the loop."""
+        with contextlib.suppress(BlockingIOError, InterruptedError):
+            while self._ours.recv(4096):
+                pass
+        while self._settled:
+            pending = self._settled.popleft()
+            future = pending.future
+            if future is None or future.done():  # a cancelled request: its event is committed all the same,
+                continue  # and the engine applies it when it next catches up with the store
+            try:
+                value = pending.outcome()
+                if pending.then is not None:
+                    value = pending.then(value)
+            except Exception as exc:
+                future.set_exception(exc)
+            else:
+                future.set_result(value)
+
+    def close(self) -> None:
+        loop = self._loop()
+        if loop is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop runs in another thread
+                loop.remove_reader(self._ours.fileno())
+        self._ours.close()
+        self._theirs.close()
 
 
 def _encode(kind: str, payload: dict[str, Any]) -> str:
