@@ -34,6 +34,7 @@ from recforge.models.base import Recommender
 from recforge.models.config import ModelConfig, TrainOptions
 from recforge.nn.checkpoint import Checkpointer
 from recforge.nn.sequence import RecurrentEncoder, SASRecEncoder
+from recforge.nn.softmax import catalogue_cross_entropy
 from recforge.nn.training import EpochContext, EpochPlan, fit_epochs, make_optimizer, seed_everything
 
 
@@ -100,9 +101,9 @@ class SequenceModel(Recommender):
 
     def _loss(self, states: torch.Tensor, targets: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         c: SequenceConfig = self.config  # type: ignore[assignment]
-        if c.loss == "ce":
-            return torch.nn.functional.cross_entropy(self._logits(states), targets)
         output, bias = self._output()
+        if c.loss == "ce":  # = cross_entropy(self._logits(states), targets), without the (P, n_items) logits
+            return catalogue_cross_entropy(states, output, bias, targets)
         negatives = torch.randint(0, len(output), targets.shape, generator=generator)
         positive = (states * output[targets]).sum(1) + bias[targets]
         negative = (states * output[negatives]).sum(1) + bias[negatives]
