@@ -221,3 +221,73 @@ def test_a_waiter_cancelled_during_its_commit_leaves_the_event_committed(tmp_pat
     asyncio.run(main())
     assert ran == [] and store.count() == 2
     store.close()
+
+
+def test_another_process_commit_is_known_to_a_reader_as_soon_as_it_is_acknowledged(tmp_path):
+    """Workers learn of each other's writes from the seq published in shared memory, not from a query:
+    a write acknowledged by one process is counted by every other the moment `append` returns."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "events.sqlite"
+    reader = EventStore(f"sqlite:///{path}")
+    assert reader.latest_seq() == 0
+    code = (
+        "import sys; from recforge.serving.store import EventStore; s = EventStore(sys.argv[1]);"
+        "[print(s.append('interactions', {'user': 1, 'items': [n], 'ratings': [None]}, user='1'), flush=True)"
+        " for n in range(int(sys.argv[2]))]"
+    )
+    writer = subprocess.Popen(
+        [sys.executable, "-c", code, f"sqlite:///{path}", "200"], stdout=subprocess.PIPE, text=True
+    )
+    for line in writer.stdout:  # each seq printed only after its append returned
+        assert reader.latest_seq() >= int(line)
+    assert writer.wait(timeout=60) == 0
+    assert reader.latest_seq() == reader.committed_seq() == 200
+    events = reader.events_after(0, reader.latest_seq())
+    assert [e.seq for e in events] == list(range(1, 201))
+    assert [e.payload["items"] for e in events] == [[n] for n in range(200)]
+
+
+def test_commits_nobody_published_are_caught_up_by_a_refresh(tmp_path):
+    """A process that dies between its COMMIT and publishing it (or a program writing the file directly)
+    leaves the shared seq behind the database: `refresh_published` (every second in a worker, and when a
+    store opens) raises it."""
+    import sqlite3
+
+    path = tmp_path / "events.sqlite"
+    store = EventStore(f"sqlite:///{path}")
+    store.append("interactions", {"user": 1, "items": [1], "ratings": [None]}, user="1")
+    with sqlite3.connect(path) as raw:
+        raw.execute(
+            "INSERT INTO recforge_events (kind, user_id, payload, created) VALUES "
+            "('interactions', '2', '{\"user\": 2, \"items\": [2], \"ratings\": [null]}', 0)"
+        )
+    assert store.latest_seq() == 1 and store.committed_seq() == 2
+    assert EventStore(f"sqlite:///{path}").latest_seq() == 2  # opening the store publishes it
+    assert store.latest_seq() == 2  # the same shared memory
+    store.append("interactions", {"user": 3, "items": [3], "ratings": [None]}, user="3")
+    assert store.latest_seq() == 3 and store.refresh_published() == 3
+
+
+def test_a_group_commit_larger_than_one_statement_takes_several_and_keeps_every_event(tmp_path):
+    store = EventStore(f"sqlite:///{tmp_path / 'events.sqlite'}")
+    store.MAX_BATCH = 7  # type: ignore[misc]
+    results: list[tuple[int, int]] = []
+    lock = threading.Lock()
+
+    def writer(thread: int) -> None:
+        for n in range(20):
+            seq = store.append("interactions", {"user": thread, "items": [n], "ratings": [None]}, user=str(thread))
+            with lock:
+                results.append((seq, thread * 100 + n))
+
+    threads = [threading.Thread(target=writer, args=(t,)) for t in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    stored = {e.seq: e.payload for e in store.events_after(0)}
+    assert sorted(stored) == list(range(1, 161)) and store.latest_seq() == 160
+    for seq, tag in results:
+        assert stored[seq]["user"] * 100 + stored[seq]["items"][0] == tag

@@ -182,6 +182,7 @@ class Engine:
         def loop() -> None:
             while not stop.wait(interval):
                 try:
+                    self.store.refresh_published()  # a writer that died between its commit and publishing it
                     self.catch_up()
                 except Exception as exc:  # the store is down: requests say so; keep trying
                     logger.warning("catching up with the event store failed: %s", exc)

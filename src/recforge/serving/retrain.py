@@ -81,7 +81,7 @@ def retrain(
     if serving_path is None:
         raise ConfigError("no model has been promoted in this store: pass the serving artifact (--serving)")
     serving_snapshot = Snapshot.load(serving_path)
-    latest = store.latest_seq()
+    latest = store.committed_seq()
     events = store.events_after(0, latest, kinds=("interactions", "items"))
     report: dict[str, Any] = {
         "serving": {"artifact": str(serving_path), "event_cutoff": serving_snapshot.cutoff},
