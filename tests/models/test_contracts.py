@@ -216,6 +216,24 @@ class TestSASRecBCE(ModelContract):
     params = {"n_epochs": 2, "dim": 16, "max_len": 10, "loss": "bce"}
 
 
+class TestSASRecWithItemFeatures(ModelContract):
+    """Item vectors = id embedding + mean of the item's attribute embeddings (a list column; some items
+    have none)."""
+
+    model_name = "sasrec"
+    params = {"n_epochs": 2, "dim": 16, "max_len": 10, "item_features": "attributes"}
+
+    @pytest.fixture(scope="class")
+    @classmethod
+    def split(cls):
+        data = make_interactions(n_users=40, n_items=60, n=1000, seed=3, preference=True)
+        attributes = pd.DataFrame(
+            {"attributes": [[i % 5, 10 + i % 3] if i % 7 else [] for i in range(data.n_items)]},
+            index=pd.Index(data.items.ids, name="item_id"),
+        )
+        return per_user_split(data.with_features(item_features=attributes), 0.2, seed=0)
+
+
 class TestGRU4Rec(ModelContract):
     model_name = "gru4rec"
     params = {"n_epochs": 2, "dim": 16, "hidden": 16, "max_len": 10}

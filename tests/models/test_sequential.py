@@ -39,8 +39,41 @@ def test_last_items_and_trimming():
     np.testing.assert_array_equal(trim_padding(torch.tensor([[0, 0, 3], [0, 2, 4]])).numpy(), [[0, 3], [2, 4]])
 
 
+def _bags(n_items: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    lists = [[i % 4, 4 + i % 3] if i % 5 else [] for i in range(n_items)]
+    values = torch.tensor([v for row in lists for v in row])
+    offsets = torch.tensor(np.r_[0, np.cumsum([len(row) for row in lists])[:-1]])
+    return values, offsets, 7
+
+
+def test_an_items_vector_is_its_id_embedding_plus_the_mean_of_its_feature_embeddings():
+    values, offsets = torch.tensor([0, 2, 1]), torch.tensor([0, 2, 2])  # item 0: {0, 2}; item 1: {}; item 2: {1}
+    encoder = SASRecEncoder(3, 4, 5, dropout=0.0, feature_bags=(values, offsets, 3))
+    table, ids, features = encoder.item_table(), encoder.item.weight, encoder.features.weight
+    torch.testing.assert_close(table[0], torch.zeros(4))  # padding
+    torch.testing.assert_close(table[1], ids[1] + (features[0] + features[2]) / 2)
+    torch.testing.assert_close(table[2], ids[2])  # no features: the id alone
+    torch.testing.assert_close(table[3], ids[3] + features[1])
+    assert torch.equal(encoder.output_embeddings(), table[1:])  # the output layer is tied to the same vectors
+    with pytest.raises(ValueError, match="2 bags for 3 items"):
+        SASRecEncoder(3, 4, 5, feature_bags=(values, offsets[:2], 3))
+
+
+def test_a_missing_item_feature_column_is_named(ml100k):
+    from recforge.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'brand' is not a column"):
+        create_model("sasrec", item_features="brand", n_epochs=1).fit(ml100k)
+
+
 @pytest.mark.parametrize(
-    "encoder", [SASRecEncoder(30, 8, 6, dropout=0.0), RecurrentEncoder(30, 8, [("gru", 8), ("lstm", 8)])]
+    "encoder",
+    [
+        SASRecEncoder(30, 8, 6, dropout=0.0),
+        SASRecEncoder(30, 8, 6, dropout=0.0, feature_bags=_bags(30)),
+        RecurrentEncoder(30, 8, [("gru", 8), ("lstm", 8)]),
+    ],
+    ids=["sasrec", "sasrec-features", "recurrent"],
 )
 def test_encoders_are_causal(encoder):
     encoder.eval()
@@ -101,7 +134,12 @@ def loo(ml100k):
 @pytest.mark.slow
 def test_sasrec_and_gru4rec_beat_popularity_on_ml100k(loo):
     split, evaluator, popular = loo
-    for name, params in (("sasrec", {"n_epochs": 8, "lr": 3e-3}), ("gru4rec", {"n_epochs": 6})):
+    runs = (
+        ("sasrec", {"n_epochs": 8, "lr": 3e-3}),
+        ("sasrec", {"n_epochs": 8, "lr": 3e-3, "item_features": "genres"}),  # id + genre embeddings
+        ("gru4rec", {"n_epochs": 6}),
+    )
+    for name, params in runs:
         model = create_model(name, **params).fit(split.train, TrainOptions(seed=0, valid=split.valid))
         assert model.training_log_[-1]["loss"] < model.training_log_[0]["loss"]
         ndcg = evaluator.evaluate(model).summary["ndcg@10"]

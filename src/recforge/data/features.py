@@ -72,6 +72,16 @@ def multi_hot(lists: list[list[str]], vocabulary: list[str]) -> np.ndarray:
     return matrix
 
 
+def value_bags(lists: list[list[str]], vocabulary: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The rows' values as positions in `vocabulary`, flattened, and where each row starts (the
+    `input`/`offsets` pair of torch's EmbeddingBag); values outside the vocabulary are left out."""
+    position = {g: j for j, g in enumerate(vocabulary)}
+    kept = [[position[g] for g in row if g in position] for row in lists]
+    lengths = np.array([len(row) for row in kept], dtype=np.int64)
+    values = np.fromiter((j for row in kept for j in row), dtype=np.int64, count=int(lengths.sum()))
+    return values, np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
 # ----------------------------------------------------------------------------- scaling
 @dataclass
 class RangeScaler:

@@ -56,6 +56,11 @@ class SASRecConfig(SequenceConfig):
     max_len: int = 50
     n_blocks: int = Field(2, ge=1)
     n_heads: int = Field(1, ge=1)
+    item_features: str | None = Field(
+        None,
+        description="a list column of the item features (e.g. `attributes`: brand and category ids of the "
+        "Amazon sequence files) whose values' embeddings, averaged, are added to each item's embedding",
+    )
 
 
 class GRU4RecConfig(SequenceConfig):
@@ -216,11 +221,36 @@ class SASRec(SequenceModel):
     Config = SASRecConfig
 
     def _build(self, train: Interactions) -> torch.nn.Module:
-        return self._make_net(train.n_items)
-
-    def _make_net(self, n_items: int) -> torch.nn.Module:
         c: SASRecConfig = self.config  # type: ignore[assignment]
-        encoder = SASRecEncoder(n_items, c.dim, c.max_len, c.n_blocks, c.n_heads, c.dropout)
+        if c.item_features is None:
+            return self._make_net(train.n_items)
+        from recforge.data.features import genre_lists, select_genres, value_bags
+
+        frame = train.item_features
+        if frame is None or c.item_features not in frame.columns:
+            available = [] if frame is None else list(frame.columns)
+            raise ConfigError(
+                f"{self.name}: item_features={c.item_features!r} is not a column of the item features {available}"
+            )
+        lists = genre_lists(frame, (c.item_features,))
+        values, offsets = value_bags(lists, vocabulary := select_genres(lists))
+        if not vocabulary:
+            raise ConfigError(f"{self.name}: the item feature column {c.item_features!r} holds no values")
+        bags = (torch.from_numpy(values), torch.from_numpy(offsets), len(vocabulary))
+        return self._make_net(train.n_items, bags)
+
+    def _build_for(self, n_items: int, arrays: dict[str, np.ndarray]) -> torch.nn.Module:
+        if "net/encoder.feature_values" not in arrays:
+            return self._make_net(n_items)
+        values, offsets = arrays["net/encoder.feature_values"], arrays["net/encoder.feature_offsets"]
+        n_values = arrays["net/encoder.features.weight"].shape[0]
+        return self._make_net(n_items, (torch.from_numpy(values), torch.from_numpy(offsets), n_values))
+
+    def _make_net(
+        self, n_items: int, feature_bags: tuple[torch.Tensor, torch.Tensor, int] | None = None
+    ) -> torch.nn.Module:
+        c: SASRecConfig = self.config  # type: ignore[assignment]
+        encoder = SASRecEncoder(n_items, c.dim, c.max_len, c.n_blocks, c.n_heads, c.dropout, feature_bags)
         head = _Head(encoder, None)
         head.bias = torch.nn.Parameter(torch.zeros(n_items))
         return head

@@ -5,7 +5,10 @@ the state at position t depends on items 0..t only, so training on every positio
 same as training on every prefix ("sliding prefixes") at the cost of one pass.
 
 - `SASRecEncoder`: learned positions, pre-norm Transformer blocks with a causal mask and a point-wise
-  feed-forward layer as wide as the embedding (Kang & McAuley 2018).
+  feed-forward layer as wide as the embedding (Kang & McAuley 2018). With `feature_bags`, an item's
+  vector is its id's embedding plus the mean of its feature values' embeddings (brands and categories on
+  the Amazon files), on the input and in the tied output layer alike: items seen a few times borrow
+  from the others of their brand and category.
 - `RecurrentEncoder`: stacked GRU/LSTM layers with dropout between them: GRU4Rec (one GRU), the
   beauty study's Model I (LSTM 256 -> LSTM 256), and Model II over text embeddings (GRU -> LSTM -> GRU).
 
@@ -26,11 +29,28 @@ from torch import nn
 
 class SASRecEncoder(nn.Module):
     def __init__(
-        self, n_items: int, dim: int, max_len: int, n_blocks: int = 2, n_heads: int = 1, dropout: float = 0.2
+        self,
+        n_items: int,
+        dim: int,
+        max_len: int,
+        n_blocks: int = 2,
+        n_heads: int = 1,
+        dropout: float = 0.2,
+        feature_bags: tuple[torch.Tensor, torch.Tensor, int] | None = None,
     ) -> None:
+        """`feature_bags`: (values, offsets, n_values) as for `nn.EmbeddingBag`, one bag per item index."""
         super().__init__()
         self.dim, self.max_len = dim, max_len
         self.item = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        self.features: nn.EmbeddingBag | None = None
+        if feature_bags is not None:
+            values, offsets, n_values = feature_bags
+            if len(offsets) != n_items:
+                raise ValueError(f"feature_bags has {len(offsets)} bags for {n_items} items")
+            self.features = nn.EmbeddingBag(n_values, dim, mode="mean")  # an empty bag adds zeros
+            nn.init.normal_(self.features.weight, 0.0, dim**-0.5)
+            self.register_buffer("feature_values", values.long())
+            self.register_buffer("feature_offsets", offsets.long())
         self.position = nn.Embedding(max_len, dim)
         self.dropout = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(
@@ -45,7 +65,8 @@ class SASRecEncoder(nn.Module):
     def forward(self, sequence: torch.Tensor) -> torch.Tensor:
         length = sequence.shape[1]  # batches may be trimmed: positions count back from the last item
         positions = torch.arange(self.max_len - length, self.max_len, device=sequence.device)
-        x = self.item(sequence) * math.sqrt(self.dim) + self.position(positions)[None]
+        items = self.item(sequence) if self.features is None else nn.functional.embedding(sequence, self.item_table())
+        x = items * math.sqrt(self.dim) + self.position(positions)[None]
         real = sequence > 0
         x = self.dropout(x) * real.unsqueeze(-1)
         return self.norm(self.blocks(x, mask=self._attention_mask(real)))
@@ -61,9 +82,17 @@ class SASRecEncoder(nn.Module):
         heads = self.blocks.layers[0].self_attn.num_heads
         return mask.repeat_interleave(heads, dim=0)
 
+    def item_table(self) -> torch.Tensor:
+        """(n_items + 1, dim) item vectors, row 0 the padding (zeros): id embeddings, plus the mean of the
+        item's feature embeddings when there are features."""
+        if self.features is None:
+            return self.item.weight
+        bags = self.features(self.feature_values, self.feature_offsets)
+        return self.item.weight + nn.functional.pad(bags, (0, 0, 1, 0))
+
     def output_embeddings(self) -> torch.Tensor:
         """(n_items, dim) tied output embeddings (padding row dropped)."""
-        return self.item.weight[1:]
+        return self.item_table()[1:]
 
 
 class RecurrentEncoder(nn.Module):
