@@ -221,7 +221,7 @@ class TestSASRecWithItemFeatures(ModelContract):
     have none)."""
 
     model_name = "sasrec"
-    params = {"n_epochs": 2, "dim": 16, "max_len": 10, "item_features": "attributes"}
+    params = {"n_epochs": 2, "dim": 16, "max_len": 10, "item_features": "attributes", "lr_schedule": "cosine"}
 
     @pytest.fixture(scope="class")
     @classmethod

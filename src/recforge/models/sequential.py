@@ -35,7 +35,7 @@ from recforge.models.config import ModelConfig, TrainOptions
 from recforge.nn.checkpoint import Checkpointer
 from recforge.nn.sequence import RecurrentEncoder, SASRecEncoder
 from recforge.nn.softmax import catalogue_cross_entropy
-from recforge.nn.training import EpochContext, EpochPlan, fit_epochs, make_optimizer, seed_everything
+from recforge.nn.training import EpochContext, EpochPlan, fit_epochs, make_optimizer, make_schedule, seed_everything
 
 
 class SequenceConfig(ModelConfig):
@@ -45,6 +45,9 @@ class SequenceConfig(ModelConfig):
     loss: Literal["ce", "bce"] = "ce"
     optimizer: Literal["adam", "adamw", "nadam", "adagrad", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
+    lr_schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="per-epoch learning rate: constant, or decayed to zero at n_epochs"
+    )
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1)
     n_epochs: int = Field(50, ge=1)
@@ -366,6 +369,7 @@ class _SequenceTrainer:
         self.lengths = (windows > 0).sum(1)
         self.parameters = [p for p in model.net_.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(c.optimizer, self.parameters, c.lr, c.weight_decay)
+        self.scheduler = make_schedule(self.optimizer, c.lr_schedule, c.n_epochs)
         self.device = torch.device("cpu")
 
     def to(self, device: torch.device) -> None:
@@ -390,6 +394,7 @@ class _SequenceTrainer:
             self.optimizer.step()
             total += float(loss.detach()) * int(mask.sum())
             count += int(mask.sum())
+        self.scheduler.step()
         return {"loss": total / max(count, 1)}
 
     def validate(self) -> dict[str, float]:
@@ -401,11 +406,17 @@ class _SequenceTrainer:
         return {"valid_ndcg@10": value}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"net": self.model.net_.state_dict(), "optimizer": self.optimizer.state_dict()}
+        return {
+            "net": self.model.net_.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.net_.load_state_dict(state["net"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if "scheduler" in state:  # checkpoints written before schedules existed ran at a constant rate
+            self.scheduler.load_state_dict(state["scheduler"])
 
     def weights(self) -> dict[str, torch.Tensor]:
         return self.model.net_.state_dict()
