@@ -294,3 +294,15 @@ def test_data_prepare_needs_no_split(tmp_path, data_dir):
     assert result.exit_code == 0, result.output
     prepared = Interactions.load(tmp_path / "out")
     assert len(prepared) == 88_471 and prepared.user_counts()[prepared.user_counts() > 0].min() >= 50
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["anime_kaggle", "anime_model2", "beauty_sequential", "ml100k_classic", "ml100k_ratings", "ml100k_sequential"],
+)
+def test_the_shipped_experiments_load_with_every_models_parameters_checked(name):
+    """A typo in a shipped experiment (a model parameter, a split kind) fails here, not minutes into a run."""
+    config = load_config(Path(__file__).parents[2] / "experiments" / f"{name}.toml")
+    assert config.models
+    for model in config.models:
+        model.model_config_for(model.params)  # raises ConfigError on an unknown or invalid parameter
