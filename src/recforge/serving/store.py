@@ -207,12 +207,9 @@ class EventStore:
             except Exception as exc:
                 for entry in batch:
                     entry.error = exc
-            bells = {}
             for entry in batch:
                 entry.settle()
-                if entry.bell is not None:
-                    bells[id(entry.bell)] = entry.bell
-            for bell in bells.values():  # one wake-up per loop for the whole batch
+            for bell in {entry.bell for entry in batch if entry.bell is not None}:  # one wake-up per loop
                 bell.ring()
 
     MAX_BATCH = 1000  # events per group commit: one INSERT of 4 parameters a row stays under SQLite's limit
@@ -303,7 +300,8 @@ class EventStore:
             with self.engine.begin() as connection:  # commits on success, rolls back on any error
                 self.serialize_writers(connection)
                 done = work(connection)
-            self.refresh_published()
+            if self._published is not None:  # elsewhere there is no shared counter, only the database
+                self.refresh_published()
             return done
         except DuplicateItemError:
             raise
