@@ -109,6 +109,9 @@ class EventStore:
         self._lock_file: Any = None
         self._writer: sqlite3.Connection | None = None
         self._published: _PublishedSeq | None = None
+        # an in-memory database is one connection shared by every thread (StaticPool): a reader returning
+        # it to the pool rolled back whatever a writer had open on it, so its uses take turns
+        self._shared_connection = threading.RLock() if options.get("poolclass") is not None else None
         self._queue_lock = threading.Lock()
         self._queue: list[_Pending] = []
         self._committing = False
@@ -133,11 +136,22 @@ class EventStore:
             with self._writers_of_this_file():
                 metadata.create_all(self.engine)
         elif self.sqlite:
-            metadata.create_all(self.engine)
+            with self._connection(begin=True) as connection:
+                metadata.create_all(connection)
         else:
             with self.engine.begin() as connection:
                 connection.execute(self._sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
                 metadata.create_all(connection)
+
+    @contextlib.contextmanager
+    def _connection(self, begin: bool = False) -> Iterator[Any]:
+        """A SQLAlchemy connection (in a transaction committed on success with `begin`); on an in-memory
+        database, one thread's use at a time."""
+        with (
+            self._shared_connection or contextlib.nullcontext(),  # entered before the connection is taken
+            self.engine.begin() if begin else self.engine.connect() as connection,
+        ):
+            yield connection
 
     @classmethod
     def beside(cls, artifact: str | Path) -> EventStore:
@@ -297,7 +311,7 @@ class EventStore:
     def _write(self, work: Any) -> Any:
         sa = self._sa
         try:
-            with self.engine.begin() as connection:  # commits on success, rolls back on any error
+            with self._connection(begin=True) as connection:  # commits on success, rolls back on any error
                 self.serialize_writers(connection)
                 done = work(connection)
             if self._published is not None:  # elsewhere there is no shared counter, only the database
@@ -338,7 +352,7 @@ class EventStore:
             return int(value or 0)
         sa = self._sa
         try:
-            with self.engine.connect() as connection:
+            with self._connection() as connection:
                 value = connection.execute(sa.select(sa.func.max(self.events.c.seq))).scalar()
         except sa.exc.SQLAlchemyError as exc:
             raise StoreUnavailableError(f"the event store cannot be read: {exc.__class__.__name__}") from exc
@@ -380,7 +394,7 @@ class EventStore:
         if kinds is not None:
             query = query.where(self.events.c.kind.in_(kinds))
         try:
-            with self.engine.connect() as connection:
+            with self._connection() as connection:
                 rows = connection.execute(query).all()
         except sa.exc.SQLAlchemyError as exc:
             raise StoreUnavailableError(f"the event store cannot be read: {exc.__class__.__name__}") from exc
@@ -398,7 +412,7 @@ class EventStore:
         """The newest `model` event (a promoted artifact), or None."""
         sa = self._sa
         query = sa.select(self.events).where(self.events.c.kind == "model").order_by(self.events.c.seq.desc()).limit(1)
-        with self.engine.connect() as connection:
+        with self._connection() as connection:
             row = connection.execute(query).first()
         return None if row is None else Event(int(row.seq), row.kind, row.user_id, json.loads(row.payload), row.created)
 
@@ -407,7 +421,7 @@ class EventStore:
         query = sa.select(sa.func.count()).select_from(self.events)
         if kind is not None:
             query = query.where(self.events.c.kind == kind)
-        with self.engine.connect() as connection:
+        with self._connection() as connection:
             return int(connection.execute(query).scalar() or 0)
 
     def close(self) -> None:
