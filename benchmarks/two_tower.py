@@ -107,6 +107,7 @@ def retrieval_rows(data: Interactions, seeds: list[int], quick: bool) -> list[di
         "blend (EDLAE + 0.5 iALS)": ("blend", {}),
         "two_tower retrieval preset (128-d)": ("two_tower", {}),
         "two_tower retrieval, 600-d, T=1": ("two_tower", WIDE),
+        "two_tower distilled preset (600-d, T=1, taught by the blend)": ("two_tower", {"preset": "distilled"}),
         "two_tower pairs + in-batch softmax (TFRS-like)": ("two_tower", TFRS_LIKE),
     }
     rows = []

@@ -7,7 +7,8 @@ can then do (as in TF-Recommenders): the towers do not change when the task does
   catalogue, with log-Q correction for the popularity bias of in-batch sampling and accidental hits
   removed; monitored by top10_accuracy.
 - `MultinomialTask`: one example per user, all of their items as targets of one softmax over the
-  catalogue (Mult-DAE style); monitored by top10_accuracy.
+  catalogue (Mult-DAE style), optionally distilling a fitted teacher's ranking (`Distillation`); monitored
+  by top10_accuracy.
 - `BCETask`: binary cross-entropy against uniformly sampled negatives; monitored by top10_accuracy.
 
 Every task's `loss(batch, towers, generator)` has the same shape: it asks the towers (`TowerScorer`) for
@@ -17,6 +18,7 @@ saved model would need.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -263,16 +265,43 @@ class RetrievalTask(_RankingValidation):
         return nn.functional.cross_entropy(logits, torch.arange(size, device=logits.device))
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """Ranking distillation (Tang & Wang, KDD 2018; Hinton et al.'s soft targets): a stronger model, fitted
+    first on the same training data, scores each batch's users; its scores, standardised per user and
+    divided by `temperature`, give a softmax over the items the user has not interacted with, and the towers'
+    softmax over the same items is pulled towards it by cross-entropy, weighted by `weight`, beside the
+    task's own loss. The teacher is needed only while training: the towers alone are saved and served."""
+
+    scores: Callable[[np.ndarray], np.ndarray]  # user indices -> (n, n_items) teacher scores
+    weight: float
+    temperature: float
+
+    def loss(self, logits: torch.Tensor, users: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        """`logits` (n, n_items) are the towers' for `users`; `seen` (n, n_items) marks their training items."""
+        keep = ~seen.all(dim=1)  # a user who has seen every item has nothing left to rank
+        logits, seen, users = logits[keep], seen[keep], users[keep]
+        teacher = torch.from_numpy(np.asarray(self.scores(users.cpu().numpy()), dtype=np.float32)).to(logits.device)
+        spread = teacher.std(dim=1, keepdim=True).clamp_min(1e-6)
+        teacher = (teacher - teacher.mean(dim=1, keepdim=True)) / spread / self.temperature
+        target = torch.softmax(teacher.masked_fill(seen, float("-inf")), dim=1)
+        student = torch.log_softmax(logits.masked_fill(seen, float("-inf")), dim=1).masked_fill(seen, 0.0)
+        return self.weight * -(target * student).sum(dim=1).mean()
+
+
 class MultinomialTask(_RankingValidation):
     """Multinomial likelihood per user (Mult-DAE style): the user's vector (from a history bag with dropout)
     scores every item; the loss is −Σ_{i in the user's positives} log softmax_i, averaged over users. Each
-    user's whole history is one example, so every user counts the same per epoch."""
+    user's whole history is one example, so every user counts the same per epoch. With `distillation`, a
+    teacher's ranking of each user's other items is learnt as well (`Distillation`)."""
 
     name = "multinomial"
     batching: Literal["pairs", "users"] = "users"
 
-    def __init__(self, temperature: float = 0.5, threshold: float | None = None) -> None:
-        self.temperature, self.threshold = temperature, threshold
+    def __init__(
+        self, temperature: float = 0.5, threshold: float | None = None, distillation: Distillation | None = None
+    ) -> None:
+        self.temperature, self.threshold, self.distillation = temperature, threshold, distillation
 
     def training_rows(self, train: Interactions) -> tuple[np.ndarray, np.ndarray, None]:
         return positive_pairs(train, self.threshold)
@@ -292,7 +321,12 @@ class MultinomialTask(_RankingValidation):
             int(counts.sum()), device=counts.device
         )
         rows = torch.repeat_interleave(torch.arange(len(users), device=counts.device), counts)
-        return -log_probabilities[rows, indices[positions]].sum() / len(users)
+        loss = -log_probabilities[rows, indices[positions]].sum() / len(users)
+        if self.distillation is None:
+            return loss
+        seen = torch.zeros_like(logits, dtype=torch.bool)
+        seen[rows, indices[positions]] = True
+        return loss + self.distillation.loss(logits, users, seen)
 
 
 class BCETask(_RankingValidation):

@@ -10,6 +10,8 @@ their items' vectors (`history_strategy`).
 from __future__ import annotations
 
 import copy
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,7 +30,7 @@ from recforge.models.two_tower.features import TowerFeatures, tensors
 from recforge.models.two_tower.network import TowerNetwork
 from recforge.models.two_tower.training import TowerTrainer, torch_csr
 from recforge.nn.checkpoint import Checkpointer
-from recforge.nn.tasks import BCETask, MultinomialTask, RatingTask, RetrievalTask, Task
+from recforge.nn.tasks import BCETask, Distillation, MultinomialTask, RatingTask, RetrievalTask, Task
 from recforge.nn.training import EpochPlan, fit_epochs, seed_everything
 
 
@@ -49,8 +51,9 @@ class TwoTower(FactorModel):
         self.capabilities = frozenset(capabilities)
 
     # ------------------------------------------------------------------ training
-    def make_task(self, train: Interactions) -> Task:
-        """The task the config names, with what it needs from the data (rating scale, target scaling)."""
+    def make_task(self, train: Interactions, distillation: Distillation | None = None) -> Task:
+        """The task the config names, with what it needs from the data (rating scale, target scaling) and
+        the teacher's scores when the config has a teacher."""
         c: TwoTowerConfig = self.config  # type: ignore[assignment]
         if c.task == "rating":
             low, span = 0.0, 1.0
@@ -71,10 +74,27 @@ class TwoTower(FactorModel):
         if c.task == "bce":
             return BCETask(c.n_negatives, c.positive_threshold)
         if c.batching == "users":
-            return MultinomialTask(c.temperature, c.positive_threshold)
+            return MultinomialTask(c.temperature, c.positive_threshold, distillation)
         return RetrievalTask(
             c.temperature, c.logq_correction, c.softmax == "full", c.uniform_negatives, c.positive_threshold
         )
+
+    def _distillation(self, train: Interactions, options: TrainOptions) -> Distillation | None:
+        """The config's teacher fitted on the same training data (not saved: only the towers serve)."""
+        c: TwoTowerConfig = self.config  # type: ignore[assignment]
+        if c.teacher is None:
+            return None
+        checkpoints = None if options.checkpoint_dir is None else str(Path(options.checkpoint_dir) / "teacher")
+        teacher = c.teacher.build().fit(train, dataclasses.replace(options, checkpoint_dir=checkpoints))
+        scores = teacher.score
+        if train.n_users * train.n_items <= self.TEACHER_CACHE_CELLS:  # every epoch asks for every user again
+            table = np.concatenate(
+                [teacher.score(np.arange(s, min(s + 1024, train.n_users))) for s in range(0, train.n_users, 1024)]
+            )
+            scores = table.__getitem__
+        return Distillation(scores, c.distill_weight, c.distill_temperature)
+
+    TEACHER_CACHE_CELLS = 1 << 26  # teacher scores kept for all users up to 256 MB (float32)
 
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: TwoTowerConfig = self.config  # type: ignore[assignment]
@@ -85,7 +105,7 @@ class TwoTower(FactorModel):
             c.user_tower, c.item_tower, train.n_users, train.n_items, self.features_.meta, c.biases, history_dim,
             c.history_norm,
         )  # fmt: skip
-        task = self.make_task(train)
+        task = self.make_task(train, self._distillation(train, options))
         users, items, targets = task.training_rows(train)
         self.target_low_, self.target_span_ = (task.low, task.span) if isinstance(task, RatingTask) else (0.0, 1.0)
         self.mean_ = float(targets.mean()) if (c.biases and targets is not None) else 0.0
