@@ -81,6 +81,13 @@ class TestEASE(ModelContract):
     quality = ("ndcg@10", 0.445, 0.46)
 
 
+class TestEASETimeDecay(ModelContract):
+    model_name = "ease"
+    params = {"time_decay": 50.0, "dropout": 0.3}
+    quality = ("ndcg@10", 0.452, 0.465)  # 0.4584 (EDLAE on XᵀX: 0.4526)
+    quality_params = {"time_decay": 50.0, "dropout": 0.3}
+
+
 class TestRP3Beta(ModelContract):
     model_name = "rp3beta"
     params = {"k": 10}

@@ -4,6 +4,13 @@ B = argmin ‖X − XB‖² + λ‖B‖² subject to diag(B) = 0, solved by P = 
 B = I − P·diag(1/diag(P)) (then zero the diagonal). Scores for a user are their history row times B,
 so new users with a history are scored without any fold-in. Memory is n_items² floats: fine up to a few
 tens of thousands of items.
+
+With `time_decay` τ the Gram matrix XᵀX counts two items of one user by how close they are in the user's
+time-ordered history: exp(−d/τ) for items d positions apart (0 beyond 4τ), the diagonal still the item's
+user count. People rate and buy in sessions, and items taken together are more alike than items months
+apart; XᵀX weighs both the same. On ML-100K's per-user 80/20 split, where the held-out items are interleaved
+in time with the training ones, τ = 50 lifted EDLAE from NDCG@10 0.4526 to 0.4582 (chosen on validation;
+docs/models.md).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from pydantic import Field
 from recforge.coldstart import HISTORY, KNOWN_USERS
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
+from recforge.errors import ConfigError
 from recforge.models.base import Recommender
 from recforge.models.config import ModelConfig, TrainOptions
 
@@ -31,10 +39,42 @@ class EASEConfig(ModelConfig):
         "by p/(1-p)·|users of i| (Steck 2020); 0 = plain EASE",
     )
     dtype: str = Field("float64", pattern="^(float32|float64)$", description="precision of the inversion")
+    time_decay: float | None = Field(
+        None,
+        gt=0,
+        description="τ in positions: items d positions apart in a user's time-ordered history co-occur with "
+        "weight exp(−d/τ) (none beyond 4τ); None = every pair counts 1 (XᵀX). Needs timestamps",
+    )
 
 
-def ease_weights(matrix: sp.csr_matrix, reg: float, dropout: float = 0.0, dtype: str = "float64") -> np.ndarray:
-    """Item-item weight matrix B (n_items, n_items) of EASE for a users x items interaction matrix.
+def time_decayed_gram(train: Interactions, tau: float) -> np.ndarray:
+    """XᵀX (n_items, n_items) of the binary user-item matrix with each off-diagonal co-occurrence weighted by
+    exp(−d/τ), d the distance of the two items in the user's history ordered by time (ties in source order,
+    one row per pair: its latest), pairs further apart than 4τ left out. One vectorised pass per distance."""
+    if train.timestamp is None:
+        raise ConfigError(
+            "ease: time_decay orders each user's history by time, and these interactions have no timestamps"
+        )
+    rows = train.latest_per_pair()
+    order = np.lexsort((rows, train.timestamp[rows], train.user_index[rows]))
+    user, item = train.user_index[rows][order], train.item_index[rows][order]
+    n = train.n_items
+    gram = np.zeros((n, n))
+    for distance in range(1, int(np.ceil(4 * tau)) + 1):
+        same = user[:-distance] == user[distance:]
+        if not same.any():  # no history is longer than this
+            break
+        np.add.at(gram, (item[:-distance][same], item[distance:][same]), np.exp(-distance / tau))
+    gram += gram.T
+    gram[np.diag_indices(n)] = np.bincount(item, minlength=n)
+    return gram
+
+
+def ease_weights(
+    matrix: sp.csr_matrix, reg: float, dropout: float = 0.0, dtype: str = "float64", gram: np.ndarray | None = None
+) -> np.ndarray:
+    """Item-item weight matrix B (n_items, n_items) of EASE for a users x items interaction matrix (or for
+    `gram` in place of its XᵀX).
 
     With `dropout` p > 0 this is EDLAE (Steck 2020, "Autoencoders that don't overfit towards the
     identity"): the diagonal penalty becomes λ + p/(1-p)·G_ii, which regularises popular items more.
@@ -42,7 +82,7 @@ def ease_weights(matrix: sp.csr_matrix, reg: float, dropout: float = 0.0, dtype:
     """
     import torch
 
-    gram_matrix = torch.from_numpy((matrix.T @ matrix).toarray()).to(getattr(torch, dtype))
+    gram_matrix = torch.from_numpy((matrix.T @ matrix).toarray() if gram is None else gram).to(getattr(torch, dtype))
     gram_matrix.diagonal().add_(reg + dropout / (1.0 - dropout) * gram_matrix.diagonal())
     inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram_matrix))
     weights = -inverse / inverse.diagonal()[None, :]
@@ -57,7 +97,8 @@ class EASE(Recommender):
 
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: EASEConfig = self.config  # type: ignore[assignment]
-        self.weights_ = ease_weights(self.seen_, c.reg, c.dropout, c.dtype).astype(np.float32)
+        gram = None if c.time_decay is None else time_decayed_gram(train, c.time_decay)
+        self.weights_ = ease_weights(self.seen_, c.reg, c.dropout, c.dtype, gram).astype(np.float32)
 
     def _score_known(self, users: np.ndarray) -> np.ndarray:
         return np.asarray(self.seen_[users] @ self.weights_)

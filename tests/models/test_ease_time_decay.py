@@ -1,0 +1,80 @@
+"""EASE on a time-decayed Gram matrix: the co-occurrences against a hand computation and a per-user loop,
+bounded by XᵀX, and refused without timestamps."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from recforge.data.interactions import Interactions
+from recforge.errors import ConfigError
+from recforge.models import create_model
+from recforge.models.ease import ease_weights, time_decayed_gram
+from tests.conftest import make_interactions
+
+
+def _frame(rows: list[tuple[int, int, int]]) -> Interactions:
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp"])
+    return Interactions.from_frame(frame, timestamp="timestamp")
+
+
+def test_a_hand_computed_history():
+    # user 1 took items a, b, c in that order (listed out of order); user 2 took c then a
+    data = _frame([(1, 30, 3), (1, 10, 1), (1, 20, 2), (2, 10, 9), (2, 30, 5)])
+    gram = time_decayed_gram(data, tau=2.0)
+    a, b, c = (data.items.position(item) for item in (10, 20, 30))
+    near, far = math.exp(-1 / 2), math.exp(-2 / 2)
+    expected = np.zeros((3, 3))
+    expected[a, b] = expected[b, a] = near  # user 1: a-b one apart
+    expected[b, c] = expected[c, b] = near  # user 1: b-c one apart
+    expected[a, c] = expected[c, a] = far + near  # user 1: a-c two apart; user 2: c-a one apart
+    expected[a, a], expected[b, b], expected[c, c] = 2, 1, 2  # users per item
+    np.testing.assert_allclose(gram, expected)
+
+
+def test_pairs_further_apart_than_four_tau_are_left_out():
+    data = _frame([(1, 100 + position, position) for position in range(12)])
+    gram = time_decayed_gram(data, tau=2.0)  # window 8 positions
+    first, ninth, tenth = (data.items.position(100 + p) for p in (0, 8, 9))
+    assert gram[first, ninth] == pytest.approx(math.exp(-8 / 2))
+    assert gram[first, tenth] == 0.0
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 2**16), tau=st.floats(0.3, 20.0))
+def test_the_gram_matrix_matches_a_per_user_loop_and_is_bounded_by_the_plain_one(seed, tau):
+    data = make_interactions(n_users=8, n_items=12, n=60, seed=seed)
+    gram = time_decayed_gram(data, tau)
+    rows = data.latest_per_pair()
+    expected = np.zeros((data.n_items, data.n_items))
+    for user in np.unique(data.user_index[rows]):
+        mine = rows[data.user_index[rows] == user]
+        history = data.item_index[mine][np.lexsort((mine, data.timestamp[mine]))]
+        for first in range(len(history)):
+            expected[history[first], history[first]] += 1
+            for second in range(first + 1, min(len(history), first + int(np.ceil(4 * tau)) + 1)):
+                weight = math.exp(-(second - first) / tau)
+                expected[history[first], history[second]] += weight
+                expected[history[second], history[first]] += weight
+    np.testing.assert_allclose(gram, expected, atol=1e-12)
+    binary = data.to_csr("binary").astype(np.float64)
+    plain = (binary.T @ binary).toarray()
+    np.testing.assert_array_equal(np.diag(gram), np.diag(plain))
+    assert (gram <= plain + 1e-12).all() and np.allclose(gram, gram.T)
+
+
+def test_the_model_solves_ease_on_the_decayed_gram_matrix():
+    data = make_interactions(seed=3)
+    model = create_model("ease", reg=50.0, dropout=0.3, time_decay=5.0).fit(data)
+    expected = ease_weights(data.to_csr("binary"), 50.0, 0.3, gram=time_decayed_gram(data, 5.0))
+    np.testing.assert_allclose(model.weights_, expected.astype(np.float32), rtol=1e-5, atol=1e-6)
+
+
+def test_without_timestamps_it_says_so():
+    with pytest.raises(ConfigError, match="timestamps"):
+        create_model("ease", time_decay=50.0).fit(make_interactions(timestamps=False))
