@@ -1,9 +1,10 @@
 """EASE on a time-decayed Gram matrix: the co-occurrences against a hand computation and a per-user loop,
-bounded by XᵀX, and refused without timestamps."""
+and the source order as the time order where there are no timestamps."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -12,7 +13,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recforge.data.interactions import Interactions
-from recforge.errors import ConfigError
 from recforge.models import create_model
 from recforge.models.ease import ease_weights, time_decayed_gram
 from tests.conftest import make_interactions
@@ -47,25 +47,26 @@ def test_pairs_further_apart_than_four_tau_are_left_out():
 
 @settings(max_examples=40, deadline=None)
 @given(seed=st.integers(0, 2**16), tau=st.floats(0.3, 20.0))
-def test_the_gram_matrix_matches_a_per_user_loop_and_is_bounded_by_the_plain_one(seed, tau):
+def test_the_gram_matrix_matches_a_per_user_loop(seed, tau):
     data = make_interactions(n_users=8, n_items=12, n=60, seed=seed)
     gram = time_decayed_gram(data, tau)
-    rows = data.latest_per_pair()
     expected = np.zeros((data.n_items, data.n_items))
-    for user in np.unique(data.user_index[rows]):
-        mine = rows[data.user_index[rows] == user]
-        history = data.item_index[mine][np.lexsort((mine, data.timestamp[mine]))]
+    for user in np.unique(data.user_index):
+        mine = np.flatnonzero(data.user_index == user)
+        history = list(data.item_index[mine][np.lexsort((mine, data.timestamp[mine]))])  # time order, ties by row
+        history = [item for place, item in enumerate(history) if item not in history[place + 1 :]]  # latest
         for first in range(len(history)):
-            expected[history[first], history[first]] += 1
             for second in range(first + 1, min(len(history), first + int(np.ceil(4 * tau)) + 1)):
                 weight = math.exp(-(second - first) / tau)
                 expected[history[first], history[second]] += weight
                 expected[history[second], history[first]] += weight
+        for item in np.unique(history):
+            expected[item, item] += 1  # users per item
     np.testing.assert_allclose(gram, expected, atol=1e-12)
     binary = data.to_csr("binary").astype(np.float64)
     plain = (binary.T @ binary).toarray()
     np.testing.assert_array_equal(np.diag(gram), np.diag(plain))
-    assert (gram <= plain + 1e-12).all() and np.allclose(gram, gram.T)
+    assert np.allclose(gram, gram.T) and np.linalg.eigvalsh(gram).min() > -1e-9 * len(gram)  # 4τ covers these
 
 
 def test_the_model_solves_ease_on_the_decayed_gram_matrix():
@@ -75,6 +76,13 @@ def test_the_model_solves_ease_on_the_decayed_gram_matrix():
     np.testing.assert_allclose(model.weights_, expected.astype(np.float32), rtol=1e-5, atol=1e-6)
 
 
-def test_without_timestamps_it_says_so():
-    with pytest.raises(ConfigError, match="timestamps"):
-        create_model("ease", time_decay=50.0).fit(make_interactions(timestamps=False))
+def test_without_timestamps_the_source_order_is_the_time_order():
+    data = make_interactions(seed=5)
+    order = np.lexsort((np.arange(len(data)), data.timestamp))
+    in_time_order = replace(data, user_index=data.user_index[order], item_index=data.item_index[order])
+    dated = replace(in_time_order, timestamp=data.timestamp[order], rating=None)
+    undated = replace(in_time_order, timestamp=None, rating=None)
+    np.testing.assert_allclose(time_decayed_gram(undated, 3.0), time_decayed_gram(dated, 3.0))
+    shuffled = np.random.default_rng(0).permutation(len(data))
+    scrambled = replace(undated, user_index=undated.user_index[shuffled], item_index=undated.item_index[shuffled])
+    assert not np.allclose(time_decayed_gram(scrambled, 3.0), time_decayed_gram(undated, 3.0))

@@ -43,20 +43,21 @@ class EASEConfig(ModelConfig):
         None,
         gt=0,
         description="τ in positions: items d positions apart in a user's time-ordered history co-occur with "
-        "weight exp(−d/τ) (none beyond 4τ); None = every pair counts 1 (XᵀX). Needs timestamps",
+        "weight exp(−d/τ) (none beyond 4τ); None = every pair counts 1 (XᵀX)",
     )
 
 
 def time_decayed_gram(train: Interactions, tau: float) -> np.ndarray:
     """XᵀX (n_items, n_items) of the binary user-item matrix with each off-diagonal co-occurrence weighted by
-    exp(−d/τ), d the distance of the two items in the user's history ordered by time (ties in source order,
-    one row per pair: its latest), pairs further apart than 4τ left out. One vectorised pass per distance."""
-    if train.timestamp is None:
-        raise ConfigError(
-            "ease: time_decay orders each user's history by time, and these interactions have no timestamps"
-        )
+    exp(−d/τ), d the distance of the two items in the user's history in time order (by timestamp, source
+    order breaking ties or, in files without timestamps, being the order, as `Interactions.sequences`
+    reads it; a repeated item at its latest position), pairs further apart than 4τ left out; the diagonal
+    stays the item's user count. Each user adds an exponential-kernel matrix of their items' positions,
+    positive semi-definite but for the cut-off's tail (e^-4 of the weight), which the ridge covers.
+    One vectorised pass per distance."""
     rows = train.latest_per_pair()
-    order = np.lexsort((rows, train.timestamp[rows], train.user_index[rows]))
+    time = rows if train.timestamp is None else train.timestamp[rows]
+    order = np.lexsort((rows, time, train.user_index[rows]))
     user, item = train.user_index[rows][order], train.item_index[rows][order]
     n = train.n_items
     gram = np.zeros((n, n))
@@ -84,7 +85,10 @@ def ease_weights(
 
     gram_matrix = torch.from_numpy((matrix.T @ matrix).toarray() if gram is None else gram).to(getattr(torch, dtype))
     gram_matrix.diagonal().add_(reg + dropout / (1.0 - dropout) * gram_matrix.diagonal())
-    inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram_matrix))
+    try:
+        inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram_matrix))
+    except torch.linalg.LinAlgError as exc:  # only a supplied (time-decayed) Gram matrix can get here
+        raise ConfigError(f"ease: the Gram matrix plus reg = {reg} is not positive definite; raise reg") from exc
     weights = -inverse / inverse.diagonal()[None, :]
     weights.diagonal().zero_()
     return weights.numpy()
