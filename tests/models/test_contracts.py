@@ -88,6 +88,11 @@ class TestEASETimeDecay(ModelContract):
     quality_params = {"time_decay": 50.0, "dropout": 0.3}
 
 
+class TestEASEHistoryDecay(ModelContract):
+    model_name = "ease"
+    params = {"time_decay": 2.0, "history_decay": 3.0, "reg": 50.0}
+
+
 class TestRP3Beta(ModelContract):
     model_name = "rp3beta"
     params = {"k": 10}

@@ -1,5 +1,6 @@
-"""EASE on a time-decayed Gram matrix: the co-occurrences against a hand computation and a per-user loop,
-and the source order as the time order where there are no timestamps."""
+"""EASE on a time-decayed Gram matrix (the co-occurrences against a hand computation and a per-user loop,
+the source order as the time order where there are no timestamps) and scored from recency-weighted
+histories."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recforge.data.interactions import Interactions
+from recforge.data.interactions import Interactions, Sequences
 from recforge.models import create_model
-from recforge.models.ease import ease_weights, time_decayed_gram
+from recforge.models.ease import ease_weights, recency_rows, time_decayed_gram
 from tests.conftest import make_interactions
 
 
@@ -86,3 +87,21 @@ def test_without_timestamps_the_source_order_is_the_time_order():
     shuffled = np.random.default_rng(0).permutation(len(data))
     scrambled = replace(undated, user_index=undated.user_index[shuffled], item_index=undated.item_index[shuffled])
     assert not np.allclose(time_decayed_gram(scrambled, 3.0), time_decayed_gram(undated, 3.0))
+
+
+def test_recency_rows_weigh_each_item_by_what_came_after_it():
+    # one sequence a, b, a, c (items 0, 1, 0, 2) and one of a single item 1
+    sequences = Sequences(indptr=np.array([0, 4, 5]), items=np.array([0, 1, 0, 2, 1]), rows=np.arange(5))
+    rows = recency_rows(sequences, n_items=4, kappa=2.0).toarray()
+    expected = np.array([[math.exp(-1 / 2), math.exp(-2 / 2), 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
+    np.testing.assert_allclose(rows, expected)
+
+
+def test_history_decay_scores_a_known_user_from_their_recency_weighted_row():
+    data = make_interactions(seed=4)
+    model = create_model("ease", reg=20.0, history_decay=3.0).fit(data)
+    weighted = recency_rows(data.sequences(), data.n_items, 3.0)
+    np.testing.assert_allclose(model.score([0, 5]), (weighted[[0, 5]] @ model.weights_), rtol=1e-5)
+    plain = create_model("ease", reg=20.0).fit(data)
+    np.testing.assert_allclose(plain.weights_, model.weights_)  # the weights do not change, only the query
+    assert not np.allclose(plain.score([0]), model.score([0]))

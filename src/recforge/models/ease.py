@@ -22,7 +22,7 @@ import scipy.sparse as sp
 from pydantic import Field
 
 from recforge.coldstart import HISTORY, KNOWN_USERS
-from recforge.data.interactions import Interactions
+from recforge.data.interactions import Interactions, Sequences
 from recforge.data.query import History
 from recforge.errors import ConfigError
 from recforge.models.base import Recommender
@@ -44,6 +44,12 @@ class EASEConfig(ModelConfig):
         gt=0,
         description="τ in positions: items d positions apart in a user's time-ordered history co-occur with "
         "weight exp(−d/τ) (none beyond 4τ); None = every pair counts 1 (XᵀX)",
+    )
+    history_decay: float | None = Field(
+        None,
+        gt=0,
+        description="κ in positions: a user's history row weighs each item exp(−i/κ), i the interactions "
+        "after it (the latest 1), when scoring; None = every item 1. For next-item prediction",
     )
 
 
@@ -69,6 +75,24 @@ def time_decayed_gram(train: Interactions, tau: float) -> np.ndarray:
     gram += gram.T
     gram[np.diag_indices(n)] = np.bincount(item, minlength=n)
     return gram
+
+
+def recency_rows(sequences: Sequences, n_items: int, kappa: float) -> sp.csr_matrix:
+    """(n_sequences, n_items) rows with each item of a sequence weighted exp(−i/κ), i the number of
+    interactions after it (the latest item 1); a repeated item keeps the weight of its latest position."""
+    lengths = sequences.lengths
+    row = np.repeat(np.arange(len(lengths)), lengths)
+    after = np.repeat(sequences.indptr[1:], lengths) - 1 - np.arange(len(sequences.items))
+    key = row * n_items + sequences.items
+    order = np.lexsort((-after, key))  # per (row, item): the latest position last
+    last = np.ones(len(order), dtype=bool)
+    last[:-1] = key[order][1:] != key[order][:-1]
+    keep = order[last]
+    matrix = sp.csr_matrix(
+        (np.exp(-after[keep] / kappa), (row[keep], sequences.items[keep])), shape=(len(lengths), n_items)
+    )
+    matrix.sort_indices()
+    return matrix
 
 
 def ease_weights(
@@ -103,19 +127,32 @@ class EASE(Recommender):
         c: EASEConfig = self.config  # type: ignore[assignment]
         gram = None if c.time_decay is None else time_decayed_gram(train, c.time_decay)
         self.weights_ = ease_weights(self.seen_, c.reg, c.dropout, c.dtype, gram).astype(np.float32)
+        self.query_ = self.seen_
+        if c.history_decay is not None:
+            self.query_ = recency_rows(train.sequences(), train.n_items, c.history_decay).astype(np.float32)
 
     def _score_known(self, users: np.ndarray) -> np.ndarray:
-        return np.asarray(self.seen_[users] @ self.weights_)
+        return np.asarray(self.query_[users] @ self.weights_)
 
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
-        return np.asarray(history.binary @ self.weights_)
+        kappa = self.config.history_decay  # type: ignore[attr-defined]
+        rows = history.binary if kappa is None else recency_rows(history.sequences, self.n_items, kappa)
+        return np.asarray(rows @ self.weights_)
 
     def _item_similarity(self, items: np.ndarray) -> np.ndarray:
         """Similar items by their learned weights: how much having i predicts j (symmetrised)."""
         return (self.weights_[items] + self.weights_[:, items].T).astype(np.float32)
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
-        return {"weights": self.weights_}
+        if self.query_ is self.seen_:
+            return {"weights": self.weights_}
+        return {"weights": self.weights_, "query.data": self.query_.data}  # on the seen matrix's pattern
 
     def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
         self.weights_ = arrays["weights"]
+        self.query_ = self.seen_
+        if self.config.history_decay is not None:  # type: ignore[attr-defined]
+            data = arrays["query.data"]
+            if data.shape != self.seen_.data.shape:
+                raise ValueError("the history weights do not fit the seen-items matrix")
+            self.query_ = sp.csr_matrix((data, self.seen_.indices, self.seen_.indptr), shape=self.seen_.shape)
