@@ -1,6 +1,6 @@
 """EASE on a time-decayed Gram matrix (the co-occurrences against a hand computation and a per-user loop,
-the source order as the time order where there are no timestamps) and scored from recency-weighted
-histories."""
+the source order as the time order where there are no timestamps) scored from recency-weighted
+histories, with item features as pseudo-users."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from recforge.data.interactions import Interactions, Sequences
+from recforge.errors import ConfigError
 from recforge.models import create_model
-from recforge.models.ease import ease_weights, recency_rows, time_decayed_gram
+from recforge.models.ease import ease_weights, feature_gram, recency_rows, time_decayed_gram
 from tests.conftest import make_interactions
 
 
@@ -105,3 +106,25 @@ def test_history_decay_scores_a_known_user_from_their_recency_weighted_row():
     plain = create_model("ease", reg=20.0).fit(data)
     np.testing.assert_allclose(plain.weights_, model.weights_)  # the weights do not change, only the query
     assert not np.allclose(plain.score([0]), model.score([0]))
+
+
+def _with_item_values(data: Interactions, values: list[list[str]]) -> Interactions:
+    return replace(data, item_features=pd.DataFrame({"tags": values}))
+
+
+def test_the_feature_gram_counts_shared_values():
+    data = _frame([(1, 10, 1), (1, 20, 2), (2, 30, 3)])
+    tagged = _with_item_values(data, [["a", "b"], ["b"], []])  # items 10, 20, 30 in index order
+    np.testing.assert_array_equal(feature_gram(tagged, "tags"), [[2, 1, 0], [1, 1, 0], [0, 0, 0]])
+
+
+def test_item_features_join_the_gram_matrix_as_pseudo_users():
+    data = make_interactions(seed=6)
+    rng = np.random.default_rng(0)
+    tagged = _with_item_values(data, [list(rng.choice(["x", "y", "z"], size=rng.integers(0, 3))) for _ in range(40)])
+    model = create_model("ease", reg=30.0, item_features="tags", feature_weight=2.0).fit(tagged)
+    binary = tagged.to_csr("binary")
+    gram = (binary.T @ binary).toarray() + 2.0 * feature_gram(tagged, "tags")
+    np.testing.assert_allclose(model.weights_, ease_weights(binary, 30.0, 0.6, gram=gram), rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="'genres' is not a column"):
+        create_model("ease", item_features="genres").fit(tagged)

@@ -72,6 +72,21 @@ def multi_hot(lists: list[list[str]], vocabulary: list[str]) -> np.ndarray:
     return matrix
 
 
+def item_value_lists(train: Interactions, column: str, owner: str) -> tuple[list[list[str]], list[str]]:
+    """Each item's values in a list column of the item features (in item-index order) and their sorted
+    vocabulary; a ConfigError naming `owner` and the column when the data has no such column or it holds
+    no values (never a silent fall-back to ids alone)."""
+    frame = train.item_features
+    if frame is None or column not in frame.columns:
+        available = [] if frame is None else list(frame.columns)
+        raise ConfigError(f"{owner}: item_features={column!r} is not a column of the item features {available}")
+    lists = genre_lists(frame, (column,))
+    vocabulary = select_genres(lists)
+    if not vocabulary:
+        raise ConfigError(f"{owner}: the item feature column {column!r} holds no values")
+    return lists, vocabulary
+
+
 def value_bags(lists: list[list[str]], vocabulary: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """The rows' values as positions in `vocabulary`, flattened, and where each row starts (the
     `input`/`offsets` pair of torch's EmbeddingBag); values outside the vocabulary are left out."""

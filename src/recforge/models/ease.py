@@ -10,7 +10,8 @@ time-ordered history: exp(−d/τ) for items d positions apart (0 beyond 4τ), t
 user count. People rate and buy in sessions, and items taken together are more alike than items months
 apart; XᵀX weighs both the same. On ML-100K's per-user 80/20 split, where the held-out items are interleaved
 in time with the training ones, τ = 50 lifted EDLAE from NDCG@10 0.4526 to 0.4582 (chosen on validation;
-docs/models.md).
+docs/models.md). `history_decay` scores from a recency-weighted history row (next-item prediction), and
+`item_features` adds a list column of item features to the Gram matrix as extra pseudo-users.
 """
 
 from __future__ import annotations
@@ -45,6 +46,12 @@ class EASEConfig(ModelConfig):
         description="τ in positions: items d positions apart in a user's time-ordered history co-occur with "
         "weight exp(−d/τ) (none beyond 4τ); None = every pair counts 1 (XᵀX)",
     )
+    item_features: str | None = Field(
+        None,
+        description="a list column of the item features (e.g. `attributes`, `genres`) whose values join the Gram "
+        "matrix as feature_weight·FFᵀ (F the items' multi-hot values): side information as extra rows of X",
+    )
+    feature_weight: float = Field(1.0, gt=0, description="α of α·FFᵀ: how many users a shared value counts as")
     history_decay: float | None = Field(
         None,
         gt=0,
@@ -75,6 +82,20 @@ def time_decayed_gram(train: Interactions, tau: float) -> np.ndarray:
     gram += gram.T
     gram[np.diag_indices(n)] = np.bincount(item, minlength=n)
     return gram
+
+
+def feature_gram(train: Interactions, column: str) -> np.ndarray:
+    """FFᵀ (n_items, n_items): how many values of the list column `column` two items share (Jeunen et
+    al. 2020, side information in closed-form item-item models: each value is a pseudo-user who took every
+    item that has it)."""
+    from recforge.data.features import item_value_lists, value_bags
+
+    lists, vocabulary = item_value_lists(train, column, "ease")
+    values, offsets = value_bags(lists, vocabulary)
+    features = sp.csr_matrix(
+        (np.ones(len(values)), values, np.append(offsets, len(values))), shape=(train.n_items, len(vocabulary))
+    )
+    return (features @ features.T).toarray()
 
 
 def recency_rows(sequences: Sequences, n_items: int, kappa: float) -> sp.csr_matrix:
@@ -126,6 +147,9 @@ class EASE(Recommender):
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: EASEConfig = self.config  # type: ignore[assignment]
         gram = None if c.time_decay is None else time_decayed_gram(train, c.time_decay)
+        if c.item_features is not None:
+            gram = (self.seen_.T @ self.seen_).toarray() if gram is None else gram
+            gram += c.feature_weight * feature_gram(train, c.item_features)
         self.weights_ = ease_weights(self.seen_, c.reg, c.dropout, c.dtype, gram).astype(np.float32)
         self.query_ = self.seen_
         if c.history_decay is not None:

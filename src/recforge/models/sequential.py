@@ -227,18 +227,10 @@ class SASRec(SequenceModel):
         c: SASRecConfig = self.config  # type: ignore[assignment]
         if c.item_features is None:
             return self._make_net(train.n_items)
-        from recforge.data.features import genre_lists, select_genres, value_bags
+        from recforge.data.features import item_value_lists, value_bags
 
-        frame = train.item_features
-        if frame is None or c.item_features not in frame.columns:
-            available = [] if frame is None else list(frame.columns)
-            raise ConfigError(
-                f"{self.name}: item_features={c.item_features!r} is not a column of the item features {available}"
-            )
-        lists = genre_lists(frame, (c.item_features,))
-        values, offsets = value_bags(lists, vocabulary := select_genres(lists))
-        if not vocabulary:
-            raise ConfigError(f"{self.name}: the item feature column {c.item_features!r} holds no values")
+        lists, vocabulary = item_value_lists(train, c.item_features, self.name)
+        values, offsets = value_bags(lists, vocabulary)
         bags = (torch.from_numpy(values), torch.from_numpy(offsets), len(vocabulary))
         return self._make_net(train.n_items, bags)
 
