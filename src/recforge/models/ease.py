@@ -9,7 +9,7 @@ With `time_decay` τ the Gram matrix XᵀX counts two items of one user by how c
 time-ordered history: exp(−d/τ) for items d positions apart (0 beyond 4τ), the diagonal still the item's
 user count. People rate and buy in sessions, and items taken together are more alike than items months
 apart; XᵀX weighs both the same. On ML-100K's per-user 80/20 split, where the held-out items are interleaved
-in time with the training ones, τ = 50 lifted EDLAE from NDCG@10 0.4526 to 0.4582 (chosen on validation;
+in time with the training ones, τ = 50 lifted EDLAE from NDCG@10 0.4526 to 0.4584 (chosen on validation;
 docs/models.md). `history_decay` scores from a recency-weighted history row (next-item prediction), and
 `item_features` adds a list column of item features to the Gram matrix as extra pseudo-users.
 """
@@ -63,7 +63,7 @@ class EASEConfig(ModelConfig):
 def time_decayed_gram(train: Interactions, tau: float) -> np.ndarray:
     """XᵀX (n_items, n_items) of the binary user-item matrix with each off-diagonal co-occurrence weighted by
     exp(−d/τ), d the distance of the two items in the user's history in time order (by timestamp, source
-    order breaking ties or, in files without timestamps, being the order, as `Interactions.sequences`
+    order breaking ties or, in files without timestamps, being the order, as `Interactions.sequences()`
     reads it; a repeated item at its latest position), pairs further apart than 4τ left out; the diagonal
     stays the item's user count. Each user adds an exponential-kernel matrix of their items' positions,
     positive semi-definite but for the cut-off's tail (e^-4 of the weight), which the ridge covers.
