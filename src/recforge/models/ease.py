@@ -68,10 +68,8 @@ def time_decayed_gram(train: Interactions, tau: float) -> np.ndarray:
     stays the item's user count. Each user adds an exponential-kernel matrix of their items' positions,
     positive semi-definite but for the cut-off's tail (e^-4 of the weight), which the ridge covers.
     One vectorised pass per distance."""
-    rows = train.latest_per_pair()
-    time = rows if train.timestamp is None else train.timestamp[rows]
-    order = np.lexsort((rows, time, train.user_index[rows]))
-    user, item = train.user_index[rows][order], train.item_index[rows][order]
+    sequences = train.subset(train.latest_per_pair()).sequences()
+    user, item = np.repeat(np.arange(len(sequences)), sequences.lengths), sequences.items
     n = train.n_items
     gram = np.zeros((n, n))
     for distance in range(1, int(np.ceil(4 * tau)) + 1):
@@ -132,7 +130,7 @@ def ease_weights(
     gram_matrix.diagonal().add_(reg + dropout / (1.0 - dropout) * gram_matrix.diagonal())
     try:
         inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram_matrix))
-    except torch.linalg.LinAlgError as exc:  # only a supplied (time-decayed) Gram matrix can get here
+    except torch.linalg.LinAlgError as exc:  # only a supplied Gram matrix (time-decayed) can get here
         raise ConfigError(f"ease: the Gram matrix plus reg = {reg} is not positive definite; raise reg") from exc
     weights = -inverse / inverse.diagonal()[None, :]
     weights.diagonal().zero_()
