@@ -118,7 +118,7 @@ def ease_weights(
     matrix: sp.csr_matrix, reg: float, dropout: float = 0.0, dtype: str = "float64", gram: np.ndarray | None = None
 ) -> np.ndarray:
     """Item-item weight matrix B (n_items, n_items) of EASE for a users x items interaction matrix (or for
-    `gram` in place of its XᵀX).
+    `gram` in place of its XᵀX; a float64 `gram` is overwritten, to spare a second n_items² copy).
 
     With `dropout` p > 0 this is EDLAE (Steck 2020, "Autoencoders that don't overfit towards the
     identity"): the diagonal penalty becomes λ + p/(1-p)·G_ii, which regularises popular items more.

@@ -53,6 +53,7 @@ def make_optimizer(
 
 def make_schedule(optimizer: torch.optim.Optimizer, kind: str, n_epochs: int) -> torch.optim.lr_scheduler.LRScheduler:
     """Per-epoch learning-rate schedule: constant, or a linear / cosine decay to zero at `n_epochs`."""
+    n_epochs = max(n_epochs, 1)  # a model may train 0 epochs (its weights found in closed form)
     if kind == "constant":
         factor = lambda epoch: 1.0  # noqa: E731
     elif kind == "linear":

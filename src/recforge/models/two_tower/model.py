@@ -28,6 +28,7 @@ from recforge.models.factorization import FactorModel, FoldInPenalty
 from recforge.models.two_tower.config import TwoTowerConfig
 from recforge.models.two_tower.features import TowerFeatures, tensors
 from recforge.models.two_tower.network import TowerNetwork
+from recforge.models.two_tower.teacher_init import pooled_rows, reduced_rank_fit
 from recforge.models.two_tower.training import TowerTrainer, torch_csr
 from recforge.nn.checkpoint import Checkpointer
 from recforge.nn.tasks import BCETask, Distillation, MultinomialTask, RatingTask, RetrievalTask, Task
@@ -105,7 +106,11 @@ class TwoTower(FactorModel):
             c.user_tower, c.item_tower, train.n_users, train.n_items, self.features_.meta, c.biases, history_dim,
             c.history_norm,
         )  # fmt: skip
-        task = self.make_task(train, self._distillation(train, options))
+        distillation = self._distillation(train, options)
+        if c.teacher_init:
+            assert distillation is not None
+            self._start_at_teacher(distillation)
+        task = self.make_task(train, distillation)
         users, items, targets = task.training_rows(train)
         self.target_low_, self.target_span_ = (task.low, task.span) if isinstance(task, RatingTask) else (0.0, 1.0)
         self.mean_ = float(targets.mean()) if (c.biases and targets is not None) else 0.0
@@ -123,6 +128,22 @@ class TwoTower(FactorModel):
         )
         self.training_log_ = fit_epochs(trainer, plan, options, Checkpointer.for_fit(self, train, options))
         self._export_factors(trainer, retrieval=task.name != "rating")
+
+    @torch.no_grad()
+    def _start_at_teacher(self, distillation: Distillation) -> None:
+        """Linear towers set to the teacher's reduced-rank fit (`teacher_init`), scaled so that the logits
+        start at the teacher's standardised scores over the distillation temperature."""
+        c: TwoTowerConfig = self.config  # type: ignore[assignment]
+        pooled = pooled_rows(self.seen_, c.history_norm)
+        history, items = reduced_rank_fit(pooled, distillation.scores, c.user_tower.output_dim, c.teacher_init_reg)
+        towers = self.towers_
+        assert towers.history is not None and towers.item.id_embedding is not None
+        towers.history.weight.copy_(torch.from_numpy(history * (c.temperature / c.distill_temperature)))
+        (linear,) = towers.user.mlp
+        linear.weight.zero_()
+        linear.bias.zero_()
+        linear.weight[:, -c.history_dim :] = torch.eye(c.history_dim)
+        towers.item.id_embedding.weight[: len(items)] = torch.from_numpy(items)
 
     def _export_factors(self, trainer: TowerTrainer, retrieval: bool) -> None:
         """Known users' and items' tower outputs become FactorModel factors (ratings rescaled); a ranking
