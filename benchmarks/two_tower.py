@@ -43,6 +43,15 @@ from recforge.retrieval.topk import mask_items
 warnings.filterwarnings("ignore", category=UserWarning)
 
 WIDE = {"temperature": 1.0, "user_tower": {"output_dim": 600}, "item_tower": {"id_dim": 600, "output_dim": 600}}
+TIME_DECAYED_BLEND = {  # experiments/ml100k_classic.toml's best top-10 model (docs/models.md)
+    "model": "blend",
+    "params": {
+        "members": [
+            {"model": "ease", "params": {"time_decay": 50.0, "dropout": 0.3}},
+            {"model": "ials", "params": {"n_factors": 32}, "weight": 0.5},
+        ]
+    },
+}
 TFRS_LIKE = {  # the tutorial's model: 32-d ID embeddings, in-batch softmax, Adagrad 0.1, batch 8192, 3 epochs
     "batching": "pairs",
     "softmax": "in_batch",
@@ -108,6 +117,14 @@ def retrieval_rows(data: Interactions, seeds: list[int], quick: bool) -> list[di
         "two_tower retrieval preset (128-d)": ("two_tower", {}),
         "two_tower retrieval, 600-d, T=1": ("two_tower", WIDE),
         "two_tower distilled preset (600-d, T=1, taught by the blend)": ("two_tower", {"preset": "distilled"}),
+        "two_tower distilled-linear preset (64-d, closed form, taught by the blend)": (
+            "two_tower",
+            {"preset": "distilled-linear"},
+        ),
+        "two_tower distilled-linear, taught by the time-decayed blend": (
+            "two_tower",
+            {"preset": "distilled-linear", "teacher": TIME_DECAYED_BLEND},
+        ),
         "two_tower pairs + in-batch softmax (TFRS-like)": ("two_tower", TFRS_LIKE),
     }
     rows = []
