@@ -191,6 +191,8 @@ def cold_start(data: Interactions, plot_path, quick: bool) -> dict:
     evaluator = FullRankingEvaluator(split.train, split.test, ks=(10,), history=split.fold_in)
     model, _ = fit("two_tower", split.train)
     features_model, _ = fit("two_tower", split.train, **FEATURES_ONLY)
+    closed_form, _ = fit("two_tower", split.train, preset="distilled-linear")
+    blend, _ = fit("blend", split.train)
     popularity = split.train.item_counts().astype(np.float64)
     items = model.item_factors_
     biased_items = np.hstack([items, model.item_bias_[:, None]])
@@ -208,6 +210,12 @@ def cold_start(data: Interactions, plot_path, quick: bool) -> dict:
             "fold", lambda h: with_bias(model.implicit_fold_in(h, 1.0, 10.0)[0])
         ),
         "history through the user tower": VectorScores("tower", lambda h: model.score(np.full(len(h), -1), h)),
+        "history through the distilled-linear user tower": VectorScores(
+            "closed_form", lambda h: closed_form.score(np.full(len(h), -1), h)
+        ),
+        "history scored by the blend (EDLAE + 0.5 iALS; its teacher)": VectorScores(
+            "blend", lambda h: blend.score(np.full(len(h), -1), h)
+        ),
         "features-only user tower (demographics)": VectorScores(
             "features",
             lambda h: (
