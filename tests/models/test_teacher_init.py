@@ -82,3 +82,15 @@ def test_teacher_init_names_what_the_towers_lack(params, needs):
 def test_zero_epochs_needs_teacher_init():
     with pytest.raises(ValueError, match="n_epochs = 0 leaves the towers untrained"):
         create_model("two_tower", n_epochs=0)
+
+
+def test_a_catalogue_narrower_than_the_towers_is_refused_before_the_teacher_fits(monkeypatch):
+    from recforge.models.two_tower import model as two_tower_model
+    from tests.conftest import make_interactions
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher was fitted")
+
+    monkeypatch.setattr(two_tower_model.TwoTower, "_distillation", no_teacher)
+    with pytest.raises(ConfigError, match="width 64 exceeds the number of items 40"):
+        create_model("two_tower", preset="distilled-linear").fit(make_interactions(n_items=40))

@@ -28,7 +28,7 @@ from recforge.models.factorization import FactorModel, FoldInPenalty
 from recforge.models.two_tower.config import TwoTowerConfig
 from recforge.models.two_tower.features import TowerFeatures, tensors
 from recforge.models.two_tower.network import TowerNetwork
-from recforge.models.two_tower.teacher_init import pooled_rows, reduced_rank_fit
+from recforge.models.two_tower.teacher_init import check_catalogue, pooled_rows, reduced_rank_fit
 from recforge.models.two_tower.training import TowerTrainer, torch_csr
 from recforge.nn.checkpoint import Checkpointer
 from recforge.nn.tasks import BCETask, Distillation, MultinomialTask, RatingTask, RetrievalTask, Task
@@ -106,6 +106,8 @@ class TwoTower(FactorModel):
             c.user_tower, c.item_tower, train.n_users, train.n_items, self.features_.meta, c.biases, history_dim,
             c.history_norm,
         )  # fmt: skip
+        if c.teacher_init:
+            check_catalogue(train.n_items, c.user_tower.output_dim)  # before the teacher's fit, not after
         distillation = self._distillation(train, options)
         if c.teacher_init:
             assert distillation is not None

@@ -28,6 +28,14 @@ MAX_ITEMS = 30_000  # the dense n_items² solve (7 GB in float64) is the limit, 
 _CHUNK = 1024
 
 
+def check_catalogue(n_items: int, rank: int) -> None:
+    """ConfigError unless the fit can run: a dense n_items² factorisation, and rank ≤ n_items."""
+    if n_items > MAX_ITEMS:
+        raise ConfigError(f"teacher_init solves a dense {n_items} x {n_items} system; it supports up to {MAX_ITEMS}")
+    if rank > n_items:
+        raise ConfigError(f"teacher_init: the towers' width {rank} exceeds the number of items {n_items}")
+
+
 def pooled_rows(seen: sp.csr_matrix, norm: str) -> sp.csr_matrix:
     """The users' history bags as the tower pools them: binary rows divided by √n ("sqrt") or n ("mean")."""
     binary = seen.tocsr().astype(np.float64)
@@ -58,10 +66,7 @@ def reduced_rank_fit(
     matrices, through A's Cholesky factor, in a randomized range finder (Halko, Martinsson & Tropp 2011) that
     finds P's top right singular vectors V; then E = A⁻¹ C V. The cost is one n_items³/3 factorisation."""
     n_users, n_items = pooled.shape
-    if n_items > MAX_ITEMS:
-        raise ConfigError(f"teacher_init solves a dense {n_items} x {n_items} system; it supports up to {MAX_ITEMS}")
-    if rank > n_items:
-        raise ConfigError(f"teacher_init: the towers' width {rank} exceeds the number of items {n_items}")
+    check_catalogue(n_items, rank)
     cross = np.zeros((n_items, n_items))
     for start in range(0, n_users, _CHUNK):
         users = np.arange(start, min(start + _CHUNK, n_users))
