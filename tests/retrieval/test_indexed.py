@@ -68,3 +68,14 @@ def test_a_model_without_embeddings_cannot_be_indexed(ml100k):
 
     with pytest.raises(ConfigError, match="embeddings"):
         IndexedRecommender.build(create_model("ease").fit(ml100k), {"kind": "hnsw"})
+
+
+def test_batch_recommend_of_every_user_through_the_index(ials, ml100k):
+    """`recforge recommend --users all` on an artifact with an index: the batch path passes batch_size=None
+    (the model's default), which the indexed recommend used to hand straight to range() (TypeError)."""
+    from recforge.evaluation.saved import recommend_file
+
+    indexed = IndexedRecommender.build(ials, {"kind": "hnsw"})
+    frame = recommend_file(indexed, "all", k=20)
+    assert frame.groupby("user").size().eq(20).all() and frame["user"].nunique() == ml100k.n_users
+    assert indexed.recommend(np.arange(5), k=20, external_ids=False, batch_size=2).item_index.shape == (5, 20)

@@ -22,7 +22,7 @@ from recforge.data.query import History, Query
 from recforge.errors import ConfigError
 from recforge.models.base import Recommendations, Recommender
 from recforge.retrieval.ann import VectorIndex
-from recforge.retrieval.topk import batched, mask_items, topk
+from recforge.retrieval.topk import batched, default_batch_size, mask_items, topk
 
 
 class IndexedRecommender:
@@ -57,10 +57,12 @@ class IndexedRecommender:
         exclude_seen: bool = True,
         history: History | None = None,
         external_ids: bool = True,
-        batch_size: int = 4096,
+        batch_size: int | None = None,
     ) -> Recommendations:
-        """Top-k like `Recommender.recommend`, vector rows answered by the index."""
+        """Top-k like `Recommender.recommend`, vector rows answered by the index (rows per batch: the
+        model's default when None, as there)."""
         model = self.model
+        batch_size = batch_size or default_batch_size(model.n_items)
         query, labels = model.query_and_labels(users, history, external_ids)
         model._check_users(query.users)
         width = min(k, model.n_items)
