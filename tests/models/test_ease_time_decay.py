@@ -13,7 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recforge import load
 from recforge.data.interactions import Interactions, Sequences
+from recforge.data.query import History, Query
 from recforge.errors import ConfigError
 from recforge.models import create_model
 from recforge.models.ease import ease_weights, feature_gram, recency_rows, time_decayed_gram
@@ -128,3 +130,31 @@ def test_item_features_join_the_gram_matrix_as_pseudo_users():
     np.testing.assert_allclose(model.weights_, ease_weights(binary, 30.0, 0.6, gram=gram), rtol=1e-4, atol=1e-6)
     with pytest.raises(ConfigError, match="'genres' is not a column"):
         create_model("ease", item_features="genres").fit(tagged)
+
+
+def test_an_update_appends_to_the_training_history_in_time_order(tmp_path):
+    """A service update (`update_user`) scores the training items in time order with the added ones last:
+    the same as scoring the whole time-ordered history, before and after a save/load round trip."""
+    # user 1 took item 30, then 20, then 10 (item-index order would put them the other way round)
+    data = _frame([(1, 30, 1), (1, 20, 2), (1, 10, 3), (2, 10, 1), (2, 40, 2), (3, 20, 1), (3, 40, 2)])
+    model = create_model("ease", reg=1.0, dropout=0.0, history_decay=1.0).fit(data)
+    user, position = data.users.position(1), data.items.position
+    in_time = [position(30), position(20), position(10)]
+    assert model.training_history(user).row_items(0).tolist() == in_time
+    added = History.from_items([[position(40)]], data.n_items)
+    expected = model.score(Query(np.array([-1]), History.from_items([[*in_time, position(40)]], data.n_items)))
+    np.testing.assert_allclose(model.score_updated(model.update_user(user, added)), expected, rtol=1e-6)
+    loaded = load(model.save(tmp_path / "ease"))
+    assert loaded.training_history(user).row_items(0).tolist() == in_time
+
+
+def test_a_blend_updates_in_the_time_order_of_its_order_aware_member():
+    data = _frame([(1, 30, 1), (1, 20, 2), (1, 10, 3), (2, 10, 1), (2, 40, 2), (3, 20, 1), (3, 40, 2)])
+    decayed = {"model": "ease", "params": {"reg": 1.0, "dropout": 0.0, "history_decay": 1.0}}
+    plain = {"model": "ease", "params": {"reg": 1.0, "dropout": 0.0}, "weight": 0.5}
+    blend = create_model("blend", members=[plain, decayed]).fit(data)
+    user = data.users.position(1)
+    in_time = [data.items.position(item) for item in (30, 20, 10)]
+    assert blend.training_history(user).row_items(0).tolist() == in_time
+    unordered = create_model("blend", members=[plain]).fit(data)
+    assert unordered.training_history(user).row_items(0).tolist() == sorted(in_time)

@@ -315,9 +315,15 @@ class Recommender(ABC):
         tower); this model is left unchanged."""
         raise CapabilityError(f"{self.name} cannot embed items from features; retrain to add items")
 
+    @property
+    def keeps_time_order(self) -> bool:
+        """True when `training_history` gives a user's items in time order (sequence models, EASE with
+        `history_decay`): scoring depends on it, and an update must append to it."""
+        return False
+
     def training_history(self, user: int) -> History:
-        """A known user's training interactions as a one-row History (item index order; sequence models
-        override this with their time order)."""
+        """A known user's training interactions as a one-row History (item index order; models that keep
+        the time order override this, and `keeps_time_order`)."""
         items = self.seen_.indices[self.seen_.indptr[user] : self.seen_.indptr[user + 1]]
         return History.from_items([items.tolist()], self.n_items)
 

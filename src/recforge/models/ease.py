@@ -161,6 +161,20 @@ class EASE(Recommender):
         rows = history.binary if kappa is None else recency_rows(history.sequences, self.n_items, kappa)
         return np.asarray(rows @ self.weights_)
 
+    @property
+    def keeps_time_order(self) -> bool:
+        return self.config.history_decay is not None  # type: ignore[attr-defined]
+
+    def training_history(self, user: int) -> History:
+        """With `history_decay`, the user's training items in time order (oldest first, as the recency
+        weights stored for scoring rank them), so that a service update appends to the right end; the
+        base class's item-index order would make arbitrary training items look recent."""
+        if not self.keeps_time_order:
+            return super().training_history(user)
+        row = slice(self.query_.indptr[user], self.query_.indptr[user + 1])
+        oldest_first = self.query_.indices[row][np.argsort(self.query_.data[row], kind="stable")]
+        return History.from_items([oldest_first.tolist()], self.n_items)
+
     def _item_similarity(self, items: np.ndarray) -> np.ndarray:
         """Similar items by their learned weights: how much having i predicts j (symmetrised)."""
         return (self.weights_[items] + self.weights_[:, items].T).astype(np.float32)

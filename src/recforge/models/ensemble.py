@@ -83,6 +83,18 @@ class Blend(Recommender):
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
         return self._combine([member.score(users, history) for member in self.members_])
 
+    def training_history(self, user: int) -> History:
+        """The user's training items in the time order the first order-aware member keeps (a sequence
+        model, EASE with `history_decay`), which a service update appends to; else in item-index order."""
+        for member in self.members_:
+            if member.keeps_time_order:
+                return member.training_history(user)
+        return super().training_history(user)
+
+    @property
+    def keeps_time_order(self) -> bool:
+        return any(member.keeps_time_order for member in self.members_)
+
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return members_arrays(self.members_)
 

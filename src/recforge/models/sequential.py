@@ -173,6 +173,10 @@ class SequenceModel(Recommender):
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
         return self._score_sequences(history.sequences, np.arange(len(history)))
 
+    @property
+    def keeps_time_order(self) -> bool:
+        return True
+
     def training_history(self, user: int) -> History:
         """The user's training sequence, in time order (what an update appends to)."""
         return History.from_items([self.sequences_[user].tolist()], self.n_items)
