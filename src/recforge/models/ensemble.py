@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from recforge.coldstart import HISTORY, KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
-from recforge.errors import ConfigError
+from recforge.errors import CapabilityError, ConfigError
 from recforge.models.base import Recommender
 from recforge.models.config import ModelConfig, TrainOptions
 from recforge.models.registry import ModelSpec
@@ -82,6 +82,24 @@ class Blend(Recommender):
 
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
         return self._combine([member.score(users, history) for member in self.members_])
+
+    def _item_similarity(self, items: np.ndarray) -> np.ndarray:
+        """The members' item similarities combined as their scores are (weights, per-row normalisation),
+        over the members that have a notion of similarity (EASE's weights, factor models' vectors...);
+        each row's own item is set to the row's minimum first so that it does not shift the statistics."""
+        parts, weights = [], []
+        rows = np.arange(len(items))
+        for member, spec in zip(self.members_, self.config.members, strict=True):  # type: ignore[attr-defined]
+            try:
+                similarity = np.array(member._item_similarity(items), dtype=np.float32)
+            except CapabilityError:
+                continue
+            similarity[rows, items] = similarity.min(axis=1)
+            parts.append(_normalise(similarity, self.config.normalization))  # type: ignore[attr-defined]
+            weights.append(spec.weight)
+        if not parts:
+            raise CapabilityError("no member of this blend has a notion of item similarity")
+        return sum(w * p for w, p in zip(weights, parts, strict=True))
 
     def training_history(self, user: int) -> History:
         """The user's training items in the time order the first order-aware member keeps (a sequence
