@@ -456,7 +456,8 @@ def similar(
     item: Annotated[str, typer.Option("--item", help="external item id")],
     k: Annotated[int, typer.Option("-k", help="list length")] = 10,
 ) -> None:
-    """Items most similar to an item (cosine of the model's item vectors)."""
+    """Items most similar to an item, by the model's own similarity: the cosine of item vectors (factor and
+    neural models), learned item-item weights (EASE, item-KNN, RP3β), the members' combined (a blend)."""
     from recforge.serving.service import RecommenderService
 
     service = RecommenderService.from_artifact(model)
