@@ -117,7 +117,7 @@ def retrieval_rows(data: Interactions, seeds: list[int], quick: bool) -> list[di
         "two_tower retrieval preset (128-d)": ("two_tower", {}),
         "two_tower retrieval, 600-d, T=1": ("two_tower", WIDE),
         "two_tower distilled preset (600-d, T=1, taught by the blend)": ("two_tower", {"preset": "distilled"}),
-        "two_tower distilled-linear preset (64-d, closed form, taught by the blend)": (
+        "two_tower distilled-linear preset (256-d, closed form, taught by the blend)": (
             "two_tower",
             {"preset": "distilled-linear"},
         ),

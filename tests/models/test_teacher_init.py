@@ -92,5 +92,5 @@ def test_a_catalogue_narrower_than_the_towers_is_refused_before_the_teacher_fits
         raise AssertionError("the teacher was fitted")
 
     monkeypatch.setattr(two_tower_model.TwoTower, "_distillation", no_teacher)
-    with pytest.raises(ConfigError, match="width 64 exceeds the number of items 40"):
+    with pytest.raises(ConfigError, match="width 256 exceeds the number of items 40"):
         create_model("two_tower", preset="distilled-linear").fit(make_interactions(n_items=40))
