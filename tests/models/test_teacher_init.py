@@ -8,14 +8,15 @@ import scipy.sparse as sp
 
 from recforge.errors import ConfigError
 from recforge.models import create_model
-from recforge.models.two_tower.teacher_init import pooled_rows, reduced_rank_fit, standardised
+from recforge.models.ensemble import standardised_rows
+from recforge.models.two_tower.teacher_init import pooled_rows, reduced_rank_fit
 
 
 def _exact_fit(pooled: sp.csr_matrix, scores: np.ndarray, rank: int, reg: float) -> np.ndarray:
     """The textbook reduced-rank ridge fit: W = (XᵀX + λI)⁻¹XᵀZ, fitted values XW projected on their top-r
     right singular vectors."""
     x = pooled.toarray()
-    weights = np.linalg.solve(x.T @ x + reg * np.eye(x.shape[1]), x.T @ standardised(scores))
+    weights = np.linalg.solve(x.T @ x + reg * np.eye(x.shape[1]), x.T @ standardised_rows(scores))
     _, _, right = np.linalg.svd(x @ weights)
     return x @ weights @ right[:rank].T @ right[:rank]
 

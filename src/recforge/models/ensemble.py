@@ -43,12 +43,17 @@ class BlendConfig(ModelConfig):
     normalization: Literal["zscore", "rank"] = "zscore"
 
 
+def standardised_rows(scores: np.ndarray) -> np.ndarray:
+    """Per-row z-scores in the scores' own precision (a row with no spread becomes zeros): how a blend puts
+    its members on one scale, and what a distilled two-tower fits its teacher's scores as."""
+    std = scores.std(axis=1, keepdims=True)
+    return (scores - scores.mean(axis=1, keepdims=True)) / np.where(std > 0, std, 1.0)
+
+
 def _normalise(scores: np.ndarray, how: str) -> np.ndarray:
     if how == "rank":
         return (np.argsort(np.argsort(scores, axis=1), axis=1) / max(1, scores.shape[1] - 1)).astype(np.float32)
-    mean = scores.mean(axis=1, keepdims=True)
-    std = scores.std(axis=1, keepdims=True)
-    return ((scores - mean) / np.where(std > 0, std, 1.0)).astype(np.float32)
+    return standardised_rows(scores).astype(np.float32)
 
 
 class Blend(Recommender):

@@ -23,6 +23,7 @@ import scipy.linalg
 import scipy.sparse as sp
 
 from recforge.errors import ConfigError
+from recforge.models.ensemble import standardised_rows
 
 MAX_ITEMS = 30_000  # the dense n_items² solve (7 GB in float64) is the limit, as for EASE
 _CHUNK = 1024
@@ -45,13 +46,6 @@ def pooled_rows(seen: sp.csr_matrix, norm: str) -> sp.csr_matrix:
     return sp.diags(1.0 / np.maximum(scale, 1.0)) @ binary
 
 
-def standardised(scores: np.ndarray) -> np.ndarray:
-    """Per-row z-scores (rows with no spread become zeros), as `Distillation` standardises the teacher."""
-    scores = np.asarray(scores, dtype=np.float64)
-    spread = scores.std(axis=1, keepdims=True)
-    return (scores - scores.mean(axis=1, keepdims=True)) / np.where(spread > 1e-12, spread, 1.0)
-
-
 def reduced_rank_fit(
     pooled: sp.csr_matrix,
     teacher_scores: Callable[[np.ndarray], np.ndarray],
@@ -70,7 +64,7 @@ def reduced_rank_fit(
     cross = np.zeros((n_items, n_items))
     for start in range(0, n_users, _CHUNK):
         users = np.arange(start, min(start + _CHUNK, n_users))
-        cross += pooled[users].T @ standardised(teacher_scores(users))
+        cross += pooled[users].T @ standardised_rows(np.asarray(teacher_scores(users), dtype=np.float64))
     factor = scipy.linalg.cho_factor((pooled.T @ pooled).toarray() + reg * np.eye(n_items))
     fitted = lambda thin: pooled @ scipy.linalg.cho_solve(factor, cross @ thin)  # noqa: E731
     fitted_t = lambda thin: cross.T @ scipy.linalg.cho_solve(factor, pooled.T @ thin)  # noqa: E731
