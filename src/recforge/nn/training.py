@@ -179,7 +179,8 @@ def fit_epochs(
         restore_rng(saved, generator)
         log, first, stop = list(saved["log"]), saved["epoch"] + 1, saved["stopped"]
         logger.info("%s: resumed from %s after epoch %d", plan.description, options.checkpoint_dir, saved["epoch"])
-    with progress_bar(plan.description, plan.n_epochs, enabled=options.progress and parallel.is_main) as bar:
+    shown = options.progress and parallel.is_main and plan.n_epochs > 0  # a closed-form fit has no epochs to show
+    with progress_bar(plan.description, plan.n_epochs, enabled=shown) as bar:
         bar.advance(first - 1)
         for epoch in range(first, plan.n_epochs + 1):
             if stop:
