@@ -143,7 +143,8 @@ def gaussian_rows(
 ) -> torch.Tensor:
     """Per group g, with A_g = Λ_g + scale·Σ w x xᵀ and b_g = Λ_g μ + scale·Σ w t x: the mean A_g⁻¹ b_g of
     the Gaussian N(A_g⁻¹ b_g, A_g⁻¹), plus L_g⁻ᵀ z_g when `noise` z (n_groups, d) is given (a draw from it,
-    A_g = L_g L_gᵀ). Λ is (d, d) shared or (n_groups, d, d); μ is (d,) or absent (zero). float64 throughout.
+    A_g = L_g L_gᵀ). Λ is (d, d) shared or (n_groups, d, d); μ is (d,), (n_groups, d) or absent (zero).
+    float64 throughout.
 
     A group whose matrix is not numerically positive definite (no prior and fewer entries than d) gets
     the minimum-norm least-squares solution instead of a failed factorisation.
@@ -151,7 +152,14 @@ def gaussian_rows(
     n, d = groups.n_groups, design.shape[1]
     precision = precision.double()
     precisions = (precision[None] if precision.dim() == 2 else precision).numpy()
-    prior_rhs = np.zeros((1, d)) if prior_mean is None else (precision @ prior_mean.double()).reshape(-1, d).numpy()
+    if prior_mean is None:
+        prior_rhs = np.zeros((1, d))
+    elif prior_mean.dim() == 2 and precision.dim() == 2:  # a mean per group, Λ shared (and symmetric)
+        prior_rhs = (prior_mean.double() @ precision).numpy()
+    elif prior_mean.dim() == 2:
+        prior_rhs = torch.einsum("gij,gj->gi", precision, prior_mean.double()).numpy()
+    else:
+        prior_rhs = (precision @ prior_mean.double()).reshape(-1, d).numpy()
     order = groups.order
     values = np.asarray(targets, dtype=np.float64)[order]
     entry_weights = np.empty(0) if weights is None else np.asarray(weights, dtype=np.float64)[order]

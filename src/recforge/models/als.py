@@ -23,6 +23,7 @@ from recforge.errors import ConfigError
 from recforge.models._solvers import GroupedRows, gaussian_rows, ridge
 from recforge.models.config import ModelConfig, TrainOptions
 from recforge.models.factorization import FactorModel, FoldInPenalty
+from recforge.models.implicit_prior import RegressionPrior, normalised_indicators
 
 
 def _with_ones(factors: torch.Tensor) -> torch.Tensor:
@@ -104,6 +105,14 @@ class BayesianMFConfig(ModelConfig):
     sample_precision: bool = Field(True, description="sample the rating noise precision α (Gamma(1, 1) prior)")
     precision: float = Field(2.0, gt=0, description="α when not sampled")
     init_std: float = Field(0.1, gt=0)
+    implicit_users: bool = Field(
+        False,
+        description="Bayesian SVD++: a user's prior mean shifts by a learned function of which items they "
+        "interacted with (rated or not), so those items inform the user even where no rating does",
+    )
+    implicit_items: bool = Field(
+        False, description="the flipped side: an item's prior mean shifts by which users interacted with it"
+    )
 
 
 class BayesianMF(FactorModel):
@@ -137,20 +146,32 @@ class BayesianMF(FactorModel):
         user_part = torch.from_numpy(rng.normal(0, c.init_std, (train.n_users, d)))
         item_part = torch.from_numpy(rng.normal(0, c.init_std, (train.n_items, d)))
         alpha = c.precision
+        binary = train.to_csr("binary")  # (n_users, n_items): every interaction, rated or not
+        user_prior = RegressionPrior(normalised_indicators(binary), "implicit_users") if c.implicit_users else None
+        item_prior = (
+            RegressionPrior(normalised_indicators(binary.T.tocsr()), "implicit_items") if c.implicit_items else None
+        )
+        user_weights, item_weights = np.zeros((train.n_items, d)), np.zeros((train.n_users, d))
+        user_reg = item_reg = 1.0
         kept_at = set(
             np.linspace(c.burn_in, c.n_iterations - 1, min(c.n_kept, c.n_iterations - c.burn_in)).astype(int).tolist()
         )
-        samples: dict[str, list[np.ndarray]] = {k: [] for k in ("U", "V", "bu", "bi", "mu_u", "lam_u", "alpha")}
+        keys = ("U", "V", "bu", "bi", "mu_u", "lam_u", "alpha", "W_u")
+        samples: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         with progress_bar("Bayesian MF (Gibbs)", c.n_iterations, enabled=options.progress) as bar:
             for sweep in range(c.n_iterations):
-                mu_u, lam_u = self._sample_hyper(user_part.numpy(), c.beta0, rng)
-                mu_i, lam_i = self._sample_hyper(item_part.numpy(), c.beta0, rng)
+                mu_u, lam_u, user_weights, user_reg = self._sample_prior(
+                    user_part.numpy(), user_prior, user_weights, user_reg, c.beta0, rng
+                )
+                mu_i, lam_i, item_weights, item_reg = self._sample_prior(
+                    item_part.numpy(), item_prior, item_weights, item_reg, c.beta0, rng
+                )
                 item_bias = item_part[:, -1].numpy()
                 user_part = self._sample_side(
                     by_user,
                     _with_ones(item_part[:, :-1]),
                     ratings - mean - item_bias[items],
-                    mu_u,
+                    mu_u if user_prior is None else mu_u + user_prior.offsets(user_weights),
                     lam_u,
                     alpha,
                     torch_rng,
@@ -160,7 +181,7 @@ class BayesianMF(FactorModel):
                     by_item,
                     _with_ones(user_part[:, :-1]),
                     ratings - mean - user_bias[users],
-                    mu_i,
+                    mu_i if item_prior is None else mu_i + item_prior.offsets(item_weights),
                     lam_i,
                     alpha,
                     torch_rng,
@@ -181,6 +202,8 @@ class BayesianMF(FactorModel):
                     samples["mu_u"].append(mu_u)
                     samples["lam_u"].append(lam_u)
                     samples["alpha"].append(np.array(alpha))
+                    if user_prior is not None:
+                        samples["W_u"].append(user_weights.astype(np.float32))
                 bar.advance()
                 bar.update(train_mse=mse, alpha=alpha)
         n_kept = len(samples["U"])
@@ -196,14 +219,44 @@ class BayesianMF(FactorModel):
         self.prior_means_ = np.stack(samples["mu_u"])  # (S, d + 1)
         self.prior_precisions_ = np.stack(samples["lam_u"])  # (S, d + 1, d + 1)
         self.noise_precisions_ = np.stack(samples["alpha"])  # (S,)
+        # (S, n_items, d + 1): each kept sample's map from a user's items to their prior mean (SVD++)
+        self.implicit_weights_ = np.stack(samples["W_u"]) if samples["W_u"] else None
+
+    @classmethod
+    def _sample_prior(
+        cls,
+        x: np.ndarray,
+        prior: RegressionPrior | None,
+        weights: np.ndarray,
+        reg: float,
+        beta0: float,
+        rng: np.random.Generator,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
+        """(μ, Λ, W, λ) of one side's prior N(μ + xᵀW, Λ⁻¹) given its current rows x: μ and Λ from their
+        Normal-Wishart conditional (W's own prior MN(0, λ⁻¹I, Λ⁻¹) included), then W and λ; without implicit
+        features W stays zero."""
+        if prior is None:
+            return (*cls._sample_hyper(x, beta0, rng), weights, reg)
+        mu, lam = cls._sample_hyper(x - prior.offsets(weights), beta0, rng, reg * weights.T @ weights, len(weights))
+        weights = prior.draw(x - mu, lam, reg, rng)
+        return mu, lam, weights, prior.draw_reg(weights, lam, rng)
 
     @staticmethod
-    def _sample_hyper(x: np.ndarray, beta0: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """(μ, Λ) from the Normal-Wishart posterior given the current rows x (prior: μ0 = 0, W0 = I, ν0 = d)."""
+    def _sample_hyper(
+        x: np.ndarray,
+        beta0: float,
+        rng: np.random.Generator,
+        extra_scatter: np.ndarray | None = None,
+        extra_dof: int = 0,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(μ, Λ) from the Normal-Wishart posterior given the current rows x (prior: μ0 = 0, W0 = I, ν0 = d),
+        plus `extra_scatter` and `extra_dof` from other Gaussians with precision Λ (a regression prior's W)."""
         n, d = x.shape
         x_bar = x.mean(axis=0)
         scatter = (x - x_bar).T @ (x - x_bar)
-        beta_n, nu_n = beta0 + n, d + n
+        if extra_scatter is not None:
+            scatter = scatter + extra_scatter
+        beta_n, nu_n = beta0 + n, d + n + extra_dof
         w_inv = np.eye(d) + scatter + beta0 * n / beta_n * np.outer(x_bar, x_bar)
         w = np.linalg.inv(w_inv)
         precision = wishart.rvs(df=nu_n, scale=(w + w.T) / 2, random_state=rng)
@@ -227,35 +280,46 @@ class BayesianMF(FactorModel):
 
     def fold_in(self, history: History) -> tuple[np.ndarray, np.ndarray]:
         """Per kept sample, the posterior mean of a new user's [p, b_u] given their ratings; concatenated
-        like the training factors so scores are posterior-mean scores."""
+        like the training factors so scores are posterior-mean scores. With `implicit_users` the prior
+        mean is the one their items give (μ + xᵀW), so a history without ratings informs them too."""
         n = len(history)
         n_samples, d = len(self.noise_precisions_), self.prior_means_.shape[1] - 1
+        implicit = None if self.implicit_weights_ is None else normalised_indicators(history.binary)
+        prior_means = [
+            np.broadcast_to(self.prior_means_[s], (n, d + 1))
+            if implicit is None
+            else self.prior_means_[s] + implicit @ self.implicit_weights_[s].astype(np.float64)
+            for s in range(n_samples)
+        ]
+        scale = np.sqrt(n_samples)
         if history.ratings is None or history.ratings.nnz == 0:
-            factors = np.concatenate(
-                [np.repeat(self.prior_means_[s, None, :d], n, 0) for s in range(n_samples)], axis=1
-            )
-            return (factors / np.sqrt(n_samples)).astype(np.float32), np.full(n, self.prior_means_[:, d].mean())
+            factors = np.concatenate([means[:, :d] for means in prior_means], axis=1)
+            return (factors / scale).astype(np.float32), np.mean([means[:, d] for means in prior_means], axis=0)
         ratings = history.ratings.tocoo()
         groups = GroupedRows.build(ratings.row.astype(np.int64), ratings.col.astype(np.int64), n)
-        scale = np.sqrt(n_samples)
         parts, biases = [], []
         for s in range(n_samples):
             item_factors = self.item_factors_[:, s * d : (s + 1) * d].astype(np.float64) * scale
             design = _with_ones(torch.from_numpy(item_factors))
             targets = ratings.data - self.global_bias_ - self.item_bias_samples_[ratings.col, s]
-            lam, mu = torch.from_numpy(self.prior_precisions_[s]), torch.from_numpy(self.prior_means_[s])
+            lam = torch.from_numpy(self.prior_precisions_[s])
+            mu = torch.from_numpy(np.ascontiguousarray(prior_means[s]))
             solution = gaussian_rows(groups, design, targets, lam, mu, scale=float(self.noise_precisions_[s])).numpy()
             parts.append(solution[:, :d] / scale)
             biases.append(solution[:, d])
         return np.concatenate(parts, axis=1).astype(np.float32), np.mean(biases, axis=0)
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
-        return super()._get_arrays() | {
-            "item_bias_samples": self.item_bias_samples_,
-            "prior_means": self.prior_means_,
-            "prior_precisions": self.prior_precisions_,
-            "noise_precisions": self.noise_precisions_,
-        }
+        return (
+            super()._get_arrays()
+            | {
+                "item_bias_samples": self.item_bias_samples_,
+                "prior_means": self.prior_means_,
+                "prior_precisions": self.prior_precisions_,
+                "noise_precisions": self.noise_precisions_,
+            }
+            | ({} if self.implicit_weights_ is None else {"implicit_weights": self.implicit_weights_})
+        )
 
     def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
         super()._set_state(arrays, extras)
@@ -263,3 +327,8 @@ class BayesianMF(FactorModel):
         self.prior_means_ = arrays["prior_means"]
         self.prior_precisions_ = arrays["prior_precisions"]
         self.noise_precisions_ = arrays["noise_precisions"]
+        self.implicit_weights_ = arrays.get("implicit_weights")
+        expected = (len(self.noise_precisions_), self.n_items, self.prior_means_.shape[1])
+        if self.config.implicit_users and (self.implicit_weights_ is None or self.implicit_weights_.shape != expected):  # type: ignore[attr-defined]
+            found = None if self.implicit_weights_ is None else self.implicit_weights_.shape
+            raise ValueError(f"implicit_weights: expected shape {expected}, found {found}")

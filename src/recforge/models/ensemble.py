@@ -146,7 +146,13 @@ def restore_members(members: list[Recommender], arrays: dict[str, np.ndarray], e
 # ----------------------------------------------------------------------------- rating stacking
 def _default_stack_members() -> list[ModelSpec]:
     return [
-        ModelSpec(model="bayesian_mf", params={"n_iterations": 400, "burn_in": 50, "n_kept": 100}),
+        # Bayesian SVD++ flipped (implicit feedback on both sides) in place of plain Bayesian MF: the blend's
+        # cross-validated RMSE on its held-out ratings 0.8854 -> 0.8794 (u1.base), 0.8857 -> 0.8809 (random
+        # 80/20's training part); keeping both members was no better (0.8797, 0.8812)
+        ModelSpec(
+            model="bayesian_mf",
+            params={"n_iterations": 400, "burn_in": 50, "n_kept": 100, "implicit_users": True, "implicit_items": True},
+        ),
         ModelSpec(model="item_knn"),
         ModelSpec(model="user_knn"),
         ModelSpec(model="mf"),
