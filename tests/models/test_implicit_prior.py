@@ -77,3 +77,13 @@ def test_the_implicit_weights_survive_a_save_and_are_required(svdpp, tmp_path):
     broken = create_model("bayesian_mf", **svdpp.config.model_dump())
     with pytest.raises(ValueError, match="implicit_weights"):
         broken.set_state(arrays, extras)
+
+
+def test_a_matrix_too_large_for_the_thin_svd_is_refused_before_the_fit(data, monkeypatch):
+    from recforge.errors import ConfigError
+    from recforge.models import implicit_prior
+
+    monkeypatch.setattr(implicit_prior, "MAX_RANK", 30)  # the fixture has 60 users and 40 items
+    model = create_model("bayesian_mf", n_iterations=4, burn_in=1, n_kept=1, implicit_items=True)
+    with pytest.raises(ConfigError, match=r"implicit_items needs a thin SVD of a 40 x 60 matrix.*30"):
+        model.fit(data, TrainOptions(seed=0))

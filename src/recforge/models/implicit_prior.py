@@ -20,6 +20,7 @@ import scipy.sparse as sp
 from recforge.errors import ConfigError
 
 MAX_RANK = 10_000  # the thin SVD needs the min(rows, features)² Gram matrix and its eigendecomposition
+MAX_FACTOR_ENTRIES = 200_000_000  # and keeps a (max(rows, features), rank) factor: 1.6 GB of float64
 
 
 def normalised_indicators(matrix: sp.csr_matrix) -> sp.csr_matrix:
@@ -35,25 +36,24 @@ class RegressionPrior:
 
     def __init__(self, features: sp.csr_matrix, label: str) -> None:
         n_rows, n_features = features.shape
-        if min(n_rows, n_features) > MAX_RANK:
+        if min(n_rows, n_features) > MAX_RANK or n_rows * n_features > MAX_FACTOR_ENTRIES:
             raise ConfigError(
-                f"bayesian_mf: {label} needs a thin SVD of a {n_rows} x {n_features} matrix; "
-                f"supported up to min(rows, columns) = {MAX_RANK}"
+                f"bayesian_mf: {label} needs a thin SVD of a {n_rows} x {n_features} matrix; supported up to "
+                f"min(rows, columns) = {MAX_RANK} and rows x columns = {MAX_FACTOR_ENTRIES:,}"
             )
         self.features = features.tocsr()
-        dense = features.toarray()
         if n_rows <= n_features:  # X Xᵀ = P S² Pᵀ, Q = Xᵀ P S⁻¹
-            values, left = np.linalg.eigh(dense @ dense.T)
+            values, left = np.linalg.eigh((self.features @ self.features.T).toarray())
             keep = values > 1e-10 * max(values.max(), 1e-300)
             self.singular = np.sqrt(values[keep])
             self.left = left[:, keep]
-            self.right = dense.T @ self.left / self.singular
+            self.right = np.asarray(self.features.T @ self.left) / self.singular
         else:  # XᵀX = Q S² Qᵀ, P = X Q S⁻¹
-            values, right = np.linalg.eigh(dense.T @ dense)
+            values, right = np.linalg.eigh((self.features.T @ self.features).toarray())
             keep = values > 1e-10 * max(values.max(), 1e-300)
             self.singular = np.sqrt(values[keep])
             self.right = right[:, keep]
-            self.left = dense @ self.right / self.singular
+            self.left = np.asarray(self.features @ self.right) / self.singular
         self.n_features = n_features
 
     def offsets(self, weights: np.ndarray) -> np.ndarray:
