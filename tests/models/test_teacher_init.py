@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from recforge.data.features import pooled_rows
 from recforge.errors import ConfigError
 from recforge.models import create_model
 from recforge.models.ensemble import standardised_rows
-from recforge.models.two_tower.teacher_init import pooled_rows, reduced_rank_fit
+from recforge.models.two_tower.teacher_init import reduced_rank_fit
 
 
 def _exact_fit(pooled: sp.csr_matrix, scores: np.ndarray, rank: int, reg: float) -> np.ndarray:

@@ -178,6 +178,16 @@ class RangeScaler:
         )
 
 
+def pooled_rows(seen: sp.csr_matrix, norm: str = "sqrt") -> sp.csr_matrix:
+    """Interaction rows as bags: binary, divided by √n ("sqrt": SVD++'s |N(u)|^-½, Mult-DAE's L2-normalised
+    input, the two-tower's history pooling) or by n ("mean"); an empty row stays empty."""
+    binary = seen.tocsr().astype(np.float64)
+    binary.data[:] = 1.0
+    counts = np.diff(binary.indptr).astype(np.float64)
+    scale = np.sqrt(counts) if norm == "sqrt" else counts
+    return sp.diags(1.0 / np.maximum(scale, 1.0)) @ binary
+
+
 def categorical_codes(values: pd.Series, vocabulary: list[str]) -> np.ndarray:
     """Codes 1..len(vocabulary) for known values, 0 for missing or unseen (a shared 'unknown' slot)."""
     position = pd.Index(vocabulary).get_indexer(values.astype(str).where(values.notna(), None))

@@ -17,13 +17,14 @@ from scipy.stats import wishart
 
 from recforge._progress import progress_bar
 from recforge.coldstart import EMBEDDINGS, HISTORY, KNOWN_USERS, RATINGS
+from recforge.data.features import pooled_rows
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
 from recforge.errors import ConfigError
 from recforge.models._solvers import GroupedRows, gaussian_rows, ridge
 from recforge.models.config import ModelConfig, TrainOptions
 from recforge.models.factorization import FactorModel, FoldInPenalty
-from recforge.models.implicit_prior import RegressionPrior, normalised_indicators
+from recforge.models.implicit_prior import RegressionPrior
 
 
 def _with_ones(factors: torch.Tensor) -> torch.Tensor:
@@ -147,10 +148,8 @@ class BayesianMF(FactorModel):
         item_part = torch.from_numpy(rng.normal(0, c.init_std, (train.n_items, d)))
         alpha = c.precision
         binary = train.to_csr("binary")  # (n_users, n_items): every interaction, rated or not
-        user_prior = RegressionPrior(normalised_indicators(binary), "implicit_users") if c.implicit_users else None
-        item_prior = (
-            RegressionPrior(normalised_indicators(binary.T.tocsr()), "implicit_items") if c.implicit_items else None
-        )
+        user_prior = RegressionPrior(pooled_rows(binary), "implicit_users") if c.implicit_users else None
+        item_prior = RegressionPrior(pooled_rows(binary.T.tocsr()), "implicit_items") if c.implicit_items else None
         user_weights, item_weights = np.zeros((train.n_items, d)), np.zeros((train.n_users, d))
         user_reg = item_reg = 1.0
         kept_at = set(
@@ -284,7 +283,7 @@ class BayesianMF(FactorModel):
         mean is the one their items give (μ + xᵀW), so a history without ratings informs them too."""
         n = len(history)
         n_samples, d = len(self.noise_precisions_), self.prior_means_.shape[1] - 1
-        implicit = None if self.implicit_weights_ is None else normalised_indicators(history.binary)
+        implicit = None if self.implicit_weights_ is None else pooled_rows(history.binary)
         prior_means = [
             np.broadcast_to(self.prior_means_[s], (n, d + 1))
             if implicit is None

@@ -23,14 +23,6 @@ MAX_RANK = 10_000  # the thin SVD needs the min(rows, features)² Gram matrix an
 MAX_FACTOR_ENTRIES = 200_000_000  # and keeps a (max(rows, features), rank) factor: 1.6 GB of float64
 
 
-def normalised_indicators(matrix: sp.csr_matrix) -> sp.csr_matrix:
-    """Binary rows scaled by |row|^-½ (SVD++'s normalisation); empty rows stay empty."""
-    binary = matrix.copy().astype(np.float64)
-    binary.data[:] = 1.0
-    counts = np.diff(binary.indptr)
-    return sp.diags(1.0 / np.sqrt(np.maximum(counts, 1))) @ binary
-
-
 class RegressionPrior:
     """Draws W from p(W | targets, Λ, λ) for targets (n_rows, d) ≈ X W, X (n_rows, n_features) fixed."""
 

@@ -20,6 +20,7 @@ import scipy.sparse as sp
 import torch
 
 from recforge.coldstart import EMBEDDINGS, HISTORY, ITEM_FEATURES, KNOWN_USERS, RATINGS, USER_FEATURES
+from recforge.data.features import pooled_rows
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
 from recforge.errors import CapabilityError, ConfigError
@@ -28,7 +29,7 @@ from recforge.models.factorization import FactorModel, FoldInPenalty
 from recforge.models.two_tower.config import TwoTowerConfig
 from recforge.models.two_tower.features import TowerFeatures, tensors
 from recforge.models.two_tower.network import TowerNetwork
-from recforge.models.two_tower.teacher_init import check_catalogue, pooled_rows, reduced_rank_fit
+from recforge.models.two_tower.teacher_init import check_catalogue, reduced_rank_fit
 from recforge.models.two_tower.training import TowerTrainer, torch_csr
 from recforge.nn.checkpoint import Checkpointer
 from recforge.nn.tasks import BCETask, Distillation, MultinomialTask, RatingTask, RetrievalTask, Task

@@ -37,15 +37,6 @@ def check_catalogue(n_items: int, rank: int) -> None:
         raise ConfigError(f"teacher_init: the towers' width {rank} exceeds the number of items {n_items}")
 
 
-def pooled_rows(seen: sp.csr_matrix, norm: str) -> sp.csr_matrix:
-    """The users' history bags as the tower pools them: binary rows divided by √n ("sqrt") or n ("mean")."""
-    binary = seen.tocsr().astype(np.float64)
-    binary.data[:] = 1.0
-    counts = np.diff(binary.indptr).astype(np.float64)
-    scale = np.sqrt(counts) if norm == "sqrt" else counts
-    return sp.diags(1.0 / np.maximum(scale, 1.0)) @ binary
-
-
 def reduced_rank_fit(
     pooled: sp.csr_matrix,
     teacher_scores: Callable[[np.ndarray], np.ndarray],
