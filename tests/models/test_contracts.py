@@ -59,14 +59,7 @@ class TestBayesianMF(ModelContract):
 
 class TestBayesianSVDppFlipped(ModelContract):
     model_name = "bayesian_mf"
-    params = {
-        "n_factors": 4,
-        "n_iterations": 12,
-        "burn_in": 4,
-        "n_kept": 4,
-        "implicit_users": True,
-        "implicit_items": True,
-    }
+    params = {**TestBayesianMF.params, "implicit_users": True, "implicit_items": True}
     quality = ("rmse", 0.870, 0.885)  # 0.8782 (seeds 0 and 1: 0.8782, 0.8783; plain BMF 0.8937, 0.8925)
     quality_params = {"implicit_users": True, "implicit_items": True}
 
