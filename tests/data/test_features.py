@@ -3,6 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 
 from recforge.data import Interactions
 from recforge.data.features import (
@@ -11,6 +12,7 @@ from recforge.data.features import (
     UserFeatureBuilder,
     genre_lists,
     multi_hot,
+    pooled_rows,
     select_genres,
     user_taste_features,
 )
@@ -75,3 +77,11 @@ def test_user_categoricals_ml100k(ml100k):
     matrix = builder.fit(ml100k).transform(ml100k, None, [])
     assert matrix.cardinalities == [3, 22, 8]  # 2 genders, 21 occupations, 7 age buckets, plus unknown
     assert (matrix.categorical > 0).all()
+
+
+def test_pooled_rows_divide_by_root_n_or_n():
+    seen = sp.csr_matrix(np.array([[1, 0, 3, 1], [0, 0, 0, 0], [0, 2, 0, 0]], dtype=np.float64))
+    np.testing.assert_allclose(pooled_rows(seen, "sqrt").toarray()[0], [3**-0.5, 0, 3**-0.5, 3**-0.5])
+    np.testing.assert_allclose(pooled_rows(seen, "mean").toarray()[0], [1 / 3, 0, 1 / 3, 1 / 3])
+    assert pooled_rows(seen, "mean")[1].nnz == 0  # an empty history stays empty
+    np.testing.assert_allclose(pooled_rows(seen, "sqrt").toarray()[2], [0, 1, 0, 0])

@@ -4,18 +4,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from recforge.data.features import pooled_rows
 from recforge.data.query import History
 from recforge.models import create_model, load_model
 from recforge.models.config import TrainOptions
 from recforge.models.implicit_prior import RegressionPrior
 from tests.conftest import make_interactions
-
-
-def test_indicator_rows_are_scaled_by_one_over_root_count():
-    matrix = sp.csr_matrix(np.array([[3.0, 0, 5, 1], [0, 0, 0, 0], [0, 2, 0, 0]]))
-    rows = pooled_rows(matrix).toarray()
-    np.testing.assert_allclose(rows, [[1 / np.sqrt(3), 0, 1 / np.sqrt(3), 1 / np.sqrt(3)], [0] * 4, [0, 1, 0, 0]])
 
 
 @pytest.mark.parametrize("shape", [(6, 4), (4, 6)])  # both sides of the thin SVD

@@ -44,14 +44,6 @@ def test_matches_the_exact_reduced_rank_fit():
     np.testing.assert_allclose(items.T @ items, np.eye(4), atol=1e-10)  # orthonormal item vectors
 
 
-def test_pooled_rows_divide_by_root_n_or_n():
-    seen = sp.csr_matrix(np.array([[1, 0, 3, 1], [0, 0, 0, 0], [0, 2, 0, 0]], dtype=np.float64))
-    np.testing.assert_allclose(pooled_rows(seen, "sqrt").toarray()[0], [3**-0.5, 0, 3**-0.5, 3**-0.5])
-    np.testing.assert_allclose(pooled_rows(seen, "mean").toarray()[0], [1 / 3, 0, 1 / 3, 1 / 3])
-    assert pooled_rows(seen, "mean")[1].nnz == 0  # an empty history stays empty
-    np.testing.assert_allclose(pooled_rows(seen, "sqrt").toarray()[2], [0, 1, 0, 0])
-
-
 def test_more_towers_width_than_users_leaves_zero_vectors():
     rng = np.random.default_rng(1)
     seen, scores = _low_rank_teacher(rng, 5, 30, 3)
