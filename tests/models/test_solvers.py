@@ -5,7 +5,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recforge.models._solvers import GroupedRows, gaussian_rows, ridge
+from recforge.models._solvers import GroupedRows, gaussian_rows, gaussian_rows_by_sample, ridge
 
 
 def _problem(seed: int, n_groups: int, n_partners: int, n_entries: int, d: int):
@@ -85,3 +85,44 @@ def test_singular_groups_get_least_squares_instead_of_failing():
     got = ridge(groups, torch.from_numpy(design), np.array([1.0, 2.0]), torch.zeros(2, 2, dtype=torch.float64)).numpy()
     np.testing.assert_allclose(got[0], [1.0, 0.0], atol=1e-9)
     np.testing.assert_allclose(got[1], [0.0, 0.0], atol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    seed=st.integers(0, 2**16),
+    n_samples=st.integers(1, 5),
+    n_groups=st.integers(1, 8),
+    n_entries=st.integers(0, 40),
+    d=st.integers(1, 5),
+)
+def test_solves_by_sample_match_one_gaussian_rows_call_per_sample(seed, n_samples, n_groups, n_entries, d):
+    """The fold-in path: per sample its own design, targets, Λ, per-group mean and scale, one compiled call."""
+    rng, owners, partners, _, _, _ = _problem(seed, n_groups, 9, n_entries, d)
+    design = rng.normal(size=(n_samples, 9, d))
+    targets = rng.normal(size=(n_samples, n_entries))
+    root = rng.normal(size=(n_samples, d, d))
+    precisions = root @ np.swapaxes(root, -1, -2) + np.eye(d)
+    means = rng.normal(size=(n_samples, n_groups, d))
+    scales = rng.uniform(0.1, 5.0, n_samples)
+    groups = GroupedRows.build(owners, partners, n_groups)
+    got = gaussian_rows_by_sample(groups, design, targets, precisions, means, scales)
+    for s in range(n_samples):
+        expected = gaussian_rows(
+            groups,
+            torch.from_numpy(design[s]),
+            targets[s],
+            torch.from_numpy(precisions[s]),
+            torch.from_numpy(means[s]),
+            scale=float(scales[s]),
+        ).numpy()
+        np.testing.assert_allclose(got[s], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_singular_groups_by_sample_get_least_squares_too():
+    design = np.array([[[1.0, 0.0], [2.0, 0.0]], [[0.0, 1.0], [0.0, 2.0]]])  # one coordinate unobserved
+    groups = GroupedRows.build(np.array([0, 0]), np.array([0, 1]), 2)  # group 1 is empty
+    got = gaussian_rows_by_sample(
+        groups, design, np.array([[1.0, 2.0], [1.0, 2.0]]), np.zeros((2, 2, 2)), np.zeros((2, 2, 2)), np.ones(2)
+    )
+    np.testing.assert_allclose(got[:, 0], [[1.0, 0.0], [0.0, 1.0]], atol=1e-9)
+    np.testing.assert_allclose(got[:, 1], 0.0, atol=1e-12)

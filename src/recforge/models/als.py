@@ -11,6 +11,7 @@ from typing import Any
 
 import numba
 import numpy as np
+import scipy.sparse as sp
 import torch
 from pydantic import Field
 from scipy.stats import wishart
@@ -21,7 +22,7 @@ from recforge.data.features import pooled_rows
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
 from recforge.errors import ConfigError
-from recforge.models._solvers import GroupedRows, gaussian_rows, ridge
+from recforge.models._solvers import GroupedRows, gaussian_rows, gaussian_rows_by_sample, ridge
 from recforge.models.config import ModelConfig, TrainOptions
 from recforge.models.factorization import FactorModel, FoldInPenalty
 from recforge.models.implicit_prior import RegressionPrior
@@ -280,33 +281,41 @@ class BayesianMF(FactorModel):
     def fold_in(self, history: History) -> tuple[np.ndarray, np.ndarray]:
         """Per kept sample, the posterior mean of a new user's [p, b_u] given their ratings; concatenated
         like the training factors so scores are posterior-mean scores. With `implicit_users` the prior
-        mean is the one their items give (μ + xᵀW), so a history without ratings informs them too."""
+        mean is the one their items give (μ + xᵀW), so a history without ratings informs them too.
+
+        All kept samples are solved in one compiled call over the items the request names, so the cost
+        follows the request, not the catalogue times the number of samples."""
         n = len(history)
         n_samples, d = len(self.noise_precisions_), self.prior_means_.shape[1] - 1
-        implicit = None if self.implicit_weights_ is None else pooled_rows(history.binary)
-        prior_means = [
-            np.broadcast_to(self.prior_means_[s], (n, d + 1))
-            if implicit is None
-            else self.prior_means_[s] + implicit @ self.implicit_weights_[s].astype(np.float64)
-            for s in range(n_samples)
-        ]
+        prior_means = np.repeat(self.prior_means_[:, None, :], n, axis=1)
+        if self.implicit_weights_ is not None:
+            prior_means = prior_means + self._implicit_offsets(pooled_rows(history.binary))
         scale = np.sqrt(n_samples)
         if history.ratings is None or history.ratings.nnz == 0:
-            factors = np.concatenate([means[:, :d] for means in prior_means], axis=1)
-            return (factors / scale).astype(np.float32), np.mean([means[:, d] for means in prior_means], axis=0)
+            factors = prior_means[:, :, :d].transpose(1, 0, 2).reshape(n, n_samples * d)
+            return (factors / scale).astype(np.float32), prior_means[:, :, d].mean(axis=0)
         ratings = history.ratings.tocoo()
-        groups = GroupedRows.build(ratings.row.astype(np.int64), ratings.col.astype(np.int64), n)
-        parts, biases = [], []
-        for s in range(n_samples):
-            item_factors = self.item_factors_[:, s * d : (s + 1) * d].astype(np.float64) * scale
-            design = _with_ones(torch.from_numpy(item_factors))
-            targets = ratings.data - self.global_bias_ - self.item_bias_samples_[ratings.col, s]
-            lam = torch.from_numpy(self.prior_precisions_[s])
-            mu = torch.from_numpy(np.ascontiguousarray(prior_means[s]))
-            solution = gaussian_rows(groups, design, targets, lam, mu, scale=float(self.noise_precisions_[s])).numpy()
-            parts.append(solution[:, :d] / scale)
-            biases.append(solution[:, d])
-        return np.concatenate(parts, axis=1).astype(np.float32), np.mean(biases, axis=0)
+        items, columns = np.unique(ratings.col, return_inverse=True)  # the design holds only the rated items
+        item_factors = self.item_factors_[items].astype(np.float64).reshape(len(items), n_samples, d) * scale
+        design = np.concatenate([item_factors, np.ones((len(items), n_samples, 1))], axis=2).transpose(1, 0, 2)
+        solution = gaussian_rows_by_sample(
+            GroupedRows.build(ratings.row.astype(np.int64), columns.astype(np.int64), n),
+            design,
+            ratings.data - self.global_bias_ - self.item_bias_samples_.T[:, ratings.col],
+            self.prior_precisions_,
+            prior_means,
+            self.noise_precisions_,
+        )
+        factors = solution[:, :, :d].transpose(1, 0, 2).reshape(n, n_samples * d)
+        return (factors / scale).astype(np.float32), solution[:, :, d].mean(axis=0)
+
+    def _implicit_offsets(self, pooled: sp.csr_matrix) -> np.ndarray:
+        """xᵀW_s for every kept sample s, shape (samples, rows, d + 1), from the rows of W the request uses."""
+        n_samples, _, width = self.implicit_weights_.shape
+        items = np.unique(pooled.indices)
+        weights = self.implicit_weights_[:, items, :].astype(np.float64).transpose(1, 0, 2)
+        offsets = pooled[:, items] @ weights.reshape(len(items), n_samples * width)
+        return np.asarray(offsets).reshape(pooled.shape[0], n_samples, width).transpose(1, 0, 2)
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return (
