@@ -84,11 +84,13 @@ def write_results(name: str, payload: dict[str, Any], markdown: str) -> None:
 
 
 def markdown_table(rows: list[dict[str, Any]], columns: list[str]) -> str:
-    def fmt(value: Any) -> str:
+    def fmt(value: Any, column: str) -> str:
+        if isinstance(value, float) and column.startswith("p (") and value < 1e-3:
+            return f"{value:.1e}"  # a p value: its order of magnitude, not 0.0000
         if isinstance(value, float):
             return f"{value:.4f}" if abs(value) < 100 else f"{value:.1f}"
         return str(value)
 
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(fmt(row.get(c, "")) for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(fmt(row.get(c, ""), c) for c in columns) + " |" for row in rows]
     return "\n".join(lines)

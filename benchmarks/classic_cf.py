@@ -5,6 +5,9 @@ Datasets: MovieLens 100K and latest-small. Splits (recforge.data.splits, seed 0)
 - top-k: per-user random 80/20, full ranking with training items excluded.
 Tuned peers and tuned recforge models pick hyper-parameters on a validation carve-out of the training
 part (random or per-user 10%, seed 1) with the same grids, then refit on the whole training part.
+Per-user significance: each rating row against Surprise's tuned SVD (paired t-test of the users' mean
+squared errors), each top-10 row against the tuned EASE (paired Wilcoxon signed-rank of the users'
+NDCG@10); Holm-corrected within each table; a negative difference means lower error / lower NDCG@10.
 Speed: median wall time of repeated fits on this machine, at equal factors and iterations/epochs.
 
 Run: `python benchmarks/classic_cf.py [--quick]`; writes results/classic_cf.json and .md.
@@ -22,10 +25,13 @@ from benchmarks._common import PeerScores, data_dir, markdown_table, timed, writ
 from recforge.data.loaders import load_movielens_100k, load_movielens_100k_fold, load_movielens_latest_small
 from recforge.data.splits import Split, per_user_split, random_split
 from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator
+from recforge.evaluation.stats import holm, paired_test
 from recforge.models import create_model
 from recforge.models.config import TrainOptions
 
 warnings.filterwarnings("ignore", category=RuntimeWarning, module="implicit")
+
+RANKING_COLUMNS = ["library", "model", "ndcg@10", "recall@10", "map@10", "coverage", "fit_s", "recommend_all_s"]
 
 
 # ----------------------------------------------------------------------------- Surprise shims
@@ -85,12 +91,13 @@ def rating_rows(dataset: str, split: Split, quick: bool) -> tuple[list[dict], di
     from surprise import SVD, KNNBaseline, SVDpp
 
     evaluator = RatingEvaluator(split.train, split.test)
-    rows = []
+    rows, per_user = [], {}
     ours = [
         ("recforge bias", "bias", {}),
         ("recforge mf (biased SGD)", "mf", {}),
         ("recforge als", "als", {}),
         ("recforge bayesian_mf", "bayesian_mf", {}),
+        ("recforge bayesian_mf (SVD++ flipped)", "bayesian_mf", {"implicit_users": True, "implicit_items": True}),
         ("recforge item_knn (KNNBaseline)", "item_knn", {}),
         ("recforge mf (anime-paper preset)", "mf", {"preset": "anime-paper"}),
     ]
@@ -100,9 +107,9 @@ def rating_rows(dataset: str, split: Split, quick: bool) -> tuple[list[dict], di
         model, seconds = timed(
             lambda name=name, params=params: create_model(name, **params).fit(split.train, TrainOptions(seed=0))
         )
-        rows.append(
-            {"library": "recforge", "model": label, "rmse": evaluator.evaluate(model).summary["rmse"], "fit_s": seconds}
-        )
+        result = evaluator.evaluate(model)
+        rows.append({"library": "recforge", "model": label, "rmse": result.summary["rmse"], "fit_s": seconds})
+        per_user[label] = result.per_user["mse"]
     trainset = surprise_data(split)
     best, _ = surprise_grid(split, 0, quick)
     peers = [
@@ -117,15 +124,28 @@ def rating_rows(dataset: str, split: Split, quick: bool) -> tuple[list[dict], di
         peers.append(("Surprise SVD++ (defaults)", SVDpp(random_state=0, cache_ratings=True)))
     for label, algo in peers:
         _, seconds = timed(lambda algo=algo: algo.fit(trainset))
-        rows.append(
-            {
-                "library": "Surprise",
-                "model": label,
-                "rmse": evaluator.evaluate(surprise_predictor(algo, split)).summary["rmse"],
-                "fit_s": seconds,
-            }
-        )
+        result = evaluator.evaluate(surprise_predictor(algo, split))
+        rows.append({"library": "Surprise", "model": label, "rmse": result.summary["rmse"], "fit_s": seconds})
+        per_user[label] = result.per_user["mse"]
+    significance(rows, per_user, f"Surprise SVD (tuned {best})", "t")
     return rows, best
+
+
+def significance(rows: list[dict], per_user: dict, reference: str, method: str) -> None:
+    """Adds to each row its mean per-user difference from `reference`'s row and the Holm-corrected p value of
+    a paired test over the users both were evaluated on."""
+    base = per_user[reference]
+    tests = {}
+    for label, values in per_user.items():
+        if label != reference:
+            common = values.index.intersection(base.index)
+            tests[label] = paired_test(values[common].to_numpy(), base[common].to_numpy(), method)
+    adjusted = dict(zip(tests, holm([t.p_value for t in tests.values()]), strict=True))
+    column = "paired t, Holm" if method == "t" else "Wilcoxon, Holm"
+    for row in rows:
+        if row["model"] in tests:
+            row["diff vs reference"] = tests[row["model"]].mean_difference
+            row[f"p ({column})"] = float(adjusted[row["model"]])
 
 
 def interleaved(ours, theirs, split: Split, repeats: int) -> tuple[float, float]:
@@ -283,10 +303,13 @@ def ranking_rows(split: Split, quick: bool) -> tuple[list[dict], dict]:
         ("implicit", "BPR (defaults)", lambda: _implicit_bpr(matrix, split)),
         ("implicit", "ItemItem cosine (K=20)", lambda: implicit_item_item(matrix, 20).fit(split.train)),
     ]
+    per_user = {}
     for library, label, fit in candidates:
         model, fit_seconds = timed(fit)
         _, recommend_seconds = timed(lambda model=model: model.recommend(users, 10, external_ids=False))
-        summary = evaluator.evaluate(model).summary
+        result = evaluator.evaluate(model)
+        summary = result.summary
+        per_user[label] = result.per_user["ndcg@10"]
         rows.append(
             {
                 "library": library,
@@ -299,6 +322,7 @@ def ranking_rows(split: Split, quick: bool) -> tuple[list[dict], dict]:
                 "recommend_all_s": recommend_seconds,
             }
         )
+    significance(rows, per_user, f"ease (tuned {tuned['recforge ease']})", "wilcoxon")
     return rows, tuned
 
 
@@ -402,7 +426,7 @@ def main() -> None:
             markdown += [
                 f"## {name} — rating prediction, {split_name}",
                 "",
-                markdown_table(rows, ["library", "model", "rmse", "fit_s"]),
+                markdown_table(rows, ["library", "model", "rmse", "fit_s", "diff vs reference", "p (paired t, Holm)"]),
                 "",
             ]
             print(markdown[-2])
@@ -414,7 +438,8 @@ def main() -> None:
             f"## {name} — top-10, per-user 80/20 seed 0, full ranking, training items excluded",
             "",
             markdown_table(
-                rows, ["library", "model", "ndcg@10", "recall@10", "map@10", "coverage", "fit_s", "recommend_all_s"]
+                rows,
+                [*RANKING_COLUMNS, "diff vs reference", "p (Wilcoxon, Holm)"],
             ),
             "",
         ]
