@@ -291,21 +291,20 @@ class BayesianMF(FactorModel):
         if self.implicit_weights_ is not None:
             prior_means = prior_means + self._implicit_offsets(pooled_rows(history.binary))
         scale = np.sqrt(n_samples)
-        if history.ratings is None or history.ratings.nnz == 0:
-            factors = prior_means[:, :, :d].transpose(1, 0, 2).reshape(n, n_samples * d)
-            return (factors / scale).astype(np.float32), prior_means[:, :, d].mean(axis=0)
-        ratings = history.ratings.tocoo()
-        items, columns = np.unique(ratings.col, return_inverse=True)  # the design holds only the rated items
-        item_factors = self.item_factors_[items].astype(np.float64).reshape(len(items), n_samples, d) * scale
-        design = np.concatenate([item_factors, np.ones((len(items), n_samples, 1))], axis=2).transpose(1, 0, 2)
-        solution = gaussian_rows_by_sample(
-            GroupedRows.build(ratings.row.astype(np.int64), columns.astype(np.int64), n),
-            design,
-            ratings.data - self.global_bias_ - self.item_bias_samples_.T[:, ratings.col],
-            self.prior_precisions_,
-            prior_means,
-            self.noise_precisions_,
-        )
+        solution = prior_means  # without ratings the posterior mean is the prior's
+        if history.ratings is not None and history.ratings.nnz > 0:
+            ratings = history.ratings.tocoo()
+            items, columns = np.unique(ratings.col, return_inverse=True)  # the design holds only the rated items
+            item_factors = self.item_factors_[items].astype(np.float64).reshape(len(items), n_samples, d) * scale
+            ones = np.ones((len(items), n_samples, 1))
+            solution = gaussian_rows_by_sample(
+                GroupedRows.build(ratings.row.astype(np.int64), columns.astype(np.int64), n),
+                np.concatenate([item_factors, ones], axis=2).transpose(1, 0, 2),
+                ratings.data - self.global_bias_ - self.item_bias_samples_.T[:, ratings.col],
+                self.prior_precisions_,
+                prior_means,
+                self.noise_precisions_,
+            )
         factors = solution[:, :, :d].transpose(1, 0, 2).reshape(n, n_samples * d)
         return (factors / scale).astype(np.float32), solution[:, :, d].mean(axis=0)
 
