@@ -55,12 +55,13 @@ class RegressionPrior:
     def draw(self, targets: np.ndarray, precision: np.ndarray, reg: float, rng: np.random.Generator) -> np.ndarray:
         """One draw of W (n_features, d) from MN(M, (XᵀX + λI)⁻¹, Λ⁻¹), M = (XᵀX + λI)⁻¹ Xᵀ targets."""
         s, P, Q = self.singular, self.left, self.right
-        mean = Q @ ((s / (s**2 + reg))[:, None] * (P.T @ targets))
         z = rng.standard_normal((self.n_features, targets.shape[1]))
-        projected = Q.T @ z
-        rows = Q @ (projected / np.sqrt(s**2 + reg)[:, None]) + (z - Q @ projected) / np.sqrt(reg)
         column_factor = np.linalg.cholesky(np.linalg.inv(precision))  # Λ⁻¹ = R Rᵀ
-        return mean + rows @ column_factor.T
+        # mean Q (s/(s² + λ)) Pᵀ T; noise rows Q (s² + λ)^-½ Qᵀz + (z − Q Qᵀz) λ^-½ (Q's complement at the
+        # prior), each times Rᵀ: gathered so Q is multiplied once besides Qᵀz (it is the largest array)
+        in_span = (s / (s**2 + reg))[:, None] * (P.T @ targets)
+        in_span += ((1.0 / np.sqrt(s**2 + reg) - 1.0 / np.sqrt(reg))[:, None] * (Q.T @ z)) @ column_factor.T
+        return Q @ in_span + (z @ column_factor.T) / np.sqrt(reg)
 
     @staticmethod
     def draw_reg(weights: np.ndarray, precision: np.ndarray, rng: np.random.Generator) -> float:
