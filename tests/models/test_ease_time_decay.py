@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import recforge.models.ease as ease
 from recforge import load
 from recforge.data.interactions import Interactions, Sequences
 from recforge.data.query import History, Query
@@ -118,6 +119,18 @@ def test_the_feature_gram_counts_shared_values():
     data = _frame([(1, 10, 1), (1, 20, 2), (2, 30, 3)])
     tagged = _with_item_values(data, [["a", "b"], ["b"], []])  # items 10, 20, 30 in index order
     np.testing.assert_array_equal(feature_gram(tagged, "tags"), [[2, 1, 0], [1, 1, 0], [0, 0, 0]])
+
+
+def test_the_feature_gram_is_added_into_a_given_array_in_blocks(monkeypatch):
+    frame = pd.DataFrame({"user_id": [1, 1, 2, 2, 3], "item_id": [10, 20, 30, 40, 50]})
+    tags = [["a", "b"], ["b"], [], ["a", "c"], ["c", "b"]]  # items 10..50 in index order
+    tagged = _with_item_values(Interactions.from_frame(frame), tags)
+    shared = np.array([[len(set(x) & set(y)) for y in tags] for x in tags], dtype=float)
+    monkeypatch.setattr(ease, "_BLOCK_ROWS", 2)  # three blocks of rows, the last one short
+    base = np.arange(25, dtype=float).reshape(5, 5)
+    out = base.copy()
+    assert feature_gram(tagged, "tags", 3.0, out=out) is out
+    np.testing.assert_array_equal(out, base + 3.0 * shared)
 
 
 def test_item_features_join_the_gram_matrix_as_pseudo_users():

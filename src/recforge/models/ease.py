@@ -60,6 +60,9 @@ class EASEConfig(ModelConfig):
     )
 
 
+_BLOCK_ROWS = 2048  # rows per block where a full n_items² temporary would double the memory
+
+
 def time_decayed_gram(train: Interactions, tau: float) -> np.ndarray:
     """XᵀX (n_items, n_items) of the binary user-item matrix with each off-diagonal co-occurrence weighted by
     exp(−d/τ), d the distance of the two items in the user's history in time order (by timestamp, source
@@ -82,10 +85,10 @@ def time_decayed_gram(train: Interactions, tau: float) -> np.ndarray:
     return gram
 
 
-def feature_gram(train: Interactions, column: str) -> np.ndarray:
-    """FFᵀ (n_items, n_items): how many values of the list column `column` two items share (Jeunen et
+def feature_gram(train: Interactions, column: str, weight: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:
+    """weight·FFᵀ (n_items, n_items): how many values of the list column `column` two items share (Jeunen et
     al. 2020, side information in closed-form item-item models: each value is a pseudo-user who took every
-    item that has it)."""
+    item that has it). With `out`, added into it in blocks of rows, so no second n_items² array is made."""
     from recforge.data.features import item_value_lists, value_bags
 
     lists, vocabulary = item_value_lists(train, column, "ease")
@@ -93,7 +96,12 @@ def feature_gram(train: Interactions, column: str) -> np.ndarray:
     features = sp.csr_matrix(
         (np.ones(len(values)), values, np.append(offsets, len(values))), shape=(train.n_items, len(vocabulary))
     )
-    return (features @ features.T).toarray()
+    out = np.zeros((train.n_items, train.n_items)) if out is None else out
+    shared_by_all = features.T.tocsr()
+    for start in range(0, train.n_items, _BLOCK_ROWS):
+        block = slice(start, start + _BLOCK_ROWS)
+        out[block] += weight * (features[block] @ shared_by_all).toarray()
+    return out
 
 
 def recency_rows(sequences: Sequences, n_items: int, kappa: float) -> sp.csr_matrix:
@@ -118,23 +126,29 @@ def ease_weights(
     matrix: sp.csr_matrix, reg: float, dropout: float = 0.0, dtype: str = "float64", gram: np.ndarray | None = None
 ) -> np.ndarray:
     """Item-item weight matrix B (n_items, n_items) of EASE for a users x items interaction matrix (or for
-    `gram` in place of its XᵀX; a float64 `gram` is overwritten, to spare a second n_items² copy).
+    `gram` in place of its XᵀX; a `gram` of the requested dtype is overwritten: it becomes B).
 
     With `dropout` p > 0 this is EDLAE (Steck 2020, "Autoencoders that don't overfit towards the
     identity"): the diagonal penalty becomes λ + p/(1-p)·G_ii, which regularises popular items more.
-    torch's Cholesky inverse is used for speed (imported here, so EASE scoring alone never loads it).
+    torch's Cholesky factor and inverse are written over the Gram matrix and B is formed there too
+    (imported here, so EASE scoring alone never loads torch): at 18,357 items 2.7 GB per float64 copy, the
+    fit peaks at two copies (the inverse's workspace) where separate factor, inverse and quotient made
+    three. scipy's LAPACK would work in place too, but its OpenBLAS crashes (SIGSEGV) in a threaded
+    potrf at that size (n = 18,357 on two threads; 12,000 passes), a known class of OpenBLAS bugs.
     """
     import torch
 
-    gram_matrix = torch.from_numpy((matrix.T @ matrix).toarray() if gram is None else gram).to(getattr(torch, dtype))
-    gram_matrix.diagonal().add_(reg + dropout / (1.0 - dropout) * gram_matrix.diagonal())
+    source = (matrix.T @ matrix).toarray() if gram is None else gram
+    work = torch.from_numpy(np.asarray(source, dtype=dtype, order="C"))  # shares `gram`'s memory if it can
+    work.diagonal().add_(reg + dropout / (1.0 - dropout) * work.diagonal())
     try:
-        inverse = torch.cholesky_inverse(torch.linalg.cholesky(gram_matrix))
+        torch.linalg.cholesky(work, out=work)
     except torch.linalg.LinAlgError as exc:  # only a supplied Gram matrix (time-decayed) can get here
         raise ConfigError(f"ease: the Gram matrix plus reg = {reg} is not positive definite; raise reg") from exc
-    weights = -inverse / inverse.diagonal()[None, :]
-    weights.diagonal().zero_()
-    return weights.numpy()
+    torch.cholesky_inverse(work, out=work)
+    work.div_(-work.diagonal().clone()[None, :])
+    work.diagonal().zero_()
+    return work.numpy()
 
 
 class EASE(Recommender):
@@ -147,19 +161,25 @@ class EASE(Recommender):
         gram = None if c.time_decay is None else time_decayed_gram(train, c.time_decay)
         if c.item_features is not None:
             gram = (self.seen_.T @ self.seen_).toarray() if gram is None else gram
-            gram += c.feature_weight * feature_gram(train, c.item_features)
+            feature_gram(train, c.item_features, c.feature_weight, out=gram)
         self.weights_ = ease_weights(self.seen_, c.reg, c.dropout, c.dtype, gram).astype(np.float32)
+        del gram  # the float64 weights (it became them): only the float32 copy stays
         self.query_ = self.seen_
         if c.history_decay is not None:
             self.query_ = recency_rows(train.sequences(), train.n_items, c.history_decay).astype(np.float32)
 
     def _score_known(self, users: np.ndarray) -> np.ndarray:
-        return np.asarray(self.query_[users] @ self.weights_)
+        return self._times_weights(self.query_[users])
 
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
         kappa = self.config.history_decay  # type: ignore[attr-defined]
         rows = history.binary if kappa is None else recency_rows(history.sequences, self.n_items, kappa)
-        return np.asarray(rows @ self.weights_)
+        return self._times_weights(rows)
+
+    def _times_weights(self, rows: sp.csr_matrix) -> np.ndarray:
+        """rows @ B in B's dtype: a float64 row times float32 B makes scipy copy B to float64 on every call
+        (18,357 items: 6 s and 2.7 GB per batch of users, against 0.25 s)."""
+        return np.asarray(rows.astype(self.weights_.dtype, copy=False) @ self.weights_)
 
     @property
     def keeps_time_order(self) -> bool:
