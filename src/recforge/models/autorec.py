@@ -16,6 +16,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from pydantic import Field
+from scipy.special import expit
 
 from recforge._progress import progress_bar
 from recforge.coldstart import KNOWN_USERS, RATINGS
@@ -91,7 +92,8 @@ class AutoRec(Recommender):
     def _activate(self, x: Any) -> Any:
         activation = self.config.activation  # type: ignore[attr-defined]
         if isinstance(x, np.ndarray):
-            return 1.0 / (1.0 + np.exp(-x)) if activation == "sigmoid" else np.where(x > 0, x, np.expm1(x))
+            # expit and a clipped expm1 never overflow (pre-activations passed -709 on ML-1M-sized data)
+            return expit(x) if activation == "sigmoid" else np.where(x > 0, x, np.expm1(np.minimum(x, 0.0)))
         return torch.sigmoid(x) if activation == "sigmoid" else torch.nn.functional.elu(x)
 
     def _hidden(self, rows: np.ndarray) -> np.ndarray:
