@@ -50,12 +50,33 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         # rows fully (rows whose k-th place is already excluded need no order among the excluded)
         tied = np.flatnonzero((kth == next_best) & ~(np.isneginf(kth)))
         if len(tied):
-            full = np.argsort(-scores[tied], axis=1, kind="stable")[:, :k]
-            indices[tied, :k] = full
-            top_scores[tied, :k] = np.take_along_axis(scores[tied], full, axis=1)
+            best = _first_k_at_a_tie(scores[tied], kth[tied], k)
+            indices[tied, :k] = best
+            top_scores[tied, :k] = np.take_along_axis(scores[tied], best, axis=1)
     indices, top_scores = indices[:, :k], top_scores[:, :k]
     indices[np.isneginf(top_scores)] = -1
     return indices, top_scores
+
+
+def _first_k_at_a_tie(scores: np.ndarray, kth: np.ndarray, k: int) -> np.ndarray:
+    """Top k of rows whose k-th score `kth` ties scores outside the candidates, ordered by score desc then
+    index asc: every score above the k-th, then the lowest indices scoring exactly the k-th. Linear per
+    row (a comparison and a running count), where a full sort cost n log n: popularity, whose counts tie
+    in every row, spent 10 of its 15 s evaluating 35,598 users over 18,357 items in that sort."""
+    above = scores > kth[:, None]
+    at = scores == kth[:, None]
+    chosen = above | (at & (np.cumsum(at, axis=1) <= (k - above.sum(axis=1))[:, None]))
+    # exactly k per row, unless a NaN hides among the scores: those rows take the full stable sort
+    exact = chosen.sum(axis=1) == k
+    best = np.empty((len(scores), k), dtype=np.int64)
+    if exact.any():
+        columns = np.nonzero(chosen[exact])[1].reshape(-1, k)  # row-major: each row's k in index order
+        values = np.take_along_axis(scores[exact], columns, axis=1)
+        order = np.lexsort((columns, -values), axis=1)
+        best[exact] = np.take_along_axis(columns, order, axis=1)
+    if not exact.all():
+        best[~exact] = np.argsort(-scores[~exact], axis=1, kind="stable")[:, :k]
+    return best
 
 
 # score blocks at least this large go through torch.topk even when torch is not loaded yet
