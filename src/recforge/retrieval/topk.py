@@ -50,9 +50,10 @@ def topk(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         # rows fully (rows whose k-th place is already excluded need no order among the excluded)
         tied = np.flatnonzero((kth == next_best) & ~(np.isneginf(kth)))
         if len(tied):
-            best = _first_k_at_a_tie(scores[tied], kth[tied], k)
+            tied_scores = scores[tied]
+            best = _first_k_at_a_tie(tied_scores, kth[tied], k)
             indices[tied, :k] = best
-            top_scores[tied, :k] = np.take_along_axis(scores[tied], best, axis=1)
+            top_scores[tied, :k] = np.take_along_axis(tied_scores, best, axis=1)
     indices, top_scores = indices[:, :k], top_scores[:, :k]
     indices[np.isneginf(top_scores)] = -1
     return indices, top_scores
@@ -72,8 +73,8 @@ def _first_k_at_a_tie(scores: np.ndarray, kth: np.ndarray, k: int) -> np.ndarray
     if exact.any():
         columns = np.nonzero(chosen[exact])[1].reshape(-1, k)  # row-major: each row's k in index order
         values = np.take_along_axis(scores[exact], columns, axis=1)
-        order = np.lexsort((columns, -values), axis=1)
-        best[exact] = np.take_along_axis(columns, order, axis=1)
+        # columns ascend, so a stable sort by score alone breaks ties by the lower index
+        best[exact] = np.take_along_axis(columns, np.argsort(-values, axis=1, kind="stable"), axis=1)
     if not exact.all():
         best[~exact] = np.argsort(-scores[~exact], axis=1, kind="stable")[:, :k]
     return best
