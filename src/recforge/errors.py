@@ -72,6 +72,11 @@ class TrainingDivergedError(RecforgeError, FloatingPointError):
     """Training produced a non-finite loss; the message names the model, epoch and what to lower."""
 
 
+class NonFiniteScoresError(RecforgeError, FloatingPointError):
+    """A model produced NaN scores or predictions; the message names the model and the first query row.
+    A NaN would otherwise rank first (torch.topk orders it above everything) or break a JSON answer."""
+
+
 def did_you_mean(name: str, choices: list[str]) -> str:
     """' (did you mean 'x'?)' for the closest of `choices`, or '' (for messages about unknown names)."""
     import difflib

@@ -156,6 +156,17 @@ def test_predict_needs_a_rating_model(client, mf_client):
     assert mf_client.post("/predict", json={"pairs": []}).status_code == 422
 
 
+def test_a_model_that_scores_nan_answers_503_naming_it(mf_client, monkeypatch):
+    model = mf_client.app.state.service.model
+    monkeypatch.setattr(model, "_score_known", lambda users: np.full((len(users), model.n_items), np.nan, np.float32))
+    monkeypatch.setattr(model, "_predict", lambda users, items: np.full(len(users), np.nan, np.float32))
+    for response in (
+        mf_client.get("/users/1/recommendations"),
+        mf_client.post("/predict", json={"pairs": [{"user": 1, "item": 50}]}),
+    ):
+        assert response.status_code == 503 and "mf" in response.json()["detail"] and "NaN" in response.json()["detail"]
+
+
 def test_new_interactions_update_the_user_in_place(client):
     before = client.get("/users/1/recommendations", params={"k": 10}).json()["items"]
     added = [before[0]["item"], before[1]["item"]]

@@ -29,7 +29,7 @@ from recforge.coldstart import ANONYMOUS, HISTORY, KNOWN_USERS, RATINGS, USER_FE
 from recforge.data.interactions import Interactions
 from recforge.data.query import History, Query
 from recforge.data.vocabulary import Vocabulary
-from recforge.errors import CapabilityError, ConfigError, NotFittedError, UnknownIdError
+from recforge.errors import CapabilityError, ConfigError, NonFiniteScoresError, NotFittedError, UnknownIdError
 from recforge.models.config import ModelConfig, TrainOptions
 from recforge.retrieval.topk import batched, default_batch_size, mask_items, topk
 from recforge.threads import denormals_flushed, thread_limit
@@ -180,7 +180,19 @@ class Recommender(ABC):
         if not (self.capabilities & {KNOWN_USERS, HISTORY, USER_FEATURES, ANONYMOUS}):
             raise CapabilityError(self.ranking_refusal())
         self._check_users(query.users)
-        return coldstart.score(self, query)
+        scores, routing = coldstart.score(self, query)
+        self._refuse_nan(np.isnan(scores).any(axis=1), query.users, "scored")
+        return scores, routing
+
+    def _refuse_nan(self, bad: np.ndarray, users: np.ndarray, what: str) -> None:
+        """Raise when any row is flagged `bad` (holds NaN): a NaN would rank first in top-k, or break a
+        JSON answer, where an error names the model and the first user it failed for."""
+        if bad.any():
+            first = int(np.asarray(users)[np.flatnonzero(bad)[0]])
+            raise NonFiniteScoresError(
+                f"{self.name} {what} NaN for {int(bad.sum())} of {len(bad)} queries (first: user index {first}; "
+                "-1 = a query without a known user): its parameters or that query's inputs are not finite"
+            )
 
     def _check_users(self, users: np.ndarray) -> None:
         bad = (users < -1) | (users >= self.n_users)
@@ -227,7 +239,9 @@ class Recommender(ABC):
         self._check_users(users)
         distinct = np.unique(users)
         query = Query.from_interactions(history, distinct) if history is not None else Query.known(distinct)
-        return np.asarray(coldstart.predict(self, users, items, query)[0], dtype=np.float32)
+        predictions = np.asarray(coldstart.predict(self, users, items, query)[0], dtype=np.float32)
+        self._refuse_nan(np.isnan(predictions), users, "predicted")
+        return predictions
 
     def _predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         raise CapabilityError(f"{self.name} does not predict ratings")

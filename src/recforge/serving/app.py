@@ -33,7 +33,7 @@ from pydantic import TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from recforge._version import __version__
-from recforge.errors import CapabilityError, ConfigError, UnknownIdError
+from recforge.errors import CapabilityError, ConfigError, NonFiniteScoresError, UnknownIdError
 from recforge.serving.engine import interface
 from recforge.serving.schemas import (
     ERRORS,
@@ -564,6 +564,7 @@ ERROR_STATUSES: tuple[tuple[type[Exception], int], ...] = (
     (DuplicateItemError, 409),
     (ConfigError, 422),
     (StoreUnavailableError, 503),
+    (NonFiniteScoresError, 503),  # the model, not the request, is at fault: no 500, and a status that alerts
 )
 
 
