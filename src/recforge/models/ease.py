@@ -104,6 +104,21 @@ def feature_gram(train: Interactions, column: str, weight: float = 1.0, out: np.
     return out
 
 
+def item_gram(
+    train: Interactions,
+    seen: sp.csr_matrix,
+    time_decay: float | None = None,
+    item_features: str | None = None,
+    feature_weight: float = 1.0,
+) -> np.ndarray:
+    """The dense float64 Gram matrix the closed-form item-item models solve with: XᵀX of the binary `seen`
+    matrix, or its time-decayed form (`time_decayed_gram`), plus the feature Gram of a list column."""
+    gram = (seen.T @ seen).toarray() if time_decay is None else time_decayed_gram(train, time_decay)
+    if item_features is not None:
+        feature_gram(train, item_features, feature_weight, out=gram)
+    return gram
+
+
 def recency_rows(sequences: Sequences, n_items: int, kappa: float) -> sp.csr_matrix:
     """(n_sequences, n_items) rows with each item of a sequence weighted exp(−i/κ), i the number of
     interactions after it (the latest item 1); a repeated item keeps the weight of its latest position."""
@@ -159,10 +174,7 @@ class EASE(Recommender):
 
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: EASEConfig = self.config  # type: ignore[assignment]
-        gram = None if c.time_decay is None else time_decayed_gram(train, c.time_decay)
-        if c.item_features is not None:
-            gram = (self.seen_.T @ self.seen_).toarray() if gram is None else gram
-            feature_gram(train, c.item_features, c.feature_weight, out=gram)
+        gram = item_gram(train, self.seen_, c.time_decay, c.item_features, c.feature_weight)
         self.weights_ = ease_weights(self.seen_, c.reg, c.dropout, c.dtype, gram).astype(np.float32)
         del gram  # the float64 weights (it became them): only the float32 copy stays
         self.query_ = self.seen_

@@ -14,17 +14,13 @@ without fold-in, and the model stores a sparse n_items × k matrix. β = 0 is P3
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field
 
-from recforge.coldstart import HISTORY, KNOWN_USERS
 from recforge.data.interactions import Interactions
-from recforge.data.query import History
-from recforge.models.base import Recommender
 from recforge.models.config import ModelConfig, TrainOptions
+from recforge.models.item_item import SparseItemItem
 from recforge.models.knn import prune_top_k
 
 _BLOCK_BYTES = 256 << 20  # dense rows of W computed at a time
@@ -68,34 +64,10 @@ def rp3beta_weights(matrix: sp.csr_matrix, alpha: float, beta: float, k: int, no
     return weights.astype(np.float32)
 
 
-class RP3Beta(Recommender):
+class RP3Beta(SparseItemItem):
     name = "rp3beta"
     Config = RP3BetaConfig
-    capabilities = frozenset({KNOWN_USERS, HISTORY})
 
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: RP3BetaConfig = self.config  # type: ignore[assignment]
         self.weights_ = rp3beta_weights(self.seen_, c.alpha, c.beta, c.k, c.normalize_rows)
-
-    def _score_known(self, users: np.ndarray) -> np.ndarray:
-        return np.asarray((self.seen_[users] @ self.weights_).todense(), dtype=np.float32)
-
-    def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
-        return np.asarray((history.binary @ self.weights_).todense(), dtype=np.float32)
-
-    def _item_similarity(self, items: np.ndarray) -> np.ndarray:
-        """How likely the walk from i lands on j, symmetrised (W is not symmetric)."""
-        return np.asarray((self.weights_[items] + self.weights_[:, items].T).todense(), dtype=np.float32)
-
-    def _get_arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "weights.data": self.weights_.data,
-            "weights.indices": self.weights_.indices,
-            "weights.indptr": self.weights_.indptr,
-        }
-
-    def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
-        n_items = len(self.items_)
-        self.weights_ = sp.csr_matrix(
-            (arrays["weights.data"], arrays["weights.indices"], arrays["weights.indptr"]), shape=(n_items, n_items)
-        )
