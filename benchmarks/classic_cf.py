@@ -9,6 +9,7 @@ Per-user significance: each rating row against Surprise's tuned SVD (paired t-te
 squared errors), each top-10 row against the tuned EASE (paired Wilcoxon signed-rank of the users'
 NDCG@10); Holm-corrected within each table; a negative difference means lower error / lower NDCG@10.
 Speed: median wall time of repeated fits on this machine, at equal factors and iterations/epochs.
+SLIM (ADMM: an n_items³ product per iteration) is run where the catalogue has at most 4,000 items (ML-100K).
 
 Run: `python benchmarks/classic_cf.py [--quick]`; writes results/classic_cf.json and .md.
 """
@@ -195,6 +196,10 @@ def implicit_item_item(matrix, k: int) -> PeerScores:
 IALS_GRID = {"n_factors": [32, 64, 128], "reg": [1.0, 10.0, 20.0, 50.0], "alpha": [1.0, 2.0, 5.0, 10.0]}
 EASE_GRID = {"reg": [100.0, 250.0, 500.0, 1000.0], "dropout": [0.0, 0.3, 0.6]}
 RP3_GRID = {"alpha": [0.6, 0.8, 1.0], "beta": [0.3, 0.5, 0.7], "k": [100, 400]}
+SLIM_GRID = {"reg": [30.0, 100.0, 250.0], "dropout": [0.3, 0.5, 0.7]}
+# ADMM SLIM costs an n_items³ product per iteration: seconds at ML-100K's 1,682 items, minutes per fit at
+# latest-small's 9,724 (docs/models.md), too long for a grid there
+SLIM_MAX_ITEMS = 4000
 
 
 # chosen on the validation carve-out of the ML-100K per-user split (docs/models.md, "time-decayed EASE")
@@ -203,6 +208,9 @@ TIME_DECAYED_BLEND = [
     {"model": "ease", "params": TIME_DECAYED_EDLAE},
     {"model": "ials", "params": {"n_factors": 32}, "weight": 0.5},
 ]
+# chosen on three validation carve-outs of the same split (docs/models.md, "slim")
+TIME_DECAYED_SLIM = {"time_decay": 50.0, "reg": 30.0, "dropout": 0.5}
+TIME_DECAYED_BLEND_WITH_SLIM = [*TIME_DECAYED_BLEND, {"model": "slim", "params": TIME_DECAYED_SLIM, "weight": 0.5}]
 
 
 def tune(split: Split, fit_and_score, grid: dict) -> dict:
@@ -249,6 +257,10 @@ def ranking_rows(split: Split, quick: bool) -> tuple[list[dict], dict]:
     tuned["recforge ease"] = tune(split, lambda t, p: create_model("ease", **p).fit(t), grid_ease)
     grid_rp3 = RP3_GRID if not quick else {"alpha": [0.6], "beta": [0.5], "k": [400]}
     tuned["recforge rp3beta"] = tune(split, lambda t, p: create_model("rp3beta", **p).fit(t), grid_rp3)
+    with_slim = split.train.n_items <= SLIM_MAX_ITEMS
+    if with_slim:
+        grid_slim = SLIM_GRID if not quick else {"reg": [100.0], "dropout": [0.5]}
+        tuned["recforge slim"] = tune(split, lambda t, p: create_model("slim", **p).fit(t), grid_slim)
     candidates = [
         ("recforge", "most_popular", lambda: create_model("most_popular").fit(split.train)),
         (
@@ -303,6 +315,25 @@ def ranking_rows(split: Split, quick: bool) -> tuple[list[dict], dict]:
         ("implicit", "BPR (defaults)", lambda: _implicit_bpr(matrix, split)),
         ("implicit", "ItemItem cosine (K=20)", lambda: implicit_item_item(matrix, 20).fit(split.train)),
     ]
+    if with_slim:
+        candidates += [
+            ("recforge", "slim (defaults)", lambda: create_model("slim").fit(split.train)),
+            (
+                "recforge",
+                f"slim (tuned {tuned['recforge slim']})",
+                lambda: create_model("slim", **tuned["recforge slim"]).fit(split.train),
+            ),
+            (
+                "recforge",
+                "slim (time_decay 50, reg 30, dropout 0.5)",
+                lambda: create_model("slim", **TIME_DECAYED_SLIM).fit(split.train),
+            ),
+            (
+                "recforge",
+                "blend (time-decayed EDLAE + 0.5·iALS + 0.5·time-decayed SLIM)",
+                lambda: create_model("blend", members=TIME_DECAYED_BLEND_WITH_SLIM).fit(split.train),
+            ),
+        ]
     per_user = {}
     for library, label, fit in candidates:
         model, fit_seconds = timed(fit)

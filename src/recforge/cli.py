@@ -457,7 +457,7 @@ def similar(
     k: Annotated[int, typer.Option("-k", help="list length")] = 10,
 ) -> None:
     """Items most similar to an item, by the model's own similarity: the cosine of item vectors (factor and
-    neural models), learned item-item weights (EASE, item-KNN, RP3β), the members' combined (a blend)."""
+    neural models), learned item-item weights (EASE, SLIM, item-KNN, RP3β), the members' combined (a blend)."""
     from recforge.serving.service import RecommenderService
 
     service = RecommenderService.from_artifact(model)

@@ -100,6 +100,17 @@ class TestEASEHistoryDecay(ModelContract):
     params = {"time_decay": 2.0, "history_decay": 3.0, "reg": 50.0}
 
 
+class TestSLIM(ModelContract):
+    model_name = "slim"
+    quality = ("ndcg@10", 0.447, 0.462)  # 0.4542 (EDLAE 0.4526)
+    quality_params = {}
+
+
+class TestSLIMTimeDecayL1(ModelContract):
+    model_name = "slim"
+    params = {"time_decay": 5.0, "l1": 1.0, "max_iterations": 20}
+
+
 class TestRP3Beta(ModelContract):
     model_name = "rp3beta"
     params = {"k": 10}

@@ -23,6 +23,7 @@ _REGISTRY: dict[str, str] = {
     "mf": "recforge.models.mf:ExplicitMF",
     "ials": "recforge.models.ials:ImplicitALS",
     "ease": "recforge.models.ease:EASE",
+    "slim": "recforge.models.slim:SLIM",
     "rp3beta": "recforge.models.rp3beta:RP3Beta",
     "bpr": "recforge.models.bpr:BPR",
     "item_knn": "recforge.models.knn:ItemKNN",

@@ -1,0 +1,96 @@
+"""ADMM SLIM's weights against independent solutions: each column of the non-negative problem by scipy's
+bounded-variable least squares (exact, active-set; scipy 1.17's `nnls` returned a suboptimal point on a
+case with an item nobody took, so it is not the reference), EASE/EDLAE's closed form when the constraint
+and the L1 term are off, and the L1 problem's optimality (KKT) conditions."""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.sparse as sp
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.optimize import lsq_linear
+
+from recforge.models.ease import ease_weights
+from recforge.models.slim import admm_slim_weights
+
+TIGHT = {"max_iterations": 5000, "tolerance": 1e-9}
+
+
+def random_history(seed: int, n_users: int, n_items: int, density: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.random((n_users, n_items)) < density).astype(np.float64)
+
+
+def bounded_reference(history: np.ndarray, reg: float, dropout: float) -> np.ndarray:
+    """Column j: min ‖x_j − X b‖² + Σ_i λ_i b_i² over b ≥ 0 with b_j = 0: least squares on X stacked over
+    diag(√λ), bounded below by 0."""
+    gram_diagonal = (history**2).sum(axis=0)
+    penalty = reg + dropout / (1 - dropout) * gram_diagonal
+    n = history.shape[1]
+    weights = np.zeros((n, n))
+    for j in range(n):
+        others = np.flatnonzero(np.arange(n) != j)
+        design = np.vstack([history[:, others], np.diag(np.sqrt(penalty[others]))])
+        target = np.concatenate([history[:, j], np.zeros(len(others))])
+        weights[others, j] = lsq_linear(design, target, bounds=(0, np.inf), method="bvls", tol=1e-12).x
+    return weights
+
+
+cases = {
+    "seed": st.integers(0, 2**16),
+    "n_users": st.integers(2, 25),
+    "n_items": st.integers(2, 10),
+    "density": st.floats(0.1, 0.8),
+    "reg": st.sampled_from([0.5, 2.0, 10.0]),
+    "dropout": st.sampled_from([0.0, 0.5]),
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(**cases)
+def test_nonnegative_weights_solve_each_column_by_bounded_least_squares(seed, n_users, n_items, density, reg, dropout):
+    history = random_history(seed, n_users, n_items, density)
+    got, _ = admm_slim_weights(history.T @ history, reg, dropout, **TIGHT)
+    expected = bounded_reference(history, reg, dropout)
+    np.testing.assert_allclose(got.toarray(), expected, atol=2e-4)
+    assert (got.data > 0).all() and (got.diagonal() == 0).all()
+
+
+@settings(max_examples=30, deadline=None)
+@given(**cases)
+def test_without_constraint_or_l1_it_is_edlae(seed, n_users, n_items, density, reg, dropout):
+    history = random_history(seed, n_users, n_items, density)
+    got, _ = admm_slim_weights(history.T @ history, reg, dropout, nonnegative=False, **TIGHT)
+    expected = ease_weights(sp.csr_matrix(history), reg, dropout)
+    np.testing.assert_allclose(got.toarray(), expected, atol=2e-4)
+
+
+@settings(max_examples=30, deadline=None)
+@given(**cases, l1=st.sampled_from([0.5, 2.0]), nonnegative=st.booleans())
+def test_l1_weights_meet_the_optimality_conditions(seed, n_users, n_items, density, reg, dropout, l1, nonnegative):
+    """Gradient of the smooth part g = 2((G + Λ)B − G): where B_ij ≠ 0, g_ij = −λ₁·sign(B_ij); where
+    B_ij = 0, |g_ij| ≤ λ₁ (or g_ij ≥ −λ₁ when only non-negative weights are allowed); diagonal excluded."""
+    history = random_history(seed, n_users, n_items, density)
+    gram = history.T @ history
+    weights, _ = admm_slim_weights(gram, reg, dropout, l1, nonnegative, **TIGHT)
+    weights = weights.toarray().astype(np.float64)
+    penalty = reg + dropout / (1 - dropout) * np.diag(gram)
+    gradient = 2 * ((gram + np.diag(penalty)) @ weights - gram)
+    off = ~np.eye(len(gram), dtype=bool)
+    active = off & (weights != 0)
+    np.testing.assert_allclose(gradient[active], -l1 * np.sign(weights[active]), atol=5e-3)
+    zero = off & (weights == 0)
+    if nonnegative:
+        assert (gradient[zero] >= -l1 - 5e-3).all()
+    else:
+        assert (np.abs(gradient[zero]) <= l1 + 5e-3).all()
+
+
+def test_l1_makes_the_weights_sparser_and_stops_early():
+    history = random_history(0, 200, 40, 0.2)
+    gram = history.T @ history
+    counts = [admm_slim_weights(gram, 10.0, 0.0, l1)[0].nnz for l1 in (0.0, 5.0, 20.0)]
+    assert counts[0] > counts[1] > counts[2] > 0
+    _, iterations = admm_slim_weights(gram, 10.0, 0.0, max_iterations=500, tolerance=1e-3)
+    assert iterations < 500  # the stopping rule fires before the cap
