@@ -181,7 +181,8 @@ class Recommender(ABC):
             raise CapabilityError(self.ranking_refusal())
         self._check_users(query.users)
         scores, routing = coldstart.score(self, query)
-        self._refuse_nan(np.isnan(scores).any(axis=1), query.users, "scored")
+        # max propagates NaN: one reduction per row, where isnan().any() wrote a bool matrix of the scores' size
+        self._refuse_nan(np.isnan(scores.max(axis=1)), query.users, "scored")
         return scores, routing
 
     def _refuse_nan(self, bad: np.ndarray, users: np.ndarray, what: str) -> None:
