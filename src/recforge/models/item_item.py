@@ -27,7 +27,7 @@ class SparseItemItem(Recommender):
         return self._times_weights(history.binary)
 
     def _times_weights(self, rows: sp.csr_matrix) -> np.ndarray:
-        return np.asarray((rows.astype(np.float32) @ self.weights_).todense(), dtype=np.float32)
+        return np.asarray((rows.astype(np.float32, copy=False) @ self.weights_).todense(), dtype=np.float32)
 
     def _item_similarity(self, items: np.ndarray) -> np.ndarray:
         """How much having i predicts j, symmetrised (W is not symmetric)."""
