@@ -77,6 +77,11 @@ class NonFiniteScoresError(RecforgeError, FloatingPointError):
     A NaN would otherwise rank first (torch.topk orders it above everything) or break a JSON answer."""
 
 
+class InsufficientMemoryError(RecforgeError, MemoryError):
+    """A fit would need more memory than the process can get; raised before allocating, with the estimate,
+    what is available and what to do instead."""
+
+
 def did_you_mean(name: str, choices: list[str]) -> str:
     """' (did you mean 'x'?)' for the closest of `choices`, or '' (for messages about unknown names)."""
     import difflib

@@ -28,6 +28,7 @@ from recforge.data.query import History
 from recforge.errors import ConfigError
 from recforge.models.base import Recommender
 from recforge.models.config import ModelConfig, TrainOptions
+from recforge.models.memory import require_pairwise_memory
 
 
 class EASEConfig(ModelConfig):
@@ -174,6 +175,8 @@ class EASE(Recommender):
 
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: EASEConfig = self.config  # type: ignore[assignment]
+        # measured peaks: the float64 Gram, the solve's workspace and the float32 copy kept (float32: 12)
+        require_pairwise_memory(self.name, train.n_items, 20 if c.dtype == "float64" else 12)
         gram = item_gram(train, self.seen_, c.time_decay, c.item_features, c.feature_weight)
         self.weights_ = ease_weights(self.seen_, c.reg, c.dropout, c.dtype, gram).astype(np.float32)
         del gram  # the float64 weights (it became them): only the float32 copy stays

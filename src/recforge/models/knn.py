@@ -33,6 +33,7 @@ from recforge.errors import ConfigError
 from recforge.models.base import Recommender
 from recforge.models.baselines import fit_biases
 from recforge.models.config import ModelConfig, TrainOptions
+from recforge.models.memory import require_pairwise_memory
 from recforge.retrieval.topk import batched
 
 Similarity = Literal["cosine", "pearson", "adjusted_cosine", "pearson_baseline"]
@@ -140,6 +141,12 @@ class _NeighbourModel(Recommender):
         explicit = c.feedback == "explicit"
         if explicit and (train.rating is None or train.n_rated == 0):
             raise ConfigError(f"{self.name} with feedback='explicit' needs ratings; use feedback='implicit'")
+        n = train.n_users if self.by_user else train.n_items
+        # measured peak: the float32 similarities, their negation and argpartition's int64 indices in
+        # prune_top_k, and per block of rows a few float64 temporaries (more with co-rated norms)
+        require_pairwise_memory(
+            self.name, n, 16, "user" if self.by_user else "item", (32 if explicit else 16) * min(c.block_size, n) * n
+        )
         if explicit:
             rated = train.explicit()
             rows = rated.latest_per_pair()

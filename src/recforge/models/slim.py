@@ -30,6 +30,7 @@ from recforge.data.interactions import Interactions
 from recforge.models.config import ModelConfig, TrainOptions
 from recforge.models.ease import item_gram
 from recforge.models.item_item import SparseItemItem
+from recforge.models.memory import require_pairwise_memory
 
 
 class SLIMConfig(ModelConfig):
@@ -124,6 +125,8 @@ class SLIM(SparseItemItem):
 
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: SLIMConfig = self.config  # type: ignore[assignment]
+        # measured peak: ADMM's seven arrays in the solve's dtype, and the sparse result's conversion
+        require_pairwise_memory(self.name, train.n_items, 7 * np.dtype(c.dtype).itemsize + 8)
         gram = item_gram(train, self.seen_, c.time_decay).astype(c.dtype, copy=False)
         self.weights_, iterations = admm_slim_weights(
             gram, c.reg, c.dropout, c.l1, c.nonnegative, c.rho, c.max_iterations, c.tolerance, overwrite=True
