@@ -2,7 +2,8 @@
 over the catalogue, or rank-normalised) before weighting, so members on different scales combine fairly.
 
 On ML-100K (per-user 80/20, three seeds) EDLAE + 0.5·iALS beats each member and a tuned implicit ALS;
-that blend is the default. Members are fitted on the same data with the same options; the artifact
+that blend is the default. On ml-latest-small it does not (below a tuned EASE by 0.005 on average over
+three splits: benchmarks/results/split_seeds.md): check the weights on a carve-out of your own data. Members are fitted on the same data with the same options; the artifact
 stores every member's state under its own prefix.
 """
 
