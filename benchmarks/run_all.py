@@ -10,9 +10,10 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPTS = ["classic_cf", "two_tower", "ann", "serve_load"]
+SCRIPTS = ["classic_cf", "split_seeds", "two_tower", "ann", "serve_load"]
 QUICK_FLAGS = {
     "classic_cf": ["--quick"],
+    "split_seeds": ["--quick"],
     "two_tower": ["--quick"],
     "ann": ["--quick"],
     "serve_load": ["--seconds", "5"],

@@ -34,6 +34,7 @@ from starlette.concurrency import run_in_threadpool
 
 from recforge._version import __version__
 from recforge.errors import CapabilityError, ConfigError, NonFiniteScoresError, UnknownIdError
+from recforge.serving.batching import ReadBatcher
 from recforge.serving.engine import interface
 from recforge.serving.schemas import (
     ERRORS,
@@ -388,7 +389,8 @@ def create_app(
 
     app = FastAPI(title="recforge", version=__version__, lifespan=lifespan)
     metrics = Metrics()
-    app.state.service, app.state.metrics = service, metrics
+    reads = ReadBatcher(service.recommend_users)
+    app.state.service, app.state.metrics, app.state.reads = service, metrics, reads
     integer_users = _integer_ids(service.model.users_, "user")
     # ids keep the model vocabulary's type: the schema (and so clients and fuzzers) know integer ids
     # (a promoted model must keep this interface: `recforge.serving.engine.check_same_interface`)
@@ -454,8 +456,8 @@ def create_app(
         # brings) cost more than the work and dominated tail latency under load; heavier ones go to threads
         if service.answers_quickly():
             return {"user": user_id, **service.recommend_user(user_id, k, exclude_seen)}
-        answer = await run_in_threadpool(service.recommend_user, user_id, k, exclude_seen)
-        return {"user": user_id, **answer}
+        # concurrent reads are scored together (`recforge.serving.batching`): one pass over the catalogue
+        return {"user": user_id, **await reads.submit((user_id, k, exclude_seen))}
 
     @app.post("/recommendations", response_model=Answer, responses=ERRORS, dependencies=read)
     def new_user_recommendations(body: NewUserRequest) -> dict:
@@ -517,6 +519,8 @@ def create_app(
             "recforge_events_applied": ("the last event sequence number this worker applied", engine.applied),
             "recforge_events_applied_total": ("events this worker applied since it started", engine.applied_total),
             "recforge_model_swaps": ("model swaps this worker made", engine.swaps),
+            "recforge_read_batches": ("batches of exact-search reads this worker scored", reads.batches),
+            "recforge_read_batch_largest": ("the most reads scored in one batch", reads.largest_batch),
         }
         return PlainTextResponse(metrics.prometheus(gauges), media_type="text/plain; version=0.0.4; charset=utf-8")
 

@@ -125,12 +125,56 @@ class RecommenderService:
     def recommend_user(self, user: Any, k: int = 10, exclude_seen: bool = True) -> dict[str, Any]:
         """A known user's top k: from their update when they wrote since training, else the trained state
         (through the vector index when there is one)."""
+        return self._recommend_user(self.current(), user, k, exclude_seen)
+
+    def recommend_users(self, requests: list[tuple[Any, int, bool]]) -> list[dict[str, Any] | Exception]:
+        """`recommend_user` for many (user, k, exclude_seen) at once, each answer or its error in its place.
+        The users served from the trained state by exact search are scored together (one matrix product
+        over the catalogue instead of one pass each, which is what an exact scan of a large catalogue
+        spends its time on); the others, and all errors, are as `recommend_user` gives them, on the same
+        snapshot."""
         snapshot = self.current()
+        model = snapshot.model
+        answers: list[dict[str, Any] | Exception | None] = [None] * len(requests)
+        together: dict[bool, list[tuple[int, int, int]]] = {True: [], False: []}  # position, row, k
+        for position, (user, k, exclude_seen) in enumerate(requests):
+            try:
+                k = self._check_k(k, snapshot)
+                index = self.user_index(user, snapshot)
+                if snapshot.indexed is None and index not in snapshot.updates and self._trained(model, index):
+                    together[exclude_seen].append((position, index, k))
+                else:
+                    answers[position] = self._recommend_user(snapshot, user, k, exclude_seen)
+            except Exception as exc:
+                answers[position] = exc
+        for exclude_seen, rows in together.items():
+            if not rows:
+                continue
+            positions, indices, ks = zip(*rows, strict=True)
+            try:
+                recs = model.recommend(np.array(indices), max(ks), exclude_seen=exclude_seen, external_ids=False)
+            except Exception:  # e.g. one user's NaN scores: each request alone, so only that one fails
+                for position in positions:
+                    user, k, _ = requests[position]
+                    try:
+                        answers[position] = self._recommend_user(snapshot, user, k, exclude_seen)
+                    except Exception as exc:
+                        answers[position] = exc
+                continue
+            for row, (position, k) in enumerate(zip(positions, ks, strict=True)):
+                answers[position] = self.render(snapshot, recs, row, k)
+        return answers  # type: ignore[return-value]
+
+    @staticmethod
+    def _trained(model: Recommender, index: int) -> bool:
+        return KNOWN_USERS in model.capabilities and bool(model.known_users_[index])
+
+    def _recommend_user(self, snapshot: Snapshot, user: Any, k: int, exclude_seen: bool) -> dict[str, Any]:
         k = self._check_k(k, snapshot)
         index = self.user_index(user, snapshot)
         model = snapshot.model
         update = snapshot.updates.get(index)
-        if update is None and (KNOWN_USERS not in model.capabilities or not model.known_users_[index]):
+        if update is None and not self._trained(model, index):
             raise UnknownIdError(f"user {user!r} has no training data in this model; POST /recommendations instead")
         if update is not None:
             exclude = update.items if exclude_seen else None
@@ -326,9 +370,9 @@ class RecommenderService:
         return {"item": item, "title": title, **checked}
 
     # ------------------------------------------------------------------ answers
-    def render(self, snapshot: Snapshot, recs: Recommendations, row: int = 0) -> dict[str, Any]:
-        """One list of a `Recommendations` as the service's JSON shape."""
-        pairs = zip(recs.item_index[row], recs.scores[row], strict=True)
+    def render(self, snapshot: Snapshot, recs: Recommendations, row: int = 0, k: int | None = None) -> dict[str, Any]:
+        """One list of a `Recommendations` (its first k) as the service's JSON shape."""
+        pairs = zip(recs.item_index[row][:k], recs.scores[row][:k], strict=True)
         return {
             "served_by": str(recs.served_by[row]),
             "note": str(recs.notes[row]) if len(recs.notes) else "",
