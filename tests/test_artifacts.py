@@ -167,3 +167,32 @@ def test_a_save_killed_midway_leaves_the_previous_model(tmp_path):
     assert load(path).name == "most_popular"
     create_model("most_popular").fit(data).save(path)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize(
+    ("model_name", "params", "matrix"),
+    [
+        ("rp3beta", {}, "weights"),
+        ("item_knn", {"feedback": "implicit", "similarity": "cosine"}, "neighbours"),
+        ("ials", {"n_factors": 4, "n_iterations": 2}, "seen"),
+    ],
+)
+@pytest.mark.parametrize("damage", ["index out of range", "indptr not monotonic"])
+def test_a_stored_sparse_matrix_that_does_not_fit_is_refused(tmp_path, model_name, params, matrix, damage):
+    """The checksums cover what was written; a writer that wrote a bad CSR (or a forged, re-signed file)
+    is stopped when the matrix is rebuilt, before scipy's compiled loops index with it."""
+    model = create_model(model_name, **params).fit(make_interactions())
+    arrays, state = model.get_state()
+    arrays = dict(arrays)
+    if damage == "index out of range":
+        indices = arrays[f"{matrix}.indices"].copy()
+        indices[0] = 10**6
+        arrays[f"{matrix}.indices"] = indices
+    else:
+        indptr = arrays[f"{matrix}.indptr"].copy()
+        indptr[1], indptr[2] = indptr[2] + 1, indptr[1]
+        arrays[f"{matrix}.indptr"] = indptr
+    model.get_state = lambda: (arrays, state)
+    path = model.save(tmp_path / "bad")
+    with pytest.raises(ArtifactError, match=f"the stored {matrix} matrix does not fit"):
+        load(path)

@@ -64,7 +64,7 @@ def test_this_process_can_get_a_plausible_amount() -> None:
         ("ease", {}, "item-item", "n_items"),
         ("slim", {}, "item-item", "n_items"),
         ("item_knn", {}, "item-item", "n_items"),
-        ("user_knn", {"feedback": "implicit"}, "user-user", "n_users"),
+        ("user_knn", {}, "user-user", "n_users"),
     ],
 )
 def test_a_fit_that_does_not_fit_is_refused_with_its_numbers(

@@ -13,7 +13,6 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from pydantic import Field
 from scipy.special import expit
@@ -22,7 +21,7 @@ from recforge._progress import progress_bar
 from recforge.coldstart import KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError
-from recforge.models.base import Recommender
+from recforge.models.base import Recommender, stored_csr
 from recforge.models.config import ModelConfig, TrainOptions
 from recforge.nn.training import seed_everything
 
@@ -151,12 +150,7 @@ class AutoRec(Recommender):
         for name, shape in expected.items():
             if arrays[name].shape != shape:
                 raise ValueError(f"autorec: {name} has shape {arrays[name].shape}, the config needs {shape}")
-        indices = arrays["item_ratings.indices"]
-        if len(arrays["item_ratings.indptr"]) != n_rows + 1 or (len(indices) and indices.max() >= width):
-            raise ValueError("autorec: the stored ratings do not fit the user and item vocabularies")
-        self.item_ratings_ = sp.csr_matrix(
-            (arrays["item_ratings.data"], indices, arrays["item_ratings.indptr"]), shape=(n_rows, width)
-        )
+        self.item_ratings_ = stored_csr(arrays, "item_ratings", (n_rows, width))
         self.encoder_weight_, self.encoder_bias_ = arrays["encoder_weight"], arrays["encoder_bias"]
         self.decoder_weight_, self.decoder_bias_ = arrays["decoder_weight"], arrays["decoder_bias"]
         self.global_mean_ = float(arrays["global_mean"].reshape(-1)[0])

@@ -424,15 +424,8 @@ class Recommender(ABC):
     def set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> Recommender:
         self.users_ = Vocabulary(extras["users"], "user")
         self.items_ = Vocabulary(extras["items"], "item")
-        indices, indptr = arrays["seen.indices"], arrays["seen.indptr"]
-        if len(indptr) != len(self.users_) + 1 or (
-            len(indices) and not 0 <= indices.min() <= indices.max() < len(self.items_)
-        ):
-            raise ValueError("the seen-items matrix does not fit the user and item vocabularies")
-        self.seen_ = sp.csr_matrix(
-            (np.ones(len(indices), np.float32), indices, arrays["seen.indptr"]),
-            shape=(len(self.users_), len(self.items_)),
-        )
+        ones = np.ones(len(arrays["seen.indices"]), np.float32)
+        self.seen_ = stored_csr(arrays, "seen", (len(self.users_), len(self.items_)), data=ones)
         self.known_users_ = np.asarray(self.seen_.getnnz(axis=1) > 0)
         self.rating_scale_ = None if extras["rating_scale"] is None else tuple(extras["rating_scale"])
         self.training_log_ = extras.get("training_log", [])
@@ -478,3 +471,18 @@ def _row_ratings(history: History, items: np.ndarray) -> list[float | None]:
     row = history.ratings.getrow(0)
     values = dict(zip(row.indices.tolist(), row.data.tolist(), strict=True))
     return [values.get(int(i)) for i in items]
+
+
+def stored_csr(
+    arrays: dict[str, np.ndarray], name: str, shape: tuple[int, int], data: np.ndarray | None = None
+) -> sp.csr_matrix:
+    """The CSR matrix an artifact stores as `<name>.data`, `<name>.indices` and `<name>.indptr` (or with
+    `data` given, e.g. ones), checked in full against `shape`: an index out of range or a malformed
+    indptr would otherwise reach scipy's compiled loops unchecked."""
+    values = arrays[f"{name}.data"] if data is None else data
+    try:
+        matrix = sp.csr_matrix((values, arrays[f"{name}.indices"], arrays[f"{name}.indptr"]), shape=shape)
+        matrix.check_format(full_check=True)
+    except ValueError as exc:
+        raise ValueError(f"the stored {name} matrix does not fit its {shape[0]} x {shape[1]} shape ({exc})") from exc
+    return matrix

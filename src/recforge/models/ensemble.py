@@ -3,8 +3,9 @@ over the catalogue, or rank-normalised) before weighting, so members on differen
 
 On ML-100K (per-user 80/20, three seeds) EDLAE + 0.5·iALS beats each member and a tuned implicit ALS;
 that blend is the default. On ml-latest-small it does not (below a tuned EASE by 0.005 on average over
-three splits: benchmarks/results/split_seeds.md): check the weights on a carve-out of your own data. Members are fitted on the same data with the same options; the artifact
-stores every member's state under its own prefix.
+three splits: benchmarks/results/split_seeds.md): check the weights on a carve-out of your own data.
+Members are fitted on the same data with the same options; the artifact stores every member's state under
+its own prefix.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from recforge.coldstart import HISTORY, KNOWN_USERS
 from recforge.data.query import History
-from recforge.models.base import Recommender
+from recforge.models.base import Recommender, stored_csr
 
 
 class SparseItemItem(Recommender):
@@ -41,7 +41,4 @@ class SparseItemItem(Recommender):
         }
 
     def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
-        n_items = len(self.items_)
-        self.weights_ = sp.csr_matrix(
-            (arrays["weights.data"], arrays["weights.indices"], arrays["weights.indptr"]), shape=(n_items, n_items)
-        )
+        self.weights_ = stored_csr(arrays, "weights", (len(self.items_), len(self.items_)))

@@ -14,12 +14,15 @@ similar neighbours the user rated (only positive similarities contribute). Impli
 similarities of each item's k nearest neighbours over the user's items (ItemKNN) or of the user's k
 nearest users over their items (UserKNN).
 
-Similarities are computed block-wise with sparse products and kept dense (float32); this is meant for
-catalogues (or user bases) of up to a few tens of thousands.
+Similarities are computed block-wise with sparse products. Explicit prediction keeps them dense (float32:
+the k most similar among the items a user rated can be any of them), for catalogues (or user bases) of up
+to a few tens of thousands; implicit scoring only ever uses each entity's k nearest, so each block is
+pruned as it is computed and the model holds n·k similarities, never n x n.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -30,7 +33,7 @@ from recforge.coldstart import HISTORY, KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
 from recforge.errors import ConfigError
-from recforge.models.base import Recommender
+from recforge.models.base import Recommender, stored_csr
 from recforge.models.baselines import fit_biases
 from recforge.models.config import ModelConfig, TrainOptions
 from recforge.models.memory import require_pairwise_memory
@@ -66,38 +69,65 @@ def _centred(
     return matrix.tocsr()
 
 
-def similarity_matrix(
+def similarity_blocks(
     values: sp.csr_matrix, shrinkage: float, min_support: int, common_support: bool, block: int
-) -> np.ndarray:
-    """Dense (n, n) float32 similarity between the rows of `values` (zero diagonal).
-
-    With `common_support`, norms are taken over the co-rated columns of each pair (Surprise's definition).
-    """
+) -> Iterator[tuple[slice, np.ndarray]]:
+    """(rows, dense float64 similarities of those rows to every row of `values`, zero diagonal), block by
+    block. With `common_support`, norms are taken over the co-rated columns of each pair (Surprise's
+    definition)."""
     values = values.tocsr().astype(np.float64)
     mask = values.copy()
     mask.data = np.ones_like(mask.data)
     squares = values.multiply(values).tocsr()
     n = values.shape[0]
-    result = np.zeros((n, n), dtype=np.float32)
     row_norms = np.sqrt(np.asarray(squares.sum(axis=1)).ravel())
-    for rows in batched(n, block):
-        numerator = (values[rows] @ values.T).toarray()
-        support = (mask[rows] @ mask.T).toarray()
+    for rows in batched(n, block):  # in place where it can be: each temporary is block x n float64
+        similarity = (values[rows] @ values.T).toarray()  # the numerator, divided in place below
         if common_support:
-            left = (squares[rows] @ mask.T).toarray()  # Σ over co-rated columns of a's squares
-            right = (mask[rows] @ squares.T).toarray()
-            denominator = np.sqrt(left * right)
+            denominator = (squares[rows] @ mask.T).toarray()  # Σ over co-rated columns of a's squares
+            denominator *= (mask[rows] @ squares.T).toarray()
+            np.sqrt(denominator, out=denominator)
         else:
-            denominator = row_norms[rows][:, None] * row_norms[None, :]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            similarity = np.where(denominator > 0, numerator / denominator, 0.0)
-        if shrinkage:
-            similarity *= np.maximum(support - 1, 0) / (np.maximum(support - 1, 0) + shrinkage)
+            denominator = np.multiply(row_norms[rows][:, None], row_norms[None, :])
+        np.divide(similarity, denominator, out=similarity, where=denominator > 0)
+        similarity[denominator <= 0] = 0.0
+        del denominator
+        support = (mask[rows] @ mask.T).toarray()
         similarity[support < min_support] = 0.0
+        if shrinkage:
+            support -= 1
+            np.maximum(support, 0, out=support)
+            similarity *= support
+            support += shrinkage
+            np.divide(similarity, support, out=similarity, where=support > 0)
+        del support
         block_index = np.arange(rows.start, rows.stop)
         similarity[np.arange(len(block_index)), block_index] = 0.0
+        yield rows, similarity
+
+
+def similarity_matrix(
+    values: sp.csr_matrix, shrinkage: float, min_support: int, common_support: bool, block: int
+) -> np.ndarray:
+    """Dense (n, n) float32 similarity between the rows of `values` (zero diagonal)."""
+    n = values.shape[0]
+    result = np.zeros((n, n), dtype=np.float32)
+    for rows, similarity in similarity_blocks(values, shrinkage, min_support, common_support, block):
         result[rows] = similarity
     return result
+
+
+def nearest_neighbours(values: sp.csr_matrix, shrinkage: float, min_support: int, block: int, k: int) -> sp.csr_matrix:
+    """The k largest positive similarities of each row of `values` as a sparse (n, n) float32 matrix,
+    pruned block by block: the dense n x n matrix never exists, so memory is n·k plus one block of rows
+    (at most ~64 MB of float64 per temporary: fewer rows per block as n grows)."""
+    n = values.shape[0]
+    block = max(1, min(block, (64 << 20) // (8 * max(n, 1))))
+    blocks = similarity_blocks(values, shrinkage, min_support, False, block)
+    parts = [prune_top_k(similarity, k) for _, similarity in blocks]
+    if not parts:
+        return sp.csr_matrix((n, n), dtype=np.float32)
+    return sp.vstack(parts, format="csr").astype(np.float32)
 
 
 def prune_top_k(similarity: np.ndarray, k: int) -> sp.csr_matrix:
@@ -141,13 +171,11 @@ class _NeighbourModel(Recommender):
         explicit = c.feedback == "explicit"
         if explicit and (train.rating is None or train.n_rated == 0):
             raise ConfigError(f"{self.name} with feedback='explicit' needs ratings; use feedback='implicit'")
-        n = train.n_users if self.by_user else train.n_items
-        # measured peak: the float32 similarities, their negation and argpartition's int64 indices in
-        # prune_top_k, and per block of rows a few float64 temporaries (more with co-rated norms)
-        require_pairwise_memory(
-            self.name, n, 16, "user" if self.by_user else "item", (32 if explicit else 16) * min(c.block_size, n) * n
-        )
         if explicit:
+            n = train.n_users if self.by_user else train.n_items
+            # measured peak: the float32 similarities, their negation and argpartition's int64 indices in
+            # prune_top_k, and per block of rows a few float64 temporaries (with co-rated norms)
+            require_pairwise_memory(self.name, n, 16, "user" if self.by_user else "item", 32 * min(c.block_size, n) * n)
             rated = train.explicit()
             rows = rated.latest_per_pair()
             users, items = rated.user_index[rows].astype(np.int64), rated.item_index[rows].astype(np.int64)
@@ -180,10 +208,10 @@ class _NeighbourModel(Recommender):
                 baseline = self.mean_ + self.user_bias_[u] + self.item_bias_[i]
             profile = _centred(entity_matrix, c.similarity, row_mean, col_mean, baseline)
             self.similarity_ = similarity_matrix(profile, c.shrinkage, c.min_support, True, c.block_size)
-        else:
+            self.neighbours_ = prune_top_k(self.similarity_, c.k)
+        else:  # only the k nearest are ever used: kept sparse, never n x n
             binary = self.seen_ if self.by_user else self.seen_.T.tocsr()
-            self.similarity_ = similarity_matrix(binary, c.shrinkage, c.min_support, False, c.block_size)
-        self.neighbours_ = prune_top_k(self.similarity_, c.k)
+            self.neighbours_ = nearest_neighbours(binary, c.shrinkage, c.min_support, c.block_size, c.k)
 
     # -------------------------------------------------------------- explicit prediction
     def _baseline(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
@@ -230,30 +258,31 @@ class _NeighbourModel(Recommender):
         return np.asarray((self.seen_[users] @ self.neighbours_).todense(), dtype=np.float32)
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
-        arrays = {"similarity": self.similarity_}
-        if self.config.feedback == "explicit":  # type: ignore[attr-defined]
-            arrays |= {
-                "user_bias": self.user_bias_,
-                "item_bias": self.item_bias_,
-                "residuals.data": self.residuals_.data,
-                "residuals.indices": self.residuals_.indices,
-                "residuals.indptr": self.residuals_.indptr,
-            }
-        return arrays
+        if self.config.feedback == "implicit":  # type: ignore[attr-defined]
+            return {f"neighbours.{part}": getattr(self.neighbours_, part) for part in ("data", "indices", "indptr")}
+        return {
+            "similarity": self.similarity_,
+            "user_bias": self.user_bias_,
+            "item_bias": self.item_bias_,
+            "residuals.data": self.residuals_.data,
+            "residuals.indices": self.residuals_.indices,
+            "residuals.indptr": self.residuals_.indptr,
+        }
 
     def _get_extras(self) -> dict[str, Any]:
         return {"mean": getattr(self, "mean_", 0.0)}
 
     def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
-        self.similarity_ = arrays["similarity"]
-        self.neighbours_ = prune_top_k(self.similarity_, self.config.k)  # type: ignore[attr-defined]
         self.mean_ = extras["mean"]
+        if "similarity" not in arrays:  # implicit: the sparse neighbours
+            n = len(self.users_) if self.by_user else len(self.items_)
+            self.neighbours_ = stored_csr(arrays, "neighbours", (n, n))
+            return
+        self.similarity_ = arrays["similarity"]  # explicit (and implicit artifacts saved before 2026-12-03)
+        self.neighbours_ = prune_top_k(self.similarity_, self.config.k)  # type: ignore[attr-defined]
         if "user_bias" in arrays:
             self.user_bias_, self.item_bias_ = arrays["user_bias"], arrays["item_bias"]
-            self.residuals_ = sp.csr_matrix(
-                (arrays["residuals.data"], arrays["residuals.indices"], arrays["residuals.indptr"]),
-                shape=(len(self.users_), len(self.items_)),
-            )
+            self.residuals_ = stored_csr(arrays, "residuals", (len(self.users_), len(self.items_)))
 
 
 class ItemKNN(_NeighbourModel):
@@ -265,6 +294,9 @@ class ItemKNN(_NeighbourModel):
         return np.asarray((history.binary @ self.neighbours_).todense(), dtype=np.float32)
 
     def _item_similarity(self, items: np.ndarray) -> np.ndarray:
+        """Implicit: the similarities to each item's k nearest neighbours (others 0); explicit: all."""
+        if self.config.feedback == "implicit":  # type: ignore[attr-defined]
+            return self.neighbours_[items].toarray()
         return self.similarity_[items].copy()
 
 
