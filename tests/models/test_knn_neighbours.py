@@ -45,8 +45,12 @@ def test_implicit_item_knn_saves_sparse_neighbours_and_loads_them(ml100k, tmp_pa
     loaded = load_model(path)
     users = np.arange(50)
     assert np.array_equal(loaded.score(users), model.score(users))
-    similar = loaded.similar_items([ml100k.items.lookup(np.array([0]))[0]], k=10)
-    assert len(similar.items[0]) == 10
+    items = np.array([0, 5, 300])
+    dense = similarity_matrix(ml100k.to_csr("binary").T.tocsr(), model.config.shrinkage, 1, False, 4096)
+    assert np.allclose(loaded._item_similarity(items), dense[items], atol=1e-6)  # all of them, not the k kept
+    similar = loaded.similar_items(list(ml100k.items.lookup(items)), k=50)  # more than the 20 neighbours kept
+    assert all(len(row) == 50 for row in similar.items)
+    assert loaded._item_similarity(np.array([], dtype=np.int64)).shape == (0, ml100k.n_items)
 
 
 def test_implicit_neighbours_of_a_wide_catalogue_never_take_n_squared_memory() -> None:

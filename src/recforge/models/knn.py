@@ -70,18 +70,24 @@ def _centred(
 
 
 def similarity_blocks(
-    values: sp.csr_matrix, shrinkage: float, min_support: int, common_support: bool, block: int
-) -> Iterator[tuple[slice, np.ndarray]]:
-    """(rows, dense float64 similarities of those rows to every row of `values`, zero diagonal), block by
-    block. With `common_support`, norms are taken over the co-rated columns of each pair (Surprise's
-    definition)."""
+    values: sp.csr_matrix,
+    shrinkage: float,
+    min_support: int,
+    common_support: bool,
+    block: int,
+    only: np.ndarray | None = None,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(row indices, dense float64 similarities of those rows to every row of `values`, zero on each row's
+    own entity), block by block over every row, or over the rows `only` names. With `common_support`,
+    norms are taken over the co-rated columns of each pair (Surprise's definition)."""
     values = values.tocsr().astype(np.float64)
     mask = values.copy()
     mask.data = np.ones_like(mask.data)
     squares = values.multiply(values).tocsr()
-    n = values.shape[0]
     row_norms = np.sqrt(np.asarray(squares.sum(axis=1)).ravel())
-    for rows in batched(n, block):  # in place where it can be: each temporary is block x n float64
+    wanted = np.arange(values.shape[0]) if only is None else np.asarray(only, dtype=np.int64)
+    for part in batched(len(wanted), block):  # in place where it can be: each temporary is block x n float64
+        rows = wanted[part]
         similarity = (values[rows] @ values.T).toarray()  # the numerator, divided in place below
         if common_support:
             denominator = (squares[rows] @ mask.T).toarray()  # Σ over co-rated columns of a's squares
@@ -101,8 +107,7 @@ def similarity_blocks(
             support += shrinkage
             np.divide(similarity, support, out=similarity, where=support > 0)
         del support
-        block_index = np.arange(rows.start, rows.stop)
-        similarity[np.arange(len(block_index)), block_index] = 0.0
+        similarity[np.arange(len(rows)), rows] = 0.0
         yield rows, similarity
 
 
@@ -294,10 +299,14 @@ class ItemKNN(_NeighbourModel):
         return np.asarray((history.binary @ self.neighbours_).todense(), dtype=np.float32)
 
     def _item_similarity(self, items: np.ndarray) -> np.ndarray:
-        """Implicit: the similarities to each item's k nearest neighbours (others 0); explicit: all."""
-        if self.config.feedback == "implicit":  # type: ignore[attr-defined]
-            return self.neighbours_[items].toarray()
-        return self.similarity_[items].copy()
+        """Every item's similarity to `items`: stored (explicit), or computed for those rows on demand
+        (implicit keeps only the k nearest, and a similar-items list may ask for more)."""
+        c: KNNConfig = self.config  # type: ignore[assignment]
+        if c.feedback == "explicit":
+            return self.similarity_[items].copy()
+        blocks = similarity_blocks(self.seen_.T.tocsr(), c.shrinkage, c.min_support, False, c.block_size, items)
+        rows = [similarity.astype(np.float32) for _, similarity in blocks]
+        return np.concatenate(rows) if rows else np.zeros((0, self.n_items), np.float32)
 
 
 class UserKNN(_NeighbourModel):
