@@ -37,7 +37,7 @@ from recforge.data.loaders import load_dataset
 from recforge.data.preprocess import PreprocessStep, preprocess
 from recforge.data.split_specs import SplitSpec
 from recforge.data.splits import Split
-from recforge.errors import ConfigError, did_you_mean
+from recforge.errors import ConfigError, InsufficientMemoryError, TrainingDivergedError, did_you_mean
 from recforge.evaluation.guards import check_split
 from recforge.evaluation.llm_judge import JudgeConfig, JudgeError, LLMJudge, judge_rankings
 from recforge.evaluation.metrics import RATING_METRICS, direction, metric_problem
@@ -395,7 +395,10 @@ def _run_model(
     if spec.search:
         params, search_log = _grid_search(config, spec, split, seed)
     train = split.train
-    model = _fit(spec, params, train, seed, valid, progress, config.threads)
+    try:
+        model = _fit(spec, params, train, seed, valid, progress, config.threads)
+    except (InsufficientMemoryError, TrainingDivergedError) as exc:  # this model on this data, not the setup
+        return [_not_run(config, spec, params, seed, search_log, exc)]
     results: dict[str, RankingResult | RatingResult] = {}
     skipped: dict[str, str] = {}
     for protocol, evaluator in evaluators.items():
@@ -427,6 +430,36 @@ def _run_model(
     if settings is None or EMBEDDINGS not in model.capabilities or run.is_baseline:
         return [run]
     return [run, *_clustered_runs(settings, run, model, evaluators, seed)]
+
+
+def _not_run(
+    config: ExperimentConfig,
+    spec: ExperimentModel,
+    params: dict[str, Any],
+    seed: int,
+    search_log: list[dict[str, Any]],
+    error: Exception,
+) -> ModelRun:
+    """The row of a model that could not be fitted on this data (too large for this machine's memory, or
+    training diverged): every protocol it was asked for says why, and the comparison goes on without it."""
+    rates = RATINGS in spec.build(**params).capabilities  # unfitted: only what it would have been asked
+    protocols = [
+        p
+        for p in config.evaluation.protocols
+        if (not spec.protocols or p in spec.protocols) and (p != "rating" or rates)
+    ]
+    return ModelRun(
+        label=spec.label,
+        model=spec.model,
+        params=params,
+        is_baseline=spec.model in _ALL_BASELINES,
+        seed=seed,
+        fit_seconds=0.0,
+        results={},
+        training_log=[],
+        search=search_log,
+        skipped={protocol: f"not run: {error}" for protocol in protocols},
+    )
 
 
 def _clustered_runs(

@@ -306,3 +306,40 @@ def test_the_shipped_experiments_load_with_every_models_parameters_checked(name)
     assert config.models
     for model in config.models:
         model.model_config_for(model.params)  # raises ConfigError on an unknown or invalid parameter
+
+
+def test_a_model_too_large_for_memory_is_reported_not_run_and_the_rest_compared(tmp_path, data_dir, monkeypatch):
+    """EASE's n_items² solve refused (the machine reports 10 MB free): its row says why, the other models
+    are still fitted, evaluated and reported, and the CLI exits 0."""
+    from recforge.models import memory
+
+    monkeypatch.delenv("RECFORGE_MEMORY_CHECK", raising=False)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 10_000_000)
+    config = tmp_path / "experiment.toml"
+    config.write_text(
+        """
+name = "too-large"
+[dataset]
+name = "ml-100k"
+[split]
+kind = "per_user"
+test_fraction = 0.2
+[evaluation]
+protocols = ["ranking", "rating"]
+ks = [10]
+[[models]]
+model = "ease"
+[[models]]
+model = "ials"
+params = { n_factors = 16, n_iterations = 3 }
+"""
+    )
+    output = tmp_path / "out"
+    result = CliRunner().invoke(app, ["compare", str(config), "--output", str(output)])
+    assert result.exit_code == 0, result.output
+    assert "not evaluated" in result.output and "InsufficientMemory" not in result.output
+    report = (output / "report.md").read_text()
+    assert "**ease** (ranking): not evaluated: not run: ease: the dense 1,682 x 1,682 item-item matrices" in report
+    assert "(rating)" not in report.split("**ease**")[1].split("\n")[0]  # EASE was never a rating model
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert "ials" in json.dumps(metrics) and "most_popular" in json.dumps(metrics)
