@@ -226,9 +226,24 @@ def tune(split: Split, fit_and_score, grid: dict) -> dict:
     return best
 
 
-def ranking_rows(split: Split, quick: bool) -> tuple[list[dict], dict]:
+def implicit_als(train, params: dict) -> PeerScores:
+    """implicit's ALS (15 iterations, BLAS on one thread as implicit asks) fitted and wrapped for scoring."""
     import implicit
     from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(1, "blas"):
+        model = implicit.cpu.als.AlternatingLeastSquares(
+            factors=params["n_factors"],
+            regularization=params["reg"],
+            alpha=params["alpha"],
+            iterations=15,
+            random_state=0,
+        )
+        model.fit(train.to_csr("binary").astype(np.float32), show_progress=False)
+    return implicit_scores(model).fit(train)
+
+
+def ranking_rows(split: Split, quick: bool) -> tuple[list[dict], dict]:
 
     evaluator = FullRankingEvaluator(split.train, split.test, ks=(10,), check_fit=False)
     matrix = split.train.to_csr("binary").astype(np.float32)
@@ -237,18 +252,6 @@ def ranking_rows(split: Split, quick: bool) -> tuple[list[dict], dict]:
 
     def ours(name, params):
         return lambda train, p=None: create_model(name, **(p or params)).fit(train, TrainOptions(seed=0))
-
-    def implicit_als(train, params):
-        with threadpool_limits(1, "blas"):
-            model = implicit.cpu.als.AlternatingLeastSquares(
-                factors=params["n_factors"],
-                regularization=params["reg"],
-                alpha=params["alpha"],
-                iterations=15,
-                random_state=0,
-            )
-            model.fit(train.to_csr("binary").astype(np.float32), show_progress=False)
-        return implicit_scores(model).fit(train)
 
     grid_ials = IALS_GRID if not quick else {"n_factors": [32, 64], "reg": [10.0, 20.0], "alpha": [2.0]}
     grid_ease = EASE_GRID if not quick else {"reg": [250.0, 500.0], "dropout": [0.0, 0.6]}

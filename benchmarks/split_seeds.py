@@ -18,8 +18,6 @@ import argparse
 import statistics
 import warnings
 
-import numpy as np
-
 from benchmarks._common import data_dir, markdown_table, write_results
 from benchmarks.classic_cf import (
     EASE_GRID,
@@ -27,7 +25,7 @@ from benchmarks.classic_cf import (
     TIME_DECAYED_BLEND,
     TIME_DECAYED_BLEND_WITH_SLIM,
     TIME_DECAYED_EDLAE,
-    implicit_scores,
+    implicit_als,
     significance,
     tune,
 )
@@ -44,22 +42,6 @@ SEED_0_IMPLICIT_ALS = {"n_factors": 128, "reg": 50.0, "alpha": 10.0}
 SEED_0_EASE = {"reg": 250.0, "dropout": 0.6}
 REFERENCE = "ease (tuned on this split)"
 THREE_MEMBERS = "blend (time-decayed EDLAE + 0.5·iALS + 0.5·time-decayed SLIM)"
-
-
-def implicit_als(train, params: dict):
-    import implicit
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1, "blas"):
-        model = implicit.cpu.als.AlternatingLeastSquares(
-            factors=params["n_factors"],
-            regularization=params["reg"],
-            alpha=params["alpha"],
-            iterations=15,
-            random_state=0,
-        )
-        model.fit(train.to_csr("binary").astype(np.float32), show_progress=False)
-    return implicit_scores(model).fit(train)
 
 
 def candidates(split: Split, tuned_ease: dict) -> list[tuple[str, object]]:
