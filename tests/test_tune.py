@@ -12,7 +12,7 @@ from recforge._toml import loads as toml_loads
 from recforge.cli import app
 from recforge.errors import ConfigError
 from recforge.experiment import ExperimentModel
-from recforge.tune import TuneConfig, tune
+from recforge.tune import TuneConfig, best_as_toml, tune
 
 CONFIG = """
 name = "tune-mf"
@@ -73,3 +73,72 @@ def test_tuning_never_touches_the_test_part_and_checks_the_space_at_load(data_di
     assert config.metric == "rmse"
     with pytest.raises(ConfigError):
         tune(TuneConfig.model_validate({**payload, "tune": {**payload["tune"], "trials": 1}}), "/nonexistent/dir/s.db")
+
+
+BLEND_CONFIG = """
+name = "tune-blend"
+seed = 0
+[dataset]
+name = "ml-100k"
+[split]
+kind = "per_user"
+test_fraction = 0.2
+[split.validation]
+kind = "per_user"
+test_fraction = 0.1
+[evaluation]
+protocols = ["ranking"]
+ks = [10]
+[tune]
+model = "blend"
+trials = 6
+sampler = "random"
+fixed = { members = [{ model = "ease" }, { model = "ials", params = { n_factors = 16, n_iterations = 4 } }] }
+[tune.params]
+"members.1.weight" = { low = 0.0, high = 1.5 }
+"""
+
+
+def test_a_blends_member_weights_are_tuned_with_its_members_fitted_once(tmp_path, data_dir, monkeypatch):
+    from recforge.models.ensemble import Blend
+    from recforge.models.registry import model_class
+
+    fits = {"ease": 0, "ials": 0}
+    for name in fits:
+        cls = model_class(name)
+        real = cls._fit
+
+        def counted(self, train, options, real=real, name=name):
+            fits[name] += 1
+            return real(self, train, options)
+
+        monkeypatch.setattr(cls, "_fit", counted)
+    config = TuneConfig.model_validate(toml_loads(BLEND_CONFIG))
+    assert config.tune.weights_only
+    result = tune(config, tmp_path / "study.sqlite")
+    assert fits == {"ease": 1, "ials": 1} and result["complete"] == 6
+    members = result["best_params"]["members"]
+    assert (members[0]["model"] == "ease" and "weight" not in members[0]) or members[0].get("weight", 1.0) == 1.0
+    assert 0.0 <= members[1]["weight"] <= 1.5 and members[1]["params"]["n_factors"] == 16
+    assert ExperimentModel(**toml_loads(best_as_toml(result))["models"][0]).model == "blend"
+
+    # the shared-members score is the score of that blend fitted from scratch
+    from recforge.data.loaders import load_dataset
+    from recforge.experiment import validation_evaluator
+
+    split = config.split.make(load_dataset("ml-100k"), 0)
+    inner = config.split.validation.make(split.train, 0)
+    fresh = Blend(members=members).fit(inner.train)
+    value = validation_evaluator(config, inner, config.metric).evaluate(fresh).summary[config.metric]
+    assert abs(value - result["best_value"]) < 1e-9
+
+
+def test_member_weights_are_checked_at_load(data_dir):
+    payload = toml_loads(BLEND_CONFIG)
+    bad_index = {**payload, "tune": {**payload["tune"], "params": {"members.2.weight": {"low": 0.0, "high": 1.0}}}}
+    with pytest.raises(ValueError, match=r"members\.2\.weight: the blend has 2 members"):
+        TuneConfig.model_validate(bad_index)
+    not_a_blend = toml_loads(CONFIG)
+    not_a_blend["tune"]["params"] = {"members.0.weight": {"low": 0.0, "high": 1.0}}
+    with pytest.raises(ValueError, match="parameter of blends"):
+        TuneConfig.model_validate(not_a_blend)

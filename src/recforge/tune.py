@@ -20,12 +20,15 @@ Every trial fits the model on the training part minus the carve-out and is score
 epoch-trained models report their per-epoch validation metric to Optuna's median pruner. The study lives
 in a SQLite file (`--study`), so an interrupted search resumes where it stopped and more trials can be
 added later. The best parameters are written as a TOML `[[models]]` entry that `recforge compare` reads.
-Search spaces are checked against the model's typed config before any data is read.
+Search spaces are checked against the model's typed config before any data is read. A blend's member
+weights are searched as `"members.<i>.weight"`; when nothing else is, the members are fitted once and each
+trial only re-weights their scores.
 """
 
 from __future__ import annotations
 
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -78,6 +81,29 @@ class Dimension(BaseModel):
         return trial.suggest_float(name, float(self.low), float(self.high), log=self.log)  # type: ignore[arg-type]
 
 
+MEMBER_WEIGHT = re.compile(r"^members\.(\d+)\.weight$")
+
+
+def model_params(model: str, fixed: dict[str, Any], searched: dict[str, Any]) -> dict[str, Any]:
+    """`fixed` with `searched` on top, where a blend's `members.<i>.weight` sets member i's weight (of the
+    fixed `members`, or of the default blend's)."""
+    params = {**fixed, **{name: v for name, v in searched.items() if not MEMBER_WEIGHT.match(name)}}
+    weights = {int(m.group(1)): v for name, v in searched.items() if (m := MEMBER_WEIGHT.match(name))}
+    if not weights:
+        return params
+    if model != "blend":
+        raise ConfigError(f"members.<i>.weight is a parameter of blends, not of {model!r}")
+    from recforge.models.ensemble import BlendConfig
+
+    members = params.get("members") or [m.model_dump() for m in BlendConfig().members]
+    members = [dict(member) for member in members]
+    for index, weight in weights.items():
+        if index >= len(members):
+            raise ConfigError(f"members.{index}.weight: the blend has {len(members)} members (0 to {len(members) - 1})")
+        members[index]["weight"] = weight
+    return {**params, "members": members}
+
+
 class TuneSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, protected_namespaces=())
     model: str
@@ -98,8 +124,13 @@ class TuneSettings(BaseModel):
         spec = ModelSpec(model=self.model, params=self.fixed)
         for name, dimension in self.params.items():  # every end of every range must be a valid value
             for value in dimension.corners():
-                spec.model_config_for({**self.fixed, name: value})
+                spec.model_config_for(model_params(self.model, self.fixed, {name: value}))
         return self
+
+    @property
+    def weights_only(self) -> bool:
+        """A blend whose search is over member weights alone: its members are fitted once for the study."""
+        return self.model == "blend" and all(MEMBER_WEIGHT.match(name) for name in self.params)
 
 
 class TuneConfig(ExperimentConfig):
@@ -170,8 +201,21 @@ def tune(
         pruner=pruner,
     )
 
+    shared: dict[str, Any] = {}  # a weights-only blend search: the blend fitted once
+
     def objective(trial: Any) -> float:
-        params = {**settings.fixed, **{name: d.suggest(trial, name) for name, d in settings.params.items()}}
+        searched = {name: d.suggest(trial, name) for name, d in settings.params.items()}
+        params = model_params(settings.model, settings.fixed, searched)
+        started = time.perf_counter()
+        if settings.weights_only:
+            if "blend" not in shared:
+                shared["blend"] = ModelSpec(model="blend", params=params).build()
+                shared["blend"].fit(inner.train, TrainOptions(seed=config.seed, threads=config.threads))
+            members = ModelSpec(model="blend", params=params).model_config_for(params).members
+            blend = shared["blend"].with_weights([member.weight for member in members])
+            value = float(evaluator.evaluate(blend).summary[metric])
+            trial.set_user_attr("fit_seconds", time.perf_counter() - started)
+            return value
         model = ModelSpec(model=settings.model, params=params).build()
 
         def report(epoch: int, entry: dict[str, float]) -> None:
@@ -182,7 +226,6 @@ def tune(
             if trial.should_prune():
                 raise optuna.TrialPruned(f"epoch {epoch}: {monitored:.4f} trails the median")
 
-        started = time.perf_counter()
         model.fit(
             inner.train, TrainOptions(seed=config.seed, valid=inner.test, on_epoch=report, threads=config.threads)
         )
@@ -210,7 +253,7 @@ def tune(
         "metric": metric,
         "direction": "minimize" if minimise else "maximize",
         "best_value": best.value,
-        "best_params": {**settings.fixed, **best.params},
+        "best_params": model_params(settings.model, settings.fixed, best.params),
         "best_trial": best.number,
         "trials": len(study.trials),
         "complete": len(complete),

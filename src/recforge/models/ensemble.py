@@ -10,6 +10,7 @@ its own prefix.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 from typing import Any, Literal
@@ -78,6 +79,17 @@ class Blend(Recommender):
             )
             member.fit(train, dataclasses.replace(options, seed=options.seed + index, checkpoint_dir=checkpoints))
             self.training_log_ += [{"member": index, **entry} for entry in member.training_log_]
+
+    def with_weights(self, weights: list[float]) -> Blend:
+        """This fitted blend with other member weights. The members are shared, not refitted: weights act
+        only when their scores are combined, so a search over weights fits each member once."""
+        c: BlendConfig = self.config  # type: ignore[assignment]
+        if len(weights) != len(c.members):
+            raise ConfigError(f"a blend of {len(c.members)} members needs {len(c.members)} weights, got {len(weights)}")
+        members = [m.model_copy(update={"weight": float(w)}) for m, w in zip(c.members, weights, strict=True)]
+        clone = copy.copy(self)
+        clone.config = c.model_copy(update={"members": members})
+        return clone
 
     def _combine(self, parts: list[np.ndarray]) -> np.ndarray:
         how = self.config.normalization  # type: ignore[attr-defined]
