@@ -142,3 +142,13 @@ def test_member_weights_are_checked_at_load(data_dir):
     not_a_blend["tune"]["params"] = {"members.0.weight": {"low": 0.0, "high": 1.0}}
     with pytest.raises(ValueError, match="parameter of blends"):
         TuneConfig.model_validate(not_a_blend)
+
+
+@pytest.mark.parametrize("name", ["ml100k_tune_mf", "ml_latest_small_blend_weights"])
+def test_the_shipped_tuning_configs_load_with_their_spaces_checked(name):
+    from pathlib import Path
+
+    from recforge.tune import load_tune_config
+
+    config = load_tune_config(Path(__file__).parents[1] / "experiments" / f"{name}.toml")
+    assert config.tune.params and (config.tune.weights_only == (config.tune.model == "blend"))
