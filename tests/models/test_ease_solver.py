@@ -68,3 +68,34 @@ def test_scores_are_computed_in_the_weights_dtype():
     scores = model.score(np.arange(3))
     assert scores.dtype == np.float32
     np.testing.assert_allclose(scores, model.seen_.toarray() @ model.weights_.astype(np.float64), rtol=1e-6)
+
+
+def test_float32_by_default_ranks_as_float64_does(ml100k_ranking_split):
+    from recforge.evaluation.protocols import FullRankingEvaluator
+
+    split = ml100k_ranking_split
+    evaluator = FullRankingEvaluator(split.train, split.test, ks=(10,))
+    assert create_model("ease").config.dtype == "float32"
+    single, double = (create_model("ease", dtype=d).fit(split.train) for d in ("float32", "float64"))
+    np.testing.assert_allclose(single.weights_, double.weights_, atol=2e-5)
+    lists = [m.recommend(np.arange(split.train.n_users), 10, external_ids=False).item_index for m in (single, double)]
+    assert (lists[0] == lists[1]).all(axis=1).mean() > 0.98  # the same top 10 for all but near-ties
+    values = [evaluator.evaluate(m).summary["ndcg@10"] for m in (single, double)]
+    assert abs(values[0] - values[1]) < 1e-4
+
+
+def test_a_gram_matrix_float32_cannot_factorise_is_solved_in_float64():
+    """Two items taken by exactly the same users and a reg of 1e-7: float32's Cholesky breaks down,
+    float64's does not; the fit says so in its log and its weights are float64's."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for user in range(200):
+        items = set(rng.choice(np.arange(2, 60), 8, replace=False).tolist()) | ({0, 1} if user % 2 else set())
+        rows += [(user, item) for item in items]
+    data = Interactions.from_frame(pd.DataFrame(rows, columns=["user_id", "item_id"]))
+    with pytest.raises(ConfigError):
+        ease_weights(data.to_csr("binary"), 1e-7, dtype="float32")
+    fitted = create_model("ease", reg=1e-7, dropout=0.0).fit(data)
+    assert fitted.training_log_[-1]["note"].startswith("float32 could not factorise")
+    reference = ease_weights(data.to_csr("binary"), 1e-7, dtype="float64").astype(np.float32)
+    np.testing.assert_array_equal(fitted.weights_, reference)

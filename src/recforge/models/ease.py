@@ -40,7 +40,13 @@ class EASEConfig(ModelConfig):
         description="p of EDLAE's emphasised dropout: item i's penalty grows "
         "by p/(1-p)·|users of i| (Steck 2020); 0 = plain EASE",
     )
-    dtype: str = Field("float64", pattern="^(float32|float64)$", description="precision of the inversion")
+    dtype: str = Field(
+        "float32",
+        pattern="^(float32|float64)$",
+        description="precision of the factorisation (float32: the same rankings to 5 digits on MovieLens and "
+        "Beauty, 1.4-1.8x faster, 12 bytes per item pair at the peak against 20; a Gram matrix float32 "
+        "cannot factorise is solved in float64)",
+    )
     time_decay: float | None = Field(
         None,
         gt=0,
@@ -178,8 +184,18 @@ class EASE(Recommender):
         # measured peaks: the float64 Gram, the solve's workspace and the float32 copy kept (float32: 12)
         require_pairwise_memory(self.name, train.n_items, 20 if c.dtype == "float64" else 12)
         gram = item_gram(train, self.seen_, c.time_decay, c.item_features, c.feature_weight)
-        self.weights_ = ease_weights(self.seen_, c.reg, c.dropout, c.dtype, gram).astype(np.float32)
-        del gram  # the float64 weights (it became them): only the float32 copy stays
+        try:
+            weights = ease_weights(self.seen_, c.reg, c.dropout, c.dtype, gram)  # float32: solved on a copy
+        except ConfigError:
+            if c.dtype == "float64":
+                raise
+            # rounding to float32 can leave a nearly singular Gram matrix (a tiny reg) without a Cholesky
+            # factor that float64 still finds: solve again there before telling the user to raise reg
+            require_pairwise_memory(self.name, train.n_items, 20)
+            weights = ease_weights(self.seen_, c.reg, c.dropout, "float64", gram)
+            self.training_log_.append({"note": "float32 could not factorise the Gram matrix; solved in float64"})
+        self.weights_ = weights.astype(np.float32, copy=False)
+        del gram, weights  # only the float32 weights stay
         self.query_ = self.seen_
         if c.history_decay is not None:
             self.query_ = recency_rows(train.sequences(), train.n_items, c.history_decay).astype(np.float32)
