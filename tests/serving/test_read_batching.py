@@ -139,6 +139,13 @@ def test_a_cancelled_caller_does_not_disturb_the_others() -> None:
 def test_concurrent_http_reads_share_batches_and_keep_their_own_statuses(service, monkeypatch):
     monkeypatch.setattr(service, "QUICK_EXACT_WORK", 0)  # as a large catalogue: exact reads leave the event loop
     assert not service.answers_quickly()
+    real = service.recommend_users
+
+    def slow(requests):  # a batch takes as long as on a large catalogue: the other reads queue meanwhile
+        time.sleep(0.02)
+        return real(requests)
+
+    monkeypatch.setattr(service, "recommend_users", slow)
     app = create_app(service)
     users = [1, 2, 3, 999999, 4, 5, 6, 7, 8, 9, 10, 11]
 
@@ -153,7 +160,7 @@ def test_concurrent_http_reads_share_batches_and_keep_their_own_statuses(service
             assert response.status_code == 404 and "999999" in response.json()["detail"]
             continue
         alone = service.recommend_user(user, 5, True)
-        assert response.status_code == 200
+        assert response.status_code == 200, response.text
         assert [row["item"] for row in response.json()["items"]] == [row["item"] for row in alone["items"]]
     assert app.state.reads.largest_batch > 1 and app.state.reads.batches < len(users)
     metrics = TestClient(app).get("/metrics").text

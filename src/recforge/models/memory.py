@@ -1,6 +1,7 @@
 """Checking, before a fit allocates, that a dense pairwise model fits in memory.
 
-EASE, SLIM and the neighbourhood models hold n² numbers for n items (or users, for user KNN); at 100,000
+EASE, SLIM and the explicit (KNNBaseline) neighbourhood models hold n² numbers for n items (or users, for
+user KNN; the implicit ones keep n·k, `recforge.models.knn.nearest_neighbours`); at 100,000
 items that is hundreds of GB. Without a check such a fit dies with the kernel's OOM killer (no message at
 all) or a bare `MemoryError` minutes in. Their memory is known before the first allocation, so `fit`
 compares its estimate with what this process can still get and refuses with the numbers and the ways out.
