@@ -111,6 +111,13 @@ class TestSLIMTimeDecayL1(ModelContract):
     params = {"time_decay": 5.0, "l1": 1.0, "max_iterations": 20}
 
 
+class TestSLIMNeighbourhoods(ModelContract):
+    model_name = "slim"
+    params = {"neighbours": 5, "max_iterations": 20}
+    quality = ("ndcg@10", 0.443, 0.456)  # 0.4496 with 200 neighbours (all items: 0.4542)
+    quality_params = {"neighbours": 200}
+
+
 class TestRP3Beta(ModelContract):
     model_name = "rp3beta"
     params = {"k": 10}

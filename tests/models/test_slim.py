@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from scipy.optimize import lsq_linear
 
 from recforge.models.ease import ease_weights
-from recforge.models.slim import admm_slim_weights
+from recforge.models.slim import admm_slim_weights, neighbourhood_slim_weights
 
 TIGHT = {"max_iterations": 5000, "tolerance": 1e-9}
 
@@ -94,3 +94,42 @@ def test_l1_makes_the_weights_sparser_and_stops_early():
     assert counts[0] > counts[1] > counts[2] > 0
     _, iterations = admm_slim_weights(gram, 10.0, 0.0, max_iterations=500, tolerance=1e-3)
     assert iterations < 500  # the stopping rule fires before the cap
+
+
+@settings(max_examples=30, deadline=None)
+@given(**cases, neighbours=st.integers(1, 9), budget=st.sampled_from([1, 7, 4096]), nonnegative=st.booleans())
+def test_neighbourhood_weights_solve_each_column_over_its_support(
+    seed, n_users, n_items, density, reg, dropout, neighbours, budget, nonnegative
+):
+    """fsSLIM: column j's weights live on its m most co-occurring items and are the bounded (or, signed,
+    the plain) ridge solution over just those columns; batches of any size give the same weights."""
+    history = random_history(seed, n_users, n_items, density)
+    got, _ = neighbourhood_slim_weights(
+        sp.csr_matrix(history), neighbours, reg, dropout, nonnegative=nonnegative, support_budget=budget, **TIGHT
+    )
+    got = got.toarray()
+    gram = history.T @ history
+    penalty = reg + dropout / (1 - dropout) * np.diag(gram)
+    m = min(neighbours, n_items - 1)
+    for j in range(n_items):
+        support = np.flatnonzero(got[:, j])
+        assert j not in support and len(support) <= m
+        assert (gram[support, j] > 0).all()  # only items that co-occur with j
+        others = np.delete(gram[:, j], j)
+        assert (gram[support, j] >= np.sort(others)[::-1][m - 1]).all()  # among its m most co-occurring
+        if not len(support):
+            continue
+        # the values are optimal over the chosen support: bounded least squares restricted to it
+        design = np.vstack([history[:, support], np.diag(np.sqrt(penalty[support]))])
+        target = np.concatenate([history[:, j], np.zeros(len(support))])
+        bounds = (0, np.inf) if nonnegative else (-np.inf, np.inf)
+        expected = lsq_linear(design, target, bounds=bounds, method="bvls", tol=1e-12).x
+        np.testing.assert_allclose(got[support, j], expected, atol=2e-4)
+
+
+def test_neighbourhoods_of_every_item_are_the_dense_problem():
+    history = random_history(3, 40, 15, 0.3)
+    dense, _ = admm_slim_weights(history.T @ history, 2.0, 0.5, **TIGHT)
+    for budget in (14, 4096):  # one column per batch, and all at once
+        sparse, _ = neighbourhood_slim_weights(sp.csr_matrix(history), 14, 2.0, 0.5, support_budget=budget, **TIGHT)
+        np.testing.assert_allclose(sparse.toarray(), dense.toarray(), atol=1e-5)

@@ -24,9 +24,12 @@ _UNLIMITED = 2**60  # cgroup v1 writes "no limit" as a huge page-rounded number
 _CGROUP_ROOT = Path("/sys/fs/cgroup")
 
 
-def require_pairwise_memory(model: str, n: int, bytes_per_pair: float, kind: str = "item", extra: int = 0) -> None:
+def require_pairwise_memory(
+    model: str, n: int, bytes_per_pair: float, kind: str = "item", extra: int = 0, instead: str = ""
+) -> None:
     """Refuse a fit whose n x n `kind`-`kind` arrays (`bytes_per_pair` bytes per pair at the fit's peak,
-    measured, plus `extra` bytes) need more memory than the process can get: `InsufficientMemoryError`."""
+    measured, plus `extra` bytes) need more memory than the process can get: `InsufficientMemoryError`.
+    `instead` names the model's own way out, if it has one."""
     needed = int(bytes_per_pair * n * n) + extra
     if os.environ.get("RECFORGE_MEMORY_CHECK", "").lower() in {"off", "0", "false", "no"}:
         return
@@ -35,9 +38,9 @@ def require_pairwise_memory(model: str, n: int, bytes_per_pair: float, kind: str
         return
     raise InsufficientMemoryError(
         f"{model}: the dense {n:,} x {n:,} {kind}-{kind} matrices need at least {_gigabytes(needed)} of memory "
-        f"and this process can get {_gigabytes(available)}; keep fewer {kind}s (the filter_{kind}_counts step, "
-        "`recforge.data.preprocess`) or use a factor model (ials, mf, bpr), whose memory grows linearly "
-        "(RECFORGE_MEMORY_CHECK=off skips this check)"
+        f"and this process can get {_gigabytes(available)}; {instead + ', ' if instead else ''}keep fewer {kind}s "
+        f"(the filter_{kind}_counts step, `recforge.data.preprocess`) or use a factor model (ials, mf, bpr), "
+        "whose memory grows linearly (RECFORGE_MEMORY_CHECK=off skips this check)"
     )
 
 
