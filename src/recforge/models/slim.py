@@ -172,11 +172,11 @@ def neighbourhood_slim_weights(
         local = local.reshape(support.shape) - (union[0] == -1)
         union = union[union >= 0]
         x_union = x[:, union]
-        gram_union = torch.from_numpy((x_union.T @ x_union).toarray().astype(np.float64))
+        gram_union = torch.from_numpy((x_union.T @ x_union).toarray())  # float32: counts, exact below 2^24
         index = torch.from_numpy(np.where(valid, local, 0))
         mask = torch.from_numpy(valid)
         pair_mask = (mask[:, :, None] & mask[:, None, :]).double()
-        system = gram_union[index[:, :, None], index[:, None, :]] * pair_mask
+        system = gram_union[index[:, :, None], index[:, None, :]].double() * pair_mask
         diagonal = torch.from_numpy(np.where(valid, penalty[support], 0.0)) + step / 2
         system += torch.diag_embed(diagonal + (~mask).double())  # padding: identity rows, zero right side
         inverse = torch.linalg.inv(system)
