@@ -161,11 +161,11 @@ def neighbourhood_slim_weights(
     rows_out, cols_out, values_out, most = [], [], [], 0
     for start in range(0, n, batch):
         columns = np.arange(start, min(start + batch, n))
-        gram_columns = (x.T @ x[:, columns]).toarray()  # (n, B): co-occurrences with the batch's items
-        candidates = gram_columns.copy()
-        candidates[columns, np.arange(len(columns))] = -np.inf  # never an item's own support
-        support = np.argpartition(-candidates, m - 1, axis=0)[:m].T  # (B, m)
-        valid = np.take_along_axis(candidates.T, support, axis=1) > 0  # co-occurring at all
+        candidates = (x[:, columns].T @ x).toarray()  # (B, n): the batch's co-occurrences with every item
+        candidates[np.arange(len(columns)), columns] = -np.inf  # never an item's own support
+        nearest = torch.topk(torch.from_numpy(candidates), m, dim=1)  # ~20x numpy's argpartition here
+        support, co_occurrence = nearest.indices.numpy(), nearest.values.numpy().astype(np.float64)
+        valid = co_occurrence > 0  # co-occurring at all
         if not valid.any():
             continue  # no item of the batch co-occurs with any other: their weights are all zero
         union, local = np.unique(np.where(valid, support, -1), return_inverse=True)
@@ -180,7 +180,7 @@ def neighbourhood_slim_weights(
         diagonal = torch.from_numpy(np.where(valid, penalty[support], 0.0)) + step / 2
         system += torch.diag_embed(diagonal + (~mask).double())  # padding: identity rows, zero right side
         inverse = torch.linalg.inv(system)
-        target = torch.from_numpy(np.take_along_axis(gram_columns.T, support, axis=1).astype(np.float64) * valid)
+        target = torch.from_numpy(np.where(valid, co_occurrence, 0.0))
         weights, dual = torch.zeros_like(target), torch.zeros_like(target)
         iterations = 0
         while iterations < max_iterations:
