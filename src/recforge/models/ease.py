@@ -144,6 +144,12 @@ def recency_rows(sequences: Sequences, n_items: int, kappa: float) -> sp.csr_mat
     return matrix
 
 
+def edlae_penalty(reg: float, dropout: float, gram_diagonal: Any) -> Any:
+    """Each item's ridge penalty λ_i = λ + p/(1−p)·G_ii: plain EASE at p = 0, EDLAE's emphasised dropout
+    (Steck 2020) above it, which regularises popular items more. Works on numpy arrays and torch tensors."""
+    return reg + dropout / (1.0 - dropout) * gram_diagonal
+
+
 def ease_weights(
     matrix: sp.csr_matrix, reg: float, dropout: float = 0.0, dtype: str = "float64", gram: np.ndarray | None = None
 ) -> np.ndarray:
@@ -163,7 +169,7 @@ def ease_weights(
 
     source = (matrix.T @ matrix).toarray() if gram is None else gram
     work = torch.from_numpy(np.asarray(source, dtype=dtype, order="C"))  # shares `gram`'s memory if it can
-    work.diagonal().add_(reg + dropout / (1.0 - dropout) * work.diagonal())
+    work.diagonal().add_(edlae_penalty(reg, dropout, work.diagonal()))
     try:
         torch.linalg.cholesky(work, out=work)
     except torch.linalg.LinAlgError as exc:  # only a supplied Gram matrix (time-decayed) can get here

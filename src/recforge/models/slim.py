@@ -28,7 +28,7 @@ from pydantic import Field, model_validator
 
 from recforge.data.interactions import Interactions
 from recforge.models.config import ModelConfig, TrainOptions
-from recforge.models.ease import item_gram
+from recforge.models.ease import edlae_penalty, item_gram
 from recforge.models.item_item import SparseItemItem
 from recforge.models.memory import require_pairwise_memory
 
@@ -84,7 +84,7 @@ def admm_slim_weights(
     2.6 GB): PG is I − P·diag(λ_i + ρ/2), so G itself is not needed after P, and every step writes in place."""
     n = gram.shape[0]
     diagonal = np.diag(gram).copy()
-    penalty = reg + dropout / (1.0 - dropout) * diagonal
+    penalty = edlae_penalty(reg, dropout, diagonal)
     step = rho * float(np.mean(diagonal + penalty)) if n else 1.0
     work = gram if overwrite else gram.copy()
     shift = penalty + step / 2
@@ -154,7 +154,7 @@ def neighbourhood_slim_weights(
     n = x.shape[1]
     m = max(1, min(neighbours, n - 1))
     counts = np.asarray(x.sum(axis=0)).ravel().astype(np.float64)
-    penalty = reg + dropout / (1.0 - dropout) * counts
+    penalty = edlae_penalty(reg, dropout, counts)
     step = rho * float(np.mean(counts + penalty)) if n else 1.0
     threshold = l1 / step
     batch = max(1, min(n, support_budget // m, (64 << 20) // (4 * max(n, 1))))
