@@ -21,7 +21,7 @@ from recforge._progress import progress_bar
 from recforge.coldstart import KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError
-from recforge.models.base import Recommender, stored_csr
+from recforge.models.base import Recommender, csr_arrays, stored_csr
 from recforge.models.config import ModelConfig, TrainOptions
 from recforge.nn.training import seed_everything
 
@@ -127,9 +127,7 @@ class AutoRec(Recommender):
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         return {
-            "item_ratings.indptr": self.item_ratings_.indptr,
-            "item_ratings.indices": self.item_ratings_.indices,
-            "item_ratings.data": self.item_ratings_.data,
+            **csr_arrays("item_ratings", self.item_ratings_),
             "encoder_weight": self.encoder_weight_,
             "encoder_bias": self.encoder_bias_,
             "decoder_weight": self.decoder_weight_,

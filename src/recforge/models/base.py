@@ -473,6 +473,12 @@ def _row_ratings(history: History, items: np.ndarray) -> list[float | None]:
     return [values.get(int(i)) for i in items]
 
 
+def csr_arrays(name: str, matrix: sp.csr_matrix) -> dict[str, np.ndarray]:
+    """A CSR matrix as the three arrays an artifact stores (`<name>.data`, `.indices`, `.indptr`); read back
+    with `stored_csr`."""
+    return {f"{name}.data": matrix.data, f"{name}.indices": matrix.indices, f"{name}.indptr": matrix.indptr}
+
+
 def stored_csr(
     arrays: dict[str, np.ndarray], name: str, shape: tuple[int, int], data: np.ndarray | None = None
 ) -> sp.csr_matrix:

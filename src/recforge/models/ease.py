@@ -172,7 +172,7 @@ def ease_weights(
     work.diagonal().add_(edlae_penalty(reg, dropout, work.diagonal()))
     try:
         torch.linalg.cholesky(work, out=work)
-    except torch.linalg.LinAlgError as exc:  # only a supplied Gram matrix (time-decayed) can get here
+    except torch.linalg.LinAlgError as exc:  # a supplied (time-decayed) Gram matrix, or float32's rounding
         raise ConfigError(f"ease: the Gram matrix plus reg = {reg} is not positive definite; raise reg") from exc
     torch.cholesky_inverse(work, out=work)
     work.div_(-work.diagonal().clone()[None, :])

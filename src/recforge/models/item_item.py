@@ -11,7 +11,7 @@ import scipy.sparse as sp
 
 from recforge.coldstart import HISTORY, KNOWN_USERS
 from recforge.data.query import History
-from recforge.models.base import Recommender, stored_csr
+from recforge.models.base import Recommender, csr_arrays, stored_csr
 
 
 class SparseItemItem(Recommender):
@@ -34,11 +34,7 @@ class SparseItemItem(Recommender):
         return np.asarray((self.weights_[items] + self.weights_[:, items].T).todense(), dtype=np.float32)
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "weights.data": self.weights_.data,
-            "weights.indices": self.weights_.indices,
-            "weights.indptr": self.weights_.indptr,
-        }
+        return csr_arrays("weights", self.weights_)
 
     def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
         self.weights_ = stored_csr(arrays, "weights", (len(self.items_), len(self.items_)))

@@ -33,7 +33,7 @@ from recforge.coldstart import HISTORY, KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
 from recforge.errors import ConfigError
-from recforge.models.base import Recommender, stored_csr
+from recforge.models.base import Recommender, csr_arrays, stored_csr
 from recforge.models.baselines import fit_biases
 from recforge.models.config import ModelConfig, TrainOptions
 from recforge.models.memory import require_pairwise_memory
@@ -69,46 +69,48 @@ def _centred(
     return matrix.tocsr()
 
 
-def similarity_blocks(
-    values: sp.csr_matrix,
-    shrinkage: float,
-    min_support: int,
-    common_support: bool,
-    block: int,
-    only: np.ndarray | None = None,
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(row indices, dense float64 similarities of those rows to every row of `values`, zero on each row's
-    own entity), block by block over every row, or over the rows `only` names. With `common_support`,
-    norms are taken over the co-rated columns of each pair (Surprise's definition)."""
-    values = values.tocsr().astype(np.float64)
-    mask = values.copy()
-    mask.data = np.ones_like(mask.data)
-    squares = values.multiply(values).tocsr()
-    row_norms = np.sqrt(np.asarray(squares.sum(axis=1)).ravel())
-    wanted = np.arange(values.shape[0]) if only is None else np.asarray(only, dtype=np.int64)
-    for part in batched(len(wanted), block):  # in place where it can be: each temporary is block x n float64
-        rows = wanted[part]
-        similarity = (values[rows] @ values.T).toarray()  # the numerator, divided in place below
-        if common_support:
-            denominator = (squares[rows] @ mask.T).toarray()  # Σ over co-rated columns of a's squares
-            denominator *= (mask[rows] @ squares.T).toarray()
-            np.sqrt(denominator, out=denominator)
-        else:
-            denominator = np.multiply(row_norms[rows][:, None], row_norms[None, :])
-        np.divide(similarity, denominator, out=similarity, where=denominator > 0)
-        similarity[denominator <= 0] = 0.0
-        del denominator
-        support = (mask[rows] @ mask.T).toarray()
-        similarity[support < min_support] = 0.0
-        if shrinkage:
-            support -= 1
-            np.maximum(support, 0, out=support)
-            similarity *= support
-            support += shrinkage
-            np.divide(similarity, support, out=similarity, where=support > 0)
-        del support
-        similarity[np.arange(len(rows)), rows] = 0.0
-        yield rows, similarity
+class SimilarityRows:
+    """The rows of `values` prepared once (float64 values, their support mask and squares, row norms) for
+    similarity blocks, which a model asking for a few rows again and again (similar items) reuses."""
+
+    def __init__(self, values: sp.csr_matrix) -> None:
+        self.values = values.tocsr().astype(np.float64)
+        self.mask = self.values.copy()
+        self.mask.data = np.ones_like(self.mask.data)
+        self.squares = self.values.multiply(self.values).tocsr()
+        self.row_norms = np.sqrt(np.asarray(self.squares.sum(axis=1)).ravel())
+
+    def blocks(
+        self, shrinkage: float, min_support: int, common_support: bool, block: int, only: np.ndarray | None = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(row indices, dense float64 similarities of those rows to every row, zero on each row's own
+        entity), block by block over every row, or over the rows `only` names. With `common_support`,
+        norms are taken over the co-rated columns of each pair (Surprise's definition)."""
+        values, mask, squares = self.values, self.mask, self.squares
+        wanted = np.arange(values.shape[0]) if only is None else np.asarray(only, dtype=np.int64)
+        for part in batched(len(wanted), block):  # in place where it can be: each temporary is block x n float64
+            rows = wanted[part]
+            similarity = (values[rows] @ values.T).toarray()  # the numerator, divided in place below
+            if common_support:
+                denominator = (squares[rows] @ mask.T).toarray()  # Σ over co-rated columns of a's squares
+                denominator *= (mask[rows] @ squares.T).toarray()
+                np.sqrt(denominator, out=denominator)
+            else:
+                denominator = np.multiply(self.row_norms[rows][:, None], self.row_norms[None, :])
+            np.divide(similarity, denominator, out=similarity, where=denominator > 0)
+            similarity[denominator <= 0] = 0.0
+            del denominator
+            support = (mask[rows] @ mask.T).toarray()
+            similarity[support < min_support] = 0.0
+            if shrinkage:
+                support -= 1
+                np.maximum(support, 0, out=support)
+                similarity *= support
+                support += shrinkage
+                np.divide(similarity, support, out=similarity, where=support > 0)
+            del support
+            similarity[np.arange(len(rows)), rows] = 0.0
+            yield rows, similarity
 
 
 def similarity_matrix(
@@ -117,7 +119,7 @@ def similarity_matrix(
     """Dense (n, n) float32 similarity between the rows of `values` (zero diagonal)."""
     n = values.shape[0]
     result = np.zeros((n, n), dtype=np.float32)
-    for rows, similarity in similarity_blocks(values, shrinkage, min_support, common_support, block):
+    for rows, similarity in SimilarityRows(values).blocks(shrinkage, min_support, common_support, block):
         result[rows] = similarity
     return result
 
@@ -128,7 +130,7 @@ def nearest_neighbours(values: sp.csr_matrix, shrinkage: float, min_support: int
     (at most ~64 MB of float64 per temporary: fewer rows per block as n grows)."""
     n = values.shape[0]
     block = max(1, min(block, (64 << 20) // (8 * max(n, 1))))
-    blocks = similarity_blocks(values, shrinkage, min_support, False, block)
+    blocks = SimilarityRows(values).blocks(shrinkage, min_support, False, block)
     parts = [prune_top_k(similarity, k) for _, similarity in blocks]
     if not parts:
         return sp.csr_matrix((n, n), dtype=np.float32)
@@ -161,6 +163,7 @@ class _NeighbourModel(Recommender):
             self.capabilities = type(self).capabilities - {RATINGS}
         else:  # KNNBaseline predicts ratings; ranking by predicted rating made poor top-N lists
             self.capabilities = frozenset({RATINGS})
+        self.item_rows_: SimilarityRows | None = None  # implicit similar items: the fitted data, prepared once
 
     def ranking_refusal(self) -> str:
         if self.config.feedback == "explicit":  # type: ignore[attr-defined]
@@ -174,6 +177,7 @@ class _NeighbourModel(Recommender):
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: KNNConfig = self.config  # type: ignore[assignment]
         explicit = c.feedback == "explicit"
+        self.item_rows_ = None
         if explicit and (train.rating is None or train.n_rated == 0):
             raise ConfigError(f"{self.name} with feedback='explicit' needs ratings; use feedback='implicit'")
         if explicit:
@@ -264,14 +268,12 @@ class _NeighbourModel(Recommender):
 
     def _get_arrays(self) -> dict[str, np.ndarray]:
         if self.config.feedback == "implicit":  # type: ignore[attr-defined]
-            return {f"neighbours.{part}": getattr(self.neighbours_, part) for part in ("data", "indices", "indptr")}
+            return csr_arrays("neighbours", self.neighbours_)
         return {
             "similarity": self.similarity_,
             "user_bias": self.user_bias_,
             "item_bias": self.item_bias_,
-            "residuals.data": self.residuals_.data,
-            "residuals.indices": self.residuals_.indices,
-            "residuals.indptr": self.residuals_.indptr,
+            **csr_arrays("residuals", self.residuals_),
         }
 
     def _get_extras(self) -> dict[str, Any]:
@@ -279,6 +281,7 @@ class _NeighbourModel(Recommender):
 
     def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
         self.mean_ = extras["mean"]
+        self.item_rows_ = None
         if "similarity" not in arrays:  # implicit: the sparse neighbours
             n = len(self.users_) if self.by_user else len(self.items_)
             self.neighbours_ = stored_csr(arrays, "neighbours", (n, n))
@@ -304,7 +307,9 @@ class ItemKNN(_NeighbourModel):
         c: KNNConfig = self.config  # type: ignore[assignment]
         if c.feedback == "explicit":
             return self.similarity_[items].copy()
-        blocks = similarity_blocks(self.seen_.T.tocsr(), c.shrinkage, c.min_support, False, c.block_size, items)
+        if self.item_rows_ is None:  # prepared on the first request, reused by the next ones
+            self.item_rows_ = SimilarityRows(self.seen_.T.tocsr())
+        blocks = self.item_rows_.blocks(c.shrinkage, c.min_support, False, c.block_size, items)
         rows = [similarity.astype(np.float32) for _, similarity in blocks]
         return np.concatenate(rows) if rows else np.zeros((0, self.n_items), np.float32)
 

@@ -223,14 +223,13 @@ class SLIM(SparseItemItem):
             self.weights_, iterations = neighbourhood_slim_weights(
                 self.seen_, c.neighbours, c.reg, c.dropout, c.l1, c.nonnegative, c.rho, c.max_iterations, c.tolerance
             )
-            self.training_log_.append({"iterations": iterations, "nonzero_weights": int(self.weights_.nnz)})
-            return
-        # measured peak: ADMM's seven arrays in the solve's dtype, and the sparse result's conversion
-        require_pairwise_memory(
-            self.name, train.n_items, 7 * np.dtype(c.dtype).itemsize + 8, instead="set neighbours (e.g. 200)"
-        )
-        gram = item_gram(train, self.seen_, c.time_decay).astype(c.dtype, copy=False)
-        self.weights_, iterations = admm_slim_weights(
-            gram, c.reg, c.dropout, c.l1, c.nonnegative, c.rho, c.max_iterations, c.tolerance, overwrite=True
-        )
+        else:
+            # measured peak: ADMM's seven arrays in the solve's dtype, and the sparse result's conversion
+            require_pairwise_memory(
+                self.name, train.n_items, 7 * np.dtype(c.dtype).itemsize + 8, instead="set neighbours (e.g. 200)"
+            )
+            gram = item_gram(train, self.seen_, c.time_decay).astype(c.dtype, copy=False)
+            self.weights_, iterations = admm_slim_weights(
+                gram, c.reg, c.dropout, c.l1, c.nonnegative, c.rho, c.max_iterations, c.tolerance, overwrite=True
+            )
         self.training_log_.append({"iterations": iterations, "nonzero_weights": int(self.weights_.nnz)})
