@@ -97,15 +97,29 @@ def test_l1_makes_the_weights_sparser_and_stops_early():
 
 
 @settings(max_examples=30, deadline=None)
-@given(**cases, neighbours=st.integers(1, 9), budget=st.sampled_from([1, 7, 4096]), nonnegative=st.booleans())
+@given(
+    **cases,
+    neighbours=st.integers(1, 9),
+    budget=st.sampled_from([1, 7, 4096]),
+    cached=st.sampled_from([0, 3, 4096]),
+    nonnegative=st.booleans(),
+)
 def test_neighbourhood_weights_solve_each_column_over_its_support(
-    seed, n_users, n_items, density, reg, dropout, neighbours, budget, nonnegative
+    seed, n_users, n_items, density, reg, dropout, neighbours, budget, cached, nonnegative
 ):
     """fsSLIM: column j's weights live on its m most co-occurring items and are the bounded (or, signed,
-    the plain) ridge solution over just those columns; batches of any size give the same weights."""
+    the plain) ridge solution over just those columns; batches of any size, and any number of popular items
+    whose Gram block is cached (none, some, all), give the same weights."""
     history = random_history(seed, n_users, n_items, density)
     got, _ = neighbourhood_slim_weights(
-        sp.csr_matrix(history), neighbours, reg, dropout, nonnegative=nonnegative, support_budget=budget, **TIGHT
+        sp.csr_matrix(history),
+        neighbours,
+        reg,
+        dropout,
+        nonnegative=nonnegative,
+        support_budget=budget,
+        cached_items=cached,
+        **TIGHT,
     )
     got = got.toarray()
     gram = history.T @ history

@@ -22,6 +22,8 @@ n_items² floats seven times over in memory, float32 by default.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 import scipy.sparse as sp
 from pydantic import Field, model_validator
@@ -31,6 +33,9 @@ from recforge.models.config import ModelConfig, TrainOptions
 from recforge.models.ease import edlae_penalty, item_gram
 from recforge.models.item_item import SparseItemItem
 from recforge.models.memory import require_pairwise_memory
+
+if TYPE_CHECKING:
+    import torch
 
 
 class SLIMConfig(ModelConfig):
@@ -137,23 +142,28 @@ def neighbourhood_slim_weights(
     max_iterations: int = 50,
     tolerance: float = 1e-3,
     support_budget: int = 4096,
+    cached_items: int = 4096,
 ) -> tuple[sp.csr_matrix, int]:
     """SLIM with each item j's weights restricted to its `neighbours` items of largest co-occurrence (Ning
     & Karypis's fsSLIM feature selection), solved for a batch of items at a time: the Gram matrix is never
     formed whole. Per batch: the batch's Gram columns (n x batch), each column's support S_j, the Gram
-    matrix of the union of the supports, and ADMM on the (batch, m, m) systems in torch
+    entries G_SS among each support, and ADMM on the (batch, m, m) systems in torch
 
         b ← P_j (G_Sj + ρ/2 (c − u)),  P_j = (G_SS + diag(λ_S) + ρ/2 I)⁻¹;  c ← max(b + u − λ₁/ρ, 0);  u ← u + b − c
 
     (the same penalties, ρ and stopping rule as `admm_slim_weights`; j ∉ S_j, so diag(W) = 0 by
-    construction). With neighbours ≥ n − 1 this is the dense problem. Returns W (float32 CSR) and the most
-    iterations a batch ran."""
+    construction). With neighbours ≥ n − 1 this is the dense problem. The supports are mostly popular items
+    (the ones that co-occur most), so the Gram block of the `cached_items` most popular items is computed once
+    (dense, 4·cached_items² bytes) and each batch computes only the rows of its other support items. Returns
+    W (float32 CSR) and the most iterations a batch ran."""
     import torch
 
     x = sp.csc_matrix(seen, dtype=np.float32)
+    by_item, by_user = x.T.tocsr(), x.tocsr()  # row slices of each, so no product converts a layout per batch
     n = x.shape[1]
     m = max(1, min(neighbours, n - 1))
     counts = np.asarray(x.sum(axis=0)).ravel().astype(np.float64)
+    gram_block = PopularGramBlock(x, by_item, counts, cached_items)
     penalty = edlae_penalty(reg, dropout, counts)
     step = rho * float(np.mean(counts + penalty)) if n else 1.0
     threshold = l1 / step
@@ -161,7 +171,7 @@ def neighbourhood_slim_weights(
     rows_out, cols_out, values_out, most = [], [], [], 0
     for start in range(0, n, batch):
         columns = np.arange(start, min(start + batch, n))
-        candidates = (x[:, columns].T @ x).toarray()  # (B, n): the batch's co-occurrences with every item
+        candidates = (by_item[columns] @ by_user).toarray()  # (B, n): the batch's co-occurrences with every item
         candidates[np.arange(len(columns)), columns] = -np.inf  # never an item's own support
         nearest = torch.topk(torch.from_numpy(candidates), m, dim=1)  # ~20x numpy's argpartition here
         support, co_occurrence = nearest.indices.numpy(), nearest.values.numpy().astype(np.float64)
@@ -171,12 +181,9 @@ def neighbourhood_slim_weights(
         union, local = np.unique(np.where(valid, support, -1), return_inverse=True)
         local = local.reshape(support.shape) - (union[0] == -1)
         union = union[union >= 0]
-        x_union = x[:, union]
-        gram_union = torch.from_numpy((x_union.T @ x_union).toarray())  # float32: counts, exact below 2^24
-        index = torch.from_numpy(np.where(valid, local, 0))
         mask = torch.from_numpy(valid)
         pair_mask = (mask[:, :, None] & mask[:, None, :]).double()
-        system = gram_union[index[:, :, None], index[:, None, :]].double() * pair_mask
+        system = gram_block.entries(union, np.where(valid, local, 0)) * pair_mask
         diagonal = torch.from_numpy(np.where(valid, penalty[support], 0.0)) + step / 2
         system += torch.diag_embed(diagonal + (~mask).double())  # padding: identity rows, zero right side
         inverse = torch.linalg.inv(system)
@@ -206,6 +213,44 @@ def neighbourhood_slim_weights(
     cols = np.concatenate(cols_out) if cols_out else np.zeros(0, np.int64)
     values = np.concatenate(values_out) if values_out else np.zeros(0, np.float32)
     return sp.csr_matrix((values, (rows, cols)), shape=(n, n), dtype=np.float32), most
+
+
+class PopularGramBlock:
+    """Entries of the Gram matrix XᵀX among item subsets, with the block of the most popular items computed
+    once: the items most co-occurring with any item are mostly popular, so the neighbourhoods share them, and
+    their products are the expensive ones (every user of a popular item enters them). Counts in float32 are
+    exact below 2²⁴."""
+
+    def __init__(self, x: sp.csc_matrix, by_item: sp.csr_matrix, counts: np.ndarray, size: int) -> None:
+        import torch
+
+        self.x, self.by_item = x, by_item
+        popular = np.argsort(-counts, kind="stable")[: min(size, x.shape[1])]
+        self.position = np.full(x.shape[1], -1, dtype=np.int64)
+        self.position[popular] = np.arange(len(popular))
+        self.block = torch.from_numpy((by_item[popular] @ x[:, popular].tocsr()).toarray())
+
+    def entries(self, items: np.ndarray, index: np.ndarray) -> torch.Tensor:
+        """G[items[index[b, i]], items[index[b, j]]] as a (batch, m, m) float64 tensor: the cached block's
+        entries, and for pairs with an item outside it, that item's co-occurrences with `items` computed."""
+        import torch
+
+        position = torch.from_numpy(self.position[items][index])
+        cached = position >= 0
+        row, column = position.clamp(min=0)[:, :, None], position.clamp(min=0)[:, None, :]
+        values = self.block[row, column] if self.block.numel() else torch.zeros(index.shape + index.shape[-1:])
+        outside = np.flatnonzero(self.position[items] < 0)
+        if outside.size:
+            counts = torch.from_numpy((self.by_item[items[outside]] @ self.x[:, items].tocsr()).toarray())
+            rank = np.full(len(items), -1, dtype=np.int64)
+            rank[outside] = np.arange(outside.size)
+            local, rank_of = torch.from_numpy(index), torch.from_numpy(rank[index])
+            first_outside = counts[rank_of.clamp(min=0)[:, :, None], local[:, None, :]]  # row item outside
+            second_outside = counts[rank_of.clamp(min=0)[:, None, :], local[:, :, None]]  # column item outside
+            values = torch.where(
+                ~cached[:, :, None], first_outside, torch.where(~cached[:, None, :], second_outside, values)
+            )
+        return values.double()
 
 
 def _largest_difference(a: np.ndarray, b: np.ndarray, scratch: np.ndarray) -> float:
