@@ -7,7 +7,9 @@ ml-latest-small, which no choice looked at. The reference is EASE tuned afresh o
 validation carve-out (per-user 10% of the training part, seed 1; classic_cf.py's grid), so each split's
 reference is as strong as tuning makes it; implicit's ALS keeps its seed-0 tuned setting. Per split: each
 model's NDCG@10, and the per-user Wilcoxon signed-rank test against the tuned EASE (Holm within the split).
-SLIM's rows run where the catalogue has at most 4,000 items (ML-100K), as in classic_cf.py.
+SLIM's rows run where the catalogue has at most 4,000 items (ML-100K), as in classic_cf.py. The rows "weights
+validated at fit" let the blend choose its members' weights on a per-user 10% carve-out of each split's own
+training part (`validate_weights`), instead of keeping the seed-0 choice.
 
 Run: `python benchmarks/split_seeds.py [--quick]`; writes results/split_seeds.json and .md.
 """
@@ -58,14 +60,30 @@ def candidates(split: Split, tuned_ease: dict) -> list[tuple[str, object]]:
             "blend (time-decayed EDLAE + 0.5·iALS)",
             lambda: create_model("blend", members=TIME_DECAYED_BLEND).fit(train, TrainOptions(seed=0)),
         ),
+        (
+            "blend (defaults, weights validated at fit)",
+            lambda: create_model("blend", validate_weights=True).fit(train, TrainOptions(seed=0)),
+        ),
+        (
+            "blend (time-decayed EDLAE + iALS, weights validated at fit)",
+            lambda: create_model("blend", members=TIME_DECAYED_BLEND, validate_weights=True).fit(
+                train, TrainOptions(seed=0)
+            ),
+        ),
     ]
     if train.n_items <= SLIM_MAX_ITEMS:
-        rows.append(
+        rows += [
             (
                 THREE_MEMBERS,
                 lambda: create_model("blend", members=TIME_DECAYED_BLEND_WITH_SLIM).fit(train, TrainOptions(seed=0)),
-            )
-        )
+            ),
+            (
+                "blend (three members, weights validated at fit)",
+                lambda: create_model("blend", members=TIME_DECAYED_BLEND_WITH_SLIM, validate_weights=True).fit(
+                    train, TrainOptions(seed=0)
+                ),
+            ),
+        ]
     return rows
 
 
