@@ -8,6 +8,7 @@ import pytest
 from recforge.errors import CapabilityError, ConfigError
 from recforge.evaluation.protocols import FullRankingEvaluator
 from recforge.models import create_model, load_model
+from recforge.models.ensemble import held_out_ndcg
 from tests.conftest import make_interactions
 
 
@@ -85,3 +86,12 @@ def test_validated_weights_turn_down_a_member_that_hurts_on_real_data(ml100k_ran
     before = evaluator.evaluate(configured).summary["ndcg@10"]
     after = evaluator.evaluate(validated).summary["ndcg@10"]
     assert after > before + 0.005, (before, after)  # 0.4433 -> 0.4526
+
+
+def test_the_carve_out_score_is_the_evaluators_ndcg(ml100k_ranking_split):
+    """The blend scores its carve-out without the evaluation layer; both must agree."""
+    split = ml100k_ranking_split
+    model = create_model("ease").fit(split.train)
+    expected = FullRankingEvaluator(split.train, split.test, ks=(5, 10), check_fit=False).evaluate(model).summary
+    for k in (5, 10):
+        assert held_out_ndcg(model, split.test.to_csr("binary"), k) == pytest.approx(expected[f"ndcg@{k}"], abs=1e-12)

@@ -17,12 +17,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import scipy.sparse as sp
 from pydantic import Field, model_validator
 
 from recforge.coldstart import HISTORY, KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
 from recforge.errors import CapabilityError, ConfigError
+from recforge.evaluation import metrics as M
 from recforge.models.base import Recommender
 from recforge.models.config import ModelConfig, TrainOptions
 from recforge.models.registry import ModelSpec
@@ -106,7 +108,6 @@ class Blend(Recommender):
         searched one member at a time over the grid, twice round, from the configured weights (a change
         needs a strict gain, so ties keep them). The first member's weight is the fixed reference."""
         from recforge.data.splits import per_user_split
-        from recforge.evaluation.protocols import FullRankingEvaluator
 
         c: BlendConfig = self.config  # type: ignore[assignment]
         carve = per_user_split(train, 0.1, seed=options.seed)
@@ -115,13 +116,13 @@ class Blend(Recommender):
             return
         inner = Blend(c.model_copy(update={"validate_weights": False}))
         inner.fit(carve.train, TrainOptions(seed=options.seed, device=options.device, threads=options.threads))
-        evaluator = FullRankingEvaluator(carve.train, carve.test, ks=(10,), check_fit=False)
+        held_out = carve.test.to_csr("binary")
         measured: dict[tuple[float, ...], float] = {}
 
         def value(weights: list[float]) -> float:
             key = tuple(weights)
             if key not in measured:
-                measured[key] = float(evaluator.evaluate(inner.with_weights(weights)).summary["ndcg@10"])
+                measured[key] = held_out_ndcg(inner.with_weights(weights), held_out, 10)
             return measured[key]
 
         weights = [member.weight for member in c.members]
@@ -197,6 +198,21 @@ class Blend(Recommender):
 
     def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
         restore_members(self.members_, arrays, extras["members"])
+
+
+def held_out_ndcg(model: Recommender, held_out: sp.csr_matrix, k: int) -> float:
+    """Mean NDCG@k (binary relevance) of `model`'s top k over the whole catalogue, its training items
+    excluded, across the users with held-out items (rows of `held_out`, the model's user indices): what
+    `FullRankingEvaluator` reports as ndcg@k, computed here because models sit below the evaluation layer."""
+    users = np.flatnonzero(held_out.getnnz(axis=1))
+    if not len(users):
+        return float("nan")
+    top = model.recommend(users, k, external_ids=False).item_index
+    width = top.shape[1]
+    hits = np.asarray(held_out[np.repeat(users, width), np.maximum(top, 0).ravel()]).reshape(len(users), width)
+    gains = np.where(top >= 0, hits, 0.0)
+    ideal = (np.arange(width)[None, :] < held_out.getnnz(axis=1)[users][:, None]).astype(np.float64)
+    return float(np.mean(M.ndcg_at_k(gains, ideal, k)))
 
 
 def members_arrays(members: list[Recommender]) -> dict[str, np.ndarray]:
