@@ -51,10 +51,14 @@ def test_pairs_further_apart_than_four_tau_are_left_out():
 
 
 @settings(max_examples=40, deadline=None)
-@given(seed=st.integers(0, 2**16), tau=st.floats(0.3, 20.0))
-def test_the_gram_matrix_matches_a_per_user_loop(seed, tau):
+@given(seed=st.integers(0, 2**16), tau=st.floats(0.3, 20.0), sums=st.sampled_from(["dense", "sparse"]))
+def test_the_gram_matrix_matches_a_per_user_loop(seed, tau, sums):
+    """Both ways of summing the pairs (dense bincount, sparse matrices), a few pairs at a time."""
     data = make_interactions(n_users=8, n_items=12, n=60, seed=seed)
-    gram = time_decayed_gram(data, tau)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ease._PairSums, "PAIRS_PER_SUM", 7)
+        patch.setattr(ease._PairSums, "DENSE_ITEMS", 4096 if sums == "dense" else 0)
+        gram = time_decayed_gram(data, tau)
     expected = np.zeros((data.n_items, data.n_items))
     for user in np.unique(data.user_index):
         mine = np.flatnonzero(data.user_index == user)
