@@ -7,9 +7,10 @@ ml-latest-small, which no choice looked at. The reference is EASE tuned afresh o
 validation carve-out (per-user 10% of the training part, seed 1; classic_cf.py's grid), so each split's
 reference is as strong as tuning makes it; implicit's ALS keeps its seed-0 tuned setting. Per split: each
 model's NDCG@10, and the per-user Wilcoxon signed-rank test against the tuned EASE (Holm within the split).
-SLIM's rows run where the catalogue has at most 4,000 items (ML-100K), as in classic_cf.py. The rows "weights
-validated at fit" let the blend choose its members' weights on a per-user 10% carve-out of each split's own
-training part (`validate_weights`), instead of keeping the seed-0 choice.
+The dense SLIM rows run where the catalogue has at most 4,000 items (ML-100K), as in classic_cf.py; the
+rows with `neighbours` 200 (each item's weights over its 200 nearest by decayed co-occurrence) run on both.
+The rows "weights validated at fit" let the blend choose its members' weights on a per-user 10% carve-out
+of each split's own training part (`validate_weights`), instead of keeping the seed-0 choice.
 
 Run: `python benchmarks/split_seeds.py [--quick]`; writes results/split_seeds.json and .md.
 """
@@ -27,6 +28,7 @@ from benchmarks.classic_cf import (
     TIME_DECAYED_BLEND,
     TIME_DECAYED_BLEND_WITH_SLIM,
     TIME_DECAYED_EDLAE,
+    TIME_DECAYED_SLIM,
     implicit_als,
     significance,
     tune,
@@ -40,6 +42,9 @@ from recforge.models.config import TrainOptions
 warnings.filterwarnings("ignore", category=RuntimeWarning, module="implicit")
 
 SEED_0_IALS = {"n_factors": 32, "reg": 50.0, "alpha": 5.0}  # classic_cf.md, tuned on seed 0's carve-out
+# time-decayed SLIM over each item's 200 nearest (fsSLIM): no n_items² matrix, so it runs on every file
+NEIGHBOURHOOD_SLIM = {**TIME_DECAYED_SLIM, "neighbours": 200}
+THREE_MEMBERS_NEIGHBOURHOODS = [*TIME_DECAYED_BLEND, {"model": "slim", "params": NEIGHBOURHOOD_SLIM, "weight": 0.5}]
 SEED_0_IMPLICIT_ALS = {"n_factors": 128, "reg": 50.0, "alpha": 10.0}
 SEED_0_EASE = {"reg": 250.0, "dropout": 0.6}
 REFERENCE = "ease (tuned on this split)"
@@ -70,6 +75,17 @@ def candidates(split: Split, tuned_ease: dict) -> list[tuple[str, object]]:
                 train, TrainOptions(seed=0)
             ),
         ),
+        ("slim (time_decay 50, reg 30, dropout 0.5, neighbours 200)", lambda: fit_slim(train, NEIGHBOURHOOD_SLIM)),
+        (
+            "blend (time-decayed EDLAE + 0.5·iALS + 0.5·time-decayed SLIM, neighbours 200)",
+            lambda: create_model("blend", members=THREE_MEMBERS_NEIGHBOURHOODS).fit(train, TrainOptions(seed=0)),
+        ),
+        (
+            "blend (the same with neighbours 200, weights validated at fit)",
+            lambda: create_model("blend", members=THREE_MEMBERS_NEIGHBOURHOODS, validate_weights=True).fit(
+                train, TrainOptions(seed=0)
+            ),
+        ),
     ]
     if train.n_items <= SLIM_MAX_ITEMS:
         rows += [
@@ -85,6 +101,10 @@ def candidates(split: Split, tuned_ease: dict) -> list[tuple[str, object]]:
             ),
         ]
     return rows
+
+
+def fit_slim(train, params: dict):
+    return create_model("slim", **params).fit(train)
 
 
 def split_rows(split: Split, quick: bool) -> tuple[list[dict], dict]:

@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -72,6 +73,9 @@ def test_the_gram_matrix_matches_a_per_user_loop(seed, tau, sums):
         for item in np.unique(history):
             expected[item, item] += 1  # users per item
     np.testing.assert_allclose(gram, expected, atol=1e-12)
+    stored = ease.sparse_time_decayed_gram(data, tau)  # the same matrix, never dense
+    assert sp.issparse(stored)
+    np.testing.assert_allclose(stored.toarray(), expected, atol=1e-12)
     binary = data.to_csr("binary").astype(np.float64)
     plain = (binary.T @ binary).toarray()
     np.testing.assert_array_equal(np.diag(gram), np.diag(plain))

@@ -11,8 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.optimize import lsq_linear
 
-from recforge.models.ease import ease_weights
+from recforge.models import create_model
+from recforge.models.ease import ease_weights, sparse_time_decayed_gram, time_decayed_gram
 from recforge.models.slim import admm_slim_weights, neighbourhood_slim_weights
+from tests.conftest import make_interactions
 
 TIGHT = {"max_iterations": 5000, "tolerance": 1e-9}
 
@@ -147,3 +149,18 @@ def test_neighbourhoods_of_every_item_are_the_dense_problem():
     for budget in (14, 4096):  # one column per batch, and all at once
         sparse, _ = neighbourhood_slim_weights(sp.csr_matrix(history), 14, 2.0, 0.5, support_budget=budget, **TIGHT)
         np.testing.assert_allclose(sparse.toarray(), dense.toarray(), atol=1e-5)
+
+
+def test_time_decayed_neighbourhoods_of_every_item_are_the_dense_time_decayed_problem():
+    """With a stored Gram matrix (the time-decayed one, sparse) the neighbourhood solve reads its entries:
+    all items as neighbours is dense time-decayed SLIM, and the model accepts both options together."""
+    data = make_interactions(n_users=40, n_items=15, n=300, seed=4)
+    decayed = time_decayed_gram(data, 3.0)
+    dense, _ = admm_slim_weights(decayed, 2.0, 0.5, **TIGHT)
+    for cached in (0, 4096):
+        sparse, _ = neighbourhood_slim_weights(
+            data.to_csr("binary"), 14, 2.0, 0.5, gram=sparse_time_decayed_gram(data, 3.0), cached_items=cached, **TIGHT
+        )
+        np.testing.assert_allclose(sparse.toarray(), dense.toarray(), atol=1e-5)
+    model = create_model("slim", neighbours=14, time_decay=3.0, reg=2.0, **TIGHT).fit(data)
+    np.testing.assert_allclose(model.weights_.toarray(), dense.toarray(), atol=1e-5)

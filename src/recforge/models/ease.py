@@ -80,32 +80,45 @@ def time_decayed_gram(train: Interactions, tau: float) -> np.ndarray:
     One vectorised pass per distance; the weighted pairs are summed a few million at a time, by bincount
     into the dense matrix for catalogues up to 4,096 items, as sorted sparse matrices above that (their
     scattered adds into a large dense matrix cost three times as long on ml-latest-small's 9,724 items)."""
+    pairs, counts = _decayed_pairs(train, tau, dense=train.n_items <= _PairSums.DENSE_ITEMS)
+    gram = pairs.symmetric()
+    gram[np.diag_indices(train.n_items)] = counts
+    return gram
+
+
+def sparse_time_decayed_gram(train: Interactions, tau: float) -> sp.csr_matrix:
+    """`time_decayed_gram` as a CSR matrix, never dense: for catalogues whose n_items² floats do not fit
+    (SLIM's `neighbours` solve reads it a few rows at a time). Its entries are the pairs within 4τ."""
+    pairs, counts = _decayed_pairs(train, tau, dense=False)
+    return (pairs.symmetric_sparse() + sp.diags(counts.astype(np.float64))).tocsr()
+
+
+def _decayed_pairs(train: Interactions, tau: float, dense: bool) -> tuple[_PairSums, np.ndarray]:
+    """Each user's pairs at distance d ≤ 4τ weighted exp(−d/τ), summed (one direction), and the users per item."""
     sequences = train.subset(train.latest_per_pair()).sequences()
     user, item = np.repeat(np.arange(len(sequences)), sequences.lengths), sequences.items
-    n = train.n_items
-    pairs = _PairSums(n)
+    pairs = _PairSums(train.n_items, dense)
     for distance in range(1, int(np.ceil(4 * tau)) + 1):
         same = user[:-distance] == user[distance:]
         if not same.any():  # no history is longer than this
             break
         pairs.add(item[:-distance][same], item[distance:][same], np.exp(-distance / tau))
-    gram = pairs.symmetric()
-    gram[np.diag_indices(n)] = np.bincount(item, minlength=n)
-    return gram
+    return pairs, np.bincount(item, minlength=train.n_items)
 
 
 class _PairSums:
-    """Σ weight over (row, column) pairs as a dense (n, n) matrix, gathered a few million pairs at a time."""
+    """Σ weight over (row, column) pairs of an (n, n) matrix, gathered a few million pairs at a time and
+    summed into a dense matrix (bincount over all n² cells) or a sparse one."""
 
     PAIRS_PER_SUM = 4_000_000  # 64 MB of indices and weights
-    DENSE_ITEMS = 4096  # bincount over all n² cells per sum up to here (128 MB), sparse sums above
+    DENSE_ITEMS = 4096  # time_decayed_gram sums densely up to here (128 MB per bincount), sparsely above
 
-    def __init__(self, n: int) -> None:
+    def __init__(self, n: int, dense: bool) -> None:
         self.n = n
         self.rows: list[np.ndarray] = []
         self.columns: list[np.ndarray] = []
         self.weights: list[np.ndarray] = []
-        self.dense = np.zeros((n, n)) if n <= self.DENSE_ITEMS else None
+        self.dense = np.zeros((n, n)) if dense else None
         self.sparse = sp.csr_matrix((n, n))
 
     def add(self, rows: np.ndarray, columns: np.ndarray, weight: float) -> None:
@@ -126,14 +139,19 @@ class _PairSums:
             self.sparse = self.sparse + sp.csr_matrix((weights, (rows, columns)), shape=(self.n, self.n))
 
     def symmetric(self) -> np.ndarray:
-        """S + Sᵀ of the sums, S the pairs as added."""
+        """S + Sᵀ of the sums as a dense matrix, S the pairs as added."""
         self._sum()
         if self.dense is not None:
             return self.dense + self.dense.T
-        both = (self.sparse + self.sparse.T).tocoo()
+        both = self.symmetric_sparse().tocoo()
         gram = np.zeros((self.n, self.n))
         gram[both.row, both.col] = both.data
         return gram
+
+    def symmetric_sparse(self) -> sp.csr_matrix:
+        self._sum()
+        assert self.dense is None, "summed densely"
+        return (self.sparse + self.sparse.T).tocsr()
 
 
 def feature_gram(train: Interactions, column: str, weight: float = 1.0, out: np.ndarray | None = None) -> np.ndarray:

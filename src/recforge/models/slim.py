@@ -17,7 +17,8 @@ a sparse matrix (with the defaults on ML-100K, 18% of the item pairs). EASE's ne
 predicts not taking j"; dropping them (and shrinking the rest to fit without them) ranked slightly better on
 ML-100K (docs/models.md). Each iteration is one dense n_items³ product, so this fits catalogues of a few
 thousand items in seconds (ML-100K's 1,682: 1.9 s, 34 iterations) and ~10,000 items in minutes (214 s);
-n_items² floats seven times over in memory, float32 by default.
+n_items² floats seven times over in memory, float32 by default. `neighbours` m solves each item over its m
+most co-occurring items instead, a batch at a time, with no n_items² matrix (on the time-decayed Gram too).
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import scipy.sparse as sp
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from recforge.data.interactions import Interactions
 from recforge.models.config import ModelConfig, TrainOptions
-from recforge.models.ease import edlae_penalty, item_gram
+from recforge.models.ease import edlae_penalty, item_gram, sparse_time_decayed_gram
 from recforge.models.item_item import SparseItemItem
 from recforge.models.memory import require_pairwise_memory
 
@@ -62,14 +63,9 @@ class SLIMConfig(ModelConfig):
         None,
         ge=1,
         description="solve each item's weights over only its m most co-occurring items (fsSLIM): memory "
-        "n·m² per batch instead of 7·n², for catalogues the dense solve cannot hold; None = all items",
+        "n·m² per batch instead of 7·n², for catalogues the dense solve cannot hold; None = all items. With "
+        "time_decay, the neighbours are those of largest decayed co-occurrence, read from a sparse Gram matrix",
     )
-
-    @model_validator(mode="after")
-    def _neighbourhoods_use_the_plain_gram(self) -> SLIMConfig:
-        if self.neighbours is not None and self.time_decay is not None:
-            raise ValueError("neighbours works on XᵀX; time_decay needs the dense Gram matrix (leave one unset)")
-        return self
 
 
 def admm_slim_weights(
@@ -143,6 +139,7 @@ def neighbourhood_slim_weights(
     tolerance: float = 1e-3,
     support_budget: int = 4096,
     cached_items: int = 4096,
+    gram: sp.csr_matrix | None = None,
 ) -> tuple[sp.csr_matrix, int]:
     """SLIM with each item j's weights restricted to its `neighbours` items of largest co-occurrence (Ning
     & Karypis's fsSLIM feature selection), solved for a batch of items at a time: the Gram matrix is never
@@ -154,16 +151,17 @@ def neighbourhood_slim_weights(
     (the same penalties, ρ and stopping rule as `admm_slim_weights`; j ∉ S_j, so diag(W) = 0 by
     construction). With neighbours ≥ n − 1 this is the dense problem. The supports are mostly popular items
     (the ones that co-occur most), so the Gram block of the `cached_items` most popular items is computed once
-    (dense, 4·cached_items² bytes) and each batch computes only the rows of its other support items. Returns
-    W (float32 CSR) and the most iterations a batch ran."""
+    (dense, 4·cached_items² bytes) and each batch computes only the rows of its other support items. With
+    `gram` (a sparse symmetric Gram matrix, e.g. `sparse_time_decayed_gram`) its entries are read instead of
+    XᵀX's, the supports being each item's m largest. Returns W (float32 CSR) and the most iterations a batch
+    ran."""
     import torch
 
-    x = sp.csc_matrix(seen, dtype=np.float32)
-    by_item, by_user = x.T.tocsr(), x.tocsr()  # row slices of each, so no product converts a layout per batch
-    n = x.shape[1]
+    source = ProductGram(seen) if gram is None else StoredGram(gram)
+    n = source.n
     m = max(1, min(neighbours, n - 1))
-    counts = np.asarray(x.sum(axis=0)).ravel().astype(np.float64)
-    gram_block = PopularGramBlock(x, by_item, counts, cached_items)
+    counts = source.diagonal()
+    gram_block = PopularGramBlock(source, counts, cached_items)
     penalty = edlae_penalty(reg, dropout, counts)
     step = rho * float(np.mean(counts + penalty)) if n else 1.0
     threshold = l1 / step
@@ -171,7 +169,7 @@ def neighbourhood_slim_weights(
     rows_out, cols_out, values_out, most = [], [], [], 0
     for start in range(0, n, batch):
         columns = np.arange(start, min(start + batch, n))
-        candidates = (by_item[columns] @ by_user).toarray()  # (B, n): the batch's co-occurrences with every item
+        candidates = source.rows(columns)  # (B, n): the batch's co-occurrences with every item
         candidates[np.arange(len(columns)), columns] = -np.inf  # never an item's own support
         nearest = torch.topk(torch.from_numpy(candidates), m, dim=1)  # ~20x numpy's argpartition here
         support, co_occurrence = nearest.indices.numpy(), nearest.values.numpy().astype(np.float64)
@@ -215,24 +213,58 @@ def neighbourhood_slim_weights(
     return sp.csr_matrix((values, (rows, cols)), shape=(n, n), dtype=np.float32), most
 
 
-class PopularGramBlock:
-    """Entries of the Gram matrix XᵀX among item subsets, with the block of the most popular items computed
-    once: the items most co-occurring with any item are mostly popular, so the neighbourhoods share them, and
-    their products are the expensive ones (every user of a popular item enters them). Counts in float32 are
-    exact below 2²⁴."""
+class ProductGram:
+    """XᵀX of a user-item matrix, computed a few rows or a block at a time (float32 counts, exact below 2²⁴)."""
 
-    def __init__(self, x: sp.csc_matrix, by_item: sp.csr_matrix, counts: np.ndarray, size: int) -> None:
+    def __init__(self, seen: sp.spmatrix) -> None:
+        self.x = sp.csc_matrix(seen, dtype=np.float32)
+        self.by_item, self.by_user = self.x.T.tocsr(), self.x.tocsr()  # row slices, no layout change per product
+        self.n = self.x.shape[1]
+
+    def diagonal(self) -> np.ndarray:
+        return np.diff(self.x.indptr).astype(np.float64)
+
+    def rows(self, items: np.ndarray) -> np.ndarray:
+        return (self.by_item[items] @ self.by_user).toarray()
+
+    def block(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        return (self.by_item[rows] @ self.x[:, columns].tocsr()).toarray()
+
+
+class StoredGram:
+    """A sparse symmetric Gram matrix given whole (float32), read a few rows or a block at a time."""
+
+    def __init__(self, gram: sp.spmatrix) -> None:
+        self.gram = sp.csr_matrix(gram, dtype=np.float32)
+        self.n = self.gram.shape[0]
+
+    def diagonal(self) -> np.ndarray:
+        return self.gram.diagonal().astype(np.float64)
+
+    def rows(self, items: np.ndarray) -> np.ndarray:
+        return self.gram[items].toarray()
+
+    def block(self, rows: np.ndarray, columns: np.ndarray) -> np.ndarray:
+        return self.gram[rows][:, columns].toarray()
+
+
+class PopularGramBlock:
+    """Entries of a Gram matrix among item subsets, with the block of the most popular items read once: the
+    items most co-occurring with any item are mostly popular, so the neighbourhoods share them, and their
+    products are the expensive ones (every user of a popular item enters them)."""
+
+    def __init__(self, source: ProductGram | StoredGram, counts: np.ndarray, size: int) -> None:
         import torch
 
-        self.x, self.by_item = x, by_item
-        popular = np.argsort(-counts, kind="stable")[: min(size, x.shape[1])]
-        self.position = np.full(x.shape[1], -1, dtype=np.int64)
+        self.source = source
+        popular = np.argsort(-counts, kind="stable")[: min(size, source.n)]
+        self.position = np.full(source.n, -1, dtype=np.int64)
         self.position[popular] = np.arange(len(popular))
-        self.block = torch.from_numpy((by_item[popular] @ x[:, popular].tocsr()).toarray())
+        self.block = torch.from_numpy(source.block(popular, popular))
 
     def entries(self, items: np.ndarray, index: np.ndarray) -> torch.Tensor:
         """G[items[index[b, i]], items[index[b, j]]] as a (batch, m, m) float64 tensor: the cached block's
-        entries, and for pairs with an item outside it, that item's co-occurrences with `items` computed."""
+        entries, and for pairs with an item outside it, that item's row of G over `items` read."""
         import torch
 
         position = torch.from_numpy(self.position[items][index])
@@ -241,7 +273,7 @@ class PopularGramBlock:
         values = self.block[row, column] if self.block.numel() else torch.zeros(index.shape + index.shape[-1:])
         outside = np.flatnonzero(self.position[items] < 0)
         if outside.size:
-            counts = torch.from_numpy((self.by_item[items[outside]] @ self.x[:, items].tocsr()).toarray())
+            counts = torch.from_numpy(self.source.block(items[outside], items))
             rank = np.full(len(items), -1, dtype=np.int64)
             rank[outside] = np.arange(outside.size)
             local, rank_of = torch.from_numpy(index), torch.from_numpy(rank[index])
@@ -265,8 +297,18 @@ class SLIM(SparseItemItem):
     def _fit(self, train: Interactions, options: TrainOptions) -> None:
         c: SLIMConfig = self.config  # type: ignore[assignment]
         if c.neighbours is not None:
+            gram = None if c.time_decay is None else sparse_time_decayed_gram(train, c.time_decay)
             self.weights_, iterations = neighbourhood_slim_weights(
-                self.seen_, c.neighbours, c.reg, c.dropout, c.l1, c.nonnegative, c.rho, c.max_iterations, c.tolerance
+                self.seen_,
+                c.neighbours,
+                c.reg,
+                c.dropout,
+                c.l1,
+                c.nonnegative,
+                c.rho,
+                c.max_iterations,
+                c.tolerance,
+                gram=gram,
             )
         else:
             # measured peak: ADMM's seven arrays in the solve's dtype, and the sparse result's conversion
