@@ -119,3 +119,19 @@ def test_under_a_real_address_space_limit_the_refusal_comes_before_any_allocatio
     assert done.returncode == 0, done.stderr
     assert "refused: ease: the dense 4,000 x 4,000 item-item matrices need at least 0.2 GiB" in done.stdout
     assert "fitted 1000" in done.stdout
+
+
+def test_a_sparse_time_decayed_gram_that_outgrows_memory_is_refused_while_summing(
+    ml100k, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """fsSLIM's time-decayed Gram matrix has no n² bound to check up front; its sums are checked as they
+    grow, against what finishing them takes (S's transpose and S + Sᵀ)."""
+    monkeypatch.delenv("RECFORGE_MEMORY_CHECK", raising=False)
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2_000_000)
+    with pytest.raises(InsufficientMemoryError) as refused:
+        create_model("slim", neighbours=50, time_decay=50.0).fit(ml100k, TrainOptions(seed=0))
+    message = str(refused.value)
+    assert message.startswith("time-decayed Gram matrix: the ") and "item pairs summed so far" in message
+    assert "lower time_decay" in message
+    monkeypatch.setattr(memory, "available_bytes", lambda: 2**40)
+    assert create_model("slim", neighbours=50, time_decay=50.0).fit(ml100k, TrainOptions(seed=0)).weights_.nnz > 0

@@ -5,6 +5,8 @@ user KNN; the implicit ones keep n·k, `recforge.models.knn.nearest_neighbours`)
 items that is hundreds of GB. Without a check such a fit dies with the kernel's OOM killer (no message at
 all) or a bare `MemoryError` minutes in. Their memory is known before the first allocation, so `fit`
 compares its estimate with what this process can still get and refuses with the numbers and the ways out.
+The time-decayed Gram matrix built sparse (for SLIM's `neighbours`) has no such bound up front: its sums
+are checked as they grow, against what finishing them takes (`require_memory`).
 
 What the process can get is the smallest of: the system's MemAvailable, the headroom under its cgroup's
 memory limit (containers, v1 or v2) and the headroom under its address-space limit (`ulimit -v`). Swap is
@@ -30,17 +32,26 @@ def require_pairwise_memory(
     """Refuse a fit whose n x n `kind`-`kind` arrays (`bytes_per_pair` bytes per pair at the fit's peak,
     measured, plus `extra` bytes) need more memory than the process can get: `InsufficientMemoryError`.
     `instead` names the model's own way out, if it has one."""
-    needed = int(bytes_per_pair * n * n) + extra
+    require_memory(
+        model,
+        int(bytes_per_pair * n * n) + extra,
+        f"the dense {n:,} x {n:,} {kind}-{kind} matrices",
+        f"{instead + ', ' if instead else ''}keep fewer {kind}s (the filter_{kind}_counts step, "
+        "`recforge.data.preprocess`) or use a factor model (ials, mf, bpr), whose memory grows linearly",
+    )
+
+
+def require_memory(model: str, needed: int, what: str, ways_out: str) -> None:
+    """Refuse with `InsufficientMemoryError` when `what` needs more than the `needed` bytes this process can
+    still get, naming `ways_out`."""
     if os.environ.get("RECFORGE_MEMORY_CHECK", "").lower() in {"off", "0", "false", "no"}:
         return
     available = available_bytes()
     if available is None or needed <= available:
         return
     raise InsufficientMemoryError(
-        f"{model}: the dense {n:,} x {n:,} {kind}-{kind} matrices need at least {_gigabytes(needed)} of memory "
-        f"and this process can get {_gigabytes(available)}; {instead + ', ' if instead else ''}keep fewer {kind}s "
-        f"(the filter_{kind}_counts step, `recforge.data.preprocess`) or use a factor model (ials, mf, bpr), "
-        "whose memory grows linearly (RECFORGE_MEMORY_CHECK=off skips this check)"
+        f"{model}: {what} need at least {_gigabytes(needed)} of memory and this process can get "
+        f"{_gigabytes(available)}; {ways_out} (RECFORGE_MEMORY_CHECK=off skips this check)"
     )
 
 
