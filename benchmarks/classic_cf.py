@@ -9,7 +9,8 @@ Per-user significance: each rating row against Surprise's tuned SVD (paired t-te
 squared errors), each top-10 row against the tuned EASE (paired Wilcoxon signed-rank of the users'
 NDCG@10); Holm-corrected within each table; a negative difference means lower error / lower NDCG@10.
 Speed: median wall time of repeated fits on this machine, at equal factors and iterations/epochs.
-SLIM (ADMM: an n_items³ product per iteration) is run where the catalogue has at most 4,000 items (ML-100K).
+SLIM (ADMM: an n_items³ product per iteration) is run where the catalogue has at most 4,000 items (ML-100K);
+SLIM over each item's 200 nearest (`neighbours`, time-decayed) on every file.
 
 Run: `python benchmarks/classic_cf.py [--quick]`; writes results/classic_cf.json and .md.
 """
@@ -281,6 +282,11 @@ def ranking_rows(split: Split, quick: bool) -> tuple[list[dict], dict]:
             "recforge",
             "blend (time-decayed EDLAE + 0.5·iALS)",
             lambda: create_model("blend", members=TIME_DECAYED_BLEND).fit(split.train),
+        ),
+        (
+            "recforge",
+            "slim (time_decay 50, reg 30, dropout 0.5, neighbours 200)",
+            lambda: create_model("slim", **TIME_DECAYED_SLIM, neighbours=200).fit(split.train),
         ),
         ("recforge", "rp3beta (defaults)", lambda: create_model("rp3beta").fit(split.train)),
         (
