@@ -5,6 +5,10 @@ and the L1 term are off, and the L1 problem's optimality (KKT) conditions."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import scipy.sparse as sp
 from hypothesis import given, settings
@@ -164,3 +168,22 @@ def test_time_decayed_neighbourhoods_of_every_item_are_the_dense_time_decayed_pr
         np.testing.assert_allclose(sparse.toarray(), dense.toarray(), atol=1e-5)
     model = create_model("slim", neighbours=14, time_decay=3.0, reg=2.0, **TIGHT).fit(data)
     np.testing.assert_allclose(model.weights_.toarray(), dense.toarray(), atol=1e-5)
+
+
+def test_neighbourhoods_of_two_hundred_solve_after_the_thread_count_was_set():
+    """torch 2.13's batched LU (MKL) hangs on matrices of ~200 rows once torch.set_num_threads has run,
+    as every fit's thread policy does; the neighbourhood solve inverts through Cholesky instead. Run in a
+    subprocess so that a regression fails on the timeout instead of hanging the suite."""
+    script = textwrap.dedent(
+        """
+        import numpy as np, scipy.sparse as sp, torch
+        from recforge.models.slim import neighbourhood_slim_weights
+        rng = np.random.default_rng(0)
+        history = sp.csr_matrix((rng.random((400, 260)) < 0.3).astype(np.float32))
+        torch.set_num_threads(torch.get_num_threads())
+        weights, _ = neighbourhood_slim_weights(history, 220, 10.0, 0.5, max_iterations=3)
+        print("solved", weights.nnz)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "solved" in done.stdout, done.stderr[-2000:]

@@ -111,8 +111,10 @@ def weighted_sum(groups: GroupedRows, factors: torch.Tensor, values: np.ndarray)
 def solve_spd(matrices: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """Batched solve of symmetric positive-definite systems (n, d, d) x = (n, d)."""
     factor, info = torch.linalg.cholesky_ex(matrices)
-    if int(info.max()) > 0:  # numerically indefinite: fall back to a general solve for safety
-        return torch.linalg.solve(matrices, rhs)
+    if int(info.max()) > 0:  # numerically indefinite: fall back to a general solve for safety, in numpy:
+        # torch 2.13's batched LU on CPU hangs for d of ~200 and more once torch.set_num_threads was called
+        solved = np.linalg.solve(matrices.cpu().numpy(), rhs.cpu().numpy()[..., None])[..., 0]
+        return torch.from_numpy(solved).to(device=rhs.device, dtype=rhs.dtype)
     return torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1)
 
 

@@ -184,7 +184,7 @@ def neighbourhood_slim_weights(
         system = gram_block.entries(union, np.where(valid, local, 0)) * pair_mask
         diagonal = torch.from_numpy(np.where(valid, penalty[support], 0.0)) + step / 2
         system += torch.diag_embed(diagonal + (~mask).double())  # padding: identity rows, zero right side
-        inverse = torch.linalg.inv(system)
+        inverse = spd_inverse(system)
         target = torch.from_numpy(np.where(valid, co_occurrence, 0.0))
         weights, dual = torch.zeros_like(target), torch.zeros_like(target)
         iterations = 0
@@ -211,6 +211,18 @@ def neighbourhood_slim_weights(
     cols = np.concatenate(cols_out) if cols_out else np.zeros(0, np.int64)
     values = np.concatenate(values_out) if values_out else np.zeros(0, np.float32)
     return sp.csr_matrix((values, (rows, cols)), shape=(n, n), dtype=np.float32), most
+
+
+def spd_inverse(systems: torch.Tensor) -> torch.Tensor:
+    """Inverses of a batch of symmetric positive-definite matrices through their Cholesky factors. Not
+    torch.linalg.inv: torch 2.13's batched LU on CPU (MKL) hangs for matrices of ~200 rows and more once
+    torch.set_num_threads has been called in the process, which every fit's thread policy does."""
+    import torch
+
+    factor, info = torch.linalg.cholesky_ex(systems)
+    if int(info.max()) > 0:
+        raise FloatingPointError("a neighbourhood's system is not positive definite (non-finite Gram entries?)")
+    return torch.cholesky_inverse(factor)
 
 
 class ProductGram:
