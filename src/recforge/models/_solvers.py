@@ -108,14 +108,26 @@ def weighted_sum(groups: GroupedRows, factors: torch.Tensor, values: np.ndarray)
     return torch.from_numpy(np.asarray(matrix @ factors.numpy()))
 
 
+# Batched systems here never go through torch's LU (torch.linalg.solve / inv): torch 2.13's batched LU on CPU
+# (MKL) hangs for matrices of ~200 rows and more once torch.set_num_threads has been called in the process,
+# which every fit's thread policy (`recforge.threads.thread_limit`) does.
+
+
 def solve_spd(matrices: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
     """Batched solve of symmetric positive-definite systems (n, d, d) x = (n, d)."""
     factor, info = torch.linalg.cholesky_ex(matrices)
-    if int(info.max()) > 0:  # numerically indefinite: fall back to a general solve for safety, in numpy:
-        # torch 2.13's batched LU on CPU hangs for d of ~200 and more once torch.set_num_threads was called
+    if int(info.max()) > 0:  # numerically indefinite: fall back to a general solve for safety, in numpy (no LU)
         solved = np.linalg.solve(matrices.cpu().numpy(), rhs.cpu().numpy()[..., None])[..., 0]
         return torch.from_numpy(solved).to(device=rhs.device, dtype=rhs.dtype)
     return torch.cholesky_solve(rhs.unsqueeze(-1), factor).squeeze(-1)
+
+
+def spd_inverse(matrices: torch.Tensor) -> torch.Tensor:
+    """Inverses of a batch of symmetric positive-definite matrices (n, d, d), through their Cholesky factors."""
+    factor, info = torch.linalg.cholesky_ex(matrices)
+    if int(info.max()) > 0:
+        raise FloatingPointError("a system to invert is not positive definite (non-finite entries?)")
+    return torch.cholesky_inverse(factor)
 
 
 def ridge(

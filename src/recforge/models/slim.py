@@ -157,6 +157,8 @@ def neighbourhood_slim_weights(
     ran."""
     import torch
 
+    from recforge.models._solvers import spd_inverse
+
     source = ProductGram(seen) if gram is None else StoredGram(gram)
     n = source.n
     m = max(1, min(neighbours, n - 1))
@@ -184,7 +186,7 @@ def neighbourhood_slim_weights(
         system = gram_block.entries(union, np.where(valid, local, 0)) * pair_mask
         diagonal = torch.from_numpy(np.where(valid, penalty[support], 0.0)) + step / 2
         system += torch.diag_embed(diagonal + (~mask).double())  # padding: identity rows, zero right side
-        inverse = spd_inverse(system)
+        inverse = spd_inverse(system)  # the systems are G_SS + diag(λ_S + ρ/2): positive definite
         target = torch.from_numpy(np.where(valid, co_occurrence, 0.0))
         weights, dual = torch.zeros_like(target), torch.zeros_like(target)
         iterations = 0
@@ -211,18 +213,6 @@ def neighbourhood_slim_weights(
     cols = np.concatenate(cols_out) if cols_out else np.zeros(0, np.int64)
     values = np.concatenate(values_out) if values_out else np.zeros(0, np.float32)
     return sp.csr_matrix((values, (rows, cols)), shape=(n, n), dtype=np.float32), most
-
-
-def spd_inverse(systems: torch.Tensor) -> torch.Tensor:
-    """Inverses of a batch of symmetric positive-definite matrices through their Cholesky factors. Not
-    torch.linalg.inv: torch 2.13's batched LU on CPU (MKL) hangs for matrices of ~200 rows and more once
-    torch.set_num_threads has been called in the process, which every fit's thread policy does."""
-    import torch
-
-    factor, info = torch.linalg.cholesky_ex(systems)
-    if int(info.max()) > 0:
-        raise FloatingPointError("a neighbourhood's system is not positive definite (non-finite Gram entries?)")
-    return torch.cholesky_inverse(factor)
 
 
 class ProductGram:
@@ -279,11 +269,12 @@ class PopularGramBlock:
         entries, and for pairs with an item outside it, that item's row of G over `items` read."""
         import torch
 
-        position = torch.from_numpy(self.position[items][index])
+        positions = self.position[items]
+        position = torch.from_numpy(positions[index])
         cached = position >= 0
         row, column = position.clamp(min=0)[:, :, None], position.clamp(min=0)[:, None, :]
         values = self.block[row, column] if self.block.numel() else torch.zeros(index.shape + index.shape[-1:])
-        outside = np.flatnonzero(self.position[items] < 0)
+        outside = np.flatnonzero(positions < 0)
         if outside.size:
             counts = torch.from_numpy(self.source.block(items[outside], items))
             rank = np.full(len(items), -1, dtype=np.int64)
