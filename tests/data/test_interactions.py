@@ -71,3 +71,17 @@ def test_describe_ml100k(ml100k):
     assert description.per_user_quantiles["min"] == 20  # every ML-100K user rated at least 20 movies
     assert description.ratings_histogram == {"1": 6110, "2": 11370, "3": 27145, "4": 34174, "5": 21201}
     assert description.to_table().row_count > 10
+
+
+def test_described_time_range_shows_dates_only_for_unix_seconds(ml100k):
+    from rich.console import Console
+
+    def shown(description) -> str:
+        console = Console(record=True, width=200)
+        console.print(description.to_table())
+        return console.export_text()
+
+    assert "874724710 .. 893286638 (1997-09-20 .. 1998-04-22 UTC)" in shown(ml100k.describe())
+    frame = pd.DataFrame({"user_id": [1, 1], "item_id": [1, 2], "t": [0, 1]})
+    positions = Interactions.from_frame(frame, timestamp="t")
+    assert "0 .. 1 " in shown(positions.describe()) and "1970" not in shown(positions.describe())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,13 +57,26 @@ class DatasetDescription:
             ("ratings histogram", ", ".join(f"{k}: {v:,}" for k, v in self.ratings_histogram.items()) or "-"),
             ("interactions per user", _fmt_quantiles(self.per_user_quantiles)),
             ("interactions per item", _fmt_quantiles(self.per_item_quantiles)),
-            ("time range", "-" if self.time_range is None else f"{self.time_range[0]} .. {self.time_range[1]}"),
+            ("time range", _fmt_time_range(self.time_range)),
             ("user features", ", ".join(self.user_feature_columns) or "-"),
             ("item features", ", ".join(self.item_feature_columns) or "-"),
         ]
         for field_name, value in rows:
             table.add_row(field_name, value)
         return table
+
+
+def _fmt_time_range(time_range: tuple[int, int] | None) -> str:
+    """The raw range, with its UTC dates when it reads as unix seconds after 1971 (sequence files without
+    timestamps count positions, which are not dates)."""
+    if time_range is None:
+        return "-"
+    first, last = time_range
+    text = f"{first} .. {last}"
+    if first >= 365 * 86400:
+        dates = [datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d") for value in (first, last)]
+        text += f" ({dates[0]} .. {dates[1]} UTC)"
+    return text
 
 
 def _fmt_quantiles(quantiles: dict[str, float]) -> str:
