@@ -12,7 +12,8 @@ class RecforgeError(Exception):
 class DataFormatError(RecforgeError, ValueError):
     """A data file (or frame) is malformed. The message names the file, line and column when known.
 
-    `line` is 1-based and counts the header line, so it matches what an editor shows.
+    `line` is 1-based and counts the header line, so it matches what an editor shows; `reason` is the
+    message without the location.
     """
 
     def __init__(
@@ -23,6 +24,7 @@ class DataFormatError(RecforgeError, ValueError):
         line: int | None = None,
         column: str | None = None,
     ) -> None:
+        self.reason = message
         self.path = None if path is None else str(path)
         self.line = line
         self.column = column

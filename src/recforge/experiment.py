@@ -60,6 +60,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
+FILE_OPTIONS = ("items", "metadata")  # loader options that name files (the table's catalogue, Amazon metadata)
+
+
 class DatasetConfig(_Strict):
     name: str
     path: str | None = None
@@ -179,7 +182,18 @@ def parse_config(payload: Any, schema: type[BaseModel], source: str = "config") 
     try:
         return schema.model_validate(payload)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: " + "; ".join(_describe(error) for error in exc.errors())) from exc
+        problems = "; ".join(_describe(error) for error in exc.errors())
+        loader_options = [
+            str(error["loc"][1])
+            for error in exc.errors()
+            if error["type"] == "extra_forbidden" and len(error["loc"]) == 2 and error["loc"][0] == "dataset"
+        ]
+        if loader_options:  # e.g. the table loader's column mapping written straight under [dataset]
+            problems += (
+                f" (the loader's own options go in [dataset] as options = {{ {loader_options[0]} = ... }}; "
+                "[dataset] itself takes name, path and options)"
+            )
+        raise ConfigError(f"{source}: {problems}") from exc
 
 
 def _describe(error: Any) -> str:
@@ -213,6 +227,10 @@ def load_config(path: str | Path, schema: type[BaseModel] | None = None) -> Any:
     config = parse_config(payload, schema, str(path))
     if config.dataset.path is not None and not Path(config.dataset.path).is_absolute():
         config.dataset.path = str((path.parent / config.dataset.path).resolve())
+    for option in FILE_OPTIONS:  # side files named in the loader's options: relative to the config too
+        value = config.dataset.options.get(option)
+        if isinstance(value, str) and not Path(value).is_absolute():
+            config.dataset.options[option] = str((path.parent / value).resolve())
     return config
 
 

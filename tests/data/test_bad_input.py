@@ -168,3 +168,35 @@ def test_typed_parquet_matches_the_text_path_and_reports_rows(tmp_path):
     with pytest.raises(DataFormatError, match="outside the scale") as info:
         load_table(tmp_path / "scale.parquet", **options)
     assert (info.value.line, info.value.column) == (3, "stars")
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    stamps=st.lists(
+        st.tuples(st.integers(0, 2_000_000_000), st.sampled_from(["space", "T", "Z", "offset", "date"])),
+        min_size=1,
+        max_size=20,
+    ),
+    offset_minutes=st.integers(-12 * 60, 14 * 60),
+)
+def test_iso_timestamps_in_any_mix_of_forms_read_as_their_unix_seconds(tmp_path_factory, stamps, offset_minutes):
+    from datetime import UTC, datetime, timedelta, timezone
+
+    zone = timezone(timedelta(minutes=offset_minutes))
+    cells, expected = [], []
+    for seconds, form in stamps:
+        moment = datetime.fromtimestamp(seconds, UTC)
+        if form == "date":  # midnight UTC of that day
+            cells.append(moment.strftime("%Y-%m-%d"))
+            expected.append(seconds - seconds % 86400)
+        elif form == "offset":
+            cells.append(moment.astimezone(zone).isoformat())
+            expected.append(seconds)
+        else:
+            text = {"space": "%Y-%m-%d %H:%M:%S", "T": "%Y-%m-%dT%H:%M:%S", "Z": "%Y-%m-%dT%H:%M:%SZ"}[form]
+            cells.append(moment.strftime(text))
+            expected.append(seconds)
+    path = tmp_path_factory.mktemp("csv") / "r.csv"
+    path.write_text("u,i,t\n" + "".join(f"u{k},i,{cell}\n" for k, cell in enumerate(cells)))
+    data = load_table(path, user="u", item="i", timestamp="t", timestamp_format="iso")
+    assert data.timestamp.tolist() == expected

@@ -292,3 +292,55 @@ def test_generic_table_csv_and_parquet(tmp_path):
     data.to_frame().to_parquet(tmp_path / "log.parquet")
     again = load_table(tmp_path / "log.parquet", user="user_id", item="item_id", rating="rating", timestamp="timestamp")
     assert np.array_equal(again.timestamp, data.timestamp)
+
+
+def test_table_iso_timestamps_take_every_iso_form_and_numbers_name_the_option(tmp_path):
+    csv = tmp_path / "log.csv"
+    rows = ["a,x,2024-01-02 03:04:05", "a,y,2024-01-02T03:04:06Z", "b,x,2024-01-03", "b,y,2024-01-02T05:04:07+02:00"]
+    csv.write_text("u,i,t\n" + "\n".join(rows) + "\n")
+    data = load_table(csv, user="u", item="i", timestamp="t", timestamp_format="iso")
+    assert data.timestamp.tolist() == [1704164645, 1704164646, 1704240000, 1704164647]
+    with pytest.raises(DataFormatError, match="timestamp_format") as caught:
+        load_table(csv, user="u", item="i", timestamp="t")
+    assert (caught.value.line, caught.value.column) == (2, "t") and "line 2" in str(caught.value)
+
+
+def test_table_parquet_datetimes_become_unix_seconds(tmp_path):
+    import pandas as pd
+
+    when = pd.to_datetime(["2024-01-02 03:04:05.900", "2024-01-03"], format="ISO8601")
+    frame = pd.DataFrame({"u": [1, 2], "i": [10, 11], "t": when})
+    frame.to_parquet(tmp_path / "naive.parquet")
+    frame.assign(t=when.tz_localize("Europe/Paris")).to_parquet(tmp_path / "paris.parquet")
+    naive = load_table(tmp_path / "naive.parquet", user="u", item="i", timestamp="t")
+    assert naive.timestamp.tolist() == [1704164645, 1704240000]  # naive = UTC, sub-second parts dropped
+    paris = load_table(tmp_path / "paris.parquet", user="u", item="i", timestamp="t")
+    assert paris.timestamp.tolist() == [1704164645 - 3600, 1704240000 - 3600]
+
+
+def test_table_catalogue_gives_titles_and_genres_and_refuses_what_it_cannot_join(tmp_path):
+    log = tmp_path / "log.csv"
+    log.write_text("who,sku\nu1,1\nu1,2\nu2,3\n")
+    catalogue = tmp_path / "items.csv"
+    catalogue.write_text('id,name,tags\n2,"Pear, green",fruit|green\n1,Apple,fruit\n9,Plum,\n')
+    data = load_table(log, user="who", item="sku", items=catalogue, items_id="id", title="name", genres="tags")
+    features = data.item_features
+    by_id = dict(zip(data.items.ids, zip(features["title"], features["genres"], strict=True), strict=True))
+    assert by_id[1] == ("Apple", ["fruit"]) and by_id[2] == ("Pear, green", ["fruit", "green"])
+    assert pd_isna(by_id[3][0]) and by_id[3][1] == []  # no catalogue row: no title, no genres
+    assert data.source["items_without_catalogue_row"] == 1 and "items.csv" in data.source["catalogue"]
+    catalogue.write_text("id,name\n1,Apple\n2,Pear\n1,Apple again\n")
+    with pytest.raises(DataFormatError, match="more than once") as caught:
+        load_table(log, user="who", item="sku", items=catalogue, items_id="id", title="name")
+    assert caught.value.line == 4
+    catalogue.write_text("id,name\nA1,Apple\n")
+    with pytest.raises(DataFormatError, match="no id in column 'id' matches"):
+        load_table(log, user="who", item="sku", items=catalogue, items_id="id", title="name")
+    with pytest.raises(DataFormatError, match="missing column"):
+        load_table(log, user="who", item="sku", items=catalogue, title="name")  # joined on "sku" by default
+
+
+def pd_isna(value) -> bool:
+    import pandas as pd
+
+    return bool(pd.isna(value))

@@ -343,3 +343,18 @@ params = { n_factors = 16, n_iterations = 3 }
     assert "(rating)" not in report.split("**ease**")[1].split("\n")[0]  # EASE was never a rating model
     metrics = json.loads((output / "metrics.json").read_text())
     assert "ials" in json.dumps(metrics) and "most_popular" in json.dumps(metrics)
+
+
+def test_loader_options_under_dataset_are_pointed_to_options_and_side_files_follow_the_config(tmp_path):
+    (tmp_path / "conf").mkdir()
+    path = tmp_path / "conf" / "train.toml"
+    path.write_text('[dataset]\nname = "table"\npath = "log.csv"\nuser = "who"\n')
+    with pytest.raises(ConfigError, match=r"dataset.user: not a known setting.*options = \{ user = \.\.\. \}"):
+        load_config(path)
+    path.write_text(
+        '[dataset]\nname = "table"\npath = "log.csv"\noptions = { user = "who", items = "items.csv" }\n'
+        '[split]\nkind = "per_user"\n'
+    )
+    config = load_config(path)
+    assert config.dataset.options["items"] == str((tmp_path / "conf" / "items.csv").resolve())
+    assert config.dataset.path == str((tmp_path / "conf" / "log.csv").resolve())

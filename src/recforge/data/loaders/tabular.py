@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Literal
 
@@ -11,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from recforge.data.interactions import Interactions
-from recforge.data.loaders._source import check_scale, parse_float, read_delimited, source_info
+from recforge.data.loaders._source import check_scale, parse_float, read_delimited, source_info, split_list
 from recforge.errors import DataFormatError
 
 log = logging.getLogger(__name__)
@@ -41,17 +42,52 @@ def load_table(
     timestamp_format: str | None = None,
     on_missing: Literal["raise", "drop"] = "raise",
     name: str | None = None,
+    items: str | Path | None = None,
+    items_id: str | None = None,
+    title: str | None = None,
+    genres: str | None = None,
+    genres_sep: str = "|",
 ) -> Interactions:
     """Read interactions from a delimited text file (.csv, .tsv, .txt, .dat) or Parquet, naming the columns.
 
     A text file without a header row takes `header=False` and `columns`, the names of its fields in
     order (e.g. MovieLens 1M: `sep="::", header=False, columns=["user", "item", "rating", "time"]`);
     `user`/`item`/... then refer to those names. Timestamps are integers (unix seconds) unless
-    `timestamp_format` is given (e.g. "%Y-%m-%d" or "iso"). Ratings outside `rating_scale` raise. Rows with
-    a missing user, item or timestamp raise, or are dropped with `on_missing="drop"` (the count is logged
-    and kept in `source["dropped_missing"]`).
+    `timestamp_format` is given (a strftime pattern such as "%Y-%m-%d %H:%M:%S", or "iso" for any ISO 8601
+    form, with or without time, offset or "Z"; times without an offset are read as UTC). A Parquet column of
+    datetimes needs no format: it becomes unix seconds (UTC), sub-second parts dropped. Ratings outside
+    `rating_scale` raise. Rows with a missing user, item or timestamp raise, or are dropped with
+    `on_missing="drop"` (the count is logged and kept in `source["dropped_missing"]`).
+
+    `items` names an item catalogue (CSV/TSV/Parquet with a header) joined on `items_id` (default: the
+    `item` column's name): its `title` column becomes the items' titles and its `genres` column, split on
+    `genres_sep`, their genre lists (what the CLI, the service's page, genre features and title embeddings
+    read). A repeated id in the catalogue raises; items it lacks keep no title (counted in
+    `source["items_without_catalogue_row"]`), and a catalogue that matches no item raises.
     """
     path = Path(path)
+    options = (user, item, rating, timestamp, rating_scale, sep, header, columns, encoding, timestamp_format)
+    data = _read_interactions(path, *options, on_missing, name)
+    if items is None:
+        return data
+    return _with_catalogue(data, Path(items), items_id or item, title, genres, genres_sep)
+
+
+def _read_interactions(
+    path: Path,
+    user: str,
+    item: str,
+    rating: str | None,
+    timestamp: str | None,
+    rating_scale: tuple[float, float] | None,
+    sep: str | None,
+    header: bool,
+    columns: Sequence[str] | None,
+    encoding: str,
+    timestamp_format: str | None,
+    on_missing: str,
+    name: str | None,
+) -> Interactions:
     wanted = [c for c in (user, item, rating, timestamp) if c is not None]
     if header and columns is not None:
         raise DataFormatError(
@@ -110,12 +146,21 @@ def load_table(
         table["rating"] = values.astype(np.float32)
     if timestamp is not None:
         if timestamp_format is None:
-            stamps = parse_float(frame, timestamp, path)
+            try:
+                stamps = parse_float(frame, timestamp, path)
+            except DataFormatError as exc:
+                raise DataFormatError(
+                    f"{exc.reason}; timestamps are unix seconds unless timestamp_format is given: 'iso' for "
+                    "ISO 8601 dates and times, or a strftime pattern such as '%Y-%m-%d %H:%M:%S'",
+                    path=exc.path,
+                    line=exc.line,
+                    column=exc.column,
+                ) from exc
             table["timestamp"] = stamps.astype(np.int64)
         else:
             parsed = pd.to_datetime(
                 frame[timestamp],
-                format=None if timestamp_format == "iso" else timestamp_format,
+                format="ISO8601" if timestamp_format == "iso" else timestamp_format,
                 errors="coerce",
                 utc=True,
             )
@@ -129,6 +174,58 @@ def load_table(
                 )
             table["timestamp"] = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
     return _finish(table, path, rating, timestamp, rating_scale, name, dropped)
+
+
+def _with_catalogue(
+    data: Interactions, path: Path, key: str, title: str | None, genres: str | None, genres_sep: str
+) -> Interactions:
+    """`data` with the catalogue's title and genre columns as item features, checked as described in load_table."""
+    wanted = [c for c in (key, title, genres) if c is not None]
+    if path.suffix.lower() in (".parquet", ".pq") or path.is_dir():
+        frame = pd.read_parquet(path)
+        missing = [c for c in wanted if c not in frame.columns]
+        if missing:
+            raise DataFormatError(f"missing column(s) {missing}; have {list(frame.columns)}", path=path)
+        frame = frame[wanted].astype(str).where(frame[wanted].notna(), "")
+        frame["_line"] = np.arange(1, len(frame) + 1)  # Parquet has no lines: 1-based row numbers
+    else:
+        sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+        frame = read_delimited(path, sep=sep, columns=wanted, header=True)
+    ids = pd.Series(_ids(frame[key]))
+    repeated = ids.duplicated(keep="first").to_numpy()
+    if repeated.any():
+        row = int(np.flatnonzero(repeated)[0])
+        raise DataFormatError(
+            f"item id {ids.iloc[row]!r} appears more than once in the catalogue",
+            path=path,
+            line=int(frame["_line"].iloc[row]),
+            column=key,
+        )
+    features = pd.DataFrame(index=pd.Index(ids.to_numpy(), name="item_id"))
+    if title is not None:
+        features["title"] = frame[title].to_numpy(dtype=object)
+    if genres is not None:
+        features["genres"] = split_list(frame[genres], genres_sep).to_numpy()
+    known = pd.Index(data.items.ids)
+    matched = known.isin(features.index)
+    if not matched.any():
+        raise DataFormatError(
+            f"no id in column {key!r} matches an item of the interactions (catalogue ids such as "
+            f"{list(features.index[:3])}, interaction ids such as {list(known[:3])})",
+            path=path,
+            column=key,
+        )
+    if title is not None or genres is not None:
+        aligned = features.reindex(known)
+        if genres is not None:  # items without a catalogue row: no genres rather than a missing value
+            aligned["genres"] = [g if isinstance(g, list) else [] for g in aligned["genres"]]
+        data = data.with_features(item_features=aligned.set_axis(known))
+    source = dict(data.source)
+    source["catalogue"] = source_info(path.parent, [path.name])["sha256"]
+    source["items_without_catalogue_row"] = int((~matched).sum())
+    if (~matched).any():
+        log.warning("%s: %d item(s) of the interactions have no catalogue row", path, int((~matched).sum()))
+    return replace(data, source=source)
 
 
 def _finish(
@@ -164,7 +261,12 @@ def _typed(frame: pd.DataFrame, user: str, item: str, rating: str | None, timest
         is_id(user)
         and is_id(item)
         and (rating is None or types.is_numeric_dtype(frame[rating]))
-        and (timestamp is None or types.is_integer_dtype(frame[timestamp]) or types.is_float_dtype(frame[timestamp]))
+        and (
+            timestamp is None
+            or types.is_integer_dtype(frame[timestamp])
+            or types.is_float_dtype(frame[timestamp])
+            or types.is_datetime64_any_dtype(frame[timestamp])
+        )
     )
 
 
@@ -215,13 +317,21 @@ def _typed_table(
                     column=rating,
                 )
         table["rating"] = values.astype(np.float32)
-    if timestamp is not None:
+    if timestamp is not None and pd.api.types.is_datetime64_any_dtype(frame[timestamp]):
+        table["timestamp"] = _unix_seconds(frame[timestamp])
+    elif timestamp is not None:
         stamps = frame[timestamp].to_numpy(dtype=np.float64) if pd.api.types.is_float_dtype(frame[timestamp]) else None
         if stamps is not None and (stamps % 1 != 0).any():
             row = int(np.flatnonzero(stamps % 1 != 0)[0])
             raise DataFormatError("timestamp is not whole seconds", path=path, line=row + 1, column=timestamp)
         table["timestamp"] = frame[timestamp].to_numpy(dtype=np.int64)
     return table, dropped
+
+
+def _unix_seconds(values: pd.Series) -> np.ndarray:
+    """Datetimes (naive ones read as UTC) as whole unix seconds, rounded down."""
+    utc = values.dt.tz_convert("UTC") if values.dt.tz is not None else values.dt.tz_localize("UTC")
+    return ((utc - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
 
 
 def _typed_ids(values: pd.Series) -> np.ndarray:
