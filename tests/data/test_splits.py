@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recforge.data import Interactions
 from recforge.data.splits import (
     Split,
     kfold_split,
@@ -134,3 +136,10 @@ def test_validation_carved_from_training_only(small):
     assert_partition(split)
     assert np.array_equal(split.test_rows, random_split(small, 0.2, seed=1).test_rows)
     assert len(split.valid_rows) == round(0.25 * (len(small) - len(split.test_rows)))
+
+
+def test_temporal_split_names_its_cut_off_date_when_time_is_unix_seconds(ml100k):
+    assert temporal_split(ml100k, 0.2).name == "temporal cut-off at 889237269 (1998-03-07 02:21 UTC)"
+    frame = pd.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [1, 2, 1, 3], "t": [0, 1, 2, 3]})
+    positions = Interactions.from_frame(frame, timestamp="t")  # a sequence file's positions are not dates
+    assert temporal_split(positions, 0.5).name == "temporal cut-off at 2"

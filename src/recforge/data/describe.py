@@ -66,17 +66,21 @@ class DatasetDescription:
         return table
 
 
+def as_utc_date(timestamp: int, with_time: bool = False) -> str | None:
+    """A timestamp as its UTC date ("2016-03-22", or "2016-03-22 08:26" with the time) when it reads as unix
+    seconds after 1971; None otherwise (sequence files without timestamps count positions, not dates)."""
+    if timestamp < 365 * 86400:
+        return None
+    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M" if with_time else "%Y-%m-%d")
+
+
 def _fmt_time_range(time_range: tuple[int, int] | None) -> str:
-    """The raw range, with its UTC dates when it reads as unix seconds after 1971 (sequence files without
-    timestamps count positions, which are not dates)."""
+    """The raw range, with its UTC dates when it reads as unix seconds."""
     if time_range is None:
         return "-"
     first, last = time_range
-    text = f"{first} .. {last}"
-    if first >= 365 * 86400:
-        dates = [datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d") for value in (first, last)]
-        text += f" ({dates[0]} .. {dates[1]} UTC)"
-    return text
+    dates = as_utc_date(first), as_utc_date(last)
+    return f"{first} .. {last}" + (f" ({dates[0]} .. {dates[1]} UTC)" if dates[0] else "")
 
 
 def _fmt_quantiles(quantiles: dict[str, float]) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recforge.data.describe import as_utc_date
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, LeakageError
 
@@ -330,7 +331,7 @@ def temporal_split(
         train=np.flatnonzero(~test & ~valid),
         test=np.flatnonzero(test),
         valid=np.flatnonzero(valid) if valid_fraction else None,
-        name=f"temporal cut-off at {test_cut}",
+        name=f"temporal cut-off at {test_cut}" + (f" ({date} UTC)" if (date := as_utc_date(test_cut, True)) else ""),
         kind="temporal",
         cutoff=test_cut,
         valid_cutoff=valid_cut,
