@@ -25,6 +25,7 @@ from recforge.coldstart import EMBEDDINGS, HISTORY, KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
 from recforge.data.query import History
 from recforge.evaluation import metrics as M
+from recforge.models.base import UserUpdate
 from recforge.models.config import ModelConfig, TrainOptions, apply_preset
 from recforge.models.factorization import FactorModel, FoldInPenalty
 from recforge.nn.training import EpochContext, EpochPlan, fit_epochs, make_optimizer, seed_everything
@@ -175,6 +176,13 @@ class ExplicitMF(FactorModel):
 
     def _score_known(self, users: np.ndarray) -> np.ndarray:
         return self._blend(super()._score_known(users), users, None).astype(np.float32)
+
+    def score_updated(self, update: UserUpdate) -> np.ndarray:
+        """A known user's update blended like their trained scores (p·R̂ + (1 − p)·their mean)."""
+        scores = super().score_updated(update)
+        if update.user < 0:  # the history path blended it already
+            return scores
+        return self._blend(scores.astype(np.float64), np.array([update.user]), None).astype(np.float32)
 
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
         raw = super()._score_history(history, users).astype(np.float64)
