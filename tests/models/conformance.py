@@ -16,6 +16,7 @@ from recforge.errors import CapabilityError, UnknownIdError
 from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator
 from recforge.models import create_model
 from recforge.models.config import TrainOptions
+from recforge.models.factorization import FactorModel
 from tests.conftest import make_interactions
 
 
@@ -112,6 +113,30 @@ class ModelContract:
         for row in range(6):
             listed = recs.item_index[row][recs.item_index[row] >= 0]
             assert not history.binary[row, listed].toarray().any()
+
+    def test_a_user_started_from_writes_scores_as_their_history_does(self, fitted, split):
+        """`start_user` (the service's new users): two writes in turn give the scores the whole history
+        gives as a query-time history, and the user's items are what their lists exclude."""
+        if HISTORY not in fitted.capabilities:
+            with pytest.raises(CapabilityError):
+                fitted.start_user(History.from_items([[0]], fitted.n_items))
+            return
+        items = History.from_interactions(split.train, np.array([0])).row_items(0)[:6].tolist()
+        first = fitted.start_user(History.from_items([items[:3]], fitted.n_items))
+        state = fitted.start_user(History.from_items([items[3:]], fitted.n_items), first)
+        assert state.user == -1 and sorted(state.items.tolist()) == sorted(items)
+        whole = Query.from_history(History.from_items([items], fitted.n_items))
+        np.testing.assert_allclose(fitted.score_updated(state), fitted.score(whole), rtol=1e-4, atol=1e-4)
+
+    def test_an_unrated_update_leaves_a_rating_models_scores_as_trained(self, fitted, split):
+        """Interactions without ratings give an explicit factor model no evidence to move the user by, so
+        the updated user scores as trained (blends and all)."""
+        if not {RATINGS, KNOWN_USERS} <= fitted.capabilities or not isinstance(fitted, FactorModel):
+            pytest.skip("not an explicit factor model")
+        user = int(np.flatnonzero(fitted.known_users_)[0])
+        unseen = int(np.flatnonzero(fitted.seen_[user].toarray().ravel() == 0)[0])
+        update = fitted.update_user(user, History.from_items([[unseen]], fitted.n_items))
+        np.testing.assert_allclose(fitted.score_updated(update), fitted.score(np.array([user])), rtol=1e-5, atol=1e-5)
 
     def test_predict_for_rating_models(self, fitted, split):
         if RATINGS not in fitted.capabilities:

@@ -268,6 +268,8 @@ def test_a_model_that_cannot_take_new_interactions_refuses_and_keeps_its_state(m
     assert response.status_code == 409 and "retraining" in response.json()["detail"]
     after = client.get("/users/1/recommendations", params={"k": 5}).json()
     assert after == before and after["served_by"] == "model"  # the refused request left nothing behind
+    newcomer = client.post("/users/9000/interactions", json={"items": [{"item": before["items"][0]["item"]}]})
+    assert newcomer.status_code == 409 and client.get("/users/9000/recommendations").status_code == 404
 
 
 @pytest.fixture(scope="module")
@@ -476,3 +478,57 @@ def test_an_answer_sent_from_a_callback_finishes_even_when_send_has_to_wait():
             await task
 
     asyncio.run(main())
+
+
+def test_a_new_user_id_is_created_by_its_first_write_and_served_as_its_history_would_be(client):
+    written = [{"item": 50, "rating": 5}, {"item": 172}]
+    assert client.get("/users/5000/recommendations").status_code == 404  # nothing written for them yet
+    response = client.post("/users/5000/interactions", json={"items": written})
+    assert response.status_code == 200
+    assert response.json() == {
+        "seq": response.json()["seq"],
+        "user": "5000",
+        "added": 2,
+        "updated_by": "new user: fold-in of their interactions",
+    }
+    more = [{"item": 181}]
+    client.post("/users/5000/interactions", json={"items": more})
+    stored = client.get("/users/5000/recommendations", params={"k": 8}).json()
+    stateless = client.post("/recommendations", json={"items": written + more, "k": 8}).json()
+    assert stored["served_by"] == "model (new user)+ann" and stateless["served_by"] == "history+ann"
+    assert [r["item"] for r in stored["items"]] == [r["item"] for r in stateless["items"]]
+    assert not {50, 172, 181} & {r["item"] for r in stored["items"]}
+    assert client.get("/users/5001/recommendations").status_code == 404  # others stay unknown
+    assert client.get("/health").json()["new_users"] == 1
+
+
+def test_a_new_user_of_a_history_model_is_scored_by_its_history_and_predicted_by_a_rating_model(
+    ml100k, tmp_path, mf_client
+):
+    ease = serve(_artifact(create_model("ease").fit(ml100k), ml100k, tmp_path / "ease"))
+    assert ease.post("/users/7000/interactions", json={"items": [{"item": 50}]}).json()["updated_by"] == (
+        "new user: history"
+    )
+    stored = ease.get("/users/7000/recommendations", params={"k": 5}).json()
+    stateless = ease.post("/recommendations", json={"items": [{"item": 50}], "k": 5}).json()
+    assert stored["served_by"] == "history (new user)"
+    assert [r["item"] for r in stored["items"]] == [r["item"] for r in stateless["items"]]
+    liked = [{"item": 1, "rating": 5}, {"item": 2, "rating": 5}, {"item": 3, "rating": 5}]
+    disliked = [{"item": 1, "rating": 1}, {"item": 2, "rating": 1}, {"item": 3, "rating": 1}]
+    mf_client.post("/users/7001/interactions", json={"items": liked})
+    mf_client.post("/users/7002/interactions", json={"items": disliked})
+    pairs = [{"user": 7001, "item": 4}, {"user": 7002, "item": 4}, {"user": 1, "item": 4}]
+    fan, critic, _ = (p["rating"] for p in mf_client.post("/predict", json={"pairs": pairs}).json()["predictions"])
+    assert fan > critic + 0.5
+    assert mf_client.post("/predict", json={"pairs": [{"user": 7003, "item": 4}]}).status_code == 404
+
+
+def test_a_new_users_writes_are_durable_and_read_through_another_worker(ials_dir, tmp_path):
+    store = f"sqlite:///{tmp_path / 'events.db'}"
+    first, second = serve(ials_dir, store), serve(ials_dir, store)
+    first.post("/users/8000/interactions", json={"items": [{"item": 50}, {"item": 181}]})
+    through_first = first.get("/users/8000/recommendations", params={"k": 5}).json()
+    through_second = second.get("/users/8000/recommendations", params={"k": 5}).json()
+    assert through_second == through_first  # the other worker applied the event before answering
+    restarted = serve(ials_dir, store)  # a new process replays the log
+    assert restarted.get("/users/8000/recommendations", params={"k": 5}).json() == through_first

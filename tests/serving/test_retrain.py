@@ -207,3 +207,40 @@ def test_an_idle_worker_follows_the_store_and_refuses_a_model_with_another_api(s
     finally:
         stop.set()
     assert idle.engine.swaps == 1 and idle.snapshot.artifact == str(v2.resolve())
+
+
+def test_users_the_model_never_saw_are_served_from_their_writes_then_learned_by_retrain(ml100k, stream, tmp_path):
+    """All late ratings of ML-100K on items the model knows, posted through the service in time order,
+    including those of users who joined after the 90% cut-off: each newcomer is served from what they wrote,
+    and the model retrain promotes has every one of them as a user."""
+    from recforge.models import load_model
+
+    base_path, _ = stream
+    frame = ml100k.to_frame().sort_values("timestamp", kind="stable")
+    cut = int(len(frame) * 0.9)
+    base_users, base_items = set(frame["user_id"].iloc[:cut]), set(frame["item_id"].iloc[:cut])
+    tail = frame.iloc[cut:]
+    tail = tail[tail["item_id"].isin(base_items)]
+    newcomers = sorted({int(u) for u in tail["user_id"]} - {int(u) for u in base_users})
+    config = config_for(base_path)
+    v1 = train(config, tmp_path / "v1")
+    store_url = f"sqlite:///{tmp_path / 'events.sqlite'}"
+    service = RecommenderService.from_artifact(v1, store_url)
+    for (_, user), group in tail.groupby([tail["timestamp"] // 3600, "user_id"], sort=True):
+        ratings = [(int(i), float(r)) for i, r in zip(group["item_id"], group["rating"], strict=True)]
+        answer = service.add_interactions(str(user), ratings)
+        assert answer["updated_by"].startswith("new user") == (int(user) in newcomers)
+    assert len(newcomers) >= 20
+    first = service.recommend_user(str(newcomers[0]), 10)
+    assert first["served_by"] == "model (new user)" and len(first["items"]) == 10
+    # promoted unless clearly worse: the hold-out's few dozen users make small differences noise
+    report = retrain(config, EventStore(store_url), tmp_path / "v2", serving=v1, holdout=HOLDOUT, tolerance=0.02)
+    assert report["decision"] == "promoted", report["reason"]
+    promoted = load_model(tmp_path / "v2")
+    assert all(promoted.users_.position(u) is not None for u in newcomers)  # learned from their events
+    deadline = time.monotonic() + 60
+    while service.engine.swaps == 0 and time.monotonic() < deadline:
+        service.current()
+        time.sleep(0.05)
+    assert service.recommend_user(str(newcomers[0]), 10)["served_by"] == "model"  # a trained user now
+    assert service.engine.snapshot.newcomers == {}

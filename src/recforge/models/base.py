@@ -317,13 +317,30 @@ class Recommender(ABC):
         if HISTORY not in self.capabilities:
             raise CapabilityError(f"{self.name} cannot take new interactions without retraining")
         before = previous.history if previous is not None else self.training_history(user)
+        history = self._merged_history(before, added)
+        return UserUpdate(user, self._items_after(user, added, previous), history=history)
+
+    def start_user(self, added: History, previous: UserUpdate | None = None) -> UserUpdate:
+        """The state of a user this model was not trained with (`user` -1), after the interactions in
+        `added` on top of those written for them before: scored by the model's history path for unknown
+        users (fold-in, towers, item-item, sequence), from their most recent MAX_UPDATE_ITEMS items."""
+        self._require_fitted()
+        if HISTORY not in self.capabilities:
+            raise CapabilityError(f"{self.name} cannot score a user it was not trained with from interactions")
+        before = previous.history if previous is not None else History.from_items([[]], self.n_items)
+        history = self._merged_history(before, added)
+        items = np.union1d(before.row_items(0), added.row_items(0)).astype(np.int64)
+        return UserUpdate(-1, items, history=history)
+
+    def _merged_history(self, before: History, added: History) -> History:
+        """One history row: `before`'s items then `added`'s, the most recent occurrence of each item kept
+        (in that order) with its rating, at most MAX_UPDATE_ITEMS of the newest."""
         items = np.concatenate([before.row_items(0), added.row_items(0)])
         ratings = _row_ratings(before, items[: len(before.row_items(0))]) + _row_ratings(added, added.row_items(0))
         order = items[::-1]  # the most recent occurrence of each item wins, order kept
         _, first = np.unique(order, return_index=True)
         keep = np.sort(len(items) - 1 - first)[-MAX_UPDATE_ITEMS:]
-        history = History.from_items([items[keep].tolist()], self.n_items, [[ratings[i] for i in keep]])
-        return UserUpdate(user, self._items_after(user, added, previous), history=history)
+        return History.from_items([items[keep].tolist()], self.n_items, [[ratings[i] for i in keep]])
 
     def extend_items(self, ids: list[Any], features: pd.DataFrame) -> Recommender:
         """A new model with brand-new items described by features appended (models with an item-feature

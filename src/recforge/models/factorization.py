@@ -7,12 +7,13 @@ approximate (faiss) retrieval can work on any factor model without knowing its f
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any, NamedTuple
 
 import numpy as np
 
 from recforge.coldstart import EMBEDDINGS, HISTORY, KNOWN_USERS, RATINGS
-from recforge.data.query import History
+from recforge.data.query import History, Query
 from recforge.models.base import Recommender, UserUpdate
 
 
@@ -84,7 +85,17 @@ class FactorModel(Recommender):
             vector, bias = factors[0], float(biases[0])
         return UserUpdate(user, items, vector=np.asarray(vector, dtype=np.float32), bias=bias)
 
+    def start_user(self, added: History, previous: UserUpdate | None = None) -> UserUpdate:
+        """A user the model was not trained with, after their writes: folded in (explicit models: ridge on
+        their ratings; implicit ones: their items; towers: embedded) from the history kept so far, so the
+        vector index can answer them like a trained user."""
+        update = super().start_user(added, previous)
+        factors, biases = self.history_vectors(update.history, np.array([-1]))
+        return replace(update, vector=np.asarray(factors[0], dtype=np.float32), bias=float(biases[0]))
+
     def score_updated(self, update: UserUpdate) -> np.ndarray:
+        if update.user < 0:  # started from writes: exactly what their history scores (towers, blends and all)
+            return self.score(Query(np.array([-1]), update.history))
         return self.score_vectors(update.vector[None, :], np.array([update.bias]))
 
     def _predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:

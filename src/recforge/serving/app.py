@@ -440,6 +440,7 @@ def create_app(
             "recforge": __version__,
             "n_users": model.n_users,
             "n_items": model.n_items,
+            "new_users": len(engine.snapshot.newcomers),
             "capabilities": sorted(model.capabilities),
             "ann": engine.snapshot.indexed is not None,
             "events_applied": engine.applied,

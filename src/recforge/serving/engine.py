@@ -48,6 +48,8 @@ class Snapshot:
     artifact: str | None = None
     cutoff: int = 0  # the last event the model was trained with
     updates: dict[int, UserUpdate] = field(default_factory=dict)  # user index -> state after their writes
+    # users the model was not trained with, by external id -> their state after their writes (`start_user`)
+    newcomers: dict[Any, UserUpdate] = field(default_factory=dict)
 
     @property
     def index(self) -> Any:
@@ -267,11 +269,10 @@ def check_same_interface(serving: Recommender, candidate: Recommender) -> None:
 
 
 def apply_interactions(snapshot: Snapshot, event: Event) -> Snapshot:
-    """A user's new interactions: their update replaces their entry (the snapshot object stays)."""
+    """A user's new interactions: their update replaces their entry (the snapshot object stays). A user the
+    model was not trained with becomes a newcomer, scored from what they wrote."""
     model = snapshot.model
     user = model.users_.position(event.payload["user"])
-    if user is None:
-        raise CapabilityError(f"user {event.payload['user']!r} is unknown to this model")
     if HISTORY not in model.capabilities:
         raise CapabilityError(f"{model.name} cannot take new interactions")
     positions = [model.items_.position(item) for item in event.payload["items"]]
@@ -280,7 +281,11 @@ def apply_interactions(snapshot: Snapshot, event: Event) -> Snapshot:
         raise CapabilityError("none of its items is in this model")
     ratings = [[r for _, r in kept]] if any(r is not None for _, r in kept) else None  # None: interactions only
     added = History.from_items([[p for p, _ in kept]], model.n_items, ratings=ratings)
-    snapshot.updates[user] = model.update_user(user, added, snapshot.updates.get(user))
+    if user is None:
+        newcomer = event.payload["user"]
+        snapshot.newcomers[newcomer] = model.start_user(added, snapshot.newcomers.get(newcomer))
+    else:
+        snapshot.updates[user] = model.update_user(user, added, snapshot.updates.get(user))
     return snapshot
 
 

@@ -184,6 +184,7 @@ class Health(BaseModel):
     recforge: str
     n_users: int
     n_items: int
+    new_users: int = Field(description="users the model was not trained with, known from their writes since")
     capabilities: list[str]
     ann: bool
     events_applied: int = Field(description="the sequence number of the last event this worker applied")

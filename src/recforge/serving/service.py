@@ -27,7 +27,7 @@ import pandas as pd
 from recforge.coldstart import HISTORY, ITEM_FEATURES, KNOWN_USERS, RATINGS, USER_FEATURES
 from recforge.data.query import History, Query
 from recforge.errors import CapabilityError, ConfigError, UnknownIdError
-from recforge.models.base import Recommendations, Recommender
+from recforge.models.base import Recommendations, Recommender, UserUpdate
 from recforge.models.factorization import FactorModel
 from recforge.serving.engine import Engine, Snapshot, check_same_interface
 from recforge.serving.schemas import INTEGER_PATTERN, MAX_ID_LENGTH, MAX_INTEGER_ID, MAX_K
@@ -112,6 +112,16 @@ class RecommenderService:
         """A user id from a URL (default) or, with url=False, from a JSON body."""
         return resolve((snapshot or self.engine.snapshot).model.users_, user, field, from_url=url)
 
+    def known_or_new(
+        self, user: Any, snapshot: Snapshot, field: str = "user_id", url: bool = True
+    ) -> tuple[int | None, Any]:
+        """(the model's index or None for a user it was not trained with, the id as the vocabulary types it);
+        an id of the wrong type is a ConfigError either way."""
+        vocabulary = snapshot.model.users_
+        check_id(vocabulary, user, field, from_url=url)
+        plain = int(user) if isinstance(user, str) and vocabulary.ids.dtype.kind in "iu" else user
+        return vocabulary.position(plain), plain
+
     def item_index(self, item: Any, snapshot: Snapshot | None = None, field: str = "item", url: bool = False) -> int:
         """An item id from a JSON body (default) or, with url=True, from a URL."""
         return resolve((snapshot or self.engine.snapshot).model.items_, item, field, from_url=url)
@@ -140,8 +150,10 @@ class RecommenderService:
         for position, (user, k, exclude_seen) in enumerate(requests):
             try:
                 k = self._check_k(k, snapshot)
-                index = self.user_index(user, snapshot)
-                if snapshot.indexed is None and index not in snapshot.updates and self._trained(model, index):
+                index, _ = self.known_or_new(user, snapshot)
+                if index is None:
+                    answers[position] = self._recommend_user(snapshot, user, k, exclude_seen)
+                elif snapshot.indexed is None and index not in snapshot.updates and self._trained(model, index):
                     together[exclude_seen].append((position, index, k))
                 else:
                     answers[position] = self._recommend_user(snapshot, user, k, exclude_seen)
@@ -171,14 +183,20 @@ class RecommenderService:
 
     def _recommend_user(self, snapshot: Snapshot, user: Any, k: int, exclude_seen: bool) -> dict[str, Any]:
         k = self._check_k(k, snapshot)
-        index = self.user_index(user, snapshot)
+        index, plain = self.known_or_new(user, snapshot)
         model = snapshot.model
-        update = snapshot.updates.get(index)
-        if update is None and not self._trained(model, index):
-            raise UnknownIdError(f"user {user!r} has no training data in this model; POST /recommendations instead")
+        if index is None:
+            update = snapshot.newcomers.get(plain)
+            if update is None:
+                raise UnknownIdError(f"unknown user_id id {plain!r}")
+        else:
+            update = snapshot.updates.get(index)
+            if update is None and not self._trained(model, index):
+                raise UnknownIdError(f"user {user!r} has no training data in this model; POST /recommendations instead")
         if update is not None:
             exclude = update.items if exclude_seen else None
-            path = "model (updated)" if update.vector is not None else "history (updated)"
+            how = "model" if update.vector is not None else "history"
+            path = f"{how} (new user)" if index is None else f"{how} (updated)"
             if snapshot.indexed is not None and update.vector is not None:
                 vector = model.augmented(update.vector[None, :], np.array([update.bias]))[0]  # type: ignore[attr-defined]
                 return self._searched(snapshot, vector, k, exclude, path)
@@ -215,19 +233,25 @@ class RecommenderService:
         return self.render(snapshot, recs)
 
     def predict(self, pairs: list[tuple[Any, Any]]) -> list[float]:
-        """Predicted ratings (clipped to the scale); users with writes since training use their update."""
+        """Predicted ratings (clipped to the scale); users with writes since training use their update, and
+        users the model was not trained with the state their writes gave them."""
         snapshot = self.current()
         model = snapshot.model
         if RATINGS not in model.capabilities:
             raise CapabilityError(f"{model.name} does not predict ratings")
-        users = np.array([self.user_index(u, snapshot, f"pairs.{n}.user", url=False) for n, (u, _) in enumerate(pairs)])
+        resolved = [self.known_or_new(u, snapshot, f"pairs.{n}.user", url=False) for n, (u, _) in enumerate(pairs)]
         items = np.array([self.item_index(i, snapshot, f"pairs.{n}.item") for n, (_, i) in enumerate(pairs)])
-        predictions = np.asarray(model.predict(users.astype(np.int64), items.astype(np.int64)), dtype=np.float64)
-        updated = [row for row, user in enumerate(users) if user in snapshot.updates]
-        for row in updated:
-            update = snapshot.updates[int(users[row])]
-            if update.vector is not None:
-                predictions[row] = float(model.score_updated(update)[0, items[row]])
+        written: dict[int, UserUpdate] = {}  # row -> the state to predict from
+        for row, (index, plain) in enumerate(resolved):
+            update = snapshot.newcomers.get(plain) if index is None else snapshot.updates.get(index)
+            if index is None and (update is None or update.vector is None):
+                raise UnknownIdError(f"unknown user id {plain!r}")
+            if update is not None and update.vector is not None:
+                written[row] = update
+        users = np.array([0 if index is None else index for index, _ in resolved], dtype=np.int64)
+        predictions = np.asarray(model.predict(users, items.astype(np.int64)), dtype=np.float64)
+        for row, update in written.items():
+            predictions[row] = float(model.score_updated(update)[0, items[row]])
         if model.rating_scale_ is not None:
             predictions = np.clip(predictions, *model.rating_scale_)
         return [float(p) for p in predictions]
@@ -265,24 +289,32 @@ class RecommenderService:
 
         return await self.engine.store.append_async("interactions", payload, user=str(payload["user"]), then=applied)
 
-    def _interactions_event(self, user: Any, ratings: list[tuple[Any, float | None]]) -> tuple[int, dict[str, Any]]:
+    def _interactions_event(
+        self, user: Any, ratings: list[tuple[Any, float | None]]
+    ) -> tuple[int | None, dict[str, Any]]:
         snapshot = self.current()
         model = snapshot.model
-        index = self.user_index(user, snapshot)
+        index, plain = self.known_or_new(user, snapshot)
         if HISTORY not in model.capabilities:
             raise CapabilityError(f"{model.name} cannot take new interactions without retraining")
         items, values = self._checked_ratings(snapshot, ratings)
         payload = {
-            "user": _plain(model.users_.ids[index]),
+            "user": _plain(plain if index is None else model.users_.ids[index]),
             "items": [_plain(model.items_.ids[i]) for i in items],
             "ratings": values,
         }
         return index, payload
 
-    def _interactions_applied(self, index: int, payload: dict[str, Any], seq: int) -> dict[str, Any]:
+    def _interactions_applied(self, index: int | None, payload: dict[str, Any], seq: int) -> dict[str, Any]:
         self.engine.catch_up(upto=seq, own=Event(seq, "interactions", str(payload["user"]), payload, time.time()))
-        model = self.engine.snapshot.model
-        update = self.engine.snapshot.updates.get(index)
+        snapshot = self.engine.snapshot
+        model = snapshot.model
+        index = model.users_.position(payload["user"])  # (a model swap in between may have learned a newcomer)
+        if index is None:
+            update = snapshot.newcomers.get(payload["user"])
+            folded = update is not None and update.vector is not None
+            return {"seq": seq, "updated_by": "new user: " + ("fold-in of their interactions" if folded else "history")}
+        update = snapshot.updates.get(index)
         if update is None or update.vector is None:
             how = "history overlay"
         elif RATINGS in model.capabilities and any(v is not None for v in payload["ratings"]):
