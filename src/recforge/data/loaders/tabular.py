@@ -66,28 +66,7 @@ def load_table(
     `source["items_without_catalogue_row"]`), and a catalogue that matches no item raises.
     """
     path = Path(path)
-    options = (user, item, rating, timestamp, rating_scale, sep, header, columns, encoding, timestamp_format)
-    data = _read_interactions(path, *options, on_missing, name)
-    if items is None:
-        return data
-    return _with_catalogue(data, Path(items), items_id or item, title, genres, genres_sep)
-
-
-def _read_interactions(
-    path: Path,
-    user: str,
-    item: str,
-    rating: str | None,
-    timestamp: str | None,
-    rating_scale: tuple[float, float] | None,
-    sep: str | None,
-    header: bool,
-    columns: Sequence[str] | None,
-    encoding: str,
-    timestamp_format: str | None,
-    on_missing: str,
-    name: str | None,
-) -> Interactions:
+    catalogue = None if items is None else (Path(items), items_id or item, title, genres, genres_sep)
     wanted = [c for c in (user, item, rating, timestamp) if c is not None]
     if header and columns is not None:
         raise DataFormatError(
@@ -114,7 +93,7 @@ def _read_interactions(
             raise DataFormatError(f"missing column(s) {missing}; have {list(frame.columns)}", path=path)
         if timestamp_format is None and _typed(frame, user, item, rating, timestamp):
             table, dropped = _typed_table(frame, path, user, item, rating, timestamp, rating_scale, on_missing)
-            return _finish(table, path, rating, timestamp, rating_scale, name, dropped)
+            return _finish(table, path, rating, timestamp, rating_scale, name, dropped, catalogue)
         frame = frame[wanted].astype(str).where(frame[wanted].notna(), "")
         frame["_line"] = np.arange(1, len(frame) + 1)  # Parquet has no lines: report 1-based row numbers
     else:
@@ -173,7 +152,7 @@ def _read_interactions(
                     column=timestamp,
                 )
             table["timestamp"] = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-    return _finish(table, path, rating, timestamp, rating_scale, name, dropped)
+    return _finish(table, path, rating, timestamp, rating_scale, name, dropped, catalogue)
 
 
 def _with_catalogue(
@@ -236,10 +215,13 @@ def _finish(
     rating_scale: tuple[float, float] | None,
     name: str | None,
     dropped: int,
+    catalogue: tuple[Path, str, str | None, str | None, str] | None,
 ) -> Interactions:
+    """The interactions of `table`, with the item catalogue's titles and genres when one is named
+    (path, id column, title column, genres column, genres separator)."""
     source = source_info(path.parent, [path.name])
     source["dropped_missing"] = dropped
-    return Interactions.from_frame(
+    data = Interactions.from_frame(
         table,
         rating="rating" if rating else None,
         timestamp="timestamp" if timestamp else None,
@@ -247,6 +229,7 @@ def _finish(
         name=name or path.stem,
         source=source,
     )
+    return data if catalogue is None else _with_catalogue(data, *catalogue)
 
 
 def _typed(frame: pd.DataFrame, user: str, item: str, rating: str | None, timestamp: str | None) -> bool:
