@@ -68,8 +68,15 @@ def write_until_killed(server: Server, users: np.ndarray, items: np.ndarray, sec
     return acknowledged
 
 
+NEWCOMERS = np.arange(100_000, 100_020)  # ids the model was not trained with: created by their first write
+
+
+def served_by(user: int) -> str:
+    return "model (new user)" if user in NEWCOMERS else "model (updated)"
+
+
 def check_nothing_acknowledged_was_lost(artifact, store_url: str, ml100k) -> None:
-    users, items = ml100k.users.ids[:50], ml100k.items.ids[:400]
+    users, items = np.concatenate([ml100k.users.ids[:50], NEWCOMERS]), ml100k.items.ids[:400]
     server = Server(artifact, store_url)
     acknowledged = write_until_killed(server, users, items, seconds=4.0)
     assert len(acknowledged) > 50, "too few writes to prove anything"
@@ -83,7 +90,7 @@ def check_nothing_acknowledged_was_lost(artifact, store_url: str, ml100k) -> Non
             assert health["events_applied"] >= max(w["seq"] for w in acknowledged)
             for write in random.Random(0).sample(acknowledged, 20):  # the state after replay has them
                 body = client.get(f"/users/{write['user']}/recommendations", params={"k": 50}).json()
-                assert body["served_by"] == "model (updated)"
+                assert body["served_by"] == served_by(write["user"])
                 assert write["item"] not in [row["item"] for row in body["items"]]
     finally:
         restarted.stop()
@@ -101,7 +108,7 @@ def test_postgresql_loses_no_acknowledged_write_when_the_server_is_killed(ials_d
 def test_two_workers_read_their_writes_every_time(ials_dir, ml100k, tmp_path):
     server = Server(ials_dir, f"sqlite:///{tmp_path / 'events.sqlite'}", workers=2)
     rng = np.random.default_rng(0)
-    users, items = ml100k.users.ids, ml100k.items.ids
+    users, items = np.concatenate([ml100k.users.ids, NEWCOMERS]), ml100k.items.ids
     try:
         pids = set()
         for n in range(1000):
@@ -114,7 +121,7 @@ def test_two_workers_read_their_writes_every_time(ials_dir, ml100k, tmp_path):
                 read = client.get(f"/users/{user}/recommendations", params={"k": 20})
                 pids.add(client.get("/health").json()["worker"])
             body = read.json()
-            assert body["served_by"] == "model (updated)" and item not in [r["item"] for r in body["items"]], n
+            assert body["served_by"] == served_by(user) and item not in [r["item"] for r in body["items"]], n
         assert len(pids) == 2  # both workers served
     finally:
         server.stop()
