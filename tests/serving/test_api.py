@@ -532,3 +532,17 @@ def test_a_new_users_writes_are_durable_and_read_through_another_worker(ials_dir
     assert through_second == through_first  # the other worker applied the event before answering
     restarted = serve(ials_dir, store)  # a new process replays the log
     assert restarted.get("/users/8000/recommendations", params={"k": 5}).json() == through_first
+
+
+def test_new_users_are_capped_until_a_retrain_learns_them(ials_dir, monkeypatch):
+    import recforge.serving.service as service_module
+
+    monkeypatch.setattr(service_module, "MAX_NEW_USERS", 2)
+    client = serve(ials_dir)
+    for user in (6000, 6001):
+        assert client.post(f"/users/{user}/interactions", json={"items": [{"item": 50}]}).status_code == 200
+    refused = client.post("/users/6002/interactions", json={"items": [{"item": 50}]})
+    assert refused.status_code == 409 and "retrain" in refused.json()["detail"]
+    assert client.get("/users/6002/recommendations").status_code == 404  # nothing was stored for them
+    assert client.post("/users/6001/interactions", json={"items": [{"item": 181}]}).status_code == 200  # existing
+    assert client.post("/users/1/interactions", json={"items": [{"item": 181}]}).status_code == 200  # trained

@@ -242,6 +242,9 @@ class Engine:
 
 
 SWAP_ATTEMPTS = 6  # ~6 s of retries when the store cannot be read
+# users created by writes that one model keeps state for (a few KB each); past it, writes for further new
+# ids are refused (409) until a retrain learns them, so no client can grow a worker's memory without bound
+MAX_NEW_USERS = 100_000
 
 
 def interface(model: Recommender) -> dict[str, Any]:

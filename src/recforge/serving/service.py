@@ -29,7 +29,7 @@ from recforge.data.query import History, Query
 from recforge.errors import CapabilityError, ConfigError, UnknownIdError
 from recforge.models.base import Recommendations, Recommender, UserUpdate
 from recforge.models.factorization import FactorModel
-from recforge.serving.engine import Engine, Snapshot, check_same_interface
+from recforge.serving.engine import MAX_NEW_USERS, Engine, Snapshot, check_same_interface
 from recforge.serving.schemas import INTEGER_PATTERN, MAX_ID_LENGTH, MAX_INTEGER_ID, MAX_K
 from recforge.serving.store import Event, EventStore
 
@@ -297,6 +297,11 @@ class RecommenderService:
         index, plain = self.known_or_new(user, snapshot)
         if HISTORY not in model.capabilities:
             raise CapabilityError(f"{model.name} cannot take new interactions without retraining")
+        if index is None and plain not in snapshot.newcomers and len(snapshot.newcomers) >= MAX_NEW_USERS:
+            raise CapabilityError(
+                f"this model already serves {MAX_NEW_USERS:,} users created since it was trained; "
+                "retrain (`recforge retrain`) to learn them before more are added"
+            )
         items, values = self._checked_ratings(snapshot, ratings)
         payload = {
             "user": _plain(plain if index is None else model.users_.ids[index]),
