@@ -270,9 +270,9 @@ class RecommenderService:
         """Validate a known user's new interactions, commit them as an event, apply it; returns how.
         Concurrent writers share commits (the store's group commit) and no process-wide lock: whether
         these interactions are valid does not depend on any other write."""
-        index, payload = self._interactions_event(user, ratings)
+        payload = self._interactions_event(user, ratings)
         seq = self.engine.store.append("interactions", payload, user=str(payload["user"]))
-        return self._interactions_applied(index, payload, seq)
+        return self._interactions_applied(payload, seq)
 
     async def add_interactions_async(
         self, user: Any, ratings: list[tuple[Any, float | None]], then: Callable[[dict[str, Any]], Any] | None = None
@@ -281,17 +281,17 @@ class RecommenderService:
         fsync) in the store's commit thread while the loop serves other requests. Returns the answer, or
         what `then(answer)` returns: `then` runs on the loop as soon as it notices the commit, after the
         update (the HTTP layer sends the answer from it)."""
-        index, payload = self._interactions_event(user, ratings)
+        payload = self._interactions_event(user, ratings)
 
         def applied(seq: int) -> Any:
-            answer = self._interactions_applied(index, payload, seq)
+            answer = self._interactions_applied(payload, seq)
             return answer if then is None else then(answer)
 
         return await self.engine.store.append_async("interactions", payload, user=str(payload["user"]), then=applied)
 
-    def _interactions_event(
-        self, user: Any, ratings: list[tuple[Any, float | None]]
-    ) -> tuple[int | None, dict[str, Any]]:
+    def _interactions_event(self, user: Any, ratings: list[tuple[Any, float | None]]) -> dict[str, Any]:
+        """The event payload of a user's new interactions, validated against the current state (a user the
+        model was not trained with is created by it, up to MAX_NEW_USERS)."""
         snapshot = self.current()
         model = snapshot.model
         index, plain = self.known_or_new(user, snapshot)
@@ -308,9 +308,9 @@ class RecommenderService:
             "items": [_plain(model.items_.ids[i]) for i in items],
             "ratings": values,
         }
-        return index, payload
+        return payload
 
-    def _interactions_applied(self, index: int | None, payload: dict[str, Any], seq: int) -> dict[str, Any]:
+    def _interactions_applied(self, payload: dict[str, Any], seq: int) -> dict[str, Any]:
         self.engine.catch_up(upto=seq, own=Event(seq, "interactions", str(payload["user"]), payload, time.time()))
         snapshot = self.engine.snapshot
         model = snapshot.model
