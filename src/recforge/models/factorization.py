@@ -13,7 +13,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from recforge.coldstart import EMBEDDINGS, HISTORY, KNOWN_USERS, RATINGS
-from recforge.data.query import History, Query
+from recforge.data.query import History
 from recforge.models.base import Recommender, UserUpdate
 
 
@@ -94,8 +94,6 @@ class FactorModel(Recommender):
         return replace(update, vector=np.asarray(factors[0], dtype=np.float32), bias=float(biases[0]))
 
     def score_updated(self, update: UserUpdate) -> np.ndarray:
-        if update.user < 0:  # started from writes: exactly what their history scores (towers, blends and all)
-            return self.score(Query(np.array([-1]), update.history))
         return self.score_vectors(update.vector[None, :], np.array([update.bias]))
 
     def _predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:

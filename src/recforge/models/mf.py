@@ -178,17 +178,23 @@ class ExplicitMF(FactorModel):
         return self._blend(super()._score_known(users), users, None).astype(np.float32)
 
     def score_updated(self, update: UserUpdate) -> np.ndarray:
-        """A known user's update blended like their trained scores (p·R̂ + (1 − p)·their mean)."""
-        scores = super().score_updated(update)
-        if update.user < 0:  # the history path blended it already
-            return scores
-        return self._blend(scores.astype(np.float64), np.array([update.user]), None).astype(np.float32)
+        """An update blended like the user's other scores: a known user's with their training mean, a user
+        started from writes with the mean of what they wrote (as their history would be)."""
+        raw = super().score_updated(update).astype(np.float64)
+        if update.user < 0:
+            return self._blend_history(raw, update.history)
+        return self._blend(raw, np.array([update.user]), None).astype(np.float32)
 
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
         raw = super()._score_history(history, users).astype(np.float64)
         empty = history.lengths() == 0
         if empty.any():
             raw[empty] = self._cold_raw(np.arange(self.n_items))
+        return self._blend_history(raw, history)
+
+    def _blend_history(self, raw: np.ndarray, history: History) -> np.ndarray:
+        """p·R̂ + (1 − p)·⟨R⟩ for query-time histories: with `blend_mean = "user"` the mean of each history's
+        own ratings (the global mean where it has none)."""
         if self.config.blend_mean == "user" and self.config.blend_weight != 1.0:  # type: ignore[attr-defined]
             rated = history.ratings if history.ratings is not None else sp.csr_matrix((len(history), self.n_items))
             counts = rated.getnnz(axis=1)
