@@ -117,10 +117,7 @@ class RecommenderService:
     ) -> tuple[int | None, Any]:
         """(the model's index or None for a user it was not trained with, the id as the vocabulary types it);
         an id of the wrong type is a ConfigError either way."""
-        vocabulary = snapshot.model.users_
-        check_id(vocabulary, user, field, from_url=url)
-        plain = int(user) if isinstance(user, str) and vocabulary.ids.dtype.kind in "iu" else user
-        return vocabulary.position(plain), plain
+        return lookup(snapshot.model.users_, user, field, from_url=url)
 
     def item_index(self, item: Any, snapshot: Snapshot | None = None, field: str = "item", url: bool = False) -> int:
         """An item id from a JSON body (default) or, with url=True, from a URL."""
@@ -432,13 +429,18 @@ class RecommenderService:
 
 def resolve(vocabulary: Any, raw: Any, field: str, from_url: bool = False) -> int:
     """The model's index of an external id from a URL (a string) or JSON (the vocabulary's own type)."""
-    check_id(vocabulary, raw, field, from_url)
-    if isinstance(raw, str) and vocabulary.ids.dtype.kind in "iu":
-        raw = int(raw)  # a URL segment of ASCII digits, checked above
-    position = vocabulary.position(raw)
+    position, plain = lookup(vocabulary, raw, field, from_url)
     if position is None:
-        raise UnknownIdError(f"unknown {field.split('.')[-1]} id {raw!r}")
+        raise UnknownIdError(f"unknown {field.split('.')[-1]} id {plain!r}")
     return position
+
+
+def lookup(vocabulary: Any, raw: Any, field: str, from_url: bool = False) -> tuple[int | None, Any]:
+    """(the id's index, or None when the vocabulary lacks it; the id in the vocabulary's own type), after
+    `check_id`: a URL segment of ASCII digits becomes an integer for integer vocabularies."""
+    check_id(vocabulary, raw, field, from_url)
+    plain = int(raw) if isinstance(raw, str) and vocabulary.ids.dtype.kind in "iu" else raw
+    return vocabulary.position(plain), plain
 
 
 def check_id(vocabulary: Any, raw: Any, field: str, from_url: bool = False) -> None:
