@@ -29,6 +29,29 @@ def test_manifest_records_config_version_fingerprint_and_checksums(saved):
     assert all(len(f["sha256"]) == 64 for f in manifest["files"].values())
 
 
+def test_a_catalogue_saved_with_the_model_gives_the_service_its_titles(tmp_path):
+    import pandas as pd
+
+    from recforge.errors import ConfigError
+    from recforge.serving.service import RecommenderService
+
+    data = make_interactions()
+    model = create_model("ials", n_factors=4, n_iterations=2).fit(data)
+    ids = data.items.ids.tolist()
+    titles = pd.DataFrame({"item_id": ids, "title": [f"Film {i}" for i in ids], "genres": [["Drama"]] * len(ids)})
+    path = model.save(tmp_path / "titled", catalogue=titles)
+    assert "items.parquet" in read_manifest(path)["files"]
+    service = RecommenderService.from_artifact(path)
+    assert service.current().catalogue.titles == titles["title"].tolist()
+    assert service.find_item(f"film {ids[3]}") == ids[3]
+    texts = titles.assign(genres="Drama|Comedy")  # a text column, not lists: refused, never dropped
+    with pytest.raises(ConfigError, match=rf"item {ids[0]!r}: genres must be a list of names"):
+        model.save(tmp_path / "texts", catalogue=texts)
+    with pytest.raises(ConfigError, match="more than once"):
+        model.save(tmp_path / "twice", catalogue=pd.concat([titles, titles.head(1)]))
+    assert not (tmp_path / "texts").exists() and not (tmp_path / "twice").exists()
+
+
 def test_truncated_file_is_refused(saved):
     _, path = saved
     arrays = path / "arrays.safetensors"

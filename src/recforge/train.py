@@ -82,14 +82,7 @@ def save_served(
     config: TrainConfig, model: Any, data: Interactions, target: str | Path, metadata: dict[str, Any] | None = None
 ) -> Path:
     """Write what the service loads: the model (behind the configured index) and its item catalogue."""
-    from recforge.data.catalogue import ITEMS_FILE, item_metadata
     from recforge.models.indexed import IndexedRecommender
 
     served = model if config.index is None else IndexedRecommender.build(model, config.index)
-    extra: dict[str, Any] = {}
-    items = item_metadata(data)
-    if items is not None:
-        extra[ITEMS_FILE] = lambda path: items.to_parquet(path, index=False)
-    return served.save(
-        target, extra_files=extra, metadata={"dataset": data.name, "seed": config.seed, **(metadata or {})}
-    )
+    return served.save(target, metadata={"dataset": data.name, "seed": config.seed, **(metadata or {})}, catalogue=data)

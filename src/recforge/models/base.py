@@ -459,15 +459,27 @@ class Recommender(ABC):
     def _set_state(self, arrays: dict[str, np.ndarray], extras: dict[str, Any]) -> None:
         return None
 
-    def save(self, path: Any, extra_files: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None) -> Any:
+    def save(
+        self,
+        path: Any,
+        extra_files: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        catalogue: Any = None,
+    ) -> Any:
         """Write a model artifact directory (see `recforge.artifacts`); `recforge.load` reads it back.
-        `extra_files` maps file names to callables writing them (an ANN index, the item catalogue)."""
+        `extra_files` maps file names to callables writing them (an ANN index). `catalogue` — the
+        Interactions the model was fitted on, or a frame of item_id, title, genres — stores the item
+        titles and genres the service, its page and `recforge recommend`/`similar` show (and find items by)."""
         from recforge.artifacts import write_artifact
+        from recforge.data.catalogue import ITEMS_FILE, item_metadata
         from recforge.errors import ArtifactError
         from recforge.models.registry import model_names
 
         if self.name not in model_names():
             raise ArtifactError(f"model {self.name!r} is not registered; register it to save it")
+        items = item_metadata(catalogue) if catalogue is not None else None
+        if items is not None:
+            extra_files = {**(extra_files or {}), ITEMS_FILE: lambda target: items.to_parquet(target, index=False)}
         arrays, state = self.get_state()
         return write_artifact(
             path,

@@ -120,8 +120,17 @@ class IndexedRecommender:
         service takes per request (no sparse matrices)."""
         return self.index.search_one(vector, k, exclude)
 
-    def save(self, path: Any, extra_files: dict[str, Any] | None = None, metadata: dict[str, Any] | None = None) -> Any:
+    def save(
+        self,
+        path: Any,
+        extra_files: dict[str, Any] | None = None,
+        metadata: dict[str, Any] | None = None,
+        catalogue: Any = None,
+    ) -> Any:
         """The model's artifact with the index inside; `recforge.load` gives back an IndexedRecommender."""
         return self.model.save(
-            path, extra_files={**index_writers(self.index), **(extra_files or {})}, metadata=metadata
+            path,
+            extra_files={**index_writers(self.index), **(extra_files or {})},
+            metadata=metadata,
+            catalogue=catalogue,
         )
