@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from recforge.cli import app
 from recforge.data.loaders import load_movielens_100k_fold
+from recforge.data.query import Query
 from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator
 from recforge.models import create_model, load_model
 from recforge.models.config import TrainOptions
@@ -22,7 +23,7 @@ def saved(tmp_path_factory, data_dir):
     split = load_movielens_100k_fold("u1", data_dir / "ml-100k")
     model = create_model("mf", n_epochs=5).fit(split.train, TrainOptions(seed=0))
     folder = tmp_path_factory.mktemp("saved")
-    model.save(folder / "mf")
+    model.save(folder / "mf", catalogue=split.train)  # titles and genres for `recommend` and `similar`
     return split, load_model(folder / "mf"), folder
 
 
@@ -76,3 +77,37 @@ def test_predict_and_batch_recommend_write_files(saved, tmp_path):
     assert not any((u, i) in seen for u, i in zip(recs["user"], recs["item"], strict=True))  # training excluded
     expected = model.recommend([1], k=5).to_frame()
     assert recs[recs["user"] == 1]["item"].tolist() == expected["item"].tolist()
+
+
+def _listed_items(output: str) -> list[int]:
+    """The item column of a printed recommendations table."""
+    rows = [line.split("│") for line in output.splitlines() if line.startswith("│")]
+    return [int(cells[2]) for cells in rows]
+
+
+def test_similar_finds_an_item_by_its_title_and_names_ambiguous_ones(saved):
+    _, model, folder = saved
+    by_id = _run("similar", "--model", str(folder / "mf"), "--item", "50", "-k", "5")
+    by_title = _run("similar", "--model", str(folder / "mf"), "--item", "STAR WARS", "-k", "5")  # "Star Wars (1977)"
+    assert by_title == by_id and "Star Wars (1977) [50]" in by_id
+    expected = model.similar_items(np.array([50]), 5).to_frame()["item"].tolist()  # external ids in and out
+    assert _listed_items(by_id) == expected
+    result = CliRunner().invoke(app, ["similar", "--model", str(folder / "mf"), "--item", "godfather"])
+    assert result.exit_code == 2 and "matches 2 titles" in result.output, result.output
+    assert "127 Godfather, The (1972)" in result.output and "187 Godfather: Part II" in result.output
+    result = CliRunner().invoke(app, ["similar", "--model", str(folder / "mf"), "--item", "no such film"])
+    assert result.exit_code == 2 and "neither an item id of this model nor part of a title" in result.output
+
+
+def test_recommend_for_a_new_user_from_items_given_by_id_or_title(saved):
+    _, model, folder = saved
+    output = _run(
+        "recommend", "--model", str(folder / "mf"), "--item", "toy story", "--item", "50", "--item", "Fargo (1996)",
+        "-k", "5",
+    )  # fmt: skip
+    assert "new user with Toy Story (1995) [1], Star Wars (1977) [50], Fargo (1996) [100]" in output
+    new_user = Query.from_items([[model.items_.position(i) for i in (1, 50, 100)]], model.n_items)
+    expected = model.recommend(new_user, k=5, external_ids=False).item_index[0]
+    assert _listed_items(output) == model.items_.ids[expected].tolist()
+    result = CliRunner().invoke(app, ["recommend", "--model", str(folder / "mf"), "--item", "1", "--user", "1"])
+    assert result.exit_code == 2 and "give --user ID, --item ID|TITLE" in result.output

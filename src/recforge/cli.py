@@ -302,17 +302,27 @@ def recommend(
     user_column: Annotated[str, typer.Option(help="user column of the --users file")] = "user_id",
     sep: Annotated[str | None, typer.Option(help="separator of a text file (default: sniffed)")] = None,
     unknown: Annotated[str, typer.Option(help="users unknown to the model: raise or drop")] = "raise",
+    item: Annotated[
+        list[str] | None,
+        typer.Option("--item", help="a new user's item, by id or title (repeat for their history): prints a table"),
+    ] = None,
 ) -> None:
-    """Top-k recommendations of a saved model: for one user (--user, a table), or for a file of users or
-    every trained user (--users FILE|all --output recs.csv|.parquet: user, rank, item, score, served_by)."""
-    if (user is None) == (users is None):
-        raise typer.BadParameter("give --user ID, or --users FILE|all with --output")
-    if user is not None:
+    """Top-k recommendations of a saved model: for one user (--user, a table), for a new user from the items
+    they have (--item ID|TITLE, repeated), or for a file of users or every trained user (--users FILE|all
+    --output recs.csv|.parquet: user, rank, item, score, served_by)."""
+    if sum(given is not None for given in (user, users, item)) != 1:
+        raise typer.BadParameter("give --user ID, --item ID|TITLE (repeated), or --users FILE|all with --output")
+    if user is not None or item:
         from recforge.serving.service import RecommenderService
 
         service = RecommenderService.from_artifact(model)
-        answer = service.recommend_user(user, k, exclude_seen=not include_seen)
-        _recommendations_table(answer, f"top {k} for user {user}")
+        if user is not None:
+            answer = service.recommend_user(user, k, exclude_seen=not include_seen)
+            _recommendations_table(answer, f"top {k} for user {user}")
+            return
+        history = [service.find_item(text) for text in item]
+        answer = service.recommend_new([(i, None) for i in history], k)
+        _recommendations_table(answer, f"top {k} for a new user with {_item_names(service, history)}")
         return
     if output is None:
         raise typer.BadParameter("--users needs --output FILE (.csv, .tsv or .parquet)")
@@ -453,7 +463,7 @@ def predict(
 @_friendly
 def similar(
     model: Annotated[Path, typer.Option("--model", help="model artifact directory")],
-    item: Annotated[str, typer.Option("--item", help="external item id")],
+    item: Annotated[str, typer.Option("--item", help="an item id, or (part of) its title")],
     k: Annotated[int, typer.Option("-k", help="list length")] = 10,
 ) -> None:
     """Items most similar to an item, by the model's own similarity: the cosine of item vectors (factor and
@@ -461,7 +471,16 @@ def similar(
     from recforge.serving.service import RecommenderService
 
     service = RecommenderService.from_artifact(model)
-    _recommendations_table(service.similar(item, k), f"{k} items like {item}")
+    found = service.find_item(item)
+    _recommendations_table(service.similar(found, k), f"{k} items like {_item_names(service, [found])}")
+
+
+def _item_names(service: Any, ids: list[Any]) -> str:
+    """'Toy Story (1995) [1], ...' for a table's title: the catalogue's titles with the ids."""
+    catalogue = service.current().catalogue
+    titles = [catalogue.titles[service.item_index(i)] for i in ids]
+    named = [t if t == str(i) else f"{t} [{i}]" for t, i in zip(titles, ids, strict=True)]
+    return ", ".join(named[:3]) + (f" and {len(named) - 3} more" if len(named) > 3 else "")
 
 
 @app.command()

@@ -33,6 +33,7 @@ from recforge.serving.engine import MAX_NEW_USERS, Engine, Snapshot, check_same_
 from recforge.serving.schemas import INTEGER_PATTERN, MAX_ID_LENGTH, MAX_INTEGER_ID, MAX_K
 from recforge.serving.store import Event, EventStore
 
+_TRAILING_YEAR = r"\s*\(\d{4}\)\s*$"
 _INTEGER = re.compile(INTEGER_PATTERN)
 
 
@@ -261,6 +262,34 @@ class RecommenderService:
         hits = np.flatnonzero(snapshot.catalogue.title_lower.str.contains(query, regex=False).to_numpy())
         hits = hits[np.argsort(-snapshot.popularity[hits], kind="stable")][:limit]  # popular titles first
         return [snapshot.catalogue.row(int(i)) for i in hits]
+
+    def find_item(self, text: str) -> Any:
+        """The item a person means by `text` on a command line: the item with that id when the model has
+        one, else the one title equal to it (ignoring case and a trailing year in brackets, so "toy story"
+        finds "Toy Story (1995)"), else the one title containing it. Several or no matches raise a
+        ConfigError listing the most popular candidates with their ids."""
+        snapshot = self.current()
+        try:
+            index, plain = lookup(snapshot.model.items_, text, "item", from_url=True)
+        except ConfigError:
+            index = None  # not an id of this vocabulary's type: a title
+        if index is not None:
+            return plain
+        query = text.strip().lower()
+        if not query:
+            raise ConfigError("an item id or title is empty")
+        titles = snapshot.catalogue.title_lower
+        bare = titles.str.replace(_TRAILING_YEAR, "", regex=True)
+        for matches in (titles == query, bare == query, titles.str.contains(query, regex=False)):
+            hits = np.flatnonzero(matches.to_numpy())
+            if len(hits) == 1:
+                return snapshot.catalogue.ids[int(hits[0])]
+            if len(hits) > 1:
+                hits = hits[np.argsort(-snapshot.popularity[hits], kind="stable")]
+                listed = "; ".join(f"{snapshot.catalogue.ids[i]} {snapshot.catalogue.titles[i]}" for i in hits[:5])
+                more = f" and {len(hits) - 5} more" if len(hits) > 5 else ""
+                raise ConfigError(f"{text!r} matches {len(hits)} titles ({listed}{more}): give the item id")
+        raise ConfigError(f"{text!r} is neither an item id of this model nor part of a title")
 
     # ------------------------------------------------------------------ writes
     def add_interactions(self, user: Any, ratings: list[tuple[Any, float | None]]) -> dict[str, Any]:
