@@ -128,6 +128,30 @@ class ModelContract:
         whole = Query.from_history(History.from_items([items], fitted.n_items))
         np.testing.assert_allclose(fitted.score_updated(state), fitted.score(whole), rtol=1e-4, atol=1e-4)
 
+    def test_explanations_are_the_score_each_history_item_adds(self, fitted, split):
+        """`explain`: each reason's weight is what the recommended item's score loses when that one item
+        leaves the history, the largest first, and only items that add score are given."""
+        from recforge.models.explain import explain_history
+
+        history = History.from_interactions(split.train, np.array([0]))
+        if HISTORY not in fitted.capabilities:
+            with pytest.raises(CapabilityError, match="trained state only"):
+                explain_history(fitted, history, np.array([0]))
+            return
+        items = fitted.recommend(Query.from_history(history), k=3, external_ids=False).item_index[0]
+        items = np.append(items, history.row_items(0)[0])  # and an item of the history itself
+        sequence, ratings = history.row_items(0), history.row_ratings(0)
+        full = fitted.score(Query.from_history(history))[0]
+        for item, reasons in zip(items, explain_history(fitted, history, items, top=2), strict=True):
+            assert len(reasons) <= 2 and all(r.item != item and r.weight > 0 for r in reasons)
+            assert [r.weight for r in reasons] == sorted((r.weight for r in reasons), reverse=True)
+            for reason in reasons:
+                keep = sequence != reason.item
+                kept = None if history.ratings is None else [[r for r, k in zip(ratings, keep, strict=True) if k]]
+                without = History.from_items([sequence[keep].tolist()], fitted.n_items, kept)
+                lost = full[item] - fitted.score(Query.from_history(without))[0, item]
+                assert reason.weight == pytest.approx(lost, rel=1e-4, abs=1e-5)
+
     def test_an_unrated_update_leaves_a_rating_models_scores_as_trained(self, fitted, split):
         """Interactions without ratings give an explicit factor model no evidence to move the user by, so
         the updated user scores as trained (blends and all)."""

@@ -111,6 +111,16 @@ class History:
         """Item indices of one query (in time order, repeats kept)."""
         return self.sequences.items[self.sequences.indptr[row] : self.sequences.indptr[row + 1]]
 
+    def row_ratings(self, row: int) -> list[float | None]:
+        """The ratings of `row_items(row)`, position by position (None where unrated, or everywhere when the
+        history has no ratings)."""
+        items = self.row_items(row)
+        if self.ratings is None or not len(items):
+            return [None] * len(items)
+        rated = self.ratings.getrow(row)
+        values = dict(zip(rated.indices.tolist(), rated.data.tolist(), strict=True))
+        return [values.get(int(i)) for i in items]
+
     def lengths(self) -> np.ndarray:
         """(n,) number of distinct items per query."""
         return np.diff(self.binary.indptr)

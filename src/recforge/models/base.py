@@ -336,7 +336,7 @@ class Recommender(ABC):
         """One history row: `before`'s items then `added`'s, the most recent occurrence of each item kept
         (in that order) with its rating, at most MAX_UPDATE_ITEMS of the newest."""
         items = np.concatenate([before.row_items(0), added.row_items(0)])
-        ratings = _row_ratings(before, items[: len(before.row_items(0))]) + _row_ratings(added, added.row_items(0))
+        ratings = before.row_ratings(0) + added.row_ratings(0)
         order = items[::-1]  # the most recent occurrence of each item wins, order kept
         _, first = np.unique(order, return_index=True)
         keep = np.sort(len(items) - 1 - first)[-MAX_UPDATE_ITEMS:]
@@ -412,6 +412,41 @@ class Recommender(ABC):
         return self._package(
             np.asarray(items) if external_ids else self.items_.lookup(index), top_index, top_scores, "similar"
         )
+
+    def explain(
+        self,
+        user: Any,
+        items: np.ndarray | list[Any],
+        top: int = 3,
+        *,
+        history: History | None = None,
+        external_ids: bool = True,
+    ) -> pd.DataFrame:
+        """Why each of `items` suits `user`: the `top` items of their history whose removal lowers its score
+        most (`recforge.models.explain`). A known user is explained from their training history; for
+        anyone else pass `history` (one row) and user=None. A frame of item, rank, because, weight (the
+        score it would lose), ids external unless external_ids=False."""
+        from recforge.models.explain import explain_history
+
+        self._require_fitted()
+        index = self.items_.index(items) if external_ids else np.asarray(items, dtype=np.int64)
+        if history is None:
+            if user is None:
+                raise ConfigError("explain needs a known user or a history")
+            user_index = int(self.users_.index(user)[0]) if external_ids else int(user)
+            self._check_users(np.array([user_index]))
+            history = self.training_history(user_index)
+        reasons = explain_history(self, history, index, top)
+        label = self.items_.lookup if external_ids else (lambda x: x)
+        rows = [
+            (item, rank, reason.item, reason.weight)
+            for item, listed in zip(label(index), reasons, strict=True)
+            for rank, reason in enumerate(listed, 1)
+        ]
+        frame = pd.DataFrame(rows, columns=["item", "rank", "because", "weight"])
+        if external_ids and len(frame):
+            frame["because"] = self.items_.lookup(frame["because"].to_numpy())
+        return frame
 
     def _item_similarity(self, items: np.ndarray) -> np.ndarray:
         vectors = self.item_vectors()
@@ -491,15 +526,6 @@ class Recommender(ABC):
             extra_files=extra_files,
             metadata=metadata,
         )
-
-
-def _row_ratings(history: History, items: np.ndarray) -> list[float | None]:
-    """Ratings of one history row's items (None where unrated or the history has no ratings)."""
-    if history.ratings is None or not len(items):
-        return [None] * len(items)
-    row = history.ratings.getrow(0)
-    values = dict(zip(row.indices.tolist(), row.data.tolist(), strict=True))
-    return [values.get(int(i)) for i in items]
 
 
 def csr_arrays(name: str, matrix: sp.csr_matrix) -> dict[str, np.ndarray]:
