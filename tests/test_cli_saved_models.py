@@ -24,6 +24,8 @@ def saved(tmp_path_factory, data_dir):
     model = create_model("mf", n_epochs=5).fit(split.train, TrainOptions(seed=0))
     folder = tmp_path_factory.mktemp("saved")
     model.save(folder / "mf", catalogue=split.train)  # titles and genres for `recommend` and `similar`
+    ials = create_model("ials", n_factors=16, n_iterations=5).fit(split.train, TrainOptions(seed=0))
+    ials.save(folder / "ials", catalogue=split.train)
     return split, load_model(folder / "mf"), folder
 
 
@@ -79,10 +81,23 @@ def test_predict_and_batch_recommend_write_files(saved, tmp_path):
     assert recs[recs["user"] == 1]["item"].tolist() == expected["item"].tolist()
 
 
+def _table_rows(output: str) -> list[list[str]]:
+    """The cells of a printed table's rows, a cell wrapped over several lines joined again."""
+    rows: list[list[str]] = []
+    for line in output.splitlines():
+        if not line.startswith("│"):
+            continue
+        cells = [cell.strip() for cell in line.split("│")[1:-1]]
+        if cells[0]:  # a rank: a new row
+            rows.append(cells)
+        else:
+            rows[-1] = [f"{a} {b}".strip() for a, b in zip(rows[-1], cells, strict=True)]
+    return rows
+
+
 def _listed_items(output: str) -> list[int]:
     """The item column of a printed recommendations table."""
-    rows = [line.split("│") for line in output.splitlines() if line.startswith("│")]
-    return [int(cells[2]) for cells in rows]
+    return [int(row[1]) for row in _table_rows(output)]
 
 
 def test_similar_finds_an_item_by_its_title_and_names_ambiguous_ones(saved):
@@ -100,7 +115,7 @@ def test_similar_finds_an_item_by_its_title_and_names_ambiguous_ones(saved):
 
 
 def test_recommend_for_a_new_user_from_items_given_by_id_or_title(saved):
-    _, model, folder = saved
+    split, model, folder = saved
     output = _run(
         "recommend", "--model", str(folder / "mf"), "--item", "toy story", "--item", "50", "--item", "Fargo (1996)",
         "-k", "5",
@@ -109,5 +124,13 @@ def test_recommend_for_a_new_user_from_items_given_by_id_or_title(saved):
     new_user = Query.from_items([[model.items_.position(i) for i in (1, 50, 100)]], model.n_items)
     expected = model.recommend(new_user, k=5, external_ids=False).item_index[0]
     assert _listed_items(output) == model.items_.ids[expected].tolist()
+    ials = load_model(folder / "ials")
+    explained = _run("recommend", "--model", str(folder / "ials"), "--user", "1", "-k", "3", "--explain")
+    rows = _table_rows(explained)
+    expected = ials.explain(1, [int(row[1]) for row in rows])
+    titles = dict(zip(split.train.items.ids, split.train.item_features["title"], strict=True))
+    for row in rows:  # the because column lists the library's reasons, by title, largest first
+        reasons = expected[expected["item"] == int(row[1])]["because"]
+        assert row[5] == "; ".join(titles[i] for i in reasons) and len(reasons) == 3
     result = CliRunner().invoke(app, ["recommend", "--model", str(folder / "mf"), "--item", "1", "--user", "1"])
     assert result.exit_code == 2 and "give --user ID, --item ID|TITLE" in result.output

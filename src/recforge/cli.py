@@ -280,10 +280,14 @@ def train(
 def _recommendations_table(answer: dict[str, Any], title: str) -> None:
     note = answer["note"]
     table = Table(title=escape(f"{title} (served by {answer['served_by']}{': ' + note if note else ''})"))
-    for column in ("rank", "item", "title", "genres", "score"):
+    explained = any("because" in row for row in answer["items"])
+    for column in ("rank", "item", "title", "genres", "score", *(("because",) if explained else ())):
         table.add_column(column, justify="right" if column in ("rank", "score") else "left")
     for rank, row in enumerate(answer["items"], 1):
-        table.add_row(str(rank), str(row["item"]), str(row["title"]), ", ".join(row["genres"]), f"{row['score']:.4f}")
+        cells = [str(rank), str(row["item"]), str(row["title"]), ", ".join(row["genres"]), f"{row['score']:.4f}"]
+        if explained:
+            cells.append("; ".join(str(reason["title"]) for reason in row.get("because", [])))
+        table.add_row(*(escape(cell) for cell in cells))
     console.print(table)
 
 
@@ -306,6 +310,9 @@ def recommend(
         list[str] | None,
         typer.Option("--item", help="a new user's item, by id or title (repeat for their history): prints a table"),
     ] = None,
+    explain: Annotated[
+        bool, typer.Option(help="with --user or --item: which of the user's items each recommendation is because of")
+    ] = False,
 ) -> None:
     """Top-k recommendations of a saved model: for one user (--user, a table), for a new user from the items
     they have (--item ID|TITLE, repeated), or for a file of users or every trained user (--users FILE|all
@@ -317,11 +324,11 @@ def recommend(
 
         service = RecommenderService.from_artifact(model)
         if user is not None:
-            answer = service.recommend_user(user, k, exclude_seen=not include_seen)
+            answer = service.recommend_user(user, k, exclude_seen=not include_seen, explain=explain)
             _recommendations_table(answer, f"top {k} for user {user}")
             return
         history = [service.find_item(text) for text in item]
-        answer = service.recommend_new([(i, None) for i in history], k)
+        answer = service.recommend_new([(i, None) for i in history], k, explain=explain)
         _recommendations_table(answer, f"top {k} for a new user with {_item_names(service, history)}")
         return
     if output is None:

@@ -546,3 +546,37 @@ def test_new_users_are_capped_until_a_retrain_learns_them(ials_dir, monkeypatch)
     assert client.get("/users/6002/recommendations").status_code == 404  # nothing was stored for them
     assert client.post("/users/6001/interactions", json={"items": [{"item": 181}]}).status_code == 200  # existing
     assert client.post("/users/1/interactions", json={"items": [{"item": 181}]}).status_code == 200  # trained
+
+
+def test_explained_recommendations_name_the_users_items_behind_each(ml100k, tmp_path, client):
+    """`explain=true`: each item carries `because` — the user's items whose removal lowers its score most,
+    with that loss (the model's own `explain`) — for trained users, users after writes, and new users;
+    without it answers are as before, and a model that cannot explain says so instead of failing."""
+    model = create_model("ease").fit(ml100k)
+    ease = serve(_artifact(model, ml100k, tmp_path / "ease"))
+    plain = ease.get("/users/1/recommendations", params={"k": 4}).json()
+    assert all("because" not in row for row in plain["items"])
+    body = ease.get("/users/1/recommendations", params={"k": 4, "explain": True}).json()
+    assert [row["item"] for row in body["items"]] == [row["item"] for row in plain["items"]]
+    expected = model.explain(1, [row["item"] for row in body["items"]])
+    for row in body["items"]:
+        reasons = expected[expected["item"] == row["item"]]
+        assert [r["item"] for r in row["because"]] == reasons["because"].tolist() and len(row["because"]) == 3
+        np.testing.assert_allclose([r["weight"] for r in row["because"]], reasons["weight"], rtol=1e-6)
+        assert all(r["title"] and r["title"] != str(r["item"]) for r in row["because"])  # catalogue titles
+    # a factor model behind its HNSW index, after a write: the new item is among what explains
+    first = client.get("/users/1/recommendations", params={"k": 1}).json()["items"][0]["item"]
+    assert client.post("/users/1/interactions", json={"items": [{"item": first}]}).status_code == 200
+    after = client.get("/users/1/recommendations", params={"k": 5, "explain": True}).json()
+    assert after["served_by"] == "model (updated)+ann"
+    users_items = set(ml100k.items.lookup(ml100k.item_index[ml100k.user_index == ml100k.users.index([1])[0]]))
+    named = {r["item"] for row in after["items"] for r in row["because"]}
+    assert named and named <= users_items | {first}
+    # a new user: only the items they gave explain their list
+    given = [50, 172, 181]
+    new = client.post("/recommendations", json={"items": [{"item": i} for i in given], "k": 5, "explain": True}).json()
+    assert all(row["because"] and {r["item"] for r in row["because"]} <= set(given) for row in new["items"])
+    knn = serve(_artifact(create_model("user_knn", feedback="implicit").fit(ml100k), ml100k, tmp_path / "uknn"))
+    refused = knn.get("/users/1/recommendations", params={"k": 3, "explain": True})
+    assert refused.status_code == 200 and "no explanations: user_knn" in refused.json()["note"]
+    assert all(row["because"] == [] for row in refused.json()["items"])

@@ -1,6 +1,7 @@
 """End to end in a real browser: the service on a loopback port with a real MovieLens 100K model,
 headless Chromium (Debian's chromium + chromium-driver, installed by `.ci/run`) driven by Selenium:
-search a title, rate it, and see recommendations (with titles and genres) update; "more like this"."""
+search a title, rate it, and see recommendations (with titles, genres and what they are because of)
+update; "more like this"."""
 
 from __future__ import annotations
 
@@ -100,6 +101,8 @@ def test_rate_items_and_see_recommendations_update(server, browser):
     items = [row["item"] for row in rows]
     assert len(items) == 10 and "50" not in items and items != popular
     assert any("Return of the Jedi" in row["text"] for row in rows)
+    reasons = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#recommendations .because")]
+    assert reasons and all(text == "because you rated Star Wars (1977)" for text in reasons)  # the one rating
     assert browser.find_elements(By.CSS_SELECTOR, "#recommendations .genres")[0].text  # genres shown
     assert "Star Wars" in browser.find_element(By.ID, "ratings").text
 

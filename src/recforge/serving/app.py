@@ -1,6 +1,6 @@
 """The HTTP service: `create_app(service)` or `recforge serve --model DIR`.
 
-Endpoints (JSON): GET /health, GET /users/{id}/recommendations?k=&exclude_seen=, POST /recommendations,
+Endpoints (JSON): GET /health, GET /users/{id}/recommendations?k=&exclude_seen=&explain=, POST /recommendations,
 POST /users/{id}/interactions, POST /items (new items from features), GET /items/{id}/similar?k=,
 POST /predict, GET /items?query=&limit=, GET /metrics (Prometheus text; /metrics/json the same as
 JSON); GET / serves the web page. Errors: unknown ids -> 404, impossible requests (a model that cannot
@@ -42,12 +42,12 @@ from recforge.serving.schemas import (
     MAX_ID_LENGTH,
     MAX_INTEGER_ID,
     MAX_K,
-    Answer,
     Health,
     InteractionsAnswer,
     ItemsAnswer,
     PredictAnswer,
     PromoteRequest,
+    Recommended,
     SearchAnswer,
     SimilarAnswer,
     UserAnswer,
@@ -260,7 +260,7 @@ class _QuickPaths:
             answer = self.service.recommend_user(user, k, exclude_seen)
         except Exception:  # FastAPI answers it again and renders the error
             return None
-        return self.answer.dump_json(self.answer.validate_python({"user": user, **answer}))
+        return self.answer.dump_json(self.answer.validate_python({"user": user, **answer}), exclude_none=True)
 
     async def _write(self, scope: dict, receive: Any, send: Any) -> None:
         user = self._user_in(scope["path"], "/users/", "/interactions")
@@ -451,8 +451,19 @@ def create_app(
             "worker": os.getpid(),
         }
 
-    @app.get("/users/{user_id}/recommendations", response_model=UserAnswer, responses=ERRORS, dependencies=read)
-    async def user_recommendations(user_id: UserId, k: Count = 10, exclude_seen: bool = True) -> dict:
+    @app.get(
+        "/users/{user_id}/recommendations",
+        response_model=UserAnswer,
+        response_model_exclude_none=True,
+        responses=ERRORS,
+        dependencies=read,
+    )
+    async def user_recommendations(
+        user_id: UserId, k: Count = 10, exclude_seen: bool = True, explain: bool = False
+    ) -> dict:
+        if explain:  # leaves each of the user's items out in turn: milliseconds or more, so a thread
+            answer = await run_in_threadpool(service.recommend_user, user_id, k, exclude_seen, True)
+            return {"user": user_id, **answer}
         # sub-millisecond answers run on the event loop: a thread-pool hop (and the GIL hand-offs it
         # brings) cost more than the work and dominated tail latency under load; heavier ones go to threads
         if service.answers_quickly():
@@ -460,12 +471,18 @@ def create_app(
         # concurrent reads are scored together (`recforge.serving.batching`): one pass over the catalogue
         return {"user": user_id, **await reads.submit((user_id, k, exclude_seen))}
 
-    @app.post("/recommendations", response_model=Answer, responses=ERRORS, dependencies=read)
+    @app.post(
+        "/recommendations",
+        response_model=Recommended,
+        response_model_exclude_none=True,
+        responses=ERRORS,
+        dependencies=read,
+    )
     def new_user_recommendations(body: NewUserRequest) -> dict:
         features = body.features
         if features is not None and not isinstance(features, dict):  # typed when the model has a user tower
             features = features.model_dump(exclude_none=True)
-        return service.recommend_new([(r.item, r.rating) for r in body.items], body.k, features)
+        return service.recommend_new([(r.item, r.rating) for r in body.items], body.k, features, body.explain)
 
     @app.post("/users/{user_id}/interactions", response_model=InteractionsAnswer, responses=ERRORS, dependencies=write)
     async def add_interactions(user_id: UserId, body: InteractionsRequest) -> dict:

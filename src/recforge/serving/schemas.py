@@ -86,6 +86,7 @@ def request_models(
             None, description="user features (e.g. age, gender) for models with a user-feature tower"
         )
         k: K = 10
+        explain: bool = Field(False, description="say which of the items given led to each recommendation")
 
     class InteractionsRequest(_Strict):
         items: list[RatedItem] = Field(min_length=1, max_length=10_000)
@@ -127,11 +128,21 @@ def _features_model(name: str, kinds: dict[str, str]) -> type[BaseModel]:
 
 
 # ----------------------------------------------------------------------------- answers
+class Because(BaseModel):
+    item: int | str
+    title: str | None
+    weight: float = Field(description="how much the recommended item's score falls without this item")
+
+
 class ItemRow(BaseModel):
     item: int | str
     title: str | None
     genres: list[str]
     score: float | None = None
+
+
+class RecommendedItem(ItemRow):
+    because: list[Because] | None = Field(None, description="with explain=true: the user's items behind it")
 
 
 class Answer(BaseModel):
@@ -140,7 +151,13 @@ class Answer(BaseModel):
     items: list[ItemRow]
 
 
-class UserAnswer(Answer):
+class Recommended(Answer):
+    """A list of recommendations; `because` appears on its items only when explanations were asked for."""
+
+    items: list[RecommendedItem]
+
+
+class UserAnswer(Recommended):
     user: str
 
 

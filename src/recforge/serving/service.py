@@ -28,11 +28,13 @@ from recforge.coldstart import HISTORY, ITEM_FEATURES, KNOWN_USERS, RATINGS, USE
 from recforge.data.query import History, Query
 from recforge.errors import CapabilityError, ConfigError, UnknownIdError
 from recforge.models.base import Recommendations, Recommender, UserUpdate
+from recforge.models.explain import Reason, explain_history
 from recforge.models.factorization import FactorModel
 from recforge.serving.engine import MAX_NEW_USERS, Engine, Snapshot, check_same_interface
 from recforge.serving.schemas import INTEGER_PATTERN, MAX_ID_LENGTH, MAX_INTEGER_ID, MAX_K
 from recforge.serving.store import Event, EventStore
 
+EXPLAIN_TOP = 3  # reasons per recommended item
 _TRAILING_YEAR = r"\s*\(\d{4}\)\s*$"
 _INTEGER = re.compile(INTEGER_PATTERN)
 
@@ -130,10 +132,17 @@ class RecommenderService:
         return min(k, snapshot.model.n_items)
 
     # ------------------------------------------------------------------ recommendations
-    def recommend_user(self, user: Any, k: int = 10, exclude_seen: bool = True) -> dict[str, Any]:
+    def recommend_user(
+        self, user: Any, k: int = 10, exclude_seen: bool = True, explain: bool = False
+    ) -> dict[str, Any]:
         """A known user's top k: from their update when they wrote since training, else the trained state
-        (through the vector index when there is one)."""
-        return self._recommend_user(self.current(), user, k, exclude_seen)
+        (through the vector index when there is one). With `explain`, each item says `because` of which of
+        the user's items (`recforge.models.explain`)."""
+        snapshot = self.current()
+        answer = self._recommend_user(snapshot, user, k, exclude_seen)
+        if explain:
+            self._explain(snapshot, answer, self._history_of(snapshot, user))
+        return answer
 
     def recommend_users(self, requests: list[tuple[Any, int, bool]]) -> list[dict[str, Any] | Exception]:
         """`recommend_user` for many (user, k, exclude_seen) at once, each answer or its error in its place.
@@ -209,11 +218,15 @@ class RecommenderService:
         )
 
     def recommend_new(
-        self, ratings: list[tuple[Any, float | None]], k: int = 10, features: dict[str, Any] | None = None
+        self,
+        ratings: list[tuple[Any, float | None]],
+        k: int = 10,
+        features: dict[str, Any] | None = None,
+        explain: bool = False,
     ) -> dict[str, Any]:
         """A user unknown to the model, described by the items they rated now (rating None = interacted)
         and/or user features; `recforge.coldstart` picks the path (features, history or popularity) and
-        says what it could not use."""
+        says what it could not use. With `explain`, each item says `because` of which of those items."""
         snapshot = self.current()
         model = snapshot.model
         k = self._check_k(k, snapshot)
@@ -221,7 +234,38 @@ class RecommenderService:
         history = History.from_items([items], model.n_items, ratings=[values])
         frame = pd.DataFrame([self._checked_user_features(model, features)]) if features else None
         ranker = snapshot.indexed or model  # the index answers vector paths when there is one
-        return self.render(snapshot, ranker.recommend(Query(np.array([-1]), history, frame), k, external_ids=False))
+        answer = self.render(snapshot, ranker.recommend(Query(np.array([-1]), history, frame), k, external_ids=False))
+        if explain:
+            self._explain(snapshot, answer, history)
+        return answer
+
+    def _history_of(self, snapshot: Snapshot, user: Any) -> History:
+        """What a user's recommendations are explained from: their items after their writes, else their
+        training history (a factor model's update keeps items, not ratings)."""
+        index, plain = self.known_or_new(user, snapshot)
+        update = snapshot.newcomers.get(plain) if index is None else snapshot.updates.get(index)
+        if update is None:
+            return snapshot.model.training_history(index)
+        if update.history is not None:
+            return update.history
+        return History.from_items([update.items.tolist()], snapshot.model.n_items)
+
+    def _explain(self, snapshot: Snapshot, answer: dict[str, Any], history: History) -> None:
+        """Adds `because` (at most EXPLAIN_TOP of the history's items, each with the score the item would
+        lose without it) to every item of `answer`; a model that cannot explain says so in the note."""
+        model, rows = snapshot.model, answer["items"]
+        if HISTORY not in model.capabilities:
+            why = f"no explanations: {model.name} scores users from their trained state only"
+            answer["note"] = f"{answer['note']}; {why}" if answer["note"] else why
+            reasons: list[list[Reason]] = [[] for _ in rows]
+        else:
+            indices = model.items_.index([row["item"] for row in rows])
+            reasons = explain_history(model, history, indices, top=EXPLAIN_TOP)
+        for row, listed in zip(rows, reasons, strict=True):
+            row["because"] = [
+                {"item": snapshot.catalogue.ids[r.item], "title": snapshot.catalogue.titles[r.item], "weight": r.weight}
+                for r in listed
+            ]
 
     def similar(self, item: Any, k: int = 10) -> dict[str, Any]:
         snapshot = self.current()
