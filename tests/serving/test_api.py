@@ -324,7 +324,7 @@ def quick_and_plain(ials_dir) -> tuple[TestClient, TestClient]:
     user=st.one_of(st.sampled_from(["1", "13", "943", "0", "944", "-1", "007", "1" * 16]), st.text(max_size=5)),
     query=st.lists(
         st.tuples(
-            st.sampled_from(["k", "exclude_seen", "K", "other"]),
+            st.sampled_from(["k", "exclude_seen", "explain", "K", "other"]),
             st.one_of(
                 st.sampled_from(["10", "1", "0", "1000", "1001", "true", "false", "True", "1"]), st.text(max_size=4)
             ),
