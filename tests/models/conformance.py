@@ -80,6 +80,27 @@ class ModelContract:
             assert np.all(np.diff(recs.scores[row][: len(listed)]) <= 0)
         assert set(recs.to_frame().columns) >= {"user", "rank", "item", "score"}
 
+    def test_candidates_and_excluded_items_restrict_the_list_to_the_rest_in_score_order(self, fitted, split):
+        """Business rules: only `candidates`, never `exclude_items`; what is left keeps the score order,
+        and a list with fewer eligible items than k is padded rather than filled with others."""
+        if KNOWN_USERS not in fitted.capabilities:
+            pytest.skip("does not rank (checked in test_scores_shape_and_values)")
+        users = split.data.users.ids[:6]
+        ids = fitted.items_.ids
+        candidates, excluded = ids[::3], ids[3:12:3]  # every third item, three of them also excluded
+        recs = fitted.recommend(users, k=30, candidates=candidates, exclude_items=excluded)
+        scores = fitted.score(fitted.users_.index(users))
+        seen = split.train.to_csr("binary")
+        allowed = np.isin(ids, candidates) & ~np.isin(ids, excluded)
+        for row, user in enumerate(fitted.users_.index(users)):
+            eligible = np.flatnonzero(allowed & (seen[user].toarray().ravel() == 0))
+            listed = recs.item_index[row][recs.item_index[row] >= 0]
+            assert len(listed) == min(30, len(eligible)) and set(listed) <= set(eligible)
+            expected = eligible[np.lexsort((eligible, -scores[row, eligible]))][: len(listed)]
+            np.testing.assert_array_equal(listed, expected)
+        with pytest.raises(UnknownIdError):
+            fitted.recommend(users, k=5, candidates=[ids[0], "no such item"])
+
     def test_deterministic_for_a_seed(self, fitted, split):
         if not self.deterministic:
             pytest.skip("model declares itself non-deterministic")

@@ -79,3 +79,14 @@ def test_batch_recommend_of_every_user_through_the_index(ials, ml100k):
     frame = recommend_file(indexed, "all", k=20)
     assert frame.groupby("user").size().eq(20).all() and frame["user"].nunique() == ml100k.n_users
     assert indexed.recommend(np.arange(5), k=20, external_ids=False, batch_size=2).item_index.shape == (5, 20)
+
+
+def test_a_restricted_list_is_scored_exactly_by_the_model(ials, ml100k):
+    """An HNSW graph cannot promise k results from a subset it was not built for: lists restricted to
+    candidates (here the first 300 items) or kept from some are the model's exact ones."""
+    indexed = IndexedRecommender.build(ials, {"kind": "hnsw", "ef_search": 16, "m": 4})
+    candidates, excluded = ml100k.items.ids[:300], [50, 181]
+    got = indexed.recommend([13, 1], k=50, candidates=candidates, exclude_items=excluded)
+    exact = ials.recommend([13, 1], k=50, candidates=candidates, exclude_items=excluded)
+    np.testing.assert_array_equal(got.item_index, exact.item_index)
+    assert set(got.served_by) == {"model"} and not {50, 181} & set(got.items[0]) and (got.item_index < 300).all()

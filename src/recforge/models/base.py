@@ -264,15 +264,21 @@ class Recommender(ABC):
         history: History | None = None,
         external_ids: bool = True,
         batch_size: int | None = None,
+        candidates: np.ndarray | list[Any] | None = None,
+        exclude_items: np.ndarray | list[Any] | None = None,
     ) -> Recommendations:
         """Top-k for many queries at once: a `Query`, or users as external ids (indices with
         external_ids=False), optionally with a `history` (one row per user).
 
         Seen items (with exclude_seen) are a known user's training interactions plus the items of the
-        query's history. Each list says which path served it (`served_by`) and why (`notes`).
+        query's history. Business rules: only `candidates` may be recommended (e.g. one category, what is
+        in stock) and never `exclude_items` (item ids, indices with external_ids=False); a list shorter
+        than k is padded, never filled with other items. Each list says which path served it
+        (`served_by`) and why (`notes`).
         """
         self._require_fitted()
         query, labels = self.query_and_labels(users, history, external_ids)
+        blocked = self.blocked_items(candidates, exclude_items, external_ids)
         batch_size = batch_size or default_batch_size(self.n_items)
         all_indices, all_scores, paths, notes = [], [], [], []
         for rows in batched(len(query), batch_size):
@@ -280,6 +286,8 @@ class Recommender(ABC):
             scores, routing = self.score_routed(part)
             if exclude_seen:
                 mask_items(scores, self.seen_by(part))
+            if blocked is not None:
+                scores[:, blocked] = -np.inf
             top_index, top_scores = topk(scores, k)
             all_indices.append(top_index)
             all_scores.append(top_scores)
@@ -295,6 +303,27 @@ class Recommender(ABC):
             np.concatenate(paths) if paths else np.zeros(0, object),
             np.concatenate(notes) if notes else np.zeros(0, object),
         )
+
+    def blocked_items(self, candidates: Any, exclude_items: Any, external_ids: bool = True) -> np.ndarray | None:
+        """(n_items,) True for items a list may not hold: outside `candidates` (when given) or in
+        `exclude_items`; None when neither is given. Unknown ids raise UnknownIdError."""
+        if candidates is None and exclude_items is None:
+            return None
+        blocked = np.zeros(self.n_items, dtype=bool)
+        if candidates is not None:
+            blocked[:] = True
+            blocked[self._item_positions(candidates, external_ids)] = False
+        if exclude_items is not None:
+            blocked[self._item_positions(exclude_items, external_ids)] = True
+        return blocked
+
+    def _item_positions(self, items: Any, external_ids: bool) -> np.ndarray:
+        if external_ids:
+            return self.items_.index(list(items))
+        index = np.asarray(items, dtype=np.int64)
+        if len(index) and (index.min() < 0 or index.max() >= self.n_items):
+            raise ConfigError(f"item indices must lie in [0, {self.n_items}), got {index.min()}..{index.max()}")
+        return index
 
     def query_and_labels(
         self, users: Query | np.ndarray | list[Any], history: History | None, external_ids: bool

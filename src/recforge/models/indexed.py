@@ -58,10 +58,25 @@ class IndexedRecommender:
         history: History | None = None,
         external_ids: bool = True,
         batch_size: int | None = None,
+        candidates: np.ndarray | list[Any] | None = None,
+        exclude_items: np.ndarray | list[Any] | None = None,
     ) -> Recommendations:
         """Top-k like `Recommender.recommend`, vector rows answered by the index (rows per batch: the
-        model's default when None, as there)."""
+        model's default when None, as there). Lists restricted to `candidates` or kept from
+        `exclude_items` are scored exactly by the model instead: an approximate index cannot promise k
+        results from a subset it was not built for."""
         model = self.model
+        if candidates is not None or exclude_items is not None:
+            return model.recommend(
+                users,
+                k,
+                exclude_seen=exclude_seen,
+                history=history,
+                external_ids=external_ids,
+                batch_size=batch_size,
+                candidates=candidates,
+                exclude_items=exclude_items,
+            )
         batch_size = batch_size or default_batch_size(model.n_items)
         query, labels = model.query_and_labels(users, history, external_ids)
         model._check_users(query.users)
