@@ -134,3 +134,14 @@ def test_recommend_for_a_new_user_from_items_given_by_id_or_title(saved):
         assert row[5] == "; ".join(titles[i] for i in reasons) and len(reasons) == 3
     result = CliRunner().invoke(app, ["recommend", "--model", str(folder / "mf"), "--item", "1", "--user", "1"])
     assert result.exit_code == 2 and "give --user ID, --item ID|TITLE" in result.output
+
+
+def test_recommend_keeps_to_the_genres_asked_for(saved, tmp_path):
+    split, _, folder = saved
+    output = _run("recommend", "--model", str(folder / "ials"), "--user", "1", "-k", "5", "--genre", "western")
+    westerns = split.train.items.ids[["Western" in g for g in split.train.item_features["genres"]]]
+    expected = load_model(folder / "ials").recommend([1], k=5, candidates=westerns)
+    assert _listed_items(output) == list(expected.items[0])
+    batch = ["recommend", "--model", str(folder / "ials"), "--users", "all", "--output", str(tmp_path / "r.csv")]
+    result = CliRunner().invoke(app, [*batch, "--genre", "Western"])
+    assert result.exit_code == 2 and "go with --user or --item" in result.output

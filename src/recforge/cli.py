@@ -313,6 +313,9 @@ def recommend(
     explain: Annotated[
         bool, typer.Option(help="with --user or --item: which of the user's items each recommendation is because of")
     ] = False,
+    genre: Annotated[
+        list[str] | None, typer.Option("--genre", help="with --user or --item: only items of this genre (repeat: any)")
+    ] = None,
 ) -> None:
     """Top-k recommendations of a saved model: for one user (--user, a table), for a new user from the items
     they have (--item ID|TITLE, repeated), or for a file of users or every trained user (--users FILE|all
@@ -324,15 +327,17 @@ def recommend(
 
         service = RecommenderService.from_artifact(model)
         if user is not None:
-            answer = service.recommend_user(user, k, exclude_seen=not include_seen, explain=explain)
+            answer = service.recommend_user(user, k, exclude_seen=not include_seen, explain=explain, genres=genre)
             _recommendations_table(answer, f"top {k} for user {user}")
             return
         history = [service.find_item(text) for text in item]
-        answer = service.recommend_new([(i, None) for i in history], k, explain=explain)
+        answer = service.recommend_new([(i, None) for i in history], k, explain=explain, genres=genre)
         _recommendations_table(answer, f"top {k} for a new user with {_item_names(service, history)}")
         return
     if output is None:
         raise typer.BadParameter("--users needs --output FILE (.csv, .tsv or .parquet)")
+    if explain or genre:
+        raise typer.BadParameter("--explain and --genre go with --user or --item, not --users")
     from recforge.evaluation.saved import recommend_file, write_table
 
     fitted = _load_model(model)

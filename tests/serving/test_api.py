@@ -324,7 +324,7 @@ def quick_and_plain(ials_dir) -> tuple[TestClient, TestClient]:
     user=st.one_of(st.sampled_from(["1", "13", "943", "0", "944", "-1", "007", "1" * 16]), st.text(max_size=5)),
     query=st.lists(
         st.tuples(
-            st.sampled_from(["k", "exclude_seen", "explain", "K", "other"]),
+            st.sampled_from(["k", "exclude_seen", "explain", "genre", "exclude_item", "K", "other"]),
             st.one_of(
                 st.sampled_from(["10", "1", "0", "1000", "1001", "true", "false", "True", "1"]), st.text(max_size=4)
             ),
@@ -580,3 +580,31 @@ def test_explained_recommendations_name_the_users_items_behind_each(ml100k, tmp_
     refused = knn.get("/users/1/recommendations", params={"k": 3, "explain": True})
     assert refused.status_code == 200 and "no explanations: user_knn" in refused.json()["note"]
     assert all(row["because"] == [] for row in refused.json()["items"])
+
+
+def test_lists_restricted_to_genres_and_kept_from_items_are_the_models_exact_ones(client, ml100k):
+    """Category pages and stock: `genre` keeps items of any genre asked for (case ignored), `exclude_item`
+    leaves items out; the list is the model's exact ranking of what remains (not the ANN graph's), for a
+    trained user, after a write, and for a new user; a genre the catalogue lacks is 422 naming its genres."""
+    model = client.app.state.service.model
+    genres = item_metadata(ml100k)["genres"]
+    horror = ml100k.items.ids[[("Horror" in g) or ("Film-Noir" in g) for g in genres]]
+    body = client.get(
+        "/users/1/recommendations", params={"k": 8, "genre": ["horror", "Film-Noir"], "exclude_item": ["200", "185"]}
+    ).json()
+    exact = model.recommend([1], k=8, candidates=horror, exclude_items=[200, 185])
+    assert [row["item"] for row in body["items"]] == list(exact.items[0]) and body["served_by"] == "model"
+    assert all({"Horror", "Film-Noir"} & set(row["genres"]) for row in body["items"])
+    first = body["items"][0]["item"]
+    assert client.post("/users/1/interactions", json={"items": [{"item": first}]}).status_code == 200
+    after = client.get("/users/1/recommendations", params={"k": 8, "genre": "Horror"}).json()
+    assert after["served_by"] == "model (updated)" and first not in [row["item"] for row in after["items"]]
+    assert all("Horror" in row["genres"] for row in after["items"])
+    new = client.post(
+        "/recommendations", json={"items": [{"item": 50}], "k": 5, "genres": ["Sci-Fi"], "exclude_items": [181]}
+    ).json()
+    assert all("Sci-Fi" in row["genres"] for row in new["items"]) and not {50, 181} & {r["item"] for r in new["items"]}
+    wrong = client.get("/users/1/recommendations", params={"genre": "Horor"})
+    assert wrong.status_code == 422 and "unknown genre 'Horor'" in wrong.json()["detail"] and "Horror" in wrong.text
+    missing = client.get("/users/1/recommendations", params={"exclude_item": "99999"})
+    assert missing.status_code == 404 and missing.json()["detail"] == "unknown item id 99999 (exclude_items.0)"

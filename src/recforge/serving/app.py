@@ -1,7 +1,7 @@
 """The HTTP service: `create_app(service)` or `recforge serve --model DIR`.
 
-Endpoints (JSON): GET /health, GET /users/{id}/recommendations?k=&exclude_seen=&explain=, POST /recommendations,
-POST /users/{id}/interactions, POST /items (new items from features), GET /items/{id}/similar?k=,
+Endpoints (JSON): GET /health, GET /users/{id}/recommendations?k=&exclude_seen=&explain=&genre=&exclude_item=,
+POST /recommendations, POST /users/{id}/interactions, POST /items (new items from features), GET /items/{id}/similar?k=,
 POST /predict, GET /items?query=&limit=, GET /metrics (Prometheus text; /metrics/json the same as
 JSON); GET / serves the web page. Errors: unknown ids -> 404, impossible requests (a model that cannot
 predict) -> 409, bad parameters or bodies -> 422 naming the field, bodies over `max_body_bytes` -> 413.
@@ -29,7 +29,7 @@ from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Secur
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import TypeAdapter
+from pydantic import StringConstraints, TypeAdapter
 from starlette.concurrency import run_in_threadpool
 
 from recforge._version import __version__
@@ -459,10 +459,19 @@ def create_app(
         dependencies=read,
     )
     async def user_recommendations(
-        user_id: UserId, k: Count = 10, exclude_seen: bool = True, explain: bool = False
+        user_id: UserId,
+        k: Count = 10,
+        exclude_seen: bool = True,
+        explain: bool = False,
+        genre: Annotated[list[Annotated[str, StringConstraints(max_length=200)]] | None, Query()] = None,
+        exclude_item: Annotated[
+            list[Annotated[str, StringConstraints(max_length=MAX_ID_LENGTH)]] | None, Query()
+        ] = None,
     ) -> dict:
-        if explain:  # leaves each of the user's items out in turn: milliseconds or more, so a thread
-            answer = await run_in_threadpool(service.recommend_user, user_id, k, exclude_seen, True)
+        if explain or genre or exclude_item:  # explanations and exact restricted lists take a thread
+            answer = await run_in_threadpool(
+                service.recommend_user, user_id, k, exclude_seen, explain, genre, exclude_item
+            )
             return {"user": user_id, **answer}
         # sub-millisecond answers run on the event loop: a thread-pool hop (and the GIL hand-offs it
         # brings) cost more than the work and dominated tail latency under load; heavier ones go to threads
@@ -482,7 +491,9 @@ def create_app(
         features = body.features
         if features is not None and not isinstance(features, dict):  # typed when the model has a user tower
             features = features.model_dump(exclude_none=True)
-        return service.recommend_new([(r.item, r.rating) for r in body.items], body.k, features, body.explain)
+        return service.recommend_new(
+            [(r.item, r.rating) for r in body.items], body.k, features, body.explain, body.genres, body.exclude_items
+        )
 
     @app.post("/users/{user_id}/interactions", response_model=InteractionsAnswer, responses=ERRORS, dependencies=write)
     async def add_interactions(user_id: UserId, body: InteractionsRequest) -> dict:

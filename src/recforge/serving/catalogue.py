@@ -8,6 +8,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recforge.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class Catalogue:
@@ -45,6 +47,22 @@ class Catalogue:
         genres = features["genres"].tolist() if "genres" in features else [None] * n
         added = pd.DataFrame({"item_id": ids, "title": titles, "genres": [_list(g) for g in genres]})
         return Catalogue.build(model, pd.concat([self.frame(), added], ignore_index=True))
+
+    def genre_items(self, genre: str) -> np.ndarray:
+        """Indices of the items listing `genre` (case ignored); an unknown genre is a ConfigError naming some
+        known ones, never an empty list."""
+        if not hasattr(self, "_by_genre"):  # built at the first filtered request; the catalogue never changes
+            by_genre: dict[str, list[int]] = {}
+            for index, names in enumerate(self.genres):
+                for name in names:
+                    by_genre.setdefault(name.lower(), []).append(index)
+            object.__setattr__(self, "_by_genre", {g: np.array(i, dtype=np.int64) for g, i in by_genre.items()})
+        found = self._by_genre.get(genre.lower())  # type: ignore[attr-defined]
+        if found is None:
+            known = sorted({name for names in self.genres for name in names})
+            listed = ", ".join(known[:30]) + (" ..." if len(known) > 30 else "") if known else "none"
+            raise ConfigError(f"unknown genre {genre[:60]!r}; the catalogue's genres: {listed}")
+        return found
 
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame({"item_id": self.ids, "title": self.titles, "genres": self.genres})

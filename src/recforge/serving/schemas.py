@@ -87,6 +87,12 @@ def request_models(
         )
         k: K = 10
         explain: bool = Field(False, description="say which of the items given led to each recommendation")
+        genres: list[Annotated[StrictStr, Field(max_length=200)]] = Field(
+            default_factory=list, max_length=100, description="only items of any of these genres"
+        )
+        exclude_items: list[ItemId] = Field(
+            default_factory=list, max_length=10_000, description="items never to recommend (e.g. out of stock)"
+        )
 
     class InteractionsRequest(_Strict):
         items: list[RatedItem] = Field(min_length=1, max_length=10_000)

@@ -35,6 +35,7 @@ from recforge.serving.schemas import INTEGER_PATTERN, MAX_ID_LENGTH, MAX_INTEGER
 from recforge.serving.store import Event, EventStore
 
 EXPLAIN_TOP = 3  # reasons per recommended item
+MAX_EXCLUDED = 10_000  # items one request may exclude
 _TRAILING_YEAR = r"\s*\(\d{4}\)\s*$"
 _INTEGER = re.compile(INTEGER_PATTERN)
 
@@ -133,13 +134,21 @@ class RecommenderService:
 
     # ------------------------------------------------------------------ recommendations
     def recommend_user(
-        self, user: Any, k: int = 10, exclude_seen: bool = True, explain: bool = False
+        self,
+        user: Any,
+        k: int = 10,
+        exclude_seen: bool = True,
+        explain: bool = False,
+        genres: list[str] | None = None,
+        exclude_items: list[Any] | None = None,
     ) -> dict[str, Any]:
         """A known user's top k: from their update when they wrote since training, else the trained state
         (through the vector index when there is one). With `explain`, each item says `because` of which of
-        the user's items (`recforge.models.explain`)."""
+        the user's items (`recforge.models.explain`). `genres` keeps items of any of them, `exclude_items`
+        (ids as a URL gives them) leaves those out; such lists are scored exactly."""
         snapshot = self.current()
-        answer = self._recommend_user(snapshot, user, k, exclude_seen)
+        blocked = self._blocked(snapshot, genres, exclude_items, url=True)
+        answer = self._recommend_user(snapshot, user, k, exclude_seen, blocked)
         if explain:
             self._explain(snapshot, answer, self._history_of(snapshot, user))
         return answer
@@ -188,7 +197,9 @@ class RecommenderService:
     def _trained(model: Recommender, index: int) -> bool:
         return KNOWN_USERS in model.capabilities and bool(model.known_users_[index])
 
-    def _recommend_user(self, snapshot: Snapshot, user: Any, k: int, exclude_seen: bool) -> dict[str, Any]:
+    def _recommend_user(
+        self, snapshot: Snapshot, user: Any, k: int, exclude_seen: bool, blocked: np.ndarray | None = None
+    ) -> dict[str, Any]:
         k = self._check_k(k, snapshot)
         index, plain = self.known_or_new(user, snapshot)
         model = snapshot.model
@@ -204,10 +215,18 @@ class RecommenderService:
             exclude = update.items if exclude_seen else None
             how = "model" if update.vector is not None else "history"
             path = f"{how} (new user)" if index is None else f"{how} (updated)"
-            if snapshot.indexed is not None and update.vector is not None:
+            if snapshot.indexed is not None and update.vector is not None and blocked is None:
                 vector = model.augmented(update.vector[None, :], np.array([update.bias]))[0]  # type: ignore[attr-defined]
                 return self._searched(snapshot, vector, k, exclude, path)
-            return self._top(snapshot, model.score_updated(update), k, exclude, path)
+            return self._top(snapshot, model.score_updated(update), k, exclude, path, blocked)
+        if blocked is not None:  # a restricted list: exact scores (an ANN graph cannot promise k from a subset)
+            exclude = np.flatnonzero(blocked)
+            return self.render(
+                snapshot,
+                model.recommend(
+                    np.array([index]), k, exclude_seen=exclude_seen, external_ids=False, exclude_items=exclude
+                ),
+            )
         if snapshot.indexed is not None:
             seen = model.seen_  # the row's indices straight from CSR: a scipy row slice costs ~25 µs
             exclude = seen.indices[seen.indptr[index] : seen.indptr[index + 1]] if exclude_seen else None
@@ -223,21 +242,45 @@ class RecommenderService:
         k: int = 10,
         features: dict[str, Any] | None = None,
         explain: bool = False,
+        genres: list[str] | None = None,
+        exclude_items: list[Any] | None = None,
     ) -> dict[str, Any]:
         """A user unknown to the model, described by the items they rated now (rating None = interacted)
         and/or user features; `recforge.coldstart` picks the path (features, history or popularity) and
-        says what it could not use. With `explain`, each item says `because` of which of those items."""
+        says what it could not use. With `explain`, each item says `because` of which of those items;
+        `genres` and `exclude_items` restrict the list as for `recommend_user`."""
         snapshot = self.current()
         model = snapshot.model
         k = self._check_k(k, snapshot)
         items, values = self._checked_ratings(snapshot, ratings)
         history = History.from_items([items], model.n_items, ratings=[values])
         frame = pd.DataFrame([self._checked_user_features(model, features)]) if features else None
+        blocked = self._blocked(snapshot, genres, exclude_items, url=False)
         ranker = snapshot.indexed or model  # the index answers vector paths when there is one
-        answer = self.render(snapshot, ranker.recommend(Query(np.array([-1]), history, frame), k, external_ids=False))
+        query = Query(np.array([-1]), history, frame)
+        excluded = None if blocked is None else np.flatnonzero(blocked)
+        answer = self.render(snapshot, ranker.recommend(query, k, external_ids=False, exclude_items=excluded))
         if explain:
             self._explain(snapshot, answer, history)
         return answer
+
+    def _blocked(
+        self, snapshot: Snapshot, genres: list[str] | None, exclude_items: list[Any] | None, url: bool
+    ) -> np.ndarray | None:
+        """(n_items,) True for items a restricted list may not hold (outside every genre asked for, or
+        excluded), or None for an unrestricted list. Bounded: 100 genres, MAX_EXCLUDED items."""
+        if not genres and not exclude_items:
+            return None
+        if len(genres or ()) > 100 or len(exclude_items or ()) > MAX_EXCLUDED:
+            raise ConfigError(f"at most 100 genres and {MAX_EXCLUDED:,} excluded items per request")
+        blocked = np.zeros(snapshot.model.n_items, dtype=bool)
+        if genres:
+            blocked[:] = True
+            for genre in genres:
+                blocked[snapshot.catalogue.genre_items(genre)] = False
+        for n, item in enumerate(exclude_items or ()):
+            blocked[self.item_index(item, snapshot, f"exclude_items.{n}", url=url)] = True
+        return blocked
 
     def _history_of(self, snapshot: Snapshot, user: Any) -> History:
         """What a user's recommendations are explained from: their items after their writes, else their
@@ -486,12 +529,16 @@ class RecommenderService:
             "items": [snapshot.catalogue.row(int(i), float(s)) for i, s in pairs if i >= 0],
         }
 
-    def _top(self, snapshot: Snapshot, scores: np.ndarray, k: int, exclude: Any, path: str) -> dict[str, Any]:
+    def _top(
+        self, snapshot: Snapshot, scores: np.ndarray, k: int, exclude: Any, path: str, blocked: Any = None
+    ) -> dict[str, Any]:
         from recforge.retrieval.topk import topk
 
         scores = np.array(scores, dtype=np.float32)
         if exclude is not None:
             scores[0, exclude] = -np.inf
+        if blocked is not None:
+            scores[0, blocked] = -np.inf
         items, top = topk(scores, k)
         return self.render(snapshot, _one(snapshot.model, items, top, path))
 
@@ -504,7 +551,8 @@ def resolve(vocabulary: Any, raw: Any, field: str, from_url: bool = False) -> in
     """The model's index of an external id from a URL (a string) or JSON (the vocabulary's own type)."""
     position, plain = lookup(vocabulary, raw, field, from_url)
     if position is None:
-        raise UnknownIdError(f"unknown {field.split('.')[-1]} id {plain!r}")
+        where = f" ({field})" if "." in field else ""  # a body's path, e.g. pairs.3.item
+        raise UnknownIdError(f"unknown {vocabulary.name} id {plain!r}{where}")
     return position
 
 
