@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -48,16 +49,20 @@ class Catalogue:
         added = pd.DataFrame({"item_id": ids, "title": titles, "genres": [_list(g) for g in genres]})
         return Catalogue.build(model, pd.concat([self.frame(), added], ignore_index=True))
 
+    @cached_property
+    def _genre_index(self) -> dict[str, np.ndarray]:
+        """Lower-cased genre -> item indices, built at the first filtered request (a catalogue never changes:
+        adding items builds a new one)."""
+        by_genre: dict[str, list[int]] = {}
+        for index, names in enumerate(self.genres):
+            for name in names:
+                by_genre.setdefault(name.lower(), []).append(index)
+        return {genre: np.array(indices, dtype=np.int64) for genre, indices in by_genre.items()}
+
     def genre_items(self, genre: str) -> np.ndarray:
         """Indices of the items listing `genre` (case ignored); an unknown genre is a ConfigError naming some
         known ones, never an empty list."""
-        if not hasattr(self, "_by_genre"):  # built at the first filtered request; the catalogue never changes
-            by_genre: dict[str, list[int]] = {}
-            for index, names in enumerate(self.genres):
-                for name in names:
-                    by_genre.setdefault(name.lower(), []).append(index)
-            object.__setattr__(self, "_by_genre", {g: np.array(i, dtype=np.int64) for g, i in by_genre.items()})
-        found = self._by_genre.get(genre.lower())  # type: ignore[attr-defined]
+        found = self._genre_index.get(genre.lower())
         if found is None:
             known = sorted({name for names in self.genres for name in names})
             listed = ", ".join(known[:30]) + (" ..." if len(known) > 30 else "") if known else "none"
