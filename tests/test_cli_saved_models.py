@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from recforge.cli import app
@@ -144,4 +146,31 @@ def test_recommend_keeps_to_the_genres_asked_for(saved, tmp_path):
     assert _listed_items(output) == list(expected.items[0])
     batch = ["recommend", "--model", str(folder / "ials"), "--users", "all", "--output", str(tmp_path / "r.csv")]
     result = CliRunner().invoke(app, [*batch, "--genre", "Western"])
-    assert result.exit_code == 2 and "go with --user or --item" in result.output
+    assert result.exit_code == 2 and "goes with --user or --item" in result.output
+    pd.DataFrame({"user_id": [1, 2]}).to_csv(tmp_path / "users.csv", index=False)
+    batch[batch.index("all")] = str(tmp_path / "users.csv")
+    _run(*batch, "-k", "3", "--explain")
+    written = pd.read_csv(tmp_path / "r.csv")
+    ials = load_model(folder / "ials")
+    first = written[written["user"] == 1]
+    expected = ials.explain(1, first["item"].tolist())
+    for item, because in zip(first["item"], first["because"], strict=True):
+        assert because == ";".join(str(i) for i in expected[expected["item"] == item]["because"])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    n_columns=st.integers(1, 3),
+    rows=st.lists(st.lists(st.integers(0, 10**6), min_size=3, max_size=3), min_size=1, max_size=8),
+    sep=st.sampled_from([",", "\t", ";", "|"]),
+)
+def test_files_of_any_separator_and_width_read_back(tmp_path_factory, n_columns, rows, sep):
+    """The separator is sniffed among , tab ; | — a one-column file (a list of users) included, which
+    Python's unrestricted sniffer split at a letter of its header."""
+    from recforge.evaluation.saved import read_table
+
+    names = ["user_id", "item_id", "rating"][:n_columns]
+    path = tmp_path_factory.mktemp("sniff") / "table.csv"
+    path.write_text("\n".join([sep.join(names), *(sep.join(map(str, row[:n_columns])) for row in rows)]) + "\n")
+    frame = read_table(path, names)
+    assert frame.to_numpy().tolist() == [[str(v) for v in row[:n_columns]] for row in rows]

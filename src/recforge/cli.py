@@ -311,7 +311,8 @@ def recommend(
         typer.Option("--item", help="a new user's item, by id or title (repeat for their history): prints a table"),
     ] = None,
     explain: Annotated[
-        bool, typer.Option(help="with --user or --item: which of the user's items each recommendation is because of")
+        bool,
+        typer.Option(help="which of the user's items each recommendation is because of (--users: a because column)"),
     ] = False,
     genre: Annotated[
         list[str] | None, typer.Option("--genre", help="with --user or --item: only items of this genre (repeat: any)")
@@ -336,8 +337,8 @@ def recommend(
         return
     if output is None:
         raise typer.BadParameter("--users needs --output FILE (.csv, .tsv or .parquet)")
-    if explain or genre:
-        raise typer.BadParameter("--explain and --genre go with --user or --item, not --users")
+    if genre:
+        raise typer.BadParameter("--genre goes with --user or --item, not --users")
     from recforge.evaluation.saved import recommend_file, write_table
 
     fitted = _load_model(model)
@@ -349,6 +350,7 @@ def recommend(
         sep=_separator(sep),
         unknown=_unknown(unknown),
         exclude_seen=not include_seen,
+        explain=explain,
     )
     write_table(frame, output)
     console.print(f"wrote {frame['user'].nunique():,} users x {k} to {output}")

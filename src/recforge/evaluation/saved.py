@@ -11,6 +11,7 @@ left out and counted in the result, never silently.
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from recforge.data.vocabulary import Vocabulary
 from recforge.errors import DataFormatError
 from recforge.evaluation.protocols import FullRankingEvaluator, RankingResult, RatingEvaluator, RatingResult
 from recforge.models.base import Recommender
+from recforge.models.explain import explain_history
 
 Unknown = Literal["raise", "drop"]
 
@@ -42,10 +44,9 @@ def read_table(
         if path.suffix.lower() in (".parquet", ".pq"):
             frame = pd.read_parquet(path)
         else:
-            engine = "python" if sep is None else "c"  # the python engine sniffs the separator
             header = "infer" if names is None else None
             frame = pd.read_csv(
-                path, sep=sep, engine=engine, dtype=str, keep_default_na=False, header=header, names=names
+                path, sep=sep or sniffed_separator(path), dtype=str, keep_default_na=False, header=header, names=names
             )
     except (ValueError, OSError) as exc:
         raise DataFormatError(f"cannot read the file: {exc}", path=path) from exc
@@ -53,6 +54,21 @@ def read_table(
     if missing:
         raise DataFormatError(f"lacks column(s) {missing}; it has {list(frame.columns)}", path=path)
     return frame[columns]
+
+
+SEPARATORS = ",\t;|"
+
+
+def sniffed_separator(path: Path) -> str:
+    """The field separator of a text table, one of SEPARATORS, from its first lines; a file none of them
+    splits consistently is one column (","). Python's sniffer left to itself picks any character: a
+    one-column file `user_id` came back split at its "u"."""
+    with open(path, encoding="utf-8", errors="replace", newline="") as file:
+        sample = "".join(file.readline() for _ in range(50))
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=SEPARATORS).delimiter
+    except csv.Error:
+        return ","
 
 
 def _indices(values: pd.Series, vocabulary: Vocabulary, path: Path, column: str) -> np.ndarray:
@@ -181,9 +197,12 @@ def recommend_file(
     unknown: Unknown = "raise",
     exclude_seen: bool = True,
     batch_size: int | None = None,
+    explain: bool = False,
 ) -> pd.DataFrame:
     """Top-k for the users listed in a file (one per row, duplicates once), or for every user the model
-    was trained on with `users="all"`: a long frame user, rank, item, score, served_by."""
+    was trained on with `users="all"`: a long frame user, rank, item, score, served_by; with `explain`,
+    also `because`: the ids of the user's items behind each item (`Recommender.explain`), largest first,
+    joined by ";"."""
     if str(users) == "all":
         index = np.flatnonzero(model.known_users_)
     else:
@@ -194,7 +213,21 @@ def recommend_file(
     recommendations = model.recommend(
         np.asarray(index, np.int64), k, exclude_seen=exclude_seen, external_ids=False, batch_size=batch_size
     )
-    return recommendations.to_frame()
+    frame = recommendations.to_frame()
+    if explain:
+        frame["because"] = _because(model, recommendations)
+    return frame
+
+
+def _because(model: Recommender, recommendations: Any) -> list[str]:
+    """One ";"-joined list of reason ids per row of `recommendations.to_frame()` (same order)."""
+    ids = model.items_.ids
+    out: list[str] = []
+    for row, user in enumerate(model.users_.index(recommendations.users)):
+        listed = recommendations.item_index[row][recommendations.item_index[row] >= 0]
+        reasons = explain_history(model, model.training_history(int(user)), listed)
+        out.extend(";".join(str(ids[r.item]) for r in item_reasons) for item_reasons in reasons)
+    return out
 
 
 def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
