@@ -173,6 +173,20 @@ class ModelContract:
                 lost = full[item] - fitted.score(Query.from_history(without))[0, item]
                 assert reason.weight == pytest.approx(lost, rel=1e-4, abs=1e-5)
 
+    def test_a_rating_models_training_history_carries_the_users_ratings(self, fitted, split, tmp_path):
+        """A known user's training history (what explanations and history scoring read) holds their latest
+        rating of each item for models that predict ratings from histories, also after save and load."""
+        if not {RATINGS, HISTORY} <= fitted.capabilities:
+            assert fitted.seen_ratings_ is None
+            return
+        loaded = load(fitted.save(tmp_path / "model"))
+        for user in range(3):
+            expected = History.from_interactions(split.train, np.array([user]))
+            want = dict(zip(expected.row_items(0).tolist(), expected.row_ratings(0), strict=True))
+            for model in (fitted, loaded):
+                history = model.training_history(user)
+                assert dict(zip(history.row_items(0).tolist(), history.row_ratings(0), strict=True)) == want
+
     def test_an_unrated_update_leaves_a_rating_models_scores_as_trained(self, fitted, split):
         """Interactions without ratings give an explicit factor model no evidence to move the user by, so
         the updated user scores as trained (blends and all)."""

@@ -576,6 +576,13 @@ def test_explained_recommendations_name_the_users_items_behind_each(ml100k, tmp_
     given = [50, 172, 181]
     new = client.post("/recommendations", json={"items": [{"item": i} for i in given], "k": 5, "explain": True}).json()
     assert all(row["because"] and {r["item"] for r in row["because"]} <= set(given) for row in new["items"])
+    # an explicit MF: a known user's stored ratings are what its fold-in (and so the explanation) reads
+    rated = serve(_artifact(create_model("mf", n_epochs=5).fit(ml100k), ml100k, tmp_path / "mf"))
+    mf = rated.get("/users/1/recommendations", params={"k": 3, "explain": True}).json()
+    assert all(len(row["because"]) == 3 and {r["item"] for r in row["because"]} <= users_items for row in mf["items"])
+    assert rated.post("/users/1/interactions", json={"items": [{"item": mf["items"][0]["item"], "rating": 5}]}).json()
+    written = rated.get("/users/1/recommendations", params={"k": 3, "explain": True}).json()
+    assert written["served_by"] == "model (updated)" and all(len(row["because"]) == 3 for row in written["items"])
     knn = serve(_artifact(create_model("user_knn", feedback="implicit").fit(ml100k), ml100k, tmp_path / "uknn"))
     refused = knn.get("/users/1/recommendations", params={"k": 3, "explain": True})
     assert refused.status_code == 200 and "no explanations: user_knn" in refused.json()["note"]

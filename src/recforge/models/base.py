@@ -29,7 +29,14 @@ from recforge.coldstart import ANONYMOUS, HISTORY, KNOWN_USERS, RATINGS, USER_FE
 from recforge.data.interactions import Interactions
 from recforge.data.query import History, Query
 from recforge.data.vocabulary import Vocabulary
-from recforge.errors import CapabilityError, ConfigError, NonFiniteScoresError, NotFittedError, UnknownIdError
+from recforge.errors import (
+    ArtifactError,
+    CapabilityError,
+    ConfigError,
+    NonFiniteScoresError,
+    NotFittedError,
+    UnknownIdError,
+)
 from recforge.models.config import ModelConfig, TrainOptions
 from recforge.retrieval.topk import batched, default_batch_size, mask_items, topk
 from recforge.threads import denormals_flushed, thread_limit
@@ -127,6 +134,7 @@ class Recommender(ABC):
         self.training_log_ = []
         with thread_limit(options.threads, self.max_threads(train)) as threads, denormals_flushed():
             self._fit(train, dataclasses.replace(options, threads=threads))  # members of a blend inherit it
+        self.seen_ratings_ = self._seen_ratings(train)
         self.fit_threads_ = threads
         self.fitted_on_ = train.fingerprint()
         self.fit_seconds_ = time.perf_counter() - started
@@ -376,6 +384,20 @@ class Recommender(ABC):
         tower); this model is left unchanged."""
         raise CapabilityError(f"{self.name} cannot embed items from features; retrain to add items")
 
+    def _seen_ratings(self, train: Interactions) -> np.ndarray | None:
+        """For rating models that score histories: each seen entry's latest rating (NaN where unrated), on
+        `seen_`'s pattern, so a known user's training history carries the ratings its fold-in reads (and
+        their recommendations can be explained); None for other models."""
+        if not {RATINGS, HISTORY} <= self.capabilities or not train.n_rated:
+            return None
+        users, items, ratings = train.rated_triples(self.name)
+        n_users, n_items = self.seen_.shape
+        rows = np.repeat(np.arange(n_users, dtype=np.int64), np.diff(self.seen_.indptr))
+        seen_keys = rows * n_items + self.seen_.indices  # canonical CSR: sorted
+        aligned = np.full(self.seen_.nnz, np.nan, dtype=np.float32)
+        aligned[np.searchsorted(seen_keys, users * n_items + items)] = ratings
+        return aligned
+
     @property
     def keeps_time_order(self) -> bool:
         """True when `training_history` gives a user's items in time order (sequence models, EASE with
@@ -385,8 +407,9 @@ class Recommender(ABC):
     def training_history(self, user: int) -> History:
         """A known user's training interactions as a one-row History (item index order; models that keep
         the time order override this, and `keeps_time_order`)."""
-        items = self.seen_.indices[self.seen_.indptr[user] : self.seen_.indptr[user + 1]]
-        return History.from_items([items.tolist()], self.n_items)
+        row = slice(self.seen_.indptr[user], self.seen_.indptr[user + 1])
+        ratings = None if self.seen_ratings_ is None else [self.seen_ratings_[row].tolist()]
+        return History.from_items([self.seen_.indices[row].tolist()], self.n_items, ratings)
 
     def score_updated(self, update: UserUpdate) -> np.ndarray:
         """(1, n_items) scores of a user after `update`: from the updated history (factor models: vector)."""
@@ -491,6 +514,8 @@ class Recommender(ABC):
         """Arrays and JSON-able extras that, with the config, fully restore the fitted model."""
         self._require_fitted()
         arrays = {"seen.indptr": self.seen_.indptr, "seen.indices": self.seen_.indices}
+        if self.seen_ratings_ is not None:
+            arrays["seen.ratings"] = self.seen_ratings_
         arrays.update(self._get_arrays())
         extras = {
             "fitted_on": self.fitted_on_,
@@ -508,6 +533,9 @@ class Recommender(ABC):
         ones = np.ones(len(arrays["seen.indices"]), np.float32)
         self.seen_ = stored_csr(arrays, "seen", (len(self.users_), len(self.items_)), data=ones)
         self.known_users_ = np.asarray(self.seen_.getnnz(axis=1) > 0)
+        self.seen_ratings_ = arrays.get("seen.ratings")  # absent in artifacts of other models (and older ones)
+        if self.seen_ratings_ is not None and len(self.seen_ratings_) != self.seen_.nnz:
+            raise ArtifactError(f"seen.ratings has {len(self.seen_ratings_)} values for {self.seen_.nnz} seen entries")
         self.rating_scale_ = None if extras["rating_scale"] is None else tuple(extras["rating_scale"])
         self.training_log_ = extras.get("training_log", [])
         self.fitted_on_ = extras["fitted_on"]
@@ -536,7 +564,6 @@ class Recommender(ABC):
         titles and genres the service, its page and `recforge recommend`/`similar` show (and find items by)."""
         from recforge.artifacts import write_artifact
         from recforge.data.catalogue import ITEMS_FILE, item_metadata
-        from recforge.errors import ArtifactError
         from recforge.models.registry import model_names
 
         if self.name not in model_names():
