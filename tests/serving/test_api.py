@@ -615,3 +615,12 @@ def test_lists_restricted_to_genres_and_kept_from_items_are_the_models_exact_one
     assert wrong.status_code == 422 and "unknown genre 'Horor'" in wrong.json()["detail"] and "Horror" in wrong.text
     missing = client.get("/users/1/recommendations", params={"exclude_item": "99999"})
     assert missing.status_code == 404 and missing.json()["detail"] == "unknown item id 99999 (exclude_items.0)"
+
+
+def test_genres_lists_the_catalogues_genres_with_their_counts(client, ml100k):
+    body = client.get("/genres").json()["genres"]
+    assert body[0] == {"genre": "Drama", "items": 725} and body[1] == {"genre": "Comedy", "items": 505}  # u.item
+    pairs = sum(len(g) for g in item_metadata(ml100k)["genres"])
+    assert sum(entry["items"] for entry in body) == pairs and len(body) == 19  # 18 genres and "unknown"
+    counts = [entry["items"] for entry in body]
+    assert counts == sorted(counts, reverse=True)

@@ -106,5 +106,15 @@ def test_rate_items_and_see_recommendations_update(server, browser):
     assert browser.find_elements(By.CSS_SELECTOR, "#recommendations .genres")[0].text  # genres shown
     assert "Star Wars" in browser.find_element(By.ID, "ratings").text
 
+    from selenium.webdriver.support.ui import Select
+
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#genre option")) > 10)  # the catalogue's genres
+    Select(browser.find_element(By.ID, "genre")).select_by_value("Horror")
+    wait.until(lambda d: (rows := settled(d, "recommendations")) and [r["item"] for r in rows] != items)
+    genres = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#recommendations .genres")]
+    assert len(genres) == 10 and all("Horror" in text for text in genres)
+    Select(browser.find_element(By.ID, "genre")).select_by_value("")
+    wait.until(lambda d: (rows := settled(d, "recommendations")) and [r["item"] for r in rows] == items)
+
     click(wait, f"#recommendations li[data-item='{items[0]}'] button.similar")
     wait.until(lambda d: (rows := settled(d, "similar")) is not None and len(rows) == 8)

@@ -2,7 +2,7 @@
 
 Endpoints (JSON): GET /health, GET /users/{id}/recommendations?k=&exclude_seen=&explain=&genre=&exclude_item=,
 POST /recommendations, POST /users/{id}/interactions, POST /items (new items from features), GET /items/{id}/similar?k=,
-POST /predict, GET /items?query=&limit=, GET /metrics (Prometheus text; /metrics/json the same as
+POST /predict, GET /items?query=&limit=, GET /genres, GET /metrics (Prometheus text; /metrics/json the same as
 JSON); GET / serves the web page. Errors: unknown ids -> 404, impossible requests (a model that cannot
 predict) -> 409, bad parameters or bodies -> 422 naming the field, bodies over `max_body_bytes` -> 413.
 Handlers are plain `def` functions, so FastAPI runs them in its thread pool and numpy/torch work of
@@ -42,6 +42,7 @@ from recforge.serving.schemas import (
     MAX_ID_LENGTH,
     MAX_INTEGER_ID,
     MAX_K,
+    GenresAnswer,
     Health,
     InteractionsAnswer,
     ItemsAnswer,
@@ -538,6 +539,11 @@ def create_app(
         limit: Annotated[int, Query(ge=1, le=200)] = 20,
     ) -> dict:
         return {"query": query, "items": service.search_items(query, limit)}
+
+    @app.get("/genres", response_model=GenresAnswer, responses=ERRORS, dependencies=read)
+    def genres() -> dict:
+        """The catalogue's genres with their item counts, most items first: what `genre=` accepts."""
+        return {"genres": service.genres()}
 
     @app.get("/metrics", response_class=PlainTextResponse, responses={200: {"content": {"text/plain": {}}}})
     def get_metrics() -> PlainTextResponse:

@@ -59,12 +59,21 @@ class Catalogue:
                 by_genre.setdefault(name.lower(), []).append(index)
         return {genre: np.array(indices, dtype=np.int64) for genre, indices in by_genre.items()}
 
+    def genre_counts(self) -> list[tuple[str, int]]:
+        """Every genre (as first spelled in the catalogue) with its number of items, most items first."""
+        spelled: dict[str, str] = {}
+        for names in self.genres:
+            for name in names:
+                spelled.setdefault(name.lower(), name)
+        counts = [(spelled[key], len(items)) for key, items in self._genre_index.items()]
+        return sorted(counts, key=lambda pair: (-pair[1], pair[0]))
+
     def genre_items(self, genre: str) -> np.ndarray:
         """Indices of the items listing `genre` (case ignored); an unknown genre is a ConfigError naming some
         known ones, never an empty list."""
         found = self._genre_index.get(genre.lower())
         if found is None:
-            known = sorted({name for names in self.genres for name in names})
+            known = sorted(name for name, _ in self.genre_counts())
             listed = ", ".join(known[:30]) + (" ..." if len(known) > 30 else "") if known else "none"
             raise ConfigError(f"unknown genre {genre[:60]!r}; the catalogue's genres: {listed}")
         return found

@@ -201,6 +201,15 @@ class SearchAnswer(BaseModel):
     items: list[ItemRow]
 
 
+class GenreCount(BaseModel):
+    genre: str
+    items: int
+
+
+class GenresAnswer(BaseModel):
+    genres: list[GenreCount]
+
+
 class Health(BaseModel):
     status: str
     model: str

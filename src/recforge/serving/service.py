@@ -381,6 +381,10 @@ class RecommenderService:
                 raise ConfigError(f"{text!r} matches {len(hits)} titles ({listed}{more}): give the item id")
         raise ConfigError(f"{text!r} is neither an item id of this model nor part of a title")
 
+    def genres(self) -> list[dict[str, Any]]:
+        """The catalogue's genres with their item counts, most items first (what `genre=` accepts)."""
+        return [{"genre": name, "items": count} for name, count in self.current().catalogue.genre_counts()]
+
     # ------------------------------------------------------------------ writes
     def add_interactions(self, user: Any, ratings: list[tuple[Any, float | None]]) -> dict[str, Any]:
         """Validate a known user's new interactions, commit them as an event, apply it; returns how.
