@@ -143,6 +143,9 @@ def test_title_search(client):
     assert body["items"][0]["title"] == "Star Wars (1977)"
     assert client.get("/items", params={"query": ""}).status_code == 422
     assert client.get("/items", params={"query": "zzzzqqq"}).json()["items"] == []
+    # people type the article first; MovieLens writes it last ("Usual Suspects, The (1995)")
+    typed = client.get("/items", params={"query": "the usual suspects"}).json()["items"]
+    assert [row["item"] for row in typed] == [12]
 
 
 def test_predict_needs_a_rating_model(client, mf_client):

@@ -11,6 +11,12 @@ import pandas as pd
 
 from recforge.errors import ConfigError
 
+_TRAILING_YEAR = r"\s*\(\d{4}\)\s*$"
+# MovieLens-style "Title, The", also before an alternative title in brackets, in the catalogues' languages
+_TRAILING_ARTICLE = (
+    r"^(?P<head>.*?), (?P<article>the|a|an|les|le|la|l'|il|el|los|las|das|der|die|den|det)(?P<rest>(?: \(.*\))?)$"
+)
+
 
 @dataclass(frozen=True)
 class Catalogue:
@@ -48,6 +54,17 @@ class Catalogue:
         genres = features["genres"].tolist() if "genres" in features else [None] * n
         added = pd.DataFrame({"item_id": ids, "title": titles, "genres": [_list(g) for g in genres]})
         return Catalogue.build(model, pd.concat([self.frame(), added], ignore_index=True))
+
+    @cached_property
+    def bare_lower(self) -> pd.Series:
+        """Lower-cased titles without a trailing "(year)"."""
+        return self.title_lower.str.replace(_TRAILING_YEAR, "", regex=True)
+
+    @cached_property
+    def spoken_lower(self) -> pd.Series:
+        """Titles as people type them: `bare_lower` with a catalogue's trailing article moved back to the
+        front ("Matrix, The (1999)" -> "the matrix")."""
+        return self.bare_lower.str.replace(_TRAILING_ARTICLE, r"\g<article> \g<head>\g<rest>", regex=True)
 
     @cached_property
     def _genre_index(self) -> dict[str, np.ndarray]:

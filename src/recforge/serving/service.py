@@ -36,7 +36,6 @@ from recforge.serving.store import Event, EventStore
 
 EXPLAIN_TOP = 3  # reasons per recommended item
 MAX_EXCLUDED = 10_000  # items one request may exclude
-_TRAILING_YEAR = r"\s*\(\d{4}\)\s*$"
 _INTEGER = re.compile(INTEGER_PATTERN)
 
 
@@ -349,15 +348,20 @@ class RecommenderService:
         query = query.strip().lower()
         if not query:
             return []
-        hits = np.flatnonzero(snapshot.catalogue.title_lower.str.contains(query, regex=False).to_numpy())
+        catalogue = snapshot.catalogue
+        found = catalogue.title_lower.str.contains(query, regex=False) | catalogue.spoken_lower.str.contains(
+            query, regex=False
+        )  # "the matrix" finds "Matrix, The (1999)"
+        hits = np.flatnonzero(found.to_numpy())
         hits = hits[np.argsort(-snapshot.popularity[hits], kind="stable")][:limit]  # popular titles first
         return [snapshot.catalogue.row(int(i)) for i in hits]
 
     def find_item(self, text: str) -> Any:
         """The item a person means by `text` on a command line: the item with that id when the model has
-        one, else the one title equal to it (ignoring case and a trailing year in brackets, so "toy story"
-        finds "Toy Story (1995)"), else the one title containing it. Several or no matches raise a
-        ConfigError listing the most popular candidates with their ids."""
+        one, else the one title equal to it (ignoring case, a trailing year in brackets and where the
+        catalogue puts an article: "toy story" finds "Toy Story (1995)", "the matrix" "Matrix, The (1999)"),
+        else the one title containing it. Several or no matches raise a ConfigError listing the most
+        popular candidates with their ids."""
         snapshot = self.current()
         try:
             index, plain = lookup(snapshot.model.items_, text, "item", from_url=True)
@@ -368,9 +372,13 @@ class RecommenderService:
         query = text.strip().lower()
         if not query:
             raise ConfigError("an item id or title is empty")
-        titles = snapshot.catalogue.title_lower
-        bare = titles.str.replace(_TRAILING_YEAR, "", regex=True)
-        for matches in (titles == query, bare == query, titles.str.contains(query, regex=False)):
+        titles, bare, spoken = (
+            snapshot.catalogue.title_lower,
+            snapshot.catalogue.bare_lower,
+            snapshot.catalogue.spoken_lower,
+        )
+        contained = titles.str.contains(query, regex=False) | spoken.str.contains(query, regex=False)
+        for matches in (titles == query, (bare == query) | (spoken == query), contained):
             hits = np.flatnonzero(matches.to_numpy())
             if len(hits) == 1:
                 return snapshot.catalogue.ids[int(hits[0])]
