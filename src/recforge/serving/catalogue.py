@@ -66,6 +66,17 @@ class Catalogue:
         front ("Matrix, The (1999)" -> "the matrix")."""
         return self.bare_lower.str.replace(_TRAILING_ARTICLE, r"\g<article> \g<head>\g<rest>", regex=True)
 
+    def containing(self, query: str) -> np.ndarray:
+        """(n_items,) True where the title contains `query` (lower case) as written or as typed."""
+        found = self.title_lower.str.contains(query, regex=False) | self.spoken_lower.str.contains(query, regex=False)
+        return found.to_numpy()
+
+    def title_matches(self, query: str) -> list[np.ndarray]:
+        """Masks from the strictest reading of a typed title (lower case) to the loosest: the title itself,
+        then the title without its year or with its article in front, then titles containing it."""
+        loose = (self.bare_lower == query) | (self.spoken_lower == query)
+        return [(self.title_lower == query).to_numpy(), loose.to_numpy(), self.containing(query)]
+
     @cached_property
     def _genre_index(self) -> dict[str, np.ndarray]:
         """Lower-cased genre -> item indices, built at the first filtered request (a catalogue never changes:

@@ -348,11 +348,7 @@ class RecommenderService:
         query = query.strip().lower()
         if not query:
             return []
-        catalogue = snapshot.catalogue
-        found = catalogue.title_lower.str.contains(query, regex=False) | catalogue.spoken_lower.str.contains(
-            query, regex=False
-        )  # "the matrix" finds "Matrix, The (1999)"
-        hits = np.flatnonzero(found.to_numpy())
+        hits = np.flatnonzero(snapshot.catalogue.containing(query))  # "the matrix" finds "Matrix, The (1999)"
         hits = hits[np.argsort(-snapshot.popularity[hits], kind="stable")][:limit]  # popular titles first
         return [snapshot.catalogue.row(int(i)) for i in hits]
 
@@ -372,14 +368,8 @@ class RecommenderService:
         query = text.strip().lower()
         if not query:
             raise ConfigError("an item id or title is empty")
-        titles, bare, spoken = (
-            snapshot.catalogue.title_lower,
-            snapshot.catalogue.bare_lower,
-            snapshot.catalogue.spoken_lower,
-        )
-        contained = titles.str.contains(query, regex=False) | spoken.str.contains(query, regex=False)
-        for matches in (titles == query, (bare == query) | (spoken == query), contained):
-            hits = np.flatnonzero(matches.to_numpy())
+        for matches in snapshot.catalogue.title_matches(query):
+            hits = np.flatnonzero(matches)
             if len(hits) == 1:
                 return snapshot.catalogue.ids[int(hits[0])]
             if len(hits) > 1:
