@@ -147,8 +147,10 @@ def test_recommend_keeps_to_the_genres_asked_for(saved, tmp_path):
     expected = load_model(folder / "ials").recommend([1], k=5, candidates=westerns)
     assert _listed_items(output) == list(expected.items[0])
     batch = ["recommend", "--model", str(folder / "ials"), "--users", "all", "--output", str(tmp_path / "r.csv")]
-    result = CliRunner().invoke(app, [*batch, "--genre", "Western"])
-    assert result.exit_code == 2 and "goes with --user or --item" in result.output
+    _run(*batch, "-k", "4", "--genre", "western")  # every user's list, from westerns only
+    written = pd.read_csv(tmp_path / "r.csv")
+    everyone = load_model(folder / "ials").recommend(written["user"].unique(), k=4, candidates=westerns)
+    assert written["item"].tolist() == everyone.to_frame()["item"].tolist() and len(written) == 4 * 943
     pd.DataFrame({"user_id": [1, 2]}).to_csv(tmp_path / "users.csv", index=False)
     batch[batch.index("all")] = str(tmp_path / "users.csv")
     _run(*batch, "-k", "3", "--explain")

@@ -315,7 +315,7 @@ def recommend(
         typer.Option(help="which of the user's items each recommendation is because of (--users: a because column)"),
     ] = False,
     genre: Annotated[
-        list[str] | None, typer.Option("--genre", help="with --user or --item: only items of this genre (repeat: any)")
+        list[str] | None, typer.Option("--genre", help="only items of this genre (repeat: any of them)")
     ] = None,
 ) -> None:
     """Top-k recommendations of a saved model: for one user (--user, a table), for a new user from the items
@@ -337,8 +337,6 @@ def recommend(
         return
     if output is None:
         raise typer.BadParameter("--users needs --output FILE (.csv, .tsv or .parquet)")
-    if genre:
-        raise typer.BadParameter("--genre goes with --user or --item, not --users")
     from recforge.evaluation.saved import recommend_file, write_table
 
     fitted = _load_model(model)
@@ -351,9 +349,21 @@ def recommend(
         unknown=_unknown(unknown),
         exclude_seen=not include_seen,
         explain=explain,
+        candidates=_genre_items(fitted, model, genre) if genre else None,
     )
     write_table(frame, output)
     console.print(f"wrote {frame['user'].nunique():,} users x {k} to {output}")
+
+
+def _genre_items(fitted: Any, path: Path, genres: list[str]) -> Any:
+    """Indices of the items of any of `genres`, by the artifact's catalogue (the service's genre rule)."""
+    import numpy as np
+
+    from recforge.data.catalogue import read_catalogue
+    from recforge.serving.catalogue import Catalogue
+
+    catalogue = Catalogue.build(fitted, read_catalogue(path))
+    return np.unique(np.concatenate([catalogue.genre_items(genre) for genre in genres]))
 
 
 def _load_model(path: Path) -> Any:

@@ -198,11 +198,12 @@ def recommend_file(
     exclude_seen: bool = True,
     batch_size: int | None = None,
     explain: bool = False,
+    candidates: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Top-k for the users listed in a file (one per row, duplicates once), or for every user the model
     was trained on with `users="all"`: a long frame user, rank, item, score, served_by; with `explain`,
     also `because`: the ids of the user's items behind each item (`Recommender.explain`), largest first,
-    joined by ";"."""
+    joined by ";". `candidates` (item indices) restricts every list to those items."""
     if str(users) == "all":
         index = np.flatnonzero(model.known_users_)
     else:
@@ -211,7 +212,12 @@ def recommend_file(
         index, _, _ = _known_rows(frame, model, path, user, None, unknown)
         index = pd.unique(index)
     recommendations = model.recommend(
-        np.asarray(index, np.int64), k, exclude_seen=exclude_seen, external_ids=False, batch_size=batch_size
+        np.asarray(index, np.int64),
+        k,
+        exclude_seen=exclude_seen,
+        external_ids=False,
+        batch_size=batch_size,
+        candidates=candidates,
     )
     frame = recommendations.to_frame()
     if explain:

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from recforge.coldstart import HISTORY, ITEM_FEATURES
-from recforge.data.catalogue import ITEMS_FILE
+from recforge.data.catalogue import read_catalogue
 from recforge.data.query import History, Query
 from recforge.errors import CapabilityError, ConfigError, RecforgeError
 from recforge.models.base import Recommender, UserUpdate
@@ -74,13 +74,11 @@ class Snapshot:
     @classmethod
     def load(cls, path: str | Path) -> Snapshot:
         """A snapshot from an artifact directory (its index and item catalogue, when it has them)."""
-        from recforge.artifacts import artifact_file
         from recforge.models import load_model
 
         path = Path(path)
         model = load_model(path)
-        items_path = artifact_file(path, ITEMS_FILE, required=False)
-        items = pd.read_parquet(items_path) if items_path is not None else None
+        items = read_catalogue(path)
         manifest = model.manifest_ if hasattr(model, "manifest_") else model.model.manifest_
         cutoff = int(manifest.get("metadata", {}).get("event_cutoff", 0))
         return cls.of(model, items, artifact=str(path), cutoff=cutoff)
