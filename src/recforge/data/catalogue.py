@@ -13,14 +13,6 @@ from recforge.errors import ConfigError
 ITEMS_FILE = "items.parquet"
 
 
-def read_catalogue(artifact: Any) -> pd.DataFrame | None:
-    """An artifact directory's item catalogue (`items.parquet`, checksum verified), or None without one."""
-    from recforge.artifacts import artifact_file
-
-    path = artifact_file(artifact, ITEMS_FILE, required=False)
-    return pd.read_parquet(path) if path is not None else None
-
-
 def item_metadata(data: Any) -> pd.DataFrame | None:
     """item_id, title, genres from an Interactions' item-feature table (what `recforge train` stores; None
     without one), or those columns of a frame (item_id required; an id given twice is refused)."""

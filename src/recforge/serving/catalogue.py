@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from recforge.artifacts import artifact_file
+from recforge.data.catalogue import ITEMS_FILE
 from recforge.errors import ConfigError
 
 _TRAILING_YEAR = r"\s*\(\d{4}\)\s*$"
@@ -122,3 +124,9 @@ def _list(value: Any) -> list[str]:
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
+
+
+def read_catalogue(artifact: Any) -> pd.DataFrame | None:
+    """An artifact directory's item catalogue (`items.parquet`, checksum verified), or None without one."""
+    path = artifact_file(artifact, ITEMS_FILE, required=False)
+    return pd.read_parquet(path) if path is not None else None

@@ -26,12 +26,11 @@ import numpy as np
 import pandas as pd
 
 from recforge.coldstart import HISTORY, ITEM_FEATURES
-from recforge.data.catalogue import read_catalogue
 from recforge.data.query import History, Query
 from recforge.errors import CapabilityError, ConfigError, RecforgeError
 from recforge.models.base import Recommender, UserUpdate
 from recforge.models.indexed import IndexedRecommender
-from recforge.serving.catalogue import Catalogue
+from recforge.serving.catalogue import Catalogue, read_catalogue
 from recforge.serving.store import Event, EventStore, StoreUnavailableError
 
 logger = logging.getLogger(__name__)
