@@ -357,12 +357,9 @@ def recommend(
 
 def _genre_items(fitted: Any, path: Path, genres: list[str]) -> Any:
     """Indices of the items of any of `genres`, by the artifact's catalogue (the service's genre rule)."""
-    import numpy as np
-
     from recforge.serving.catalogue import Catalogue, read_catalogue
 
-    catalogue = Catalogue.build(fitted, read_catalogue(path))
-    return np.unique(np.concatenate([catalogue.genre_items(genre) for genre in genres]))
+    return Catalogue.build(fitted, read_catalogue(path)).items_of_genres(genres)
 
 
 def _load_model(path: Path) -> Any:

@@ -108,6 +108,10 @@ class Catalogue:
             raise ConfigError(f"unknown genre {genre[:60]!r}; the catalogue's genres: {listed}")
         return found
 
+    def items_of_genres(self, genres: list[str]) -> np.ndarray:
+        """Indices of the items listing any of `genres` (each checked as in `genre_items`), sorted."""
+        return np.unique(np.concatenate([self.genre_items(genre) for genre in genres]))
+
     def frame(self) -> pd.DataFrame:
         return pd.DataFrame({"item_id": self.ids, "title": self.titles, "genres": self.genres})
 

@@ -272,14 +272,11 @@ class RecommenderService:
             return None
         if len(genres or ()) > 100 or len(exclude_items or ()) > MAX_EXCLUDED:
             raise ConfigError(f"at most 100 genres and {MAX_EXCLUDED:,} excluded items per request")
-        blocked = np.zeros(snapshot.model.n_items, dtype=bool)
-        if genres:
-            blocked[:] = True
-            for genre in genres:
-                blocked[snapshot.catalogue.genre_items(genre)] = False
-        for n, item in enumerate(exclude_items or ()):
-            blocked[self.item_index(item, snapshot, f"exclude_items.{n}", url=url)] = True
-        return blocked
+        candidates = snapshot.catalogue.items_of_genres(genres) if genres else None
+        excluded = [
+            self.item_index(item, snapshot, f"exclude_items.{n}", url=url) for n, item in enumerate(exclude_items or ())
+        ]
+        return snapshot.model.blocked_items(candidates, excluded or None, external_ids=False)
 
     def _history_of(self, snapshot: Snapshot, user: Any) -> History:
         """What a user's recommendations are explained from: their history after their writes, else their
