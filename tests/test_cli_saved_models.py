@@ -111,6 +111,8 @@ def test_similar_finds_an_item_by_its_title_and_names_ambiguous_ones(saved):
     assert _listed_items(by_id) == expected
     typed = _run("similar", "--model", str(folder / "mf"), "--item", "The Usual Suspects", "-k", "5")
     assert "Usual Suspects, The (1995) [12]" in typed  # the article where people put it
+    plain = _run("similar", "--model", str(folder / "mf"), "--item", "les miserables", "-k", "5")
+    assert "Misérables, Les (1995) [" in plain  # accents and punctuation as people type them
     result = CliRunner().invoke(app, ["similar", "--model", str(folder / "mf"), "--item", "godfather"])
     assert result.exit_code == 2 and "matches 2 titles" in result.output, result.output
     assert "127 Godfather, The (1972)" in result.output and "187 Godfather: Part II" in result.output

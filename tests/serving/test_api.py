@@ -146,6 +146,10 @@ def test_title_search(client):
     # people type the article first; MovieLens writes it last ("Usual Suspects, The (1995)")
     typed = client.get("/items", params={"query": "the usual suspects"}).json()["items"]
     assert [row["item"] for row in typed] == [12]
+    # ... without accents or punctuation ("Misérables, Les (1995)", "Terminator 2: Judgment Day (1991)")
+    assert [row["item"] for row in client.get("/items", params={"query": "les miserables"}).json()["items"]] == [543]
+    plain = client.get("/items", params={"query": "terminator 2 judgment"}).json()["items"]
+    assert [row["item"] for row in plain] == [96]
 
 
 def test_predict_needs_a_rating_model(client, mf_client):

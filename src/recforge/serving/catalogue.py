@@ -68,16 +68,30 @@ class Catalogue:
         front ("Matrix, The (1999)" -> "the matrix")."""
         return self.bare_lower.str.replace(_TRAILING_ARTICLE, r"\g<article> \g<head>\g<rest>", regex=True)
 
+    @cached_property
+    def _folded(self) -> tuple[pd.Series, pd.Series, pd.Series]:
+        """`folded` titles: as written, without the year, and as typed."""
+        return folded(self.title_lower), folded(self.bare_lower), folded(self.spoken_lower)
+
     def containing(self, query: str) -> np.ndarray:
-        """(n_items,) True where the title contains `query` (lower case) as written or as typed."""
+        """(n_items,) True where the title contains `query` (lower case) as written or as typed, also once
+        both are `folded` ("steins gate" is in "Steins;Gate", "amelie" in "Amélie (2001)")."""
         found = self.title_lower.str.contains(query, regex=False) | self.spoken_lower.str.contains(query, regex=False)
+        plain = folded(pd.Series([query])).iloc[0]
+        if plain:
+            title, _, spoken = self._folded
+            found |= title.str.contains(plain, regex=False) | spoken.str.contains(plain, regex=False)
         return found.to_numpy()
 
     def title_matches(self, query: str) -> list[np.ndarray]:
         """Masks from the strictest reading of a typed title (lower case) to the loosest: the title itself,
-        then the title without its year or with its article in front, then titles containing it."""
+        then the title without its year, with its article in front or `folded` ("fullmetal alchemist
+        brotherhood" is "Fullmetal Alchemist: Brotherhood"), then titles containing it."""
         loose = (self.bare_lower == query) | (self.spoken_lower == query)
-        return [(self.title_lower == query).to_numpy(), loose.to_numpy(), self.containing(query)]
+        plain = folded(pd.Series([query])).iloc[0]
+        if plain:
+            loose |= np.logical_or.reduce([column == plain for column in self._folded])
+        return [(self.title_lower == query).to_numpy(), np.asarray(loose), self.containing(query)]
 
     @cached_property
     def _genre_index(self) -> dict[str, np.ndarray]:
@@ -120,6 +134,13 @@ class Catalogue:
         if score is not None:
             out["score"] = score
         return out
+
+
+def folded(titles: pd.Series) -> pd.Series:
+    """Titles reduced to what people type alike: accents dropped (NFKD), lower case, every run of
+    punctuation or spaces one space ("Pokémon: The First Movie" -> "pokemon the first movie")."""
+    plain = titles.str.normalize("NFKD").str.replace(r"[\u0300-\u036f]", "", regex=True).str.lower()
+    return plain.str.replace(r"[\W_]+", " ", regex=True).str.strip()
 
 
 def _list(value: Any) -> list[str]:
