@@ -631,3 +631,21 @@ def test_genres_lists_the_catalogues_genres_with_their_counts(client, ml100k):
     assert sum(entry["items"] for entry in body) == pairs and len(body) == 19  # 18 genres and "unknown"
     counts = [entry["items"] for entry in body]
     assert counts == sorted(counts, reverse=True)
+
+
+def test_a_write_token_from_a_file_is_checked_and_its_errors_name_the_file(tmp_path, monkeypatch):
+    from recforge.errors import ConfigError
+    from recforge.serving.app import _token
+
+    monkeypatch.delenv("RECFORGE_TOKEN", raising=False)
+    monkeypatch.setenv("RECFORGE_TOKEN_FILE", str(tmp_path / "token"))
+    with pytest.raises(ConfigError, match=r"token file .*token \(RECFORGE_TOKEN_FILE\) cannot be read"):
+        _token("RECFORGE_TOKEN")
+    (tmp_path / "token").write_text("short\n")
+    with pytest.raises(ConfigError, match=r"token file .*token: a token needs at least 16 characters"):
+        _token("RECFORGE_TOKEN")
+    (tmp_path / "token").write_text(f"  {TOKEN}\n")
+    assert _token("RECFORGE_TOKEN") == TOKEN
+    monkeypatch.setenv("RECFORGE_TOKEN", "too-short")  # the variable wins over the file
+    with pytest.raises(ConfigError, match=r"^RECFORGE_TOKEN: a token needs"):
+        _token("RECFORGE_TOKEN")

@@ -647,8 +647,13 @@ def _token(variable: str) -> str | None:
 
     value = os.environ.get(variable, "").strip()
     file = os.environ.get(f"{variable}_FILE", "").strip()
+    source = variable
     if not value and file:
-        value = FilePath(file).read_text().strip()
+        try:
+            value = FilePath(file).read_text().strip()
+        except OSError as error:
+            raise ConfigError(f"token file {file} ({variable}_FILE) cannot be read: {error.strerror}") from error
+        source = f"token file {file}"
     if value and len(value) < 16:
-        raise ConfigError(f"{variable}: a token needs at least 16 characters")
+        raise ConfigError(f"{source}: a token needs at least 16 characters")
     return value or None
