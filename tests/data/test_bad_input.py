@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from recforge.data.loaders import load_anime_kaggle, load_movielens_100k, load_table
-from recforge.errors import DataFormatError
+from recforge.data.loaders import load_anime_kaggle, load_dataset, load_movielens_100k, load_table
+from recforge.errors import ConfigError, DataFormatError
 
 
 def ml100k_folder(tmp_path: Path, u_data: bytes) -> Path:
@@ -40,6 +40,26 @@ def test_ml100k_malformed_rows(tmp_path, content, line, column, message):
         load_movielens_100k(folder)
     error = info.value
     assert error.path.endswith("u.data") and error.line == line and error.column == column
+
+
+def test_loader_options_are_checked_against_the_loader_by_name(tmp_path):
+    """A misspelt or missing option is a ConfigError naming the dataset and its options (it was a
+    TypeError from the call: a traceback on the command line)."""
+    path = tmp_path / "log.csv"
+    path.write_text("customer,sku\n1,2\n")
+    with pytest.raises(
+        ConfigError, match=r"'table' takes no option 'usr' \(did you mean 'user'\?\); its options: user"
+    ):
+        load_dataset("table", path, usr="customer", item="sku")
+    with pytest.raises(ConfigError, match=r"'table' needs the option\(s\) user, item: the names of the file's columns"):
+        load_dataset("table", path)
+    with pytest.raises(
+        ConfigError, match=r"'ml-100k' takes no option 'fil' \(did you mean 'file'\?\); its options: file"
+    ):
+        load_dataset("ml-100k", tmp_path, fil="u1.base")
+    with pytest.raises(ConfigError, match=r"'saved' takes no option 'user'; its options: none"):
+        load_dataset("saved", tmp_path, user="customer")
+    assert len(load_dataset("table", path, user="customer", item="sku")) == 1
 
 
 def test_empty_file(tmp_path):

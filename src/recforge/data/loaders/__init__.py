@@ -6,6 +6,7 @@ Resolution order for the files: the `path` you pass, then `$RECFORGE_DATA_DIR/<n
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -46,15 +47,35 @@ def load_dataset(name: str, /, path: str | Path | None = None, **options: Any) -
     if name == "table":
         if path is None:
             raise ConfigError("dataset 'table' needs a path")
-        return load_table(path, **options)
+        return load_table(path, **_checked_options(load_table, name, options))
     if name == "saved":
         if path is None:
             raise ConfigError("dataset 'saved' needs a path")
-        return Interactions.load(path)
+        return Interactions.load(path, **_checked_options(Interactions.load, name, options))
     if name not in DATASETS:
         known = [*sorted(DATASETS), "table", "saved"]
         raise ConfigError(f"unknown dataset {name!r}{did_you_mean(name, known)}; known: {known}")
-    return DATASETS[name](path, **options)
+    return DATASETS[name](path, **_checked_options(DATASETS[name], name, options))
+
+
+def _checked_options(loader: Callable[..., Any], name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` when `loader` takes them all and they include its required ones; else a ConfigError that
+    names the option and lists the loader's own (a TypeError from the call names neither the dataset nor
+    what it accepts)."""
+    parameters = list(inspect.signature(loader).parameters.values())[1:]  # after the path
+    accepted = [p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    open_ended = any(p.kind is p.VAR_KEYWORD for p in parameters)
+    unknown = [] if open_ended else [key for key in options if key not in accepted]
+    if unknown:
+        raise ConfigError(
+            f"dataset {name!r} takes no option {unknown[0]!r}{did_you_mean(unknown[0], accepted)}; "
+            f"its options: {', '.join(accepted) or 'none'}"
+        )
+    required = [p.name for p in parameters if p.default is p.empty and p.name not in options and p.name in accepted]
+    if required:
+        what = ": the names of the file's columns (on the command line: -o user=COLUMN)" if name == "table" else ""
+        raise ConfigError(f"dataset {name!r} needs the option(s) {', '.join(required)}{what}")
+    return options
 
 
 __all__ = [
