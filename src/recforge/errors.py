@@ -12,8 +12,8 @@ class RecforgeError(Exception):
 class DataFormatError(RecforgeError, ValueError):
     """A data file (or frame) is malformed. The message names the file, line and column when known.
 
-    `line` is 1-based and counts the header line, so it matches what an editor shows; `reason` is the
-    message without the location.
+    `line` is 1-based and counts the header line, so it matches what an editor shows; `row` is a frame's
+    index label (data given as a frame has no lines); `reason` is the message without the location.
     """
 
     def __init__(
@@ -23,16 +23,20 @@ class DataFormatError(RecforgeError, ValueError):
         path: str | Path | None = None,
         line: int | None = None,
         column: str | None = None,
+        row: object = None,
     ) -> None:
         self.reason = message
         self.path = None if path is None else str(path)
         self.line = line
         self.column = column
+        self.row = row
         where = []
         if self.path is not None:
             where.append(self.path)
         if line is not None:
             where.append(f"line {line}")
+        if row is not None:
+            where.append(f"row {row!r}")
         if column is not None:
             where.append(f"column {column!r}")
         prefix = ", ".join(where)

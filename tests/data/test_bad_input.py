@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from recforge.data.interactions import Interactions
 from recforge.data.loaders import load_anime_kaggle, load_dataset, load_movielens_100k, load_table
 from recforge.errors import ConfigError, DataFormatError
 
@@ -220,3 +223,68 @@ def test_iso_timestamps_in_any_mix_of_forms_read_as_their_unix_seconds(tmp_path_
     path.write_text("u,i,t\n" + "".join(f"u{k},i,{cell}\n" for k, cell in enumerate(cells)))
     data = load_table(path, user="u", item="i", timestamp="t", timestamp_format="iso")
     assert data.timestamp.tolist() == expected
+
+
+_FRAME = {
+    "u": [1, 2, 3],
+    "i": ["a", "b", "c"],
+    "r": [4.0, 5.0, 3.0],
+    "t": [1_577_836_800, 1_577_923_200, 1_578_009_600],
+}
+
+
+@pytest.mark.parametrize(
+    ("column", "values", "options", "row", "message"),
+    [
+        ("r", ["4", "5", "x"], {}, 12, r"not a number: 'x' \(1 such row\(s\)\); ratings are numbers"),
+        ("r", [np.inf, 1.0, 2.0], {}, 10, "rating is not finite: inf"),
+        ("r", [True, False, True], {}, 10, "not booleans"),
+        ("r", [4.0, 5.0, 3.0], {"rating_scale": (1, 4)}, 11, r"rating outside the scale 1..4: 5.0"),
+        ("t", [1.5, 2.0, 3.0], {}, 10, "timestamp is not whole seconds: 1.5"),
+        ("t", [1.0, 2.0, np.nan], {}, 12, "timestamp is missing or not finite: nan"),
+        ("t", ["2020-01-01", "x", "y"], {}, 10, "parse text with pandas.to_datetime first"),
+        ("t", pd.to_datetime(["2020-01-01", None, "2020-01-03"]), {}, 11, "timestamp is missing: NaT"),
+        ("u", [1, None, 3], {}, 11, r"missing id \(1 such row\(s\)\)"),
+    ],
+)
+def test_a_frames_bad_value_names_its_column_and_row(column, values, options, row, message):
+    """Interactions.from_frame checks ratings and timestamps as the loaders do (it cast them: a datetime
+    column became microseconds, NaN timestamps int64's minimum, inf and out-of-scale ratings were kept)."""
+    frame = pd.DataFrame(_FRAME, index=[10, 11, 12]).assign(**{column: values})
+    with pytest.raises(DataFormatError, match=message) as info:
+        Interactions.from_frame(frame, user="u", item="i", rating="r", timestamp="t", **options)
+    assert (info.value.row, info.value.column) == (row, column)
+
+
+def test_a_frames_datetimes_become_unix_seconds_and_missing_ratings_unrated():
+    naive = pd.to_datetime(["2020-01-01", "2020-01-02", "2020-01-03"])  # read as UTC
+    frame = pd.DataFrame(_FRAME).assign(t=naive, r=pd.array([4, None, 3], dtype="Int64"))
+    data = Interactions.from_frame(frame, user="u", item="i", rating="r", timestamp="t")
+    assert data.timestamp.tolist() == _FRAME["t"]
+    assert np.isnan(data.rating[1]) and data.n_rated == 2
+    paris = Interactions.from_frame(
+        frame.assign(t=naive.tz_localize("Europe/Paris")), user="u", item="i", timestamp="t"
+    )
+    assert paris.timestamp.tolist() == [t - 3600 for t in _FRAME["t"]]
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".parquet"])
+@pytest.mark.parametrize(
+    ("column", "values", "row", "message"),
+    [
+        ("r", [4.0, np.inf, 3.0], 1, "rating is not finite"),
+        ("t", [1.0, 2.5, 3.0], 1, "timestamp is not whole seconds"),
+        ("t", [1.0, 2.0, np.inf], 2, "timestamp is missing or not finite"),
+    ],
+)
+def test_files_refuse_infinite_ratings_and_fractional_timestamps_at_their_line(
+    tmp_path, suffix, column, values, row, message
+):
+    """The text path parsed "inf" as a rating and cast "2.5" seconds to 2; typed Parquet cast too."""
+    frame = pd.DataFrame(_FRAME).assign(**{column: values})
+    path = tmp_path / f"log{suffix}"
+    frame.to_csv(path, index=False) if suffix == ".csv" else frame.to_parquet(path, index=False)
+    with pytest.raises(DataFormatError, match=message) as info:
+        load_table(path, user="u", item="i", rating="r", timestamp="t")
+    line = row + (2 if suffix == ".csv" else 1)  # a text file's header is line 1; Parquet counts rows from 1
+    assert (info.value.path, info.value.line, info.value.column) == (str(path), line, column)

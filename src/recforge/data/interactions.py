@@ -20,10 +20,12 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recforge._io import atomic_path
+from recforge.data.columns import rating_values, timestamp_values
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import ConfigError, DataFormatError
 
 FORMAT_VERSION = 1
+_TEXT_TIMES = "; parse text with pandas.to_datetime first"
 
 
 @dataclass(frozen=True)
@@ -118,11 +120,26 @@ class Interactions:
     ) -> Interactions:
         """Build from a long frame of interactions; feature frames are indexed by external id.
 
-        Feature rows for ids without interactions are ignored; ids without a feature row get missing values.
+        Ratings must be finite numbers (NaN or None: interacted, not rated), inside `rating_scale` when it is
+        given; timestamps whole unix seconds or datetimes (converted to unix seconds, naive ones read as
+        UTC). A bad value raises a DataFormatError naming the column and the frame's row. Feature rows for
+        ids without interactions are ignored; ids without a feature row get missing values.
         """
         for column in (user, item, rating, timestamp):
             if column is not None and column not in frame.columns:
                 raise DataFormatError(f"missing column {column!r}; have {list(frame.columns)}", column=column)
+
+        def at_row(position: int) -> dict[str, Any]:
+            label = frame.index[position]
+            return {"row": label.item() if isinstance(label, np.generic) else label}
+
+        for column in (user, item):
+            missing = frame[column].isna().to_numpy()
+            if missing.any():
+                raise DataFormatError(
+                    f"missing id ({int(missing.sum())} such row(s))", column=column, **at_row(int(np.argmax(missing)))
+                )
+
         users, user_codes = Vocabulary.encode(frame[user].to_numpy(), name="user")
         items, item_codes = Vocabulary.encode(frame[item].to_numpy(), name="item")
         return cls(
@@ -130,8 +147,12 @@ class Interactions:
             items=items,
             user_index=user_codes,
             item_index=item_codes,
-            rating=None if rating is None else frame[rating].to_numpy(dtype=np.float32, na_value=np.nan),
-            timestamp=None if timestamp is None else frame[timestamp].to_numpy(dtype=np.int64),
+            rating=None
+            if rating is None
+            else rating_values(frame[rating], column=rating, locate=at_row, scale=rating_scale),
+            timestamp=None
+            if timestamp is None
+            else timestamp_values(frame[timestamp], column=timestamp, locate=at_row, text_hint=_TEXT_TIMES),
             user_features=_align_features(user_features, users),
             item_features=_align_features(item_features, items),
             rating_scale=rating_scale,

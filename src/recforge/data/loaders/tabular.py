@@ -6,15 +6,20 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
+from recforge.data.columns import rating_values, timestamp_values
 from recforge.data.interactions import Interactions
-from recforge.data.loaders._source import check_scale, parse_float, read_delimited, source_info, split_list
+from recforge.data.loaders._source import read_delimited, source_info, split_list
 from recforge.errors import DataFormatError
 
+_TEXT_TIMES = (
+    "; text needs timestamp_format: 'iso' for ISO 8601 dates and times, or a strftime pattern such as "
+    "'%Y-%m-%d %H:%M:%S'"
+)
 log = logging.getLogger(__name__)
 
 
@@ -118,24 +123,18 @@ def load_table(
         log.warning("%s: dropped %d row(s) with a missing user, item or timestamp", path, dropped)
         frame = frame[~blank].reset_index(drop=True)
     table = pd.DataFrame({"user_id": _ids(frame[user]), "item_id": _ids(frame[item])})
+
+    def at_line(position: int) -> dict[str, Any]:
+        return {"path": path, "line": int(frame["_line"].iloc[position])}
+
     if rating is not None:
-        values = parse_float(frame, rating, path, missing=("",))
-        if rating_scale is not None:
-            check_scale(values, frame, rating, path, rating_scale, allow_missing=True)
-        table["rating"] = values.astype(np.float32)
+        text = frame[rating].str.strip()
+        table["rating"] = rating_values(text.where(text != "", None), column=rating, locate=at_line, scale=rating_scale)
     if timestamp is not None:
         if timestamp_format is None:
-            try:
-                stamps = parse_float(frame, timestamp, path)
-            except DataFormatError as exc:
-                raise DataFormatError(
-                    f"{exc.reason}; timestamps are unix seconds unless timestamp_format is given: 'iso' for "
-                    "ISO 8601 dates and times, or a strftime pattern such as '%Y-%m-%d %H:%M:%S'",
-                    path=exc.path,
-                    line=exc.line,
-                    column=exc.column,
-                ) from exc
-            table["timestamp"] = stamps.astype(np.int64)
+            table["timestamp"] = timestamp_values(
+                frame[timestamp].str.strip(), column=timestamp, locate=at_line, text_hint=_TEXT_TIMES
+            )
         else:
             parsed = pd.to_datetime(
                 frame[timestamp],
@@ -285,36 +284,17 @@ def _typed_table(
         dropped = int(blank.sum())
         log.warning("%s: dropped %d row(s) with a missing user, item or timestamp", path, dropped)
         frame = frame[~blank]
+    kept = np.flatnonzero(~blank)  # rows of the file, for errors after dropping
+
+    def at_row(position: int) -> dict[str, Any]:
+        return {"path": path, "line": int(kept[position]) + 1}
+
     table = pd.DataFrame({"user_id": _typed_ids(frame[user]), "item_id": _typed_ids(frame[item])})
     if rating is not None:
-        values = frame[rating].to_numpy(dtype=np.float64, na_value=np.nan)
-        if rating_scale is not None:
-            low, high = rating_scale
-            bad = (values < low) | (values > high)
-            if bad.any():
-                row = int(np.flatnonzero(bad)[0])
-                raise DataFormatError(
-                    f"rating {values[row]:g} outside the scale {low:g}..{high:g}",
-                    path=path,
-                    line=row + 1,
-                    column=rating,
-                )
-        table["rating"] = values.astype(np.float32)
-    if timestamp is not None and pd.api.types.is_datetime64_any_dtype(frame[timestamp]):
-        table["timestamp"] = _unix_seconds(frame[timestamp])
-    elif timestamp is not None:
-        stamps = frame[timestamp].to_numpy(dtype=np.float64) if pd.api.types.is_float_dtype(frame[timestamp]) else None
-        if stamps is not None and (stamps % 1 != 0).any():
-            row = int(np.flatnonzero(stamps % 1 != 0)[0])
-            raise DataFormatError("timestamp is not whole seconds", path=path, line=row + 1, column=timestamp)
-        table["timestamp"] = frame[timestamp].to_numpy(dtype=np.int64)
+        table["rating"] = rating_values(frame[rating], column=rating, locate=at_row, scale=rating_scale)
+    if timestamp is not None:
+        table["timestamp"] = timestamp_values(frame[timestamp], column=timestamp, locate=at_row)
     return table, dropped
-
-
-def _unix_seconds(values: pd.Series) -> np.ndarray:
-    """Datetimes (naive ones read as UTC) as whole unix seconds, rounded down."""
-    utc = values.dt.tz_convert("UTC") if values.dt.tz is not None else values.dt.tz_localize("UTC")
-    return ((utc - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
 
 
 def _typed_ids(values: pd.Series) -> np.ndarray:

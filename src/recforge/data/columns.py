@@ -1,0 +1,81 @@
+"""The rating and timestamp columns of interactions, checked the same way wherever they come from: a frame
+given to `Interactions.from_frame`, a typed Parquet file, or the numbers parsed from a text file.
+
+Ratings are finite numbers, NaN meaning "interacted, not rated", inside the rating scale when one is
+given. Timestamps are whole unix seconds: datetimes are converted (naive ones read as UTC), numbers must be
+finite and whole. Anything else raises a DataFormatError naming the column and where the first bad value
+is (`locate(position)` gives the error's path, line or row for a 0-based position), never a silent cast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from recforge.errors import DataFormatError
+
+Locate = Callable[[int], dict[str, Any]]
+
+
+def rating_values(
+    values: pd.Series, *, column: str, locate: Locate, scale: tuple[float, float] | None = None
+) -> np.ndarray:
+    """The column as float32 ratings (NaN: not rated)."""
+    numbers = _numbers(values, column, locate, "ratings are numbers, NaN or None where not rated")
+    bad = np.isinf(numbers)
+    if bad.any():
+        _fail(values, bad, column, locate, "rating is not finite")
+    if scale is not None:
+        low, high = scale
+        bad = (numbers < low) | (numbers > high)
+        if bad.any():
+            _fail(values, bad, column, locate, f"rating outside the scale {low:g}..{high:g}")
+    return numbers.astype(np.float32)
+
+
+def timestamp_values(values: pd.Series, *, column: str, locate: Locate, text_hint: str = "") -> np.ndarray:
+    """The column as int64 unix seconds. `text_hint` says how to read text timestamps where they come
+    from (a loader's timestamp_format, or pandas.to_datetime for a frame)."""
+    if pd.api.types.is_datetime64_any_dtype(values):
+        missing = values.isna().to_numpy()
+        if missing.any():
+            _fail(values, missing, column, locate, "timestamp is missing")
+        utc = values.dt.tz_convert("UTC") if values.dt.tz is not None else values.dt.tz_localize("UTC")
+        return ((utc - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
+    if pd.api.types.is_integer_dtype(values) and not values.isna().any():
+        return values.to_numpy(dtype=np.int64)
+    numbers = _numbers(values, column, locate, "timestamps are unix seconds or datetimes" + text_hint)
+    bad = ~np.isfinite(numbers)
+    if bad.any():
+        _fail(values, bad, column, locate, "timestamp is missing or not finite")
+    bad = numbers % 1 != 0
+    if bad.any():
+        _fail(values, bad, column, locate, "timestamp is not whole seconds")
+    return numbers.astype(np.int64)
+
+
+def _numbers(values: pd.Series, column: str, locate: Locate, expected: str) -> np.ndarray:
+    """float64 values of a numeric column, or of a column whose cells all read as numbers or are missing
+    ("4.5" is 4.5); booleans and other text raise."""
+    if pd.api.types.is_bool_dtype(values):
+        raise DataFormatError(f"{expected}, not booleans", column=column, **locate(0))
+    if pd.api.types.is_numeric_dtype(values):
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    numbers = pd.to_numeric(values, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+    bad = np.isnan(numbers) & ~pd.isna(values).to_numpy()
+    if bad.any():
+        _fail(values, bad, column, locate, "not a number", expected)
+    return numbers
+
+
+def _fail(values: pd.Series, bad: np.ndarray, column: str, locate: Locate, reason: str, hint: str = "") -> None:
+    position = int(np.flatnonzero(bad)[0])
+    value = values.iloc[position]
+    value = value.item() if isinstance(value, np.generic) else value
+    hint = f"; {hint}" if hint else ""
+    raise DataFormatError(
+        f"{reason}: {value!r} ({int(bad.sum())} such row(s)){hint}", column=column, **locate(position)
+    )
