@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 
 from recforge.artifacts import index_writers
 from recforge.data.catalogue import ITEMS_FILE, item_metadata
+from recforge.data.query import History
 from recforge.models import create_model
 from recforge.retrieval.ann import VectorIndex
 from recforge.serving.app import create_app
@@ -584,12 +585,26 @@ def test_explained_recommendations_name_the_users_items_behind_each(ml100k, tmp_
     new = client.post("/recommendations", json={"items": [{"item": i} for i in given], "k": 5, "explain": True}).json()
     assert all(row["because"] and {r["item"] for r in row["because"]} <= set(given) for row in new["items"])
     # an explicit MF: a known user's stored ratings are what its fold-in (and so the explanation) reads
-    rated = serve(_artifact(create_model("mf", n_epochs=5).fit(ml100k), ml100k, tmp_path / "mf"))
+    explicit = create_model("mf", n_epochs=5).fit(ml100k)
+    rated = serve(_artifact(explicit, ml100k, tmp_path / "mf"))
     mf = rated.get("/users/1/recommendations", params={"k": 3, "explain": True}).json()
     assert all(len(row["because"]) == 3 and {r["item"] for r in row["because"]} <= users_items for row in mf["items"])
-    assert rated.post("/users/1/interactions", json={"items": [{"item": mf["items"][0]["item"], "rating": 5}]}).json()
+    # ... and after a rated write, from the training history plus that rating (the update keeps it beside
+    # the vector it scores from; it was explained from the written item unrated, which adds nothing to MF)
+    loved = mf["items"][0]["item"]
+    assert rated.post("/users/1/interactions", json={"items": [{"item": loved, "rating": 5}]}).json()
     written = rated.get("/users/1/recommendations", params={"k": 3, "explain": True}).json()
     assert written["served_by"] == "model (updated)" and all(len(row["because"]) == 3 for row in written["items"])
+    trained = explicit.training_history(explicit.users_.position(1))
+    index = explicit.items_.position(loved)
+    after_write = History.from_items(
+        [[*trained.row_items(0).tolist(), index]], explicit.n_items, [[*trained.row_ratings(0), 5.0]]
+    )
+    expected = explicit.explain(None, [row["item"] for row in written["items"]], history=after_write)
+    for row in written["items"]:
+        reasons = expected[expected["item"] == row["item"]]
+        assert [r["item"] for r in row["because"]] == reasons["because"].tolist()
+        np.testing.assert_allclose([r["weight"] for r in row["because"]], reasons["weight"], rtol=1e-5)
     knn = serve(_artifact(create_model("user_knn", feedback="implicit").fit(ml100k), ml100k, tmp_path / "uknn"))
     refused = knn.get("/users/1/recommendations", params={"k": 3, "explain": True})
     assert refused.status_code == 200 and "no explanations: user_knn" in refused.json()["note"]

@@ -85,7 +85,9 @@ class UserUpdate:
 
     user: int
     items: np.ndarray  # sorted unique item indices: training plus added
-    history: History | None = None  # history models: the most recent items (training order, then added)
+    # the most recent items with their ratings (training order, then added): what history models score
+    # from, and what a factor model's update is explained from (it scores from its vector)
+    history: History | None = None
     vector: np.ndarray | None = None  # factor models: the user's vector (d,) after the update
     bias: float = 0.0
 

@@ -63,7 +63,9 @@ class FactorModel(Recommender):
         changed). Rated additions to an explicit model take a MAP step from the current vector:
         argmin Σ_added (r − μ − b_u − b_i − xᵀq_i)² + λ‖x − x₀‖² (λ as the fold-in penalty), so earlier
         evidence is the prior. Otherwise the user is refolded from all their items by the model's own
-        history path (iALS's fold-in, BPR's objective, the two-tower's history tower)."""
+        history path (iALS's fold-in, BPR's objective, the two-tower's history tower). The update also keeps
+        the user's history with the written ratings (training first, as history models do): scores come
+        from the vector, explanations from that history."""
         self._require_fitted()
         vector = previous.vector if previous is not None else self.user_factors_[user]
         bias = previous.bias if previous is not None else float(self.user_bias_[user])
@@ -83,7 +85,9 @@ class FactorModel(Recommender):
             everything = History.from_items([items.tolist()], self.n_items)
             factors, biases = self.history_vectors(everything, np.array([user]))
             vector, bias = factors[0], float(biases[0])
-        return UserUpdate(user, items, vector=np.asarray(vector, dtype=np.float32), bias=bias)
+        before = previous.history if previous is not None and previous.history is not None else None
+        history = self._merged_history(self.training_history(user) if before is None else before, added)
+        return UserUpdate(user, items, history=history, vector=np.asarray(vector, dtype=np.float32), bias=bias)
 
     def start_user(self, added: History, previous: UserUpdate | None = None) -> UserUpdate:
         """A user the model was not trained with, after their writes: folded in (explicit models: ridge on

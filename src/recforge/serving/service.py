@@ -279,18 +279,16 @@ class RecommenderService:
         return snapshot.model.blocked_items(candidates, excluded or None, external_ids=False)
 
     def _history_of(self, snapshot: Snapshot, user: Any) -> History:
-        """What a user's recommendations are explained from: their history after their writes, else their
-        training history. A factor model's update of a known user keeps a vector and the items, not the
-        history: their training history (with its ratings) plus the items written since, unrated."""
+        """What a user's recommendations are explained from: their history after their writes (with the
+        written ratings; factor models keep it beside the vector they score from), else their training
+        history."""
         index, plain = self.known_or_new(user, snapshot)
         update = snapshot.newcomers.get(plain) if index is None else snapshot.updates.get(index)
-        trained = snapshot.model.training_history(index) if index is not None else None
-        if update is None or update.history is not None:
-            return trained if update is None else update.history  # type: ignore[return-value]
-        before = trained.row_items(0) if trained is not None else np.zeros(0, np.int64)
-        written = np.setdiff1d(update.items, before)
-        ratings = (trained.row_ratings(0) if trained is not None else []) + [None] * len(written)
-        return History.from_items([[*before.tolist(), *written.tolist()]], snapshot.model.n_items, [ratings])
+        if update is not None and update.history is not None:
+            return update.history
+        if index is None:
+            return History.from_items([[]], snapshot.model.n_items)
+        return snapshot.model.training_history(index)
 
     def _explain(self, snapshot: Snapshot, answer: dict[str, Any], history: History) -> None:
         """Adds `because` (at most EXPLAIN_TOP of the history's items, each with the score the item would
