@@ -180,3 +180,29 @@ def test_files_of_any_separator_and_width_read_back(tmp_path_factory, n_columns,
     path.write_text("\n".join([sep.join(names), *(sep.join(map(str, row[:n_columns])) for row in rows)]) + "\n")
     frame = read_table(path, names)
     assert frame.to_numpy().tolist() == [[str(v) for v in row[:n_columns]] for row in rows]
+
+
+@pytest.mark.parametrize("width", [60, 100, 160])
+def test_a_wide_metrics_table_is_split_to_fit_the_terminal_never_cut(monkeypatch, width):
+    """The demo's 18 metric columns were cut to "recal…" and "0.29…" on a 160-column terminal."""
+    import io
+    import re
+
+    from rich.console import Console
+
+    import recforge.cli as cli
+
+    out = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(width=width, file=out))
+    columns = [f"{m}@{k}" for k in (5, 10, 20) for m in ("ndcg", "recall", "precision", "map", "hit_rate")]
+    frame = pd.DataFrame(
+        np.arange(2 * len(columns)).reshape(2, -1) / 1000, columns=columns, index=pd.Index(["most_popular", "ease"])
+    )
+    cli.print_frame(frame, "ranking")
+    text = out.getvalue()
+    assert "…" not in text and all(len(line) <= width for line in text.splitlines())
+    headers = re.findall(r"[a-z_]+@\d+", text)
+    assert headers == columns  # every column once, in order
+    assert text.count("most_popular") == len(re.findall(r"┏", text)) > (1 if width < 160 else 0)
+    for value in frame.to_numpy().ravel():
+        assert f"{value:.4f}" in text

@@ -71,13 +71,25 @@ def _friendly(function: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def print_frame(frame: Any, title: str, digits: int = 4) -> None:
-    table = Table(title=title)
-    table.add_column(str(frame.index.name or ""), style="bold")
+    """`frame` as a table; when its columns do not fit the terminal, as several tables of the columns in
+    order, each with the index (rich would otherwise cut every header and value to "ndcg…")."""
+    cells = {c: [f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in frame[c]] for c in frame.columns}
+    labels = [str(index) for index in frame.index]
+    index_width = max([len(str(frame.index.name or "")), *map(len, labels)]) + 4  # borders and padding
+    width = {c: max([len(str(c)), *map(len, cells[c])]) + 3 for c in frame.columns}
+    groups: list[list[Any]] = [[]]
     for column in frame.columns:
-        table.add_column(str(column), justify="right")
-    for index, row in frame.iterrows():
-        table.add_row(str(index), *[f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row])
-    console.print(table)
+        if groups[-1] and index_width + sum(width[c] for c in groups[-1]) + width[column] > console.width:
+            groups.append([])
+        groups[-1].append(column)
+    for number, columns in enumerate(groups):
+        table = Table(title=title if number == 0 else None)
+        table.add_column(str(frame.index.name or ""), style="bold")
+        for column in columns:
+            table.add_column(str(column), justify="right")
+        for row, label in enumerate(labels):
+            table.add_row(label, *[cells[c][row] for c in columns])
+        console.print(table)
 
 
 # ----------------------------------------------------------------------------- data
