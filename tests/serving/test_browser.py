@@ -118,3 +118,27 @@ def test_rate_items_and_see_recommendations_update(server, browser):
 
     click(wait, f"#recommendations li[data-item='{items[0]}'] button.similar")
     wait.until(lambda d: (rows := settled(d, "similar")) is not None and len(rows) == 8)
+
+    # the ratings live in the browser: a reload lists them and recommends from them again
+    browser.refresh()
+    wait.until(lambda d: "history" in d.find_element(By.ID, "served").text and settled(d, "recommendations"))
+    assert [row["item"] for row in settled(browser, "recommendations")] == items
+    assert "Star Wars" in browser.find_element(By.ID, "ratings").text
+    click(wait, "#ratings li[data-item='50'] button.remove")  # removed, also from what a reload restores
+    wait.until(lambda d: "popularity" in d.find_element(By.ID, "served").text and settled(d, "recommendations"))
+    assert browser.find_element(By.ID, "ratings").text == "" and not browser.find_element(By.ID, "clear").is_displayed()
+    browser.refresh()
+    wait.until(lambda d: "popularity" in d.find_element(By.ID, "served").text and settled(d, "recommendations"))
+    assert [row["item"] for row in settled(browser, "recommendations")] == popular
+    # what a page cannot parse is ignored, never an error
+    browser.execute_script("""localStorage.setItem("recforge.ratings", '[{"item": 5}, "x", {"item": {"item": 50}}');""")
+    browser.refresh()
+    wait.until(lambda d: "popularity" in d.find_element(By.ID, "served").text and settled(d, "recommendations"))
+    browser.execute_script(
+        """localStorage.setItem("recforge.ratings", JSON.stringify([{item: {item: 50, title: "Star Wars (1977)"},
+           rating: 9}, {item: {item: 181, title: "Return of the Jedi (1983)", genres: []}, rating: 4}]));"""
+    )
+    browser.refresh()  # the rating outside 1-5 is left out, the other kept
+    wait.until(lambda d: "history" in d.find_element(By.ID, "served").text and settled(d, "recommendations"))
+    assert "Return of the Jedi" in browser.find_element(By.ID, "ratings").text
+    assert "Star Wars" not in browser.find_element(By.ID, "ratings").text
