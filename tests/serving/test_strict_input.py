@@ -162,3 +162,33 @@ def test_writes_need_the_token_and_reads_can_too(mf_dir):
         == 200
     )
     assert guarded.get("/health").status_code == 200  # health stays open for load balancers
+
+
+def test_ids_holding_slashes_and_url_characters_are_served_by_their_percent_encoding(ml100k, tmp_path):
+    """A shop's SKUs and customer ids are text: "SKU/12 #3?x=1" is sent as one %-encoded path segment. An
+    id with a "/" was 404 "Not Found" on every path route (and the page's "more like this")."""
+    from urllib.parse import quote
+
+    from recforge.data.interactions import Interactions
+
+    frame = ml100k.to_frame()
+    frame["user_id"] = [f"cust/{u} %{u}" for u in frame["user_id"]]
+    frame["item_id"] = [f"SKU/{i} #{i % 7}?x=1" for i in frame["item_id"]]
+    shop = Interactions.from_frame(frame, timestamp="timestamp")
+    model = create_model("ials", n_factors=16, n_iterations=4).fit(shop)
+    client = serve(model.save(tmp_path / "shop"))
+    user, item = "cust/1 %1", "SKU/50 #1?x=1"
+    listed = client.get(f"/users/{quote(user, safe='')}/recommendations", params={"k": 3})
+    assert listed.status_code == 200 and listed.json()["user"] == user and len(listed.json()["items"]) == 3
+    assert all(row["item"].startswith("SKU/") for row in listed.json()["items"])
+    similar = client.get(f"/items/{quote(item, safe='')}/similar", params={"k": 2})
+    assert similar.status_code == 200 and similar.json()["item"] == item
+    first = listed.json()["items"][0]["item"]
+    written = client.post(f"/users/{quote(user, safe='')}/interactions", json={"items": [{"item": first}]})
+    assert written.status_code == 200 and written.json()["user"] == user
+    after = client.get(f"/users/{quote(user, safe='')}/recommendations", params={"k": 3}).json()
+    assert after["served_by"].startswith("model (updated)") and first not in [row["item"] for row in after["items"]]
+    missing = client.get(f"/users/{quote('cust/99999', safe='')}/recommendations")
+    assert missing.status_code == 404 and "cust/99999" in missing.json()["detail"]
+    counts = client.get("/metrics/json").json()["requests"]
+    assert counts["/users/{user_id}/recommendations 200"] == 2 and counts["/items/{item_id}/similar 200"] == 1

@@ -167,7 +167,7 @@ class _LimitAndMeasure:
             else:
                 await self.app(scope, receive_within_limit, send_and_note)
         finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
+            route = getattr(scope.get("route"), "path_format", "unmatched")  # "{user_id}", not "{user_id:path}"
             self.metrics.record(route, status, (time.perf_counter() - started) * 1e3)
 
 
@@ -352,7 +352,9 @@ async def _carry_on(sending: Coroutine[Any, Any, None], waiting: Any) -> None:
 
 
 def _route(router: Any, path: str, method: str) -> Any:
-    return next(r for r in router.routes if getattr(r, "path", None) == path and method in getattr(r, "methods", ()))
+    return next(
+        r for r in router.routes if getattr(r, "path_format", None) == path and method in getattr(r, "methods", ())
+    )
 
 
 def _integer_ids(vocabulary: Any, kind: str) -> bool:
@@ -453,7 +455,7 @@ def create_app(
         }
 
     @app.get(
-        "/users/{user_id}/recommendations",
+        "/users/{user_id:path}/recommendations",  # ids may hold "/" (sent as %2F)
         response_model=UserAnswer,
         response_model_exclude_none=True,
         responses=ERRORS,
@@ -496,7 +498,9 @@ def create_app(
             [(r.item, r.rating) for r in body.items], body.k, features, body.explain, body.genres, body.exclude_items
         )
 
-    @app.post("/users/{user_id}/interactions", response_model=InteractionsAnswer, responses=ERRORS, dependencies=write)
+    @app.post(
+        "/users/{user_id:path}/interactions", response_model=InteractionsAnswer, responses=ERRORS, dependencies=write
+    )
     async def add_interactions(user_id: UserId, body: InteractionsRequest) -> dict:
         pairs = [(r.item, r.rating) for r in body.items]
         # as with reads: a write whose validation and update cost well under a millisecond (a factor
@@ -520,7 +524,7 @@ def create_app(
         background, replays the events newer than its cut-off and swaps without dropping a request."""
         return {"seq": service.promote(body.path)}
 
-    @app.get("/items/{item_id}/similar", response_model=SimilarAnswer, responses=ERRORS, dependencies=read)
+    @app.get("/items/{item_id:path}/similar", response_model=SimilarAnswer, responses=ERRORS, dependencies=read)
     def similar_items(item_id: ItemId, k: Count = 10) -> dict:
         return {"item": item_id, **service.similar(item_id, k)}
 
