@@ -46,7 +46,8 @@ class Catalogue:
             [_plain(v) for v in frame["item_id"]],
             frame["title"].tolist(),
             frame["genres"].tolist(),
-            frame["title"].fillna("").str.lower(),
+            # str.lower, as queries are lowered: pandas' Arrow strings lower some letters otherwise ("İ")
+            pd.Series([str(title).lower() for title in frame["title"].fillna("")], dtype=object),
         )
 
     def extended(self, model: Any, ids: list[Any], features: pd.DataFrame) -> Catalogue:
@@ -139,7 +140,8 @@ class Catalogue:
 def folded(titles: pd.Series) -> pd.Series:
     """Titles reduced to what people type alike: accents dropped (NFKD), lower case, every run of
     punctuation or spaces one space ("Pokémon: The First Movie" -> "pokemon the first movie")."""
-    plain = titles.str.normalize("NFKD").str.replace(r"[\u0300-\u036f]", "", regex=True).str.lower()
+    # object dtype: Python's str methods, as queries get (Arrow strings lower some letters otherwise)
+    plain = titles.astype(object).str.normalize("NFKD").str.replace(r"[\u0300-\u036f]", "", regex=True).str.lower()
     return plain.str.replace(r"[\W_]+", " ", regex=True).str.strip()
 
 
