@@ -226,14 +226,25 @@ def recommend_file(
 
 
 def _because(model: Recommender, recommendations: Any) -> list[str]:
-    """One ";"-joined list of reason ids per row of `recommendations.to_frame()` (same order)."""
+    """One ";"-joined list of reason ids per row of `recommendations.to_frame()` (same order). Users are
+    explained on as many threads as the thread policy gives (`recforge.threads`), each single-threaded
+    inside: the scoring's sparse products release the GIL, and one user's work is too small to split
+    (anime Kaggle, 5,000 users, the blend: 294 s on one thread, 157 s on two)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from recforge.threads import choose_threads, thread_limit
+
     ids = model.items_.ids
-    out: list[str] = []
-    for row, user in enumerate(model.users_.index(recommendations.users)):
+    users = model.users_.index(recommendations.users)
+
+    def explained(row: int) -> list[str]:
         listed = recommendations.item_index[row][recommendations.item_index[row] >= 0]
-        reasons = explain_history(model, model.training_history(int(user)), listed)
-        out.extend(";".join(str(ids[r.item]) for r in item_reasons) for item_reasons in reasons)
-    return out
+        reasons = explain_history(model, model.training_history(int(users[row])), listed)
+        return [";".join(str(ids[r.item]) for r in item_reasons) for item_reasons in reasons]
+
+    workers = min(choose_threads(), max(len(users), 1))
+    with thread_limit(1), ThreadPoolExecutor(workers) as pool:
+        return [text for listed in pool.map(explained, range(len(users))) for text in listed]
 
 
 def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
