@@ -129,6 +129,27 @@ def test_next_item_protocol_passes_history_and_excludes_it(ml100k):
     assert result.summary["hit_rate@10"] < chance + 4 * np.sqrt(chance / ml100k.n_users)
 
 
+def test_test_pairs_that_are_training_pairs_are_counted_in_the_notes(ml100k):
+    """Seen items are excluded, so a test pair also in training can never be found: a test file taken from
+    the training data scored 0 everywhere without a word. Now the notes count them (and ask when most are)."""
+    split = per_user_split(ml100k, 0.2, seed=0)
+    model = MostPopular().fit(split.train)
+    clean = FullRankingEvaluator(split.train, split.test, ks=(10,)).evaluate(model)
+    assert not any("also in the training data" in note for note in clean.notes)
+    rows = np.random.default_rng(0).choice(len(split.train), 500, replace=False)
+    mixed = Interactions(
+        users=split.test.users,
+        items=split.test.items,
+        user_index=np.concatenate([split.test.user_index[:1500], split.train.user_index[rows]]),
+        item_index=np.concatenate([split.test.item_index[:1500], split.train.item_index[rows]]),
+    )
+    notes = FullRankingEvaluator(split.train, mixed, ks=(10,)).evaluate(model).notes
+    assert "500 of 2000 test pair(s) are also in the training data, whose items are excluded" in " ".join(notes)
+    reused = split.train.subset(rows)
+    notes = FullRankingEvaluator(split.train, reused, ks=(10,)).evaluate(model).notes
+    assert any(note.startswith("500 of 500") and note.endswith("part of the training data?") for note in notes)
+
+
 def test_popularity_on_ml100k_is_a_real_floor(ml100k):
     split = per_user_split(ml100k, 0.2, seed=0)
     evaluator = FullRankingEvaluator(split.train, split.test, ks=(10,))

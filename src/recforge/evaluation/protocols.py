@@ -228,6 +228,16 @@ class FullRankingEvaluator:
         unseen = int((self.train.item_counts()[self.pairs[1]] == 0).sum())
         if unseen:
             notes.append(f"{unseen} test pair(s) have an item never seen in training")
+        if self.exclude is not None and len(self.pairs[0]):
+            inside = self.pairs[0] < self.exclude.shape[0]
+            excluded = np.zeros(len(self.pairs[0]), dtype=bool)
+            excluded[inside] = np.asarray(self.exclude[self.pairs[0][inside], self.pairs[1][inside]]).ravel() > 0
+            if excluded.any():
+                notes.append(
+                    f"{int(excluded.sum())} of {len(excluded)} test pair(s) are also in the training data, whose "
+                    "items are excluded from the lists, so they can never be found"
+                    + (": is the test file part of the training data?" if excluded.mean() > 0.5 else "")
+                )
         return notes
 
     def _evaluate_sampled(self, model: Recommender) -> RankingResult:
