@@ -72,6 +72,11 @@ def test_predict_and_batch_recommend_write_files(saved, tmp_path):
     predicted = pd.read_parquet(tmp_path / "p.parquet")
     users, items = model.users_.index([1, 1, 7]), model.items_.index([50, 172, 1])
     np.testing.assert_allclose(predicted["prediction"], model.predict(users, items), rtol=1e-6)
+    pairs.write_text("user_id,item_id\n1,50\n99999,1\n")  # a ranking model is refused first, not the file
+    result = CliRunner().invoke(
+        app, ["predict", "--model", str(folder / "ials"), "--input", str(pairs), "--output", "x.csv"]
+    )
+    assert result.exit_code == 2 and "ials does not predict ratings (it ranks items: use recommend)" in result.output
 
     _run("recommend", "--model", str(folder / "mf"), "--users", "all", "-k", "5", "--output", str(tmp_path / "r.csv"))
     recs = pd.read_csv(tmp_path / "r.csv")

@@ -23,7 +23,7 @@ from recforge._io import atomic_path
 from recforge.coldstart import RATINGS
 from recforge.data.interactions import Interactions
 from recforge.data.vocabulary import Vocabulary
-from recforge.errors import DataFormatError
+from recforge.errors import CapabilityError, DataFormatError
 from recforge.evaluation.protocols import FullRankingEvaluator, RankingResult, RatingEvaluator, RatingResult
 from recforge.models.base import Recommender
 from recforge.models.explain import explain_history
@@ -173,7 +173,10 @@ def predict_file(
     unknown: Unknown = "raise",
     names: list[str] | None = None,
 ) -> pd.DataFrame:
-    """The file's (user, item) pairs with the model's predicted rating (`prediction`)."""
+    """The file's (user, item) pairs with the model's predicted rating (`prediction`); a model that does not
+    predict ratings is refused before the file is read."""
+    if RATINGS not in model.capabilities:
+        raise CapabilityError(f"{model.name} does not predict ratings (it ranks items: use recommend)")
     path = Path(path)
     frame = read_table(path, [user, item], sep, names)
     users, items, _ = _known_rows(frame, model, path, user, item, unknown)
