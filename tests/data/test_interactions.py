@@ -15,6 +15,13 @@ def test_vocabulary_roundtrip_and_errors():
     assert vocab.index(["zz"], missing="ignore").tolist() == [-1]
     with pytest.raises(UnknownIdError, match="unknown item id"):
         vocab.index("zz")
+    with pytest.raises(UnknownIdError, match=r"unknown item id\(s\): \[1\] \(item ids are text here, e.g. 'a'\)"):
+        vocab.index([1])
+    numbers, _ = Vocabulary.encode([3, 1, 2], name="user")
+    with pytest.raises(UnknownIdError, match=r"\['1'\] \(user ids are integers here, not text\)"):
+        numbers.index(["1"])  # "1" and 1 are different ids; the message says which the vocabulary holds
+    with pytest.raises(UnknownIdError, match=r"unknown user id\(s\): \[7\]$"):
+        numbers.index([7])
     bigger = vocab.extend(["d", "a"])
     assert bigger.ids.tolist() == ["a", "b", "c", "d"] and bigger.index("b")[0] == 1
     with pytest.raises(ValueError, match="duplicate"):

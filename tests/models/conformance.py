@@ -79,6 +79,9 @@ class ModelContract:
             assert not seen[user, listed].toarray().any()
             assert np.all(np.diff(recs.scores[row][: len(listed)]) <= 0)
         assert set(recs.to_frame().columns) >= {"user", "rank", "item", "score"}
+        one = fitted.recommend(users[3], k=5)  # one id alone is one user
+        np.testing.assert_array_equal(one.item_index, recs.item_index[3:4])
+        assert one.to_frame()["user"].tolist() == [users[3]] * 5
 
     def test_candidates_and_excluded_items_restrict_the_list_to_the_rest_in_score_order(self, fitted, split):
         """Business rules: only `candidates`, never `exclude_items`; what is left keeps the score order,

@@ -73,8 +73,18 @@ class Vocabulary:
         positions = self._index.get_indexer(values)
         if missing == "raise" and (positions < 0).any():
             unknown = [v for v, p in zip(values, positions, strict=False) if p < 0][:5]
-            raise UnknownIdError(f"unknown {self.name} id(s): {unknown}")
+            raise UnknownIdError(f"unknown {self.name} id(s): {unknown}{self._kind_hint(unknown)}")
         return positions.astype(np.int64)
+
+    def _kind_hint(self, unknown: list[Any]) -> str:
+        """' (this vocabulary's ids are integers)' when text was looked up in an integer vocabulary, or the
+        reverse: "1" and 1 are different ids."""
+        integer = self._index.dtype.kind in "iu"
+        if integer and any(isinstance(v, str) for v in unknown):
+            return f" ({self.name} ids are integers here, not text)"
+        if not integer and len(self._index) and any(isinstance(v, (int, np.integer)) for v in unknown):
+            return f" ({self.name} ids are text here, e.g. {str(self._index[0])!r})"
+        return ""
 
     def position(self, external_id: Any) -> int | None:
         """Dense index of one external id, or None when unknown (a hash lookup, ~100x cheaper than

@@ -267,7 +267,7 @@ class Recommender(ABC):
     # ------------------------------------------------------------------ recommendations
     def recommend(
         self,
-        users: Query | np.ndarray | list[Any],
+        users: Query | np.ndarray | list[Any] | Any,
         k: int = 10,
         *,
         exclude_seen: bool = True,
@@ -278,7 +278,7 @@ class Recommender(ABC):
         exclude_items: np.ndarray | list[Any] | None = None,
     ) -> Recommendations:
         """Top-k for many queries at once: a `Query`, or users as external ids (indices with
-        external_ids=False), optionally with a `history` (one row per user).
+        external_ids=False; one id alone is one user), optionally with a `history` (one row per user).
 
         Seen items (with exclude_seen) are a known user's training interactions plus the items of the
         query's history. Business rules: only `candidates` may be recommended (e.g. one category, what is
@@ -343,6 +343,8 @@ class Recommender(ABC):
         if isinstance(users, Query):
             query = self.as_query(users, history)
             return query, np.where(query.users >= 0, self.users_.lookup(np.maximum(query.users, 0)), None)
+        if np.isscalar(users) or isinstance(users, str):
+            users = [users]  # model.recommend(1): one user
         index = self.users_.index(users) if external_ids else np.asarray(users, dtype=np.int64)
         labels = np.asarray(users) if external_ids else self.users_.lookup(index)
         return self.as_query(index, history), labels
