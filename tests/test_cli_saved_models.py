@@ -211,3 +211,22 @@ def test_a_wide_metrics_table_is_split_to_fit_the_terminal_never_cut(monkeypatch
     assert text.count("most_popular") == len(re.findall(r"┏", text)) > (1 if width < 160 else 0)
     for value in frame.to_numpy().ravel():
         assert f"{value:.4f}" in text
+
+
+def test_the_serving_announcement_hides_the_stores_password(monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    import recforge.cli as cli
+
+    out = io.StringIO()
+    monkeypatch.setattr(cli, "console", Console(width=80, file=out))
+    monkeypatch.delenv("RECFORGE_TOKEN", raising=False)
+    monkeypatch.delenv("RECFORGE_TOKEN_FILE", raising=False)
+    store = "postgresql://recforge:hunter2@db.example:5432/recforge"
+    cli._announce_serving(cli.Path("models/x"), "::1", 8000, 2, store, None)
+    text = out.getvalue()
+    assert "http://[::1]:8000" in text and "on 2 workers" in text and "hunter2" not in text
+    assert "postgresql://recforge:***@db.example:5432/recforge" in text and "writes disabled" in text
+    assert len(text.strip().splitlines()) == 1  # one line, however narrow the terminal

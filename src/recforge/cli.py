@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from recforge.errors import RecforgeError
+from recforge.errors import ConfigError, RecforgeError
 
 # help text is plain text: Rich markup would eat bracketed words such as "[spark]"
 PLAIN = {"no_args_is_help": True, "rich_markup_mode": None}
@@ -559,17 +559,55 @@ def serve(
         "limit_concurrency": max_connections,
         "timeout_keep_alive": keep_alive,
     }
-    from recforge.serving.workers import balanced_workers_supported, run_workers
+    from recforge.serving.workers import balanced_workers_supported, listening_socket, run_workers
 
     if workers == 1:
         from recforge.serving.app import app_from_environment
 
-        uvicorn.run(app_from_environment(), **options)
+        try:
+            listener = listening_socket(host, port)  # before the model loads: a taken port fails at once
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        application = app_from_environment()
+        _announce_serving(model, host, listener.getsockname()[1], workers, store, application.state.service)
+        uvicorn.Server(uvicorn.Config(application, **options)).run(sockets=[listener])
     elif balanced_workers_supported():  # a socket per worker: connections spread evenly (serving/workers.py)
         per_worker = {k: v for k, v in options.items() if k not in ("host", "port")}
-        raise typer.Exit(run_workers(workers, host, port, per_worker))
+
+        def ready(bound: int) -> None:
+            _announce_serving(model, host, bound, workers, store, None)
+
+        try:
+            status = run_workers(workers, host, port, per_worker, on_ready=ready)
+        except OSError as exc:
+            raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        raise typer.Exit(status)
     else:
+        _announce_serving(model, host, port, workers, store, None)
         uvicorn.run("recforge.serving.app:app_from_environment", factory=True, workers=workers, **options)
+
+
+def _announce_serving(model: Path, host: str, port: int, workers: int, store: str | None, service: Any) -> None:
+    """One line on start-up saying what is served where (uvicorn logs only warnings here), with the
+    store's password hidden."""
+    import re
+
+    from recforge.serving.app import _token
+
+    where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
+    what = str(model)
+    if service is not None:
+        served = service.current().model
+        what += f" ({served.name}, {served.n_users:,} users, {served.n_items:,} items)"
+    if workers > 1:
+        what += f" on {workers} workers"
+    events = re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", store) if store else "SQLite beside the model"
+    writes = "need the bearer token" if _token("RECFORGE_TOKEN") else "disabled (no --token-file or RECFORGE_TOKEN)"
+    console.print(
+        f"serving {escape(what)} at {where} — web page {where}/, API docs {where}/docs; "
+        f"events: {escape(events)}; writes {writes}; Ctrl+C stops",
+        soft_wrap=True,
+    )
 
 
 @app.command()

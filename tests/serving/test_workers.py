@@ -97,3 +97,25 @@ def test_sigterm_stops_every_worker_gracefully(ials_dir, tmp_path):
     server.process.send_signal(signal.SIGTERM)
     assert server.process.wait(timeout=60) == 0
     assert not any(_alive(p) for p in workers)
+
+
+def test_serve_says_what_it_serves_where_and_a_taken_port_fails_at_once(ials_dir, tmp_path):
+    """uvicorn logs only warnings here, so `recforge serve` printed nothing at all on start-up; and a taken
+    port was found only after the model had loaded."""
+    port = free_port()
+    command = [sys.executable, "-m", "recforge.cli", "serve", "--model", str(ials_dir), "--port", str(port)]
+    store = "postgresql://recforge:hunter2@db.example/recforge"  # the password is never printed
+    env = {**os.environ, "RECFORGE_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        [*command, "--store", f"sqlite:///{tmp_path / 'events.sqlite'}"], env=env, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = process.stdout.readline()
+        assert line.startswith(f"serving {ials_dir} (ials, 943 users, 1,682 items) at http://127.0.0.1:{port}")
+        assert "writes need the bearer token" in line and "events: sqlite:///" in line
+        taken = subprocess.run([*command, "--store", store], env=env, capture_output=True, text=True, timeout=120)
+        assert taken.returncode == 2 and f"cannot listen on 127.0.0.1:{port}: Address already in use" in taken.stdout
+        assert "hunter2" not in taken.stdout + taken.stderr
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

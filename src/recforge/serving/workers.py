@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import Callable
 from typing import Any
 
 logger = logging.getLogger(__name__)
@@ -36,11 +37,16 @@ def balanced_workers_supported() -> bool:
     return sys.platform.startswith("linux") and hasattr(socket, "SO_REUSEPORT")
 
 
-def run_workers(workers: int, host: str, port: int, options: dict[str, Any]) -> int:
+def run_workers(
+    workers: int, host: str, port: int, options: dict[str, Any], on_ready: Callable[[int], None] | None = None
+) -> int:
     """Serve `recforge.serving.app.app_from_environment` from `workers` processes on host:port until
-    SIGTERM/SIGINT; returns the exit status (0 on a requested stop, 1 when a worker could not start)."""
+    SIGTERM/SIGINT; returns the exit status (0 on a requested stop, 1 when a worker could not start).
+    `on_ready` is called with the port once it is reserved (the one the system chose for port 0)."""
     reservation = _reuse_port_socket(host, port)  # bound, never listening: takes no connections
     port = reservation.getsockname()[1]
+    if on_ready is not None:
+        on_ready(port)
     context = multiprocessing.get_context("spawn")  # a clean interpreter per worker, as uvicorn's
     stopping = False
 
@@ -96,6 +102,23 @@ def _serve_one(host: str, port: int, options: dict[str, Any], parent: int) -> No
     listener.listen(2048)
     app = app_from_environment()
     uvicorn.Server(uvicorn.Config(app, host=host, port=port, **options)).run(sockets=[listener])
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    """A single server's listening socket, bound before the model loads (a taken port fails at once).
+    SO_REUSEADDR only: a second server on the same port is refused rather than sharing it."""
+    family, kind, protocol, _, address = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+    )[0]
+    listener = socket.socket(family, kind, protocol)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(address)
+    except OSError:
+        listener.close()
+        raise
+    listener.listen(2048)
+    return listener
 
 
 def _reuse_port_socket(host: str, port: int) -> socket.socket:
