@@ -103,6 +103,35 @@ def test_overwrite_is_atomic_and_loads_the_new_model(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
 
 
+def test_a_save_never_replaces_what_recforge_did_not_write(tmp_path):
+    """`model.save(folder)` swapped the folder for the artifact and deleted the old one: saving into a
+    project folder deleted the project, and a file in the way was moved to a hidden leftover. Now only an
+    empty folder or an earlier output of the same kind is replaced; anything else is refused untouched."""
+    from recforge.errors import OutputExistsError
+
+    data = make_interactions()
+    model = create_model("most_popular").fit(data)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "thesis.tex").write_text("precious")
+    with pytest.raises(OutputExistsError, match=r"project is a folder of other files \(it holds no manifest.json"):
+        model.save(project)
+    assert [p.name for p in project.iterdir()] == ["thesis.tex"] and (project / "thesis.tex").read_text() == "precious"
+    (tmp_path / "notes.csv").write_text("a,b\n")
+    with pytest.raises(OutputExistsError, match=r"notes\.csv is a file; the model artifact is a folder"):
+        model.save(tmp_path / "notes.csv")
+    assert (tmp_path / "notes.csv").read_text() == "a,b\n"
+    (tmp_path / "empty").mkdir()
+    assert load(model.save(tmp_path / "empty")).name == "most_popular"  # an empty folder is fine
+    data.save(tmp_path / "interactions")  # each kind recognises its own earlier output, not another's
+    with pytest.raises(OutputExistsError, match="not a model artifact"):
+        model.save(tmp_path / "interactions")
+    with pytest.raises(OutputExistsError, match="not a saved interactions folder"):
+        data.save(tmp_path / "empty")
+    data.save(tmp_path / "interactions")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary leftovers
+
+
 def test_no_pickle_anywhere_in_the_package():
     import pathlib
 

@@ -230,3 +230,24 @@ def test_the_serving_announcement_hides_the_stores_password(monkeypatch):
     assert "http://[::1]:8000" in text and "on 2 workers" in text and "hunter2" not in text
     assert "postgresql://recforge:***@db.example:5432/recforge" in text and "writes disabled" in text
     assert len(text.strip().splitlines()) == 1  # one line, however narrow the terminal
+
+
+def test_commands_refuse_an_output_that_is_not_theirs_before_doing_the_work(tmp_path, monkeypatch):
+    """`train --output` into a folder of other files deleted them after the fit (and `compare` into a file
+    failed only after every model ran); now the command stops at once and writes nothing."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "train.toml").write_text('seed = 0\n[dataset]\nname = "ml-100k"\n[model]\nmodel = "ease"\n')
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["train", "train.toml", "--output", str(project)])
+    assert result.exit_code == 2 and "is a folder of other files" in result.output, result.output
+    assert [p.name for p in project.iterdir()] == ["keep.txt"]
+    (tmp_path / "compare.toml").write_text(
+        'name = "x"\nseed = 0\n[dataset]\nname = "ml-100k"\n[split]\nkind = "random"\n'
+        '[evaluation]\nprotocols = ["ranking"]\n[[models]]\nmodel = "most_popular"\n'
+    )
+    (tmp_path / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["compare", "compare.toml", "--output", "keep.txt"])
+    assert result.exit_code == 2 and "keep.txt is a file; the report is a folder" in result.output, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["compare.toml", "keep.txt", "project", "train.toml"]

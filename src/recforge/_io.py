@@ -23,8 +23,16 @@ def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
 
 
 @contextlib.contextmanager
-def atomic_path(target: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
+def atomic_path(
+    target: str | Path, *, is_dir: bool = False, ours: tuple[str, ...] | None = (), kind: str = "output"
+) -> Iterator[Path]:
     """Yield a temporary path next to `target`; put it in place of `target` only if the block succeeds.
+
+    A folder replaces only an empty folder or one an earlier write of the same kind left: one holding any
+    of the file names in `ours` (an artifact's manifest.json, a report's report.md; None: any folder, for
+    recforge's own cache). Anything else at
+    `target` (a file where a folder goes, a folder where a file goes, a folder of other files) raises
+    OutputExistsError before anything is written: replacing it would delete what the user keeps there.
 
     Readers see the old content or the complete new content, never a mix, and `target` never goes
     missing: the written content is fsynced, then a file is renamed over the target, and a directory is
@@ -33,6 +41,7 @@ def atomic_path(target: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
     a killed process left behind (`.<name>.*.tmp`) are removed by the next write to the same target.
     """
     target = Path(target)
+    check_output(target, is_dir, ours, kind)
     target.parent.mkdir(parents=True, exist_ok=True)
     if is_dir:
         _remove_stale_temporaries(target)
@@ -68,6 +77,30 @@ def atomic_path(target: str | Path, *, is_dir: bool = False) -> Iterator[Path]:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
         raise
+
+
+def check_output(target: Path, is_dir: bool, ours: tuple[str, ...] | None = (), kind: str = "output") -> None:
+    """Raise OutputExistsError when `atomic_path` would refuse `target` (see there): commands call it
+    before a long fit or experiment, so a bad output path fails at once, not after the work."""
+    from recforge.errors import OutputExistsError
+
+    target = Path(target)
+    if not (target.exists() or target.is_symlink()):
+        return
+    if not is_dir:
+        if target.is_dir():
+            raise OutputExistsError(f"{target} is a folder; the {kind} is a file: give a file name")
+        return
+    if not target.is_dir():
+        raise OutputExistsError(f"{target} is a file; the {kind} is a folder: give another name (nothing was written)")
+    if ours is None:
+        return
+    if any(target.iterdir()) and not any((target / name).exists() for name in ours):
+        listed = " or ".join(ours) if ours else "nothing of its own"
+        raise OutputExistsError(
+            f"{target} is a folder of other files (it holds no {listed}, so it is not a {kind} recforge "
+            f"wrote); replacing it would delete them: give a new folder, or empty this one (nothing was written)"
+        )
 
 
 def _umask() -> int:

@@ -28,7 +28,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors.numpy import load_file, save_file
 
-from recforge._io import atomic_path, sha256_file
+from recforge._io import atomic_path, check_output, sha256_file
 from recforge._version import __version__
 from recforge.errors import ArtifactError
 
@@ -58,7 +58,7 @@ def write_artifact(
     callable writing that file given a path, e.g. an ANN index) and the manifest that checksums them all.
     Knows nothing of model classes: `Recommender.save` gathers what it passes."""
     path = Path(path)
-    with atomic_path(path, is_dir=True) as tmp:
+    with atomic_path(path, is_dir=True, ours=(MANIFEST,), kind=_KIND) as tmp:
         save_file({name: np.ascontiguousarray(value) for name, value in arrays.items()}, str(tmp / ARRAYS))
         (tmp / STATE).write_text(json.dumps(state, sort_keys=True, default=_json_default))
         for name, writer in (extra_files or {}).items():
@@ -79,6 +79,15 @@ def write_artifact(
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return path
+
+
+_KIND = "model artifact"
+
+
+def check_artifact_output(path: str | Path) -> None:
+    """Refuse, before any work, an artifact path that `write_artifact` would refuse (a file, or a folder of
+    other files: replacing it would delete them)."""
+    check_output(Path(path), True, (MANIFEST,), _KIND)
 
 
 def _json_default(value: Any) -> Any:

@@ -175,9 +175,10 @@ def data_prepare(
 
 # ----------------------------------------------------------------------------- experiments
 def _run_and_report(config: Any, output: Path, resume: bool = False) -> Any:
-    from recforge.evaluation.report import write_report
+    from recforge.evaluation.report import check_report_output, write_report
     from recforge.experiment import run_experiment
 
+    check_report_output(output)  # before the experiment runs, not after it
     result = run_experiment(config, progress=True, runs_folder=output / "runs", resume=resume)
     write_report(result, output)
     from recforge.evaluation.metrics import at_cutoffs
@@ -349,8 +350,9 @@ def recommend(
         return
     if output is None:
         raise typer.BadParameter("--users needs --output FILE (.csv, .tsv or .parquet)")
-    from recforge.evaluation.saved import recommend_file, write_table
+    from recforge.evaluation.saved import check_table_output, recommend_file, write_table
 
+    check_table_output(output)  # before the batch, not after it
     fitted = _load_model(model)
     frame = recommend_file(
         fitted,
@@ -476,8 +478,9 @@ def predict(
     ] = "raise",
 ) -> None:
     """Predicted ratings of a saved rating model for every (user, item) pair of a file."""
-    from recforge.evaluation.saved import predict_file, write_table
+    from recforge.evaluation.saved import check_table_output, predict_file, write_table
 
+    check_table_output(output)
     frame = predict_file(
         _load_model(model),
         pairs,

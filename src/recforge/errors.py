@@ -43,6 +43,11 @@ class DataFormatError(RecforgeError, ValueError):
         super().__init__(f"{prefix}: {message}" if prefix else message)
 
 
+class OutputExistsError(RecforgeError, FileExistsError):
+    """An output path holds something recforge did not write (a file where a folder goes, a folder of other
+    files): refused rather than replaced, since replacing would delete it."""
+
+
 class DatasetNotFoundError(RecforgeError, FileNotFoundError):
     """A dataset is neither on disk nor downloadable right now."""
 

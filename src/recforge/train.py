@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from recforge.artifacts import check_artifact_output
 from recforge.data.interactions import Interactions
 from recforge.data.preprocess import PreprocessStep, preprocess
 from recforge.errors import ConfigError
@@ -56,6 +57,7 @@ def train(config: TrainConfig, output: str | Path | None = None, progress: bool 
     target = output or config.output
     if target is None:
         raise ConfigError("no output directory: set `output` in the config or pass --output")
+    check_artifact_output(target)  # before the fit, not after it
     data, _ = preprocess(load_raw_dataset(config), config.preprocess)
     model = fit_model(config, data, progress)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank trains; only rank 0 writes

@@ -348,7 +348,7 @@ class Interactions:
     def save(self, path: str | Path) -> Path:
         """Write a directory of Parquet files (interactions, users, items) plus meta.json, atomically."""
         path = Path(path)
-        with atomic_path(path, is_dir=True) as tmp:
+        with atomic_path(path, is_dir=True, ours=("meta.json",), kind="saved interactions folder") as tmp:
             _write_parquet(self.to_frame(), tmp / "interactions.parquet")
             for label, vocab, frame in (
                 ("users", self.users, self.user_features),

@@ -120,7 +120,7 @@ def prepare(data: Interactions, config: PrepareConfig | dict[str, Any]) -> Prepa
 def write_prepared(prepared: Prepared, folder: str | Path) -> Path:
     """Write the directory layout of the module docstring, atomically."""
     folder = Path(folder)
-    with atomic_path(folder, is_dir=True) as tmp:
+    with atomic_path(folder, is_dir=True, ours=("prepare.json",), kind="prepared data set") as tmp:
         prepared.train.save(tmp / "train")
         prepared.test.save(tmp / "test")
         prepared.item_features.to_parquet(tmp / "item_features.parquet", index=False)

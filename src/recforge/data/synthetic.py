@@ -178,7 +178,7 @@ def write_synthetic(config: SyntheticConfig, folder: str | Path, events_per_bloc
     import pyarrow.parquet as pq
 
     folder = Path(folder)
-    with atomic_path(folder, is_dir=True) as tmp:
+    with atomic_path(folder, is_dir=True, ours=("events.parquet",), kind="synthetic data set") as tmp:
         writer = None
         for block in synthetic_blocks(config, events_per_block):
             table = pa.Table.from_pandas(block, preserve_index=False)

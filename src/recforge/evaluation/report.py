@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from recforge._io import atomic_path, write_json_atomic, write_text_atomic
+from recforge._io import atomic_path, check_output, write_json_atomic, write_text_atomic
 from recforge._version import __version__
 from recforge.evaluation import plots
 from recforge.evaluation.metrics import at_cutoffs
@@ -72,11 +72,19 @@ def metrics_payload(result: ExperimentResult) -> dict[str, Any]:
     } | ({"interrupted": True} if result.interrupted else {})
 
 
+_OURS = ("report.md", "runs")  # a report folder, or one an unfinished experiment left its runs in
+
+
+def check_report_output(output: str | Path) -> None:
+    """Refuse, before an experiment runs, a report folder `write_report` would refuse."""
+    check_output(Path(output), True, _OURS, "report")
+
+
 def write_report(result: ExperimentResult, output: str | Path) -> Path:
     """Write the full report folder (atomically) and return its path. The finished runs an experiment
     kept in `<output>/runs` (`recforge.evaluation.run_store`) are carried over into the new folder."""
     output = Path(output)
-    with atomic_path(output, is_dir=True) as tmp:
+    with atomic_path(output, is_dir=True, ours=_OURS, kind="report") as tmp:
         _write_all(result, tmp)
         if (output / "runs").is_dir():
             shutil.copytree(output / "runs", tmp / "runs")

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from recforge._io import atomic_path
+from recforge._io import atomic_path, check_output
 from recforge.coldstart import RATINGS
 from recforge.data.interactions import Interactions
 from recforge.data.vocabulary import Vocabulary
@@ -250,12 +250,19 @@ def _because(model: Recommender, recommendations: Any) -> list[str]:
         return [text for listed in pool.map(explained, range(len(users))) for text in listed]
 
 
+def check_table_output(path: str | Path) -> Path:
+    """The output path of `write_table`, checked before any work: a known suffix, not a folder."""
+    path = Path(path)
+    if path.suffix.lower() not in (".csv", ".parquet", ".pq", ".tsv"):
+        raise DataFormatError("the output must end in .csv, .tsv or .parquet", path=path)
+    check_output(path, False, kind="output file")
+    return path
+
+
 def write_table(frame: pd.DataFrame, path: str | Path) -> Path:
     """CSV or Parquet by the file's suffix, written atomically."""
-    path = Path(path)
+    path = check_table_output(path)
     suffix = path.suffix.lower()
-    if suffix not in (".csv", ".parquet", ".pq", ".tsv"):
-        raise DataFormatError("the output must end in .csv, .tsv or .parquet", path=path)
     with atomic_path(path) as tmp:
         if suffix in (".parquet", ".pq"):
             frame.to_parquet(tmp, index=False)

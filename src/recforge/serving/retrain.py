@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from recforge._io import atomic_path
+from recforge.artifacts import check_artifact_output
 from recforge.data.catalogue import item_metadata
 from recforge.data.interactions import Interactions
 from recforge.data.preprocess import preprocess
@@ -76,6 +77,7 @@ def retrain(
         raise ConfigError(f"tolerance must be >= 0, got {tolerance}")
     started = time.perf_counter()
     output = Path(output).resolve()
+    check_artifact_output(output)  # before any fit
     promoted_event = store.latest_model()
     serving_path = promoted_event.payload["path"] if promoted_event is not None else serving
     if serving_path is None:

@@ -348,7 +348,7 @@ def prepare_spark(
         "items": vocabulary.count(),
     }
     out = Path(out)
-    with atomic_path(out, is_dir=True) as tmp:
+    with atomic_path(out, is_dir=True, ours=("prepare.json",), kind="prepared data set") as tmp:
         item_rows = vocabulary if catalogue is None else vocabulary.join(catalogue, "item_id", "left")
         item_rows = item_rows.withColumnRenamed("item_id", "id").orderBy("id")
         user_rows = users if user_table is None else users.join(user_table, "user_id", "left")

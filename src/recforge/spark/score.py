@@ -79,7 +79,7 @@ def score_spark(
     users = spark.range(0, n_users, numPartitions=partitions or spark.sparkContext.defaultParallelism)
     scored = users.mapInPandas(recommend, schema)
     out = Path(out)
-    with atomic_path(out, is_dir=True) as tmp:
+    with atomic_path(out, is_dir=True, ours=("_SUCCESS",), kind="scores folder") as tmp:
         scored.write.parquet(str(tmp / "part"))
         for child in (tmp / "part").iterdir():  # the Spark directory becomes `out` itself
             child.rename(tmp / child.name)

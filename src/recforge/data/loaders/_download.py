@@ -132,7 +132,7 @@ def download(folder: str, remote: RemoteSource) -> Path:
         extracted = extract_root / remote.inner_folder
         if remote.key_sha256 is not None and sha256_file(extracted / remote.key_file) != remote.key_sha256:
             raise DatasetNotFoundError(f"{remote.url}: {remote.key_file} has an unexpected sha256; refusing it")
-        with atomic_path(target, is_dir=True) as tmp:
+        with atomic_path(target, is_dir=True, ours=None) as tmp:  # recforge's own cache
             shutil.rmtree(tmp)
             shutil.copytree(extracted, tmp)
     return target
