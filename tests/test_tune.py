@@ -61,6 +61,19 @@ def test_tune_searches_resumes_and_writes_the_best_as_toml(tmp_path, data_dir):
     assert entry.model == "mf" and entry.params["n_epochs"] == 6 and 4 <= entry.params["n_factors"] <= 64
 
 
+def test_a_study_path_that_is_not_a_study_is_refused_untouched(tmp_path):
+    """`--study results.csv` was a SQLAlchemy DatabaseError traceback ("file is not a database")."""
+    config = tmp_path / "tune.toml"
+    config.write_text(CONFIG)
+    other = tmp_path / "results.csv"
+    other.write_text("user_id,item_id\n1,50\n")
+    result = CliRunner().invoke(app, ["tune", str(config), "--study", str(other)])
+    assert result.exit_code == 2 and "results.csv is not a study (an SQLite database)" in result.output
+    assert other.read_text() == "user_id,item_id\n1,50\n"
+    result = CliRunner().invoke(app, ["tune", str(config), "--study", str(tmp_path)])
+    assert result.exit_code == 2 and "is not a study" in result.output
+
+
 def test_tuning_never_touches_the_test_part_and_checks_the_space_at_load(data_dir):
     payload = toml_loads(CONFIG)
     without = {**payload, "split": {"kind": "random", "test_fraction": 0.2}}

@@ -163,6 +163,12 @@ def load_tune_config(path: str | Path) -> TuneConfig:
     return load_config(path, TuneConfig)
 
 
+def _is_sqlite(path: Path) -> bool:
+    """True when the file starts with SQLite's header (an Optuna study)."""
+    with open(path, "rb") as handle:
+        return handle.read(16) == b"SQLite format 3\x00"
+
+
 def tune(
     config: TuneConfig, study_path: str | Path, *, trials: int | None = None, progress: bool = False
 ) -> dict[str, Any]:
@@ -176,6 +182,11 @@ def tune(
     study_path = Path(study_path)
     if not study_path.parent.is_dir():
         raise ConfigError(f"{study_path}: the study's folder {study_path.parent} does not exist")
+    if study_path.is_dir() or (study_path.is_file() and study_path.stat().st_size and not _is_sqlite(study_path)):
+        raise ConfigError(
+            f"{study_path} is not a study (an SQLite database): give a new file name, or the study file an "
+            "earlier `recforge tune` wrote (nothing was changed)"
+        )
     metric = config.metric
     minimise = direction(metric) == "min"
     data = load_dataset(config.dataset.name, config.dataset.path, **config.dataset.options)
