@@ -142,3 +142,13 @@ def test_rate_items_and_see_recommendations_update(server, browser):
     wait.until(lambda d: "history" in d.find_element(By.ID, "served").text and settled(d, "recommendations"))
     assert "Return of the Jedi" in browser.find_element(By.ID, "ratings").text
     assert "Star Wars" not in browser.find_element(By.ID, "ratings").text
+    # a stored rating of an item this model does not have (another model was deployed) is dropped
+    browser.execute_script(
+        """localStorage.setItem("recforge.ratings", JSON.stringify([{item: {item: 99999, title: "Gone (2031)"},
+           rating: 5}, {item: {item: 181, title: "Return of the Jedi (1983)", genres: []}, rating: 4}]));"""
+    )
+    browser.refresh()
+    wait.until(lambda d: "history" in d.find_element(By.ID, "served").text and settled(d, "recommendations"))
+    assert "Gone" not in browser.find_element(By.ID, "ratings").text
+    assert "Return of the Jedi" in browser.find_element(By.ID, "ratings").text
+    assert "99999" not in browser.execute_script('return localStorage.getItem("recforge.ratings")')
