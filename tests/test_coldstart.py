@@ -10,6 +10,7 @@ import pytest
 from recforge.coldstart import route
 from recforge.data.query import History, Query
 from recforge.data.splits import user_disjoint_split
+from recforge.errors import ConfigError, UnknownIdError
 from recforge.models import create_model
 from recforge.models.config import TrainOptions
 from tests.conftest import make_interactions
@@ -94,3 +95,20 @@ def test_user_disjoint_test_users_are_served_from_their_given_history(ml100k):
     assert set(route(model, Query.known(cold)).paths) == {"popularity"}  # nothing given: popularity
     given = split.fold_in if split.fold_in is not None else split.test
     assert set(route(model, Query.from_interactions(given, cold)).paths) == {"history"}
+
+
+def test_new_users_are_queries_from_external_item_ids(ials, data):
+    """`model.new_users(items, ratings)` is the history query of those items' indices (the README's new
+    user was given item indices, which are not the ids one reads in the data)."""
+    ids = ials.items_.ids
+    chosen = [[ids[5], ids[2], ids[9]], []]
+    query = ials.new_users(chosen, ratings=[[5.0, None, 3.0], []])
+    expected = Query.from_items([[5, 2, 9], []], ials.n_items, [[5.0, None, 3.0], []])
+    np.testing.assert_array_equal(ials.score(query), ials.score(expected))
+    recs = ials.recommend(query, k=3)
+    assert list(recs.served_by) == ["history", "popularity"] and list(recs.to_frame()["user"].unique()) == [None]
+    assert not set(recs.to_frame()["item"][:3]) & set(chosen[0])  # their own items are not recommended back
+    with pytest.raises(UnknownIdError, match="unknown item id"):
+        ials.new_users([[ids[0], "no such item"]])
+    with pytest.raises(ConfigError, match="one list per user"):
+        ials.new_users([[ids[0]]], ratings=[[5.0, 4.0]])

@@ -165,6 +165,16 @@ class Recommender(ABC):
         return len(self.users_)
 
     # ------------------------------------------------------------------ scoring
+    def new_users(self, item_lists: list[list[Any]], ratings: list[list[float | None]] | None = None) -> Query:
+        """Queries for users this model was not trained with, from the items each has (external item ids,
+        in time order; ratings optional, None = unrated): `model.recommend(model.new_users([[50, 172]]))`.
+        An unknown item id raises, naming it."""
+        self._require_fitted()
+        if ratings is not None and [len(r) for r in ratings] != [len(items) for items in item_lists]:
+            raise ConfigError("ratings must have one list per user, as long as that user's items")
+        indices = [self.items_.index(list(items)).tolist() if len(items) else [] for items in item_lists]
+        return Query.from_items(indices, self.n_items, ratings)
+
     def as_query(self, query: Query | np.ndarray | list[int], history: History | None = None) -> Query:
         """A `Query` from a Query, or from user indices (plus an optional history, one row per user)."""
         if isinstance(query, Query):
