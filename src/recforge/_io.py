@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from recforge.errors import OutputExistsError
+
 
 def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
     """Hex sha256 of a file, read in chunks so large files do not load into memory."""
@@ -30,9 +32,9 @@ def atomic_path(
 
     A folder replaces only an empty folder or one an earlier write of the same kind left: one holding any
     of the file names in `ours` (an artifact's manifest.json, a report's report.md; None: any folder, for
-    recforge's own cache). Anything else at
-    `target` (a file where a folder goes, a folder where a file goes, a folder of other files) raises
-    OutputExistsError before anything is written: replacing it would delete what the user keeps there.
+    recforge's own cache). Anything else at `target` (a file where a folder goes, a folder where a file
+    goes, a folder of other files) raises OutputExistsError before anything is written: replacing it would
+    delete what the user keeps there.
 
     Readers see the old content or the complete new content, never a mix, and `target` never goes
     missing: the written content is fsynced, then a file is renamed over the target, and a directory is
@@ -82,8 +84,6 @@ def atomic_path(
 def check_output(target: Path, is_dir: bool, ours: tuple[str, ...] | None = (), kind: str = "output") -> None:
     """Raise OutputExistsError when `atomic_path` would refuse `target` (see there): commands call it
     before a long fit or experiment, so a bad output path fails at once, not after the work."""
-    from recforge.errors import OutputExistsError
-
     target = Path(target)
     if not (target.exists() or target.is_symlink()):
         return
