@@ -60,7 +60,7 @@ def timestamp_values(values: pd.Series, *, column: str, locate: Locate, text_hin
 def _numbers(values: pd.Series, column: str, locate: Locate, expected: str) -> np.ndarray:
     """float64 values of a numeric column, or of a column whose cells all read as numbers or are missing
     ("4.5" is 4.5); booleans and other text raise."""
-    if pd.api.types.is_bool_dtype(values):
+    if pd.api.types.is_bool_dtype(values) and len(values):
         raise DataFormatError(f"{expected}, not booleans", column=column, **locate(0))
     if pd.api.types.is_numeric_dtype(values):
         return values.to_numpy(dtype=np.float64, na_value=np.nan)
