@@ -248,6 +248,8 @@ def test_commands_refuse_an_output_that_is_not_theirs_before_doing_the_work(tmp_
         '[evaluation]\nprotocols = ["ranking"]\n[[models]]\nmodel = "most_popular"\n'
     )
     (tmp_path / "keep.txt").write_text("mine")
+    result = CliRunner().invoke(app, ["evaluate", "--model", "missing", "--test", "t.csv", "--output", "project"])
+    assert result.exit_code == 2 and "project is a folder; the JSON output is a file" in result.output, result.output
     result = CliRunner().invoke(app, ["compare", "compare.toml", "--output", "keep.txt"])
     assert result.exit_code == 2 and "keep.txt is a file; the report is a folder" in result.output, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["compare.toml", "keep.txt", "project", "train.toml"]

@@ -419,9 +419,11 @@ def evaluate(
 ) -> None:
     """Evaluate a saved model on a file of held-out interactions: full-ranking metrics over the whole
     catalogue with each user's training items excluded (as `recforge compare`), plus rating metrics."""
-    from recforge._io import write_json_atomic
+    from recforge._io import check_output, write_json_atomic
     from recforge.evaluation.saved import evaluate_saved, summary_rows
 
+    if output is not None:
+        check_output(output, False, kind="JSON output")  # before the evaluation, not after it
     ks = tuple(sorted(set(k or [10])))
     result = evaluate_saved(
         _load_model(model),
