@@ -595,9 +595,8 @@ def serve(
 def _announce_serving(model: Path, host: str, port: int, workers: int, store: str | None, service: Any) -> None:
     """One line on start-up saying what is served where (uvicorn logs only warnings here), with the
     store's password hidden."""
-    import re
-
-    from recforge.serving.app import _token
+    from recforge.serving.app import token_from_environment
+    from recforge.serving.store import redacted
 
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
     what = str(model)
@@ -606,8 +605,12 @@ def _announce_serving(model: Path, host: str, port: int, workers: int, store: st
         what += f" ({served.name}, {served.n_users:,} users, {served.n_items:,} items)"
     if workers > 1:
         what += f" on {workers} workers"
-    events = re.sub(r"//([^/@:]*):[^/@]*@", r"//\1:***@", store) if store else "SQLite beside the model"
-    writes = "need the bearer token" if _token("RECFORGE_TOKEN") else "disabled (no --token-file or RECFORGE_TOKEN)"
+    events = redacted(store) if store else "SQLite beside the model"
+    writes = (
+        "need the bearer token"
+        if token_from_environment("RECFORGE_TOKEN")
+        else "disabled (no --token-file or RECFORGE_TOKEN)"
+    )
     console.print(
         f"serving {escape(what)} at {where} — web page {where}/, API docs {where}/docs; "
         f"events: {escape(events)}; writes {writes}; Ctrl+C stops",

@@ -650,7 +650,7 @@ def test_genres_lists_the_catalogues_genres_with_their_counts(client, ml100k):
 
 def test_a_write_token_from_a_file_is_checked_and_its_errors_name_the_file(tmp_path, monkeypatch):
     from recforge.errors import ConfigError
-    from recforge.serving.app import _token
+    from recforge.serving.app import token_from_environment as _token
 
     monkeypatch.delenv("RECFORGE_TOKEN", raising=False)
     monkeypatch.setenv("RECFORGE_TOKEN_FILE", str(tmp_path / "token"))

@@ -367,8 +367,7 @@ class Recommender(ABC):
         self._require_fitted()
         if HISTORY not in self.capabilities:
             raise CapabilityError(f"{self.name} cannot take new interactions without retraining")
-        before = previous.history if previous is not None else self.training_history(user)
-        history = self._merged_history(before, added)
+        history = self._history_after(user, added, previous)
         return UserUpdate(user, self._items_after(user, added, previous), history=history)
 
     def start_user(self, added: History, previous: UserUpdate | None = None) -> UserUpdate:
@@ -382,6 +381,11 @@ class Recommender(ABC):
         history = self._merged_history(before, added)
         items = np.union1d(before.row_items(0), added.row_items(0)).astype(np.int64)
         return UserUpdate(-1, items, history=history)
+
+    def _history_after(self, user: int, added: History, previous: UserUpdate | None) -> History:
+        """A known user's history after `added`: on top of the previous update's, else their training one."""
+        before = previous.history if previous is not None and previous.history is not None else None
+        return self._merged_history(self.training_history(user) if before is None else before, added)
 
     def _merged_history(self, before: History, added: History) -> History:
         """One history row: `before`'s items then `added`'s, the most recent occurrence of each item kept

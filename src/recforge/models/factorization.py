@@ -85,8 +85,7 @@ class FactorModel(Recommender):
             everything = History.from_items([items.tolist()], self.n_items)
             factors, biases = self.history_vectors(everything, np.array([user]))
             vector, bias = factors[0], float(biases[0])
-        before = previous.history if previous is not None and previous.history is not None else None
-        history = self._merged_history(self.training_history(user) if before is None else before, added)
+        history = self._history_after(user, added, previous)
         return UserUpdate(user, items, history=history, vector=np.asarray(vector, dtype=np.float32), bias=bias)
 
     def start_user(self, added: History, previous: UserUpdate | None = None) -> UserUpdate:

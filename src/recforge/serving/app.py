@@ -636,7 +636,11 @@ def app_from_environment() -> FastAPI:
     import os
 
     service = RecommenderService.from_artifact(os.environ["RECFORGE_MODEL"], os.environ.get("RECFORGE_STORE") or None)
-    app = create_app(service, write_token=_token("RECFORGE_TOKEN"), read_token=_token("RECFORGE_READ_TOKEN"))
+    app = create_app(
+        service,
+        write_token=token_from_environment("RECFORGE_TOKEN"),
+        read_token=token_from_environment("RECFORGE_READ_TOKEN"),
+    )
     # the model and catalogue live as long as the process: move them out of the collector's view, so
     # full collections do not re-scan ~10^5 catalogue objects in the middle of requests (tail latency)
     gc.collect()
@@ -644,7 +648,7 @@ def app_from_environment() -> FastAPI:
     return app
 
 
-def _token(variable: str) -> str | None:
+def token_from_environment(variable: str) -> str | None:
     """A token from the environment variable, or from the file its `_FILE` twin names (stripped)."""
     import os
     from pathlib import Path as FilePath

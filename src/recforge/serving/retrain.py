@@ -38,7 +38,7 @@ from recforge.errors import ConfigError, RecforgeError
 from recforge.evaluation import metrics as M
 from recforge.evaluation.stats import paired_test
 from recforge.serving.engine import Engine, Snapshot, check_same_interface
-from recforge.serving.store import Event, EventStore
+from recforge.serving.store import Event, EventStore, redacted
 from recforge.train import TrainConfig, fit_model, load_raw_dataset, save_served
 
 MIN_HOLDOUT_USERS = 10  # fewer users than this cannot tell two models apart; nothing is promoted
@@ -87,7 +87,7 @@ def retrain(
     events = store.events_after(0, latest, kinds=("interactions", "items"))
     report: dict[str, Any] = {
         "serving": {"artifact": str(serving_path), "event_cutoff": serving_snapshot.cutoff},
-        "store": _redacted(store.url),
+        "store": redacted(store.url),
         "latest_event": latest,
         "k": k,
         "metric": f"ndcg@{k}",
@@ -317,12 +317,3 @@ def markdown(report: dict[str, Any]) -> str:
     if "artifact" in report:
         lines += ["", f"Artifact: `{report['artifact']['path']}` (event cut-off {report['artifact']['event_cutoff']})."]
     return "\n".join(lines) + "\n"
-
-
-def _redacted(url: str) -> str:
-    """A store URL without its password."""
-    if "://" in url and "@" in url:
-        scheme, rest = url.split("://", 1)
-        credentials, host = rest.rsplit("@", 1)
-        return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
-    return url

@@ -59,6 +59,16 @@ class StoreUnavailableError(RuntimeError):
     """The database could not be reached or refused the write: nothing was committed."""
 
 
+def redacted(url: str) -> str:
+    """A store URL with its password shown as *** (for reports and start-up lines)."""
+    if "://" in url and "@" in url:
+        scheme, rest = url.split("://", 1)
+        credentials, host = rest.rsplit("@", 1)
+        if ":" in credentials:
+            return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+    return url
+
+
 class EventStore:
     """Append and read events; thread-safe (one SQLAlchemy engine, a connection per call)."""
 

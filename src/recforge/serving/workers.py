@@ -107,29 +107,30 @@ def _serve_one(host: str, port: int, options: dict[str, Any], parent: int) -> No
 def listening_socket(host: str, port: int) -> socket.socket:
     """A single server's listening socket, bound before the model loads (a taken port fails at once).
     SO_REUSEADDR only: a second server on the same port is refused rather than sharing it."""
-    family, kind, protocol, _, address = socket.getaddrinfo(
-        host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-    )[0]
-    listener = socket.socket(family, kind, protocol)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind(address)
-    except OSError:
-        listener.close()
-        raise
+    listener = _bound_socket(host, port, reuse_port=False)
     listener.listen(2048)
     return listener
 
 
 def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    listener = _bound_socket(host, port, reuse_port=True)
+    listener.set_inheritable(True)
+    return listener
+
+
+def _bound_socket(host: str, port: int, reuse_port: bool) -> socket.socket:
     family, kind, protocol, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
     )[0]
     listener = socket.socket(family, kind, protocol)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    listener.bind(address)
-    listener.set_inheritable(True)
+    try:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        listener.bind(address)
+    except OSError:
+        listener.close()
+        raise
     return listener
 
 
