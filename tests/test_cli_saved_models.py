@@ -253,3 +253,26 @@ def test_commands_refuse_an_output_that_is_not_theirs_before_doing_the_work(tmp_
     result = CliRunner().invoke(app, ["compare", "compare.toml", "--output", "keep.txt"])
     assert result.exit_code == 2 and "keep.txt is a file; the report is a folder" in result.output, result.output
     assert sorted(p.name for p in tmp_path.iterdir()) == ["compare.toml", "keep.txt", "project", "train.toml"]
+
+
+def test_items_without_titles_are_listed_by_asin_and_found_by_it(tmp_path):
+    """Amazon's sequence files have no titles, only an ASIN per item: lists show the ASIN as the title,
+    `--item ASIN` finds the item, and the empty genres column is left out."""
+    from recforge.data.loaders import load_amazon_sequences
+
+    rng = np.random.default_rng(0)
+    lines = [" ".join(map(str, [u, *rng.choice(np.arange(1, 31), size=6, replace=False)])) for u in range(1, 41)]
+    (tmp_path / "Shop.txt").write_text("\n".join(lines) + "\n")
+    asins = {item: f"B00{item:07d}X" for item in range(1, 31)}
+    pd.DataFrame({"item_id": list(asins), "asin": list(asins.values())}).to_csv(
+        tmp_path / "Shop_item_asin.tsv", sep="\t", index=False
+    )
+    data = load_amazon_sequences(tmp_path, file="Shop.txt")
+    create_model("ease").fit(data, TrainOptions(seed=0)).save(tmp_path / "knn", catalogue=data)
+    output = _run("recommend", "--model", str(tmp_path / "knn"), "--item", asins[7].lower(), "-k", "5")
+    assert f"new user with {asins[7]} [7]" in " ".join(output.split())
+    rows = _table_rows(output)
+    assert len(rows) == 5 and all(row[2] == asins[int(row[1])] and len(row) == 4 for row in rows)
+    listed = _run("recommend", "--model", str(tmp_path / "knn"), "--user", "1", "-k", "3")
+    header = next(line for line in listed.splitlines() if "rank" in line)
+    assert "title" in header and "genres" not in header and "because" not in header

@@ -293,14 +293,26 @@ def train(
 def _recommendations_table(answer: dict[str, Any], title: str) -> None:
     note = answer["note"]
     table = Table(title=escape(f"{title} (served by {answer['served_by']}{': ' + note if note else ''})"))
-    explained = any("because" in row for row in answer["items"])
-    for column in ("rank", "item", "title", "genres", "score", *(("because",) if explained else ())):
+    rows = answer["items"]
+    # a catalogue without titles (or genres) shows nothing in that column: leave it out
+    columns = {
+        "rank": lambda rank, row: str(rank),
+        "item": lambda rank, row: str(row["item"]),
+        "title": lambda rank, row: str(row["title"]),
+        "genres": lambda rank, row: ", ".join(row["genres"]),
+        "score": lambda rank, row: f"{row['score']:.4f}",
+        "because": lambda rank, row: "; ".join(str(reason["title"]) for reason in row.get("because", [])),
+    }
+    if all(str(row["title"]) == str(row["item"]) for row in rows):
+        del columns["title"]
+    if not any(row["genres"] for row in rows):
+        del columns["genres"]
+    if not any("because" in row for row in rows):
+        del columns["because"]
+    for column in columns:
         table.add_column(column, justify="right" if column in ("rank", "score") else "left")
-    for rank, row in enumerate(answer["items"], 1):
-        cells = [str(rank), str(row["item"]), str(row["title"]), ", ".join(row["genres"]), f"{row['score']:.4f}"]
-        if explained:
-            cells.append("; ".join(str(reason["title"]) for reason in row.get("because", [])))
-        table.add_row(*(escape(cell) for cell in cells))
+    for rank, row in enumerate(rows, 1):
+        table.add_row(*(escape(cell(rank, row)) for cell in columns.values()))
     console.print(table)
 
 

@@ -1,5 +1,8 @@
 """The item catalogue a served model shows: item id, title and genres, stored in an artifact as
-`items.parquet` (written by `recforge train`, read by the service and the CLI)."""
+`items.parquet` (written by `recforge train`, read by the service and the CLI).
+
+Amazon's sequence files (Beauty.txt) carry no titles, only each item's ASIN: without a title column the
+ASIN is the item's title, so lists show what a person can look up and `--item B000052YQ0` finds it."""
 
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ ITEMS_FILE = "items.parquet"
 
 def item_metadata(data: Any) -> pd.DataFrame | None:
     """item_id, title, genres from an Interactions' item-feature table (what `recforge train` stores; None
-    without one), or those columns of a frame (item_id required; an id given twice is refused)."""
+    without one), or those columns of a frame (item_id required; an id given twice is refused). Without a
+    title column an `asin` column gives the titles."""
     if not isinstance(data, pd.DataFrame):
         features = data.item_features
         if features is None:
@@ -31,6 +35,8 @@ def item_metadata(data: Any) -> pd.DataFrame | None:
     frame = pd.DataFrame({"item_id": data["item_id"].to_numpy()})
     if "title" in data:
         frame["title"] = data["title"].astype("string").to_numpy()
+    elif "asin" in data:
+        frame["title"] = data["asin"].astype("string").to_numpy()
     if "genres" in data:
         frame["genres"] = [_genre_list(g, item) for g, item in zip(data["genres"], frame["item_id"], strict=True)]
     return frame
