@@ -33,8 +33,8 @@ def _format(fields: dict[str, Any]) -> str:
 class _Bar:
     """What a caller holds: `advance` and `update`; a no-op when progress is disabled."""
 
-    def advance(self, steps: float = 1) -> None:
-        pass
+    def advance(self, steps: float = 1, **fields: Any) -> None:
+        """Count `steps` done; `fields` are the values they ended with (e.g. `loss=0.83`), shown with them."""
 
     def update(self, **fields: Any) -> None:
         """Show live values, e.g. `bar.update(loss=0.83)`."""
@@ -45,7 +45,9 @@ class _RichBar(_Bar):
         self._progress = progress
         self._task = task
 
-    def advance(self, steps: float = 1) -> None:
+    def advance(self, steps: float = 1, **fields: Any) -> None:
+        if fields:
+            self.update(**fields)
         self._progress.advance(self._task, steps)
 
     def update(self, **fields: Any) -> None:
@@ -80,7 +82,9 @@ class _PlainBar(_Bar):
             if time.monotonic() - self.last_line >= HEARTBEAT:
                 self._line("still running")
 
-    def advance(self, steps: float = 1) -> None:
+    def advance(self, steps: float = 1, **fields: Any) -> None:
+        if fields:
+            self.update(**fields)
         self.done += steps
         finished = self.total is not None and self.done >= self.total
         if finished or time.monotonic() - self.last_line >= PLAIN_INTERVAL:
@@ -107,7 +111,8 @@ def _is_terminal(stream: TextIO) -> bool:
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: float | None, enabled: bool = True) -> Iterator[_Bar]:
-    """`with progress_bar("ALS", total=15) as bar: ... bar.advance(); bar.update(loss=...)`."""
+    """`with progress_bar("ALS", total=15) as bar: ... bar.advance(loss=...)` (the step's values print with
+    its count; `bar.update(model=...)` shows what is being worked on)."""
     if not enabled:
         yield _Bar()
         return

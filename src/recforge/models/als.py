@@ -86,8 +86,7 @@ class ExplicitALS(FactorModel):
                 prediction = _predictions(user_part.numpy(), item_part.numpy(), users, items, mean)
                 loss = float(np.mean((prediction - ratings) ** 2))
                 self.training_log_.append({"epoch": iteration + 1, "loss": loss})
-                bar.advance()
-                bar.update(train_mse=loss)
+                bar.advance(train_mse=loss)
         self._set_factors(
             user_part[:, :-1].numpy(),
             item_part[:, :-1].numpy(),
@@ -204,8 +203,7 @@ class BayesianMF(FactorModel):
                     samples["alpha"].append(np.array(alpha))
                     if user_prior is not None:
                         samples["W_u"].append(user_weights.astype(np.float32))
-                bar.advance()
-                bar.update(train_mse=mse, alpha=alpha)
+                bar.advance(train_mse=mse, alpha=alpha)
         n_kept = len(samples["U"])
         scale = 1.0 / np.sqrt(n_kept)
         self._set_factors(

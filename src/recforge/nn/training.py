@@ -213,8 +213,7 @@ def fit_epochs(
                     },
                 )
             parallel.barrier()
-            bar.advance()
-            bar.update(**{k: v for k, v in entry.items() if k != "epoch"})
+            bar.advance(**{k: v for k, v in entry.items() if k != "epoch"})
     if stopper.best_weights is not None:
         trainer.load_weights(stopper.best_weights)
     trainer.to(torch.device("cpu"))
