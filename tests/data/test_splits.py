@@ -143,3 +143,12 @@ def test_temporal_split_names_its_cut_off_date_when_time_is_unix_seconds(ml100k)
     frame = pd.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [1, 2, 1, 3], "t": [0, 1, 2, 3]})
     positions = Interactions.from_frame(frame, timestamp="t")  # a sequence file's positions are not dates
     assert temporal_split(positions, 0.5).name == "temporal cut-off at 2"
+
+
+def test_a_split_prints_as_its_name_data_and_part_sizes():
+    data = make_interactions(n_users=20, n_items=15, n=300, seed=1)
+    split = per_user_split(data, test_fraction=0.2, seed=3).with_validation(per_user_split, test_fraction=0.1, seed=4)
+    text = repr(split)
+    sizes = split.sizes()
+    assert text.startswith(f"Split({split.name!r} of {data.name!r}, ") and text.endswith(", seed=3)")
+    assert all(f"{part}={size:,}" in text for part, size in sizes.items()) and "array" not in text

@@ -96,6 +96,12 @@ class Split:
     def sizes(self) -> dict[str, int]:
         return {p: len(getattr(self, f"{p}_rows")) for p in PARTS if getattr(self, f"{p}_rows") is not None}
 
+    def __repr__(self) -> str:
+        """Which split of which data, and its parts' sizes (the row arrays are what `*_rows` hold)."""
+        sizes = ", ".join(f"{part}={size:,}" for part, size in self.sizes().items())
+        seed = "" if self.seed is None else f", seed={self.seed}"
+        return f"Split({self.name!r} of {self.data.name!r}, {sizes}{seed})"
+
     def describe(self) -> dict[str, Any]:
         """Name, seed, parameters and part sizes: what a report needs to state the split."""
         return {"name": self.name, "seed": self.seed, "params": self.params, "sizes": self.sizes()}
