@@ -5,13 +5,19 @@ update; "more like this"."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import shutil
 import socket
 import threading
 import time
+from collections.abc import Iterator
 
+import numpy as np
+import pandas as pd
 import pytest
 
+from recforge.data import Interactions
 from recforge.data.catalogue import item_metadata
 from recforge.models import create_model
 from recforge.serving.app import create_app
@@ -22,10 +28,16 @@ pytestmark = [pytest.mark.browser, pytest.mark.xdist_group("browser")]
 
 @pytest.fixture(scope="module")
 def server(ml100k):
+    model = create_model("ials", n_factors=32, n_iterations=8).fit(ml100k)
+    with serving(create_app(RecommenderService(model, item_metadata(ml100k)))) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def serving(app) -> Iterator[str]:
+    """`app` on a free loopback port, in a thread; yields its URL."""
     import uvicorn
 
-    model = create_model("ials", n_factors=32, n_iterations=8).fit(ml100k)
-    app = create_app(RecommenderService(model, item_metadata(ml100k)))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
@@ -152,3 +164,48 @@ def test_rate_items_and_see_recommendations_update(server, browser):
     assert "Gone" not in browser.find_element(By.ID, "ratings").text
     assert "Return of the Jedi" in browser.find_element(By.ID, "ratings").text
     assert "99999" not in browser.execute_script('return localStorage.getItem("recforge.ratings")')
+
+
+@pytest.mark.parametrize("scale", [(1.0, 10.0), None], ids=["1-10 scale", "no ratings"])
+def test_stars_are_sent_on_the_models_scale_and_items_without_ratings_are_added(browser, scale):
+    """Five stars on an anime-style 1-10 scale are a 10 (not a 5, a middling rating there); a model trained
+    on interactions without ratings gets an "add" button and items without a rating."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    rng = np.random.default_rng(0)
+    users = np.repeat(np.arange(60), 8)
+    items = np.concatenate([rng.choice(40, size=8, replace=False) for _ in range(60)])
+    frame = pd.DataFrame({"user_id": users, "item_id": items, "rating": rng.integers(1, 11, size=len(users))})
+    titles = pd.DataFrame({"title": [f"Show {i:02d}" for i in range(40)]}, index=pd.Index(range(40)))
+    rated = scale is not None
+    data = Interactions.from_frame(
+        frame, rating="rating" if rated else None, rating_scale=scale, item_features=titles, name="shows"
+    )
+    model = create_model("mf", n_epochs=3) if rated else create_model("ials", n_iterations=3)
+    wait = WebDriverWait(browser, 15, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+    with serving(create_app(RecommenderService(model.fit(data), item_metadata(data)))) as url:
+        browser.get(url)
+        wait.until(lambda d: "popularity" in d.find_element(By.ID, "served").text and settled(d, "recommendations"))
+        browser.execute_script(  # record what the page sends
+            """window.sent = []; const send = window.fetch;
+               window.fetch = (url, options) => { if (options && options.body) window.sent.push(options.body);
+                                                   return send(url, options); };"""
+        )
+        browser.find_element(By.ID, "search").send_keys("show 07")
+        wait.until(lambda d: (rows := settled(d, "results")) and [r["item"] for r in rows] == ["7"])
+        click(wait, "#results li[data-item='7'] button.rate" + ("[data-rating='5']" if rated else ".add"))
+        wait.until(lambda d: "history" in d.find_element(By.ID, "served").text and settled(d, "recommendations"))
+        sent = [json.loads(body) for body in browser.execute_script("return window.sent")]
+        assert sent[-1]["items"] == [{"item": 7, "rating": 10.0 if rated else None}]
+        stars = browser.find_elements(By.CSS_SELECTOR, "#recommendations button.rate[data-rating]")
+        assert len(stars) == (50 if rated else 0)  # five per listed item, or none
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#recommendations button.add")) == (0 if rated else 10)
+        mine = browser.find_element(By.ID, "ratings").text
+        assert "Show 07" in mine and ("★★★★★" in mine) == rated
+        assert browser.find_element(By.ID, "mine").text == ("Your ratings" if rated else "Your items")
+        browser.refresh()  # kept with its rating (or none) for the next visit
+        wait.until(lambda d: "history" in d.find_element(By.ID, "served").text and settled(d, "recommendations"))
+        assert "Show 07" in browser.find_element(By.ID, "ratings").text
+        browser.execute_script('localStorage.removeItem("recforge.ratings")')

@@ -445,6 +445,7 @@ def create_app(
             "n_items": model.n_items,
             "new_users": len(engine.snapshot.newcomers),
             "capabilities": sorted(model.capabilities),
+            "rating_scale": None if model.rating_scale_ is None else list(model.rating_scale_),
             "ann": engine.snapshot.indexed is not None,
             "events_applied": engine.applied,
             "events_applied_total": engine.applied_total,

@@ -218,6 +218,11 @@ class Health(BaseModel):
     n_items: int
     new_users: int = Field(description="users the model was not trained with, known from their writes since")
     capabilities: list[str]
+    rating_scale: list[float] | None = Field(
+        None,
+        description="the lowest and highest rating of the model's training data; null when it had no scale "
+        "(interactions without ratings): the web page then adds items without a rating",
+    )
     ann: bool
     events_applied: int = Field(description="the sequence number of the last event this worker applied")
     events_applied_total: int = Field(description="how many events this worker applied since it started")
