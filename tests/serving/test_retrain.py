@@ -116,6 +116,26 @@ def test_events_join_the_training_data(served):
     assert np.isfinite(combined.rating).all() and combined.rating_scale == raw.rating_scale
 
 
+def test_ratings_written_for_data_without_ratings_are_reported_as_not_used(stream, tmp_path):
+    """A service over a model trained without ratings accepts a rated write (it has no scale to check
+    against); the data cannot take the rating, and the retrain report says how many were not used."""
+    from recforge.data import Interactions
+    from recforge.data.loaders import load_dataset
+
+    base_path, batches = stream
+    unrated = Interactions.from_frame(load_dataset("saved", base_path).to_frame(), timestamp="timestamp")
+    config = config_for(unrated.save(tmp_path / "unrated"))
+    v1 = train(config, tmp_path / "v1")
+    service = RecommenderService.from_artifact(v1, f"sqlite:///{tmp_path / 'events.sqlite'}")
+    for user, ratings in batches:
+        service.add_interactions(str(user), ratings)
+    report = retrain(config, EventStore(service.engine.store.url), tmp_path / "v2", serving=v1, holdout=HOLDOUT)
+    written = sum(len(ratings) for _, ratings in batches)
+    assert report["events"]["ratings_not_used"] == written > 1000
+    text = report_paths(tmp_path / "v2")[1].read_text()
+    assert f"{written} ratings written through the service were not used" in text
+
+
 def test_the_service_swaps_to_a_retrained_model_without_failing_a_request(stream, tmp_path):
     """Two `recforge serve` workers under read/write load; `recforge retrain` (the CLI) promotes a candidate;
     both workers swap to it while every request keeps succeeding."""

@@ -104,6 +104,8 @@ def retrain(
         "holdout_users": len(split.relevant),
         "holdout_pairs": split.n_pairs,
         "dropped_repeats": split.dropped_repeats,
+        # a rating written to a model whose data has none cannot join the training data: said, not dropped silently
+        "ratings_not_used": 0 if raw.rating is not None else int(event_rows(events, raw)["rating"].notna().sum()),
     }
     if len(split.relevant) < MIN_HOLDOUT_USERS:
         reason = f"only {len(split.relevant)} users in the hold-out (at least {MIN_HOLDOUT_USERS} are needed)"
@@ -302,6 +304,11 @@ def markdown(report: dict[str, Any]) -> str:
             f"{events['after_cutoff_until']}: {events['holdout_pairs']} new (user, item) pairs of "
             f"{events['holdout_users']} users ({events['dropped_repeats']} repeats of known pairs dropped)"
         )
+        if events.get("ratings_not_used"):
+            lines.append(
+                f"- {events['ratings_not_used']} ratings written through the service were not used: the training "
+                "data has no ratings, so those interactions count without them"
+            )
     if "candidate_metrics" in report:
         k = report["k"]
         lines += ["", f"| model | NDCG@{k} | Recall@{k} | HitRate@{k} |", "|---|---|---|---|"]
