@@ -87,6 +87,12 @@ def test_unknown_ids_are_404_with_a_message(client):
     assert response.status_code == 404 and "999999" in response.json()["detail"]
     assert client.get("/items/99999999/similar").status_code == 404
     assert client.get("/items/nope/similar").status_code == 422  # not an integer id: malformed, not unknown
+    for path, kind in (("/items/nope/similar", "item"), ("/users/alice/recommendations", "user")):
+        (error,) = client.get(path).json()["detail"]  # said in words, not as the regular expression
+        assert error["msg"] == f"this model's {kind} ids are integers (up to 15 digits, optionally negative)"
+        assert error["loc"] == ["path", f"{kind}_id"]
+    response = client.post("/users/alice/interactions", json={"items": [{"item": 50}]})
+    assert response.status_code == 422 and "user ids are integers" in response.json()["detail"][0]["msg"]
     response = client.post("/recommendations", json={"items": [{"item": 123456, "rating": 4}]})
     assert response.status_code == 404 and "123456" in response.json()["detail"]
 

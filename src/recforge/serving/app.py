@@ -597,7 +597,7 @@ def _handle_errors(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": [_safe(error) for error in exc.errors()]}, status_code=422)
+        return JSONResponse({"detail": [_safe(_explained(error)) for error in exc.errors()]}, status_code=422)
 
 
 # recforge's errors and their statuses, for FastAPI's exception handlers and the quick write path
@@ -614,6 +614,15 @@ ERROR_STATUSES: tuple[tuple[type[Exception], int], ...] = (
 
 def _error_answer(status: int) -> Any:
     return lambda request, exc: JSONResponse({"detail": str(exc)}, status_code=status)
+
+
+def _explained(error: dict[str, Any]) -> dict[str, Any]:
+    """A validation error in words a client can act on where pydantic's are a regular expression: a text id
+    given to a model whose ids are integers ("alice" as a user of a MovieLens model)."""
+    if error.get("type") == "string_pattern_mismatch" and (error.get("ctx") or {}).get("pattern") == INTEGER_PATTERN:
+        kind = "user" if "user" in str(error.get("loc", ("",))[-1]) else "item"
+        return {**error, "msg": f"this model's {kind} ids are integers (up to 15 digits, optionally negative)"}
+    return error
 
 
 def _safe(value: Any) -> Any:
