@@ -136,18 +136,25 @@ def test_rating_knn_is_not_ranked_and_models_below_popularity_are_flagged(tmp_pa
         "evaluation": {"protocols": ["ranking", "rating"], "ks": [10]},
         "models": [
             {"name": "item_knn (rating)", "model": "item_knn"},
-            {"name": "bias (ranks by item bias)", "model": "bias"},
+            {"name": "mf (ranks by predicted rating)", "model": "mf", "params": {"n_epochs": 5}},
+            {"model": "weighted_popularity"},
         ],
     }
     result = run_experiment(config)
     knn = next(r for r in result.runs if r.label == "item_knn (rating)")
     assert set(knn.results) == {"rating"} and "feedback='implicit'" in knn.skipped["ranking"]
-    bias = next(r for r in result.runs if r.label.startswith("bias ("))
-    popular = next(r for r in result.runs if r.model == "most_popular")
-    assert bias.results["ranking"].summary["ndcg@10"] < popular.results["ranking"].summary["ndcg@10"]
+    popular = next(r for r in result.runs if r.model == "most_popular").results["ranking"].summary["ndcg@10"]
+    for label in ("mf (ranks by predicted rating)", "weighted_popularity"):
+        run = next(r for r in result.runs if r.label == label)
+        assert run.results["ranking"].summary["ndcg@10"] < popular
     write_report(result, tmp_path / "report")
     report = (tmp_path / "report" / "report.md").read_text()
-    assert "## Warnings" in report and "bias (ranks by item bias) (ranking) is below most_popular" in report
+    assert "## Warnings" in report and "mf (ranks by predicted rating) (ranking) is below most_popular" in report
+    assert "weighted_popularity (ranking) is below" not in report  # a baseline: a reference, not held to it
+    significance = report.split("## ranking — significance\n")[1].split("\n## ")[0]
+    (row,) = [line for line in significance.splitlines() if line.startswith("| mf (ranks")]
+    p, p_holm = row.split(" | ")[4:6]  # two significant digits, not 0.0000 for a p of 1e-40
+    assert float(p) == float(p_holm) < 1e-6 and "e-" in p
     assert "item_knn (rating)** (ranking): not evaluated" in report
     assert "item_knn (rating) (rating) is below" not in report  # its RMSE beats the global mean
 

@@ -223,7 +223,9 @@ def _sections(result: ExperimentResult, runs: list[ModelRun], folder: Path) -> l
             sections.append(_Section(f"{protocol} — other cut-offs", table=cutoffs))
         significance, note = significance_table(runs, protocol, metric, ev.significance)
         if not significance.empty:
-            sections.append(_Section(f"{protocol} — significance", text=note, table=significance))
+            # p-values to two significant digits, as in the grid below: 1.2e-95, not 0.0000
+            shown = significance.assign(**{c: significance[c].map(lambda p: f"{p:.2g}") for c in ("p", "p (Holm)")})
+            sections.append(_Section(f"{protocol} — significance", text=note, table=shown))
             every = ["rmse", "mae"] if protocol == "rating" else at_cutoffs(ev.ks)
             grid = significance_grid(runs, protocol, every, ev.significance)
             if not grid.empty:
