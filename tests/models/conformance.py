@@ -176,6 +176,26 @@ class ModelContract:
                 lost = full[item] - fitted.score(Query.from_history(without))[0, item]
                 assert reason.weight == pytest.approx(lost, rel=1e-4, abs=1e-5)
 
+    def test_scores_leaving_items_out_equal_scoring_each_shorter_history(self, fitted, split):
+        """`_score_leaving_out`, what explanations measure with (linear models and iALS have exact cheaper
+        rules, a blend combines its members'), equals scoring each history without one item."""
+        if HISTORY not in fitted.capabilities:
+            pytest.skip("scores users from their trained state only")
+        history = History.from_interactions(split.train, np.array([0]))
+        sequence, ratings = history.row_items(0), history.row_ratings(0)
+        left_out = np.unique(sequence)[:6]
+        keeps = [sequence != item for item in left_out]
+        without = History.from_items(
+            [sequence[keep].tolist() for keep in keeps],
+            fitted.n_items,
+            None
+            if history.ratings is None
+            else [[r for r, k in zip(ratings, keep, strict=True) if k] for keep in keeps],
+        )
+        expected = fitted._score_history(without, np.full(len(left_out), -1))
+        measured = fitted._score_leaving_out(history, left_out, lambda: without)
+        np.testing.assert_allclose(measured, expected, rtol=1e-4, atol=2e-5)
+
     def test_a_rating_models_training_history_carries_the_users_ratings(self, fitted, split, tmp_path):
         """A known user's training history (what explanations and history scoring read) holds their latest
         rating of each item for models that predict ratings from histories, also after save and load."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -227,6 +228,13 @@ class Recommender(ABC):
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
         """Scores from interactions given at query time (models with the HISTORY capability)."""
         raise CapabilityError(f"{self.name} cannot score from a query-time history")
+
+    def _score_leaving_out(self, history: History, left_out: np.ndarray, without: Callable[[], History]) -> np.ndarray:
+        """(len(left_out), n_items): `history`'s scores (one row, at least two distinct items) with each of
+        `left_out` (item indices in it) left out in turn, as `_score_history` scores `without()` — those
+        histories, built only when a model needs them. What explanations measure; a model with an exact
+        cheaper rule overrides it (linear models: the full scores minus the left-out item's weight row)."""
+        return self._score_history(without(), np.full(len(left_out), -1))
 
     def _score_features(self, features: pd.DataFrame, history: History | None) -> np.ndarray:
         """Scores of users described by features, and their history when given (USER_FEATURES models)."""

@@ -285,6 +285,13 @@ class EASE(Recommender):
         rows = history.binary if kappa is None else recency_rows(history.sequences, self.n_items, kappa)
         return self._times_weights(rows)
 
+    def _score_leaving_out(self, history: History, left_out: np.ndarray, without: Any) -> np.ndarray:
+        """Linear in the binary history: x·B − B[j] for each left-out j (recency-weighted queries re-rank
+        the others when one is left out, so they take the general path)."""
+        if self.config.history_decay is not None:  # type: ignore[attr-defined]
+            return super()._score_leaving_out(history, left_out, without)
+        return self._score_history(history, np.array([-1])) - self.weights_[left_out]
+
     def _times_weights(self, rows: sp.csr_matrix) -> np.ndarray:
         """rows @ B in B's dtype: a float64 row times float32 B makes scipy copy B to float64 on every call
         (18,357 items: 6 s and 2.7 GB per batch of users, against 0.25 s)."""

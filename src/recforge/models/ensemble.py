@@ -160,6 +160,10 @@ class Blend(Recommender):
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
         return self._combine([member.score(users, history) for member in self.members_])
 
+    def _score_leaving_out(self, history: History, left_out: np.ndarray, without: Any) -> np.ndarray:
+        """Each member's scores leaving items out (by its own rule), combined as `_score_history` combines."""
+        return self._combine([member._score_leaving_out(history, left_out, without) for member in self.members_])
+
     def _item_similarity(self, items: np.ndarray) -> np.ndarray:
         """The members' item similarities combined as their scores are (weights, per-row normalisation),
         over the members that have a notion of similarity (EASE's weights, factor models' vectors...);

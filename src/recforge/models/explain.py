@@ -8,6 +8,8 @@ re-weights the others (Hu, Koren & Volinsky 2008 explain iALS by a related per-i
 measured on the blended score; for sequence models it is the item's effect at its place in the sequence.
 Models that score users only from a trained state (user KNN, popularity) have nothing to attribute.
 
+Each model measures the histories with an item left out by `Recommender._score_leaving_out`: in general
+by scoring each shorter history; linear models and iALS have exact rules that cost one scoring in all.
 Long histories are narrowed first (more than EXACT_UP_TO items: the SCREEN most similar to each
 recommended item by the model's item similarity), then measured exactly; docs/serving.md has the costs and
 how often narrowing changes the reasons.
@@ -19,6 +21,7 @@ comes from the vector learned in training (the two rank alike but are not equal)
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,11 +81,11 @@ def explain_history(
     rows_at_once = max(1, MAX_CELLS // max(model.n_items, 1))
     for start in range(0, len(candidates), rows_at_once):
         left_out = candidates[start : start + rows_at_once]
-        keep = sequence[None, :] != left_out[:, None]  # each row: the history without one item
-        lists = [sequence[row] for row in keep]
-        values = None if ratings is None else [ratings[row].tolist() for row in keep]
-        without = History.from_items(lists, model.n_items, ratings=values)
-        scores = _history_scores(model, without)[:, items]
+        without = functools.cache(functools.partial(_without, sequence, ratings, left_out, model.n_items))
+        if len(np.unique(sequence)) > 1:  # the model's own (often cheaper) rule, also for each blend member
+            scores = model._score_leaving_out(history, left_out, without)[:, items]
+        else:  # the one item left out leaves nothing: the history path itself, as `_history_scores` says
+            scores = _history_scores(model, without())[:, items]
         drops[start : start + len(left_out)] = full[None, :] - scores
     drops[candidates[:, None] == items[None, :]] = -np.inf  # an item is not its own reason
     explained = []
@@ -90,6 +93,14 @@ def explain_history(
         order = np.argsort(-drops[:, column], kind="stable")[:top]
         explained.append([Reason(int(candidates[r]), float(drops[r, column])) for r in order if drops[r, column] > 0])
     return explained
+
+
+def _without(sequence: np.ndarray, ratings: np.ndarray | None, left_out: np.ndarray, n_items: int) -> History:
+    """One history per left-out item: the sequence without (every occurrence of) that item."""
+    keep = sequence[None, :] != left_out[:, None]
+    lists = [sequence[row] for row in keep]
+    values = None if ratings is None else [ratings[row].tolist() for row in keep]
+    return History.from_items(lists, n_items, ratings=values)
 
 
 def _screened(model: Any, candidates: np.ndarray, items: np.ndarray, exact_up_to: int, screen: int) -> np.ndarray:

@@ -26,6 +26,10 @@ class SparseItemItem(Recommender):
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
         return self._times_weights(history.binary)
 
+    def _score_leaving_out(self, history: History, left_out: np.ndarray, without: Any) -> np.ndarray:
+        """Linear in the binary history: x·W − W[j] for each left-out j."""
+        return self._score_history(history, np.array([-1])) - self.weights_[left_out].toarray()
+
     def _times_weights(self, rows: sp.csr_matrix) -> np.ndarray:
         return np.asarray((rows.astype(np.float32, copy=False) @ self.weights_).todense(), dtype=np.float32)
 

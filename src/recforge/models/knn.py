@@ -301,6 +301,10 @@ class ItemKNN(_NeighbourModel):
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
         return np.asarray((history.binary @ self.neighbours_).todense(), dtype=np.float32)
 
+    def _score_leaving_out(self, history: History, left_out: np.ndarray, without: Any) -> np.ndarray:
+        """Linear in the binary history: the full scores minus each left-out item's neighbour row."""
+        return self._score_history(history, np.array([-1])) - self.neighbours_[left_out].toarray()
+
     def _item_similarity(self, items: np.ndarray) -> np.ndarray:
         """Every item's similarity to `items`: stored (explicit), or computed for those rows on demand
         (implicit keeps only the k nearest, and a similar-items list may ask for more)."""
