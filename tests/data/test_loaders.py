@@ -193,6 +193,36 @@ def test_amazon_sequences_fixture_with_titles(tmp_path):
     assert len(data) == 5 and data.item_features["title"].iloc[1] == "Shampoo" and data.name == "toy"
 
 
+def test_beauty_by_name_keeps_its_asin_map(data_dir, monkeypatch):
+    """`load_dataset("amazon-beauty")` (what a config's `[dataset] name` does) finds the folder through
+    RECFORGE_DATA_DIR; the shared folder's ASIN map was read only when a path was given."""
+    monkeypatch.setenv("RECFORGE_DATA_DIR", str(data_dir))
+    data = load_dataset("amazon-beauty")
+    assert data.item_features["asin"].iloc[0] == "B004756YJA" and data.item_features["asin"].notna().all()
+    assert "item_asin.tsv" in data.source["sha256"]
+
+
+@pytest.mark.parametrize(
+    ("attributes", "asins", "message"),
+    [
+        ('{"1": [1, 2], "2": [3]', None, r"Toy_item2attributes.json, line 1.*not valid JSON"),
+        ('{"1": [1, 2], "2": "x"}', None, r"item 2: attributes must be a list of integer ids"),
+        ('{"1": [1, true]}', None, r"item 1: attributes must be a list of integer ids"),
+        ("[[1, 2]]", None, r"expected an object of item id -> attribute ids, got list"),
+        (None, "item_id\tasin\n1\tB01\nx\tB02\n", r"Toy_item_asin.tsv, line 3.*not an integer: 'x'"),
+        (None, "item_id\tasin\n1\tB01\n1\tB02\n", r"Toy_item_asin.tsv, line 3.*item 1 has a second ASIN"),
+    ],
+)
+def test_bad_amazon_side_files_are_named_not_misread(tmp_path, attributes, asins, message):
+    (tmp_path / "Toy.txt").write_text("1 1 2 3\n2 2 3\n")
+    if attributes is not None:
+        (tmp_path / "Toy_item2attributes.json").write_text(attributes)
+    if asins is not None:
+        (tmp_path / "Toy_item_asin.tsv").write_text(asins)
+    with pytest.raises(DataFormatError, match=message):
+        load_amazon_sequences(tmp_path, file="Toy.txt")
+
+
 def write_sequences(folder: Path, name: str = "Toys_and_Games.txt") -> Path:
     folder.mkdir(exist_ok=True)
     (folder / name).write_text("1 10 11 12\n2 11 12 13 10\n3 13 10\n")

@@ -20,8 +20,9 @@ import numpy as np
 import pandas as pd
 
 from recforge.data.interactions import Interactions
-from recforge.data.loaders._download import RemoteSource, split_file_path
+from recforge.data.loaders._download import RemoteSource, resolve_dataset_dir, split_file_path
 from recforge.data.loaders._source import check_scale, decode_file, source_info
+from recforge.data.loaders.sequences import FILE_HINT as SEQUENCE_FILE_HINT
 from recforge.data.loaders.sequences import load_sequence_file
 from recforge.errors import DataFormatError
 
@@ -98,7 +99,10 @@ def load_amazon_sequences(
     `metadata` (joined by ASIN).
     """
     folder, file = split_file_path(path, file, BEAUTY_FILE)
-    if asin_file is None and file == BEAUTY_FILE and folder is not None and (folder / "item_asin.tsv").exists():
+    # where the file is (RECFORGE_DATA_DIR, the cache, a download) decides which side files are there
+    remote = BEAUTY_REMOTE if file == BEAUTY_FILE else None
+    folder = resolve_dataset_dir("amazon-beauty", folder, (file,), remote, {file: SEQUENCE_FILE_HINT})
+    if asin_file is None and file == BEAUTY_FILE and (folder / "item_asin.tsv").exists():
         asin_file = "item_asin.tsv"  # the shared Beauty folder's map, written for Beauty.txt only
     return load_sequence_file(
         folder,

@@ -17,7 +17,7 @@ import pandas as pd
 
 from recforge.data.interactions import Interactions
 from recforge.data.loaders._download import RemoteSource, resolve_dataset_dir, split_file_path
-from recforge.data.loaders._source import decode_file, source_info
+from recforge.data.loaders._source import decode_file, parse_int, read_delimited, source_info
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import DataFormatError, DatasetNotFoundError
 
@@ -49,6 +49,39 @@ def read_sequence_file(path: Path) -> tuple[np.ndarray, np.ndarray]:
         line = int(np.flatnonzero(nonempty)[np.flatnonzero(duplicated_users)[0]]) + 1
         raise DataFormatError(f"user {tokens[starts][duplicated_users][0]} has a second line", path=path, line=line)
     return users, items
+
+
+def read_asin_map(path: Path) -> pd.Series:
+    """`item_id<TAB>asin` lines with a header -> ASIN by integer item id; a bad id or an id given twice is
+    named with its line."""
+    frame = read_delimited(path, sep="\t", columns=("item_id", "asin"), header=True)
+    ids = parse_int(frame, "item_id", path)
+    repeated = pd.Series(ids).duplicated().to_numpy()
+    if repeated.any():
+        row = int(np.flatnonzero(repeated)[0])
+        raise DataFormatError(
+            f"item {ids[row]} has a second ASIN", path=path, line=int(frame["_line"].iloc[row]), column="item_id"
+        )
+    return pd.Series(frame["asin"].str.strip().to_numpy(), index=pd.Index(ids, name="item_id"), name="asin")
+
+
+def read_item_attributes(path: Path) -> dict[str, list[int]]:
+    """`<stem>_item2attributes.json` (S3-Rec/ICLRec): an object mapping each item id to a list of integer
+    attribute ids. Malformed JSON is named with its line; a value that is not such a list names its item
+    (a string would otherwise be read as a sequence of characters)."""
+    try:
+        attributes = json.loads(decode_file(path, "utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"not valid JSON: {exc.msg}", path=path, line=exc.lineno) from exc
+    if not isinstance(attributes, dict):
+        kind = type(attributes).__name__
+        raise DataFormatError(f"expected an object of item id -> attribute ids, got {kind}", path=path)
+    for item, values in attributes.items():
+        if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise DataFormatError(
+                f"item {item}: attributes must be a list of integer ids, got {json.dumps(values)[:60]}", path=path
+            )
+    return attributes
 
 
 def load_sequence_file(
@@ -83,11 +116,10 @@ def load_sequence_file(
     if asin_file is not None and not asin_path.exists():
         raise DatasetNotFoundError(f"{folder} lacks the ASIN map {asin_file!r} named by asin_file=")
     if asin_path.exists():
-        asin = pd.read_csv(asin_path, sep="\t", dtype={"item_id": np.int64, "asin": str}).set_index("item_id")["asin"]
-        features["asin"] = asin.reindex(features.index).to_numpy()
+        features["asin"] = read_asin_map(asin_path).reindex(features.index).to_numpy()
     attribute_path = folder / f"{stem}_item2attributes.json"
     if attribute_path.exists():
-        attributes = json.loads(attribute_path.read_text())
+        attributes = read_item_attributes(attribute_path)
         features["attributes"] = [attributes.get(str(i), []) for i in features.index]
     if metadata is not None:
         if "asin" not in features.columns:
