@@ -180,6 +180,20 @@ def test_a_typo_in_a_model_parameter_fails_at_load_naming_it(tmp_path, monkeypat
     path.write_text(body.replace("per_user", "per_usr"))
     with pytest.raises(ConfigError, match="unknown split kind 'per_usr'"):
         load_config(path)
+    # a misspelt setting is named with the closest one of its own section, or the section's settings listed
+    path.write_text(body.replace('"per_user"\n', '"per_user"\ntest_fracton = 0.1\n'))
+    with pytest.raises(
+        ConfigError, match=r"split\.per_user\.test_fracton: not a known setting \(did you mean 'test_fraction'"
+    ):
+        load_config(path)
+    path.write_text(body + '[[preprocess]]\nstep = "filter_user_counts"\nmin = 5\n')
+    with pytest.raises(
+        ConfigError, match=r"filter_user_counts\.min: not a known setting \(known here: max_count, min_count, step\)"
+    ):
+        load_config(path)
+    path.write_text(body + "[evaluation]\nkz = [10]\n")
+    with pytest.raises(ConfigError, match=r"evaluation\.kz: not a known setting \(known here: .*\bks\b"):
+        load_config(path)
     path.write_text(body + "test_fraction = 1.5\n")
     with pytest.raises(ConfigError, match="test_fraction"):
         load_config(path)
