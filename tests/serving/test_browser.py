@@ -199,6 +199,12 @@ def test_stars_are_sent_on_the_models_scale_and_items_without_ratings_are_added(
         wait.until(lambda d: "history" in d.find_element(By.ID, "served").text and settled(d, "recommendations"))
         sent = [json.loads(body) for body in browser.execute_script("return window.sent")]
         assert sent[-1]["items"] == [{"item": 7, "rating": 10.0 if rated else None}]
+        if rated:  # one star is the scale's bottom
+            click(wait, "#results li[data-item='7'] button.rate[data-rating='1']")
+            wait.until(lambda d: len(d.execute_script("return window.sent")) > len(sent))
+            assert json.loads(browser.execute_script("return window.sent")[-1])["items"] == [{"item": 7, "rating": 1}]
+            click(wait, "#results li[data-item='7'] button.rate[data-rating='5']")
+            wait.until(lambda d: "★★★★★" in d.find_element(By.ID, "ratings").text and settled(d, "recommendations"))
         stars = browser.find_elements(By.CSS_SELECTOR, "#recommendations button.rate[data-rating]")
         assert len(stars) == (50 if rated else 0)  # five per listed item, or none
         assert len(browser.find_elements(By.CSS_SELECTOR, "#recommendations button.add")) == (0 if rated else 10)
