@@ -307,7 +307,7 @@ def _recommendations_table(answer: dict[str, Any], title: str) -> None:
         del columns["title"]
     if not any(row["genres"] for row in rows):
         del columns["genres"]
-    if not any("because" in row for row in rows):
+    if not any(row.get("because") for row in rows):  # not asked for, or nothing to show (the note says why)
         del columns["because"]
     for column in columns:
         table.add_column(column, justify="right" if column in ("rank", "score") else "left")

@@ -615,6 +615,15 @@ def test_explained_recommendations_name_the_users_items_behind_each(ml100k, tmp_
     refused = knn.get("/users/1/recommendations", params={"k": 3, "explain": True})
     assert refused.status_code == 200 and "no explanations: user_knn" in refused.json()["note"]
     assert all(row["because"] == [] for row in refused.json()["items"])
+    # a model whose scores do not depend on the user's items (popularity) says so rather than listing nothing
+    popular = serve(_artifact(create_model("most_popular").fit(ml100k), ml100k, tmp_path / "pop"))
+    for answer in (
+        popular.get("/users/1/recommendations", params={"k": 3, "explain": True}).json(),
+        popular.post("/recommendations", json={"items": [{"item": 50}], "k": 3, "explain": True}).json(),
+    ):
+        assert "none of the user's items raises the score" in answer["note"]
+        assert all(row["because"] == [] for row in answer["items"])
+    assert "explanations" not in popular.get("/users/1/recommendations", params={"k": 3}).json()["note"]
 
 
 def test_lists_restricted_to_genres_and_kept_from_items_are_the_models_exact_ones(client, ml100k):

@@ -301,6 +301,9 @@ class RecommenderService:
         else:
             indices = model.items_.index([row["item"] for row in rows])
             reasons = explain_history(model, history, indices, top=EXPLAIN_TOP)
+            if rows and not any(reasons):  # e.g. popularity: the user's items raise no listed item's score
+                why = "no explanations: none of the user's items raises the score of a listed item"
+                answer["note"] = f"{answer['note']}; {why}" if answer["note"] else why
         for row, listed in zip(rows, reasons, strict=True):
             row["because"] = [
                 {"item": snapshot.catalogue.ids[r.item], "title": snapshot.catalogue.titles[r.item], "weight": r.weight}
