@@ -679,3 +679,23 @@ def test_a_write_token_from_a_file_is_checked_and_its_errors_name_the_file(tmp_p
     monkeypatch.setenv("RECFORGE_TOKEN", "too-short")  # the variable wins over the file
     with pytest.raises(ConfigError, match=r"^RECFORGE_TOKEN: a token needs"):
         _token("RECFORGE_TOKEN")
+
+
+def test_a_model_trained_without_ratings_refuses_a_rated_write_and_says_why(ml100k, tmp_path):
+    """Its data has no rating column to keep the rating in (retrain would lose it): the write is 422 and
+    nothing is stored; the same item without a rating is taken, and a read may carry ratings (unused)."""
+    from recforge.data import Interactions
+
+    unrated = Interactions.from_frame(ml100k.to_frame(), timestamp="timestamp", name="ml-100k unrated")
+    model = create_model("ials", n_factors=16, n_iterations=3).fit(unrated)
+    client = serve(_artifact(model, ml100k, tmp_path / "unrated"))  # the catalogue: same items, with titles
+    assert client.get("/health").json()["rating_scale"] is None  # the page adds items without stars
+    refused = client.post("/users/1/interactions", json={"items": [{"item": 50}, {"item": 172, "rating": 4}]})
+    assert (
+        refused.status_code == 422
+        and "items.1.rating: ials was trained on interactions without ratings" in (refused.json()["detail"])
+    )
+    assert client.app.state.service.engine.store.latest_seq() == 0
+    assert client.post("/users/1/interactions", json={"items": [{"item": 172}]}).status_code == 200
+    read = client.post("/recommendations", json={"items": [{"item": 50, "rating": 5}], "k": 3})
+    assert read.status_code == 200 and read.json()["served_by"].startswith("history")

@@ -116,22 +116,33 @@ def test_events_join_the_training_data(served):
     assert np.isfinite(combined.rating).all() and combined.rating_scale == raw.rating_scale
 
 
-def test_ratings_written_for_data_without_ratings_are_reported_as_not_used(stream, tmp_path):
-    """A service over a model trained without ratings accepts a rated write (it has no scale to check
-    against); the data cannot take the rating, and the retrain report says how many were not used."""
+def test_ratings_for_data_without_ratings_are_refused_or_reported_never_dropped_silently(stream, tmp_path):
+    """A model trained on interactions without ratings: the service refuses a rated write (the data has no
+    rating column to keep it in) and takes the same items unrated; ratings already in a store (written by a
+    service from before that check) are counted in the retrain report as not used."""
     from recforge.data import Interactions
     from recforge.data.loaders import load_dataset
+    from recforge.errors import ConfigError
 
     base_path, batches = stream
     unrated = Interactions.from_frame(load_dataset("saved", base_path).to_frame(), timestamp="timestamp")
     config = config_for(unrated.save(tmp_path / "unrated"))
     v1 = train(config, tmp_path / "v1")
     service = RecommenderService.from_artifact(v1, f"sqlite:///{tmp_path / 'events.sqlite'}")
-    for user, ratings in batches:
+    user, ratings = batches[0]
+    with pytest.raises(ConfigError, match=r"items\.0\.rating: ials was trained on interactions without ratings"):
         service.add_interactions(str(user), ratings)
-    report = retrain(config, EventStore(service.engine.store.url), tmp_path / "v2", serving=v1, holdout=HOLDOUT)
-    written = sum(len(ratings) for _, ratings in batches)
-    assert report["events"]["ratings_not_used"] == written > 1000
+    store = EventStore(service.engine.store.url)
+    assert store.latest_seq() == 0  # nothing was written
+    for user, ratings in batches:
+        if user % 2:
+            service.add_interactions(str(user), [(item, None) for item, _ in ratings])
+        else:  # as an older service wrote them
+            items, values = [item for item, _ in ratings], [value for _, value in ratings]
+            store.append("interactions", {"user": user, "items": items, "ratings": values})
+    report = retrain(config, store, tmp_path / "v2", serving=v1, holdout=HOLDOUT)
+    written = sum(len(ratings) for user, ratings in batches if user % 2 == 0)
+    assert report["events"]["ratings_not_used"] == written > 500
     text = report_paths(tmp_path / "v2")[1].read_text()
     assert f"{written} ratings written through the service were not used" in text
 

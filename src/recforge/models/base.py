@@ -134,6 +134,7 @@ class Recommender(ABC):
         self.seen_ = train.to_csr("binary")
         self.known_users_ = np.asarray(self.seen_.getnnz(axis=1) > 0)
         self.rating_scale_ = train.rating_scale
+        self.rated_ = bool(train.n_rated)  # trained on ratings: a rating written later has a meaning
         self.training_log_ = []
         with thread_limit(options.threads, self.max_threads(train)) as threads, denormals_flushed():
             self._fit(train, dataclasses.replace(options, threads=threads))  # members of a blend inherit it
@@ -546,6 +547,7 @@ class Recommender(ABC):
         extras = {
             "fitted_on": self.fitted_on_,
             "rating_scale": self.rating_scale_,
+            "rated": self.rated_,
             "training_log": self.training_log_,
             "users": self.users_.to_list(),
             "items": self.items_.to_list(),
@@ -563,6 +565,7 @@ class Recommender(ABC):
         if self.seen_ratings_ is not None and len(self.seen_ratings_) != self.seen_.nnz:
             raise ArtifactError(f"seen.ratings has {len(self.seen_ratings_)} values for {self.seen_.nnz} seen entries")
         self.rating_scale_ = None if extras["rating_scale"] is None else tuple(extras["rating_scale"])
+        self.rated_ = bool(extras.get("rated", True))  # artifacts before 2026-12-03: as if rated (writes allowed)
         self.training_log_ = extras.get("training_log", [])
         self.fitted_on_ = extras["fitted_on"]
         self._set_state(arrays, extras)

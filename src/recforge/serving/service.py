@@ -8,7 +8,8 @@ does no model math: routing is `Recommender.recommend` with a `Query`, a user's 
 
 Input is strict (docs/serving.md): ids are the vocabulary's own type (a JSON string is not an integer
 id; a URL id must be ASCII digits for integer vocabularies) and at most 256 characters; ratings are
-finite and inside the model's rating scale; item features are finite. Unknown ids raise
+finite and inside the model's rating scale, and written only to a model trained with ratings; item
+features are finite. Unknown ids raise
 `UnknownIdError`, malformed ones `ConfigError`.
 """
 
@@ -418,7 +419,7 @@ class RecommenderService:
                 f"this model already serves {MAX_NEW_USERS:,} users created since it was trained; "
                 "retrain (`recforge retrain`) to learn them before more are added"
             )
-        items, values = self._checked_ratings(snapshot, ratings)
+        items, values = self._checked_ratings(snapshot, ratings, write=True)
         payload = {
             "user": _plain(plain if index is None else model.users_.ids[index]),
             "items": [_plain(model.items_.ids[i]) for i in items],
@@ -485,13 +486,20 @@ class RecommenderService:
         return seq
 
     # ------------------------------------------------------------------ validation
-    def _checked_ratings(self, snapshot: Snapshot, ratings: list[tuple[Any, float | None]]) -> tuple[list[int], list]:
+    def _checked_ratings(
+        self, snapshot: Snapshot, ratings: list[tuple[Any, float | None]], write: bool = False
+    ) -> tuple[list[int], list]:
         model = snapshot.model
         scale = model.rating_scale_
         items, values = [], []
         for n, (item, rating) in enumerate(ratings):
             items.append(self.item_index(item, snapshot, f"items.{n}.item"))
             if rating is not None:
+                if write and not getattr(model, "rated_", True):  # the data has no rating column to keep it in
+                    raise ConfigError(
+                        f"items.{n}.rating: {model.name} was trained on interactions without ratings, so a rating "
+                        "would be lost; send the item without one"
+                    )
                 if isinstance(rating, bool) or not isinstance(rating, (int, float)) or not math.isfinite(rating):
                     raise ConfigError(f"items.{n}.rating must be a finite number, got {rating!r}")
                 if scale is not None and not scale[0] <= rating <= scale[1]:
