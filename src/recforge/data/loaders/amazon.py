@@ -110,9 +110,6 @@ def load_amazon_sequences(
         name=name or ("amazon-beauty" if file == BEAUTY_FILE else f"amazon-{Path(file).stem.lower()}"),
         metadata=metadata,
         asin_file=asin_file,
-        dataset="amazon-beauty",
-        default_file=BEAUTY_FILE,
-        remote=BEAUTY_REMOTE,
     )
 
 

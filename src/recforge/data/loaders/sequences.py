@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from recforge.data.interactions import Interactions
-from recforge.data.loaders._download import RemoteSource, resolve_dataset_dir, split_file_path
+from recforge.data.loaders._download import resolve_dataset_dir, split_file_path
 from recforge.data.loaders._source import decode_file, parse_int, read_delimited, source_info
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import DataFormatError, DatasetNotFoundError
@@ -91,21 +91,19 @@ def load_sequence_file(
     name: str | None = None,
     metadata: str | Path | None = None,
     asin_file: str | None = None,
-    dataset: str = "sequence-file",
-    default_file: str | None = None,
-    remote: RemoteSource | None = None,
 ) -> Interactions:
     """Any `user item item ...` sequence file (one line per user, time order), labelled by its stem.
 
     `path` is the file, or its folder with `file=`. `name` labels the data in reports (default: the
-    file's stem); `metadata` (Amazon metadata lines) adds title and categories joined by ASIN. `dataset`,
-    `default_file` and `remote` let a named preset (such as amazon-beauty) reuse this reader with its
-    own download.
+    file's stem); `metadata` (Amazon metadata lines) adds title and categories joined by ASIN. A named
+    preset with its own download (amazon-beauty) finds its folder first and passes it here.
     """
-    folder, file = split_file_path(path, file, default_file or "")
+    folder, file = split_file_path(path, file, "")
     if not file:
-        raise DatasetNotFoundError(f"dataset {dataset!r} needs the sequence file: pass its path, or a folder and file=")
-    folder = resolve_dataset_dir(dataset, folder, (file,), remote if file == default_file else None, {file: FILE_HINT})
+        raise DatasetNotFoundError(
+            "dataset 'sequence-file' needs the sequence file: pass its path, or a folder and file="
+        )
+    folder = resolve_dataset_dir("sequence-file", folder, (file,), None, {file: FILE_HINT})
     stem = Path(file).stem
     users, items = read_sequence_file(folder / file)
     vocab_users, user_codes = Vocabulary.encode(users, name="user")
