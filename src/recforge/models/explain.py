@@ -73,6 +73,7 @@ def explain_history(
     sequence = history.sequences.items[history.sequences.indptr[0] : history.sequences.indptr[1]]
     ratings = None if history.ratings is None else np.array(history.row_ratings(0), dtype=object)
     candidates = np.unique(sequence)
+    leaves_some = len(candidates) > 1  # leaving one out leaves at least one item in every history
     candidates = candidates[np.argsort(_last_position(sequence, candidates), kind="stable")][-max_items:]
     if exact_up_to is not None and len(candidates) > exact_up_to:
         candidates = _screened(model, candidates, items, exact_up_to, screen)
@@ -82,7 +83,7 @@ def explain_history(
     for start in range(0, len(candidates), rows_at_once):
         left_out = candidates[start : start + rows_at_once]
         without = functools.cache(functools.partial(_without, sequence, ratings, left_out, model.n_items))
-        if len(np.unique(sequence)) > 1:  # the model's own (often cheaper) rule, also for each blend member
+        if leaves_some:  # the model's own (often cheaper) rule, also for each blend member
             scores = model._score_leaving_out(history, left_out, without)[:, items]
         else:  # the one item left out leaves nothing: the history path itself, as `_history_scores` says
             scores = _history_scores(model, without())[:, items]
