@@ -105,7 +105,7 @@ def retrain(
         "holdout_pairs": split.n_pairs,
         "dropped_repeats": split.dropped_repeats,
         # a rating written to a model whose data has none cannot join the training data: said, not dropped silently
-        "ratings_not_used": 0 if raw.rating is not None else int(event_rows(events, raw)["rating"].notna().sum()),
+        "ratings_not_used": 0 if raw.rating is not None else _ratings_in(events),
     }
     if len(split.relevant) < MIN_HOLDOUT_USERS:
         reason = f"only {len(split.relevant)} users in the hold-out (at least {MIN_HOLDOUT_USERS} are needed)"
@@ -184,6 +184,11 @@ def with_events(raw: Interactions, events: list[Event], upto: int) -> Interactio
         name=raw.name,
         source={**raw.source, "events_upto": upto},
     )
+
+
+def _ratings_in(events: list[Event]) -> int:
+    """How many ratings the interaction events carry (None: an item written without one)."""
+    return sum(r is not None for e in events if e.kind == "interactions" for r in e.payload["ratings"])
 
 
 def event_rows(events: list[Event], raw: Interactions) -> pd.DataFrame:

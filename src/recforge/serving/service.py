@@ -495,7 +495,7 @@ class RecommenderService:
         for n, (item, rating) in enumerate(ratings):
             items.append(self.item_index(item, snapshot, f"items.{n}.item"))
             if rating is not None:
-                if write and not getattr(model, "rated_", True):  # the data has no rating column to keep it in
+                if write and not model.rated_:  # the data has no rating column to keep it in
                     raise ConfigError(
                         f"items.{n}.rating: {model.name} was trained on interactions without ratings, so a rating "
                         "would be lost; send the item without one"
