@@ -65,6 +65,38 @@ def test_loader_options_are_checked_against_the_loader_by_name(tmp_path):
     assert len(load_dataset("table", path, user="customer", item="sku")) == 1
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        # `-o rating_scale=0.5,5` on the command line: the text's characters were unpacked, a ValueError traceback
+        ("rating_scale", "0.5,5", r"option 'rating_scale' should be a list of 2 numbers, e.g. \[1, 5\]; got '0.5,5'"),
+        ("rating_scale", [5, 1], r"rating_scale must be two finite numbers with low < high"),
+        ("rating_scale", [1, float("nan")], r"rating_scale must be two finite numbers with low < high"),
+        ("on_missing", "skip", r"option 'on_missing' should be one of 'raise', 'drop'; got 'skip'"),
+        ("columns", "customer,sku", r"option 'columns' should be a list such as \[\"user\", \"item\"\]"),
+        # `header=no` was truthy, so the file's first line was read as column names
+        ("header", "maybe", r"option 'header' should be true or false; got 'maybe'"),
+    ],
+)
+def test_loader_option_values_are_checked_against_their_types(tmp_path, option, value, message):
+    path = tmp_path / "log.csv"
+    path.write_text("customer,sku,stars\n1,2,4.5\n")
+    with pytest.raises(ConfigError, match=message):
+        load_dataset("table", path, user="customer", item="sku", rating="stars", **{option: value})
+
+
+def test_loader_option_values_are_converted_where_unambiguous(tmp_path):
+    """What TOML and the command line give: a list for a tuple, "no" for false."""
+    path = tmp_path / "log.csv"
+    path.write_text("1,2,4.5\n3,2,1\n")
+    data = load_dataset(
+        "table", path, user="u", item="i", rating="r", header="no", columns=["u", "i", "r"], rating_scale=[0.5, 5]
+    )
+    assert data.rating_scale == (0.5, 5.0) and len(data) == 2
+    with pytest.raises(ConfigError, match="rating_scale must be two numbers"):
+        Interactions.from_frame(pd.DataFrame({"user_id": [1], "item_id": [2], "rating": [3.0]}), rating_scale="15")
+
+
 def test_empty_file(tmp_path):
     folder = ml100k_folder(tmp_path, b"")
     with pytest.raises(DataFormatError, match="empty") as info:

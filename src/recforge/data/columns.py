@@ -15,9 +15,24 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recforge.errors import DataFormatError
+from recforge.errors import ConfigError, DataFormatError
 
 Locate = Callable[[int], dict[str, Any]]
+
+
+def checked_scale(scale: Any) -> tuple[float, float] | None:
+    """A rating scale as (low, high) floats, or None; ConfigError unless two finite numbers with low < high."""
+    if scale is None:
+        return None
+    try:
+        if isinstance(scale, (str, bytes)):
+            raise TypeError(scale)
+        low, high = (float(bound) for bound in scale)
+    except (TypeError, ValueError):
+        raise ConfigError(f"rating_scale must be two numbers (low, high), e.g. [1, 5]; got {scale!r}") from None
+    if not (np.isfinite(low) and np.isfinite(high) and low < high):
+        raise ConfigError(f"rating_scale must be two finite numbers with low < high; got {scale!r}")
+    return low, high
 
 
 def rating_values(
@@ -28,6 +43,7 @@ def rating_values(
     bad = np.isinf(numbers)
     if bad.any():
         _fail(values, bad, column, locate, "rating is not finite")
+    scale = checked_scale(scale)
     if scale is not None:
         low, high = scale
         bad = (numbers < low) | (numbers > high)

@@ -52,7 +52,7 @@ class DatasetDescription:
             ("rated / unrated", f"{self.n_rated:,} / {self.n_unrated:,}"),
             ("duplicate (user, item) rows", f"{self.n_duplicate_pairs:,}"),
             ("density", f"{self.density:.4%}"),
-            ("rating scale", str(self.rating_scale)),
+            ("rating scale", _fmt_scale(self.rating_scale, self.n_rated)),
             ("mean rating", "-" if self.rating_mean is None else f"{self.rating_mean:.3f}"),
             ("ratings histogram", ", ".join(f"{k}: {v:,}" for k, v in self.ratings_histogram.items()) or "-"),
             ("interactions per user", _fmt_quantiles(self.per_user_quantiles)),
@@ -64,6 +64,13 @@ class DatasetDescription:
         for field_name, value in rows:
             table.add_row(field_name, value)
         return table
+
+
+def _fmt_scale(scale: tuple[float, float] | None, n_rated: int) -> str:
+    if scale is not None:
+        return f"{scale[0]:g}..{scale[1]:g}"
+    # without a scale nothing clips predictions, and the service's page offers no stars
+    return "not given (rating_scale=[low, high] sets it)" if n_rated else "-"
 
 
 def as_utc_date(timestamp: int, with_time: bool = False) -> str | None:

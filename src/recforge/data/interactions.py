@@ -20,7 +20,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recforge._io import atomic_path
-from recforge.data.columns import rating_values, timestamp_values
+from recforge.data.columns import checked_scale, rating_values, timestamp_values
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import ConfigError, DataFormatError
 
@@ -99,8 +99,7 @@ class Interactions:
             if frame is not None and len(frame) != len(vocab):
                 raise ValueError(f"{label} has {len(frame)} rows for {len(vocab)} ids")
         if self.rating_scale is not None:
-            low, high = self.rating_scale
-            coerce(self, "rating_scale", (float(low), float(high)))
+            coerce(self, "rating_scale", checked_scale(self.rating_scale))
 
     # ----------------------------------------------------------------- construction
     @classmethod

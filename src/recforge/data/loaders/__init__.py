@@ -6,10 +6,15 @@ Resolution order for the files: the `path` you pass, then `$RECFORGE_DATA_DIR/<n
 
 from __future__ import annotations
 
+import collections.abc
 import inspect
+import types
+import typing
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import pydantic
 
 from recforge.data.interactions import Interactions
 from recforge.data.loaders.amazon import load_amazon_reviews, load_amazon_sequences, read_amazon_metadata
@@ -75,7 +80,40 @@ def _checked_options(loader: Callable[..., Any], name: str, options: dict[str, A
     if required:
         what = ": the names of the file's columns (on the command line: -o user=COLUMN)" if name == "table" else ""
         raise ConfigError(f"dataset {name!r} needs the option(s) {', '.join(required)}{what}")
-    return options
+    return _typed_options(loader, name, options)
+
+
+def _typed_options(loader: Callable[..., Any], name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """`options` checked against the loader's annotations, and converted where that is unambiguous (TOML's
+    `[1, 5]` to a tuple, "no" to False); a ConfigError naming the option otherwise (a rating scale given as
+    the text "1,5" failed deep inside the loader, `header=no` read as true)."""
+    hints = typing.get_type_hints(loader)
+    checked = dict(options)
+    for key, value in options.items():
+        if key not in hints:
+            continue
+        try:
+            checked[key] = pydantic.TypeAdapter(hints[key]).validate_python(value)
+        except pydantic.ValidationError:
+            expected = _in_words(hints[key])
+            raise ConfigError(f"dataset {name!r} option {key!r} should be {expected}; got {value!r}") from None
+    return checked
+
+
+def _in_words(hint: Any) -> str:
+    """A loader option's annotation as a reader of a config would say it."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(dict.fromkeys(_in_words(arg) for arg in args if arg is not type(None)))
+    if origin is typing.Literal:
+        return "one of " + ", ".join(repr(arg) for arg in args)
+    if origin is tuple:
+        return f"a list of {len(args)} numbers, e.g. [1, 5]" if set(args) <= {int, float} else f"a list of {len(args)}"
+    if origin in (list, collections.abc.Sequence):
+        return 'a list such as ["user", "item"]' if args == (str,) else "a list"
+    return {bool: "true or false", int: "a whole number", float: "a number", str: "text", Path: "a path"}.get(
+        hint, str(hint)
+    )
 
 
 __all__ = [
