@@ -92,3 +92,6 @@ def test_described_time_range_shows_dates_only_for_unix_seconds(ml100k):
     frame = pd.DataFrame({"user_id": [1, 1], "item_id": [1, 2], "t": [0, 1]})
     positions = Interactions.from_frame(frame, timestamp="t")
     assert "0 .. 1 " in shown(positions.describe()) and "1970" not in shown(positions.describe())
+    frame["stars"] = [4.0, 5.0]
+    rated = Interactions.from_frame(frame, rating="stars", item_features=pd.DataFrame({"title": ["[Rec]", "Up"]}))
+    assert "not given (rating_scale=[low, high] sets it)" in shown(rated.describe())  # not eaten as Rich markup

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from recforge.data.loaders import (
@@ -322,6 +323,22 @@ def test_generic_table_csv_and_parquet(tmp_path):
     data.to_frame().to_parquet(tmp_path / "log.parquet")
     again = load_table(tmp_path / "log.parquet", user="user_id", item="item_id", rating="rating", timestamp="timestamp")
     assert np.array_equal(again.timestamp, data.timestamp)
+
+
+def test_table_reads_a_files_unrated_marker_as_not_rated_in_text_and_parquet(tmp_path, data_dir):
+    """The Kaggle anime ratings read as a plain table with the newer catalogue: -1 is "watched, not rated",
+    and the 1-10 scale holds for the rest (without `unrated` the scale refused every -1)."""
+    ratings = data_dir / "anime-kaggle" / "rating_sample5000.csv"
+    options = dict(user="user_id", item="anime_id", rating="rating", rating_scale=[1, 10])
+    with pytest.raises(DataFormatError, match=r"outside the scale 1\.\.10: '-1' \(100666 such row"):
+        load_table(ratings, **options)
+    data = load_table(ratings, unrated=-1, **options)
+    named = load_dataset("anime-kaggle", data_dir / "anime-kaggle", features=False)
+    assert (len(data), data.n_rated) == (len(named), named.n_rated) == (520609, 520609 - 100666)
+    frame = pd.DataFrame({"u": [1, 1, 2], "i": [5, 6, 5], "r": [8.0, -1.0, 10.0]})
+    frame.to_parquet(tmp_path / "typed.parquet")
+    typed = load_table(tmp_path / "typed.parquet", user="u", item="i", rating="r", unrated=-1, rating_scale=(1, 10))
+    assert np.isnan(typed.rating[1]) and typed.n_rated == 2
 
 
 def test_table_iso_timestamps_take_every_iso_form_and_numbers_name_the_option(tmp_path):

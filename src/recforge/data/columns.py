@@ -36,10 +36,17 @@ def checked_scale(scale: Any) -> tuple[float, float] | None:
 
 
 def rating_values(
-    values: pd.Series, *, column: str, locate: Locate, scale: tuple[float, float] | None = None
+    values: pd.Series,
+    *,
+    column: str,
+    locate: Locate,
+    scale: tuple[float, float] | None = None,
+    unrated: float | None = None,
 ) -> np.ndarray:
-    """The column as float32 ratings (NaN: not rated)."""
+    """The column as float32 ratings (NaN: not rated; so is the value `unrated`, a file's own marker for it)."""
     numbers = _numbers(values, column, locate, "ratings are numbers, NaN or None where not rated")
+    if unrated is not None:
+        numbers = np.where(numbers == unrated, np.nan, numbers)
     bad = np.isinf(numbers)
     if bad.any():
         _fail(values, bad, column, locate, "rating is not finite")

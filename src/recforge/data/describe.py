@@ -40,6 +40,7 @@ class DatasetDescription:
 
     def to_table(self) -> Table:
         """A Rich table for the CLI."""
+        from rich.markup import escape
         from rich.table import Table
 
         table = Table(title=f"dataset {self.name}", show_header=False)
@@ -62,7 +63,7 @@ class DatasetDescription:
             ("item features", ", ".join(self.item_feature_columns) or "-"),
         ]
         for field_name, value in rows:
-            table.add_row(field_name, value)
+            table.add_row(field_name, escape(value))  # titles, genres and hints may hold [...]: not Rich markup
         return table
 
 

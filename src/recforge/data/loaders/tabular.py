@@ -40,6 +40,7 @@ def load_table(
     rating: str | None = None,
     timestamp: str | None = None,
     rating_scale: tuple[float, float] | None = None,
+    unrated: float | None = None,
     sep: str | None = None,
     header: bool = True,
     columns: Sequence[str] | None = None,
@@ -61,8 +62,10 @@ def load_table(
     `timestamp_format` is given (a strftime pattern such as "%Y-%m-%d %H:%M:%S", or "iso" for any ISO 8601
     form, with or without time, offset or "Z"; times without an offset are read as UTC). A Parquet column of
     datetimes needs no format: it becomes unix seconds (UTC), sub-second parts dropped. Ratings outside
-    `rating_scale` raise. Rows with a missing user, item or timestamp raise, or are dropped with
-    `on_missing="drop"` (the count is logged and kept in `source["dropped_missing"]`).
+    `rating_scale` raise; a rating equal to `unrated` is a file's marker for "interacted, not rated" (the
+    Kaggle anime files' -1) and is read as such, like an empty field. Rows with a missing user, item or
+    timestamp raise, or are dropped with `on_missing="drop"` (the count is logged and kept in
+    `source["dropped_missing"]`).
 
     `items` names an item catalogue (CSV/TSV/Parquet with a header) joined on `items_id` (default: the
     `item` column's name): its `title` column becomes the items' titles and its `genres` column, split on
@@ -97,7 +100,9 @@ def load_table(
         if missing:
             raise DataFormatError(f"missing column(s) {missing}; have {list(frame.columns)}", path=path)
         if timestamp_format is None and _typed(frame, user, item, rating, timestamp):
-            table, dropped = _typed_table(frame, path, user, item, rating, timestamp, rating_scale, on_missing)
+            table, dropped = _typed_table(
+                frame, path, user, item, rating, timestamp, (rating_scale, unrated), on_missing
+            )
             return _finish(table, path, rating, timestamp, rating_scale, name, dropped, catalogue)
         frame = frame[wanted].astype(str).where(frame[wanted].notna(), "")
         frame["_line"] = np.arange(1, len(frame) + 1)  # Parquet has no lines: report 1-based row numbers
@@ -129,7 +134,9 @@ def load_table(
 
     if rating is not None:
         text = frame[rating].str.strip()
-        table["rating"] = rating_values(text.where(text != "", None), column=rating, locate=at_line, scale=rating_scale)
+        table["rating"] = rating_values(
+            text.where(text != "", None), column=rating, locate=at_line, scale=rating_scale, unrated=unrated
+        )
     if timestamp is not None:
         if timestamp_format is None:
             table["timestamp"] = timestamp_values(
@@ -259,10 +266,11 @@ def _typed_table(
     item: str,
     rating: str | None,
     timestamp: str | None,
-    rating_scale: tuple[float, float] | None,
+    ratings: tuple[tuple[float, float] | None, float | None],
     on_missing: str,
 ) -> tuple[pd.DataFrame, int]:
-    """The typed-Parquet twin of the text path: same checks, same errors (1-based row numbers)."""
+    """The typed-Parquet twin of the text path: same checks, same errors (1-based row numbers); `ratings` is
+    the rating scale and the unrated marker."""
     required = [c for c in (user, item, timestamp) if c is not None]
     blank = np.zeros(len(frame), dtype=bool)
     for column in required:
@@ -291,7 +299,9 @@ def _typed_table(
 
     table = pd.DataFrame({"user_id": _typed_ids(frame[user]), "item_id": _typed_ids(frame[item])})
     if rating is not None:
-        table["rating"] = rating_values(frame[rating], column=rating, locate=at_row, scale=rating_scale)
+        table["rating"] = rating_values(
+            frame[rating], column=rating, locate=at_row, scale=ratings[0], unrated=ratings[1]
+        )
     if timestamp is not None:
         table["timestamp"] = timestamp_values(frame[timestamp], column=timestamp, locate=at_row)
     return table, dropped
