@@ -103,6 +103,17 @@ def test_retrain_without_new_events_refuses(stream, tmp_path):
     assert report["decision"] == "refused" and "no interaction events" in report["reason"]
 
 
+def test_retrain_with_too_few_users_refuses_and_says_what_to_do(stream, tmp_path):
+    base_path, _ = stream
+    config = config_for(base_path)
+    v1 = train(config, tmp_path / "v1")
+    store = EventStore.beside(v1)
+    store.append("interactions", {"user": 999_999, "items": [2, 3], "ratings": [None, None]}, "999999")
+    report = retrain(config, store, tmp_path / "v2", serving=v1)
+    assert report["decision"] == "refused"
+    assert "only 1 user in the hold-out (at least 10" in report["reason"] and "--holdout" in report["reason"]
+
+
 def test_events_join_the_training_data(served):
     config, _, _, store, _ = served
     from recforge.data.loaders import load_dataset

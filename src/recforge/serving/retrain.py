@@ -108,7 +108,11 @@ def retrain(
         "ratings_not_used": 0 if raw.rating is not None else _ratings_in(events),
     }
     if len(split.relevant) < MIN_HOLDOUT_USERS:
-        reason = f"only {len(split.relevant)} users in the hold-out (at least {MIN_HOLDOUT_USERS} are needed)"
+        n = len(split.relevant)
+        reason = (
+            f"only {n} user{'s' * (n != 1)} in the hold-out (at least {MIN_HOLDOUT_USERS} are needed to tell two "
+            "models apart): wait for more writes, or hold out a larger share of them with --holdout"
+        )
         return _finish(report, output, "refused", reason, started)
 
     fit_started = time.perf_counter()
