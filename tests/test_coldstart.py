@@ -107,8 +107,12 @@ def test_new_users_are_queries_from_external_item_ids(ials, data):
     np.testing.assert_array_equal(ials.score(query), ials.score(expected))
     recs = ials.recommend(query, k=3)
     assert list(recs.served_by) == ["history", "popularity"] and list(recs.to_frame()["user"].unique()) == [None]
+    assert recs.to_frame()["query"].tolist() == [0, 0, 0, 1, 1, 1]  # which new user each list is for
+    assert "query" not in ials.recommend(ials.users_.ids[:2], k=3).to_frame()  # known users: named by their ids
     assert not set(recs.to_frame()["item"][:3]) & set(chosen[0])  # their own items are not recommended back
     with pytest.raises(UnknownIdError, match="unknown item id"):
         ials.new_users([[ids[0], "no such item"]])
     with pytest.raises(ConfigError, match="one list per user"):
         ials.new_users([[ids[0]]], ratings=[[5.0, 4.0]])
+    with pytest.raises(ConfigError, match="needs item lists, features, or both"):
+        ials.new_users()

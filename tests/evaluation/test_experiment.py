@@ -159,6 +159,20 @@ def test_rating_knn_is_not_ranked_and_models_below_popularity_are_flagged(tmp_pa
     assert "item_knn (rating) (rating) is below" not in report  # its RMSE beats the global mean
 
 
+def test_python_model_parameters_get_the_same_hints_as_configs():
+    """`create_model("two_tower", seed=0)` was a pydantic dump ("Extra inputs are not permitted")."""
+    from recforge.models import create_model
+
+    with pytest.raises(ConfigError, match=r"^model 'ials': n_factor: not a known setting \(did you mean 'n_factors'"):
+        create_model("ials", n_factor=8)
+    with pytest.raises(ConfigError, match=r"seed is how a model is trained.*TrainOptions\(seed=\.\.\.\)"):
+        create_model("ials", seed=0)
+    with pytest.raises(ConfigError, match=r"user_tower\.id_dimm: not a known setting \(did you mean 'id_dim'"):
+        create_model("two_tower", user_tower={"id_dimm": 8})
+    with pytest.raises(ConfigError, match=r"^model 'ials': reg: Input should be greater than or equal to 0$"):
+        create_model("ials", reg=-1.0)
+
+
 def test_a_typo_in_a_model_parameter_fails_at_load_naming_it(tmp_path, monkeypatch):
     from recforge.data import loaders
 

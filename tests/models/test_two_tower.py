@@ -127,6 +127,10 @@ def test_cold_start_from_features_alone_beats_a_random_ranking(disjoint):
     random = _ndcg_from_vectors(split, users, rng.normal(size=vectors.shape), item_vectors, exclude)
     assert np.isfinite(scores).all()
     assert ndcg.mean() > random.mean() + 0.1, (ndcg.mean(), random.mean())
+    # the same users as queries: `new_users(features=...)` is what the README's cold start reads
+    query = model.new_users(features=features)
+    np.testing.assert_allclose(model.score(query), scores, rtol=1e-5, atol=1e-5)
+    assert set(model.recommend(query, k=5).served_by) == {"features"}
 
 
 @pytest.mark.slow

@@ -63,10 +63,15 @@ class Recommendations:
         return self.item_index.shape[0]
 
     def to_frame(self) -> pd.DataFrame:
-        """Long frame: user, rank (1-based), item, score (and served_by); padding is left out."""
+        """Long frame: user, rank (1-based), item, score (and served_by); padding is left out. When some
+        queries are new users (user None), a first column `query` says which row of the batch each list
+        answers (0-based), since their user column cannot."""
         n, k = self.item_index.shape
+        new_users = self.users.dtype == object and any(user is None for user in self.users)
+        anonymous = {"query": np.repeat(np.arange(n), k)} if new_users else {}
         frame = pd.DataFrame(
             {
+                **anonymous,
                 "user": np.repeat(self.users, k),
                 "rank": np.tile(np.arange(1, k + 1), n),
                 "item": self.items.ravel(),
@@ -109,10 +114,7 @@ class Recommender(ABC):
         if config is not None and params:
             raise ConfigError("pass either a config object or keyword parameters, not both")
         if config is None:
-            try:
-                config = self.Config(**params)
-            except Exception as exc:  # pydantic ValidationError names the field
-                raise ConfigError(f"{self.name}: invalid parameters: {exc}") from exc
+            config = self.Config.from_params(self.name, params)
         self.config = config
         self.fitted_on_: str | None = None
         self.training_log_: list[dict[str, float]] = []
@@ -167,15 +169,26 @@ class Recommender(ABC):
         return len(self.users_)
 
     # ------------------------------------------------------------------ scoring
-    def new_users(self, item_lists: list[list[Any]], ratings: list[list[float | None]] | None = None) -> Query:
+    def new_users(
+        self,
+        item_lists: list[list[Any]] | None = None,
+        ratings: list[list[float | None]] | None = None,
+        features: pd.DataFrame | None = None,
+    ) -> Query:
         """Queries for users this model was not trained with, from the items each has (external item ids,
-        in time order; ratings optional, None = unrated): `model.recommend(model.new_users([[50, 172]]))`.
-        An unknown item id raises, naming it."""
+        in time order; ratings optional, None = unrated), their user features (one frame row each, for models
+        with a user-feature tower; None values unknown), or both: `model.recommend(model.new_users([[50,
+        172]]))`. An unknown item id raises, naming it."""
         self._require_fitted()
+        if item_lists is None and features is None:
+            raise ConfigError("new_users needs item lists, features, or both")
+        if item_lists is None:
+            item_lists = [[] for _ in range(len(features))]  # type: ignore[arg-type]
         if ratings is not None and [len(r) for r in ratings] != [len(items) for items in item_lists]:
             raise ConfigError("ratings must have one list per user, as long as that user's items")
         indices = [self.items_.index(list(items)).tolist() if len(items) else [] for items in item_lists]
-        return Query.from_items(indices, self.n_items, ratings)
+        history = History.from_items(indices, self.n_items, ratings)
+        return Query.from_history(history) if features is None else Query.from_features(features, history)
 
     def as_query(self, query: Query | np.ndarray | list[int], history: History | None = None) -> Query:
         """A `Query` from a Query, or from user indices (plus an optional history, one row per user)."""

@@ -8,9 +8,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from recforge.data.interactions import Interactions
+from recforge.errors import ConfigError, did_you_mean
 
 
 class ModelConfig(BaseModel):
@@ -41,6 +42,16 @@ class ModelConfig(BaseModel):
         return tomli_w.dumps(payload)
 
     @classmethod
+    def from_params(cls, model: str, params: dict[str, Any]) -> ModelConfig:
+        """The config of `params`, or a ConfigError naming the model and each field that is wrong, with the
+        closest known name for a misspelt one (pydantic's own message is a multi-line dump)."""
+        try:
+            return cls(**params)
+        except ValidationError as exc:
+            problems = "; ".join(_problem(error, cls) for error in exc.errors())
+            raise ConfigError(f"model {model!r}: {problems}") from exc
+
+    @classmethod
     def from_toml(cls, text: str) -> ModelConfig:
         from recforge._toml import loads
 
@@ -52,6 +63,26 @@ class ModelConfig(BaseModel):
                 node = node.setdefault(parent, {})
             node[key] = None
         return cls.model_validate(payload)
+
+
+def _problem(error: Any, config: type[BaseModel]) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "params"
+    if error["type"] != "extra_forbidden":
+        return f"{where}: {error['msg']}"
+    if where in TrainOptions.__dataclass_fields__:
+        in_configs = {"seed": "`seed` or `seeds`", "threads": "`threads`"}
+        in_config = f"; in a config, {in_configs[where]} at its top" if where in in_configs else ""
+        return (
+            f"{where} is how a model is trained, not one of its parameters: "
+            f"`model.fit(train, TrainOptions({where}=...))`{in_config}"
+        )
+    for part in error["loc"][:-1]:  # the sub-config (a tower) the unknown name was given in
+        field = config.model_fields.get(str(part))
+        annotation = field.annotation if field is not None else None
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return f"{where}: not a known setting"
+        config = annotation
+    return f"{where}: not a known setting{did_you_mean(str(error['loc'][-1]), list(config.model_fields))}"
 
 
 def apply_preset(values: Any, presets: dict[str, dict[str, Any]], default: str, nested: tuple[str, ...] = ()) -> Any:

@@ -7,7 +7,7 @@ import importlib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recforge.artifacts import read_artifact, read_index
 from recforge.errors import ArtifactError, ConfigError, did_you_mean
@@ -106,17 +106,7 @@ class ModelSpec(BaseModel):
 
     def model_config_for(self, params: dict[str, Any]) -> Any:
         """The model's typed config from `params` (ConfigError naming the model and the field)."""
-        cls = model_class(self.model)
-        try:
-            return cls.Config(**params)
-        except ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(part) for part in error['loc']) or 'params'}: {error['msg']}" for error in exc.errors()
-            )
-            fields = list(cls.Config.model_fields)
-            unknown = [str(e["loc"][0]) for e in exc.errors() if e["type"] == "extra_forbidden" and e["loc"]]
-            hints = "".join(did_you_mean(name, fields) for name in unknown)
-            raise ConfigError(f"model {self.model!r}: {problems}{hints}") from exc
+        return model_class(self.model).Config.from_params(self.model, params)
 
     def build(self, **overrides: Any) -> Any:
         """A fresh, unfitted model with these parameters (and `overrides` on top)."""
