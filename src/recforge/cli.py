@@ -51,6 +51,7 @@ def _options(
 spark_app = typer.Typer(help="Preprocess and batch-score on Spark (needs the [spark] extra and Java).", **PLAIN)
 app.add_typer(spark_app, name="spark")
 console = Console(width=None if sys.stdout.isatty() else 160)
+errors = Console(stderr=True, width=None if sys.stderr.isatty() else 160)  # not mixed into output piped on
 
 
 def _friendly(function: Callable[..., Any]) -> Callable[..., Any]:
@@ -61,10 +62,10 @@ def _friendly(function: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return function(*args, **kwargs)
         except RecforgeError as exc:
-            console.print(f"[bold red]error:[/] {escape(str(exc))}")
+            errors.print(f"[bold red]error:[/] {escape(str(exc))}")
             raise typer.Exit(2) from exc
         except KeyboardInterrupt:
-            console.print("[bold yellow]interrupted[/] before anything was finished; nothing written")
+            errors.print("[bold yellow]interrupted[/] before anything was finished; nothing written")
             raise typer.Exit(130) from None
 
     return wrapper

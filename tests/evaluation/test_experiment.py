@@ -119,6 +119,7 @@ def test_cli_describe(data_dir):
     assert result.exit_code == 0 and "22,363" in result.output and "198,502" in result.output
     result = runner.invoke(app, ["data", "describe", "anime-mal"])
     assert result.exit_code == 2 and "error:" in result.output
+    assert "error:" in result.stderr and not result.stdout  # not mixed into what a pipe reads
 
 
 def test_write_report_is_atomic(tmp_path, data_dir):
