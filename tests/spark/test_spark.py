@@ -189,7 +189,7 @@ def test_cli_prepares_the_raw_anime_folder_with_the_one_anime_recipe(data_dir, t
     command += ["--recipe", str(root / "experiments" / "anime_recipe.toml")]
     refused = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert (
-        refused.returncode == 2 and "--dataset" in refused.stdout and "Exception" not in refused.stdout + refused.stderr
+        refused.returncode == 2 and "--dataset" in refused.stderr and "Exception" not in refused.stdout + refused.stderr
     )
     done = subprocess.run([*command, "--dataset", "anime-kaggle"], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stdout + done.stderr
