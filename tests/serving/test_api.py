@@ -7,6 +7,7 @@ import json
 from urllib.parse import quote
 
 import numpy as np
+import pandas as pd
 import pytest
 from fastapi.testclient import TestClient
 from hypothesis import event, given, settings
@@ -270,6 +271,11 @@ def test_new_items_from_features_join_the_catalogue(ml100k, tmp_path):
     genres = [set(row["genres"]) for row in similar]
     assert np.mean([bool(g & set(star_wars["genres"])) for g in genres]) > 0.5  # neighbours share its genres
     assert client.post("/items", json={"items": [new]}).status_code == 409  # already there now: a conflict
+    described = pd.DataFrame({"genres": [["Sci-Fi", "Space Opera"], None], "year": [1977, None]})
+    assert model.unseen_feature_values(described, "item") == ["genres 'space opera'"]  # read as no genre
+    assert response.json()["note"] == ""
+    odd = client.post("/items", json={"items": [{**new, "item": 99998, "genres": ["Sci-Fi", "Space Opera"]}]})
+    assert odd.json()["note"].endswith("not among the values the model was trained with: genres 'space opera'")
     ials = serve(RecommenderService(create_model("ials", n_iterations=2).fit(ml100k)))
     assert ials.post("/items", json={"items": [{"item": 5}]}).status_code == 409
 
@@ -306,6 +312,13 @@ def test_a_new_user_with_only_features_goes_through_the_user_tower(features_clie
     assert both.json()["served_by"] == "features+history" and 50 not in [r["item"] for r in both.json()["items"]]
     partial = features_client.post("/recommendations", json={"features": {"gender": "F"}}).json()
     assert partial["served_by"] == "features"  # missing features count as unknown
+    assert answers[0]["note"] == partial["note"] == ""
+    # a category no training user had is read as unknown too, and the answer says so (it was silent)
+    astronaut = features_client.post("/recommendations", json={"features": {**student, "occupation": "astronaut"}})
+    assert astronaut.status_code == 200 and astronaut.json()["served_by"] == "features"
+    assert astronaut.json()["note"] == (
+        "read as unknown, not among the values the model was trained with: occupation 'astronaut'"
+    )
     # a model without a user-feature tower says it ignored them instead of pretending
     ignored = client.post("/recommendations", json={"features": student, "items": [{"item": 50}]}).json()
     assert ignored["served_by"] == "history+ann" and "features ignored" in ignored["note"]

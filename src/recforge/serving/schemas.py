@@ -184,6 +184,7 @@ class InteractionsAnswer(WriteAnswer):
 class ItemsAnswer(WriteAnswer):
     added: list[int | str]
     embedded_by: str
+    note: str = Field("", description="feature values the item tower read as unknown, if any")
 
 
 class Prediction(BaseModel):

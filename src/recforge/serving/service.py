@@ -260,6 +260,10 @@ class RecommenderService:
         query = Query(np.array([-1]), history, frame)
         excluded = None if blocked is None else np.flatnonzero(blocked)
         answer = self.render(snapshot, ranker.recommend(query, k, external_ids=False, exclude_items=excluded))
+        if frame is not None and USER_FEATURES in model.capabilities:
+            unseen = model.unseen_feature_values(frame, "user")  # type: ignore[attr-defined]
+            if unseen:  # a typo or a new category must not pass for a feature the model used
+                _add_note(answer, _read_as_unknown(unseen))
         if explain:
             self._explain(snapshot, answer, history)
         return answer
@@ -297,14 +301,14 @@ class RecommenderService:
         model, rows = snapshot.model, answer["items"]
         if HISTORY not in model.capabilities:
             why = f"no explanations: {model.name} scores users from their trained state only"
-            answer["note"] = f"{answer['note']}; {why}" if answer["note"] else why
+            _add_note(answer, why)
             reasons: list[list[Reason]] = [[] for _ in rows]
         else:
             indices = model.items_.index([row["item"] for row in rows])
             reasons = explain_history(model, history, indices, top=EXPLAIN_TOP)
             if rows and not any(reasons):  # e.g. popularity: the user's items raise no listed item's score
                 why = "no explanations: none of the user's items raises the score of a listed item"
-                answer["note"] = f"{answer['note']}; {why}" if answer["note"] else why
+                _add_note(answer, why)
         for row, listed in zip(rows, reasons, strict=True):
             row["because"] = [
                 {"item": snapshot.catalogue.ids[r.item], "title": snapshot.catalogue.titles[r.item], "weight": r.weight}
@@ -465,7 +469,10 @@ class RecommenderService:
             snapshot.with_items(entries)  # fails here, before anything is committed, if the tower cannot embed them
             seq = self.engine.store.append_items([str(i) for i in ids], {"items": entries})
             self.engine.catch_up()
-        return {"seq": seq, "embedded_by": "item tower (features, unknown ID)"}
+        described = pd.DataFrame([{k: v for k, v in entry.items() if k not in ("item", "title")} for entry in entries])
+        unseen = model.unseen_feature_values(described, "item")  # type: ignore[attr-defined]
+        note = _read_as_unknown(unseen) if unseen else ""
+        return {"seq": seq, "embedded_by": "item tower (features, unknown ID)", "note": note}
 
     def promote(self, path: str) -> int:
         """Record a model artifact as the one to serve: checked first (it must load, and fit the catalogue
@@ -611,6 +618,15 @@ def _checked_features(features: dict[str, Any], kinds: dict[str, str], where: st
         elif not isinstance(value, (str, int)) or isinstance(value, bool) or len(str(value)) > 200:
             raise ConfigError(f"{where}.{name} must be a category (text), got {value!r}")
     return features
+
+
+def _read_as_unknown(values: list[str]) -> str:
+    """What a note says of feature values the towers read as unknown (a typo, or a category new since training)."""
+    return f"read as unknown, not among the values the model was trained with: {', '.join(values)}"
+
+
+def _add_note(answer: dict[str, Any], why: str) -> None:
+    answer["note"] = f"{answer['note']}; {why}" if answer["note"] else why
 
 
 def _one(model: Recommender, items: np.ndarray, scores: np.ndarray, path: str) -> Recommendations:

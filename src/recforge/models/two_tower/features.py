@@ -20,6 +20,7 @@ from recforge.data.features import (
     FeatureMatrix,
     ItemFeatureBuilder,
     UserFeatureBuilder,
+    genre_lists,
     infer_item_columns,
     infer_user_columns,
 )
@@ -147,6 +148,24 @@ class TowerFeatures:
             return {}
         numeric = set(self.user_builder.numeric_ranges) if self.user_builder is not None else set()
         return {str(c): "numeric" if c in numeric else "categorical" for c in self.user_frame.columns}
+
+    def unseen_values(self, frame: pd.DataFrame, side: str) -> list[str]:
+        """The categories and genres in `frame` (user or item features) that no training row had, as
+        "column 'value'": the towers read them as unknown, which a client should be told."""
+        builder = self.user_builder if side == "user" else self.item_builder
+        if builder is None:
+            return []
+        known = {column: set(values) for column, values in builder.vocabularies_.items()}
+        if side == "item":
+            known |= {column: set(self.genre_names) for column in self.item_builder.genre_columns}  # type: ignore[union-attr]
+        unseen = []
+        for column in frame.columns.intersection(list(known)):
+            if side == "item" and column in self.item_builder.genre_columns:  # type: ignore[union-attr]
+                values = {genre for row in genre_lists(frame, (column,)) for genre in row}  # as the tower reads them
+            else:
+                values = set(frame[column].dropna().astype(str))
+            unseen += [f"{column} {value!r}" for value in sorted(values - known[column])]
+        return unseen
 
     def with_new_items(self, genres: np.ndarray) -> TowerFeatures:
         """A copy whose item genre block (used by taste profiles) has rows for appended items."""

@@ -222,6 +222,11 @@ class TwoTower(FactorModel):
         """The item-feature columns the item tower reads, each "list", "numeric" or "categorical"."""
         return self.features_.item_feature_kinds()
 
+    def unseen_feature_values(self, features: pd.DataFrame, side: str = "user") -> list[str]:
+        """Categories (and, for items, genres) in `features` that no training user or item had, as
+        "column 'value'" (e.g. "occupation 'astronaut'"): the tower reads them as unknown."""
+        return self.features_.unseen_values(features, side)
+
     def embed_users(self, features: pd.DataFrame | None = None, history: History | None = None) -> np.ndarray:
         """Vectors for users unknown to the model, described by features (one row per user, the training
         user-feature columns; a missing column or value is an unknown category / the fitted fill value) and,
