@@ -64,6 +64,38 @@ def test_unknown_ids_are_named_or_dropped_and_counted(saved, tmp_path):
     assert "left out 1 of 3 rows" in output
 
 
+def test_unknown_items_can_count_as_misses_as_compare_counts_them(saved, data_dir, tmp_path):
+    """`--unknown drop` leaves an unknown item out of its user's relevant set, so recall and NDCG rise above
+    what the same split gives in compare; `--unknown miss` keeps it relevant and out of reach."""
+    from recforge.evaluation.saved import evaluate_saved
+
+    split, model, folder = saved
+    test = tmp_path / "test.csv"
+    held_out = pd.read_csv(data_dir / "ml-100k" / "u1.test", sep="\t", names=["user_id", "item_id", "r", "t"])
+    held_out[["user_id", "item_id"]].to_csv(test, index=False)
+    plain = evaluate_saved(model, test, ks=(20,)).ranking.per_user  # a user with hits and < 18 held-out items
+    one = int(plain.index[(plain["n_relevant"] < 18) & (plain["ndcg@20"] > 0)][0])
+    user = model.users_.ids[one]
+    extra = pd.DataFrame({"user_id": [user, user, 99999], "item_id": [99998, 99999, 50]})  # 2 new items, 1 new user
+    pd.concat([held_out[["user_id", "item_id"]], extra]).to_csv(test, index=False)
+    dropped = evaluate_saved(model, test, ks=(20,), unknown="drop")
+    missed = evaluate_saved(model, test, ks=(20,), unknown="miss")
+    assert (dropped.dropped_unknown, missed.dropped_unknown, missed.missed_unknown) == (3, 1, 2)
+    before, after = dropped.ranking.per_user, missed.ranking.per_user
+    n = before.loc[one, "n_relevant"]
+    assert after.loc[one, "n_relevant"] == n + 2
+    assert after.loc[one, "recall@20"] == pytest.approx(before.loc[one, "recall@20"] * n / (n + 2))
+    assert after.loc[one, "ndcg@20"] < before.loc[one, "ndcg@20"]  # the ideal list holds the two it could not offer
+    pd.testing.assert_frame_equal(after.drop(index=one), before.drop(index=one))
+    library = FullRankingEvaluator(split.train, split.test, ks=(20,)).evaluate(model).summary
+    assert dropped.ranking.summary["coverage"] == pytest.approx(library["coverage"])
+    result = CliRunner().invoke(app, ["evaluate", "--model", str(folder / "mf"), "--test", str(test)])
+    assert result.exit_code == 2 and "--unknown miss" in result.output
+    output = _run("evaluate", "--model", str(folder / "mf"), "--test", str(test), "--unknown", "miss")
+    assert "left out 1 of 20,003 rows: unknown user" in output
+    assert "2 rows name items the model does not know: counted as relevant items it could not recommend" in output
+
+
 def test_predict_and_batch_recommend_write_files(saved, tmp_path):
     split, model, folder = saved
     pairs = tmp_path / "pairs.csv"

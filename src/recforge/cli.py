@@ -404,9 +404,9 @@ def _names(columns: str | None) -> list[str] | None:
     return None if columns is None else [c.strip() for c in columns.split(",") if c.strip()]
 
 
-def _unknown(value: str) -> Any:
-    if value not in ("raise", "drop"):
-        raise typer.BadParameter(f"--unknown must be raise or drop, not {value!r}")
+def _unknown(value: str, choices: tuple[str, ...] = ("raise", "drop")) -> Any:
+    if value not in choices:
+        raise typer.BadParameter(f"--unknown must be {', '.join(choices[:-1])} or {choices[-1]}, not {value!r}")
     return value
 
 
@@ -426,7 +426,11 @@ def evaluate(
         str | None, typer.Option(help="a file without a header row: its field names in order, comma-separated")
     ] = None,
     unknown: Annotated[
-        str, typer.Option(help="rows with a user or item unknown to the model: raise or drop")
+        str,
+        typer.Option(
+            help="rows with a user or item unknown to the model: raise, drop, or miss (unknown users' rows "
+            "left out, unknown items counted as relevant items the model could not recommend, as compare does)"
+        ),
     ] = "raise",
     output: Annotated[Path | None, typer.Option(help="also write the numbers as JSON")] = None,
 ) -> None:
@@ -446,7 +450,7 @@ def evaluate(
         rating=rating_column,
         ks=ks,
         sep=_separator(sep),
-        unknown=_unknown(unknown),
+        unknown=_unknown(unknown, ("raise", "drop", "miss")),
         names=_names(columns),
     )
     import pandas as pd
@@ -470,7 +474,13 @@ def evaluate(
     for note in result.ranking.notes:
         console.print(escape(note))
     if result.dropped_unknown:
-        console.print(f"[yellow]left out[/] {result.dropped_unknown:,} of {result.rows:,} rows: unknown user or item")
+        what = "unknown user" if unknown == "miss" else "unknown user or item"
+        console.print(f"[yellow]left out[/] {result.dropped_unknown:,} of {result.rows:,} rows: {what}")
+    if result.missed_unknown:
+        console.print(
+            f"{result.missed_unknown:,} rows name items the model does not know: counted as relevant items it "
+            "could not recommend" + (" (and left out of the rating metrics)" if result.rating is not None else "")
+        )
     if output is not None:
         write_json_atomic(output, summary_rows(result))
         console.print(f"wrote {output}")

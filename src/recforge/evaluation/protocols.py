@@ -225,11 +225,14 @@ class FullRankingEvaluator:
         notes = [f"{len(self.users)} test users, relevance {self.relevance_label}"]
         paths, counts = np.unique(served.astype(str), return_counts=True)
         notes.append("served by " + ", ".join(f"{path}: {count}" for path, count in zip(paths, counts, strict=True)))
-        unseen = int((self.train.item_counts()[self.pairs[1]] == 0).sum())
+        # a saved model's test file may name items past its catalogue (`evaluate_saved(unknown="miss")`)
+        counts = np.zeros(max(self.test.n_items, self.train.n_items), dtype=np.int64)
+        counts[: self.train.n_items] = self.train.item_counts()
+        unseen = int((counts[self.pairs[1]] == 0).sum())
         if unseen:
             notes.append(f"{unseen} test pair(s) have an item never seen in training")
         if self.exclude is not None and len(self.pairs[0]):
-            inside = self.pairs[0] < self.exclude.shape[0]
+            inside = (self.pairs[0] < self.exclude.shape[0]) & (self.pairs[1] < self.exclude.shape[1])
             excluded = np.zeros(len(self.pairs[0]), dtype=bool)
             excluded[inside] = np.asarray(self.exclude[self.pairs[0][inside], self.pairs[1][inside]]).ravel() > 0
             if excluded.any():

@@ -6,7 +6,9 @@ columns, or text files without one whose fields `names` lists (MovieLens' u1.tes
 timestamp separated by tabs). Ids are read in the model's own id type (integer vocabularies read integer ids, string
 vocabularies strings), so "50" in a file matches item 50 of a MovieLens model. A row whose user or item
 the model does not know is an error naming the file, row and id; with `unknown="drop"` such rows are
-left out and counted in the result, never silently.
+left out and counted in the result, never silently; `evaluate_saved(unknown="miss")` keeps a known user's
+unknown items as misses instead (the honest count: those items were relevant, and the model could not
+offer them).
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ from recforge.models.base import Recommender
 from recforge.models.explain import explain_history
 
 Unknown = Literal["raise", "drop"]
+# evaluate only: "miss" leaves unknown users' rows out but keeps unknown items as relevant items the model
+# could not recommend (as `recforge compare` counts items only the test part has); "drop" would leave them
+# out of each user's relevant set and so raise recall and NDCG above what the same split gives in compare
+EvaluateUnknown = Literal["raise", "drop", "miss"]
 
 
 def read_table(
@@ -91,7 +97,13 @@ def _indices(values: pd.Series, vocabulary: Vocabulary, path: Path, column: str)
 
 
 def _known_rows(
-    frame: pd.DataFrame, model: Recommender, path: Path, user: str, item: str | None, unknown: Unknown
+    frame: pd.DataFrame,
+    model: Recommender,
+    path: Path,
+    user: str,
+    item: str | None,
+    unknown: Unknown,
+    hint: str = "pass --unknown drop to leave them out",
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """User and item indices of the rows, and the rows kept (all, or the known ones with drop)."""
     users = _indices(frame[user], model.users_, path, user)
@@ -101,8 +113,7 @@ def _known_rows(
         row = int(np.flatnonzero(~known)[0])
         which = user if users[row] < 0 else item
         raise DataFormatError(
-            f"{which} {frame[which].iloc[row]!r} is unknown to the model ({int((~known).sum())} such row(s)); "
-            "pass --unknown drop to leave them out",
+            f"{which} {frame[which].iloc[row]!r} is unknown to the model ({int((~known).sum())} such row(s)); {hint}",
             path=path,
             line=row + 2,
         )
@@ -116,6 +127,7 @@ class SavedEvaluation:
     rating: RatingResult | None
     rows: int  # rows in the file
     dropped_unknown: int  # rows left out because their user or item is unknown to the model
+    missed_unknown: int = 0  # rows kept as relevant items the model does not know (unknown="miss")
 
 
 def evaluate_saved(
@@ -127,15 +139,22 @@ def evaluate_saved(
     rating: str | None = None,
     ks: tuple[int, ...] = (5, 10, 20),
     sep: str | None = None,
-    unknown: Unknown = "raise",
+    unknown: EvaluateUnknown = "raise",
     names: list[str] | None = None,
 ) -> SavedEvaluation:
     """Full-ranking metrics of `model` on the interactions in `path` (the items each user had in training
     excluded, as in `recforge compare`), and rating metrics when the file has `rating` and the model
-    predicts ratings."""
+    predicts ratings. `unknown`: "raise", "drop" (rows with an unknown user or item left out) or "miss"
+    (rows of unknown users left out; unknown items stay relevant, out of the model's reach, and only the
+    rating metrics leave them out)."""
     path = Path(path)
     frame = read_table(path, [c for c in (user, item, rating) if c is not None], sep, names)
-    users, items, keep = _known_rows(frame, model, path, user, item, unknown)
+    if unknown == "miss":
+        users, _, keep = _known_rows(frame, model, path, user, None, "drop")
+        items = _indices(frame[item].iloc[keep], model.items_, path, item)
+    else:
+        hint = "pass --unknown miss to count unknown items as relevant items the model missed, or drop to leave out"
+        users, items, keep = _known_rows(frame, model, path, user, item, unknown, hint)  # type: ignore[arg-type]
     assert items is not None
     ratings = None
     if rating is not None:
@@ -147,11 +166,20 @@ def evaluate_saved(
             )
     seen = model.seen_.tocoo()
     train = Interactions(users=model.users_, items=model.items_, user_index=seen.row, item_index=seen.col)
+    missed = items < 0
+    catalogue, relevant = model.items_, items
+    if missed.any():  # unknown items as extra columns past the model's catalogue: relevant, never ranked
+        raw = frame[item].iloc[keep[missed]]
+        raw = pd.to_numeric(raw).astype(np.int64) if model.items_.ids.dtype.kind in "iu" else raw.astype(str)
+        extra, codes = np.unique(raw.to_numpy(), return_inverse=True)
+        catalogue = Vocabulary(np.concatenate([model.items_.ids, extra]), model.items_.name)
+        relevant = items.copy()
+        relevant[missed] = model.n_items + codes
     test = Interactions(
         users=model.users_,
-        items=model.items_,
+        items=catalogue,
         user_index=users,
-        item_index=items,
+        item_index=relevant,
         rating=ratings,
         rating_scale=model.rating_scale_,
         name=path.name,
@@ -159,8 +187,18 @@ def evaluate_saved(
     ranking = FullRankingEvaluator(train, test, ks=ks, check_fit=False).evaluate(model)
     rated = None
     if ratings is not None and RATINGS in model.capabilities:
+        if missed.any():  # a rating of an item the model does not know cannot be predicted
+            test = Interactions(
+                users=model.users_,
+                items=model.items_,
+                user_index=users[~missed],
+                item_index=items[~missed],
+                rating=ratings[~missed],
+                rating_scale=model.rating_scale_,
+                name=path.name,
+            )
         rated = RatingEvaluator(train, test, check_fit=False).evaluate(model)
-    return SavedEvaluation(ranking, rated, len(frame), len(frame) - len(keep))
+    return SavedEvaluation(ranking, rated, len(frame), len(frame) - len(keep), int(missed.sum()))
 
 
 def predict_file(
