@@ -22,6 +22,7 @@ from recforge.evaluation.report_tables import (
     cutoff_table,
     fmt,
     metrics_table,
+    p_value_text,
     repetitions_table,
     significance_grid,
     significance_table,
@@ -224,7 +225,7 @@ def _sections(result: ExperimentResult, runs: list[ModelRun], folder: Path) -> l
         significance, note = significance_table(runs, protocol, metric, ev.significance)
         if not significance.empty:
             # p-values to two significant digits, as in the grid below: 1.2e-95, not 0.0000
-            shown = significance.assign(**{c: significance[c].map(lambda p: f"{p:.2g}") for c in ("p", "p (Holm)")})
+            shown = significance.assign(**{c: significance[c].map(p_value_text) for c in ("p", "p (Holm)")})
             sections.append(_Section(f"{protocol} — significance", text=note, table=shown))
             every = ["rmse", "mae"] if protocol == "rating" else at_cutoffs(ev.ks)
             grid = significance_grid(runs, protocol, every, ev.significance)

@@ -66,6 +66,12 @@ def significance_table(runs: list[ModelRun], protocol: str, metric: str, method:
     return table, note
 
 
+def p_value_text(p: float) -> str:
+    """A p-value to two significant digits (1.2e-95, not 0.0000); one that underflowed to 0 (a normal
+    approximation's tail past double precision) is "< 1e-300", not a p of exactly zero."""
+    return "< 1e-300" if p == 0 else f"{p:.2g}"
+
+
 def significance_grid(runs: list[ModelRun], protocol: str, metrics: list[str], method: str) -> pd.DataFrame:
     """Holm-corrected p-values of paired per-user tests of every model against the best baseline on each
     metric (the best baseline chosen per metric), corrected over every test in the grid; a mark says
@@ -86,7 +92,7 @@ def significance_grid(runs: list[ModelRun], protocol: str, metrics: list[str], m
         better_is_lower = direction(metric) == "min" or protocol == "rating"
         improved = delta < 0 if better_is_lower else delta > 0
         mark = ("+" if improved else "−") if p < 0.05 else " "
-        grid.setdefault(model, {})[metric] = f"{p:.2g} {mark}".rstrip()
+        grid.setdefault(model, {})[metric] = f"{p_value_text(p)} {mark}".rstrip()
     return pd.DataFrame.from_dict(grid, orient="index").rename_axis("model")
 
 
