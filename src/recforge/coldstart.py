@@ -68,6 +68,12 @@ def route(model: Any, query: Query) -> Routing:
     if USER_FEATURES in capabilities:
         by_features = has_features
         paths[by_features] = np.where(has_history[by_features], FEATURES_HISTORY, FEATURES)
+        rows = np.flatnonzero(by_features)
+        if len(rows):  # a typo or a category new since training must not pass for a value the tower used
+            unseen = model.unseen_feature_values(query.features.iloc[rows], "user")  # type: ignore[union-attr]
+            for row, values in zip(rows, unseen, strict=True):
+                if values:  # rows start without a note here
+                    notes[row] = unknown_values_note(values)
     else:
         by_features = np.zeros(n, dtype=bool)
         _note(notes, has_features, f"features ignored: {model.name} has no user-feature tower")
@@ -167,6 +173,11 @@ def _known(model: Any, users: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     known = np.zeros(len(users), dtype=bool)
     known[in_vocabulary] = model.known_users_[users[in_vocabulary]]
     return in_vocabulary, known
+
+
+def unknown_values_note(values: list[str]) -> str:
+    """The note for feature values a tower reads as unknown ("occupation 'astronaut'", ...)."""
+    return f"read as unknown, not among the values the model was trained with: {', '.join(values)}"
 
 
 def _note(notes: np.ndarray, mask: np.ndarray, text: str) -> None:

@@ -131,6 +131,12 @@ def test_cold_start_from_features_alone_beats_a_random_ranking(disjoint):
     query = model.new_users(features=features)
     np.testing.assert_allclose(model.score(query), scores, rtol=1e-5, atol=1e-5)
     assert set(model.recommend(query, k=5).served_by) == {"features"}
+    odd = features.head(2).assign(occupation=["astronaut", features["occupation"].iloc[1]])
+    notes = model.recommend(model.new_users(features=odd), k=5).notes
+    assert list(notes) == [
+        "read as unknown, not among the values the model was trained with: occupation 'astronaut'",
+        "",
+    ]
 
 
 @pytest.mark.slow

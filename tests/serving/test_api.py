@@ -272,7 +272,7 @@ def test_new_items_from_features_join_the_catalogue(ml100k, tmp_path):
     assert np.mean([bool(g & set(star_wars["genres"])) for g in genres]) > 0.5  # neighbours share its genres
     assert client.post("/items", json={"items": [new]}).status_code == 409  # already there now: a conflict
     described = pd.DataFrame({"genres": [["Sci-Fi", "Space Opera"], None], "year": [1977, None]})
-    assert model.unseen_feature_values(described, "item") == ["genres 'space opera'"]  # read as no genre
+    assert model.unseen_feature_values(described, "item") == [["genres 'space opera'"], []]  # read as no genre
     assert response.json()["note"] == ""
     odd = client.post("/items", json={"items": [{**new, "item": 99998, "genres": ["Sci-Fi", "Space Opera"]}]})
     assert odd.json()["note"].endswith("not among the values the model was trained with: genres 'space opera'")

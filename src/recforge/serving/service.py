@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recforge.coldstart import HISTORY, ITEM_FEATURES, KNOWN_USERS, RATINGS, USER_FEATURES
+from recforge.coldstart import HISTORY, ITEM_FEATURES, KNOWN_USERS, RATINGS, USER_FEATURES, unknown_values_note
 from recforge.data.query import History, Query
 from recforge.errors import CapabilityError, ConfigError, UnknownIdError
 from recforge.models.base import Recommendations, Recommender, UserUpdate
@@ -260,10 +260,6 @@ class RecommenderService:
         query = Query(np.array([-1]), history, frame)
         excluded = None if blocked is None else np.flatnonzero(blocked)
         answer = self.render(snapshot, ranker.recommend(query, k, external_ids=False, exclude_items=excluded))
-        if frame is not None and USER_FEATURES in model.capabilities:
-            unseen = model.unseen_feature_values(frame, "user")  # type: ignore[attr-defined]
-            if unseen:  # a typo or a new category must not pass for a feature the model used
-                _add_note(answer, _read_as_unknown(unseen))
         if explain:
             self._explain(snapshot, answer, history)
         return answer
@@ -470,8 +466,8 @@ class RecommenderService:
             seq = self.engine.store.append_items([str(i) for i in ids], {"items": entries})
             self.engine.catch_up()
         described = pd.DataFrame([{k: v for k, v in entry.items() if k not in ("item", "title")} for entry in entries])
-        unseen = model.unseen_feature_values(described, "item")  # type: ignore[attr-defined]
-        note = _read_as_unknown(unseen) if unseen else ""
+        unseen = [value for row in model.unseen_feature_values(described, "item") for value in row]  # type: ignore[attr-defined]
+        note = unknown_values_note(unseen) if unseen else ""
         return {"seq": seq, "embedded_by": "item tower (features, unknown ID)", "note": note}
 
     def promote(self, path: str) -> int:
@@ -618,11 +614,6 @@ def _checked_features(features: dict[str, Any], kinds: dict[str, str], where: st
         elif not isinstance(value, (str, int)) or isinstance(value, bool) or len(str(value)) > 200:
             raise ConfigError(f"{where}.{name} must be a category (text), got {value!r}")
     return features
-
-
-def _read_as_unknown(values: list[str]) -> str:
-    """What a note says of feature values the towers read as unknown (a typo, or a category new since training)."""
-    return f"read as unknown, not among the values the model was trained with: {', '.join(values)}"
 
 
 def _add_note(answer: dict[str, Any], why: str) -> None:

@@ -149,22 +149,23 @@ class TowerFeatures:
         numeric = set(self.user_builder.numeric_ranges) if self.user_builder is not None else set()
         return {str(c): "numeric" if c in numeric else "categorical" for c in self.user_frame.columns}
 
-    def unseen_values(self, frame: pd.DataFrame, side: str) -> list[str]:
-        """The categories and genres in `frame` (user or item features) that no training row had, as
+    def unseen_values(self, frame: pd.DataFrame, side: str) -> list[list[str]]:
+        """Per row of `frame` (user or item features), the categories and genres no training row had, as
         "column 'value'": the towers read them as unknown, which a client should be told."""
         builder = self.user_builder if side == "user" else self.item_builder
+        unseen: list[list[str]] = [[] for _ in range(len(frame))]
         if builder is None:
-            return []
+            return unseen
         known = {column: set(values) for column, values in builder.vocabularies_.items()}
-        if side == "item":
-            known |= {column: set(self.genre_names) for column in self.item_builder.genre_columns}  # type: ignore[union-attr]
-        unseen = []
+        genre_columns = self.item_builder.genre_columns if side == "item" else ()  # type: ignore[union-attr]
+        known |= {column: set(self.genre_names) for column in genre_columns}
         for column in frame.columns.intersection(list(known)):
-            if side == "item" and column in self.item_builder.genre_columns:  # type: ignore[union-attr]
-                values = {genre for row in genre_lists(frame, (column,)) for genre in row}  # as the tower reads them
+            if column in genre_columns:  # normalised as the tower reads them
+                rows = genre_lists(frame, (column,))
             else:
-                values = set(frame[column].dropna().astype(str))
-            unseen += [f"{column} {value!r}" for value in sorted(values - known[column])]
+                rows = [[] if pd.isna(value) else [str(value)] for value in frame[column]]
+            for row, values in enumerate(rows):
+                unseen[row] += [f"{column} {value!r}" for value in sorted(set(values) - known[column])]
         return unseen
 
     def with_new_items(self, genres: np.ndarray) -> TowerFeatures:

@@ -222,9 +222,10 @@ class TwoTower(FactorModel):
         """The item-feature columns the item tower reads, each "list", "numeric" or "categorical"."""
         return self.features_.item_feature_kinds()
 
-    def unseen_feature_values(self, features: pd.DataFrame, side: str = "user") -> list[str]:
-        """Categories (and, for items, genres) in `features` that no training user or item had, as
-        "column 'value'" (e.g. "occupation 'astronaut'"): the tower reads them as unknown."""
+    def unseen_feature_values(self, features: pd.DataFrame, side: str = "user") -> list[list[str]]:
+        """Per row of `features`, the categories (and, for items, genres) no training user or item had, as
+        "column 'value'" (e.g. "occupation 'astronaut'"): the tower reads them as unknown, and the
+        routing's note says so (`recforge.coldstart`)."""
         return self.features_.unseen_values(features, side)
 
     def embed_users(self, features: pd.DataFrame | None = None, history: History | None = None) -> np.ndarray:
