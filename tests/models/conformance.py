@@ -99,6 +99,7 @@ class ModelContract:
             eligible = np.flatnonzero(allowed & (seen[user].toarray().ravel() == 0))
             listed = recs.item_index[row][recs.item_index[row] >= 0]
             assert len(listed) == min(30, len(eligible)) and set(listed) <= set(eligible)
+            assert (f"only {len(listed)} item(s) to list" in recs.notes[row]) == (len(listed) < 30)
             expected = eligible[np.lexsort((eligible, -scores[row, eligible]))][: len(listed)]
             np.testing.assert_array_equal(listed, expected)
         with pytest.raises(UnknownIdError):

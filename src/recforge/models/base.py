@@ -83,6 +83,20 @@ class Recommendations:
         return frame[self.item_index.ravel() >= 0].reset_index(drop=True)
 
 
+def noting_short_lists(item_index: np.ndarray, notes: np.ndarray) -> np.ndarray:
+    """`notes` with a word for every list padded below its width (-1 entries): a list shorter than asked
+    for is not a fault to guess at (everything else seen, excluded, or outside the candidates)."""
+    found = (item_index >= 0).sum(axis=1)
+    short = np.flatnonzero(found < item_index.shape[1])
+    if not len(short):
+        return notes
+    notes = notes.copy()
+    for row in short:
+        why = f"only {found[row]} item(s) to list: every other one is seen, excluded or not among the candidates"
+        notes[row] = f"{notes[row]}; {why}" if notes[row] else why
+    return notes
+
+
 @dataclass(frozen=True)
 class UserUpdate:
     """A known user's state after interactions added since training, computed without changing the model
@@ -484,6 +498,7 @@ class Recommender(ABC):
         n = len(users)
         paths = np.full(n, paths, dtype=object) if isinstance(paths, str) else np.asarray(paths, dtype=object)
         notes = np.full(n, "", dtype=object) if notes is None else np.asarray(notes, dtype=object)
+        notes = noting_short_lists(item_index, notes)
         return Recommendations(
             users=np.asarray(users), item_index=item_index, items=ids, scores=scores, served_by=paths, notes=notes
         )

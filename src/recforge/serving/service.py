@@ -621,14 +621,7 @@ def _add_note(answer: dict[str, Any], why: str) -> None:
 
 
 def _one(model: Recommender, items: np.ndarray, scores: np.ndarray, path: str) -> Recommendations:
-    return Recommendations(
-        users=np.array([None]),
-        item_index=items,
-        items=model.items_.lookup(np.maximum(items, 0)).astype(object),
-        scores=scores,
-        served_by=np.array([path], dtype=object),
-        notes=np.array([""], dtype=object),
-    )
+    return model._package(np.array([None], dtype=object), items, scores, path)
 
 
 def _plain(value: Any) -> Any:
