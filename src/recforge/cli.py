@@ -357,7 +357,7 @@ def recommend(
             answer = service.recommend_user(user, k, exclude_seen=not include_seen, explain=explain, genres=genre)
             _recommendations_table(answer, f"top {k} for user {user}")
             return
-        history = [service.find_item(text) for text in item]
+        history = list(dict.fromkeys(service.find_item(text) for text in item))  # an item named twice counts once
         answer = service.recommend_new([(i, None) for i in history], k, explain=explain, genres=genre)
         _recommendations_table(answer, f"top {k} for a new user with {_item_names(service, history)}")
         return
