@@ -47,8 +47,18 @@ def embed_texts(
         from sentence_transformers import SentenceTransformer
     except ImportError as exc:
         raise ConfigError("text embeddings need the [text] extra: pip install 'recforge[text]'") from exc
-    encoder = SentenceTransformer(_model_location(model), device="cpu")
-    vectors = encoder.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True)
+    from transformers.utils import logging as transformers_logging
+
+    shown = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # its "Loading weights" bar broke recforge's plain log lines
+    try:
+        encoder = SentenceTransformer(_model_location(model), device="cpu")
+        vectors = encoder.encode(
+            texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False
+        )
+    finally:
+        if shown:
+            transformers_logging.enable_progress_bar()
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
