@@ -50,13 +50,23 @@ def spark_session(local_threads: int | None = 2, memory: str = "2g", app_name: s
     """A SparkSession: local mode with `local_threads` cores, or (None) whatever master spark-submit gives."""
     import os
     import sys
+    import warnings
 
     from pyspark.sql import SparkSession
+
+    # PySpark warns on every pandas-UDF call that it does not fully support pandas >= 3; the paths recforge
+    # uses are held to the pandas path's output by tests/spark (prepare and score equal it), so the warning
+    # says nothing a user can act on
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
 
     # Python workers must run this interpreter (the one with recforge installed), not whatever `python3` is
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
-    builder = SparkSession.builder.appName(app_name).config("spark.sql.execution.arrow.pyspark.enabled", "true")
+    builder = (
+        SparkSession.builder.appName(app_name)
+        .config("spark.sql.execution.arrow.pyspark.enabled", "true")
+        .config("spark.ui.showConsoleProgress", "false")  # its stage bar overwrote the plain output lines
+    )
     if local_threads is not None:
         builder = (
             builder.master(f"local[{local_threads}]")
