@@ -16,6 +16,7 @@ docs/models.md). `history_decay` scores from a recency-weighted history row (nex
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -285,7 +286,7 @@ class EASE(Recommender):
         rows = history.binary if kappa is None else recency_rows(history.sequences, self.n_items, kappa)
         return self._times_weights(rows)
 
-    def _score_leaving_out(self, history: History, left_out: np.ndarray, without: Any) -> np.ndarray:
+    def _score_leaving_out(self, history: History, left_out: np.ndarray, without: Callable[[], History]) -> np.ndarray:
         """Linear in the binary history: x·B − B[j] for each left-out j (recency-weighted queries re-rank
         the others when one is left out, so they take the general path)."""
         if self.config.history_decay is not None:  # type: ignore[attr-defined]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -160,7 +161,7 @@ class Blend(Recommender):
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
         return self._combine([member.score(users, history) for member in self.members_])
 
-    def _score_leaving_out(self, history: History, left_out: np.ndarray, without: Any) -> np.ndarray:
+    def _score_leaving_out(self, history: History, left_out: np.ndarray, without: Callable[[], History]) -> np.ndarray:
         """Each member's scores leaving items out (by its own rule), combined as `_score_history` combines."""
         return self._combine([member._score_leaving_out(history, left_out, without) for member in self.members_])
 

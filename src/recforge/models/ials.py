@@ -16,7 +16,8 @@ at 20M interactions (138k users, 64 factors) that made a half-step over the item
 from __future__ import annotations
 
 import warnings
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Literal
 
 import numba
 import numpy as np
@@ -223,7 +224,7 @@ class ImplicitALS(FactorModel):
         c: IALSConfig = self.config  # type: ignore[assignment]
         return c.alpha if c.confidence != "log" else c.alpha * float(np.log1p(1 / c.epsilon))
 
-    def _score_leaving_out(self, history: History, left_out: np.ndarray, without: Any) -> np.ndarray:
+    def _score_leaving_out(self, history: History, left_out: np.ndarray, without: Callable[[], History]) -> np.ndarray:
         """The fold-in of the history without each left-out item j, exactly, from the full history's system
         A = QᵀQ + αFᵀF + λI (F: the history's factors) by a rank-one downdate (Sherman–Morrison):
         A_j = A − α f_j f_jᵀ, b_j = b − (1 + α) f_j — one d x d inverse instead of a system per item."""

@@ -4,6 +4,7 @@ without fold-in, similar items are read off W, and the artifact stores W's three
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,7 @@ class SparseItemItem(Recommender):
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
         return self._times_weights(history.binary)
 
-    def _score_leaving_out(self, history: History, left_out: np.ndarray, without: Any) -> np.ndarray:
+    def _score_leaving_out(self, history: History, left_out: np.ndarray, without: Callable[[], History]) -> np.ndarray:
         """Linear in the binary history: x·W − W[j] for each left-out j."""
         return self._score_history(history, np.array([-1])) - self.weights_[left_out].toarray()
 

@@ -22,7 +22,7 @@ pruned as it is computed and the model holds n·k similarities, never n x n.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
 import numpy as np
@@ -301,7 +301,7 @@ class ItemKNN(_NeighbourModel):
     def _score_history(self, history: History, users: np.ndarray) -> np.ndarray:
         return np.asarray((history.binary @ self.neighbours_).todense(), dtype=np.float32)
 
-    def _score_leaving_out(self, history: History, left_out: np.ndarray, without: Any) -> np.ndarray:
+    def _score_leaving_out(self, history: History, left_out: np.ndarray, without: Callable[[], History]) -> np.ndarray:
         """Linear in the binary history: the full scores minus each left-out item's neighbour row."""
         return self._score_history(history, np.array([-1])) - self.neighbours_[left_out].toarray()
 
