@@ -37,3 +37,21 @@ def test_compiled_step_matches_the_torch_step(monkeypatch, params):
         np.testing.assert_allclose(compiled.item_bias_, reference.item_bias_, rtol=1e-4, atol=1e-5)
     losses = [[row["loss"] for row in model.training_log_] for model in (compiled, reference)]
     np.testing.assert_allclose(*losses, rtol=1e-4)
+
+
+def test_a_rating_model_on_ratings_without_a_scale_warns_once(caplog):
+    """Nothing clips its predictions then, and the service's page offers no stars: said, not silent."""
+    import dataclasses
+
+    data = make_interactions(seed=7)
+    unscaled = dataclasses.replace(data, rating_scale=None, name="log without a scale")
+    with caplog.at_level("WARNING", logger="recforge.models.base"):
+        create_model("mf", n_epochs=1).fit(unscaled)
+        create_model("bias").fit(unscaled)
+        create_model("mf", n_epochs=1).fit(data)
+        create_model("ials", n_iterations=1).fit(unscaled)  # ranks only: no ratings to clip
+    warned = [r.getMessage() for r in caplog.records if "no rating scale" in r.getMessage()]
+    assert warned == [
+        "log without a scale: its ratings have no rating scale, so predictions are not clipped to one and the "
+        "service's page offers no stars; load it with rating_scale=[low, high]"
+    ]

@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
@@ -81,6 +82,23 @@ class Recommendations:
         if len(self.served_by) == n:
             frame["served_by"] = np.repeat(self.served_by, k)
         return frame[self.item_index.ravel() >= 0].reset_index(drop=True)
+
+
+log = logging.getLogger(__name__)
+_WARNED_UNSCALED: set[str] = set()
+
+
+def _warn_unscaled(train: Interactions) -> None:
+    """Once per data set: a rating model fitted on ratings without a scale predicts unclipped values (RMSE
+    cannot clip them either) and its service's page offers no stars."""
+    fingerprint = train.fingerprint()
+    if fingerprint not in _WARNED_UNSCALED:
+        _WARNED_UNSCALED.add(fingerprint)
+        log.warning(
+            "%s: its ratings have no rating scale, so predictions are not clipped to one and the service's page "
+            "offers no stars; load it with rating_scale=[low, high]",
+            train.name,
+        )
 
 
 def noting_short_lists(item_index: np.ndarray, notes: np.ndarray) -> np.ndarray:
@@ -151,6 +169,8 @@ class Recommender(ABC):
         self.known_users_ = np.asarray(self.seen_.getnnz(axis=1) > 0)
         self.rating_scale_ = train.rating_scale
         self.rated_ = bool(train.n_rated)  # trained on ratings: a rating written later has a meaning
+        if RATINGS in self.capabilities and self.rated_ and train.rating_scale is None:
+            _warn_unscaled(train)
         self.training_log_ = []
         with thread_limit(options.threads, self.max_threads(train)) as threads, denormals_flushed():
             self._fit(train, dataclasses.replace(options, threads=threads))  # members of a blend inherit it
