@@ -62,7 +62,7 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", protected_namespaces=())
 
 
-FILE_OPTIONS = ("items", "metadata")  # loader options that name files (the table's catalogue, Amazon metadata)
+FILE_OPTIONS = ("items", "users", "metadata")  # loader options naming files (the table's side tables, Amazon metadata)
 
 
 class DatasetConfig(_Strict):

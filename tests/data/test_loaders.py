@@ -20,7 +20,7 @@ from recforge.data.loaders import (
     load_table,
     read_anime_catalogue,
 )
-from recforge.errors import DataFormatError, DatasetNotFoundError
+from recforge.errors import ConfigError, DataFormatError, DatasetNotFoundError
 
 
 def test_ml100k_documented_counts(ml100k):
@@ -385,6 +385,42 @@ def test_table_catalogue_gives_titles_and_genres_and_refuses_what_it_cannot_join
         load_table(log, user="who", item="sku", items=catalogue, items_id="id", title="name")
     with pytest.raises(DataFormatError, match="missing column"):
         load_table(log, user="who", item="sku", items=catalogue, title="name")  # joined on "sku" by default
+
+
+def test_table_side_tables_give_typed_item_and_user_features_a_two_tower_reads(tmp_path, ml100k):
+    """MovieLens 100K as a shop's export: a log, a catalogue with a year, a user table with age, gender and
+    occupation. Until `item_columns`/`user_columns`, a table kept only titles and genres, so no feature tower
+    could read a catalogue's numbers or a user table at all."""
+    from recforge.models import create_model
+
+    frame = ml100k.to_frame()
+    frame[["user_id", "item_id", "rating"]].to_csv(tmp_path / "log.csv", index=False)
+    items = ml100k.item_features.assign(item_id=ml100k.items.ids, genres=ml100k.item_features["genres"].map("|".join))
+    items["year"] = [str(int(year)) if year == year else "unknown" for year in items["year"]]  # NaN: unknown
+    items[["item_id", "title", "genres", "year"]].to_csv(tmp_path / "items.csv", index=False)
+    people = ml100k.user_features.assign(user_id=ml100k.users.ids)
+    people[["user_id", "age", "gender", "occupation"]].to_csv(tmp_path / "users.csv", index=False)
+    options = dict(user="user_id", item="item_id", rating="rating", rating_scale=[1, 5], items=tmp_path / "items.csv")
+    data = load_table(
+        tmp_path / "log.csv", **options, title="title", genres="genres", item_columns=["year"],
+        missing_values=["unknown"], users=tmp_path / "users.csv", user_columns=["age", "gender", "occupation"],
+    )  # fmt: skip
+    assert data.item_features["year"].dtype == np.float64  # "unknown" is a missing year, not text
+    np.testing.assert_array_equal(data.item_features["year"], ml100k.item_features["year"].astype(float))
+    assert data.user_features["age"].tolist() == ml100k.user_features["age"].astype(float).tolist()
+    assert data.user_features["occupation"].tolist() == ml100k.user_features["occupation"].tolist()
+    assert data.source["users_without_table_row"] == 0 and "users.csv" in data.source["user_table"]
+    model = create_model("two_tower", user_features=True, item_features=True, n_epochs=1).fit(data)
+    assert model.user_feature_kinds() == {"gender": "categorical", "occupation": "categorical", "age": "numeric"}
+    assert "year" in model.item_feature_kinds()
+    text = load_table(tmp_path / "log.csv", **options, item_columns=["year"])  # "unknown" not declared: text
+    assert text.item_features["year"].dtype != np.float64 and "unknown" in set(text.item_features["year"])
+    with pytest.raises(ConfigError, match="also pass users="):
+        load_table(tmp_path / "log.csv", user="user_id", item="item_id", user_columns=["age"])
+    with pytest.raises(ConfigError, match="item feature 'title' is named twice"):
+        load_table(tmp_path / "log.csv", **options, title="title", item_columns=["title"])
+    with pytest.raises(DataFormatError, match="missing column"):
+        load_table(tmp_path / "log.csv", **options, item_columns=["price"])
 
 
 def pd_isna(value) -> bool:

@@ -160,6 +160,20 @@ def test_rating_knn_is_not_ranked_and_models_below_popularity_are_flagged(tmp_pa
     assert "item_knn (rating) (rating) is below" not in report  # its RMSE beats the global mean
 
 
+def test_a_tables_side_files_are_read_from_the_configs_folder(tmp_path):
+    (tmp_path / "exp").mkdir()
+    config = tmp_path / "exp" / "shop.toml"
+    config.write_text(
+        '[dataset]\nname = "table"\npath = "log.csv"\n'
+        'options = { user = "u", item = "i", items = "catalogue.csv", users = "../people.csv" }\n'
+        '[split]\nkind = "per_user"\n'
+    )
+    dataset = load_config(config).dataset
+    assert dataset.path == str(tmp_path / "exp" / "log.csv")
+    assert dataset.options["items"] == str(tmp_path / "exp" / "catalogue.csv")
+    assert dataset.options["users"] == str(tmp_path / "people.csv")  # was read from the working directory
+
+
 def test_python_model_parameters_get_the_same_hints_as_configs():
     """`create_model("two_tower", seed=0)` was a pydantic dump ("Extra inputs are not permitted")."""
     from recforge.models import create_model

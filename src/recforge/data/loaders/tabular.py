@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -14,7 +14,7 @@ import pandas as pd
 from recforge.data.columns import rating_values, timestamp_values
 from recforge.data.interactions import Interactions
 from recforge.data.loaders._source import read_delimited, source_info, split_list
-from recforge.errors import DataFormatError
+from recforge.errors import ConfigError, DataFormatError
 
 _TEXT_TIMES = (
     "; text needs timestamp_format: 'iso' for ISO 8601 dates and times, or a strftime pattern such as "
@@ -53,6 +53,11 @@ def load_table(
     title: str | None = None,
     genres: str | None = None,
     genres_sep: str = "|",
+    item_columns: Sequence[str] = (),
+    users: str | Path | None = None,
+    users_id: str | None = None,
+    user_columns: Sequence[str] = (),
+    missing_values: Sequence[str] = ("NA", "N/A", "NaN", "nan", "null", "None"),
 ) -> Interactions:
     """Read interactions from a delimited text file (.csv, .tsv, .txt, .dat) or Parquet, naming the columns.
 
@@ -70,11 +75,30 @@ def load_table(
     `items` names an item catalogue (CSV/TSV/Parquet with a header) joined on `items_id` (default: the
     `item` column's name): its `title` column becomes the items' titles and its `genres` column, split on
     `genres_sep`, their genre lists (what the CLI, the service's page, genre features and title embeddings
-    read). A repeated id in the catalogue raises; items it lacks keep no title (counted in
-    `source["items_without_catalogue_row"]`), and a catalogue that matches no item raises.
+    read), and its `item_columns` are kept as further item features under their own names: numbers when
+    every non-empty value is one, else text (what a two-tower's item tower reads: numbers scaled, text with
+    2-64 distinct values as categories). `users` names a user table joined on `users_id` (default: the `user`
+    column's name) whose `user_columns` become user features the same way (age, country, plan, ...); an
+    empty field or one of `missing_values` is a missing value there (add a file's own marker, e.g.
+    "Unknown", so that a column of numbers stays numeric). A
+    repeated id in either table raises; items or users it lacks keep missing features (counted in
+    `source["items_without_catalogue_row"]` / `source["users_without_table_row"]`), and a table that matches
+    no id raises.
     """
     path = Path(path)
-    catalogue = None if items is None else (Path(items), items_id or item, title, genres, genres_sep)
+    if (item_columns or title or genres) and items is None:
+        raise ConfigError("title=, genres= and item_columns= name columns of an item catalogue: also pass items=")
+    if user_columns and users is None:
+        raise ConfigError("user_columns= names columns of a user table: also pass users=")
+    missing = tuple(missing_values)
+    side_tables = []
+    if items is not None:
+        catalogue = (Path(items), items_id or item, title, genres, genres_sep, tuple(item_columns), missing)
+        side_tables.append(_SideTable("item", *catalogue))
+    if users is not None:
+        side_tables.append(
+            _SideTable("user", Path(users), users_id or user, None, None, "|", tuple(user_columns), missing)
+        )
     wanted = [c for c in (user, item, rating, timestamp) if c is not None]
     if header and columns is not None:
         raise DataFormatError(
@@ -103,7 +127,7 @@ def load_table(
             table, dropped = _typed_table(
                 frame, path, user, item, rating, timestamp, (rating_scale, unrated), on_missing
             )
-            return _finish(table, path, rating, timestamp, rating_scale, name, dropped, catalogue)
+            return _finish(table, path, rating, timestamp, rating_scale, name, dropped, side_tables)
         frame = frame[wanted].astype(str).where(frame[wanted].notna(), "")
         frame["_line"] = np.arange(1, len(frame) + 1)  # Parquet has no lines: report 1-based row numbers
     else:
@@ -158,14 +182,37 @@ def load_table(
                     column=timestamp,
                 )
             table["timestamp"] = (parsed - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)
-    return _finish(table, path, rating, timestamp, rating_scale, name, dropped, catalogue)
+    return _finish(table, path, rating, timestamp, rating_scale, name, dropped, side_tables)
 
 
-def _with_catalogue(
-    data: Interactions, path: Path, key: str, title: str | None, genres: str | None, genres_sep: str
-) -> Interactions:
-    """`data` with the catalogue's title and genre columns as item features, checked as described in load_table."""
-    wanted = [c for c in (key, title, genres) if c is not None]
+@dataclass(frozen=True)
+class _SideTable:
+    """An item catalogue or a user table to join: its file, id column, and the columns kept as features."""
+
+    side: Literal["item", "user"]
+    path: Path
+    key: str
+    title: str | None
+    genres: str | None
+    genres_sep: str
+    columns: tuple[str, ...]
+    missing: tuple[str, ...]  # markers of a missing feature value besides an empty field
+
+
+def _with_side_table(data: Interactions, table: _SideTable) -> Interactions:
+    """`data` with the table's columns as item or user features, checked as described in load_table."""
+    path, key = table.path, table.key
+    named = [("title", table.title, "title"), ("genres", table.genres, "list")]
+    named = [(out, column, kind) for out, column, kind in named if column is not None]
+    named += [(column, column, "value") for column in table.columns]
+    outs = [out for out, _, _ in named]
+    twice = sorted({out for out in outs if outs.count(out) > 1})
+    if twice:
+        raise ConfigError(
+            f"{path}: the {table.side} feature {twice[0]!r} is named twice (title=, genres= and "
+            f"{table.side}_columns= each name one)"
+        )
+    wanted = list(dict.fromkeys([key, *(column for _, column, _ in named)]))
     if path.suffix.lower() in (".parquet", ".pq") or path.is_dir():
         frame = pd.read_parquet(path)
         missing = [c for c in wanted if c not in frame.columns]
@@ -181,36 +228,58 @@ def _with_catalogue(
     if repeated.any():
         row = int(np.flatnonzero(repeated)[0])
         raise DataFormatError(
-            f"item id {ids.iloc[row]!r} appears more than once in the catalogue",
+            f"{table.side} id {ids.iloc[row]!r} appears more than once in the table",
             path=path,
             line=int(frame["_line"].iloc[row]),
             column=key,
         )
-    features = pd.DataFrame(index=pd.Index(ids.to_numpy(), name="item_id"))
-    if title is not None:
-        features["title"] = frame[title].to_numpy(dtype=object)
-    if genres is not None:
-        features["genres"] = split_list(frame[genres], genres_sep).to_numpy()
-    known = pd.Index(data.items.ids)
+    features = pd.DataFrame(index=pd.Index(ids.to_numpy(), name=f"{table.side}_id"))
+    for out, column, kind in named:
+        if kind == "title":
+            features[out] = frame[column].to_numpy(dtype=object)
+        elif kind == "list":
+            features[out] = split_list(frame[column], table.genres_sep).to_numpy()
+        else:
+            features[out] = _feature_values(frame[column], table.missing)
+    vocabulary = data.items if table.side == "item" else data.users
+    known = pd.Index(vocabulary.ids)
     matched = known.isin(features.index)
     if not matched.any():
         raise DataFormatError(
-            f"no id in column {key!r} matches an item of the interactions (catalogue ids such as "
+            f"no id in column {key!r} matches a {table.side} of the interactions (table ids such as "
             f"{list(features.index[:3])}, interaction ids such as {list(known[:3])})",
             path=path,
             column=key,
         )
-    if title is not None or genres is not None:
+    if named:
         aligned = features.reindex(known)
-        if genres is not None:  # items without a catalogue row: no genres rather than a missing value
+        if table.genres is not None:  # no catalogue row: no genres rather than a missing value
             aligned["genres"] = [g if isinstance(g, list) else [] for g in aligned["genres"]]
-        data = data.with_features(item_features=aligned.set_axis(known))
+        aligned = aligned.set_axis(known)
+        data = data.with_features(**{f"{table.side}_features": aligned})
     source = dict(data.source)
-    source["catalogue"] = source_info(path.parent, [path.name])["sha256"]
-    source["items_without_catalogue_row"] = int((~matched).sum())
-    if (~matched).any():
-        log.warning("%s: %d item(s) of the interactions have no catalogue row", path, int((~matched).sum()))
+    without = int((~matched).sum())
+    if table.side == "item":
+        source["catalogue"] = source_info(path.parent, [path.name])["sha256"]
+        source["items_without_catalogue_row"] = without
+    else:
+        source["user_table"] = source_info(path.parent, [path.name])["sha256"]
+        source["users_without_table_row"] = without
+    if without:
+        what = "item(s) of the interactions have no catalogue row" if table.side == "item" else "user(s) have no row"
+        log.warning("%s: %d %s", path, without, what)
     return replace(data, source=source)
+
+
+def _feature_values(text: pd.Series, missing: tuple[str, ...]) -> np.ndarray:
+    """A table column as feature values: floats when every present value is a number (missing: NaN), else
+    text (missing: None). Missing: an empty field or one of the `missing` markers."""
+    stripped = text.str.strip()
+    present = (stripped != "") & ~stripped.isin(missing)
+    numbers = pd.to_numeric(stripped.where(present, None), errors="coerce")
+    if not (numbers.isna() & present).any():
+        return numbers.to_numpy(dtype=np.float64)
+    return stripped.where(present, None).to_numpy(dtype=object)
 
 
 def _finish(
@@ -221,10 +290,9 @@ def _finish(
     rating_scale: tuple[float, float] | None,
     name: str | None,
     dropped: int,
-    catalogue: tuple[Path, str, str | None, str | None, str] | None,
+    side_tables: list[_SideTable],
 ) -> Interactions:
-    """The interactions of `table`, with the item catalogue's titles and genres when one is named
-    (path, id column, title column, genres column, genres separator)."""
+    """The interactions of `table`, with the features of the item catalogue and user table named."""
     source = source_info(path.parent, [path.name])
     source["dropped_missing"] = dropped
     data = Interactions.from_frame(
@@ -235,7 +303,9 @@ def _finish(
         name=name or path.stem,
         source=source,
     )
-    return data if catalogue is None else _with_catalogue(data, *catalogue)
+    for side_table in side_tables:
+        data = _with_side_table(data, side_table)
+    return data
 
 
 def _typed(frame: pd.DataFrame, user: str, item: str, rating: str | None, timestamp: str | None) -> bool:
