@@ -320,3 +320,39 @@ def test_files_refuse_infinite_ratings_and_fractional_timestamps_at_their_line(
         load_table(path, user="u", item="i", rating="r", timestamp="t")
     line = row + (2 if suffix == ".csv" else 1)  # a text file's header is line 1; Parquet counts rows from 1
     assert (info.value.path, info.value.line, info.value.column) == (str(path), line, column)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    values=st.lists(
+        st.one_of(
+            st.floats(-1e6, 1e6, allow_nan=False).map(lambda x: round(x, 3)),
+            st.sampled_from(["", "Unknown", "NA"]),
+        ),
+        min_size=1,
+        max_size=20,
+    ),
+    text=st.booleans(),
+)
+def test_a_catalogue_column_is_numbers_exactly_when_every_present_value_is_one(tmp_path_factory, values, text):
+    """Side-table features: "Unknown" (declared) and NA (a default marker) are missing; one word among the
+    numbers keeps the column text, with nothing dropped or coerced."""
+    cells = [str(v) for v in values] + (["many"] if text else [])
+    folder = tmp_path_factory.mktemp("side")
+    (folder / "log.csv").write_text("u,i\n" + "".join(f"1,{n}\n" for n in range(len(cells))))
+    (folder / "items.csv").write_text("i,size\n" + "".join(f"{n},{cell}\n" for n, cell in enumerate(cells)))
+    data = load_table(
+        folder / "log.csv", user="u", item="i", items=folder / "items.csv", item_columns=["size"],
+        missing_values=["Unknown", "NA"],
+    )  # fmt: skip
+    size = data.item_features["size"].set_axis(data.items.ids).reindex(range(len(cells)))
+    missing = [cell in ("", "Unknown", "NA") for cell in cells]
+    assert size.isna().tolist() == missing
+    if text:
+        assert size.dtype != np.float64 and size.iloc[-1] == "many"
+        assert [v for v, gone in zip(size, missing, strict=True) if not gone] == [
+            c for c, gone in zip(cells, missing, strict=True) if not gone
+        ]
+    else:
+        assert size.dtype == np.float64
+        assert size.dropna().tolist() == [float(c) for c, gone in zip(cells, missing, strict=True) if not gone]
