@@ -15,7 +15,8 @@ implement the matching scoring primitives (`_score_known`, `_score_history`, `_s
 5. otherwise -> "popularity": the training interactions' most popular items, with the reason.
 
 Input a path cannot use is named in the row's note ("features ignored: ...", "history not used: ..."),
-never dropped silently. `score` fills one (n, n_items) block, calling each primitive once for its rows.
+never dropped silently; so are feature values a user-feature tower reads as unknown (USER_FEATURES models
+implement `unseen_feature_values`). `score` fills one (n, n_items) block, calling each primitive once for its rows.
 """
 
 from __future__ import annotations
