@@ -191,6 +191,12 @@ def test_recommend_keeps_to_the_genres_asked_for(saved, tmp_path):
     written = pd.read_csv(tmp_path / "r.csv")
     everyone = load_model(folder / "ials").recommend(written["user"].unique(), k=4, candidates=westerns)
     assert written["item"].tolist() == everyone.to_frame()["item"].tolist() and len(written) == 4 * 943
+    assert written["note"].isna().all()  # full lists: nothing to say (an empty CSV field)
+    _run(*batch, "-k", "4", "--genre", "unknown")  # u.item's "unknown" genre: two movies
+    few = pd.read_csv(tmp_path / "r.csv")
+    sizes = few.groupby("user").size()
+    said = few["note"].str.extract(r"^only (\d) item")[0].astype(int).groupby(few["user"]).first()
+    assert (sizes <= 2).all() and said.equals(sizes)  # each user's note gives their list's length
     pd.DataFrame({"user_id": [1, 2]}).to_csv(tmp_path / "users.csv", index=False)
     batch[batch.index("all")] = str(tmp_path / "users.csv")
     _run(*batch, "-k", "3", "--explain")

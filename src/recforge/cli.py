@@ -346,7 +346,7 @@ def recommend(
 ) -> None:
     """Top-k recommendations of a saved model: for one user (--user, a table), for a new user from the items
     they have (--item ID|TITLE, repeated), or for a file of users or every trained user (--users FILE|all
-    --output recs.csv|.parquet: user, rank, item, score, served_by)."""
+    --output recs.csv|.parquet: user, rank, item, score, served_by, note)."""
     if sum(given is not None for given in (user, users, item)) != 1:
         raise typer.BadParameter("give --user ID, --item ID|TITLE (repeated), or --users FILE|all with --output")
     if user is not None or item:

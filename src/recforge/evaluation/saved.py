@@ -242,7 +242,8 @@ def recommend_file(
     candidates: np.ndarray | None = None,
 ) -> pd.DataFrame:
     """Top-k for the users listed in a file (one per row, duplicates once), or for every user the model
-    was trained on with `users="all"`: a long frame user, rank, item, score, served_by; with `explain`,
+    was trained on with `users="all"`: a long frame user, rank, item, score, served_by, note (why a list is
+    shorter than k, or whatever else the routing had to say; mostly empty); with `explain`,
     also `because`: the ids of the user's items behind each item (`Recommender.explain`), largest first,
     joined by ";". `candidates` (item indices) restricts every list to those items."""
     if str(users) == "all":
@@ -261,6 +262,8 @@ def recommend_file(
         candidates=candidates,
     )
     frame = recommendations.to_frame()
+    listed = (recommendations.item_index >= 0).sum(axis=1)  # to_frame's rows: each user's listed items in order
+    frame["note"] = np.repeat(recommendations.notes.astype(str), listed) if len(recommendations.notes) else ""
     if explain:
         frame["because"] = _because(model, recommendations)
     return frame
