@@ -116,3 +116,24 @@ def test_new_users_are_queries_from_external_item_ids(ials, data):
         ials.new_users([[ids[0]]], ratings=[[5.0, 4.0]])
     with pytest.raises(ConfigError, match="needs item lists, features, or both"):
         ials.new_users()
+
+
+def test_predict_query_is_predict_for_a_user_given_at_query_time(data, ials):
+    """`model.predict_query(new_users(...), items)`: a new user's predicted ratings equal `predict` of the
+    same user when their items come as the history (the user-disjoint protocol's path)."""
+    from recforge.errors import CapabilityError
+
+    mf = create_model("mf", n_epochs=5).fit(data, TrainOptions(seed=0))
+    rated = (data.user_index == 0) & ~np.isnan(data.rating)
+    items, ratings = data.item_index[rated], data.rating[rated]
+    query = Query.from_items([items.tolist()], mf.n_items, [ratings.tolist()])
+    wanted = np.array([0, 5, 7])
+    predicted, routing = mf.predict_query(query, wanted)
+    history = data.subset(np.flatnonzero(rated))
+    expected = mf.predict(np.zeros(3, np.int64), wanted, history=history)
+    np.testing.assert_allclose(predicted, expected, rtol=1e-5)
+    assert list(routing.paths) == ["history"]
+    with pytest.raises(ConfigError, match="one user's query"):
+        mf.predict_query(Query.from_items([[1], [2]], mf.n_items), wanted)
+    with pytest.raises(CapabilityError, match="does not predict ratings"):
+        ials.predict_query(query, wanted)

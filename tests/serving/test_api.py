@@ -550,6 +550,32 @@ def test_a_new_user_of_a_history_model_is_scored_by_its_history_and_predicted_by
     assert mf_client.post("/predict", json={"pairs": [{"user": 7003, "item": 4}]}).status_code == 404
 
 
+def test_a_user_not_yet_written_gets_the_predictions_a_write_would_give_and_nothing_is_stored(mf_client, client):
+    """`POST /predict/new-user`: "what would I give this?" from the items rated now, stateless (before, a
+    new user had to be written to the store to get a predicted rating)."""
+    liked = [{"item": 1, "rating": 5}, {"item": 2, "rating": 5}, {"item": 3, "rating": 5}]
+    mf_client.post("/users/7010/interactions", json={"items": liked})
+    written = mf_client.post("/predict", json={"pairs": [{"user": 7010, "item": 4}, {"user": 7010, "item": 50}]})
+    answer = mf_client.post("/predict/new-user", json={"items": liked, "predict": [4, 50]}).json()
+    assert answer["served_by"] == "history" and answer["note"] == ""
+    assert [p["item"] for p in answer["predictions"]] == [4, 50]
+    expected = [p["rating"] for p in written.json()["predictions"]]
+    np.testing.assert_allclose([p["rating"] for p in answer["predictions"]], expected, rtol=1e-5)
+    nothing = mf_client.post("/predict/new-user", json={"predict": [50]}).json()
+    assert nothing["served_by"] == "cold start" and nothing["note"] == "no history given"
+    assert 1 <= nothing["predictions"][0]["rating"] <= 5
+    before = mf_client.get("/health").json()["new_users"]
+    mf_client.post("/predict/new-user", json={"items": [{"item": 9, "rating": 2}], "predict": [4]})
+    assert mf_client.get("/health").json()["new_users"] == before  # stateless
+    assert mf_client.post("/predict/new-user", json={"predict": [99999]}).status_code == 404
+    assert (
+        mf_client.post("/predict/new-user", json={"items": [{"item": 1, "rating": 9}], "predict": [4]}).status_code
+        == 422
+    )
+    assert mf_client.post("/predict/new-user", json={"predict": []}).status_code == 422
+    assert client.post("/predict/new-user", json={"predict": [4]}).status_code == 409  # ials ranks, does not rate
+
+
 def test_a_new_users_writes_are_durable_and_read_through_another_worker(ials_dir, tmp_path):
     store = f"sqlite:///{tmp_path / 'events.db'}"
     first, second = serve(ials_dir, store), serve(ials_dir, store)

@@ -320,6 +320,24 @@ class Recommender(ABC):
         self._refuse_nan(np.isnan(predictions), users, "predicted")
         return predictions
 
+    def predict_query(self, query: Query, items: np.ndarray | list[int]) -> tuple[np.ndarray, coldstart.Routing]:
+        """Predicted ratings of `items` (item indices) for the one user `query` describes — a new user's
+        history, features or both, as `new_users` builds it — routed like `predict`, with the routing (which
+        path served, and why): `model.predict_query(model.new_users([[50, 172]], [[5, 4]]), [181])`."""
+        self._require_fitted()
+        if RATINGS not in self.capabilities:
+            raise CapabilityError(f"{self.name} does not predict ratings")
+        if len(query) != 1:
+            raise ConfigError(f"predict_query takes one user's query, got {len(query)} rows")
+        index = np.asarray(items, np.int64)
+        if len(index) and (index.min() < 0 or index.max() >= self.n_items):
+            raise ConfigError(f"item indices must lie in [0, {self.n_items}), got {index.min()}..{index.max()}")
+        self._check_users(query.users)
+        predicted, routing = coldstart.predict(self, np.repeat(query.users, len(index)), index, query)
+        predictions = np.asarray(predicted, dtype=np.float32)
+        self._refuse_nan(np.isnan(predictions).any(keepdims=True), query.users, "predicted")
+        return predictions, routing
+
     def _predict(self, users: np.ndarray, items: np.ndarray) -> np.ndarray:
         raise CapabilityError(f"{self.name} does not predict ratings")
 

@@ -46,6 +46,7 @@ from recforge.serving.schemas import (
     Health,
     InteractionsAnswer,
     ItemsAnswer,
+    NewUserPredictAnswer,
     PredictAnswer,
     PromoteRequest,
     Recommended,
@@ -432,6 +433,7 @@ def create_app(
     ItemId = Annotated[str, Path(max_length=MAX_ID_LENGTH, pattern=INTEGER_PATTERN if integer_items else None)]
     NewUserRequest, InteractionsRequest = models.NewUserRequest, models.InteractionsRequest
     NewItemsRequest, PredictRequest = models.NewItemsRequest, models.PredictRequest
+    NewUserPredictRequest = models.NewUserPredictRequest
 
     @app.get("/health", response_model=Health)
     def health() -> dict[str, Any]:
@@ -537,6 +539,15 @@ def create_app(
                 {"user": p.user, "item": p.item, "rating": v} for p, v in zip(body.pairs, values, strict=True)
             ]
         }
+
+    @app.post("/predict/new-user", response_model=NewUserPredictAnswer, responses=ERRORS, dependencies=read)
+    def predict_new_user(body: NewUserPredictRequest) -> dict:
+        """Predicted ratings for a user the model does not know, from the items they rated and/or their
+        features; nothing is stored (a write creates the user: `POST /users/{id}/interactions`)."""
+        features = body.features
+        if features is not None and not isinstance(features, dict):  # typed when the model has a user tower
+            features = features.model_dump(exclude_none=True)
+        return service.predict_new([(r.item, r.rating) for r in body.items], list(body.predict), features)
 
     @app.get("/items", response_model=SearchAnswer, responses=ERRORS, dependencies=read)
     def search_items(

@@ -54,6 +54,7 @@ class RequestModels:
     NewItemsRequest: type[BaseModel]
     Pair: type[BaseModel]
     PredictRequest: type[BaseModel]
+    NewUserPredictRequest: type[BaseModel]
 
 
 def request_models(
@@ -117,7 +118,19 @@ def request_models(
     class PredictRequest(_Strict):
         pairs: list[Pair] = Field(min_length=1, max_length=10_000)
 
-    return RequestModels(RatedItem, NewUserRequest, InteractionsRequest, NewItem, NewItemsRequest, Pair, PredictRequest)
+    class NewUserPredictRequest(_Strict):
+        items: list[RatedItem] = Field(
+            default_factory=list, max_length=10_000, description="the items the user rated (or had), in time order"
+        )
+        features: UserFeatures | None = Field(
+            None, description="user features (e.g. age, gender) for models with a user-feature tower"
+        )
+        predict: list[ItemId] = Field(min_length=1, max_length=10_000, description="items to predict ratings of")
+
+    return RequestModels(
+        RatedItem, NewUserRequest, InteractionsRequest, NewItem, NewItemsRequest, Pair, PredictRequest,
+        NewUserPredictRequest,
+    )  # fmt: skip
 
 
 Category = Annotated[StrictStr, Field(max_length=200)] | IntegerId
@@ -195,6 +208,17 @@ class Prediction(BaseModel):
 
 class PredictAnswer(BaseModel):
     predictions: list[Prediction]
+
+
+class ItemPrediction(BaseModel):
+    item: int | str
+    rating: float
+
+
+class NewUserPredictAnswer(BaseModel):
+    served_by: str = Field(description="history, features, features+history, or cold start (nothing usable given)")
+    note: str
+    predictions: list[ItemPrediction]
 
 
 class SearchAnswer(BaseModel):

@@ -25,7 +25,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from recforge.coldstart import HISTORY, ITEM_FEATURES, KNOWN_USERS, RATINGS, USER_FEATURES, unknown_values_note
+from recforge.coldstart import (
+    HISTORY,
+    ITEM_FEATURES,
+    KNOWN_USERS,
+    POPULARITY,
+    RATINGS,
+    USER_FEATURES,
+    unknown_values_note,
+)
 from recforge.data.query import History, Query
 from recforge.errors import CapabilityError, ConfigError, UnknownIdError
 from recforge.models.base import Recommendations, Recommender, UserUpdate
@@ -341,6 +349,30 @@ class RecommenderService:
         if model.rating_scale_ is not None:
             predictions = np.clip(predictions, *model.rating_scale_)
         return [float(p) for p in predictions]
+
+    def predict_new(
+        self, ratings: list[tuple[Any, float | None]], items: list[Any], features: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Predicted ratings of `items` for a user unknown to the model, described by the items they rated
+        now and/or features (nothing is stored): "what would I give this?" before signing up."""
+        snapshot = self.current()
+        model = snapshot.model
+        if RATINGS not in model.capabilities:
+            raise CapabilityError(f"{model.name} does not predict ratings")
+        rated, values = self._checked_ratings(snapshot, ratings)
+        history = History.from_items([rated], model.n_items, ratings=[values])
+        frame = pd.DataFrame([self._checked_user_features(model, features)]) if features else None
+        wanted = [self.item_index(item, snapshot, f"predict.{n}") for n, item in enumerate(items)]
+        predictions, routing = model.predict_query(Query(np.array([-1]), history, frame), wanted)
+        if model.rating_scale_ is not None:
+            predictions = np.clip(predictions, *model.rating_scale_)
+        path = str(routing.paths[0])
+        return {
+            # with nothing usable the model's own prior rating answers (mu + b_i), not popularity scores
+            "served_by": "cold start" if path == POPULARITY else path,
+            "note": str(routing.notes[0]).removeprefix("popularity: "),
+            "predictions": [{"item": item, "rating": float(p)} for item, p in zip(items, predictions, strict=True)],
+        }
 
     def search_items(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
         snapshot = self.current()
