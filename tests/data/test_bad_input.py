@@ -356,3 +356,33 @@ def test_a_catalogue_column_is_numbers_exactly_when_every_present_value_is_one(t
     else:
         assert size.dtype == np.float64
         assert size.dropna().tolist() == [float(c) for c, gone in zip(cells, missing, strict=True) if not gone]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    cells=st.lists(
+        st.one_of(
+            st.from_regex(r"[+-]?[0-9]{1,20}(\.[0-9]{0,8})?([eE][+-]?[0-9]{1,3})?", fullmatch=True),
+            st.from_regex(r"[+-]?\.[0-9]{1,5}", fullmatch=True),
+            st.sampled_from(["nan", "inf", "-inf", "1_000", "0x10", "1,5", "", " 5", "5 ", "١٢", "1e", "."]),
+            st.text(max_size=6),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_the_vectorised_number_reader_agrees_with_pandas_wherever_it_answers(cells):
+    """`plain_numbers` (Arrow's cast) answers only for plain literals; there it equals pandas.to_numeric,
+    and integers stay exact (ids past 2^53 included); anything else goes to the general path."""
+    from recforge.data.columns import DECIMAL, INTEGER, plain_numbers
+
+    values = pd.Series(cells, dtype="str")
+    reference = pd.to_numeric(values, errors="coerce")
+    decimals = plain_numbers(values, DECIMAL)
+    if decimals is not None:
+        np.testing.assert_array_equal(decimals, reference.to_numpy(dtype=np.float64))
+    integers = plain_numbers(values, INTEGER)
+    if integers is not None:
+        assert integers.dtype == np.int64 and integers.tolist() == [int(c) for c in cells]
+    if any(not c or c.strip() != c or c.lower() in ("nan", "inf", "-inf") for c in cells):
+        assert decimals is None and integers is None

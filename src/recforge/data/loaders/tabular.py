@@ -11,7 +11,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from recforge.data.columns import rating_values, timestamp_values
+from recforge.data.columns import INTEGER, plain_numbers, rating_values, timestamp_values
 from recforge.data.interactions import Interactions
 from recforge.data.loaders._source import read_delimited, source_info, split_list
 from recforge.errors import ConfigError, DataFormatError
@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 def _ids(values: pd.Series) -> np.ndarray:
     """Ids stay integers when every value is an integer literal, else strings."""
     as_text = values.astype(str).str.strip()
+    integers = plain_numbers(as_text, INTEGER)
+    if integers is not None:  # every value a plain integer literal: the common case, vectorised
+        return integers
     numbers = pd.to_numeric(as_text, errors="coerce")
     if not numbers.isna().any() and (numbers % 1 == 0).all():
         return numbers.to_numpy(dtype=np.int64)
