@@ -104,8 +104,9 @@ INTEGER = r"^[+-]?[0-9]+$"
 def plain_numbers(values: pd.Series, pattern: str) -> np.ndarray | None:
     """A text column as numbers when every cell is a plain literal matching `pattern` (DECIMAL: float64,
     INTEGER: int64) and none is missing, read by Arrow's vectorised cast (5M cells: 0.04 s against
-    pandas.to_numeric's 1.8 s); None otherwise, and the caller's general path reads the column and names
-    any bad cell, so the fast path never changes what a file means."""
+    pandas.to_numeric's 1.8 s; correctly rounded, where pandas can be a bit off for extreme exponents);
+    None otherwise, and the caller's general path reads the column and names any bad cell, so the fast path
+    accepts and refuses exactly what that path does."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
