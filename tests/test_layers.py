@@ -17,6 +17,7 @@ LAYERS: dict[str, int] = {
     "recforge.errors": 0,
     "recforge._io": 0,
     "recforge._toml": 0,
+    "recforge._settings": 0,
     "recforge._progress": 0,
     "recforge.threads": 0,
     "recforge.evaluation.metrics": 0,  # pure functions over arrays; models' validation uses them too

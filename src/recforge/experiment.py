@@ -22,8 +22,6 @@ import itertools
 import json
 import platform
 import time
-import types
-import typing
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,6 +30,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from recforge._progress import progress_bar
+from recforge._settings import settings_at
 from recforge._version import __version__
 from recforge.coldstart import EMBEDDINGS, KNOWN_USERS, RATINGS
 from recforge.data.interactions import Interactions
@@ -208,42 +207,10 @@ def _describe(error: Any, schema: type[BaseModel] | None = None) -> str:
         return f"{where}: unknown {what} {tag!r}{hint}; choose one of {expected}"
     message = str(error["msg"]).removeprefix("Value error, ")
     if error["type"] == "extra_forbidden":
-        known = _settings_at(schema, error["loc"][:-1]) if schema is not None else None
+        known = settings_at(schema, error["loc"][:-1]) if schema is not None else None
         hint = (did_you_mean(str(error["loc"][-1]), known) or f" (known here: {', '.join(known)})") if known else ""
         message = f"not a known setting{hint}"
     return f"{where}: {message}"
-
-
-def _literal(kind: Any) -> tuple[Any, ...]:
-    return typing.get_args(kind) if typing.get_origin(kind) is typing.Literal else ()
-
-
-def _settings_at(schema: Any, path: tuple[Any, ...]) -> list[str] | None:
-    """The settings of the section a config path leads to (`preprocess.0.filter_user_counts` -> the step's
-    fields), walking field annotations, list items and union tags; None where the walk cannot follow."""
-
-    def concrete(kind: Any) -> list[Any]:
-        origin = typing.get_origin(kind)
-        if origin is typing.Annotated:
-            return concrete(typing.get_args(kind)[0])
-        if origin in (typing.Union, types.UnionType):
-            return [c for arg in typing.get_args(kind) for c in concrete(arg)]
-        return [kind]
-
-    kinds = [schema]
-    for part in path:
-        models = [k for kind in kinds for k in concrete(kind) if isinstance(k, type) and issubclass(k, BaseModel)]
-        tagged = [m for m in models if any(part in _literal(f.annotation) for f in m.model_fields.values())]
-        if isinstance(part, int):
-            kinds = [typing.get_args(k)[0] for kind in kinds for k in concrete(kind) if typing.get_origin(k) is list]
-        elif tagged:  # a union's tag (a preprocessing step's or a split's kind), before a field of that name
-            kinds = tagged
-        else:
-            kinds = [m.model_fields[part].annotation for m in models if part in m.model_fields]
-        if not kinds:
-            return None
-    models = [k for kind in kinds for k in concrete(kind) if isinstance(k, type) and issubclass(k, BaseModel)]
-    return sorted({name for m in models for name in m.model_fields}) or None
 
 
 def load_config(path: str | Path, schema: type[BaseModel] | None = None) -> Any:

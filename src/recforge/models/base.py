@@ -88,16 +88,15 @@ log = logging.getLogger(__name__)
 _WARNED_UNSCALED: set[str] = set()
 
 
-def _warn_unscaled(train: Interactions) -> None:
-    """Once per data set: a rating model fitted on ratings without a scale predicts unclipped values (RMSE
-    cannot clip them either) and its service's page offers no stars."""
-    fingerprint = train.fingerprint()
+def _warn_unscaled(name: str, fingerprint: str) -> None:
+    """Once per data set (by the fingerprint the fit computed): a rating model fitted on ratings without a
+    scale predicts unclipped values (RMSE cannot clip them either) and its service's page offers no stars."""
     if fingerprint not in _WARNED_UNSCALED:
         _WARNED_UNSCALED.add(fingerprint)
         log.warning(
             "%s: its ratings have no rating scale, so predictions are not clipped to one and the service's page "
             "offers no stars; load it with rating_scale=[low, high]",
-            train.name,
+            name,
         )
 
 
@@ -169,8 +168,6 @@ class Recommender(ABC):
         self.known_users_ = np.asarray(self.seen_.getnnz(axis=1) > 0)
         self.rating_scale_ = train.rating_scale
         self.rated_ = bool(train.n_rated)  # trained on ratings: a rating written later has a meaning
-        if RATINGS in self.capabilities and self.rated_ and train.rating_scale is None:
-            _warn_unscaled(train)
         self.training_log_ = []
         with thread_limit(options.threads, self.max_threads(train)) as threads, denormals_flushed():
             self._fit(train, dataclasses.replace(options, threads=threads))  # members of a blend inherit it
@@ -178,6 +175,8 @@ class Recommender(ABC):
         self.fit_threads_ = threads
         self.fitted_on_ = train.fingerprint()
         self.fit_seconds_ = time.perf_counter() - started
+        if RATINGS in self.capabilities and self.rated_ and train.rating_scale is None:
+            _warn_unscaled(train.name, self.fitted_on_)
         return self
 
     @abstractmethod
@@ -329,9 +328,7 @@ class Recommender(ABC):
             raise CapabilityError(f"{self.name} does not predict ratings")
         if len(query) != 1:
             raise ConfigError(f"predict_query takes one user's query, got {len(query)} rows")
-        index = np.asarray(items, np.int64)
-        if len(index) and (index.min() < 0 or index.max() >= self.n_items):
-            raise ConfigError(f"item indices must lie in [0, {self.n_items}), got {index.min()}..{index.max()}")
+        index = self._item_positions(items, external_ids=False)
         self._check_users(query.users)
         predicted, routing = coldstart.predict(self, np.repeat(query.users, len(index)), index, query)
         predictions = np.asarray(predicted, dtype=np.float32)

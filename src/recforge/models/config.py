@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from recforge._settings import settings_at
 from recforge.data.interactions import Interactions
 from recforge.errors import ConfigError, did_you_mean
 
@@ -76,13 +77,8 @@ def _problem(error: Any, config: type[BaseModel]) -> str:
             f"{where} is how a model is trained, not one of its parameters: "
             f"`model.fit(train, TrainOptions({where}=...))`{in_config}"
         )
-    for part in error["loc"][:-1]:  # the sub-config (a tower) the unknown name was given in
-        field = config.model_fields.get(str(part))
-        annotation = field.annotation if field is not None else None
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return f"{where}: not a known setting"
-        config = annotation
-    return f"{where}: not a known setting{did_you_mean(str(error['loc'][-1]), list(config.model_fields))}"
+    known = settings_at(config, error["loc"][:-1])  # a sub-config's (a tower's) for a name given in one
+    return f"{where}: not a known setting{did_you_mean(str(error['loc'][-1]), known) if known else ''}"
 
 
 def apply_preset(values: Any, presets: dict[str, dict[str, Any]], default: str, nested: tuple[str, ...] = ()) -> Any:
