@@ -16,6 +16,7 @@ from recforge.cli import app
 from recforge.data.loaders import load_movielens_100k_fold
 from recforge.data.query import Query
 from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator
+from recforge.evaluation.saved import recommend_file
 from recforge.models import create_model, load_model
 from recforge.models.config import TrainOptions
 
@@ -194,9 +195,20 @@ def test_recommend_keeps_to_the_genres_asked_for(saved, tmp_path):
     assert written["note"].isna().all()  # full lists: nothing to say (an empty CSV field)
     _run(*batch, "-k", "4", "--genre", "unknown")  # u.item's "unknown" genre: two movies
     few = pd.read_csv(tmp_path / "r.csv")
-    sizes = few.groupby("user").size()
+    sizes = few.groupby("user")["item"].count()
     said = few["note"].str.extract(r"^only (\d) item")[0].astype(int).groupby(few["user"]).first()
     assert (sizes <= 2).all() and said.equals(sizes)  # each user's note gives their list's length
+    assert few["user"].nunique() == 943 and few["user"].is_monotonic_increasing  # no user left out, in order
+    ials = load_model(folder / "ials")
+    star_wars = recommend_file(ials, "all", k=3, candidates=np.array([ials.items_.position(50)]))
+    frame = split.train.to_frame()
+    seen = set(frame.loc[frame["item_id"] == 50, "user_id"])
+    empty = star_wars[star_wars["item"].isna()]  # those who rated it: one row each, no rank or score, a note
+    assert set(empty["user"]) == seen and len(empty) == len(seen) and len(star_wars) == 943
+    assert empty["rank"].isna().all() and empty["score"].isna().all() and star_wars["user"].is_monotonic_increasing
+    assert empty["note"].str.startswith("only 0 item(s) to list: every other one is seen").all()
+    star_wars.to_csv(tmp_path / "s.csv", index=False)
+    assert pd.read_csv(tmp_path / "s.csv")["item"].dropna().eq(50).all()  # ids stay whole numbers in a CSV
     pd.DataFrame({"user_id": [1, 2]}).to_csv(tmp_path / "users.csv", index=False)
     batch[batch.index("all")] = str(tmp_path / "users.csv")
     _run(*batch, "-k", "3", "--explain")

@@ -266,7 +266,22 @@ def recommend_file(
     frame["note"] = np.repeat(recommendations.notes.astype(str), listed) if len(recommendations.notes) else ""
     if explain:
         frame["because"] = _because(model, recommendations)
-    return frame
+    return _with_empty_lists(frame, recommendations, listed)
+
+
+def _with_empty_lists(frame: pd.DataFrame, recommendations: Any, listed: np.ndarray) -> pd.DataFrame:
+    """`frame` with one row (no rank, item or score) for each user whose list is empty, in the users'
+    order: a user with every candidate seen is still answered, and their note says why."""
+    empty = np.flatnonzero(listed == 0)
+    if not len(empty):
+        return frame
+    rows = pd.DataFrame({"user": recommendations.users[empty], "note": recommendations.notes.astype(str)[empty]})
+    if "served_by" in frame:
+        rows["served_by"] = np.asarray(recommendations.served_by)[empty]
+    order = np.concatenate([np.repeat(np.arange(len(listed)), listed), empty])  # each row's user position
+    whole = {name: "Int64" for name, dtype in frame.dtypes.items() if pd.api.types.is_integer_dtype(dtype)}
+    joined = pd.concat([frame.astype(whole), rows], ignore_index=True)[frame.columns]  # ids stay whole numbers
+    return joined.iloc[np.argsort(order, kind="stable")].reset_index(drop=True)
 
 
 def _because(model: Recommender, recommendations: Any) -> list[str]:
