@@ -35,6 +35,10 @@ def test_similar_items_combine_the_members_similarities(data):
     similar = blend.similar_items(items, k=5, external_ids=False)
     assert similar.item_index.shape == (3, 5)
     assert not np.any(similar.item_index == items[:, None])  # never the item itself
+    assert set(similar.notes) == {""}
+    everything = blend.similar_items(items, k=50, external_ids=False)  # more than the 39 other items
+    assert ((everything.item_index >= 0).sum(axis=1) == 39).all()
+    assert set(everything.notes) == {"only 39 item(s) to list: the catalogue has no other items"}
 
 
 def test_members_without_a_similarity_are_left_out(data):

@@ -100,16 +100,21 @@ def _warn_unscaled(name: str, fingerprint: str) -> None:
         )
 
 
-def noting_short_lists(item_index: np.ndarray, notes: np.ndarray) -> np.ndarray:
+SHORT_RECOMMENDATIONS = "every other one is seen, excluded or not among the candidates"
+SHORT_SIMILAR = "the catalogue has no other items"
+
+
+def noting_short_lists(item_index: np.ndarray, notes: np.ndarray, reason: str = SHORT_RECOMMENDATIONS) -> np.ndarray:
     """`notes` with a word for every list padded below its width (-1 entries): a list shorter than asked
-    for is not a fault to guess at (everything else seen, excluded, or outside the candidates)."""
+    for is not a fault to guess at (for recommendations everything else is seen, excluded, or outside the
+    candidates; for similar items the catalogue is smaller than k + 1)."""
     found = (item_index >= 0).sum(axis=1)
     short = np.flatnonzero(found < item_index.shape[1])
     if not len(short):
         return notes
     notes = notes.copy()
     for row in short:
-        why = f"only {found[row]} item(s) to list: every other one is seen, excluded or not among the candidates"
+        why = f"only {found[row]} item(s) to list: {reason}"
         notes[row] = f"{notes[row]}; {why}" if notes[row] else why
     return notes
 
@@ -526,14 +531,20 @@ class Recommender(ABC):
         return seen
 
     def _package(
-        self, users: np.ndarray, item_index: np.ndarray, scores: np.ndarray, paths: Any, notes: Any = None
+        self,
+        users: np.ndarray,
+        item_index: np.ndarray,
+        scores: np.ndarray,
+        paths: Any,
+        notes: Any = None,
+        short: str = SHORT_RECOMMENDATIONS,
     ) -> Recommendations:
         ids = self.items_.lookup(np.maximum(item_index, 0)).astype(object)
         ids[item_index < 0] = None
         n = len(users)
         paths = np.full(n, paths, dtype=object) if isinstance(paths, str) else np.asarray(paths, dtype=object)
         notes = np.full(n, "", dtype=object) if notes is None else np.asarray(notes, dtype=object)
-        notes = noting_short_lists(item_index, notes)
+        notes = noting_short_lists(item_index, notes, short)
         return Recommendations(
             users=np.asarray(users), item_index=item_index, items=ids, scores=scores, served_by=paths, notes=notes
         )
@@ -551,9 +562,8 @@ class Recommender(ABC):
         similarity = self._item_similarity(index)
         similarity[np.arange(len(index)), index] = -np.inf
         top_index, top_scores = topk(similarity, k)
-        return self._package(
-            np.asarray(items) if external_ids else self.items_.lookup(index), top_index, top_scores, "similar"
-        )
+        queries = np.asarray(items) if external_ids else self.items_.lookup(index)
+        return self._package(queries, top_index, top_scores, "similar", short=SHORT_SIMILAR)
 
     def explain(
         self,
