@@ -44,6 +44,8 @@ from recforge.data.preprocess import (
 from recforge.data.splits import row_keys
 from recforge.errors import ConfigError, DataFormatError
 
+_QUIET_LOGGING = Path(__file__).with_name("log4j2.properties")  # errors only, for local sessions
+
 
 @contextmanager
 def spark_session(local_threads: int | None = 2, memory: str = "2g", app_name: str = "recforge") -> Iterator[Any]:
@@ -73,6 +75,9 @@ def spark_session(local_threads: int | None = 2, memory: str = "2g", app_name: s
             .config("spark.driver.memory", memory)
             .config("spark.sql.shuffle.partitions", str(max(2, 2 * local_threads)))
             .config("spark.ui.enabled", "false")
+            .config("spark.driver.extraJavaOptions", f"-Dlog4j2.configurationFile={_QUIET_LOGGING.as_uri()}")
+            .config("spark.driver.bindAddress", "127.0.0.1")  # one machine: nothing listens on the network
+            .config("spark.driver.host", "127.0.0.1")
         )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
