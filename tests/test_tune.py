@@ -52,6 +52,8 @@ def test_tune_searches_resumes_and_writes_the_best_as_toml(tmp_path, data_dir):
     assert more.exit_code == 0, more.output
     loaded = optuna.load_study(study_name="tune-mf", storage=f"sqlite:///{study}")
     assert len(loaded.trials) == 5
+    points = [tuple(sorted(t.params.items())) for t in loaded.trials]
+    assert len(set(points)) == 5  # the resumed run measured new points, not the first run's again
     complete = [t for t in loaded.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert loaded.best_value == min(t.value for t in complete)
     assert 0.85 < loaded.best_value < 1.05  # validation RMSE of a real MF fit

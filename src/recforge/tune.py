@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from recforge.errors import ConfigError, TrainingDivergedError
@@ -196,11 +197,6 @@ def tune(
     inner = config.split.validation.make(split.train, config.seed, config.dataset.path)
     evaluator = validation_evaluator(config, inner, metric)
     settings = config.tune
-    sampler = (
-        optuna.samplers.TPESampler(seed=config.seed)
-        if settings.sampler == "tpe"
-        else optuna.samplers.RandomSampler(seed=config.seed)
-    )
     pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=2) if settings.prune else None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
@@ -208,9 +204,9 @@ def tune(
         storage=f"sqlite:///{Path(study_path).resolve()}",
         load_if_exists=True,
         direction="minimize" if minimise else "maximize",
-        sampler=sampler,
         pruner=pruner,
     )
+    study.sampler = _sampler(settings.sampler, config.seed, len(study.trials))
 
     shared: dict[str, Any] = {}  # a weights-only blend search: the blend fitted once
 
@@ -271,6 +267,16 @@ def tune(
         "pruned": sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials),
         "validation": inner.name,
     }
+
+
+def _sampler(kind: str, seed: int, earlier_trials: int) -> Any:
+    """The study's sampler, seeded by the config's seed and how many trials the study already has: a resumed
+    study seeded as at its start would propose its first trials again (the random start of TPE, every trial
+    of the random sampler), spending the resumed run on points it has measured."""
+    import optuna
+
+    seed = int(np.random.SeedSequence([seed, earlier_trials]).generate_state(1)[0]) if earlier_trials else seed
+    return optuna.samplers.TPESampler(seed=seed) if kind == "tpe" else optuna.samplers.RandomSampler(seed=seed)
 
 
 def _printer(enabled: bool) -> Any:
