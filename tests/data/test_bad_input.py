@@ -115,11 +115,34 @@ def test_undecodable_bytes_name_the_line(tmp_path):
 
 def test_missing_column_and_wrong_separator(tmp_path):
     csv = tmp_path / "log.csv"
-    csv.write_text("user;item;rating\nu1;a;4\n")
+    csv.write_text("user:item:rating\nu1:a:4\n")  # a separator nobody sniffs for
     with pytest.raises(DataFormatError, match="separator") as info:
         load_table(csv, user="user", item="item", rating="rating")
     assert info.value.line == 1
-    assert len(load_table(csv, user="user", item="item", rating="rating", sep=";")) == 1
+    assert len(load_table(csv, user="user", item="item", rating="rating", sep=":")) == 1
+    with pytest.raises(DataFormatError, match="separator ','") as info:
+        load_table(csv, user="user", item="item", rating="rating", sep=",")  # given, not sniffed
+    assert info.value.line == 1
+
+
+def test_the_separator_is_sniffed_and_utf16_is_read(tmp_path):
+    """A spreadsheet's semicolon export (decimal commas in the ratings) and Excel's "Unicode Text" (UTF-16
+    with a byte-order mark, tab-separated, CRLF) read without options; the log's own decimal commas are
+    then a named error, not a wrong split."""
+    rows = [("u1", "a", "4"), ("u1", "b", "5"), ("u2", "a", "3")]
+    semicolons = tmp_path / "export.csv"
+    semicolons.write_text("user;item;rating\n" + "".join(f"{u};{i};{r}\n" for u, i, r in rows))
+    excel = tmp_path / "unicode.txt"
+    excel.write_bytes(("user\titem\trating\r\n" + "".join(f"{u}\t{i}\t{r}\r\n" for u, i, r in rows)).encode("utf-16"))
+    assert excel.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff")
+    for path in (semicolons, excel):
+        data = load_table(path, user="user", item="item", rating="rating")
+        assert data.users.ids.tolist() == ["u1", "u2"] and sorted(data.rating.tolist()) == [3.0, 4.0, 5.0]
+    decimal = tmp_path / "decimal.csv"
+    decimal.write_text("user;item;rating\nu1;a;4,5\nu1;b;3,5\n")
+    with pytest.raises(DataFormatError, match="not a number: '4,5'") as info:
+        load_table(decimal, user="user", item="item", rating="rating")
+    assert (info.value.line, info.value.column) == (2, "rating")
 
 
 def test_missing_ids_raise_or_are_dropped_with_a_count(tmp_path):

@@ -13,7 +13,6 @@ offer them).
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -24,6 +23,7 @@ import pandas as pd
 from recforge._io import atomic_path, check_output
 from recforge.coldstart import RATINGS
 from recforge.data.interactions import Interactions
+from recforge.data.loaders._source import sniffed_separator
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import CapabilityError, DataFormatError
 from recforge.evaluation.protocols import FullRankingEvaluator, RankingResult, RatingEvaluator, RatingResult
@@ -60,21 +60,6 @@ def read_table(
     if missing:
         raise DataFormatError(f"lacks column(s) {missing}; it has {list(frame.columns)}", path=path)
     return frame[columns]
-
-
-SEPARATORS = ",\t;|"
-
-
-def sniffed_separator(path: Path) -> str:
-    """The field separator of a text table, one of SEPARATORS, from its first lines; a file none of them
-    splits consistently is one column (","). Python's sniffer left to itself picks any character: a
-    one-column file `user_id` came back split at its "u"."""
-    with open(path, encoding="utf-8", errors="replace", newline="") as file:
-        sample = "".join(file.readline() for _ in range(50))
-    try:
-        return csv.Sniffer().sniff(sample, delimiters=SEPARATORS).delimiter
-    except csv.Error:
-        return ","
 
 
 def _indices(values: pd.Series, vocabulary: Vocabulary, path: Path, column: str) -> np.ndarray:

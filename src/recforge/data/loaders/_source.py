@@ -26,15 +26,23 @@ _TOKENIZE_LINE = re.compile(r"line (\d+)")
 _UNIT_SEPARATOR = "\x1f"
 
 
+SEPARATORS = ",\t;|"  # the field separators sniffed when none is given
+_UTF16_MARKS = (b"\xff\xfe", b"\xfe\xff")  # what Excel's "Unicode Text" and Windows tools write
+
+
 def decode_file(path: Path, encoding: str) -> str:
-    """Read and decode a whole file; a bad byte is reported with its line number."""
+    """Read and decode a whole file; a bad byte is reported with its line number. A file that starts with
+    a UTF-16 byte-order mark is UTF-16 whatever `encoding` says (the mark is unambiguous; read as UTF-8 it
+    fails on its first byte)."""
     raw = path.read_bytes()
     if not raw.strip():
         raise DataFormatError("file is empty", path=path)
+    if raw.startswith(_UTF16_MARKS):
+        encoding = "utf-16"
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
-        line = raw.count(b"\n", 0, exc.start) + 1
+        line = raw[: exc.start].decode(encoding, errors="replace").count("\n") + 1
         raise DataFormatError(
             f"cannot decode byte {raw[exc.start]:#04x} as {encoding} (pass encoding='latin-1' if the file is latin-1)",
             path=path,
@@ -43,17 +51,43 @@ def decode_file(path: Path, encoding: str) -> str:
     return text.lstrip("\ufeff")
 
 
+def sniff_separator(text: str) -> str:
+    """The field separator of a text table, one of SEPARATORS, from its first 50 lines; a file none of them
+    splits consistently is one column (","). Python's sniffer left to itself picks any character: a
+    one-column file `user_id` came back split at its "u"."""
+    end = 0
+    for _ in range(50):
+        end = text.find("\n", end) + 1
+        if end == 0:
+            end = len(text)
+            break
+    try:
+        return csv.Sniffer().sniff(text[:end], delimiters=SEPARATORS).delimiter
+    except csv.Error:
+        return ","
+
+
+def sniffed_separator(path: Path, encoding: str = "utf-8") -> str:
+    """`sniff_separator` of a file's first lines, without reading the rest."""
+    with open(path, "rb") as file:
+        head = b"".join(file.readline() for _ in range(50))
+    if head.startswith(_UTF16_MARKS):
+        encoding = "utf-16"
+    return sniff_separator(head.decode(encoding, errors="replace"))
+
+
 def read_delimited(
     path: str | Path,
     *,
-    sep: str,
+    sep: str | None,
     columns: Sequence[str],
     header: bool,
     encoding: str = "utf-8",
     quoting: int = csv.QUOTE_MINIMAL,
     min_columns: int | None = None,
 ) -> pd.DataFrame:
-    """Read a delimited file into a frame of strings with the given column names.
+    """Read a delimited file into a frame of strings with the given column names; `sep=None` sniffs the
+    separator among SEPARATORS.
 
     With `header=True` the file's header must contain `columns` (in any order; extra columns are kept).
     Without a header, each line must have exactly len(columns) fields, or at least `min_columns` when
@@ -63,6 +97,8 @@ def read_delimited(
     if not path.exists():
         raise DataFormatError("file not found", path=path)
     text = decode_file(path, encoding)
+    if sep is None:
+        sep = sniff_separator(text)
     shown_sep = sep
     if len(sep) > 1:
         text = text.replace(sep, _UNIT_SEPARATOR)

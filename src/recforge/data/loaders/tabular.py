@@ -65,7 +65,10 @@ def load_table(
     """Read interactions from a delimited text file (.csv, .tsv, .txt, .dat) or Parquet, naming the columns.
 
     A text file without a header row takes `header=False` and `columns`, the names of its fields in
-    order (e.g. MovieLens 1M: `sep="::", header=False, columns=["user", "item", "rating", "time"]`);
+    order (e.g. MovieLens 1M: `sep="::", header=False, columns=["user", "item", "rating", "time"]`).
+    Without `sep`, a .tsv/.tab file is tab-separated and any other text file's separator is sniffed among
+    comma, tab, semicolon and bar from its first 50 lines (a spreadsheet's semicolon export needs no
+    option); a file that starts with a UTF-16 byte-order mark is read as UTF-16;
     `user`/`item`/... then refer to those names. Timestamps are integers (unix seconds) unless
     `timestamp_format` is given (a strftime pattern such as "%Y-%m-%d %H:%M:%S", or "iso" for any ISO 8601
     form, with or without time, offset or "Z"; times without an offset are read as UTC). A Parquet column of
@@ -134,8 +137,8 @@ def load_table(
         frame = frame[wanted].astype(str).where(frame[wanted].notna(), "")
         frame["_line"] = np.arange(1, len(frame) + 1)  # Parquet has no lines: report 1-based row numbers
     else:
-        if sep is None:
-            sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+        if sep is None and path.suffix.lower() in (".tsv", ".tab"):
+            sep = "\t"
         names = wanted if header else list(columns)  # type: ignore[arg-type]
         frame = read_delimited(path, sep=sep, columns=names, header=header, encoding=encoding)
     required = [c for c in (user, item, timestamp) if c is not None]
@@ -224,7 +227,7 @@ def _with_side_table(data: Interactions, table: _SideTable) -> Interactions:
         frame = frame[wanted].astype(str).where(frame[wanted].notna(), "")
         frame["_line"] = np.arange(1, len(frame) + 1)  # Parquet has no lines: 1-based row numbers
     else:
-        sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else ","
+        sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else None  # else sniffed, as the log's
         frame = read_delimited(path, sep=sep, columns=wanted, header=True)
     ids = pd.Series(_ids(frame[key]))
     repeated = ids.duplicated(keep="first").to_numpy()
