@@ -220,6 +220,17 @@ def test_recommend_keeps_to_the_genres_asked_for(saved, tmp_path):
         assert because == ";".join(str(i) for i in expected[expected["item"] == item]["because"])
 
 
+def test_a_users_file_saved_as_unicode_text_reads_like_a_csv(saved, tmp_path):
+    """Excel's "Unicode Text" (UTF-16 with a byte-order mark, tab-separated) lists the same users."""
+    _, model, _ = saved
+    plain, excel = tmp_path / "users.csv", tmp_path / "users.txt"
+    plain.write_text("user_id,segment\n1,a\n7,b\n")
+    excel.write_bytes("user_id\tsegment\r\n1\ta\r\n7\tb\r\n".encode("utf-16"))
+    expected = recommend_file(model, plain, k=3)
+    assert expected["user"].tolist() == [1] * 3 + [7] * 3
+    pd.testing.assert_frame_equal(recommend_file(model, excel, k=3), expected)
+
+
 @settings(max_examples=60, deadline=None)
 @given(
     n_columns=st.integers(1, 3),

@@ -23,7 +23,7 @@ import pandas as pd
 from recforge._io import atomic_path, check_output
 from recforge.coldstart import RATINGS
 from recforge.data.interactions import Interactions
-from recforge.data.loaders._source import sniffed_separator
+from recforge.data.loaders._source import sniffed_separator, text_encoding
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import CapabilityError, DataFormatError
 from recforge.evaluation.protocols import FullRankingEvaluator, RankingResult, RatingEvaluator, RatingResult
@@ -52,7 +52,13 @@ def read_table(
         else:
             header = "infer" if names is None else None
             frame = pd.read_csv(
-                path, sep=sep or sniffed_separator(path), dtype=str, keep_default_na=False, header=header, names=names
+                path,
+                sep=sep or sniffed_separator(path),
+                dtype=str,
+                keep_default_na=False,
+                header=header,
+                names=names,
+                encoding=text_encoding(path),
             )
     except (ValueError, OSError) as exc:
         raise DataFormatError(f"cannot read the file: {exc}", path=path) from exc

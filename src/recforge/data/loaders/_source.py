@@ -67,13 +67,17 @@ def sniff_separator(text: str) -> str:
         return ","
 
 
-def sniffed_separator(path: Path, encoding: str = "utf-8") -> str:
+def text_encoding(path: Path, encoding: str = "utf-8") -> str:
+    """`encoding`, or "utf-16" for a file that starts with a UTF-16 byte-order mark."""
+    with open(path, "rb") as file:
+        return "utf-16" if file.read(2) in _UTF16_MARKS else encoding
+
+
+def sniffed_separator(path: Path) -> str:
     """`sniff_separator` of a file's first lines, without reading the rest."""
     with open(path, "rb") as file:
         head = b"".join(file.readline() for _ in range(50))
-    if head.startswith(_UTF16_MARKS):
-        encoding = "utf-16"
-    return sniff_separator(head.decode(encoding, errors="replace"))
+    return sniff_separator(head.decode(text_encoding(path), errors="replace"))
 
 
 def read_delimited(
