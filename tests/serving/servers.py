@@ -77,30 +77,60 @@ def postgres_binaries() -> Path | None:
     return Path(candidates[-1]).parent if candidates else None
 
 
+class Postgres:
+    """A throw-away PostgreSQL server on a free port (trust authentication, loopback) that a test can stop
+    and start again on the same port and data directory, as a database restart or failover looks to a
+    client."""
+
+    def __init__(self) -> None:
+        binaries = postgres_binaries()
+        if binaries is None:
+            raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
+        self.binaries = binaries
+        self.folder = Path(tempfile.mkdtemp(prefix="recforge-pg-"))  # under /tmp: reachable by the postgres user
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the package's postgres user
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+            shutil.chown(self.folder, "postgres", "postgres")
+        self.data, sockets = self.folder / "data", self.folder / "sockets"
+        for path in (self.data, sockets):
+            path.mkdir(exist_ok=True)
+            if self.as_user:
+                shutil.chown(path, "postgres", "postgres")
+        self.port = free_port()
+        self.options = f"-p {self.port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=on"
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        self._run("initdb", "-D", str(self.data), "--auth=trust", "-U", "postgres", "--no-sync")
+        self.start()
+
+    def _run(self, binary: str, *args: str) -> None:
+        command = [*self.as_user, str(self.binaries / binary), *args]
+        subprocess.run(command, check=True, capture_output=True, timeout=120)
+
+    def start(self) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-o", self.options, "-l", str(self.folder / "log"), "-w", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """`fast` ends every connection and stops cleanly (a restart); `immediate` is a crash."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def close(self) -> None:
+        command = [*self.as_user, str(self.binaries / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]
+        subprocess.run(command, capture_output=True)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def postgres_cluster() -> Iterator[Postgres]:
+    database = Postgres()
+    try:
+        yield database
+    finally:
+        database.close()
+
+
 @contextlib.contextmanager
 def postgres_server() -> Iterator[str]:
     """A throw-away PostgreSQL server on a free port; yields its URL (trust authentication, loopback)."""
-    binaries = postgres_binaries()
-    if binaries is None:
-        raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    folder = Path(tempfile.mkdtemp(prefix="recforge-pg-"))  # under /tmp: reachable by the postgres user
-    as_user: list[str] = []
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root: run it as the package's postgres user
-        as_user = ["runuser", "-u", "postgres", "--"]
-        shutil.chown(folder, "postgres", "postgres")
-    data, sockets = folder / "data", folder / "sockets"
-    for path in (data, sockets):
-        path.mkdir(exist_ok=True)
-        if as_user:
-            shutil.chown(path, "postgres", "postgres")
-    port = free_port()
-    run = lambda *args: subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)  # noqa: E731
-    run(str(binaries / "initdb"), "-D", str(data), "--auth=trust", "-U", "postgres", "--no-sync")
-    options = f"-p {port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=on"
-    run(str(binaries / "pg_ctl"), "-D", str(data), "-o", options, "-l", str(folder / "log"), "-w", "start")
-    try:
-        yield f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    finally:
-        subprocess.run(
-            [*as_user, str(binaries / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"], capture_output=True
-        )
+    with postgres_cluster() as database:
+        yield database.url

@@ -14,7 +14,7 @@ import pytest
 
 from recforge.models import create_model
 from recforge.serving.store import EventStore
-from tests.serving.servers import Server, postgres_binaries, postgres_server
+from tests.serving.servers import Server, postgres_binaries, postgres_cluster, postgres_server
 from tests.serving.test_api import _artifact
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("servers")]
@@ -103,6 +103,46 @@ def test_sqlite_loses_no_acknowledged_write_when_the_server_is_killed(ials_dir, 
 
 def test_postgresql_loses_no_acknowledged_write_when_the_server_is_killed(ials_dir, ml100k, postgres):
     check_nothing_acknowledged_was_lost(ials_dir, postgres, ml100k)
+
+
+def test_a_database_restart_refuses_writes_says_why_and_recovers_without_a_restart(ials_dir, ml100k):
+    """PostgreSQL restarted under a running service (maintenance, a failover): while it is down, writes
+    answer 503 and store nothing, reads answer 503 too (a worker cannot tell whether another acknowledged a
+    write it has not applied yet), `/health` stays 200 but says "degraded" and why, and `/ready` answers
+    503; once it is back, the same processes write and read again at the first request, each worker logs
+    the outage once and its end once, and the store holds exactly the acknowledged writes."""
+    if postgres_binaries() is None:
+        pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql package)")
+    user, items = int(ml100k.users.ids[0]), [int(i) for i in ml100k.items.ids[1500:1503]]
+    write = lambda client, item: client.post(f"/users/{user}/interactions", json={"items": [{"item": item}]})  # noqa: E731
+    with postgres_cluster() as database:
+        server = Server(ials_dir, database.url, workers=2)
+        try:
+            with server.client() as client:
+                assert write(client, items[0]).status_code == 200 and client.get("/ready").status_code == 200
+                database.stop()
+                refused = write(client, items[1])
+                assert refused.status_code == 503 and "event store" in refused.json()["detail"], refused.text
+                assert client.get(f"/users/{user}/recommendations").status_code == 503
+                health = client.get("/health")
+                assert health.status_code == 200 and health.json()["status"] == "degraded"
+                assert health.json()["store"].startswith("unavailable: the event store cannot be read")
+                assert client.get("/ready").status_code == 503
+                time.sleep(2.5)  # the workers' follower threads meet the outage a few times
+                database.start()
+                assert write(client, items[2]).status_code == 200  # the pool replaces its dead connections
+                assert client.get("/ready").json() == {"ready": True, "events_applied": 2}
+                assert client.get("/health").json()["store"] == "ok"
+                body = client.get(f"/users/{user}/recommendations", params={"k": 50}).json()
+                assert not {items[0], items[2]} & {row["item"] for row in body["items"]}  # both seen now
+                time.sleep(1.5)  # every worker's follower has found the store again
+            stored = [event.payload["items"] for event in EventStore(database.url).events_after(0)]
+            assert stored == [[items[0]], [items[2]]]
+        finally:
+            server.stop()
+    said = server.process.stderr.read().decode()
+    assert said.count("catching up with the event store failed") == 2, said[-3000:]  # once per worker
+    assert said.count("the event store answers again") == said.count("catching up with the event store failed")
 
 
 def test_two_workers_read_their_writes_every_time(ials_dir, ml100k, tmp_path):

@@ -1,6 +1,7 @@
 """The HTTP service: `create_app(service)` or `recforge serve --model DIR`.
 
-Endpoints (JSON): GET /health, GET /users/{id}/recommendations?k=&exclude_seen=&explain=&genre=&exclude_item=,
+Endpoints (JSON): GET /health, GET /ready (503 while the event store is down),
+GET /users/{id}/recommendations?k=&exclude_seen=&explain=&genre=&exclude_item=,
 POST /recommendations, POST /users/{id}/interactions, POST /items (new items from features), GET /items/{id}/similar?k=,
 POST /predict, GET /items?query=&limit=, GET /genres, GET /metrics (Prometheus text; /metrics/json the same as
 JSON); GET / serves the web page. Errors: unknown ids -> 404, impossible requests (a model that cannot
@@ -42,6 +43,7 @@ from recforge.serving.schemas import (
     MAX_ID_LENGTH,
     MAX_INTEGER_ID,
     MAX_K,
+    Error,
     GenresAnswer,
     Health,
     InteractionsAnswer,
@@ -49,6 +51,7 @@ from recforge.serving.schemas import (
     NewUserPredictAnswer,
     PredictAnswer,
     PromoteRequest,
+    Ready,
     Recommended,
     SearchAnswer,
     SimilarAnswer,
@@ -437,10 +440,14 @@ def create_app(
 
     @app.get("/health", response_model=Health)
     def health() -> dict[str, Any]:
+        """Liveness and state: 200 while the process serves, with `status` "degraded" and the reason in
+        `store` while the event store cannot be read (`/ready` answers 503 then)."""
         engine = service.engine
         model = engine.snapshot.model
+        problem = service.store_problem()
         return {
-            "status": "ok",
+            "status": "ok" if problem is None else "degraded",
+            "store": "ok" if problem is None else f"unavailable: {problem}",
             "model": model.name,
             "recforge": __version__,
             "n_users": model.n_users,
@@ -456,6 +463,15 @@ def create_app(
             "swap_error": engine.swap_error,
             "worker": os.getpid(),
         }
+
+    @app.get("/ready", response_model=Ready, responses={503: {"model": Error, "description": "not ready"}})
+    def ready() -> Any:
+        """Readiness for a load balancer: 200 when the model is loaded and the event store answers, else 503
+        with the reason (a liveness probe should use `/health`, which stays 200)."""
+        problem = service.store_problem()
+        if problem is not None:
+            return JSONResponse({"detail": problem}, status_code=503)
+        return {"ready": True, "events_applied": service.engine.applied}
 
     @app.get(
         "/users/{user_id:path}/recommendations",  # ids may hold "/" (sent as %2F)

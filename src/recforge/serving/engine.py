@@ -179,12 +179,19 @@ class Engine:
         stop = threading.Event()
 
         def loop() -> None:
+            failing = False  # said once when the store stops answering and once when it is back
             while not stop.wait(interval):
                 try:
                     self.store.refresh_published()  # a writer that died between its commit and publishing it
                     self.catch_up()
                 except Exception as exc:  # the store is down: requests say so; keep trying
-                    logger.warning("catching up with the event store failed: %s", exc)
+                    if not failing:
+                        logger.warning("catching up with the event store failed (retrying each %gs): %s", interval, exc)
+                    failing = True
+                else:
+                    if failing:
+                        logger.warning("the event store answers again; caught up to event %d", self.applied)
+                    failing = False
 
         threading.Thread(target=loop, daemon=True, name="follow-store").start()
         return stop

@@ -236,7 +236,8 @@ class GenresAnswer(BaseModel):
 
 
 class Health(BaseModel):
-    status: str
+    status: str = Field(description='"ok", or "degraded" while the event store cannot be read')
+    store: str = Field(description='"ok", or "unavailable: <reason>" (reads and writes answer 503 meanwhile)')
     model: str
     recforge: str
     n_users: int
@@ -255,6 +256,11 @@ class Health(BaseModel):
     swaps: int
     swap_error: str | None = Field(None, description="why the last promoted model could not be served")
     worker: int = Field(description="the process id of the worker that answered")
+
+
+class Ready(BaseModel):
+    ready: bool
+    events_applied: int
 
 
 class Error(BaseModel):

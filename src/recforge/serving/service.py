@@ -41,7 +41,7 @@ from recforge.models.explain import Reason, explain_history
 from recforge.models.factorization import FactorModel
 from recforge.serving.engine import MAX_NEW_USERS, Engine, Snapshot, check_same_interface
 from recforge.serving.schemas import INTEGER_PATTERN, MAX_ID_LENGTH, MAX_INTEGER_ID, MAX_K
-from recforge.serving.store import Event, EventStore
+from recforge.serving.store import Event, EventStore, StoreUnavailableError
 
 EXPLAIN_TOP = 3  # reasons per recommended item
 MAX_EXCLUDED = 10_000  # items one request may exclude
@@ -325,6 +325,15 @@ class RecommenderService:
         index = self.item_index(item, snapshot, "item_id", url=True)
         recs = snapshot.model.similar_items(np.array([index]), k, external_ids=False)
         return self.render(snapshot, recs)
+
+    def store_problem(self) -> str | None:
+        """Why the event store cannot be read now, or None when it answers (`/health`, `/ready`): while it
+        cannot, reads and writes answer 503, since a read could miss a write another worker acknowledged."""
+        try:
+            self.engine.store.latest_seq()
+        except StoreUnavailableError as exc:
+            return str(exc)
+        return None
 
     def predict(self, pairs: list[tuple[Any, Any]]) -> list[float]:
         """Predicted ratings (clipped to the scale); users with writes since training use their update, and
