@@ -121,7 +121,8 @@ class Interactions:
 
         Ratings must be finite numbers (NaN or None: interacted, not rated), inside `rating_scale` when it is
         given; timestamps whole unix seconds or datetimes (converted to unix seconds, naive ones read as
-        UTC). A bad value raises a DataFormatError naming the column and the frame's row. Feature rows for
+        UTC); ids integers or text (a float id column of whole numbers is read as integers). A bad value
+        raises a DataFormatError naming the column and the frame's row. Feature rows for
         ids without interactions are ignored; ids without a feature row get missing values.
         """
         for column in (user, item, rating, timestamp):
