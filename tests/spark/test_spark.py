@@ -13,6 +13,8 @@ import pytest
 
 from recforge.data.interactions import Interactions
 from recforge.data.prepare import prepare, read_prepared, write_prepared
+from recforge.evaluation.saved import recommend_file
+from recforge.models import load_model
 
 pytestmark = [pytest.mark.spark, pytest.mark.xdist_group("spark")]
 
@@ -128,10 +130,31 @@ def test_batch_scores_equal_recommend(spark, ml100k, tmp_path):
     artifact = model.save(tmp_path / "model")
     rows = score_spark(spark, artifact, tmp_path / "scores", k=10, partitions=3, batch_size=200)
     assert rows == ml100k.n_users * 10
-    scored = pd.read_parquet(tmp_path / "scores").sort_values(["user_id", "rank"])
+    scored = pd.read_parquet(tmp_path / "scores").sort_values(["user", "rank"])
     expected = model.recommend(ml100k.users.ids, 10)
-    assert np.array_equal(scored["item_id"].to_numpy().reshape(-1, 10), expected.items.astype(np.int64))
+    assert np.array_equal(scored["item"].to_numpy().reshape(-1, 10), expected.items.astype(np.int64))
     np.testing.assert_allclose(scored["score"].to_numpy().reshape(-1, 10), expected.scores, rtol=1e-6)
+    # the columns of `recforge recommend --users all`, and its rows
+    batch = recommend_file(load_model(artifact), "all", k=10)
+    assert list(scored.columns) == list(batch.columns) == ["user", "rank", "item", "score", "served_by", "note"]
+    columns = ["user", "item", "served_by", "note"]
+    pd.testing.assert_frame_equal(scored.reset_index(drop=True)[columns], batch[columns], check_dtype=False)
+
+
+def test_batch_scores_answer_a_user_whose_list_is_empty(spark, tmp_path):
+    """A user who has seen the whole catalogue gets one row with its note, as in `recommend --users`."""
+    from recforge.models import create_model
+    from recforge.spark.score import score_spark
+
+    frame = pd.DataFrame({"user": ["a"] * 4 + ["b", "b", "c"], "item": [1, 2, 3, 4, 1, 2, 3]})
+    model = create_model("most_popular").fit(Interactions.from_frame(frame, user="user", item="item"))
+    score_spark(spark, model.save(tmp_path / "model"), tmp_path / "scores", k=3)
+    scored = pd.read_parquet(tmp_path / "scores").sort_values(["user", "rank"], na_position="first")
+    assert scored["user"].tolist() == ["a", "b", "b", "c", "c", "c"]
+    seen_all = scored[scored["user"] == "a"].iloc[0]
+    assert pd.isna(seen_all["rank"]) and pd.isna(seen_all["item"]) and seen_all["note"].startswith("only 0 item(s)")
+    assert scored.loc[scored["user"] == "b", "item"].tolist() == [3, 4]
+    assert recommend_file(load_model(tmp_path / "model"), "all", k=3)["user"].tolist() == scored["user"].tolist()
 
 
 def test_identical_rows_tied_at_the_cut_and_tiny_strata_split_identically(spark, tmp_path):

@@ -252,17 +252,19 @@ def recommend_file(
         batch_size=batch_size,
         candidates=candidates,
     )
+    return batch_frame(recommendations, _because(model, recommendations) if explain else None)
+
+
+def batch_frame(recommendations: Any, because: list[str] | None = None) -> pd.DataFrame:
+    """A batch of lists as a file holds them (`recforge recommend --users`, `recforge spark score`): user,
+    rank, item, score, served_by, note (and `because`, one entry per listed item, when given) — a row per
+    listed item, and one row without rank, item or score for each user whose list is empty, in the users'
+    order: a user with every candidate seen is still answered, and their note says why."""
     frame = recommendations.to_frame()
     listed = (recommendations.item_index >= 0).sum(axis=1)  # to_frame's rows: each user's listed items in order
     frame["note"] = np.repeat(recommendations.notes.astype(str), listed) if len(recommendations.notes) else ""
-    if explain:
-        frame["because"] = _because(model, recommendations)
-    return _with_empty_lists(frame, recommendations, listed)
-
-
-def _with_empty_lists(frame: pd.DataFrame, recommendations: Any, listed: np.ndarray) -> pd.DataFrame:
-    """`frame` with one row (no rank, item or score) for each user whose list is empty, in the users'
-    order: a user with every candidate seen is still answered, and their note says why."""
+    if because is not None:
+        frame["because"] = because
     empty = np.flatnonzero(listed == 0)
     if not len(empty):
         return frame

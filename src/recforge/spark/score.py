@@ -6,7 +6,9 @@ batch, so the lists are exactly what `recforge recommend` gives, seen items excl
 readable at the same path from every executor (local mode, or a shared filesystem on a cluster; see
 docs/scale.md for shipping it with `--files`).
 
-Output rows: user_id, rank (1-based), item_id, score — one row per recommended item.
+Output rows: the columns of `recforge recommend --users` (`recforge.evaluation.saved.batch_frame`): user,
+rank (1-based), item, score, served_by, note — one row per recommended item, and one row without rank, item
+or score for a user whose list is empty.
 """
 
 from __future__ import annotations
@@ -51,30 +53,25 @@ def score_spark(
     item_type = T.LongType() if np.issubdtype(model.items_.ids.dtype, np.integer) else T.StringType()
     schema = T.StructType(
         [
-            T.StructField("user_id", id_type, False),
-            T.StructField("rank", T.IntegerType(), False),
-            T.StructField("item_id", item_type, False),
-            T.StructField("score", T.FloatType(), False),
+            T.StructField("user", id_type, False),
+            T.StructField("rank", T.IntegerType(), True),  # the rank, item and score of an empty list: null
+            T.StructField("item", item_type, True),
+            T.StructField("score", T.FloatType(), True),
+            T.StructField("served_by", T.StringType(), False),
+            T.StructField("note", T.StringType(), False),
         ]
     )
 
     def recommend(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+        from recforge.evaluation.saved import batch_frame
+
         fitted = _model(artifact)
         for batch in batches:
             users = batch["id"].to_numpy()
             for start in range(0, len(users), batch_size):
                 chunk = users[start : start + batch_size]
-                result = fitted.recommend(chunk, k, exclude_seen=exclude_seen, external_ids=False)
-                valid = result.item_index >= 0
-                rows, ranks = np.nonzero(valid)
-                yield pd.DataFrame(
-                    {
-                        "user_id": fitted.users_.lookup(chunk[rows]),
-                        "rank": (ranks + 1).astype(np.int32),
-                        "item_id": fitted.items_.lookup(result.item_index[valid]),
-                        "score": result.scores[valid].astype(np.float32),
-                    }
-                )
+                frame = batch_frame(fitted.recommend(chunk, k, exclude_seen=exclude_seen, external_ids=False))
+                yield _plain_columns(frame)
 
     users = spark.range(0, n_users, numPartitions=partitions or spark.sparkContext.defaultParallelism)
     scored = users.mapInPandas(recommend, schema)
@@ -85,3 +82,13 @@ def score_spark(
             child.rename(tmp / child.name)
         (tmp / "part").rmdir()
     return int(spark.read.parquet(str(out)).count())
+
+
+def _plain_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` in the types PySpark's Arrow conversion takes: text as Python objects (it refuses pandas 3's
+    Arrow-backed strings, and the nullable extension types), an empty list's rank, item and score as None."""
+    text = {name: object for name, dtype in frame.dtypes.items() if pd.api.types.is_string_dtype(dtype)}
+    if not frame["item"].isna().any():
+        return frame.astype({**text, "rank": np.int32, "score": np.float32})
+    nullable = {name: object for name in ("rank", "item", "score")}
+    return frame.astype({**text, **nullable}).where(frame.notna(), None)
