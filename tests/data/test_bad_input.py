@@ -145,6 +145,24 @@ def test_the_separator_is_sniffed_and_utf16_is_read(tmp_path):
     assert (info.value.line, info.value.column) == (2, "rating")
 
 
+def test_ids_written_with_leading_zeros_stay_text_and_distinct(tmp_path):
+    """Read as numbers, "007" and "7" were one user and the SKU "00123" became item 123; a column with such
+    a value is text, and a catalogue joins it by text even when its own ids have no leading zero."""
+    log = tmp_path / "log.csv"
+    log.write_text("user,item\n007,00123\n7,123\n8,0456\n")
+    catalogue = tmp_path / "items.csv"
+    catalogue.write_text("item,title\n123,Plain\n00123,Padded\n")  # 0456 has no row
+    data = load_table(log, user="user", item="item", items=catalogue, title="title")
+    assert data.users.ids.tolist() == ["007", "7", "8"] and data.items.ids.tolist() == ["00123", "0456", "123"]
+    assert data.user_counts().tolist() == [1, 1, 1]
+    assert data.item_features["title"].fillna("-").tolist() == ["Padded", "-", "Plain"]
+    plain = tmp_path / "plain.csv"
+    plain.write_text("user,item\n7,123\n8,456\n")
+    numbers = load_table(plain, user="user", item="item", items=catalogue, title="title")
+    assert numbers.items.ids.tolist() == [123, 456]  # integers as before; the catalogue joins by number
+    assert numbers.item_features["title"].fillna("-").tolist() == ["Plain", "-"]  # "00123" is another item
+
+
 def test_missing_ids_raise_or_are_dropped_with_a_count(tmp_path):
     csv = tmp_path / "log.csv"
     csv.write_text("user,item\nu1,a\n,b\nu2,c\n")

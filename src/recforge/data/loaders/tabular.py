@@ -23,9 +23,27 @@ _TEXT_TIMES = (
 log = logging.getLogger(__name__)
 
 
-def _ids(values: pd.Series) -> np.ndarray:
-    """Ids stay integers when every value is an integer literal, else strings."""
+def _ids(values: pd.Series, like: np.ndarray | None = None) -> np.ndarray:
+    """Ids read from text. Alone (`like` None) they are integers when every value is an integer literal
+    ("42", "-3", also "10.0"), else text; a value written with a leading zero or a plus sign ("007",
+    "00123": codes, SKUs, zip codes) keeps the whole column text, since as numbers "007" and "7" would
+    become one id. A side table's key takes the type of the ids it joins (`like`: the log's ids): text
+    for text ids; for integer ids each whole number is an integer and anything else (such as "007",
+    another id) stays text, matching none."""
     as_text = values.astype(str).str.strip()
+    apart = _written_apart(as_text)
+    if like is not None:
+        if like.dtype.kind not in "iu":
+            return as_text.to_numpy(dtype=object)
+        numbers = pd.to_numeric(as_text.where(~apart), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        whole = np.isfinite(numbers) & (numbers % 1 == 0)
+        if whole.all():
+            return numbers.astype(np.int64)
+        mixed = as_text.to_numpy(dtype=object)
+        mixed[whole] = [int(n) for n in numbers[whole]]
+        return mixed
+    if apart.any():
+        return as_text.to_numpy(dtype=object)
     integers = plain_numbers(as_text, INTEGER)
     if integers is not None:  # every value a plain integer literal: the common case, vectorised
         return integers
@@ -33,6 +51,16 @@ def _ids(values: pd.Series) -> np.ndarray:
     if not numbers.isna().any() and (numbers % 1 == 0).all():
         return numbers.to_numpy(dtype=np.int64)
     return as_text.to_numpy(dtype=object)
+
+
+def _written_apart(values: pd.Series) -> np.ndarray:
+    """Which ids are written as no integer is ("007", "+7"): read as numbers each would merge with another
+    ("7"). Arrow's vectorised regex: 5M ids in ~0.3 s."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    array = pa.array(values, type=pa.string(), from_pandas=True)
+    return pc.match_substring_regex(array, r"^(\+|-?0[0-9])").to_numpy(zero_copy_only=False)
 
 
 def load_table(
@@ -229,7 +257,7 @@ def _with_side_table(data: Interactions, table: _SideTable) -> Interactions:
     else:
         sep = "\t" if path.suffix.lower() in (".tsv", ".tab") else None  # else sniffed, as the log's
         frame = read_delimited(path, sep=sep, columns=wanted, header=True)
-    ids = pd.Series(_ids(frame[key]))
+    ids = pd.Series(_ids(frame[key], like=(data.items if table.side == "item" else data.users).ids))
     repeated = ids.duplicated(keep="first").to_numpy()
     if repeated.any():
         row = int(np.flatnonzero(repeated)[0])
