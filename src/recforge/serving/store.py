@@ -59,6 +59,9 @@ class StoreUnavailableError(RuntimeError):
     """The database could not be reached or refused the write: nothing was committed."""
 
 
+_POSTGRESQL = ("postgresql", "postgres", "postgresql+psycopg")  # the spellings of PostgreSQL URLs in use
+
+
 def redacted(url: str) -> str:
     """A store URL with its password shown as *** (for reports and start-up lines)."""
     if "://" in url and "@" in url:
@@ -79,8 +82,14 @@ class EventStore:
             raise ConfigError("the event store needs SQLAlchemy: pip install 'recforge[serve]'") from exc
         self.url = url
         self.sqlite = url.startswith("sqlite")
-        if url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url.removeprefix("postgresql://")
+        scheme, _, rest = url.partition("://")
+        if not self.sqlite and scheme not in _POSTGRESQL:
+            raise ConfigError(
+                f"the event store must be SQLite (sqlite:///path) or PostgreSQL (postgresql://user@host:port/db), "
+                f"not {scheme[:40]!r}: sequence numbers become visible in order only on those two (docs/serving.md)"
+            )
+        if scheme in _POSTGRESQL:
+            url = "postgresql+psycopg://" + rest
         options: dict[str, Any] = {}
         if self.sqlite:
             options["connect_args"] = {"timeout": 30, "check_same_thread": False}
@@ -91,7 +100,7 @@ class EventStore:
         try:
             self.engine = sa.create_engine(url, **options)
         except Exception as exc:
-            raise ConfigError(f"cannot open the event store {self.url!r}: {exc}") from exc
+            raise ConfigError(f"cannot open the event store {redacted(self.url)!r}: {exc}") from exc
         if self.sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         metadata = sa.MetaData()
@@ -134,7 +143,7 @@ class EventStore:
                 self._published = _PublishedSeq(f"{self._sqlite_file}.seq")
                 self.refresh_published()
         except Exception as exc:
-            raise ConfigError(f"cannot open the event store {self.url!r}: {exc}") from exc
+            raise ConfigError(f"cannot open the event store {redacted(self.url)!r}: {exc}") from exc
 
     def _create_tables(self, metadata: Any) -> None:
         """Create the tables that do not exist yet, one process at a time: workers starting together on a
