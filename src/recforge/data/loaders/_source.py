@@ -37,8 +37,7 @@ def decode_file(path: Path, encoding: str) -> str:
     raw = path.read_bytes()
     if not raw.strip():
         raise DataFormatError("file is empty", path=path)
-    if raw.startswith(_UTF16_MARKS):
-        encoding = "utf-16"
+    encoding = _marked_encoding(raw, encoding)
     try:
         text = raw.decode(encoding)
     except UnicodeDecodeError as exc:
@@ -67,17 +66,22 @@ def sniff_separator(text: str) -> str:
         return ","
 
 
+def _marked_encoding(head: bytes, encoding: str) -> str:
+    """`encoding`, or "utf-16" for bytes that start with a UTF-16 byte-order mark."""
+    return "utf-16" if head.startswith(_UTF16_MARKS) else encoding
+
+
 def text_encoding(path: Path, encoding: str = "utf-8") -> str:
-    """`encoding`, or "utf-16" for a file that starts with a UTF-16 byte-order mark."""
+    """The encoding of a file: `encoding`, or "utf-16" when it starts with a UTF-16 byte-order mark."""
     with open(path, "rb") as file:
-        return "utf-16" if file.read(2) in _UTF16_MARKS else encoding
+        return _marked_encoding(file.read(2), encoding)
 
 
 def sniffed_separator(path: Path) -> str:
     """`sniff_separator` of a file's first lines, without reading the rest."""
     with open(path, "rb") as file:
         head = b"".join(file.readline() for _ in range(50))
-    return sniff_separator(head.decode(text_encoding(path), errors="replace"))
+    return sniff_separator(head.decode(_marked_encoding(head, "utf-8"), errors="replace"))
 
 
 def read_delimited(

@@ -31,10 +31,10 @@ def _ids(values: pd.Series, like: np.ndarray | None = None) -> np.ndarray:
     for text ids; for integer ids each whole number is an integer and anything else (such as "007",
     another id) stays text, matching none."""
     as_text = values.astype(str).str.strip()
+    if like is not None and like.dtype.kind not in "iu":
+        return as_text.to_numpy(dtype=object)
     apart = _written_apart(as_text)
     if like is not None:
-        if like.dtype.kind not in "iu":
-            return as_text.to_numpy(dtype=object)
         numbers = pd.to_numeric(as_text.where(~apart), errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
         whole = np.isfinite(numbers) & (numbers % 1 == 0)
         if whole.all():
