@@ -442,3 +442,16 @@ def test_the_vectorised_number_reader_agrees_with_pandas_wherever_it_answers(cel
         assert integers.dtype == np.int64 and integers.tolist() == [int(c) for c in cells]
     if any(not c or c.strip() != c or c.lower() in ("nan", "inf", "-inf") for c in cells):
         assert decimals is None and integers is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list("a1, \t\r\n\n\xa0é\u2003\x1f\x0b中\u3000")), max_size=40), st.booleans())
+def test_data_line_numbers_are_the_lines_with_more_than_whitespace(text, header):
+    """The vectorised line numbering agrees with reading the lines one by one (`str.strip`)."""
+    from recforge.data.loaders._source import _data_line_numbers
+
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    expected = [number for number, line in enumerate(lines, 1) if line.strip()]
+    assert _data_line_numbers(text, header).tolist() == (expected[1:] if header else expected)
