@@ -455,3 +455,39 @@ def test_data_line_numbers_are_the_lines_with_more_than_whitespace(text, header)
         lines.pop()
     expected = [number for number, line in enumerate(lines, 1) if line.strip()]
     assert _data_line_numbers(text, header).tolist() == (expected[1:] if header else expected)
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from(list("ab17,;\t |\n\n\r \xa0é")), max_size=60),  # quotes: declined
+    st.booleans(),
+    st.sampled_from([",", ";", "\t", "|"]),
+)
+def test_arrows_cells_equal_pandas_cells_wherever_arrow_answers(text, header, sep):
+    """The fast reader of a text table's cells (Arrow) answers only with the frame pandas' tokenizer makes;
+    elsewhere it declines and pandas reads (or refuses) the text."""
+    import csv
+
+    from recforge.data.loaders._source import _arrow_cells, _data_line_numbers, _pandas_cells
+
+    fast = _arrow_cells(text, sep, header, len(_data_line_numbers(text, header=False)))
+    if fast is None:
+        return
+    for quoting in (csv.QUOTE_MINIMAL, csv.QUOTE_NONE):
+        pd.testing.assert_frame_equal(fast, _pandas_cells(text, sep, header, quoting), check_dtype=False)
+
+
+def test_plain_tables_are_read_by_arrow_and_quoted_ones_by_pandas(data_dir, tmp_path):
+    """The fast path is the one real logs take (ml-latest-small's ratings.csv, a headerless TSV); quoting
+    (catalogues with titles) takes pandas' tokenizer, and both give the same interactions."""
+    from recforge.data.loaders._source import _arrow_cells, _data_line_numbers, decode_file
+
+    ratings = decode_file(data_dir / "ml-latest-small" / "ratings.csv", "utf-8")
+    fast = _arrow_cells(ratings, ",", True, len(_data_line_numbers(ratings, header=False)))
+    assert fast is not None and fast.shape == (100_836, 4) and fast.iloc[0].tolist() == ["1", "1", "4.0", "964982703"]
+    udata = decode_file(data_dir / "ml-100k" / "u.data", "utf-8")
+    assert _arrow_cells(udata, "\t", False, len(_data_line_numbers(udata, header=False))).shape == (100_000, 4)
+    quoted = tmp_path / "quoted.csv"
+    quoted.write_text('user,item,note\n1,10,"a, b"\n2,11,plain\n')
+    assert _arrow_cells(quoted.read_text(), ",", True, 3) is None
+    assert load_table(quoted, user="user", item="item").items.ids.tolist() == [10, 11]
