@@ -16,7 +16,7 @@ from recforge.cli import app
 from recforge.data.loaders import load_movielens_100k_fold
 from recforge.data.query import Query
 from recforge.evaluation.protocols import FullRankingEvaluator, RatingEvaluator
-from recforge.evaluation.saved import recommend_file
+from recforge.evaluation.saved import evaluate_saved, recommend_file
 from recforge.models import create_model, load_model
 from recforge.models.config import TrainOptions
 
@@ -63,6 +63,29 @@ def test_unknown_ids_are_named_or_dropped_and_counted(saved, tmp_path):
     assert result.exit_code == 2 and "line 4" in result.output and "99999" in result.output, result.output
     output = _run("evaluate", "--model", str(folder / "mf"), "--test", str(test), "--unknown", "drop")
     assert "left out 1 of 3 rows" in output
+
+
+def test_errors_in_a_test_file_name_its_own_line(saved, tmp_path):
+    """The saved-model files are read by the loaders' strict reader: a headerless file's line is not off
+    by the header it lacks, a blank line does not shift the count, and a semicolon file needs no --sep."""
+    _, model, _ = saved
+    from recforge.errors import DataFormatError
+
+    headerless = tmp_path / "pairs.tsv"
+    headerless.write_text("1\t50\n\n2\t172\n99999\t50\n")
+    with pytest.raises(DataFormatError, match="unknown to the model") as info:
+        evaluate_saved(model, headerless, names=["user_id", "item_id"])
+    assert info.value.line == 4
+    semicolons = tmp_path / "test.csv"
+    semicolons.write_text("user_id;item_id;rating\n1;50;5\n\n2;172;x\n")
+    with pytest.raises(DataFormatError, match="not a number") as info:
+        evaluate_saved(model, semicolons, rating="rating")
+    assert info.value.line == 4
+    short = tmp_path / "short.csv"
+    short.write_text("user_id,item_id\n1,50\n2\n")
+    with pytest.raises(DataFormatError, match="column 'item_id': '' is not an integer id") as info:
+        evaluate_saved(model, short)
+    assert info.value.line == 3
 
 
 def test_unknown_items_can_count_as_misses_as_compare_counts_them(saved, data_dir, tmp_path):

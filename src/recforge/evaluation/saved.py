@@ -23,7 +23,7 @@ import pandas as pd
 from recforge._io import atomic_path, check_output
 from recforge.coldstart import RATINGS
 from recforge.data.interactions import Interactions
-from recforge.data.loaders._source import sniffed_separator, text_encoding
+from recforge.data.loaders._source import read_delimited
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import CapabilityError, DataFormatError
 from recforge.evaluation.protocols import FullRankingEvaluator, RankingResult, RatingEvaluator, RatingResult
@@ -42,29 +42,24 @@ def read_table(
 ) -> pd.DataFrame:
     """The named columns of a CSV/TSV/Parquet file with a header row, or of a text file without one
     whose fields `names` lists in order (as strings for text files: ids are converted to the model's id
-    type later, so leading zeros and long ids survive)."""
+    type later, so leading zeros and long ids survive). Text is read by the loaders' strict reader
+    (separator sniffed unless given, UTF-16 marks, blank lines skipped, bad lines named); the frame's index
+    is each row's 1-based line (header included; Parquet: the row number), for errors found later."""
     path = Path(path)
     if not path.is_file():
         raise DataFormatError("no such file", path=path)
+    if path.suffix.lower() not in (".parquet", ".pq"):
+        header = names is None
+        frame = read_delimited(path, sep=sep, columns=columns if header else names, header=header)  # type: ignore[arg-type]
+        return frame.set_index("_line")[columns]
     try:
-        if path.suffix.lower() in (".parquet", ".pq"):
-            frame = pd.read_parquet(path)
-        else:
-            header = "infer" if names is None else None
-            frame = pd.read_csv(
-                path,
-                sep=sep or sniffed_separator(path),
-                dtype=str,
-                keep_default_na=False,
-                header=header,
-                names=names,
-                encoding=text_encoding(path),
-            )
+        frame = pd.read_parquet(path)
     except (ValueError, OSError) as exc:
         raise DataFormatError(f"cannot read the file: {exc}", path=path) from exc
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise DataFormatError(f"lacks column(s) {missing}; it has {list(frame.columns)}", path=path)
+    frame.index = np.arange(1, len(frame) + 1)
     return frame[columns]
 
 
@@ -79,7 +74,7 @@ def _indices(values: pd.Series, vocabulary: Vocabulary, path: Path, column: str)
             raise DataFormatError(
                 f"column {column!r}: {values.iloc[row]!r} is not an integer id (this model's ids are integers)",
                 path=path,
-                line=row + 2,  # 1-based, counting the header line
+                line=int(values.index[row]),  # read_table's index: the row's line
             )
         values = numbers.astype(np.int64)
     else:
@@ -106,7 +101,7 @@ def _known_rows(
         raise DataFormatError(
             f"{which} {frame[which].iloc[row]!r} is unknown to the model ({int((~known).sum())} such row(s)); {hint}",
             path=path,
-            line=row + 2,
+            line=int(frame.index[row]),
         )
     keep = np.flatnonzero(known)
     return users[keep], (items[keep] if items is not None else None), keep
@@ -153,7 +148,9 @@ def evaluate_saved(
         if np.isnan(ratings).any():
             row = int(keep[np.flatnonzero(np.isnan(ratings))[0]])
             raise DataFormatError(
-                f"column {rating!r} is not a number: {frame[rating].iloc[row]!r}", path=path, line=row + 2
+                f"column {rating!r} is not a number: {frame[rating].iloc[row]!r}",
+                path=path,
+                line=int(frame.index[row]),
             )
     seen = model.seen_.tocoo()
     train = Interactions(users=model.users_, items=model.items_, user_index=seen.row, item_index=seen.col)
