@@ -140,9 +140,38 @@ def test_a_database_restart_refuses_writes_says_why_and_recovers_without_a_resta
             assert stored == [[items[0]], [items[2]]]
         finally:
             server.stop()
-    said = server.process.stderr.read().decode()
+            said = server.process.stderr.read().decode()
+            print(said[-5000:])  # shown with a failure
     assert said.count("catching up with the event store failed") == 2, said[-3000:]  # once per worker
     assert said.count("the event store answers again") == said.count("catching up with the event store failed")
+
+
+def test_a_service_started_before_its_database_waits_for_it(ials_dir, ml100k):
+    """Deployments start the service and PostgreSQL together (compose, a restart of both): a worker whose
+    database does not answer yet waits for it (RECFORGE_STORE_WAIT, default 60 s) instead of failing, which
+    stopped the whole server — also when the second worker started during an outage the first survived."""
+    if postgres_binaries() is None:
+        pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql package)")
+    with postgres_cluster() as database:
+        database.stop()
+        restart = threading.Timer(4.0, database.start)
+        restart.start()
+        started = time.monotonic()
+        try:
+            server = Server(ials_dir, database.url, workers=2)  # ready once a worker answers /health
+        finally:
+            restart.join()  # the database is up before anything else happens to it
+        try:
+            assert time.monotonic() - started > 3.0  # it did wait for the database
+            with server.client() as client:
+                user, item = int(ml100k.users.ids[0]), int(ml100k.items.ids[1500])
+                assert client.post(f"/users/{user}/interactions", json={"items": [{"item": item}]}).status_code == 200
+                assert client.get("/ready").status_code == 200
+        finally:
+            server.stop()
+            said = server.process.stderr.read().decode()
+            print(said[-5000:])  # shown with a failure
+    assert "waiting up to 60s for the event store postgresql://postgres@127.0.0.1" in said
 
 
 def test_two_workers_read_their_writes_every_time(ials_dir, ml100k, tmp_path):

@@ -59,7 +59,7 @@ from recforge.serving.schemas import (
     WriteAnswer,
     request_models,
 )
-from recforge.serving.service import RecommenderService
+from recforge.serving.service import STORE_WAIT, RecommenderService
 from recforge.serving.store import DuplicateItemError, StoreUnavailableError
 
 Count = Annotated[int, Query(ge=1, le=MAX_K)]
@@ -667,12 +667,16 @@ def _safe(value: Any) -> Any:
 
 def app_from_environment() -> FastAPI:
     """App factory for `recforge serve`: each worker process loads the artifact named by RECFORGE_MODEL and
-    applies the event store at RECFORGE_STORE (default: a SQLite file beside the artifact); the write token
+    applies the event store at RECFORGE_STORE (default: a SQLite file beside the artifact; a PostgreSQL server
+    that does not answer yet is waited for RECFORGE_STORE_WAIT seconds, default 60); the write token
     comes from RECFORGE_TOKEN or the file RECFORGE_TOKEN_FILE, the read token from RECFORGE_READ_TOKEN."""
     import gc
     import os
 
-    service = RecommenderService.from_artifact(os.environ["RECFORGE_MODEL"], os.environ.get("RECFORGE_STORE") or None)
+    wait = float(os.environ.get("RECFORGE_STORE_WAIT") or STORE_WAIT)  # a database still starting, or restarting
+    service = RecommenderService.from_artifact(
+        os.environ["RECFORGE_MODEL"], os.environ.get("RECFORGE_STORE") or None, store_wait=wait
+    )
     app = create_app(
         service,
         write_token=token_from_environment("RECFORGE_TOKEN"),

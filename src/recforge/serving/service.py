@@ -44,6 +44,7 @@ from recforge.serving.schemas import INTEGER_PATTERN, MAX_ID_LENGTH, MAX_INTEGER
 from recforge.serving.store import Event, EventStore, StoreUnavailableError
 
 EXPLAIN_TOP = 3  # reasons per recommended item
+STORE_WAIT = 60.0  # seconds a starting worker waits for its database (RECFORGE_STORE_WAIT overrides)
 MAX_EXCLUDED = 10_000  # items one request may exclude
 _INTEGER = re.compile(INTEGER_PATTERN)
 
@@ -70,14 +71,15 @@ class RecommenderService:
 
     @classmethod
     def from_artifact(
-        cls, path: str | Path, store: str | EventStore | None = None, **options: Any
+        cls, path: str | Path, store: str | EventStore | None = None, store_wait: float = 0.0, **options: Any
     ) -> RecommenderService:
         """The service of an artifact directory; events go to `store` (a URL or an EventStore), by default a
-        SQLite file beside the artifact."""
+        SQLite file beside the artifact. `store_wait`: seconds to wait for a PostgreSQL server that does not
+        answer yet (`recforge serve` waits STORE_WAIT)."""
         if store is None:
             store = EventStore.beside(path)
         elif isinstance(store, str):
-            store = EventStore(store)
+            store = EventStore(store, wait=store_wait)
         return cls(engine=Engine.open(path, store), **options)
 
     # ------------------------------------------------------------------ state

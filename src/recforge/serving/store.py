@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import fcntl
 import json
+import logging
 import mmap
 import os
 import socket
@@ -39,6 +40,7 @@ from typing import Any
 from recforge.errors import ConfigError
 
 EVENT_KINDS = ("interactions", "items", "model")
+logger = logging.getLogger(__name__)
 SCHEMA_LOCK_KEY = 0x7265_6366_6F72_6765 & 0x7FFF_FFFF_FFFF_FFFF  # "recforge": PostgreSQL advisory lock id
 
 
@@ -75,7 +77,10 @@ def redacted(url: str) -> str:
 class EventStore:
     """Append and read events; thread-safe (one SQLAlchemy engine, a connection per call)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, wait: float = 0.0) -> None:
+        """Open (and create the tables of) the store at `url`. `wait`: seconds to keep retrying a PostgreSQL
+        server that does not answer yet (a service started beside its database, or during a restart);
+        0 fails at once."""
         try:
             import sqlalchemy as sa
         except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -138,12 +143,27 @@ class EventStore:
         self._committer = ThreadPoolExecutor(1, thread_name_prefix="recforge-commit")
         self._bells: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Doorbell] = weakref.WeakKeyDictionary()
         try:
-            self._create_tables(metadata)
+            self._create_tables_when_reachable(metadata, wait)
             if self._sqlite_file is not None:
                 self._published = _PublishedSeq(f"{self._sqlite_file}.seq")
                 self.refresh_published()
         except Exception as exc:
             raise ConfigError(f"cannot open the event store {redacted(self.url)!r}: {exc}") from exc
+
+    def _create_tables_when_reachable(self, metadata: Any, wait: float) -> None:
+        """`_create_tables`, retried for `wait` seconds while the database server cannot be reached (said
+        once in the log); any other error, or the last one, is raised."""
+        deadline, pause = time.monotonic() + wait, 0.25
+        while True:
+            try:
+                return self._create_tables(metadata)
+            except self._sa.exc.OperationalError as exc:
+                if self.sqlite or time.monotonic() + pause > deadline:
+                    raise
+                if pause == 0.25:
+                    logger.warning("waiting up to %gs for the event store %s: %s", wait, redacted(self.url), exc.orig)
+                time.sleep(pause)
+                pause = min(2 * pause, 2.0)
 
     def _create_tables(self, metadata: Any) -> None:
         """Create the tables that do not exist yet, one process at a time: workers starting together on a
