@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from recforge.models import create_model
-from recforge.serving.store import EventStore
+from recforge.serving.engine import Engine
+from recforge.serving.store import EventStore, StoreUnavailableError
 from tests.serving.servers import Server, postgres_binaries, postgres_cluster, postgres_server
 from tests.serving.test_api import _artifact
 
@@ -172,6 +173,30 @@ def test_a_service_started_before_its_database_waits_for_it(ials_dir, ml100k):
             said = server.process.stderr.read().decode()
             print(said[-5000:])  # shown with a failure
     assert "waiting up to 60s for the event store postgresql://postgres@127.0.0.1" in said
+
+
+def test_a_worker_whose_database_stops_while_it_loads_its_model_waits_for_it(ials_dir, ml100k, caplog):
+    """The store opened, then PostgreSQL stopped while the worker was still loading its model (CI met it: a
+    second worker starting during the restart test's outage): the start-up's reads of the store wait for
+    the database as the opening does, instead of failing the start-up, which stops the whole server."""
+    if postgres_binaries() is None:
+        pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql package)")
+    with postgres_cluster() as database:
+        store = EventStore(database.url)
+        user, item = int(ml100k.users.ids[0]), int(ml100k.items.ids[1500])
+        store.append("interactions", {"user": user, "items": [item], "ratings": [None]}, user=str(user))
+        database.stop()
+        with pytest.raises(StoreUnavailableError):
+            Engine.open(ials_dir, store)  # no patience: fails at once, as before
+        restart = threading.Timer(2.0, database.start)
+        restart.start()
+        try:
+            with caplog.at_level("WARNING", logger="recforge.serving.store"):
+                engine = Engine.open(ials_dir, store, wait=60)
+        finally:
+            restart.join()
+        assert engine.applied == 1 and "waiting up to 60s for the event store" in caplog.text
+        store.close()
 
 
 def test_two_workers_read_their_writes_every_time(ials_dir, ml100k, tmp_path):

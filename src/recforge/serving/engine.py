@@ -123,12 +123,17 @@ class Engine:
         self._replay_items_missing_from(self.snapshot)
 
     @classmethod
-    def open(cls, artifact: str | Path, store: EventStore) -> Engine:
-        """The engine of a worker: the newest promoted model in the store (else `artifact`), caught up."""
-        promoted = store.latest_model()
+    def open(cls, artifact: str | Path, store: EventStore, wait: float = 0.0) -> Engine:
+        """The engine of a worker: the newest promoted model in the store (else `artifact`), caught up.
+        `wait`: seconds in all to keep retrying a PostgreSQL store that cannot be reached (a database
+        restarting while the worker loads its model; a worker that fails its start-up stops the server)."""
+        deadline = time.monotonic() + wait
+        remaining = lambda: max(0.0, deadline - time.monotonic())  # noqa: E731
+        promoted = store.when_reachable(store.latest_model, remaining())
         path = promoted.payload["path"] if promoted is not None else str(artifact)
-        engine = cls(Snapshot.load(path), store)
-        engine.catch_up()
+        snapshot = Snapshot.load(path)
+        engine = store.when_reachable(lambda: cls(snapshot, store), remaining())
+        store.when_reachable(engine.catch_up, remaining())
         return engine
 
     # ------------------------------------------------------------------ catching up

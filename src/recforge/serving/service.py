@@ -75,12 +75,12 @@ class RecommenderService:
     ) -> RecommenderService:
         """The service of an artifact directory; events go to `store` (a URL or an EventStore), by default a
         SQLite file beside the artifact. `store_wait`: seconds to wait for a PostgreSQL server that does not
-        answer yet (`recforge serve` waits STORE_WAIT)."""
+        answer yet, or stops answering while this worker starts (`recforge serve` waits STORE_WAIT)."""
         if store is None:
             store = EventStore.beside(path)
         elif isinstance(store, str):
             store = EventStore(store, wait=store_wait)
-        return cls(engine=Engine.open(path, store), **options)
+        return cls(engine=Engine.open(path, store, wait=store_wait), **options)
 
     # ------------------------------------------------------------------ state
     @property

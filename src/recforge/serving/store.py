@@ -35,12 +35,13 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from recforge.errors import ConfigError
 
 EVENT_KINDS = ("interactions", "items", "model")
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 SCHEMA_LOCK_KEY = 0x7265_6366_6F72_6765 & 0x7FFF_FFFF_FFFF_FFFF  # "recforge": PostgreSQL advisory lock id
 
 
@@ -151,17 +152,24 @@ class EventStore:
             raise ConfigError(f"cannot open the event store {redacted(self.url)!r}: {exc}") from exc
 
     def _create_tables_when_reachable(self, metadata: Any, wait: float) -> None:
-        """`_create_tables`, retried for `wait` seconds while the database server cannot be reached (said
-        once in the log); any other error, or the last one, is raised."""
+        """`_create_tables`, retried for `wait` seconds while the database server cannot be reached."""
+        self.when_reachable(lambda: self._create_tables(metadata), wait)
+
+    def when_reachable(self, call: Callable[[], T], wait: float) -> T:
+        """`call()`, retried for `wait` seconds while a PostgreSQL server cannot be reached (not answering
+        yet, or restarting under a worker that is still starting; said once in the log); any other error,
+        a SQLite store's, or the last one is raised."""
         deadline, pause = time.monotonic() + wait, 0.25
         while True:
             try:
-                return self._create_tables(metadata)
-            except self._sa.exc.OperationalError as exc:
+                return call()
+            except (self._sa.exc.OperationalError, StoreUnavailableError) as exc:
                 if self.sqlite or time.monotonic() + pause > deadline:
                     raise
                 if pause == 0.25:
-                    logger.warning("waiting up to %gs for the event store %s: %s", wait, redacted(self.url), exc.orig)
+                    cause = exc.__cause__ if isinstance(exc, StoreUnavailableError) else exc
+                    reason = getattr(cause, "orig", None) or cause or exc
+                    logger.warning("waiting up to %gs for the event store %s: %s", wait, redacted(self.url), reason)
                 time.sleep(pause)
                 pause = min(2 * pause, 2.0)
 
@@ -451,8 +459,11 @@ class EventStore:
         """The newest `model` event (a promoted artifact), or None."""
         sa = self._sa
         query = sa.select(self.events).where(self.events.c.kind == "model").order_by(self.events.c.seq.desc()).limit(1)
-        with self._connection() as connection:
-            row = connection.execute(query).first()
+        try:
+            with self._connection() as connection:
+                row = connection.execute(query).first()
+        except sa.exc.SQLAlchemyError as exc:
+            raise StoreUnavailableError(f"the event store cannot be read: {exc.__class__.__name__}") from exc
         return None if row is None else Event(int(row.seq), row.kind, row.user_id, json.loads(row.payload), row.created)
 
     def count(self, kind: str | None = None) -> int:
