@@ -199,6 +199,19 @@ def test_a_worker_whose_database_stops_while_it_loads_its_model_waits_for_it(ial
         store.close()
 
 
+def test_a_store_url_the_database_refuses_fails_at_once_instead_of_waiting(postgres):
+    """Waiting mends a database that does not answer yet, not a misspelt database or user name: those
+    fail the start-up at once with PostgreSQL's own words (they waited the full RECFORGE_STORE_WAIT)."""
+    from recforge.errors import ConfigError
+
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match='database "nosuchdb" does not exist'):
+        EventStore(postgres.rsplit("/", 1)[0] + "/nosuchdb", wait=60)
+    with pytest.raises(ConfigError, match='role "nobody" does not exist'):
+        EventStore(postgres.replace("postgres@", "nobody@"), wait=60)
+    assert time.monotonic() - started < 10
+
+
 def test_two_workers_read_their_writes_every_time(ials_dir, ml100k, tmp_path):
     server = Server(ials_dir, f"sqlite:///{tmp_path / 'events.sqlite'}", workers=2)
     rng = np.random.default_rng(0)

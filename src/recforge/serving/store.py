@@ -158,13 +158,14 @@ class EventStore:
     def when_reachable(self, call: Callable[[], T], wait: float) -> T:
         """`call()`, retried for `wait` seconds while a PostgreSQL server cannot be reached (not answering
         yet, or restarting under a worker that is still starting; said once in the log); any other error,
-        a SQLite store's, or the last one is raised."""
+        a SQLite store's, one that waiting cannot mend (a database or role that does not exist, a refused
+        password) or the last one is raised."""
         deadline, pause = time.monotonic() + wait, 0.25
         while True:
             try:
                 return call()
             except (self._sa.exc.OperationalError, StoreUnavailableError) as exc:
-                if self.sqlite or time.monotonic() + pause > deadline:
+                if self.sqlite or _refused_for_good(exc) or time.monotonic() + pause > deadline:
                     raise
                 if pause == 0.25:
                     cause = exc.__cause__ if isinstance(exc, StoreUnavailableError) else exc
@@ -595,6 +596,19 @@ class _PublishedSeq:
 
     def close(self) -> None:
         self._map.close()
+
+
+# what a PostgreSQL server or libpq says when the URL itself is wrong (libpq gives connection errors no
+# SQLSTATE, so the message is all there is; a server localised to another language is then waited for)
+_WRONG_URL = ("does not exist", "authentication failed", "no pg_hba.conf entry", "no password supplied")
+
+
+def _refused_for_good(exc: BaseException) -> bool:
+    """True when the database answered and refused this URL: a misspelt database or user, or a wrong
+    password, fails at once instead of after RECFORGE_STORE_WAIT."""
+    cause = exc.__cause__ if isinstance(exc, StoreUnavailableError) else exc
+    said = str(getattr(cause, "orig", None) or cause)
+    return any(phrase in said for phrase in _WRONG_URL)
 
 
 def _encode(kind: str, payload: dict[str, Any]) -> str:
