@@ -258,6 +258,14 @@ def test_typed_parquet_matches_the_text_path_and_reports_rows(tmp_path):
         load_table(tmp_path / "hole.parquet", **options)
     assert (info.value.line, info.value.column) == (3, "user")
 
+    with_fraction = rows.assign(user=[1.0, 2.0, None, 3.5])  # whole floats are ids; 3.5 is no id
+    with_fraction.to_parquet(tmp_path / "fraction.parquet", index=False)
+    with pytest.raises(DataFormatError, match=r"ids must be integers or text, not 3\.5") as info:
+        load_table(tmp_path / "fraction.parquet", **options | {"on_missing": "drop"})
+    assert (info.value.line, info.value.column) == (4, "user")
+    whole = load_table(tmp_path / "hole.parquet", **options | {"on_missing": "drop"})
+    assert whole.users.ids.tolist() == [1, 2, 3]
+
     rows = rows.dropna(subset=["user"]).astype({"user": "int64"})
     rows.loc[3, "stars"] = 9.0
     rows.to_parquet(tmp_path / "scale.parquet", index=False)

@@ -140,8 +140,8 @@ class Interactions:
                     f"missing id ({int(missing.sum())} such row(s))", column=column, **at_row(int(np.argmax(missing)))
                 )
 
-        users, user_codes = Vocabulary.encode(_id_values(frame, user, at_row), name="user")
-        items, item_codes = Vocabulary.encode(_id_values(frame, item, at_row), name="item")
+        users, user_codes = Vocabulary.encode(whole_number_ids(frame[user].to_numpy(), user, at_row), name="user")
+        items, item_codes = Vocabulary.encode(whole_number_ids(frame[item].to_numpy(), item, at_row), name="item")
         return cls(
             users=users,
             items=items,
@@ -409,12 +409,11 @@ class Interactions:
         return describe(self)
 
 
-def _id_values(frame: pd.DataFrame, column: str, locate: Any) -> np.ndarray:
+def whole_number_ids(values: np.ndarray, column: str, locate: Any) -> np.ndarray:
     """The ids of `column`. A float column of whole numbers (what pandas makes of an integer id column
     that had a gap, or read with a float dtype) becomes int64, as the table loader reads "10.0": float ids
     would make every saved model's and the service's integer ids unknown ("1" is not 1.0 there). A float
-    with a fraction is no id: refused, naming the row."""
-    values = frame[column].to_numpy()
+    with a fraction is no id: refused, naming the row (`locate(position)`: the error's place)."""
     if values.dtype.kind != "f":
         return values
     whole = np.isfinite(values) & (values == np.round(values)) & (np.abs(values) < 2**53)

@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from recforge.data.columns import INTEGER, plain_numbers, rating_values, timestamp_values
-from recforge.data.interactions import Interactions
+from recforge.data.interactions import Interactions, whole_number_ids
 from recforge.data.loaders._source import read_delimited, source_info, split_list
 from recforge.errors import ConfigError, DataFormatError
 
@@ -162,6 +162,11 @@ def load_table(
                 frame, path, user, item, rating, timestamp, (rating_scale, unrated), on_missing
             )
             return _finish(table, path, rating, timestamp, rating_scale, name, dropped, side_tables)
+        for column in (user, item):  # a float column's "10.5" would otherwise become a text id
+            if pd.api.types.is_float_dtype(frame[column]):
+                rows = np.flatnonzero(frame[column].notna().to_numpy())
+                at_row = lambda p, rows=rows: {"path": path, "line": int(rows[p]) + 1}  # noqa: E731
+                whole_number_ids(frame[column].to_numpy()[rows], column, at_row)
         frame = frame[wanted].astype(str).where(frame[wanted].notna(), "")
         frame["_line"] = np.arange(1, len(frame) + 1)  # Parquet has no lines: report 1-based row numbers
     else:
