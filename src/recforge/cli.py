@@ -579,6 +579,10 @@ def serve(
         os.environ["RECFORGE_TOKEN_FILE"] = str(token_file.resolve())
     if read_token_file is not None:
         os.environ["RECFORGE_READ_TOKEN_FILE"] = str(read_token_file.resolve())
+    from recforge.serving.app import number_from_environment
+
+    number_from_environment("RECFORGE_STORE_WAIT", 0, float)  # checked here too: a worker's error stops the
+    number_from_environment("RECFORGE_STORE_CONNECTIONS", 1, int, least=1)  # server with its traceback
     options = {
         "host": host,
         "port": port,

@@ -82,7 +82,8 @@ class Postgres:
     and start again on the same port and data directory, as a database restart or failover looks to a
     client."""
 
-    def __init__(self) -> None:
+    def __init__(self, settings: str = "") -> None:
+        """`settings`: extra server options ("-c max_connections=4")."""
         binaries = postgres_binaries()
         if binaries is None:
             raise FileNotFoundError("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
@@ -98,7 +99,7 @@ class Postgres:
             if self.as_user:
                 shutil.chown(path, "postgres", "postgres")
         self.port = free_port()
-        self.options = f"-p {self.port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=on"
+        self.options = f"-p {self.port} -k {sockets} -c listen_addresses=127.0.0.1 -c fsync=on {settings}".strip()
         self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
         self._run("initdb", "-D", str(self.data), "--auth=trust", "-U", "postgres", "--no-sync")
         self.start()
@@ -121,8 +122,8 @@ class Postgres:
 
 
 @contextlib.contextmanager
-def postgres_cluster() -> Iterator[Postgres]:
-    database = Postgres()
+def postgres_cluster(settings: str = "") -> Iterator[Postgres]:
+    database = Postgres(settings)
     try:
         yield database
     finally:

@@ -12,6 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
+from recforge.errors import ConfigError
 from recforge.models import create_model
 from recforge.serving.engine import Engine
 from recforge.serving.store import EventStore, StoreUnavailableError
@@ -202,14 +203,42 @@ def test_a_worker_whose_database_stops_while_it_loads_its_model_waits_for_it(ial
 def test_a_store_url_the_database_refuses_fails_at_once_instead_of_waiting(postgres):
     """Waiting mends a database that does not answer yet, not a misspelt database or user name: those
     fail the start-up at once with PostgreSQL's own words (they waited the full RECFORGE_STORE_WAIT)."""
-    from recforge.errors import ConfigError
-
     started = time.monotonic()
     with pytest.raises(ConfigError, match='database "nosuchdb" does not exist'):
         EventStore(postgres.rsplit("/", 1)[0] + "/nosuchdb", wait=60)
     with pytest.raises(ConfigError, match='role "nobody" does not exist'):
         EventStore(postgres.replace("postgres@", "nobody@"), wait=60)
     assert time.monotonic() - started < 10
+
+
+def test_a_database_out_of_connections_is_logged_in_its_words_and_the_pool_is_bounded(caplog):
+    """Workers x connections beyond PostgreSQL's max_connections made requests answer 503 "OperationalError"
+    with nothing anywhere saying why: the database's words go to the log (once a minute per reason) with
+    what to change, clients still get no host or port, and `connections` bounds what one process opens."""
+    import psycopg
+
+    if postgres_binaries() is None:
+        pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql package)")
+    with postgres_cluster("-c max_connections=4 -c superuser_reserved_connections=0") as database:
+        store = EventStore(database.url, connections=3)
+        assert (store.engine.pool.size(), store.engine.pool._max_overflow) == (2, 1)
+        others = [psycopg.connect(database.url) for _ in range(3)]  # the store's pool keeps one: all 4 taken
+        try:
+            with store._connection(), caplog.at_level("WARNING", logger="recforge.serving.store"):
+                for _ in range(2):  # the pooled connection is busy: the read needs a fifth
+                    with pytest.raises(StoreUnavailableError) as refused:
+                        store.committed_seq()
+                    assert str(refused.value) == "the event store cannot be read: OperationalError"
+        finally:
+            for connection in others:
+                connection.close()
+        said = [r.getMessage() for r in caplog.records if "too many clients already" in r.getMessage()]
+        assert len(said) == 1 and "RECFORGE_STORE_CONNECTIONS" in said[0] and "max_connections" in said[0], said
+        assert said[0].startswith(f"the event store postgresql://postgres@127.0.0.1:{database.port}/postgres cannot")
+        assert store.committed_seq() == 0  # connections freed: answers again
+        store.close()
+    with pytest.raises(ConfigError, match="connections must be a whole number of at least 1, not 0"):
+        EventStore("postgresql://nobody@127.0.0.1:1/db", connections=0)
 
 
 def test_two_workers_read_their_writes_every_time(ials_dir, ml100k, tmp_path):

@@ -60,7 +60,7 @@ from recforge.serving.schemas import (
     request_models,
 )
 from recforge.serving.service import STORE_WAIT, RecommenderService
-from recforge.serving.store import DuplicateItemError, StoreUnavailableError
+from recforge.serving.store import CONNECTIONS, DuplicateItemError, StoreUnavailableError
 
 Count = Annotated[int, Query(ge=1, le=MAX_K)]
 LATENCY_BUCKETS_MS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 2500)
@@ -668,14 +668,17 @@ def _safe(value: Any) -> Any:
 def app_from_environment() -> FastAPI:
     """App factory for `recforge serve`: each worker process loads the artifact named by RECFORGE_MODEL and
     applies the event store at RECFORGE_STORE (default: a SQLite file beside the artifact; a PostgreSQL server
-    that does not answer yet is waited for RECFORGE_STORE_WAIT seconds, default 60); the write token
+    that does not answer yet is waited for RECFORGE_STORE_WAIT seconds, default 60, and each worker opens up to
+    RECFORGE_STORE_CONNECTIONS connections to it, default 16); the write token
     comes from RECFORGE_TOKEN or the file RECFORGE_TOKEN_FILE, the read token from RECFORGE_READ_TOKEN."""
     import gc
     import os
 
-    wait = float(os.environ.get("RECFORGE_STORE_WAIT") or STORE_WAIT)  # a database still starting, or restarting
     service = RecommenderService.from_artifact(
-        os.environ["RECFORGE_MODEL"], os.environ.get("RECFORGE_STORE") or None, store_wait=wait
+        os.environ["RECFORGE_MODEL"],
+        os.environ.get("RECFORGE_STORE") or None,
+        store_wait=number_from_environment("RECFORGE_STORE_WAIT", STORE_WAIT, float),  # a database (re)starting
+        store_connections=number_from_environment("RECFORGE_STORE_CONNECTIONS", CONNECTIONS, int, least=1),
     )
     app = create_app(
         service,
@@ -687,6 +690,24 @@ def app_from_environment() -> FastAPI:
     gc.collect()
     gc.freeze()
     return app
+
+
+def number_from_environment(variable: str, default: float, kind: type, least: float = 0) -> Any:
+    """A number (`kind`: int or float) of at least `least` from the environment variable, or `default`;
+    anything else is a ConfigError naming the variable (a worker failing with a bare ValueError said nothing)."""
+    import os
+
+    text = os.environ.get(variable, "").strip()
+    if not text:
+        return default
+    try:
+        value = kind(text)
+    except ValueError:
+        value = None
+    if value is None or not math.isfinite(value) or value < least:
+        what = "a whole number" if kind is int else "a number of seconds"
+        raise ConfigError(f"{variable} must be {what}, at least {least}, not {text[:40]!r}")
+    return value
 
 
 def token_from_environment(variable: str) -> str | None:

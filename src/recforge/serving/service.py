@@ -41,7 +41,7 @@ from recforge.models.explain import Reason, explain_history
 from recforge.models.factorization import FactorModel
 from recforge.serving.engine import MAX_NEW_USERS, Engine, Snapshot, check_same_interface
 from recforge.serving.schemas import INTEGER_PATTERN, MAX_ID_LENGTH, MAX_INTEGER_ID, MAX_K
-from recforge.serving.store import Event, EventStore, StoreUnavailableError
+from recforge.serving.store import CONNECTIONS, Event, EventStore, StoreUnavailableError
 
 EXPLAIN_TOP = 3  # reasons per recommended item
 STORE_WAIT = 60.0  # seconds a starting worker waits for its database (RECFORGE_STORE_WAIT overrides)
@@ -71,15 +71,21 @@ class RecommenderService:
 
     @classmethod
     def from_artifact(
-        cls, path: str | Path, store: str | EventStore | None = None, store_wait: float = 0.0, **options: Any
+        cls,
+        path: str | Path,
+        store: str | EventStore | None = None,
+        store_wait: float = 0.0,
+        store_connections: int = CONNECTIONS,
+        **options: Any,
     ) -> RecommenderService:
         """The service of an artifact directory; events go to `store` (a URL or an EventStore), by default a
         SQLite file beside the artifact. `store_wait`: seconds to wait for a PostgreSQL server that does not
-        answer yet, or stops answering while this worker starts (`recforge serve` waits STORE_WAIT)."""
+        answer yet, or stops answering while this worker starts (`recforge serve` waits STORE_WAIT);
+        `store_connections`: the most connections this process opens to it."""
         if store is None:
             store = EventStore.beside(path)
         elif isinstance(store, str):
-            store = EventStore(store, wait=store_wait)
+            store = EventStore(store, wait=store_wait, connections=store_connections)
         return cls(engine=Engine.open(path, store, wait=store_wait), **options)
 
     # ------------------------------------------------------------------ state

@@ -22,6 +22,7 @@ import contextlib
 import fcntl
 import json
 import logging
+import math
 import mmap
 import os
 import socket
@@ -42,6 +43,11 @@ from recforge.errors import ConfigError
 EVENT_KINDS = ("interactions", "items", "model")
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+CONNECTIONS = 16  # PostgreSQL connections per process at most (RECFORGE_STORE_CONNECTIONS overrides)
+_TOO_MANY_HINT = (
+    " (each worker opens up to RECFORGE_STORE_CONNECTIONS connections, default 16: workers x connections, plus"
+    " other clients, must stay under the server's max_connections)"
+)
 SCHEMA_LOCK_KEY = 0x7265_6366_6F72_6765 & 0x7FFF_FFFF_FFFF_FFFF  # "recforge": PostgreSQL advisory lock id
 
 
@@ -78,10 +84,11 @@ def redacted(url: str) -> str:
 class EventStore:
     """Append and read events; thread-safe (one SQLAlchemy engine, a connection per call)."""
 
-    def __init__(self, url: str, wait: float = 0.0) -> None:
+    def __init__(self, url: str, wait: float = 0.0, connections: int = CONNECTIONS) -> None:
         """Open (and create the tables of) the store at `url`. `wait`: seconds to keep retrying a PostgreSQL
         server that does not answer yet (a service started beside its database, or during a restart);
-        0 fails at once."""
+        0 fails at once. `connections`: the most PostgreSQL connections this process opens (half kept in
+        its pool, half opened for bursts); every worker of a service has its own."""
         try:
             import sqlalchemy as sa
         except ImportError as exc:  # pragma: no cover - depends on the environment
@@ -102,7 +109,10 @@ class EventStore:
             if url in ("sqlite://", "sqlite:///:memory:"):  # one shared in-memory database (tests, notebooks)
                 options["poolclass"] = sa.pool.StaticPool
         else:
-            options |= {"pool_size": 8, "max_overflow": 8, "pool_pre_ping": True}
+            if isinstance(connections, bool) or not isinstance(connections, int) or connections < 1:
+                raise ConfigError(f"connections must be a whole number of at least 1, not {connections!r}")
+            kept = (connections + 1) // 2
+            options |= {"pool_size": kept, "max_overflow": connections - kept, "pool_pre_ping": True}
         try:
             self.engine = sa.create_engine(url, **options)
         except Exception as exc:
@@ -131,6 +141,7 @@ class EventStore:
         database = self.engine.url.database
         self._sqlite_file = database if self.sqlite and database not in (None, "", ":memory:") else None
         self._local = threading.local()
+        self._said: dict[str, float] = {}  # reasons logged by `_unavailable`, and when
         self._lock_file: Any = None
         self._writer: sqlite3.Connection | None = None
         self._published: _PublishedSeq | None = None
@@ -200,6 +211,19 @@ class EventStore:
             self.engine.begin() if begin else self.engine.connect() as connection,
         ):
             yield connection
+
+    def _unavailable(self, doing: str, exc: BaseException) -> StoreUnavailableError:
+        """The error of a read or write the database failed (`doing`: "cannot be read", "refused the
+        write"). Clients get the error's class; the database's own words, which name hosts and ports, go to
+        the log, at most once a minute per reason in each process (the follower thread says when an outage
+        starts and ends; this says why requests fail, also when the database itself is up)."""
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:400]
+        now = time.monotonic()
+        if now - self._said.get(reason, -math.inf) >= 60.0:
+            self._said[reason] = now
+            hint = _TOO_MANY_HINT if "too many clients" in reason else ""
+            logger.warning("the event store %s %s: %s%s", redacted(self.url), doing, reason, hint)
+        return StoreUnavailableError(f"the event store {doing}: {exc.__class__.__name__}")
 
     @classmethod
     def beside(cls, artifact: str | Path) -> EventStore:
@@ -295,7 +319,7 @@ class EventStore:
                 self._published.publish(seqs[-1])  # type: ignore[union-attr]
                 return seqs
         except sqlite3.Error as exc:
-            raise StoreUnavailableError(f"the event store refused the write: {exc.__class__.__name__}") from exc
+            raise self._unavailable("refused the write", exc) from exc
 
     def _insert_batch(self, connection: sqlite3.Connection, batch: list[_Pending]) -> list[int]:
         """The batch as one multi-row INSERT in autocommit mode: one statement is one transaction (its
@@ -368,7 +392,7 @@ class EventStore:
         except DuplicateItemError:
             raise
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreUnavailableError(f"the event store refused the write: {exc.__class__.__name__}") from exc
+            raise self._unavailable("refused the write", exc) from exc
 
     def serialize_writers(self, connection: Any) -> None:
         """Sequence numbers must become visible in order, or a worker that has read seq 10 would never
@@ -396,14 +420,14 @@ class EventStore:
             try:
                 value = self._reader().execute("SELECT max(seq) FROM recforge_events").fetchone()[0]
             except sqlite3.Error as exc:
-                raise StoreUnavailableError(f"the event store cannot be read: {exc.__class__.__name__}") from exc
+                raise self._unavailable("cannot be read", exc) from exc
             return int(value or 0)
         sa = self._sa
         try:
             with self._connection() as connection:
                 value = connection.execute(sa.select(sa.func.max(self.events.c.seq))).scalar()
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreUnavailableError(f"the event store cannot be read: {exc.__class__.__name__}") from exc
+            raise self._unavailable("cannot be read", exc) from exc
         return int(value or 0)
 
     def refresh_published(self) -> int:
@@ -433,7 +457,7 @@ class EventStore:
                     .fetchall()
                 )
             except sqlite3.Error as exc:
-                raise StoreUnavailableError(f"the event store cannot be read: {exc.__class__.__name__}") from exc
+                raise self._unavailable("cannot be read", exc) from exc
             return [Event(int(r[0]), r[1], r[2], json.loads(r[3]), float(r[4])) for r in rows]
         sa = self._sa
         query = sa.select(self.events).where(self.events.c.seq > seq).order_by(self.events.c.seq)
@@ -445,7 +469,7 @@ class EventStore:
             with self._connection() as connection:
                 rows = connection.execute(query).all()
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreUnavailableError(f"the event store cannot be read: {exc.__class__.__name__}") from exc
+            raise self._unavailable("cannot be read", exc) from exc
         return [Event(int(r.seq), r.kind, r.user_id, json.loads(r.payload), float(r.created)) for r in rows]
 
     def _reader(self) -> sqlite3.Connection:
@@ -464,7 +488,7 @@ class EventStore:
             with self._connection() as connection:
                 row = connection.execute(query).first()
         except sa.exc.SQLAlchemyError as exc:
-            raise StoreUnavailableError(f"the event store cannot be read: {exc.__class__.__name__}") from exc
+            raise self._unavailable("cannot be read", exc) from exc
         return None if row is None else Event(int(row.seq), row.kind, row.user_id, json.loads(row.payload), row.created)
 
     def count(self, kind: str | None = None) -> int:
