@@ -14,6 +14,7 @@ from recforge.serving.retrain import report_paths, retrain, with_events
 from recforge.serving.service import RecommenderService
 from recforge.serving.store import EventStore
 from recforge.train import TrainConfig, train
+from tests.serving.servers import postgres_binaries, postgres_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("retrain")]
 HOLDOUT = 0.3  # ML-100K's late ratings are mostly new users': 30% of the known users' events is ~40 users
@@ -50,10 +51,13 @@ def config_for(base_path, model: str = "ials", index: str | None = None, **param
 @pytest.fixture
 def served(stream, tmp_path):
     """v1 trained on the base, a service over a SQLite store, and the stream posted through it."""
+    return serve_stream(stream, tmp_path, f"sqlite:///{tmp_path / 'events.sqlite'}")
+
+
+def serve_stream(stream, tmp_path, store_url: str):
     base_path, batches = stream
     config = config_for(base_path)
     v1 = train(config, tmp_path / "v1")
-    store_url = f"sqlite:///{tmp_path / 'events.sqlite'}"
     service = RecommenderService.from_artifact(v1, store_url)
     for user, ratings in batches:
         service.add_interactions(str(user), ratings)
@@ -61,7 +65,22 @@ def served(stream, tmp_path):
 
 
 def test_retrain_promotes_a_candidate_that_is_not_worse_and_every_worker_swaps(served):
-    config, v1, service, store, tmp_path = served
+    _promotes_and_swaps(*served)
+
+
+def test_retrain_over_postgresql_promotes_and_every_worker_swaps(stream, tmp_path):
+    """The same cycle with the service's events in PostgreSQL, where deployments keep them."""
+    if postgres_binaries() is None:
+        pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql package)")
+    with postgres_server() as url:
+        config, v1, service, store, tmp_path = serve_stream(stream, tmp_path, url)
+        _promotes_and_swaps(config, v1, service, store, tmp_path)
+        assert store.count("model") == 1 and store.count("interactions") == len(stream[1])
+        store.close()
+        service.engine.store.close()
+
+
+def _promotes_and_swaps(config, v1, service, store, tmp_path):
     latest = store.latest_seq()
     report = retrain(config, store, tmp_path / "v2", serving=v1, holdout=HOLDOUT)
     assert report["events"]["after_cutoff_until"] < latest  # the hold-out is the newest events
