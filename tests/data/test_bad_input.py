@@ -125,6 +125,24 @@ def test_missing_column_and_wrong_separator(tmp_path):
     assert info.value.line == 1
 
 
+@pytest.mark.parametrize(
+    "content",
+    [
+        "user,item,rating\n1,10,4,999\n2,11,3,999\n",  # a column the header does not name
+        '\n"user",item,rating\n\n1,10,4,999\n',  # quoted (pandas' path), after blank lines
+    ],
+)
+def test_rows_wider_than_the_header_are_refused_not_shifted(tmp_path, content):
+    """pandas takes the first field of each row as an index when the first row has one field more than
+    the header: user 1's row was read as user 10, item 4, rating 999 (and refused for its rating only when
+    the scale caught it)."""
+    csv = tmp_path / "wide.csv"
+    csv.write_text(content)
+    with pytest.raises(DataFormatError, match=r"more fields than the header has names \(user, item, rating\)") as info:
+        load_table(csv, user="user", item="item")
+    assert info.value.line == content.split("\n").index("1,10,4,999") + 1
+
+
 def test_the_separator_is_sniffed_and_utf16_is_read(tmp_path):
     """A spreadsheet's semicolon export (decimal commas in the ratings) and Excel's "Unicode Text" (UTF-16
     with a byte-order mark, tab-separated, CRLF) read without options; the log's own decimal commas are

@@ -110,6 +110,13 @@ def read_delimited(
             ) from exc
         except pd.errors.EmptyDataError as exc:
             raise DataFormatError("file has no rows", path=path) from exc
+        if not isinstance(frame.index, pd.RangeIndex):  # pandas took the first field of every row as an index
+            raise DataFormatError(
+                f"more fields than the header has names ({', '.join(map(str, frame.columns))}); is the separator "
+                f"{shown_sep!r} right, or a name missing from the header?",
+                path=path,
+                line=int(line_numbers[0]) if len(line_numbers) else 2,
+            )
     # Line numbers: pandas skips blank lines, so they come from the text itself (above)
     if len(line_numbers) != len(frame):  # quoted fields with embedded newlines: fall back to row order
         line_numbers = np.arange(len(frame)) + (2 if header else 1)
