@@ -158,9 +158,19 @@ def test_the_separator_is_sniffed_and_utf16_is_read(tmp_path):
         assert data.users.ids.tolist() == ["u1", "u2"] and sorted(data.rating.tolist()) == [3.0, 4.0, 5.0]
     decimal = tmp_path / "decimal.csv"
     decimal.write_text("user;item;rating\nu1;a;4,5\nu1;b;3,5\n")
-    with pytest.raises(DataFormatError, match="not a number: '4,5'") as info:
+    with pytest.raises(DataFormatError, match=r"not a number: '4,5' .*a decimal comma\? pass decimal=','") as info:
         load_table(decimal, user="user", item="item", rating="rating")
     assert (info.value.line, info.value.column) == (2, "rating")
+    catalogue = tmp_path / "items.csv"
+    catalogue.write_text('item;price;size\na;12,99;"1,5"\nb;-0,5;big\n')  # "big": a text column stays text
+    data = load_table(
+        decimal, user="user", item="item", rating="rating", decimal=",", items=catalogue, item_columns=["price", "size"]
+    )
+    assert data.rating.tolist() == [4.5, 3.5]
+    assert data.item_features["price"].tolist() == [12.99, -0.5] and data.item_features["size"].tolist() == [
+        "1.5",
+        "big",
+    ]
 
 
 def test_ids_written_with_leading_zeros_stay_text_and_distinct(tmp_path):

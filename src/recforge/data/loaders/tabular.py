@@ -89,6 +89,7 @@ def load_table(
     users_id: str | None = None,
     user_columns: Sequence[str] = (),
     missing_values: Sequence[str] = ("NA", "N/A", "NaN", "nan", "null", "None"),
+    decimal: Literal[".", ","] = ".",
 ) -> Interactions:
     """Read interactions from a delimited text file (.csv, .tsv, .txt, .dat) or Parquet, naming the columns.
 
@@ -118,8 +119,14 @@ def load_table(
     repeated id in either table raises; items or users it lacks keep missing features (counted in
     `source["items_without_catalogue_row"]` / `source["users_without_table_row"]`), and a table that matches
     no id raises.
+
+    `decimal=","` reads numbers written with a decimal comma ("4,5"; a European spreadsheet's export, whose
+    separator is then a semicolon, sniffed) in the rating column and the tables' feature columns; without
+    it such a value is refused, saying so.
     """
     path = Path(path)
+    if decimal not in (".", ","):
+        raise ConfigError(f"decimal must be '.' or ',', not {decimal!r}")
     if (item_columns or title or genres) and items is None:
         raise ConfigError("title=, genres= and item_columns= name columns of an item catalogue: also pass items=")
     if user_columns and users is None:
@@ -127,11 +134,11 @@ def load_table(
     missing = tuple(missing_values)
     side_tables = []
     if items is not None:
-        catalogue = (Path(items), items_id or item, title, genres, genres_sep, tuple(item_columns), missing)
+        catalogue = (Path(items), items_id or item, title, genres, genres_sep, tuple(item_columns), missing, decimal)
         side_tables.append(_SideTable("item", *catalogue))
     if users is not None:
         side_tables.append(
-            _SideTable("user", Path(users), users_id or user, None, None, "|", tuple(user_columns), missing)
+            _SideTable("user", Path(users), users_id or user, None, None, "|", tuple(user_columns), missing, decimal)
         )
     wanted = [c for c in (user, item, rating, timestamp) if c is not None]
     if header and columns is not None:
@@ -196,7 +203,7 @@ def load_table(
         return {"path": path, "line": int(frame["_line"].iloc[position])}
 
     if rating is not None:
-        text = frame[rating].str.strip()
+        text = _with_decimal_points(frame[rating].str.strip(), decimal, rating, at_line)
         table["rating"] = rating_values(
             text.where(text != "", None), column=rating, locate=at_line, scale=rating_scale, unrated=unrated
         )
@@ -236,6 +243,7 @@ class _SideTable:
     genres_sep: str
     columns: tuple[str, ...]
     missing: tuple[str, ...]  # markers of a missing feature value besides an empty field
+    decimal: str  # "." or ","
 
 
 def _with_side_table(data: Interactions, table: _SideTable) -> Interactions:
@@ -279,7 +287,7 @@ def _with_side_table(data: Interactions, table: _SideTable) -> Interactions:
         elif kind == "list":
             features[out] = split_list(frame[column], table.genres_sep).to_numpy()
         else:
-            features[out] = _feature_values(frame[column], table.missing)
+            features[out] = _feature_values(frame[column], table.missing, table.decimal)
     vocabulary = data.items if table.side == "item" else data.users
     known = pd.Index(vocabulary.ids)
     matched = known.isin(features.index)
@@ -310,15 +318,36 @@ def _with_side_table(data: Interactions, table: _SideTable) -> Interactions:
     return replace(data, source=source)
 
 
-def _feature_values(text: pd.Series, missing: tuple[str, ...]) -> np.ndarray:
+def _feature_values(text: pd.Series, missing: tuple[str, ...], decimal: str = ".") -> np.ndarray:
     """A table column as feature values: floats when every present value is a number (missing: NaN), else
     text (missing: None). Missing: an empty field or one of the `missing` markers."""
     stripped = text.str.strip()
+    if decimal == ",":
+        stripped = stripped.str.replace(_DECIMAL_COMMA, r"\1.\2", regex=True)
     present = (stripped != "") & ~stripped.isin(missing)
     numbers = pd.to_numeric(stripped.where(present, None), errors="coerce")
     if not (numbers.isna() & present).any():
         return numbers.to_numpy(dtype=np.float64)
     return stripped.where(present, None).to_numpy(dtype=object)
+
+
+_DECIMAL_COMMA = r"^([+-]?[0-9]*),([0-9]+)$"  # "4,5", "-0,25", ",5": one comma before the fraction
+
+
+def _with_decimal_points(text: pd.Series, decimal: str, column: str, locate: Any) -> pd.Series:
+    """Numbers written with a decimal comma read with a point (`decimal=","`); otherwise the first such
+    value is refused at its line, naming the option (rather than only "not a number")."""
+    if decimal == ",":
+        return text.str.replace(_DECIMAL_COMMA, r"\1.\2", regex=True)
+    comma = text.str.fullmatch(_DECIMAL_COMMA).fillna(False).to_numpy(dtype=bool)
+    if comma.any():
+        row = int(np.flatnonzero(comma)[0])
+        raise DataFormatError(
+            f"not a number: {text.iloc[row]!r} ({int(comma.sum())} such row(s)); a decimal comma? pass decimal=','",
+            column=column,
+            **locate(row),
+        )
+    return text
 
 
 def _finish(
