@@ -211,6 +211,32 @@ def test_a_store_url_the_database_refuses_fails_at_once_instead_of_waiting(postg
     assert time.monotonic() - started < 10
 
 
+def test_a_refused_password_fails_at_once_and_the_right_one_opens(tmp_path):
+    """The server asks for passwords over TCP (scram-sha-256; its local socket stays trusted, to set one):
+    a wrong password is PostgreSQL's "password authentication failed", at once, never the password itself."""
+    import psycopg
+
+    if postgres_binaries() is None:
+        pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql package)")
+    with postgres_cluster() as database:
+        rules = database.folder / "pg_hba.conf"
+        rules.write_text("local all all trust\nhost all all 127.0.0.1/32 scram-sha-256\n")
+        rules.chmod(0o644)
+        with psycopg.connect(database.url, autocommit=True) as connection:
+            connection.execute("ALTER USER postgres PASSWORD 'right-one'")
+        database.stop()
+        database.options += f" -c hba_file={rules}"
+        database.start()
+        started = time.monotonic()
+        wrong = database.url.replace("postgres@", "postgres:wrong-one@")
+        with pytest.raises(ConfigError, match='password authentication failed for user "postgres"') as info:
+            EventStore(wrong, wait=60)
+        assert time.monotonic() - started < 10 and "wrong-one" not in str(info.value)
+        store = EventStore(database.url.replace("postgres@", "postgres:right-one@"), wait=60)
+        assert store.latest_seq() == 0
+        store.close()
+
+
 def test_a_database_out_of_connections_is_logged_in_its_words_and_the_pool_is_bounded(caplog):
     """Workers x connections beyond PostgreSQL's max_connections made requests answer 503 "OperationalError"
     with nothing anywhere saying why: the database's words go to the log (once a minute per reason) with
