@@ -58,11 +58,21 @@ def train(config: TrainConfig, output: str | Path | None = None, progress: bool 
     if target is None:
         raise ConfigError("no output directory: set `output` in the config or pass --output")
     check_artifact_output(target)  # before the fit, not after it
+    check_servable(config)
     data, _ = preprocess(load_raw_dataset(config), config.preprocess)
     model = fit_model(config, data, progress)
     if int(os.environ.get("RANK", "0")) != 0:  # under torchrun every rank trains; only rank 0 writes
         return Path(target)
     return save_served(config, model, data, target)
+
+
+def check_servable(config: TrainConfig) -> None:
+    """What saving the fitted model would refuse, refused before the data is loaded and the model fitted
+    (an [index] on a model without embeddings failed after a whole SASRec fit, losing it)."""
+    if config.index is not None:
+        from recforge.models.indexed import IndexedRecommender
+
+        IndexedRecommender.require_embeddings(config.model.build())
 
 
 def load_raw_dataset(config: TrainConfig) -> Interactions:

@@ -70,6 +70,27 @@ def test_a_model_without_embeddings_cannot_be_indexed(ml100k):
         IndexedRecommender.build(create_model("ease").fit(ml100k), {"kind": "hnsw"})
 
 
+def test_training_with_an_index_on_a_model_without_embeddings_fails_before_the_fit(tmp_path, monkeypatch):
+    """`recforge train` with [index] under SASRec fitted the whole model, then refused to save it; the
+    refusal now comes first, and names the models that have embeddings (all of them, checked here)."""
+    import re
+
+    from recforge.coldstart import EMBEDDINGS
+    from recforge.errors import ConfigError
+    from recforge.models.registry import _REGISTRY
+    from recforge.train import TrainConfig, train
+
+    config = TrainConfig.model_validate(
+        {"dataset": {"name": "ml-100k"}, "model": {"model": "sasrec"}, "index": {"kind": "hnsw"}}
+    )
+    monkeypatch.setattr("recforge.train.load_raw_dataset", lambda config: pytest.fail("loaded before refusing"))
+    with pytest.raises(ConfigError, match="an index needs a model with user/item embeddings") as info:
+        train(config, tmp_path / "never")
+    named = set(re.search(r"\(such as ([a-z_, ]+)\)", str(info.value)).group(1).split(", "))
+    assert named == {name for name in _REGISTRY if EMBEDDINGS in create_model(name).capabilities}
+    assert not (tmp_path / "never").exists()
+
+
 def test_batch_recommend_of_every_user_through_the_index(ials, ml100k):
     """`recforge recommend --users all` on an artifact with an index: the batch path passes batch_size=None
     (the model's default), which the indexed recommend used to hand straight to range() (TypeError)."""

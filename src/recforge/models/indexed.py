@@ -29,8 +29,7 @@ class IndexedRecommender:
     """A fitted model with the EMBEDDINGS capability plus a `VectorIndex` built on its item embeddings."""
 
     def __init__(self, model: Recommender, index: VectorIndex) -> None:
-        if EMBEDDINGS not in model.capabilities:
-            raise ConfigError(f"an index needs a model with user/item embeddings; {model.name} scores another way")
+        self.require_embeddings(model)
         if index.n_items != model.n_items:
             raise ConfigError(f"the index holds {index.n_items} items, the model {model.n_items}")
         self.model, self.index = model, index
@@ -38,10 +37,19 @@ class IndexedRecommender:
     @classmethod
     def build(cls, model: Recommender, index: VectorIndex | dict[str, Any]) -> IndexedRecommender:
         """Build `index` (a VectorIndex or its config) on the model's item embeddings."""
-        if EMBEDDINGS not in model.capabilities:
-            raise ConfigError(f"an index needs a model with user/item embeddings; {model.name} scores another way")
+        cls.require_embeddings(model)
         index = index if isinstance(index, VectorIndex) else VectorIndex(index)
         return cls(model, index.build(model.item_embeddings()))  # type: ignore[attr-defined]
+
+    @staticmethod
+    def require_embeddings(model: Recommender) -> None:
+        """A ConfigError unless the model (fitted or not: capabilities belong to its class) scores by user
+        and item embeddings, which is what an index searches."""
+        if EMBEDDINGS not in model.capabilities:
+            raise ConfigError(
+                f"an index needs a model with user/item embeddings (such as als, ials, mf, bpr, bayesian_mf, "
+                f"two_tower); {model.name} scores another way: leave out the config's [index]"
+            )
 
     def __getattr__(self, name: str) -> Any:  # everything but recommend is the model's own
         return getattr(self.model, name)

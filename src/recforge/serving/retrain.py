@@ -39,7 +39,7 @@ from recforge.evaluation import metrics as M
 from recforge.evaluation.stats import paired_test
 from recforge.serving.engine import Engine, Snapshot, check_same_interface
 from recforge.serving.store import Event, EventStore, redacted
-from recforge.train import TrainConfig, fit_model, load_raw_dataset, save_served
+from recforge.train import TrainConfig, check_servable, fit_model, load_raw_dataset, save_served
 
 MIN_HOLDOUT_USERS = 10  # fewer users than this cannot tell two models apart; nothing is promoted
 
@@ -78,6 +78,7 @@ def retrain(
     started = time.perf_counter()
     output = Path(output).resolve()
     check_artifact_output(output)  # before any fit
+    check_servable(config)
     promoted_event = store.latest_model()
     serving_path = promoted_event.payload["path"] if promoted_event is not None else serving
     if serving_path is None:
