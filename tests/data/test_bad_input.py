@@ -173,6 +173,36 @@ def test_the_separator_is_sniffed_and_utf16_is_read(tmp_path):
     ]
 
 
+def test_millisecond_timestamps_are_refused_as_seconds_and_read_with_their_unit(tmp_path):
+    """Event logs count milliseconds: read as seconds they were the year 55,972 (which crashed `recforge
+    data describe`) and scaled every time-decayed model's kernel by 1,000."""
+    from recforge.data.describe import as_utc_date, describe
+
+    stamps = [1_704_153_600_123, 1_704_240_000_999]  # 2024-01-02, 2024-01-03
+    log = tmp_path / "events.csv"
+    log.write_text("user,item,ts\n" + "".join(f"u1,{i},{t}\n" for i, t in zip("ab", stamps, strict=True)))
+    options = {"user": "user", "item": "item", "timestamp": "ts"}
+    with pytest.raises(DataFormatError, match=r"after the year 3000 read as unix seconds.*timestamp_unit='ms'") as info:
+        load_table(log, **options)
+    assert (info.value.line, info.value.column) == (2, "ts")
+    pd.DataFrame({"user": ["u1", "u1"], "item": ["a", "b"], "ts": stamps}).to_parquet(tmp_path / "events.parquet")
+    for path in (log, tmp_path / "events.parquet"):
+        data = load_table(path, **options, timestamp_unit="ms")
+        assert data.timestamp.tolist() == [1_704_153_600, 1_704_240_000]  # floored, as datetimes' fractions are
+    assert load_table(log, **options, timestamp_unit="us").timestamp.tolist() == [1_704_153, 1_704_240]  # 1970
+    with pytest.raises(ConfigError, match="timestamp_unit counts numeric timestamps"):
+        load_table(log, **options, timestamp_unit="ms", timestamp_format="iso")
+    frame = pd.DataFrame({"user": [1, 1], "item": [1, 2], "ts": stamps})
+    with pytest.raises(DataFormatError, match=r"pandas.to_datetime\(values, unit='ms'\)") as info:
+        Interactions.from_frame(frame, user="user", item="item", timestamp="ts")
+    assert info.value.row == 0
+    converted = frame.assign(ts=pd.to_datetime(frame["ts"], unit="ms"))
+    assert Interactions.from_frame(converted, user="user", item="item", timestamp="ts").timestamp[0] == 1_704_153_600
+    built = Interactions.from_frame(frame.assign(ts=[0, 1]), user="user", item="item", timestamp="ts")
+    late = type(built)(**{**built.__dict__, "timestamp": np.array(stamps, dtype=np.int64)})  # built around the check
+    assert describe(late).time_range == tuple(stamps) and as_utc_date(stamps[0]) is None  # no date, no crash
+
+
 def test_ids_written_with_leading_zeros_stay_text_and_distinct(tmp_path):
     """Read as numbers, "007" and "7" were one user and the SKU "00123" became item 123; a column with such
     a value is text, and a catalogue joins it by text even when its own ids have no leading zero."""

@@ -59,9 +59,16 @@ def rating_values(
     return numbers.astype(np.float32)
 
 
-def timestamp_values(values: pd.Series, *, column: str, locate: Locate, text_hint: str = "") -> np.ndarray:
+def timestamp_values(
+    values: pd.Series, *, column: str, locate: Locate, text_hint: str = "", unit: str = "s", unit_hint: str = ""
+) -> np.ndarray:
     """The column as int64 unix seconds. `text_hint` says how to read text timestamps where they come
-    from (a loader's timestamp_format, or pandas.to_datetime for a frame)."""
+    from (a loader's timestamp_format, or pandas.to_datetime for a frame). Numbers count `unit`s ("s",
+    "ms", "us", "ns"; finer ones are floored to seconds, as datetimes' sub-second parts are); numbers
+    later than the year 3000 read as seconds are refused (`unit_hint`: how to say milliseconds there), since
+    as seconds they are no date and would scale every time-based model (decay, recency) by 1,000."""
+    if unit not in UNITS:
+        raise ConfigError(f"timestamp_unit must be one of {', '.join(UNITS)}, not {unit!r}")
     if pd.api.types.is_datetime64_any_dtype(values):
         missing = values.isna().to_numpy()
         if missing.any():
@@ -69,15 +76,27 @@ def timestamp_values(values: pd.Series, *, column: str, locate: Locate, text_hin
         utc = values.dt.tz_convert("UTC") if values.dt.tz is not None else values.dt.tz_localize("UTC")
         return ((utc - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(seconds=1)).to_numpy(dtype=np.int64)
     if pd.api.types.is_integer_dtype(values) and not values.isna().any():
-        return values.to_numpy(dtype=np.int64)
-    numbers = _numbers(values, column, locate, "timestamps are unix seconds or datetimes" + text_hint)
-    bad = ~np.isfinite(numbers)
-    if bad.any():
-        _fail(values, bad, column, locate, "timestamp is missing or not finite")
-    bad = numbers % 1 != 0
-    if bad.any():
-        _fail(values, bad, column, locate, "timestamp is not whole seconds")
-    return numbers.astype(np.int64)
+        numbers = values.to_numpy(dtype=np.int64)
+    else:
+        numbers = _numbers(values, column, locate, "timestamps are unix seconds or datetimes" + text_hint)
+        bad = ~np.isfinite(numbers)
+        if bad.any():
+            _fail(values, bad, column, locate, "timestamp is missing or not finite")
+        bad = numbers % 1 != 0
+        if bad.any():
+            _fail(values, bad, column, locate, f"timestamp is not whole {UNITS[unit]}")
+        numbers = numbers.astype(np.int64)
+    seconds = numbers // UNITS_PER_SECOND[unit]
+    late = seconds > LATEST_SECONDS
+    if late.any():
+        reason = "timestamp is after the year 3000 read as unix " + UNITS[unit]
+        _fail(values, late, column, locate, reason, "milliseconds or finer?" + (f" {unit_hint}" if unit_hint else ""))
+    return seconds
+
+
+UNITS = {"s": "seconds", "ms": "milliseconds", "us": "microseconds", "ns": "nanoseconds"}
+UNITS_PER_SECOND = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
+LATEST_SECONDS = 32_503_680_000  # 3000-01-01 UTC; unix milliseconds of today are ~1.7e12
 
 
 def _numbers(values: pd.Series, column: str, locate: Locate, expected: str) -> np.ndarray:

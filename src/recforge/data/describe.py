@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from recforge.data.columns import LATEST_SECONDS
+
 if TYPE_CHECKING:
     from rich.table import Table
 
@@ -77,7 +79,7 @@ def _fmt_scale(scale: tuple[float, float] | None, n_rated: int) -> str:
 def as_utc_date(timestamp: int, with_time: bool = False) -> str | None:
     """A timestamp as its UTC date ("2016-03-22", or "2016-03-22 08:26" with the time) when it reads as unix
     seconds after 1971; None otherwise (sequence files without timestamps count positions, not dates)."""
-    if timestamp < 365 * 86400:
+    if timestamp < 365 * 86400 or timestamp > LATEST_SECONDS:  # positions; or another unit than seconds
         return None
     return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M" if with_time else "%Y-%m-%d")
 

@@ -26,6 +26,7 @@ from recforge.errors import ConfigError, DataFormatError
 
 FORMAT_VERSION = 1
 _TEXT_TIMES = "; parse text with pandas.to_datetime first"
+_FINER_TIMES = "convert them with pandas.to_datetime(values, unit='ms') first"
 
 
 @dataclass(frozen=True)
@@ -152,7 +153,9 @@ class Interactions:
             else rating_values(frame[rating], column=rating, locate=at_row, scale=rating_scale),
             timestamp=None
             if timestamp is None
-            else timestamp_values(frame[timestamp], column=timestamp, locate=at_row, text_hint=_TEXT_TIMES),
+            else timestamp_values(
+                frame[timestamp], column=timestamp, locate=at_row, text_hint=_TEXT_TIMES, unit_hint=_FINER_TIMES
+            ),
             user_features=_align_features(user_features, users),
             item_features=_align_features(item_features, items),
             rating_scale=rating_scale,

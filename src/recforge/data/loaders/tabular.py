@@ -20,6 +20,7 @@ _TEXT_TIMES = (
     "; text needs timestamp_format: 'iso' for ISO 8601 dates and times, or a strftime pattern such as "
     "'%Y-%m-%d %H:%M:%S'"
 )
+_FINER_TIMES = "pass timestamp_unit='ms' (or 'us', 'ns')"
 log = logging.getLogger(__name__)
 
 
@@ -90,6 +91,7 @@ def load_table(
     user_columns: Sequence[str] = (),
     missing_values: Sequence[str] = ("NA", "N/A", "NaN", "nan", "null", "None"),
     decimal: Literal[".", ","] = ".",
+    timestamp_unit: Literal["s", "ms", "us", "ns"] = "s",
 ) -> Interactions:
     """Read interactions from a delimited text file (.csv, .tsv, .txt, .dat) or Parquet, naming the columns.
 
@@ -120,6 +122,10 @@ def load_table(
     `source["items_without_catalogue_row"]` / `source["users_without_table_row"]`), and a table that matches
     no id raises.
 
+    Numeric timestamps count `timestamp_unit`s: "s" (unix seconds, the default), or "ms", "us", "ns"
+    (event logs' milliseconds and finer), floored to seconds; numbers later than the year 3000 read as
+    seconds are refused, naming the option.
+
     `decimal=","` reads numbers written with a decimal comma ("4,5"; a European spreadsheet's export, whose
     separator is then a semicolon, sniffed) in the rating column and the tables' feature columns; without
     it such a value is refused, saying so.
@@ -127,6 +133,8 @@ def load_table(
     path = Path(path)
     if decimal not in (".", ","):
         raise ConfigError(f"decimal must be '.' or ',', not {decimal!r}")
+    if timestamp_unit != "s" and timestamp_format is not None:
+        raise ConfigError("timestamp_unit counts numeric timestamps; timestamp_format reads text ones: pass one")
     if (item_columns or title or genres) and items is None:
         raise ConfigError("title=, genres= and item_columns= name columns of an item catalogue: also pass items=")
     if user_columns and users is None:
@@ -166,7 +174,7 @@ def load_table(
             raise DataFormatError(f"missing column(s) {missing}; have {list(frame.columns)}", path=path)
         if timestamp_format is None and _typed(frame, user, item, rating, timestamp):
             table, dropped = _typed_table(
-                frame, path, user, item, rating, timestamp, (rating_scale, unrated), on_missing
+                frame, path, user, item, rating, timestamp, (rating_scale, unrated), on_missing, timestamp_unit
             )
             return _finish(table, path, rating, timestamp, rating_scale, name, dropped, side_tables)
         for column in (user, item):  # a float column's "10.5" would otherwise become a text id
@@ -210,7 +218,12 @@ def load_table(
     if timestamp is not None:
         if timestamp_format is None:
             table["timestamp"] = timestamp_values(
-                frame[timestamp].str.strip(), column=timestamp, locate=at_line, text_hint=_TEXT_TIMES
+                frame[timestamp].str.strip(),
+                column=timestamp,
+                locate=at_line,
+                text_hint=_TEXT_TIMES,
+                unit=timestamp_unit,
+                unit_hint=_FINER_TIMES,
             )
         else:
             parsed = pd.to_datetime(
@@ -406,9 +419,10 @@ def _typed_table(
     timestamp: str | None,
     ratings: tuple[tuple[float, float] | None, float | None],
     on_missing: str,
+    unit: str = "s",
 ) -> tuple[pd.DataFrame, int]:
     """The typed-Parquet twin of the text path: same checks, same errors (1-based row numbers); `ratings` is
-    the rating scale and the unrated marker."""
+    the rating scale and the unrated marker, `unit` the numeric timestamps' unit."""
     required = [c for c in (user, item, timestamp) if c is not None]
     blank = np.zeros(len(frame), dtype=bool)
     for column in required:
@@ -441,7 +455,9 @@ def _typed_table(
             frame[rating], column=rating, locate=at_row, scale=ratings[0], unrated=ratings[1]
         )
     if timestamp is not None:
-        table["timestamp"] = timestamp_values(frame[timestamp], column=timestamp, locate=at_row)
+        table["timestamp"] = timestamp_values(
+            frame[timestamp], column=timestamp, locate=at_row, unit=unit, unit_hint=_FINER_TIMES
+        )
     return table, dropped
 
 
