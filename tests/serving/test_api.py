@@ -85,7 +85,9 @@ def test_k_is_bounded(client, k):
 
 def test_unknown_ids_are_404_with_a_message(client):
     response = client.get("/users/999999/recommendations")
-    assert response.status_code == 404 and "999999" in response.json()["detail"]
+    assert response.status_code == 404
+    assert response.json()["detail"].startswith("unknown user id 999999: the model was not trained with them")
+    assert "POST /recommendations" in response.json()["detail"]  # what to do instead ("user_id id" before)
     assert client.get("/items/99999999/similar").status_code == 404
     assert client.get("/items/nope/similar").status_code == 422  # not an integer id: malformed, not unknown
     for path, kind in (("/items/nope/similar", "item"), ("/users/alice/recommendations", "user")):

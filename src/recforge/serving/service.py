@@ -222,7 +222,10 @@ class RecommenderService:
         if index is None:
             update = snapshot.newcomers.get(plain)
             if update is None:
-                raise UnknownIdError(f"unknown user_id id {plain!r}")
+                raise UnknownIdError(
+                    f"unknown user id {plain!r}: the model was not trained with them and nothing was written for "
+                    "them; recommend from their items instead (POST /recommendations, recforge recommend --item)"
+                )
         else:
             update = snapshot.updates.get(index)
             if update is None and not self._trained(model, index):
