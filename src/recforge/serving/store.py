@@ -220,6 +220,8 @@ class EventStore:
         reason = " ".join(str(getattr(exc, "orig", None) or exc).split())[:400]
         now = time.monotonic()
         if now - self._said.get(reason, -math.inf) >= 60.0:
+            if len(self._said) >= 256:  # reasons that vary (a number in each) must not grow without end
+                self._said.clear()
             self._said[reason] = now
             hint = _TOO_MANY_HINT if "too many clients" in reason else ""
             logger.warning("the event store %s %s: %s%s", redacted(self.url), doing, reason, hint)
