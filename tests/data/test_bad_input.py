@@ -167,6 +167,10 @@ def test_the_separator_is_sniffed_and_utf16_is_read(tmp_path):
         decimal, user="user", item="item", rating="rating", decimal=",", items=catalogue, item_columns=["price", "size"]
     )
     assert data.rating.tolist() == [4.5, 3.5]
+    headerless = tmp_path / "headerless.csv"  # a comma in every line: sniffed alone, "," would split them in two
+    headerless.write_text("u1;a;4,5\nu1;b;3,5\n")
+    options = {"user": "u", "item": "i", "rating": "r", "header": False, "columns": ["u", "i", "r"]}
+    assert load_table(headerless, **options, decimal=",").rating.tolist() == [4.5, 3.5]
     assert data.item_features["price"].tolist() == [12.99, -0.5] and data.item_features["size"].tolist() == [
         "1.5",
         "big",

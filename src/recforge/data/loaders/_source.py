@@ -50,10 +50,12 @@ def decode_file(path: Path, encoding: str) -> str:
     return text.lstrip("\ufeff")
 
 
-def sniff_separator(text: str) -> str:
+def sniff_separator(text: str, fields: tuple[int, int] | None = None) -> str:
     """The field separator of a text table, one of SEPARATORS, from its first 50 lines; a file none of them
     splits consistently is one column (","). Python's sniffer left to itself picks any character: a
-    one-column file `user_id` came back split at its "u"."""
+    one-column file `user_id` came back split at its "u". With `fields` (the fewest and most fields a
+    headerless file's lines have), a separator splitting every line into that many wins over the
+    sniffer's choice when that one does not: "u1;a;4,5" is three fields, not two split at the decimal comma."""
     end = 0
     for _ in range(50):
         end = text.find("\n", end) + 1
@@ -61,9 +63,14 @@ def sniff_separator(text: str) -> str:
             end = len(text)
             break
     try:
-        return csv.Sniffer().sniff(text[:end], delimiters=SEPARATORS).delimiter
+        sniffed = csv.Sniffer().sniff(text[:end], delimiters=SEPARATORS).delimiter
     except csv.Error:
-        return ","
+        sniffed = ","
+    if fields is None or '"' in text[:end]:
+        return sniffed
+    lines = [line for line in text[:end].splitlines() if line.strip()]
+    fitting = [sep for sep in SEPARATORS if all(fields[0] <= line.count(sep) + 1 <= fields[1] for line in lines)]
+    return sniffed if sniffed in fitting or not fitting else fitting[0]
 
 
 def read_delimited(
@@ -88,7 +95,7 @@ def read_delimited(
         raise DataFormatError("file not found", path=path)
     text = decode_file(path, encoding)
     if sep is None:
-        sep = sniff_separator(text)
+        sep = sniff_separator(text, None if header else (min_columns or len(columns), len(columns)))
     shown_sep = sep
     if len(sep) > 1:
         text = text.replace(sep, _UNIT_SEPARATOR)
