@@ -81,6 +81,11 @@ def test_errors_in_a_test_file_name_its_own_line(saved, tmp_path):
     with pytest.raises(DataFormatError, match="not a number") as info:
         evaluate_saved(model, semicolons, rating="rating")
     assert info.value.line == 4
+    for bad, message in (("inf", "rating is not finite"), ("", r"rating is missing \(1 row\(s\)\)")):
+        semicolons.write_text(f"user_id;item_id;rating\n1;50;5\n\n2;172;{bad}\n")  # inf made RMSE infinite
+        with pytest.raises(DataFormatError, match=message) as info:
+            evaluate_saved(model, semicolons, rating="rating")
+        assert (info.value.line, info.value.column) == (4, "rating")
     short = tmp_path / "short.csv"
     short.write_text("user_id,item_id\n1,50\n2\n")
     with pytest.raises(DataFormatError, match="column 'item_id': '' is not an integer id") as info:

@@ -22,6 +22,7 @@ import pandas as pd
 
 from recforge._io import atomic_path, check_output
 from recforge.coldstart import RATINGS
+from recforge.data.columns import rating_values
 from recforge.data.interactions import Interactions
 from recforge.data.loaders._source import read_delimited
 from recforge.data.vocabulary import Vocabulary
@@ -144,14 +145,7 @@ def evaluate_saved(
     assert items is not None
     ratings = None
     if rating is not None:
-        ratings = pd.to_numeric(frame[rating].iloc[keep], errors="coerce").to_numpy(np.float32)
-        if np.isnan(ratings).any():
-            row = int(keep[np.flatnonzero(np.isnan(ratings))[0]])
-            raise DataFormatError(
-                f"column {rating!r} is not a number: {frame[rating].iloc[row]!r}",
-                path=path,
-                line=int(frame.index[row]),
-            )
+        ratings = _ratings(frame[rating].iloc[keep], path, rating)
     seen = model.seen_.tocoo()
     train = Interactions(users=model.users_, items=model.items_, user_index=seen.row, item_index=seen.col)
     missed = items < 0
@@ -187,6 +181,25 @@ def evaluate_saved(
             )
         rated = RatingEvaluator(train, test, check_fit=False).evaluate(model)
     return SavedEvaluation(ranking, rated, len(frame), len(frame) - len(keep), int(missed.sum()))
+
+
+def _ratings(values: pd.Series, path: Path, column: str) -> np.ndarray:
+    """A held-out file's ratings, read by the loaders' rule (`data.columns.rating_values`: numbers, finite;
+    "inf" was read as a rating and made RMSE infinite), and present on every row: an evaluation file's
+    rating column rates each of its rows."""
+    if not pd.api.types.is_numeric_dtype(values):  # text (Parquet columns may be numbers already)
+        values = values.str.strip()
+        values = values.where(values != "", None)
+    ratings = rating_values(values, column=column, locate=lambda p: {"path": path, "line": int(values.index[p])})
+    missing = np.isnan(ratings)
+    if missing.any():
+        raise DataFormatError(
+            f"rating is missing ({int(missing.sum())} row(s)); every row of a file evaluated with --rating needs one",
+            path=path,
+            line=int(values.index[int(np.flatnonzero(missing)[0])]),
+            column=column,
+        )
+    return ratings
 
 
 def predict_file(
