@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from recforge._io import sha256_file
+from recforge.data.columns import rating_values
 from recforge.errors import DataFormatError
 
 _TOKENIZE_LINE = re.compile(r"line (\d+)")
@@ -300,25 +301,20 @@ def parse_float(frame: pd.DataFrame, column: str, path: Path, *, missing: Sequen
     return numbers
 
 
-def check_scale(
-    ratings: np.ndarray,
-    frame: pd.DataFrame,
-    column: str,
-    path: Path,
-    scale: tuple[float, float],
-    *,
-    allowed_extra: Sequence[float] = (),
-    allow_missing: bool = False,
-) -> None:
-    """Raise on the first rating outside [low, high]; values in `allowed_extra` (e.g. -1) are exempt,
-    and so are NaNs (unrated rows) when `allow_missing`."""
-    low, high = scale
-    exempt = np.isin(ratings, list(allowed_extra)) if len(allowed_extra) else np.zeros(len(ratings), dtype=bool)
-    if allow_missing:
-        exempt |= np.isnan(ratings)
-    bad = ((ratings < low) | (ratings > high) | np.isnan(ratings)) & ~exempt
-    if bad.any():
-        _fail(frame, bad, column, path, f"rating outside the scale {low:g}..{high:g}")
+def parse_ratings(
+    frame: pd.DataFrame, column: str, path: Path, scale: tuple[float, float], *, unrated: float | None = None
+) -> np.ndarray:
+    """A known format's rating column as float32, by the one rule for ratings (`data.columns.rating_values`:
+    finite numbers inside `scale`; `unrated`, the file's marker for "interacted, not rated", read as NaN).
+    Such files rate every row: an empty field is an error, not "unrated"."""
+    values = frame[column] if pd.api.types.is_numeric_dtype(frame[column]) else frame[column].str.strip()
+    return rating_values(
+        values,
+        column=column,
+        locate=lambda position: {"path": path, "line": int(frame["_line"].iloc[position])},
+        scale=scale,
+        unrated=unrated,
+    )
 
 
 def split_list(values: pd.Series, sep: str) -> pd.Series:

@@ -21,7 +21,7 @@ import pandas as pd
 
 from recforge.data.interactions import Interactions
 from recforge.data.loaders._download import RemoteSource, resolve_dataset_dir, split_file_path
-from recforge.data.loaders._source import check_scale, decode_file, source_info
+from recforge.data.loaders._source import decode_file, parse_ratings, source_info
 from recforge.data.loaders.sequences import FILE_HINT as SEQUENCE_FILE_HINT
 from recforge.data.loaders.sequences import load_sequence_file
 from recforge.errors import DataFormatError
@@ -126,8 +126,7 @@ def load_amazon_reviews(
         if frame[column].isna().any():
             line = int(np.flatnonzero(frame[column].isna().to_numpy())[0]) + 1
             raise DataFormatError("missing value", path=reviews, line=line, column=column)
-    overall = pd.to_numeric(frame["overall"], errors="coerce").to_numpy(dtype=np.float64)
-    check_scale(overall, frame.assign(_line=np.arange(1, len(frame) + 1)), "overall", reviews, (1, 5))
+    overall = parse_ratings(frame.assign(_line=np.arange(1, len(frame) + 1)), "overall", reviews, (1, 5))
     table = pd.DataFrame(
         {
             "user_id": frame["reviewerID"].astype(str),

@@ -24,7 +24,7 @@ import pandas as pd
 
 from recforge.data.interactions import Interactions
 from recforge.data.loaders._download import resolve_dataset_dir, split_file_path
-from recforge.data.loaders._source import check_scale, parse_float, parse_int, read_delimited, source_info
+from recforge.data.loaders._source import parse_float, parse_int, parse_ratings, read_delimited, source_info
 from recforge.errors import DataFormatError, DatasetNotFoundError
 
 KAGGLE_RATING_FILES = ("rating.csv", "rating_sample5000.csv")
@@ -153,19 +153,18 @@ def load_anime_kaggle(
     if not ratings_path.exists():
         raise DatasetNotFoundError(f"{folder} lacks {file!r}; {FILE_HINT}")
     frame = read_delimited(ratings_path, sep=",", columns=("user_id", "anime_id", "rating"), header=True)
-    rating = parse_float(frame, "rating", ratings_path)
-    check_scale(rating, frame, "rating", ratings_path, (1, 10), allowed_extra=(-1,))
-    if (rating % 1 != 0).any():
-        row = int(np.flatnonzero(rating % 1 != 0)[0])
+    rating = parse_ratings(frame, "rating", ratings_path, (1, 10), unrated=-1)  # -1: watched, not rated
+    fraction = ~np.isnan(rating) & (rating % 1 != 0)
+    if fraction.any():
+        row = int(np.flatnonzero(fraction)[0])
         raise DataFormatError(
             "rating is not an integer", path=ratings_path, line=int(frame["_line"].iloc[row]), column="rating"
         )
-    rating[rating == -1] = np.nan  # watched, not rated: an implicit interaction
     table = pd.DataFrame(
         {
             "user_id": parse_int(frame, "user_id", ratings_path),
             "item_id": parse_int(frame, "anime_id", ratings_path),
-            "rating": rating.astype(np.float32),
+            "rating": rating,
         }
     )
     return Interactions.from_frame(
@@ -189,16 +188,14 @@ def load_anime_mal(
     folder = resolve_dataset_dir("anime-mal", folder, (*side, file), hints=hints)
     ratings_path = folder / file
     frame = read_delimited(ratings_path, sep=",", columns=("userID", "animeID", "rating"), header=True)
-    rating = parse_float(frame, "rating", ratings_path)
-    check_scale(rating, frame, "rating", ratings_path, (0, 10))
+    # 0 is "watched, not rated" unless zero_is_rating (checked against 0..10 either way)
+    rating = parse_ratings(frame, "rating", ratings_path, (0, 10), unrated=None if zero_is_rating else 0)
     scale = (0.0, 10.0) if zero_is_rating else (1.0, 10.0)
-    if not zero_is_rating:
-        rating[rating == 0] = np.nan
     table = pd.DataFrame(
         {
             "user_id": parse_int(frame, "userID", ratings_path),
             "item_id": parse_int(frame, "animeID", ratings_path),
-            "rating": rating.astype(np.float32),
+            "rating": rating,
         }
     )
     return Interactions.from_frame(

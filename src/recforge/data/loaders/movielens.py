@@ -10,7 +10,7 @@ import pandas as pd
 
 from recforge.data.interactions import Interactions
 from recforge.data.loaders._download import RemoteSource, resolve_dataset_dir, split_file_path
-from recforge.data.loaders._source import check_scale, parse_float, parse_int, read_delimited, source_info
+from recforge.data.loaders._source import parse_int, parse_ratings, read_delimited, source_info
 from recforge.data.splits import Split
 from recforge.errors import DataFormatError
 
@@ -75,13 +75,12 @@ def _ratings_frame(path: Path, *, sep: str, header: bool, encoding: str, scale: 
     columns = ("userId", "movieId", "rating", "timestamp") if header else ("user", "item", "rating", "timestamp")
     frame = read_delimited(path, sep=sep, columns=columns, header=header, encoding=encoding, quoting=csv.QUOTE_NONE)
     user, item, rating, timestamp = columns
-    ratings = parse_float(frame, rating, path)
-    check_scale(ratings, frame, rating, path, scale)
+    ratings = parse_ratings(frame, rating, path, scale)
     return pd.DataFrame(
         {
             "user_id": parse_int(frame, user, path),
             "item_id": parse_int(frame, item, path),
-            "rating": ratings.astype(np.float32),
+            "rating": ratings,
             "timestamp": parse_int(frame, timestamp, path),
         }
     )
