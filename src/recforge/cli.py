@@ -579,10 +579,14 @@ def serve(
         os.environ["RECFORGE_TOKEN_FILE"] = str(token_file.resolve())
     if read_token_file is not None:
         os.environ["RECFORGE_READ_TOKEN_FILE"] = str(read_token_file.resolve())
+    from recforge.artifacts import read_manifest
     from recforge.serving.app import number_from_environment
 
-    number_from_environment("RECFORGE_STORE_WAIT", 0, float)  # checked here too: a worker's error stops the
-    number_from_environment("RECFORGE_STORE_CONNECTIONS", 1, int, least=1)  # server with its traceback
+    # checked here too: a worker's error stops the server after a traceback from each worker
+    if workers > 1:
+        read_manifest(model)  # a path that is no artifact, or a corrupted one (one worker loads it cleanly)
+    number_from_environment("RECFORGE_STORE_WAIT", 0, float)
+    number_from_environment("RECFORGE_STORE_CONNECTIONS", 1, int, least=1)
     options = {
         "host": host,
         "port": port,

@@ -116,6 +116,10 @@ def test_serve_says_what_it_serves_where_and_a_taken_port_fails_at_once(ials_dir
         taken = subprocess.run([*command, "--store", store], env=env, capture_output=True, text=True, timeout=120)
         assert taken.returncode == 2 and f"cannot listen on 127.0.0.1:{port}: Address already in use" in taken.stderr
         assert "hunter2" not in taken.stdout + taken.stderr
+        nothing = [*command[:5], str(tmp_path / "nothing"), "--workers", "2", "--port", str(free_port())]
+        wrong = subprocess.run(nothing, env=env, capture_output=True, text=True, timeout=120)
+        assert wrong.returncode == 2 and "is not a model artifact directory" in wrong.stderr  # before any worker
+        assert "Traceback" not in wrong.stderr and "serving" not in wrong.stdout  # announced, then 2 tracebacks
         for variable, value in (("RECFORGE_STORE_CONNECTIONS", "0"), ("RECFORGE_STORE_WAIT", "60s")):
             wrong = subprocess.run(command, env=env | {variable: value}, capture_output=True, text=True, timeout=120)
             assert wrong.returncode == 2 and f"{variable} must be" in wrong.stderr and repr(value) in wrong.stderr
