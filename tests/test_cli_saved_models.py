@@ -322,6 +322,13 @@ def test_the_serving_announcement_hides_the_stores_password(monkeypatch):
     assert len(text.strip().splitlines()) == 1  # one line, however narrow the terminal
 
 
+def test_spark_score_refuses_a_path_that_is_no_artifact_before_starting_spark(tmp_path, monkeypatch):
+    """The error came after the JVM's start-up (5 s); now before it (no Spark session is asked for)."""
+    monkeypatch.setattr("recforge.spark.prepare.spark_session", lambda *a, **k: pytest.fail("Spark started"))
+    result = CliRunner().invoke(app, ["spark", "score", "--model", str(tmp_path / "no"), "--output", "out"])
+    assert result.exit_code == 2 and "is not a model artifact directory" in result.output, result.output
+
+
 def test_commands_refuse_an_output_that_is_not_theirs_before_doing_the_work(tmp_path, monkeypatch):
     """`train --output` into a folder of other files deleted them after the fit (and `compare` into a file
     failed only after every model ran); now the command stops at once and writes nothing."""

@@ -762,16 +762,18 @@ def spark_prepare(
 @_friendly
 def spark_score(
     model: Annotated[Path, typer.Option("--model", help="model artifact directory")],
-    output: Annotated[Path, typer.Option(help="Parquet folder for user_id, rank, item_id, score")],
+    output: Annotated[Path, typer.Option(help="Parquet folder for user, rank, item, score, served_by, note")],
     k: Annotated[int, typer.Option("-k", help="recommendations per user")] = 10,
     partitions: Annotated[int | None, typer.Option(help="Spark partitions over users")] = None,
     local_threads: Annotated[int, typer.Option(help="Spark local mode cores; 0 = the master spark-submit set")] = 2,
     memory: Annotated[str, typer.Option(help="driver memory in local mode")] = "4g",
 ) -> None:
     """Top-k for every user of a saved model, computed on Spark, written to Parquet."""
+    from recforge.artifacts import read_manifest
     from recforge.spark.prepare import spark_session
     from recforge.spark.score import score_spark
 
+    read_manifest(model)  # a wrong path fails before Spark's start-up (5 s), not after it
     with spark_session(local_threads or None, memory) as spark:
         rows = score_spark(spark, model, output, k, partitions=partitions)
     console.print(f"wrote {output}: {rows:,} rows")
