@@ -181,6 +181,9 @@ def test_amazon_reviews_and_literal_metadata(tmp_path):
     assert data.item_features["title"].tolist() == ["Rose Lip Balm", "Sea Salt Spray"]
     assert data.item_features["categories"].iloc[0] == ["Beauty", "Lips"]
     assert data.sequences()[0].tolist() == [1, 0]  # A1 reviewed B02 first
+    lines[1]["overall"] = " 3.0"  # one rating written as text: the numbers beside it were read as NaN
+    reviews.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    assert sorted(load_amazon_reviews(reviews).rating.tolist()) == [3.0, 4.0, 5.0]
 
 
 def test_amazon_sequences_fixture_with_titles(tmp_path):

@@ -24,7 +24,7 @@ from recforge._io import atomic_path, check_output
 from recforge.coldstart import RATINGS
 from recforge.data.columns import rating_values
 from recforge.data.interactions import Interactions
-from recforge.data.loaders._source import read_delimited
+from recforge.data.loaders._source import read_delimited, stripped_text
 from recforge.data.vocabulary import Vocabulary
 from recforge.errors import CapabilityError, DataFormatError
 from recforge.evaluation.protocols import FullRankingEvaluator, RankingResult, RatingEvaluator, RatingResult
@@ -187,9 +187,8 @@ def _ratings(values: pd.Series, path: Path, column: str) -> np.ndarray:
     """A held-out file's ratings, read by the loaders' rule (`data.columns.rating_values`: numbers, finite;
     "inf" was read as a rating and made RMSE infinite), and present on every row: an evaluation file's
     rating column rates each of its rows."""
-    if not pd.api.types.is_numeric_dtype(values):  # text (Parquet columns may be numbers already)
-        values = values.str.strip()
-        values = values.where(values != "", None)
+    values = stripped_text(values)  # text read from a file; Parquet columns may be numbers already
+    values = values.where(values != "", None)
     ratings = rating_values(values, column=column, locate=lambda p: {"path": path, "line": int(values.index[p])})
     missing = np.isnan(ratings)
     if missing.any():

@@ -301,13 +301,19 @@ def parse_float(frame: pd.DataFrame, column: str, path: Path, *, missing: Sequen
     return numbers
 
 
+def stripped_text(values: pd.Series) -> pd.Series:
+    """A column with its text cells stripped, left as it is unless every cell is text: `.str` on a column
+    mixing numbers and text (JSON's 5 beside "4.0") made the numbers NaN, read as "not rated"."""
+    return values.str.strip() if pd.api.types.is_string_dtype(values) else values
+
+
 def parse_ratings(
     frame: pd.DataFrame, column: str, path: Path, scale: tuple[float, float], *, unrated: float | None = None
 ) -> np.ndarray:
     """A known format's rating column as float32, by the one rule for ratings (`data.columns.rating_values`:
     finite numbers inside `scale`; `unrated`, the file's marker for "interacted, not rated", read as NaN).
     Such files rate every row: an empty field is an error, not "unrated"."""
-    values = frame[column] if pd.api.types.is_numeric_dtype(frame[column]) else frame[column].str.strip()
+    values = stripped_text(frame[column])
     return rating_values(
         values,
         column=column,
