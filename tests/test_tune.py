@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from recforge._toml import loads as toml_loads
 from recforge.cli import app
 from recforge.errors import ConfigError
-from recforge.experiment import ExperimentModel
+from recforge.experiment import ExperimentModel, load_config
 from recforge.tune import TuneConfig, best_as_toml, tune
 
 CONFIG = """
@@ -61,6 +61,27 @@ def test_tune_searches_resumes_and_writes_the_best_as_toml(tmp_path, data_dir):
     best = toml_loads((tmp_path / "best.toml").read_text())["models"][0]
     entry = ExperimentModel(**best)  # an experiment accepts it as it is
     assert entry.model == "mf" and entry.params["n_epochs"] == 6 and 4 <= entry.params["n_factors"] <= 64
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"n_factors": 16, "reg": 0.08},  # short enough that TOML writers put it on one line
+        {"members": [{"model": "ease", "params": {"reg": 300.0}}, {"model": "ials", "weight": 0.4}]},
+        {},
+    ],
+)
+def test_the_best_parameters_can_be_appended_to_an_experiment_config(tmp_path, params):
+    """`cat best.toml >> run.toml`: the file was `models = [...]`, which after the config's last [table]
+    belongs to that table ("evaluation.models: not a known setting"); a `[[models]]` header does not."""
+    model = "blend" if "members" in params else "ials"
+    result = {"complete": 4, "validation": "random 90%/10%", "metric": "ndcg@10", "best_value": 0.15}
+    result |= {"model": model, "best_params": params}
+    experiment = CONFIG.split("[split.validation]")[0] + '[evaluation]\nprotocols = ["ranking"]\n'
+    config = tmp_path / "run.toml"
+    config.write_text(experiment + best_as_toml(result))
+    loaded = load_config(config)
+    assert [(entry.model, entry.params) for entry in loaded.models] == [(model, params)]
 
 
 def test_a_study_path_that_is_not_a_study_is_refused_untouched(tmp_path):

@@ -36,6 +36,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from recforge._toml import loads as toml_loads
 from recforge.errors import ConfigError, TrainingDivergedError
 from recforge.evaluation.metrics import direction, metric_problem
 from recforge.experiment import ExperimentConfig, load_config, validation_evaluator
@@ -297,4 +298,20 @@ def best_as_toml(result: dict[str, Any]) -> str:
         f"# recforge tune: best of {result['complete']} completed trial(s) on {result['validation']}, "
         f"{result['metric']} = {result['best_value']:.6g}\n"
     )
-    return note + tomli_w.dumps({"models": [{"model": result["model"], "params": result["best_params"]}]})
+    entry = {"model": result["model"], "params": result["best_params"]}
+    # Always a `[[models]]` table, never `models = [...]`: an inline array appended after a config's last
+    # [table] would belong to that table, while the header is right anywhere (`cat best.toml >> run.toml`).
+    body = [_under_models(line) for line in tomli_w.dumps(entry).splitlines()]
+    text = note + "[[models]]\n" + "\n".join(body).strip("\n") + "\n"
+    if toml_loads(text)["models"] != [entry]:  # pragma: no cover - a guard on the rewriting above
+        raise AssertionError(f"best parameters did not round-trip through TOML: {text}")
+    return text
+
+
+def _under_models(line: str) -> str:
+    """A table header of one `[[models]]` entry's own TOML, moved under that entry."""
+    if line.startswith("[["):
+        return "[[models." + line[2:]
+    if line.startswith("["):
+        return "[models." + line[1:]
+    return line
