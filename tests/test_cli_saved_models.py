@@ -184,6 +184,8 @@ def test_similar_finds_an_item_by_its_title_and_names_ambiguous_ones(saved):
     assert "127 Godfather, The (1972)" in result.output and "187 Godfather: Part II" in result.output
     result = CliRunner().invoke(app, ["similar", "--model", str(folder / "mf"), "--item", "no such film"])
     assert result.exit_code == 2 and "neither an item id of this model nor part of a title" in result.output
+    result = CliRunner().invoke(app, ["similar", "--model", str(folder / "mf"), "--item", "godfathr part 2"])
+    assert result.exit_code == 2 and "closest titles: 187 Godfather: Part II, The (1974)" in result.output
 
 
 def test_recommend_for_a_new_user_from_items_given_by_id_or_title(saved):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -93,6 +94,28 @@ class Catalogue:
         if plain:
             loose |= np.logical_or.reduce([column == plain for column in self._folded])
         return [(self.title_lower == query).to_numpy(), np.asarray(loose), self.containing(query)]
+
+    def closest(self, query: str, limit: int = 5, cutoff: float = 0.6) -> np.ndarray:
+        """Indices of the titles nearest a typed title that no title contains (a misspelling: "naruto
+        shippuden" is close to "Naruto: Shippuuden"), best first: difflib's similarity ratio of the `folded`
+        query to each title as typed (no year, article in front), at least `cutoff` and within 0.15 of the
+        best."""
+        plain = folded(pd.Series([query])).iloc[0]
+        if not plain:
+            return np.empty(0, dtype=np.int64)
+        matcher = difflib.SequenceMatcher(autojunk=False)
+        matcher.set_seq2(plain)
+        scored = []
+        for index, title in enumerate(self._folded[2]):
+            matcher.set_seq1(title)
+            # the two cheap upper bounds first: a catalogue of 10^5 titles stays well under a second
+            if matcher.real_quick_ratio() >= cutoff and matcher.quick_ratio() >= cutoff:
+                ratio = matcher.ratio()
+                if ratio >= cutoff:
+                    scored.append((-ratio, index))
+        scored.sort()
+        near = [index for negative, index in scored[:limit] if -negative >= -scored[0][0] - 0.15]  # not far behind
+        return np.array(near, dtype=np.int64)
 
     @cached_property
     def _genre_index(self) -> dict[str, np.ndarray]:

@@ -407,8 +407,8 @@ class RecommenderService:
         """The item a person means by `text` on a command line: the item with that id when the model has
         one, else the one title equal to it (ignoring case, a trailing year in brackets and where the
         catalogue puts an article: "toy story" finds "Toy Story (1995)", "the matrix" "Matrix, The (1999)"),
-        else the one title containing it. Several or no matches raise a ConfigError listing the most
-        popular candidates with their ids."""
+        else the one title containing it. Several matches raise a ConfigError listing the most popular
+        candidates with their ids; none, one listing the closest titles (a misspelling)."""
         snapshot = self.current()
         try:
             index, plain = lookup(snapshot.model.items_, text, "item", from_url=True)
@@ -428,7 +428,10 @@ class RecommenderService:
                 listed = "; ".join(f"{snapshot.catalogue.ids[i]} {snapshot.catalogue.titles[i]}" for i in hits[:5])
                 more = f" and {len(hits) - 5} more" if len(hits) > 5 else ""
                 raise ConfigError(f"{text!r} matches {len(hits)} titles ({listed}{more}): give the item id")
-        raise ConfigError(f"{text!r} is neither an item id of this model nor part of a title")
+        near = snapshot.catalogue.closest(query)
+        hint = "; ".join(f"{snapshot.catalogue.ids[i]} {snapshot.catalogue.titles[i]}" for i in near)
+        hint = f"; closest titles: {hint}" if hint else ""
+        raise ConfigError(f"{text!r} is neither an item id of this model nor part of a title{hint}")
 
     def genres(self) -> list[dict[str, Any]]:
         """The catalogue's genres with their item counts, most items first (what `genre=` accepts)."""
