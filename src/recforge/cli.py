@@ -174,6 +174,49 @@ def data_prepare(
     console.print(f"wrote {output} ({len(data):,} interactions)")
 
 
+@data_app.command("split")
+@_friendly
+def data_split(
+    config: Annotated[
+        Path, typer.Argument(help="experiment or tuning config (its [dataset], [[preprocess]], [split] and seed)")
+    ],
+    output: Annotated[Path, typer.Option(help="split folder to write (train, test, ... and split.json)")],
+    file_format: Annotated[str, typer.Option("--format", help="parquet or csv")] = "parquet",
+    seed: Annotated[int | None, typer.Option(help="which of the config's seeds (default: its first)")] = None,
+    fold: Annotated[int, typer.Option(min=1, help="which fold of a k-fold split (1..k)")] = 1,
+) -> None:
+    """Write the split an experiment config makes as plain files, for another tool to train on; score its
+    lists with `recforge evaluate --lists recs.csv --split FOLDER`."""
+    from recforge.data.loaders import load_dataset
+    from recforge.data.preprocess import preprocess
+    from recforge.data.split_files import write_split
+    from recforge.experiment import SplitConfig, load_config
+
+    if file_format not in ("parquet", "csv"):
+        raise typer.BadParameter(f"--format must be parquet or csv, not {file_format!r}")
+    spec = load_config(config, SplitConfig)
+    seed = spec.all_seeds[0] if seed is None else seed
+    if seed not in spec.all_seeds:
+        raise RecforgeError(f"--seed {seed} is not one of the config's seeds {spec.all_seeds}")
+    folds = getattr(spec.split, "n_folds", 1)
+    if fold > folds:
+        raise RecforgeError(f"--fold {fold}: the config's split has {folds} fold(s)")
+    with console.status(f"loading {spec.dataset.name}"):
+        data = load_dataset(spec.dataset.name, spec.dataset.path, **spec.dataset.options)
+        data, _ = preprocess(data, spec.preprocess)
+    split = spec.split.make_all(data, seed, spec.dataset.path)[fold - 1]
+    validation = None
+    if spec.split.validation is not None:
+        validation = spec.split.validation.make(split.train, seed, spec.dataset.path)
+    source = {"config": str(config), "seed": seed, **({"fold": fold} if folds > 1 else {})}
+    write_split(split, output, file_format=file_format, source=source, validation=validation)  # type: ignore[arg-type]
+    sizes = ", ".join(f"{part} {size:,}" for part, size in split.sizes().items())
+    console.print(f"wrote {output}: {escape(split.name)}, seed {seed} ({sizes})")
+    if validation is not None:
+        sizes = ", ".join(f"{part} {size:,}" for part, size in validation.sizes().items())
+        console.print(f"  and {output / 'validation'}: the carve-out of train for tuning ({sizes})")
+
+
 # ----------------------------------------------------------------------------- experiments
 def _run_and_report(config: Any, output: Path, resume: bool = False) -> Any:
     from recforge.evaluation.report import check_report_output, write_report
@@ -413,13 +456,30 @@ def _unknown(value: str, choices: tuple[str, ...] = ("raise", "drop")) -> Any:
 @app.command()
 @_friendly
 def evaluate(
-    model: Annotated[Path, typer.Option("--model", help="model artifact directory")],
-    test: Annotated[Path, typer.Option("--test", help="held-out interactions: CSV/TSV/Parquet with a header row")],
+    model: Annotated[Path | None, typer.Option("--model", help="model artifact directory")] = None,
+    test: Annotated[
+        Path | None, typer.Option("--test", help="held-out interactions: CSV/TSV/Parquet with a header row")
+    ] = None,
+    lists: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--lists",
+            help="instead of --model: ranked lists of any recommender (user, item, rank), scored against --split's "
+            "test part; repeat to compare several (paired Wilcoxon against the first, Holm-adjusted)",
+        ),
+    ] = None,
+    split: Annotated[
+        Path | None, typer.Option("--split", help="split folder of `recforge data split` (--lists)")
+    ] = None,
     k: Annotated[list[int] | None, typer.Option("-k", min=1, help="cut-offs (repeat: -k 10 -k 20)")] = None,
-    user_column: Annotated[str, typer.Option(help="user column")] = "user_id",
-    item_column: Annotated[str, typer.Option(help="item column")] = "item_id",
+    user_column: Annotated[str | None, typer.Option(help="user column (default: user_id; --lists: user)")] = None,
+    item_column: Annotated[str | None, typer.Option(help="item column (default: item_id; --lists: item)")] = None,
     rating_column: Annotated[
         str | None, typer.Option(help="rating column: adds RMSE/MAE/R2 for a rating model")
+    ] = None,
+    rank_column: Annotated[str | None, typer.Option(help="--lists: the column ordering each list, 1 first")] = None,
+    score_column: Annotated[
+        str | None, typer.Option(help="--lists: order each list by this column instead, highest first")
     ] = None,
     sep: Annotated[str | None, typer.Option(help="separator of a text file (default: sniffed)")] = None,
     columns: Annotated[
@@ -434,19 +494,33 @@ def evaluate(
     ] = "raise",
     output: Annotated[Path | None, typer.Option(help="also write the numbers as JSON")] = None,
 ) -> None:
-    """Evaluate a saved model on a file of held-out interactions: full-ranking metrics over the whole
-    catalogue with each user's training items excluded (as `recforge compare`), plus rating metrics."""
+    """Evaluate a saved model on a file of held-out interactions (--model, --test), or the ranked lists of
+    any recommender on a split folder (--lists, --split): full-ranking metrics over the whole catalogue
+    (as `recforge compare`), plus rating metrics for a rating model."""
     from recforge._io import check_output, write_json_atomic
     from recforge.evaluation.saved import evaluate_saved, summary_rows
 
     if output is not None:
         check_output(output, False, kind="JSON output")  # before the evaluation, not after it
     ks = tuple(sorted(set(k or [10])))
+    if lists or split is not None:
+        if model is not None or test is not None or rating_column is not None:
+            raise typer.BadParameter("--lists and --split evaluate lists: give them without --model, --test, --rating")
+        if not lists or split is None:
+            raise typer.BadParameter(
+                "--lists and --split go together: the lists, and the folder `recforge data split` wrote"
+            )
+        _evaluate_lists(lists, split, ks, user_column, item_column, rank_column, score_column, sep, columns, output)
+        return
+    if model is None or test is None:
+        raise typer.BadParameter("give --model and --test (a saved model), or --lists and --split (ranked lists)")
+    if rank_column is not None or score_column is not None:
+        raise typer.BadParameter("--rank-column and --score-column order --lists; a model ranks by itself")
     result = evaluate_saved(
         _load_model(model),
         test,
-        user=user_column,
-        item=item_column,
+        user=user_column or "user_id",
+        item=item_column or "item_id",
         rating=rating_column,
         ks=ks,
         sep=_separator(sep),
@@ -483,6 +557,75 @@ def evaluate(
         )
     if output is not None:
         write_json_atomic(output, summary_rows(result))
+        console.print(f"wrote {output}")
+
+
+def _evaluate_lists(
+    paths: list[Path],
+    folder: Path,
+    ks: tuple[int, ...],
+    user: str | None,
+    item: str | None,
+    rank: str | None,
+    score: str | None,
+    sep: str | None,
+    columns: str | None,
+    output: Path | None,
+) -> None:
+    """`recforge evaluate --lists ... --split ...`: a table row per lists file, and with several files each
+    against the first (paired by user, Wilcoxon, Holm)."""
+    import pandas as pd
+
+    from recforge._io import write_json_atomic
+    from recforge.data.split_files import read_split
+    from recforge.evaluation.lists import compare_lists, evaluate_lists
+    from recforge.evaluation.metrics import at_cutoffs
+
+    if rank is not None and score is not None:
+        raise typer.BadParameter("order the lists by --rank-column or by --score-column, not both")
+    if len(set(paths)) < len(paths):
+        raise typer.BadParameter("a --lists file is given twice")
+    split = read_split(folder)
+    evaluations = [
+        evaluate_lists(
+            path,
+            split,
+            user=user or "user",
+            item=item or "item",
+            rank=None if score is not None else (rank or "rank"),
+            score=score,
+            ks=ks,
+            sep=_separator(sep),
+            names=_names(columns),
+        )
+        for path in paths
+    ]
+    wanted = [*at_cutoffs(ks), "coverage", "novelty"]
+    labels = pd.Index([str(path) for path in paths], name="lists")
+    table = pd.DataFrame([{n: e.ranking.summary[n] for n in wanted} for e in evaluations], index=labels)
+    print_frame(table, f"{evaluations[0].ranking.protocol} — {split.name} of {split.data.name}, test part")
+    for path, evaluation in zip(paths, evaluations, strict=True):
+        console.print(f"{escape(str(path))}: " + escape("; ".join(evaluation.ranking.notes)))
+    comparison = None
+    if len(paths) > 1:
+        metric = f"ndcg@{max(ks)}"
+        comparison = compare_lists(evaluations, metric)
+        comparison.index = labels[1:]
+        from recforge.evaluation.report_tables import p_value_text
+
+        shown = comparison.assign(**{c: comparison[c].map(p_value_text) for c in ("p", "p_holm")})
+        print_frame(shown, f"{metric} against {paths[0]} (paired by user: Wilcoxon; p_holm over the files)")
+    if output is not None:
+        payload = {
+            "protocol": evaluations[0].ranking.protocol,
+            "split": str(folder),
+            "lists": {
+                str(p): {**e.ranking.summary, "notes": e.ranking.notes} for p, e in zip(paths, evaluations, strict=True)
+            },
+        }
+        if comparison is not None:
+            payload["against_first"] = {name: row.to_dict() for name, row in comparison.iterrows()}
+        write_json_atomic(output, payload)
         console.print(f"wrote {output}")
 
 

@@ -79,6 +79,20 @@ class DataConfig(BaseModel):
     preprocess: list[PreprocessStep] = Field(default_factory=list)
 
 
+class SplitConfig(DataConfig):
+    """The [dataset], [[preprocess]], [split] and seed(s) of a config (`recforge data split`); other sections
+    (models, evaluation, tune) are ignored here."""
+
+    name: str = "experiment"
+    seed: int = 0
+    seeds: list[int] | None = None
+    split: SplitSpec
+
+    @property
+    def all_seeds(self) -> list[int]:
+        return list(self.seeds) if self.seeds else [self.seed]
+
+
 class LLMJudgeSettings(JudgeConfig):
     """The judge's endpoint settings plus how many test users (the first by index) and list length."""
 

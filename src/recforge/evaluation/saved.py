@@ -64,8 +64,8 @@ def read_table(
     return frame[columns]
 
 
-def _indices(values: pd.Series, vocabulary: Vocabulary, path: Path, column: str) -> np.ndarray:
-    """Positions of file ids in a model vocabulary (-1 when unknown), converting ids to its type."""
+def vocabulary_indices(values: pd.Series, vocabulary: Vocabulary, path: Path, column: str) -> np.ndarray:
+    """Positions of file ids in a vocabulary (a model's or a split's; -1 when unknown), converting ids to its type."""
     ids = vocabulary.ids
     if ids.dtype.kind in "iu":
         numbers = pd.to_numeric(values, errors="coerce")
@@ -73,7 +73,7 @@ def _indices(values: pd.Series, vocabulary: Vocabulary, path: Path, column: str)
         if bad.any():
             row = int(np.flatnonzero(bad.to_numpy())[0])
             raise DataFormatError(
-                f"column {column!r}: {values.iloc[row]!r} is not an integer id (this model's ids are integers)",
+                f"column {column!r}: {values.iloc[row]!r} is not an integer id (these ids are integers)",
                 path=path,
                 line=int(values.index[row]),  # read_table's index: the row's line
             )
@@ -93,8 +93,8 @@ def _known_rows(
     hint: str = "pass --unknown drop to leave them out",
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
     """User and item indices of the rows, and the rows kept (all, or the known ones with drop)."""
-    users = _indices(frame[user], model.users_, path, user)
-    items = _indices(frame[item], model.items_, path, item) if item is not None else None
+    users = vocabulary_indices(frame[user], model.users_, path, user)
+    items = vocabulary_indices(frame[item], model.items_, path, item) if item is not None else None
     known = (users >= 0) & (items >= 0 if items is not None else True)
     if unknown == "raise" and not known.all():
         row = int(np.flatnonzero(~known)[0])
@@ -138,7 +138,7 @@ def evaluate_saved(
     frame = read_table(path, [c for c in (user, item, rating) if c is not None], sep, names)
     if unknown == "miss":
         users, _, keep = _known_rows(frame, model, path, user, None, "drop")
-        items = _indices(frame[item].iloc[keep], model.items_, path, item)
+        items = vocabulary_indices(frame[item].iloc[keep], model.items_, path, item)
     else:
         hint = "pass --unknown miss to count unknown items as relevant items the model missed, or drop to leave out"
         users, items, keep = _known_rows(frame, model, path, user, item, unknown, hint)  # type: ignore[arg-type]

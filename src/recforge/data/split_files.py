@@ -1,0 +1,156 @@
+"""A split as plain files, for any other tool to train and predict on: what `recforge data split` writes
+and `recforge evaluate --lists ... --split` reads back.
+
+A split folder holds one table per part of a `Split` (train, test, and valid / fold_in where the split has
+them), each with external ids — user_id, item_id, and rating and timestamp (unix seconds) where the data
+has them — as Parquet or CSV, and `split.json`: the format, the split's name, seed and parameters, the data
+set's name, rating scale and fingerprint, and per part its file, row count and sha256. `read_split`
+verifies every file against its sha256 before reading it: an evaluation must run on the split the
+other tool was given, not on a file edited since.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+
+from recforge._io import atomic_path, sha256_file
+from recforge.data.interactions import Interactions
+from recforge.data.splits import PARTS, Split
+from recforge.errors import DataFormatError
+
+FORMAT = "recforge-split"
+MANIFEST = "split.json"
+FileFormat = Literal["parquet", "csv"]
+
+
+def write_split(
+    split: Split,
+    folder: str | Path,
+    *,
+    file_format: FileFormat = "parquet",
+    source: dict[str, Any] | None = None,
+    validation: Split | None = None,
+) -> Path:
+    """Write every part of `split` into `folder` (atomically: a reader sees the old folder or the whole new
+    one); `source` (e.g. the config that made the split) is recorded in the manifest as it is. A
+    `validation` carve-out of the training part (a split of `split.train`, for tuning) is written as a
+    split folder of its own, `folder/validation`."""
+    if file_format not in ("parquet", "csv"):
+        raise ValueError(f"file_format must be 'parquet' or 'csv', not {file_format!r}")
+    folder = Path(folder)
+    with atomic_path(folder, is_dir=True, ours=(MANIFEST,), kind="split folder") as tmp:
+        _write_parts(split, tmp, file_format, source)
+        if validation is not None:
+            (tmp / "validation").mkdir()
+            _write_parts(validation, tmp / "validation", file_format, {**(source or {}), "carved_from": "train"})
+    return folder
+
+
+def _write_parts(split: Split, tmp: Path, file_format: FileFormat, source: dict[str, Any] | None) -> None:
+    data = split.data
+    frame = data.to_frame()
+    parts: dict[str, Any] = {}
+    for part in PARTS:
+        rows = getattr(split, f"{part}_rows")
+        if rows is None:
+            continue
+        name = f"{part}.{file_format}"
+        table = frame.iloc[rows].reset_index(drop=True)
+        if file_format == "parquet":
+            table.to_parquet(tmp / name, index=False)
+        else:
+            table.to_csv(tmp / name, index=False)
+        parts[part] = {"file": name, "rows": len(rows), "sha256": sha256_file(tmp / name)}
+    manifest = {
+        "format": FORMAT,
+        "format_version": 1,
+        "split": split.describe(),
+        "data": {
+            "name": data.name,
+            "fingerprint": data.fingerprint(),
+            "rating_scale": data.rating_scale,
+            "users": data.n_users,
+            "items": data.n_items,
+            "id_types": {"user": _id_type(data.users.ids), "item": _id_type(data.items.ids)},
+        },
+        "parts": parts,
+        "source": source or {},
+    }
+    (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
+
+
+def read_split(folder: str | Path) -> Split:
+    """The `Split` a folder written by `write_split` holds, over the union of its parts (ids as written;
+    the vocabularies' order may differ from the original data's, the interactions do not)."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST
+    if not manifest_path.is_file():
+        raise DataFormatError(f"not a split folder ({MANIFEST} missing; `recforge data split` writes one)", path=folder)
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"not valid JSON ({exc})", path=manifest_path) from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise DataFormatError(f"not a {FORMAT} manifest", path=manifest_path)
+    if manifest.get("format_version", 0) > 1:
+        raise DataFormatError("written by a newer recforge (format_version > 1)", path=manifest_path)
+    described, data_info = manifest["split"], manifest["data"]
+    frames, sizes = [], {}
+    for part, entry in manifest["parts"].items():
+        if part not in PARTS:
+            raise DataFormatError(f"unknown part {part!r} (parts: {', '.join(PARTS)})", path=manifest_path)
+        path = folder / entry["file"]
+        if not path.is_file():
+            raise DataFormatError(f"the {part} part's file is missing", path=path)
+        if sha256_file(path) != entry["sha256"]:
+            raise DataFormatError(
+                f"changed since `recforge data split` wrote it (sha256 differs from {MANIFEST}): an evaluation "
+                "must use the split the models were given; write the split again",
+                path=path,
+            )
+        table = _read_part(path, data_info["id_types"])
+        if len(table) != entry["rows"]:  # pragma: no cover - the sha256 guards this
+            raise DataFormatError(f"has {len(table)} rows, {MANIFEST} says {entry['rows']}", path=path)
+        frames.append(table)
+        sizes[part] = len(table)
+    frame = pd.concat(frames, ignore_index=True)
+    scale = data_info.get("rating_scale")
+    data = Interactions.from_frame(
+        frame,
+        rating="rating" if "rating" in frame.columns else None,
+        timestamp="timestamp" if "timestamp" in frame.columns else None,
+        rating_scale=None if scale is None else (float(scale[0]), float(scale[1])),
+        name=data_info.get("name", folder.name),
+        source={"split_folder": str(folder)},
+    )
+    bounds = np.cumsum([0, *sizes.values()])
+    rows = {part: np.arange(bounds[i], bounds[i + 1]) for i, part in enumerate(sizes)}
+    if "train" not in rows or "test" not in rows:
+        raise DataFormatError("a split needs a train and a test part", path=manifest_path)
+    return Split.from_rows(
+        data,
+        train=rows["train"],
+        test=rows["test"],
+        valid=rows.get("valid"),
+        fold_in=rows.get("fold_in"),
+        name=described.get("name", "split"),
+        seed=described.get("seed"),
+        **described.get("params", {}),
+    )
+
+
+def _read_part(path: Path, id_types: dict[str, str]) -> pd.DataFrame:
+    if path.suffix == ".parquet":
+        return pd.read_parquet(path)
+    # text ids stay text ("007" is not 7); written by `write_split`, so the layout is known
+    types = {f"{side}_id": str for side, kind in id_types.items() if kind == "text"}
+    return pd.read_csv(path, dtype=types, keep_default_na=False, na_values={"rating": [""]})
+
+
+def _id_type(ids: np.ndarray) -> str:
+    return "integer" if ids.dtype.kind in "iu" else "text"

@@ -1,0 +1,155 @@
+"""Ranked lists from any recommender, scored by recforge's protocol: the metrics, per-user table and notes
+`FullRankingEvaluator` gives a recforge model, for lists another tool wrote (or `recforge recommend
+--users all --output`) for the users of a split folder (`recforge.data.split_files`).
+
+The lists are taken as given. A listed item the user had in training stays at its place and counts as a
+miss (a recforge model never lists one: it excludes them before its top-k, as the full-ranking protocol
+asks of every system), so the numbers of lists that repeat training items are lower, never flattered. A
+test user without a list has an empty one (every metric 0), and metrics at a cut-off past a list's end
+count the missing places as misses. The rank (or score) column only orders each user's list. Users
+without test items are not scored. An id the split does not know, an item listed twice for one user, or
+a rank or score that is not a finite number is an error naming the file and line.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from recforge.coldstart import Routing
+from recforge.data.query import Query
+from recforge.data.splits import Split
+from recforge.errors import DataFormatError
+from recforge.evaluation.protocols import FullRankingEvaluator, RankingResult
+from recforge.evaluation.saved import read_table, vocabulary_indices
+from recforge.evaluation.stats import holm, paired_test
+
+LISTS = "ranked lists as given (a listed training item counts as a miss)"
+
+
+@dataclass
+class ListsEvaluation:
+    ranking: RankingResult
+    rows: int  # rows of the file
+    users_listed: int  # users with a list
+    test_users_without_list: int
+    listed_training_items: int  # listed items their user had in training (misses, where they stand)
+    longest: int  # the longest list
+
+
+class _GivenLists:
+    """Scores that rank each user's listed items in their order, and nothing else (-inf): what the
+    evaluator asks of a model (`score_routed`), read from a (n_users, n_items) matrix of list places."""
+
+    name = "lists"
+
+    def __init__(self, places: sp.csr_matrix) -> None:
+        self.places = places
+
+    def score_routed(self, query: Query) -> tuple[np.ndarray, Routing]:
+        scores = self.places[query.users].toarray()
+        scores[scores == 0] = -np.inf
+        paths = np.full(len(query), "lists", dtype=object)
+        return scores, Routing(paths, np.full(len(query), "", dtype=object))
+
+
+def evaluate_lists(
+    path: str | Path,
+    split: Split,
+    *,
+    user: str = "user",
+    item: str = "item",
+    rank: str | None = "rank",
+    score: str | None = None,
+    ks: tuple[int, ...] = (5, 10, 20),
+    sep: str | None = None,
+    names: list[str] | None = None,
+) -> ListsEvaluation:
+    """Full-ranking metrics of the lists in `path` against `split`'s test part. Each user's list is ordered
+    by `rank` (ascending) or, when `score` is given instead, by score (descending; ties in file order)."""
+    if (rank is None) == (score is None):
+        raise ValueError("order the lists by exactly one of rank (ascending) or score (descending)")
+    path = Path(path)
+    order_column = rank if rank is not None else score
+    assert order_column is not None
+    frame = read_table(path, [user, item, order_column], sep, names)
+    data = split.data
+    users = vocabulary_indices(frame[user], data.users, path, user)
+    items = vocabulary_indices(frame[item], data.items, path, item)
+    for column, found in ((user, users), (item, items)):
+        if (found < 0).any():
+            row = int(np.flatnonzero(found < 0)[0])
+            raise DataFormatError(
+                f"{column} {frame[column].iloc[row]!r} is not in the split ({int((found < 0).sum())} such row(s)): "
+                "the lists must use the split files' ids",
+                path=path,
+                line=int(frame.index[row]),
+                column=column,
+            )
+    key = pd.to_numeric(frame[order_column], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(key)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataFormatError(
+            f"{frame[order_column].iloc[row]!r} is not a number",
+            path=path,
+            line=int(frame.index[row]),
+            column=order_column,
+        )
+    pairs = users.astype(np.int64) * data.n_items + items
+    repeated = pd.Series(pairs).duplicated().to_numpy()
+    if repeated.any():
+        row = int(np.flatnonzero(repeated)[0])
+        raise DataFormatError(
+            f"item {frame[item].iloc[row]!r} is listed twice for user {frame[user].iloc[row]!r}",
+            path=path,
+            line=int(frame.index[row]),
+        )
+    # each user's list in order: by user, then rank ascending (or score descending), then file order
+    order = np.lexsort((np.arange(len(key)), key if score is None else -key, users))
+    users, items = users[order], items[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(users)) + 1]
+    lengths = np.diff(np.r_[starts, len(users)])
+    place = np.arange(len(users)) - np.repeat(starts, lengths)
+    longest = int(lengths.max()) if len(lengths) else 0
+    places = sp.csr_matrix(
+        ((longest - place).astype(np.float64), (users, items)), shape=(data.n_users, data.n_items)
+    )  # the first place scores highest; every listed item scores above 0, the unlisted stay at 0 (-inf)
+
+    evaluator = FullRankingEvaluator(split.train, split.test, ks=ks, exclude_train=False, check_fit=False)
+    ranking = evaluator.evaluate(_GivenLists(places))  # type: ignore[arg-type]
+    trained = split.train.to_csr("binary")
+    in_training = int(np.asarray(trained[users, items]).ravel().astype(bool).sum()) if len(users) else 0
+    listed = np.zeros(data.n_users, dtype=bool)
+    listed[users] = True
+    without = int((~listed[evaluator.users]).sum())
+    notes = [ranking.notes[0], f"{len(starts):,} users have a list (longest {longest})"]
+    if without:
+        notes.append(f"{without:,} test user(s) have no list: scored as empty lists (every metric 0)")
+    if in_training:
+        notes.append(f"{in_training:,} listed item(s) are in their user's training part: misses where they stand")
+    unscored = int((~np.isin(np.unique(users), evaluator.users)).sum())
+    if unscored:
+        notes.append(f"{unscored:,} listed user(s) have no test items: not scored")
+    notes += [note for note in ranking.notes[2:] if "also in the training data" not in note]
+    ranking = replace(ranking, protocol=LISTS, notes=notes)
+    return ListsEvaluation(ranking, len(frame), len(starts), without, in_training, longest)
+
+
+def compare_lists(evaluations: list[ListsEvaluation], metric: str) -> pd.DataFrame:
+    """Each evaluation against the first, paired by user on `metric`: mean difference, Wilcoxon p and the
+    Holm-adjusted p over the comparisons (the same users are scored in every evaluation of one split)."""
+    first = evaluations[0].ranking.per_user[metric]
+    rows = []
+    for evaluation in evaluations[1:]:
+        other = evaluation.ranking.per_user[metric].reindex(first.index)
+        test = paired_test(other.to_numpy(), first.to_numpy())
+        rows.append({"difference": test.mean_difference, "p": test.p_value, "users": test.n})
+    table = pd.DataFrame(rows)
+    if len(table):
+        table["p_holm"] = holm(table["p"].to_numpy())
+    return table

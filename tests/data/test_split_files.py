@@ -1,0 +1,86 @@
+"""A split as plain files (`recforge.data.split_files`): every part round-trips with its ids, ratings and
+times, in Parquet and CSV; a file edited after it was written is refused; a validation carve-out is a
+split folder of its own."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from recforge.data.interactions import Interactions
+from recforge.data.split_files import read_split, write_split
+from recforge.data.splits import Split, user_disjoint_split
+from recforge.errors import DataFormatError, OutputExistsError
+from tests.conftest import make_interactions
+
+
+def _rows(part: Interactions) -> pd.DataFrame:
+    return part.to_frame().sort_values(["user_id", "item_id", "timestamp"]).reset_index(drop=True)
+
+
+@pytest.mark.parametrize("file_format", ["parquet", "csv"])
+def test_a_real_split_round_trips_part_by_part(tmp_path, ml100k_ranking_split, file_format):
+    split = ml100k_ranking_split
+    write_split(split, tmp_path / "split", file_format=file_format, source={"config": "x.toml"})
+    back = read_split(tmp_path / "split")
+    assert back.sizes() == split.sizes() == {"train": 80_000, "test": 20_000}
+    for part in ("train", "test"):
+        pd.testing.assert_frame_equal(_rows(getattr(back, part)), _rows(getattr(split, part)), check_dtype=False)
+    assert back.train.fingerprint() == split.train.fingerprint()  # same vocabularies, in the same order
+    assert back.data.rating_scale == split.data.rating_scale == (1.0, 5.0)
+    assert back.name == split.name and back.seed == 0
+    manifest = json.loads((tmp_path / "split" / "split.json").read_text())
+    assert manifest["data"]["fingerprint"] == split.data.fingerprint() and manifest["source"] == {"config": "x.toml"}
+    written = sorted(p.name for p in (tmp_path / "split").iterdir())
+    assert written == ["split.json", f"test.{file_format}", f"train.{file_format}"]
+
+
+def test_text_ids_unrated_rows_and_a_fold_in_part_survive_csv(tmp_path):
+    frame = pd.DataFrame(
+        {
+            "user_id": ["007", "007", "007", "42", "42", "x", "x", "x"],
+            "item_id": ["0012", "NA", "b", "0012", "b", "NA", "b", "c"],
+            "rating": [4.0, np.nan, 2.5, 5.0, np.nan, 1.0, 3.0, 4.0],
+            "timestamp": [1, 2, 3, 4, 5, 6, 7, 8],
+        }
+    )
+    data = Interactions.from_frame(frame, rating="rating", timestamp="timestamp")
+    split = user_disjoint_split(data, test_user_fraction=0.34, fold_in_fraction=0.5, seed=1)
+    assert split.fold_in_rows is not None and len(split.fold_in_rows)
+    write_split(split, tmp_path / "split", file_format="csv")
+    back = read_split(tmp_path / "split")
+    for part in ("train", "test", "fold_in"):
+        pd.testing.assert_frame_equal(_rows(getattr(back, part)), _rows(getattr(split, part)), check_dtype=False)
+    assert set(back.data.users.ids) == {"007", "42", "x"} and "NA" in set(back.data.items.ids)
+
+
+def test_a_part_edited_after_writing_is_refused_and_other_folders_are_not_overwritten(tmp_path):
+    split = Split.from_rows(make_interactions(n_users=6, n_items=5, n=20), train=np.arange(15), test=np.arange(15, 20))
+    folder = write_split(split, tmp_path / "split", file_format="csv")
+    with (folder / "test.csv").open("a") as handle:
+        handle.write("0,1,4.0,0\n")
+    with pytest.raises(DataFormatError, match=r"test.csv: changed since `recforge data split` wrote it"):
+        read_split(folder)
+    write_split(split, folder, file_format="csv")  # a split folder is replaced by a new split
+    assert len(read_split(folder).test) == 5
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(OutputExistsError):
+        write_split(split, tmp_path / "mine")
+    with pytest.raises(DataFormatError, match="not a split folder"):
+        read_split(tmp_path / "mine")
+
+
+def test_a_validation_carve_out_is_a_split_folder_of_the_training_part(tmp_path, ml100k_ranking_split):
+    from recforge.data.splits import per_user_split
+
+    inner = per_user_split(ml100k_ranking_split.train, 0.1, seed=0)
+    write_split(ml100k_ranking_split, tmp_path / "split", validation=inner)
+    carve_out = read_split(tmp_path / "split" / "validation")
+    assert carve_out.sizes() == inner.sizes() and len(carve_out.train) + len(carve_out.test) == 80_000
+    pd.testing.assert_frame_equal(_rows(carve_out.test), _rows(inner.test), check_dtype=False)
+    test_pairs = set(map(tuple, ml100k_ranking_split.test.to_frame()[["user_id", "item_id"]].to_numpy()))
+    assert not test_pairs & set(map(tuple, carve_out.data.to_frame()[["user_id", "item_id"]].to_numpy()))

@@ -1,0 +1,143 @@
+"""Ranked lists of any recommender scored by recforge's protocol (`recforge.evaluation.lists`): a model's
+own lists give exactly the numbers `FullRankingEvaluator` gives the model; lists are taken as given
+(training items are misses where they stand, a missing list is empty); bad rows are named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from recforge.cli import app
+from recforge.data.interactions import Interactions
+from recforge.data.splits import Split
+from recforge.errors import DataFormatError
+from recforge.evaluation.lists import compare_lists, evaluate_lists
+from recforge.evaluation.protocols import FullRankingEvaluator
+from recforge.models import create_model
+
+
+def _lists(model, users, k: int) -> pd.DataFrame:
+    return model.recommend(list(users), k=k).to_frame()[["user", "rank", "item", "score"]]
+
+
+@pytest.mark.parametrize("name", ["most_popular", "ease"])
+def test_a_models_own_lists_score_what_the_model_scores(tmp_path, ml100k_ranking_split, name):
+    split = ml100k_ranking_split
+    model = create_model(name).fit(split.train)
+    direct = FullRankingEvaluator(split.train, split.test, ks=(5, 10, 20)).evaluate(model)
+    path = tmp_path / "lists.csv"
+    _lists(model, split.data.users.ids, 100).to_csv(path, index=False)
+    given = evaluate_lists(path, split, ks=(5, 10, 20))
+    for metric in ("ndcg@10", "recall@20", "map@10", "precision@5", "mrr@10", "hit_rate@20", "novelty", "coverage"):
+        assert given.ranking.summary[metric] == pytest.approx(direct.summary[metric], abs=1e-12), metric
+    pd.testing.assert_frame_equal(given.ranking.per_user, direct.per_user)
+    assert given.ranking.curves["ndcg"] == pytest.approx(direct.curves["ndcg"])
+    assert (given.users_listed, given.test_users_without_list, given.listed_training_items) == (943, 0, 0)
+
+    by_score = tmp_path / "by_score.csv"
+    scored = pd.read_csv(path).drop(columns="rank")
+    if name == "ease":  # rows in any order (popularity's tied scores are ordered by the file's rows instead)
+        scored = scored.sample(frac=1.0, random_state=0)
+    scored.to_csv(by_score, index=False)
+    again = evaluate_lists(by_score, split, rank=None, score="score", ks=(5, 10, 20))
+    assert again.ranking.summary["ndcg@10"] == pytest.approx(direct.summary["ndcg@10"], abs=1e-12)
+
+
+def _tiny() -> Split:
+    """Users a, b; items 1..5. Train: a has 1, b has 2. Test: a has 2 and 3, b has 4."""
+    frame = pd.DataFrame({"user_id": ["a", "b", "a", "a", "b", "b"], "item_id": [1, 2, 2, 3, 4, 5]})
+    data = Interactions.from_frame(frame)
+    return Split.from_rows(data, train=np.array([0, 1, 5]), test=np.array([2, 3, 4]))
+
+
+def test_training_items_are_misses_where_they_stand_and_a_missing_list_is_empty(tmp_path):
+    split = _tiny()
+    path = tmp_path / "lists.csv"
+    pd.DataFrame({"user": ["a", "a", "a"], "item": [1, 3, 2], "rank": [1, 2, 3]}).to_csv(path, index=False)
+    result = evaluate_lists(path, split, ks=(1, 3))
+    per_user = result.ranking.per_user
+    a, b = split.data.users.index(np.array(["a", "b"]))
+    # a: [1 (trained: a miss), 3 (hit), 2 (hit)]; ideal DCG of two relevant items = 1 + 1/log2(3)
+    dcg = 1 / np.log2(3) + 1 / np.log2(4)
+    assert per_user.loc[a, "ndcg@3"] == pytest.approx(dcg / (1 + 1 / np.log2(3)))
+    assert per_user.loc[a, "precision@1"] == 0 and per_user.loc[a, "recall@3"] == 1
+    assert per_user.loc[a, "mrr@3"] == pytest.approx(0.5)
+    assert per_user.loc[b].drop("n_relevant").eq(0).all()  # no list: every metric 0
+    assert (result.listed_training_items, result.test_users_without_list, result.longest) == (1, 1, 3)
+    notes = "; ".join(result.ranking.notes)
+    assert "1 test user(s) have no list" in notes and "1 listed item(s) are in their user's training part" in notes
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        ({"user": ["a", "a"], "item": [3, 3], "rank": [1, 2]}, "line 3: item '3' is listed twice for user 'a'"),
+        ({"user": ["a", "c"], "item": [3, 3], "rank": [1, 1]}, "line 3, column 'user': user 'c' is not in the split"),
+        ({"user": ["a"], "item": [9], "rank": [1]}, "line 2, column 'item': item '9' is not in the split"),
+        ({"user": ["a"], "item": ["x"], "rank": [1]}, "line 2: column 'item': 'x' is not an integer id"),
+        ({"user": ["a", "a"], "item": [3, 2], "rank": [1, "first"]}, "line 3, column 'rank': 'first' is not a number"),
+        ({"user": ["a"], "item": [3], "place": [1]}, r"missing column\(s\) \['rank'\]"),
+    ],
+)
+def test_bad_rows_are_named(tmp_path, rows, message):
+    path = tmp_path / "lists.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    with pytest.raises(DataFormatError, match=message):
+        evaluate_lists(path, _tiny())
+
+
+def test_lists_are_compared_pairwise_by_user(tmp_path, ml100k_ranking_split):
+    split = ml100k_ranking_split
+    evaluations = []
+    for name in ("ease", "most_popular", "ease"):
+        path = tmp_path / f"{name}{len(evaluations)}.csv"
+        _lists(create_model(name).fit(split.train), split.data.users.ids, 10).to_csv(path, index=False)
+        evaluations.append(evaluate_lists(path, split, ks=(10,)))
+    table = compare_lists(evaluations, "ndcg@10")
+    assert table.loc[0, "difference"] < -0.2 and table.loc[0, "p"] < 1e-50 and table.loc[0, "users"] == 943
+    assert table.loc[1, "difference"] == 0 and table.loc[1, "p"] == 1.0  # the same lists: nothing to test
+    assert (table["p_holm"] >= table["p"]).all()
+
+
+def test_the_command_line_loop_split_train_recommend_evaluate_matches_compare(tmp_path, data_dir):
+    """`recforge data split`, a model trained on the split's train file, its lists from `recommend --users
+    all`, scored by `evaluate --lists --split`: the NDCG@10 `recforge compare` reports for that model."""
+    config = tmp_path / "run.toml"
+    config.write_text(
+        'name = "loop"\nseed = 3\n[dataset]\nname = "ml-100k"\n[split]\nkind = "per_user"\ntest_fraction = 0.2\n'
+        '[split.validation]\nkind = "per_user"\ntest_fraction = 0.1\n[evaluation]\nprotocols = ["ranking"]\n'
+        'ks = [10]\n[[models]]\nmodel = "ease"\n'
+    )
+    runner = CliRunner()
+
+    def run(*args: str) -> str:
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+        return result.output
+
+    run("data", "split", config, "--output", tmp_path / "split", "--format", "csv")
+    assert (tmp_path / "split" / "validation" / "split.json").is_file()
+    train = tmp_path / "train.toml"
+    train.write_text(
+        f'[dataset]\nname = "table"\npath = "{tmp_path / "split" / "train.csv"}"\n'
+        'options = { user = "user_id", item = "item_id", rating = "rating", timestamp = "timestamp" }\n'
+        '[model]\nmodel = "ease"\n'
+    )
+    run("train", train, "--output", tmp_path / "ease")
+    run("recommend", "--model", tmp_path / "ease", "--users", "all", "--output", tmp_path / "recs.csv", "-k", "10")
+    run("evaluate", "--lists", tmp_path / "recs.csv", "--split", tmp_path / "split", "--output", tmp_path / "ev.json")
+    import json
+
+    scored = json.loads((tmp_path / "ev.json").read_text())["lists"][str(tmp_path / "recs.csv")]["ndcg@10"]
+
+    from recforge.experiment import load_config, run_experiment
+
+    experiment = load_config(config)
+    compared = run_experiment(experiment.model_copy(update={"baselines": False}))
+    assert scored == pytest.approx(compared.runs[0].results["ranking"].summary["ndcg@10"], abs=1e-12)
+    assert 0.40 < scored < 0.50
+
+    refused = runner.invoke(app, ["evaluate", "--lists", str(tmp_path / "recs.csv"), "--model", str(tmp_path)])
+    assert refused.exit_code == 2 and "without --model" in refused.output
