@@ -70,6 +70,14 @@ def test_training_items_are_misses_where_they_stand_and_a_missing_list_is_empty(
     assert "1 test user(s) have no list" in notes and "1 listed item(s) are in their user's training part" in notes
 
 
+def test_an_empty_file_is_no_lists_at_all(tmp_path):
+    path = tmp_path / "lists.csv"
+    path.write_text("user,item,rank\n")
+    result = evaluate_lists(path, _tiny(), ks=(3,))
+    assert (result.users_listed, result.test_users_without_list, result.longest) == (0, 2, 0)
+    assert result.ranking.summary["ndcg@3"] == 0
+
+
 @pytest.mark.parametrize(
     ("rows", "message"),
     [

@@ -112,7 +112,7 @@ def evaluate_lists(
     # each user's list in order: by user, then rank ascending (or score descending), then file order
     order = np.lexsort((np.arange(len(key)), key if score is None else -key, users))
     users, items = users[order], items[order]
-    starts = np.r_[0, np.flatnonzero(np.diff(users)) + 1]
+    starts = np.flatnonzero(np.r_[True, np.diff(users) != 0]) if len(users) else np.zeros(0, np.int64)
     lengths = np.diff(np.r_[starts, len(users)])
     place = np.arange(len(users)) - np.repeat(starts, lengths)
     longest = int(lengths.max()) if len(lengths) else 0
