@@ -50,6 +50,18 @@ class Server:
             time.sleep(0.2)
         raise RuntimeError("the server did not start")
 
+    def wait_workers(self, n: int, timeout: float = 120) -> None:
+        """Until `n` worker processes have answered `/health` (`wait_ready` needs only one): the others may
+        still be loading their model or reading the event store."""
+        deadline, seen = time.time() + timeout, set()
+        while time.time() < deadline:
+            with contextlib.suppress(httpx.HTTPError), httpx.Client(base_url=self.url, timeout=2) as client:
+                seen.add(client.get("/health").json()["worker"])  # a new connection: any worker may take it
+            if len(seen) >= n:
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"{len(seen)} of {n} workers answered within {timeout}s")
+
     def kill(self) -> None:
         """SIGKILL: no shutdown handlers, no flushing, as a crash."""
         with contextlib.suppress(ProcessLookupError):

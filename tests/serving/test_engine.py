@@ -120,6 +120,7 @@ def test_a_database_restart_refuses_writes_says_why_and_recovers_without_a_resta
     with postgres_cluster() as database:
         server = Server(ials_dir, database.url, workers=2)
         try:
+            server.wait_workers(2)  # a worker still starting when the database stops waits instead (tested below)
             with server.client() as client:
                 assert write(client, items[0]).status_code == 200 and client.get("/ready").status_code == 200
                 database.stop()
