@@ -84,3 +84,17 @@ def test_a_validation_carve_out_is_a_split_folder_of_the_training_part(tmp_path,
     pd.testing.assert_frame_equal(_rows(carve_out.test), _rows(inner.test), check_dtype=False)
     test_pairs = set(map(tuple, ml100k_ranking_split.test.to_frame()[["user_id", "item_id"]].to_numpy()))
     assert not test_pairs & set(map(tuple, carve_out.data.to_frame()[["user_id", "item_id"]].to_numpy()))
+
+
+def test_data_without_timestamps_says_each_interactions_place_in_its_sequence(tmp_path):
+    from recforge.data.splits import leave_last_out
+
+    data = make_interactions(n_users=8, n_items=30, n=120, timestamps=False)
+    write_split(leave_last_out(data), tmp_path / "split")
+    train, test = (pd.read_parquet(tmp_path / "split" / f"{part}.parquet") for part in ("train", "test"))
+    assert "timestamp" not in train.columns
+    both = pd.concat([train, test])
+    assert (both.groupby("user_id")["position"].agg(sorted).map(lambda p: p == list(range(len(p))))).all()
+    last = both.groupby("user_id")["position"].max()
+    assert (test.set_index("user_id")["position"].sort_index() == last.loc[test["user_id"].sort_values()]).all()
+    assert len(read_split(tmp_path / "split").test) == len(test)

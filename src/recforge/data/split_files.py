@@ -3,10 +3,11 @@ and `recforge evaluate --lists ... --split` reads back.
 
 A split folder holds one table per part of a `Split` (train, test, and valid / fold_in where the split has
 them), each with external ids — user_id, item_id, and rating and timestamp (unix seconds) where the data
-has them — as Parquet or CSV, and `split.json`: the format, the split's name, seed and parameters, the data
-set's name, rating scale and fingerprint, and per part its file, row count and sha256. `read_split`
-verifies every file against its sha256 before reading it: an evaluation must run on the split the
-other tool was given, not on a file edited since.
+has them; data without timestamps (sequence files) gets `position` instead, each interaction's place in
+its user's sequence from 0, the order splits read as time — as Parquet or CSV, and `split.json`: the
+format, the split's name, seed and parameters, the data set's name, rating scale and fingerprint, and per
+part its file, row count and sha256. `read_split` verifies every file against its sha256 before reading
+it: an evaluation must run on the split the other tool was given, not on a file edited since.
 """
 
 from __future__ import annotations
@@ -54,6 +55,12 @@ def write_split(
 def _write_parts(split: Split, tmp: Path, file_format: FileFormat, source: dict[str, Any] | None) -> None:
     data = split.data
     frame = data.to_frame()
+    if data.timestamp is None:  # the order splits read as time (leave-last-out's "last"): said, not implied
+        order = np.argsort(data.user_index, kind="stable")
+        starts = np.searchsorted(data.user_index[order], data.user_index[order])
+        position = np.empty(len(data), dtype=np.int64)
+        position[order] = np.arange(len(data)) - starts
+        frame["position"] = position
     parts: dict[str, Any] = {}
     for part in PARTS:
         rows = getattr(split, f"{part}_rows")
