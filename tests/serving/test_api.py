@@ -152,7 +152,11 @@ def test_title_search(client):
     body = client.get("/items", params={"query": "star wars"}).json()
     assert body["items"][0]["title"] == "Star Wars (1977)"
     assert client.get("/items", params={"query": ""}).status_code == 422
-    assert client.get("/items", params={"query": "zzzzqqq"}).json()["items"] == []
+    nothing = client.get("/items", params={"query": "zzzzqqq"}).json()
+    assert nothing == {"query": "zzzzqqq", "items": [], "closest": False}
+    assert body["closest"] is False
+    misspelt = client.get("/items", params={"query": "strar wars"}).json()  # no title contains it
+    assert misspelt["closest"] is True and misspelt["items"][0]["title"] == "Star Wars (1977)"
     # people type the article first; MovieLens writes it last ("Usual Suspects, The (1995)")
     typed = client.get("/items", params={"query": "the usual suspects"}).json()["items"]
     assert [row["item"] for row in typed] == [12]

@@ -93,6 +93,18 @@ def click(wait, css: str) -> None:
     wait.until(lambda d: d.find_element(By.CSS_SELECTOR, css).click() or True)
 
 
+def test_a_misspelt_search_shows_the_closest_titles(server, browser):
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(browser, 15, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+    browser.get(server)
+    browser.find_element(By.ID, "search").send_keys("strar wars")
+    rows = wait.until(lambda d: (rows := settled(d, "results")) and any(r["item"] == "50" for r in rows) and rows)
+    assert rows[0]["text"] == "No title contains “strar wars”; the closest:" and rows[1]["item"] == "50"
+
+
 def test_rate_items_and_see_recommendations_update(server, browser):
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
     from selenium.webdriver.common.by import By

@@ -135,7 +135,7 @@ def evaluate_lists(
     unscored = int((~np.isin(np.unique(users), evaluator.users)).sum())
     if unscored:
         notes.append(f"{unscored:,} listed user(s) have no test items: not scored")
-    notes += [note for note in ranking.notes[2:] if "also in the training data" not in note]
+    notes += ranking.notes[2:]  # the evaluator's own after "served by": e.g. test items never in training
     ranking = replace(ranking, protocol=LISTS, notes=notes)
     return ListsEvaluation(ranking, len(frame), len(starts), without, in_training, longest)
 

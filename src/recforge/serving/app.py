@@ -570,7 +570,7 @@ def create_app(
         query: Annotated[str, Query(min_length=1, max_length=200)],
         limit: Annotated[int, Query(ge=1, le=200)] = 20,
     ) -> dict:
-        return {"query": query, "items": service.search_items(query, limit)}
+        return {"query": query, **service.search_items(query, limit)}
 
     @app.get("/genres", response_model=GenresAnswer, responses=ERRORS, dependencies=read)
     def genres() -> dict:

@@ -224,6 +224,9 @@ class NewUserPredictAnswer(BaseModel):
 class SearchAnswer(BaseModel):
     query: str
     items: list[ItemRow]
+    closest: bool = Field(
+        False, description="no title contains the query: `items` are the titles nearest it (a misspelling)"
+    )
 
 
 class GenreCount(BaseModel):

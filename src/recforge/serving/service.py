@@ -394,14 +394,20 @@ class RecommenderService:
             "predictions": [{"item": item, "rating": float(p)} for item, p in zip(items, predictions, strict=True)],
         }
 
-    def search_items(self, query: str, limit: int = 20) -> list[dict[str, Any]]:
+    def search_items(self, query: str, limit: int = 20) -> dict[str, Any]:
+        """Titles containing `query`, popular ones first; when none does, the titles closest to it (a
+        misspelling), nearest first, with `closest` true."""
         snapshot = self.current()
         query = query.strip().lower()
         if not query:
-            return []
+            return {"items": [], "closest": False}
         hits = np.flatnonzero(snapshot.catalogue.containing(query))  # "the matrix" finds "Matrix, The (1999)"
-        hits = hits[np.argsort(-snapshot.popularity[hits], kind="stable")][:limit]  # popular titles first
-        return [snapshot.catalogue.row(int(i)) for i in hits]
+        closest = not len(hits)
+        if closest:
+            hits = snapshot.catalogue.closest(query, limit)
+        else:
+            hits = hits[np.argsort(-snapshot.popularity[hits], kind="stable")][:limit]  # popular titles first
+        return {"items": [snapshot.catalogue.row(int(i)) for i in hits], "closest": closest and len(hits) > 0}
 
     def find_item(self, text: str) -> Any:
         """The item a person means by `text` on a command line: the item with that id when the model has
