@@ -98,3 +98,30 @@ def test_data_without_timestamps_says_each_interactions_place_in_its_sequence(tm
     last = both.groupby("user_id")["position"].max()
     assert (test.set_index("user_id")["position"].sort_index() == last.loc[test["user_id"].sort_values()]).all()
     assert len(read_split(tmp_path / "split").test) == len(test)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m["parts"]["test"].update(file="../../etc/passwd"), r"parts.test.file: String should match"),
+        (lambda m: m["parts"]["test"].update(file="train.csv"), "the test part names another part's file"),
+        (lambda m: m.pop("data"), "data: Field required"),
+        (lambda m: m["parts"].pop("test"), "a split needs a train and a test part"),
+        (lambda m: m.update(format_version=2), "format_version: Input should be less than or equal to 1"),
+        (lambda m: m["split"]["params"].update(train=[1, 2], name="x"), None),  # reserved names are not params
+    ],
+)
+def test_a_manifest_is_checked_before_any_file_it_names_is_read(tmp_path, edit, message):
+    split = Split.from_rows(make_interactions(n_users=6, n_items=5, n=20), train=np.arange(15), test=np.arange(15, 20))
+    folder = write_split(split, tmp_path / "split", file_format="csv")
+    manifest = json.loads((folder / "split.json").read_text())
+    edit(manifest)
+    (folder / "split.json").write_text(json.dumps(manifest))
+    if message is None:
+        assert len(read_split(folder).test) == 5
+        return
+    with pytest.raises(DataFormatError, match=message):
+        read_split(folder)
+    (folder / "split.json").write_text("{not json")
+    with pytest.raises(DataFormatError, match=r"split\.json: not a recforge-split manifest"):
+        read_split(folder)

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from recforge._io import atomic_path, sha256_file
 from recforge.data.interactions import Interactions
@@ -91,6 +92,36 @@ def _write_parts(split: Split, tmp: Path, file_format: FileFormat, source: dict[
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 
 
+class _Part(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    file: str = Field(pattern=r"^[a-z_]+\.(parquet|csv)$")  # a name inside the folder, nothing else
+    rows: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str
+    rating_scale: tuple[float, float] | None = None
+    id_types: dict[Literal["user", "item"], Literal["integer", "text"]]
+
+
+class _Described(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    name: str = "split"
+    seed: int | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class _Manifest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    format: Literal["recforge-split"]
+    format_version: int = Field(1, le=1)
+    split: _Described
+    data: _Data
+    parts: dict[Literal["train", "valid", "test", "fold_in"], _Part]
+
+
 def read_split(folder: str | Path) -> Split:
     """The `Split` a folder written by `write_split` holds, over the union of its parts (ids as written;
     the vocabularies' order may differ from the original data's, the interactions do not)."""
@@ -99,64 +130,67 @@ def read_split(folder: str | Path) -> Split:
     if not manifest_path.is_file():
         raise DataFormatError(f"not a split folder ({MANIFEST} missing; `recforge data split` writes one)", path=folder)
     try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataFormatError(f"not valid JSON ({exc})", path=manifest_path) from exc
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise DataFormatError(f"not a {FORMAT} manifest", path=manifest_path)
-    if manifest.get("format_version", 0) > 1:
-        raise DataFormatError("written by a newer recforge (format_version > 1)", path=manifest_path)
-    described, data_info = manifest["split"], manifest["data"]
+        manifest = _Manifest.model_validate_json(manifest_path.read_bytes())
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "the manifest"
+        raise DataFormatError(
+            f"not a {FORMAT} manifest of this recforge: {where}: {first['msg']}", path=manifest_path
+        ) from exc
+    if "train" not in manifest.parts or "test" not in manifest.parts:
+        raise DataFormatError("a split needs a train and a test part", path=manifest_path)
     frames, sizes = [], {}
-    for part, entry in manifest["parts"].items():
-        if part not in PARTS:
-            raise DataFormatError(f"unknown part {part!r} (parts: {', '.join(PARTS)})", path=manifest_path)
-        path = folder / entry["file"]
+    for part, entry in manifest.parts.items():
+        if entry.file.split(".")[0] != part:
+            raise DataFormatError(f"the {part} part names another part's file, {entry.file}", path=manifest_path)
+        path = folder / entry.file
         if not path.is_file():
             raise DataFormatError(f"the {part} part's file is missing", path=path)
-        if sha256_file(path) != entry["sha256"]:
+        if sha256_file(path) != entry.sha256:
             raise DataFormatError(
                 f"changed since `recforge data split` wrote it (sha256 differs from {MANIFEST}): an evaluation "
                 "must use the split the models were given; write the split again",
                 path=path,
             )
-        table = _read_part(path, data_info["id_types"])
-        if len(table) != entry["rows"]:  # pragma: no cover - the sha256 guards this
-            raise DataFormatError(f"has {len(table)} rows, {MANIFEST} says {entry['rows']}", path=path)
+        table = _read_part(path, manifest.data.id_types)
+        if len(table) != entry.rows:  # pragma: no cover - the sha256 guards this
+            raise DataFormatError(f"has {len(table)} rows, {MANIFEST} says {entry.rows}", path=path)
         frames.append(table)
         sizes[part] = len(table)
     frame = pd.concat(frames, ignore_index=True)
-    scale = data_info.get("rating_scale")
+    scale = manifest.data.rating_scale
     data = Interactions.from_frame(
         frame,
         rating="rating" if "rating" in frame.columns else None,
         timestamp="timestamp" if "timestamp" in frame.columns else None,
-        rating_scale=None if scale is None else (float(scale[0]), float(scale[1])),
-        name=data_info.get("name", folder.name),
+        rating_scale=scale,
+        name=manifest.data.name,
         source={"split_folder": str(folder)},
     )
     bounds = np.cumsum([0, *sizes.values()])
     rows = {part: np.arange(bounds[i], bounds[i + 1]) for i, part in enumerate(sizes)}
-    if "train" not in rows or "test" not in rows:
-        raise DataFormatError("a split needs a train and a test part", path=manifest_path)
+    reserved = {"data", "train", "test", "valid", "fold_in", "name", "seed"}
     return Split.from_rows(
         data,
         train=rows["train"],
         test=rows["test"],
         valid=rows.get("valid"),
         fold_in=rows.get("fold_in"),
-        name=described.get("name", "split"),
-        seed=described.get("seed"),
-        **described.get("params", {}),
+        name=manifest.split.name,
+        seed=manifest.split.seed,
+        **{key: value for key, value in manifest.split.params.items() if key not in reserved},
     )
 
 
 def _read_part(path: Path, id_types: dict[str, str]) -> pd.DataFrame:
-    if path.suffix == ".parquet":
-        return pd.read_parquet(path)
-    # text ids stay text ("007" is not 7); written by `write_split`, so the layout is known
-    types = {f"{side}_id": str for side, kind in id_types.items() if kind == "text"}
-    return pd.read_csv(path, dtype=types, keep_default_na=False, na_values={"rating": [""]})
+    try:
+        if path.suffix == ".parquet":
+            return pd.read_parquet(path)
+        # text ids stay text ("007" is not 7); written by `write_split`, so the layout is known
+        types = {f"{side}_id": str for side, kind in id_types.items() if kind == "text"}
+        return pd.read_csv(path, dtype=types, keep_default_na=False, na_values={"rating": [""]})
+    except (ValueError, OSError) as exc:  # pandas' parser errors are ValueErrors
+        raise DataFormatError(f"cannot read it ({exc})", path=path) from exc
 
 
 def _id_type(ids: np.ndarray) -> str:
