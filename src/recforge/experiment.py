@@ -174,6 +174,28 @@ class ExperimentModel(ModelSpec):
         return self.name or self.model
 
 
+class ExperimentLists(_Strict):
+    """Another recommender's ranked lists for this experiment's split, written for the split folder that
+    `recforge data split` made from this config (`split`): scored beside the models, as given
+    (`recforge.evaluation.lists`), and in every table and test of the report."""
+
+    name: str = Field(description="the row's label")
+    path: str = Field(description="CSV/TSV/Parquet of user, item and rank (or score)")
+    split: str = Field(description="the split folder the lists were made for (checked equal to this split)")
+    user: str = "user"
+    item: str = "item"
+    rank: str | None = "rank"
+    score: str | None = Field(None, description="order by this column, highest first, instead of rank")
+
+    @model_validator(mode="after")
+    def _one_order(self) -> ExperimentLists:
+        if self.score is not None:
+            self.rank = None
+        if self.rank is None and self.score is None:
+            raise ValueError(f"lists {self.name!r}: give the rank column or a score column to order them by")
+        return self
+
+
 class ExperimentConfig(_Strict):
     name: str = "experiment"
     seed: int = 0
@@ -183,6 +205,9 @@ class ExperimentConfig(_Strict):
     split: SplitSpec
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     models: list[ExperimentModel] = Field(default_factory=list)
+    lists: list[ExperimentLists] = Field(
+        default_factory=list, description="other recommenders' lists for this split (`recforge data split`)"
+    )
     baselines: bool = True
     output: str | None = None
     threads: int | None = Field(None, ge=1, description="CPU threads per fit (default: recforge.threads' policy)")
@@ -331,8 +356,9 @@ def run_experiment(
                 if baseline not in present and (protocol != "rating" or data.n_rated):
                     added.setdefault(baseline, []).append(protocol)
         specs = [ExperimentModel(model=name, protocols=protocols) for name, protocols in added.items()] + specs
-    if not specs:
+    if not specs and not config.lists:
         raise ConfigError("the experiment has no models")
+    lists_splits = _lists_splits(config, data)
     store = None
     if runs_folder is not None:
         from recforge.evaluation.run_store import RunStore
@@ -362,6 +388,7 @@ def run_experiment(
                                 store.save_group(group, index)
                         runs.extend(group)
                         bar.advance()
+                    runs.extend(_lists_runs(config, lists_splits, split, seed, fold))
         except KeyboardInterrupt:
             if not runs:
                 raise
@@ -380,7 +407,71 @@ def run_experiment(
     )
 
 
-def _evaluators(config: ExperimentConfig, split: Split, data: Interactions) -> dict[str, Any]:
+def _lists_splits(config: ExperimentConfig, data: Interactions) -> dict[str, tuple[int, int]]:
+    """Which (seed, fold) of the experiment each `[[lists]]` entry's split folder holds, checked before any
+    model is fitted: lists written for another split (another seed, fraction or data) are an error."""
+    if not config.lists:
+        return {}
+    if "ranking" not in config.evaluation.protocols or config.evaluation.sampled_negatives:
+        raise ConfigError("[[lists]] are scored on the full-ranking protocol: add 'ranking' to evaluation.protocols")
+    from recforge.data.split_files import read_split, same_interactions
+
+    splits = [
+        (seed, fold, split)
+        for seed in config.all_seeds
+        for fold, split in enumerate(config.split.make_all(data, seed, config.dataset.path))
+    ]
+    found: dict[str, tuple[int, int]] = {}
+    for entry in config.lists:
+        given = read_split(entry.split)
+        match = [
+            (seed, fold)
+            for seed, fold, split in splits
+            if same_interactions(given.test, split.test) and same_interactions(given.train, split.train)
+        ]
+        if not match:
+            raise ConfigError(
+                f"lists {entry.name!r}: {entry.split} holds another split ({given.name}, seed {given.seed}, "
+                f"{len(given.train):,} train / {len(given.test):,} test rows) than this experiment makes "
+                f"({splits[0][2].name}, seeds {config.all_seeds}): write it with `recforge data split` from this config"
+            )
+        found[entry.name] = match[0]
+    return found
+
+
+def _lists_runs(
+    config: ExperimentConfig, lists_splits: dict[str, tuple[int, int]], split: Split, seed: int, fold: int
+) -> list[ModelRun]:
+    """The `[[lists]]` entries made for this (seed, fold), scored as given by the experiment's ranking
+    settings (cut-offs, relevance, diversity features) without excluding training items."""
+    entries = [entry for entry in config.lists if lists_splits[entry.name] == (seed, fold)]
+    if not entries:
+        return []
+    from recforge.evaluation.lists import read_lists, score_lists
+
+    common = _ranking_settings(config, split.data)
+    evaluator = FullRankingEvaluator(split.train, split.test, exclude_train=False, check_fit=False, **common)
+    runs = []
+    for entry in entries:
+        lists = read_lists(entry.path, split.data, user=entry.user, item=entry.item, rank=entry.rank, score=entry.score)
+        scored = score_lists(lists, evaluator)
+        run = ModelRun(
+            label=entry.name,
+            model="lists",
+            params={"path": entry.path, "split": entry.split},
+            is_baseline=False,
+            seed=seed,
+            fit_seconds=0.0,
+            results={"ranking": scored.ranking},
+            training_log=[],
+            fold=fold,
+        )
+        runs.append(run)
+    return runs
+
+
+def _ranking_settings(config: ExperimentConfig, data: Interactions) -> dict[str, Any]:
+    """The ranking evaluators' settings from `[evaluation]`: cut-offs, relevance, sampling, diversity vectors."""
     ev = config.evaluation
     item_vectors = None
     if ev.diversity_features:
@@ -388,13 +479,18 @@ def _evaluators(config: ExperimentConfig, split: Split, data: Interactions) -> d
 
         lists = genre_lists(data.item_features, (ev.diversity_features,))
         item_vectors = multi_hot(lists, select_genres(lists))
-    common = dict(
+    return dict(
         ks=tuple(ev.ks),
         relevance=ev.relevance,
         relevance_threshold=ev.relevance_threshold,
         sampled_negatives=ev.sampled_negatives,
         item_vectors=item_vectors,
     )
+
+
+def _evaluators(config: ExperimentConfig, split: Split, data: Interactions) -> dict[str, Any]:
+    ev = config.evaluation
+    common = _ranking_settings(config, data)
     # a user-disjoint split gives each held-out user a history at query time: every model is asked
     # with it (and its items are excluded), exactly as `FullRankingEvaluator(..., history=split.fold_in)`
     given = split.fold_in

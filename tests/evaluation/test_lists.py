@@ -109,9 +109,10 @@ def test_lists_are_compared_pairwise_by_user(tmp_path, ml100k_ranking_split):
     assert (table["p_holm"] >= table["p"]).all()
 
 
-def test_the_command_line_loop_split_train_recommend_evaluate_matches_compare(tmp_path, data_dir):
+def test_the_command_line_loop_split_train_recommend_evaluate_compare(tmp_path, data_dir):
     """`recforge data split`, a model trained on the split's train file, its lists from `recommend --users
-    all`, scored by `evaluate --lists --split`: the NDCG@10 `recforge compare` reports for that model."""
+    all`, scored by `evaluate --lists --split` and as a `[[lists]]` row of `recforge compare`: the numbers
+    compare reports for the same model fitted there."""
     config = tmp_path / "run.toml"
     config.write_text(
         'name = "loop"\nseed = 3\n[dataset]\nname = "ml-100k"\n[split]\nkind = "per_user"\ntest_fraction = 0.2\n'
@@ -138,14 +139,28 @@ def test_the_command_line_loop_split_train_recommend_evaluate_matches_compare(tm
     run("evaluate", "--lists", tmp_path / "recs.csv", "--split", tmp_path / "split", "--output", tmp_path / "ev.json")
     import json
 
-    scored = json.loads((tmp_path / "ev.json").read_text())["lists"][str(tmp_path / "recs.csv")]["ndcg@10"]
+    scored = json.loads((tmp_path / "ev.json").read_text())["lists"][str(tmp_path / "recs.csv")]
+    assert 0.40 < scored["ndcg@10"] < 0.50
 
-    from recforge.experiment import load_config, run_experiment
+    # the same lists as a row of `recforge compare` beside the model fitted there: equal on every metric
+    with config.open("a") as handle:
+        handle.write(
+            f'[[lists]]\nname = "ease, via files"\npath = "{tmp_path / "recs.csv"}"\nsplit = "{tmp_path / "split"}"\n'
+        )
+    run("compare", config, "--output", tmp_path / "report")
+    compared = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    rows = {run["model"]: run["results"]["ranking"]["summary"] for run in compared["runs"]}
+    assert set(rows) == {"most_popular", "ease", "ease, via files"}
+    for metric in ("ndcg@10", "recall@10", "map@10", "coverage", "novelty"):
+        assert rows["ease, via files"][metric] == pytest.approx(rows["ease"][metric], abs=1e-12), metric
+        assert rows["ease, via files"][metric] == pytest.approx(scored[metric], abs=1e-12), metric
+    assert "ease, via files" in (tmp_path / "report" / "report.md").read_text()
 
-    experiment = load_config(config)
-    compared = run_experiment(experiment.model_copy(update={"baselines": False}))
-    assert scored == pytest.approx(compared.runs[0].results["ranking"].summary["ndcg@10"], abs=1e-12)
-    assert 0.40 < scored < 0.50
+    # lists made for another split (another seed) are refused before any model is fitted
+    config.write_text(config.read_text().replace("seed = 3", "seed = 4"))
+    refused = runner.invoke(app, ["compare", str(config), "--output", str(tmp_path / "other")])
+    assert refused.exit_code == 2 and "holds another split" in refused.output, refused.output
+    assert not (tmp_path / "other").exists()
 
     refused = runner.invoke(app, ["evaluate", "--lists", str(tmp_path / "recs.csv"), "--model", str(tmp_path)])
     assert refused.exit_code == 2 and "without --model" in refused.output

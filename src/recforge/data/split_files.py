@@ -182,6 +182,25 @@ def read_split(folder: str | Path) -> Split:
     )
 
 
+def same_interactions(a: Interactions, b: Interactions) -> bool:
+    """Whether two interaction sets hold the same rows (ids, ratings, times), in any order and whatever
+    their vocabularies: how a split folder is matched to the split an experiment makes."""
+    left, right = a.to_frame(), b.to_frame()
+    if len(left) != len(right) or list(left.columns) != list(right.columns):
+        return False
+    columns = list(left.columns)
+    left = left.sort_values(columns, kind="stable").reset_index(drop=True)
+    right = right.sort_values(columns, kind="stable").reset_index(drop=True)
+    for column in columns:
+        x, y = left[column].to_numpy(), right[column].to_numpy()
+        if x.dtype.kind in "fiu" and y.dtype.kind in "fiu":
+            if not np.array_equal(x.astype(np.float64), y.astype(np.float64), equal_nan=True):
+                return False
+        elif not (x.astype(str) == y.astype(str)).all():
+            return False
+    return True
+
+
 def _read_part(path: Path, id_types: dict[str, str]) -> pd.DataFrame:
     try:
         if path.suffix == ".parquet":

@@ -21,6 +21,7 @@ import pandas as pd
 import scipy.sparse as sp
 
 from recforge.coldstart import Routing
+from recforge.data.interactions import Interactions
 from recforge.data.query import Query
 from recforge.data.splits import Split
 from recforge.errors import DataFormatError
@@ -41,14 +42,22 @@ class ListsEvaluation:
     longest: int  # the longest list
 
 
-class _GivenLists:
-    """Scores that rank each user's listed items in their order, and nothing else (-inf): what the
-    evaluator asks of a model (`score_routed`), read from a (n_users, n_items) matrix of list places."""
+@dataclass
+class GivenLists:
+    """Each user's list as scores that rank the listed items in their order and nothing else (-inf): what
+    an evaluator asks of a model (`score_routed`), read from a (n_users, n_items) matrix of list places
+    (the first place highest, every listed item above 0, the unlisted 0)."""
 
-    name = "lists"
+    places: sp.csr_matrix
+    users: np.ndarray  # user index of each listed item, in list order
+    items: np.ndarray  # item index of each listed item
+    rows: int  # rows of the file
+    longest: int
+    name: str = "lists"
 
-    def __init__(self, places: sp.csr_matrix) -> None:
-        self.places = places
+    @property
+    def listed_users(self) -> np.ndarray:
+        return np.unique(self.users)
 
     def score_routed(self, query: Query) -> tuple[np.ndarray, Routing]:
         scores = self.places[query.users].toarray()
@@ -57,27 +66,25 @@ class _GivenLists:
         return scores, Routing(paths, np.full(len(query), "", dtype=object))
 
 
-def evaluate_lists(
+def read_lists(
     path: str | Path,
-    split: Split,
+    data: Interactions,
     *,
     user: str = "user",
     item: str = "item",
     rank: str | None = "rank",
     score: str | None = None,
-    ks: tuple[int, ...] = (5, 10, 20),
     sep: str | None = None,
     names: list[str] | None = None,
-) -> ListsEvaluation:
-    """Full-ranking metrics of the lists in `path` against `split`'s test part. Each user's list is ordered
-    by `rank` (ascending) or, when `score` is given instead, by score (descending; ties in file order)."""
+) -> GivenLists:
+    """The lists in `path`, by `data`'s vocabularies. Each user's list is ordered by `rank` (ascending) or,
+    when `score` is given instead, by score (descending); ties in file order."""
     if (rank is None) == (score is None):
         raise ValueError("order the lists by exactly one of rank (ascending) or score (descending)")
     path = Path(path)
     order_column = rank if rank is not None else score
     assert order_column is not None
     frame = read_table(path, [user, item, order_column], sep, names)
-    data = split.data
     users = vocabulary_indices(frame[user], data.users, path, user)
     items = vocabulary_indices(frame[item], data.items, path, item)
     for column, found in ((user, users), (item, items)):
@@ -116,28 +123,52 @@ def evaluate_lists(
     lengths = np.diff(np.r_[starts, len(users)])
     place = np.arange(len(users)) - np.repeat(starts, lengths)
     longest = int(lengths.max()) if len(lengths) else 0
-    places = sp.csr_matrix(
-        ((longest - place).astype(np.float64), (users, items)), shape=(data.n_users, data.n_items)
-    )  # the first place scores highest; every listed item scores above 0, the unlisted stay at 0 (-inf)
+    places = sp.csr_matrix(((longest - place).astype(np.float64), (users, items)), shape=(data.n_users, data.n_items))
+    return GivenLists(places, users, items, len(frame), longest)
 
-    evaluator = FullRankingEvaluator(split.train, split.test, ks=ks, exclude_train=False, check_fit=False)
-    ranking = evaluator.evaluate(_GivenLists(places))  # type: ignore[arg-type]
-    trained = split.train.to_csr("binary")
-    in_training = int(np.asarray(trained[users, items]).ravel().astype(bool).sum()) if len(users) else 0
-    listed = np.zeros(data.n_users, dtype=bool)
-    listed[users] = True
-    without = int((~listed[evaluator.users]).sum())
-    notes = [ranking.notes[0], f"{len(starts):,} users have a list (longest {longest})"]
+
+def score_lists(lists: GivenLists, evaluator: FullRankingEvaluator) -> ListsEvaluation:
+    """`evaluator`'s metrics of the lists as given: its training items are not excluded (a listed one is a
+    miss where it stands), and the notes say what the lists held."""
+    if evaluator.exclude is not None or evaluator.sampled_negatives:
+        raise ValueError("lists are scored as given: an evaluator without exclusion or sampling")
+    ranking = evaluator.evaluate(lists)  # type: ignore[arg-type]
+    trained = evaluator.train.to_csr("binary")
+    listed = len(lists.users) > 0
+    in_training = int(np.asarray(trained[lists.users, lists.items]).ravel().astype(bool).sum()) if listed else 0
+    has_list = np.zeros(evaluator.test.n_users, dtype=bool)
+    has_list[lists.users] = True
+    without = int((~has_list[evaluator.users]).sum())
+    n_listed = len(lists.listed_users)
+    notes = [ranking.notes[0], f"{n_listed:,} users have a list (longest {lists.longest})"]
     if without:
         notes.append(f"{without:,} test user(s) have no list: scored as empty lists (every metric 0)")
     if in_training:
         notes.append(f"{in_training:,} listed item(s) are in their user's training part: misses where they stand")
-    unscored = int((~np.isin(np.unique(users), evaluator.users)).sum())
+    unscored = int((~np.isin(lists.listed_users, evaluator.users)).sum())
     if unscored:
         notes.append(f"{unscored:,} listed user(s) have no test items: not scored")
     notes += ranking.notes[2:]  # the evaluator's own after "served by": e.g. test items never in training
     ranking = replace(ranking, protocol=LISTS, notes=notes)
-    return ListsEvaluation(ranking, len(frame), len(starts), without, in_training, longest)
+    return ListsEvaluation(ranking, lists.rows, n_listed, without, in_training, lists.longest)
+
+
+def evaluate_lists(
+    path: str | Path,
+    split: Split,
+    *,
+    user: str = "user",
+    item: str = "item",
+    rank: str | None = "rank",
+    score: str | None = None,
+    ks: tuple[int, ...] = (5, 10, 20),
+    sep: str | None = None,
+    names: list[str] | None = None,
+) -> ListsEvaluation:
+    """Full-ranking metrics of the lists in `path` against `split`'s test part (see `read_lists`)."""
+    lists = read_lists(path, split.data, user=user, item=item, rank=rank, score=score, sep=sep, names=names)
+    evaluator = FullRankingEvaluator(split.train, split.test, ks=ks, exclude_train=False, check_fit=False)
+    return score_lists(lists, evaluator)
 
 
 def compare_lists(evaluations: list[ListsEvaluation], metric: str) -> pd.DataFrame:
