@@ -140,7 +140,7 @@ def score_lists(lists: GivenLists, evaluator: FullRankingEvaluator) -> ListsEval
     has_list[lists.users] = True
     without = int((~has_list[evaluator.users]).sum())
     n_listed = len(lists.listed_users)
-    notes = [ranking.notes[0], f"{n_listed:,} users have a list (longest {lists.longest})"]
+    notes = [ranking.notes[0], f"{n_listed:,} users have a list (longest {lists.longest}), scored as given"]
     if without:
         notes.append(f"{without:,} test user(s) have no list: scored as empty lists (every metric 0)")
     if in_training:
