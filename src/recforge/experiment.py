@@ -40,6 +40,7 @@ from recforge.data.split_specs import SplitSpec
 from recforge.data.splits import Split
 from recforge.errors import ConfigError, InsufficientMemoryError, TrainingDivergedError, did_you_mean
 from recforge.evaluation.guards import check_split
+from recforge.evaluation.lists import GivenLists
 from recforge.evaluation.llm_judge import JudgeConfig, JudgeError, LLMJudge, judge_rankings
 from recforge.evaluation.metrics import RATING_METRICS, direction, metric_problem
 from recforge.evaluation.protocols import (
@@ -216,6 +217,15 @@ class ExperimentConfig(_Strict):
     def all_seeds(self) -> list[int]:
         return list(self.seeds) if self.seeds else [self.seed]
 
+    @model_validator(mode="after")
+    def _lists_have_their_own_names(self) -> ExperimentConfig:
+        names = [entry.name for entry in self.lists]
+        taken = {model.label for model in self.models}
+        for index, name in enumerate(names):
+            if name in taken or name in names[:index]:
+                raise ValueError(f"lists.{index}: the name {name!r} is already a row of this experiment")
+        return self
+
 
 def parse_config(payload: Any, schema: type[BaseModel], source: str = "config") -> Any:
     """`schema` validated from a dict, every problem named by its path in one ConfigError."""
@@ -273,6 +283,9 @@ def load_config(path: str | Path, schema: type[BaseModel] | None = None) -> Any:
         value = config.dataset.options.get(option)
         if isinstance(value, str) and not Path(value).is_absolute():
             config.dataset.options[option] = str((path.parent / value).resolve())
+    for entry in getattr(config, "lists", []):  # and other recommenders' lists and their split folders
+        entry.path = str((path.parent / entry.path).resolve())
+        entry.split = str((path.parent / entry.split).resolve())
     return config
 
 
@@ -407,21 +420,23 @@ def run_experiment(
     )
 
 
-def _lists_splits(config: ExperimentConfig, data: Interactions) -> dict[str, tuple[int, int]]:
-    """Which (seed, fold) of the experiment each `[[lists]]` entry's split folder holds, checked before any
-    model is fitted: lists written for another split (another seed, fraction or data) are an error."""
+def _lists_splits(config: ExperimentConfig, data: Interactions) -> dict[str, tuple[int, int, GivenLists]]:
+    """Which (seed, fold) of the experiment each `[[lists]]` entry's split folder holds, and its lists, read
+    before any model is fitted: lists written for another split (another seed, fraction or data) and bad
+    rows in a lists file are errors then, not after the fits."""
     if not config.lists:
         return {}
     if "ranking" not in config.evaluation.protocols or config.evaluation.sampled_negatives:
         raise ConfigError("[[lists]] are scored on the full-ranking protocol: add 'ranking' to evaluation.protocols")
     from recforge.data.split_files import read_split, same_interactions
+    from recforge.evaluation.lists import read_lists
 
     splits = [
         (seed, fold, split)
         for seed in config.all_seeds
         for fold, split in enumerate(config.split.make_all(data, seed, config.dataset.path))
     ]
-    found: dict[str, tuple[int, int]] = {}
+    found: dict[str, tuple[int, int, GivenLists]] = {}
     for entry in config.lists:
         given = read_split(entry.split)
         match = [
@@ -435,26 +450,26 @@ def _lists_splits(config: ExperimentConfig, data: Interactions) -> dict[str, tup
                 f"{len(given.train):,} train / {len(given.test):,} test rows) than this experiment makes "
                 f"({splits[0][2].name}, seeds {config.all_seeds}): write it with `recforge data split` from this config"
             )
-        found[entry.name] = match[0]
+        lists = read_lists(entry.path, data, user=entry.user, item=entry.item, rank=entry.rank, score=entry.score)
+        found[entry.name] = (*match[0], lists)
     return found
 
 
 def _lists_runs(
-    config: ExperimentConfig, lists_splits: dict[str, tuple[int, int]], split: Split, seed: int, fold: int
+    config: ExperimentConfig, lists_splits: dict[str, tuple[int, int, GivenLists]], split: Split, seed: int, fold: int
 ) -> list[ModelRun]:
     """The `[[lists]]` entries made for this (seed, fold), scored as given by the experiment's ranking
     settings (cut-offs, relevance, diversity features) without excluding training items."""
-    entries = [entry for entry in config.lists if lists_splits[entry.name] == (seed, fold)]
+    entries = [entry for entry in config.lists if lists_splits[entry.name][:2] == (seed, fold)]
     if not entries:
         return []
-    from recforge.evaluation.lists import read_lists, score_lists
+    from recforge.evaluation.lists import score_lists
 
     common = _ranking_settings(config, split.data)
     evaluator = FullRankingEvaluator(split.train, split.test, exclude_train=False, check_fit=False, **common)
     runs = []
     for entry in entries:
-        lists = read_lists(entry.path, split.data, user=entry.user, item=entry.item, rank=entry.rank, score=entry.score)
-        scored = score_lists(lists, evaluator)
+        scored = score_lists(lists_splits[entry.name][2], evaluator)
         run = ModelRun(
             label=entry.name,
             model="lists",

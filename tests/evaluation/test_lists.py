@@ -164,3 +164,23 @@ def test_the_command_line_loop_split_train_recommend_evaluate_compare(tmp_path, 
 
     refused = runner.invoke(app, ["evaluate", "--lists", str(tmp_path / "recs.csv"), "--model", str(tmp_path)])
     assert refused.exit_code == 2 and "without --model" in refused.output
+
+
+def test_lists_rows_need_names_of_their_own_and_their_paths_follow_the_config(tmp_path):
+    from recforge.errors import ConfigError
+    from recforge.experiment import load_config
+
+    base = 'name = "x"\n[dataset]\nname = "ml-100k"\n[split]\nkind = "per_user"\n[[models]]\nmodel = "ease"\n'
+    (tmp_path / "configs").mkdir()
+    config = tmp_path / "configs" / "run.toml"
+    config.write_text(base + '[[lists]]\nname = "theirs"\npath = "../recs.csv"\nsplit = "split"\n')
+    entry = load_config(config).lists[0]
+    assert (entry.path, entry.split) == (str(tmp_path / "recs.csv"), str(tmp_path / "configs" / "split"))
+    assert entry.rank == "rank" and entry.score is None
+    for clash in ("ease", "theirs"):
+        config.write_text(
+            base + '[[lists]]\nname = "theirs"\npath = "a.csv"\nsplit = "s"\n'
+            f'[[lists]]\nname = "{clash}"\npath = "b.csv"\nsplit = "s"\nscore = "score"\n'
+        )
+        with pytest.raises(ConfigError, match=f"the name '{clash}' is already a row of this experiment"):
+            load_config(config)
