@@ -35,7 +35,15 @@ def test_a_real_split_round_trips_part_by_part(tmp_path, ml100k_ranking_split, f
     manifest = json.loads((tmp_path / "split" / "split.json").read_text())
     assert manifest["data"]["fingerprint"] == split.data.fingerprint() and manifest["source"] == {"config": "x.toml"}
     written = sorted(p.name for p in (tmp_path / "split").iterdir())
-    assert written == ["split.json", f"test.{file_format}", f"train.{file_format}"]
+    assert written == sorted(["split.json", *(f"{n}.{file_format}" for n in ("items", "test", "train", "users"))])
+    # side information by id, for tools that use it: titles and genres, a user's age and occupation
+    read = pd.read_parquet if file_format == "parquet" else pd.read_csv
+    items, users = read(tmp_path / "split" / f"items.{file_format}"), read(tmp_path / "split" / f"users.{file_format}")
+    star_wars = items.set_index("item_id").loc[50]
+    assert star_wars["title"] == "Star Wars (1977)" and len(items) == 1682 and len(users) == 943
+    genres = list(star_wars["genres"]) if file_format == "parquet" else star_wars["genres"].split("|")
+    assert genres == ["Action", "Adventure", "Romance", "Sci-Fi", "War"]
+    assert users.set_index("user_id").loc[1, "occupation"] == "technician"
 
 
 def test_text_ids_unrated_rows_and_a_fold_in_part_survive_csv(tmp_path):

@@ -6,7 +6,9 @@ them), each with external ids — user_id, item_id, and rating and timestamp (un
 has them; data without timestamps (sequence files) gets `position` instead, each interaction's place in
 its user's sequence from 0, the order splits read as time — as Parquet or CSV, and `split.json`: the
 format, the split's name, seed and parameters, the data set's name, rating scale and fingerprint, and per
-part its file, row count and sha256. `read_split` verifies every file against its sha256 before reading
+part its file, row count and sha256. Where the data has item or user features (titles, genres, a user's
+age), `items` and `users` tables hold them by id for tools that use side information (in CSV a list such
+as genres is one cell joined by "|"). `read_split` verifies every part against its sha256 before reading
 it: an evaluation must run on the split the other tool was given, not on a file edited since.
 """
 
@@ -74,6 +76,20 @@ def _write_parts(split: Split, tmp: Path, file_format: FileFormat, source: dict[
         else:
             table.to_csv(tmp / name, index=False)
         parts[part] = {"file": name, "rows": len(rows), "sha256": sha256_file(tmp / name)}
+    side: dict[str, Any] = {}
+    sides = (("items", data.items, data.item_features), ("users", data.users, data.user_features))
+    for label, vocab, features in sides:
+        if features is None or features.shape[1] == 0:
+            continue
+        name = f"{label}.{file_format}"
+        table = features.reset_index(drop=True)
+        table.insert(0, f"{label[:-1]}_id", vocab.ids)
+        if file_format == "parquet":
+            table.to_parquet(tmp / name, index=False)
+        else:  # lists (genres) as one text cell, joined by "|"
+            table = table.apply(lambda column: column.map(_cell) if column.dtype == object else column)
+            table.to_csv(tmp / name, index=False)
+        side[label] = {"file": name, "rows": len(table), "sha256": sha256_file(tmp / name)}
     manifest = {
         "format": FORMAT,
         "format_version": 1,
@@ -87,6 +103,7 @@ def _write_parts(split: Split, tmp: Path, file_format: FileFormat, source: dict[
             "id_types": {"user": _id_type(data.users.ids), "item": _id_type(data.items.ids)},
         },
         "parts": parts,
+        "features": side,
         "source": source or {},
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
@@ -210,6 +227,10 @@ def _read_part(path: Path, id_types: dict[str, str]) -> pd.DataFrame:
         return pd.read_csv(path, dtype=types, keep_default_na=False, na_values={"rating": [""]})
     except (ValueError, OSError) as exc:  # pandas' parser errors are ValueErrors
         raise DataFormatError(f"cannot read it ({exc})", path=path) from exc
+
+
+def _cell(value: Any) -> Any:
+    return "|".join(map(str, value)) if isinstance(value, (list, tuple, np.ndarray)) else value
 
 
 def _id_type(ids: np.ndarray) -> str:
