@@ -53,6 +53,7 @@ def _alive(pid: int) -> bool:
 def test_keep_alive_connections_are_spread_over_the_workers(ials_dir, tmp_path):
     server = Server(ials_dir, f"sqlite:///{tmp_path / 'events.sqlite'}", workers=2)
     try:
+        server.wait_workers(2)  # a worker still loading its model takes no connections yet
         clients = [server.client() for _ in range(16)]  # each keeps one connection open
         pids = [client.get("/health").json()["worker"] for client in clients]
         for _ in range(3):  # the same connection keeps its worker
