@@ -143,7 +143,10 @@ class Catalogue:
         if found is None:
             known = sorted(name for name, _ in self.genre_counts())
             listed = ", ".join(known[:30]) + (" ..." if len(known) > 30 else "") if known else "none"
-            raise ConfigError(f"unknown genre {genre[:60]!r}; the catalogue's genres: {listed}")
+            spelled = {name.lower(): name for name in known}
+            close = difflib.get_close_matches(genre[:60].lower(), list(spelled), n=1, cutoff=0.6)
+            hint = f" (did you mean {spelled[close[0]]!r}?)" if close else ""
+            raise ConfigError(f"unknown genre {genre[:60]!r}{hint}; the catalogue's genres: {listed}")
         return found
 
     def items_of_genres(self, genres: list[str]) -> np.ndarray:
