@@ -504,8 +504,11 @@ def evaluate(
         check_output(output, False, kind="JSON output")  # before the evaluation, not after it
     ks = tuple(sorted(set(k or [10])))
     if lists or split is not None:
-        if model is not None or test is not None or rating_column is not None:
-            raise typer.BadParameter("--lists and --split evaluate lists: give them without --model, --test, --rating")
+        if model is not None or test is not None or rating_column is not None or unknown != "raise":
+            raise typer.BadParameter(
+                "--lists and --split evaluate lists: give them without --model, --test, --rating-column, --unknown "
+                "(a lists file must use the split's ids)"
+            )
         if not lists or split is None:
             raise typer.BadParameter(
                 "--lists and --split go together: the lists, and the folder `recforge data split` wrote"
