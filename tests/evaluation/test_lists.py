@@ -154,7 +154,11 @@ def test_the_command_line_loop_split_train_recommend_evaluate_compare(tmp_path, 
     for metric in ("ndcg@10", "recall@10", "map@10", "coverage", "novelty"):
         assert rows["ease, via files"][metric] == pytest.approx(rows["ease"][metric], abs=1e-12), metric
         assert rows["ease, via files"][metric] == pytest.approx(scored[metric], abs=1e-12), metric
-    assert "ease, via files" in (tmp_path / "report" / "report.md").read_text()
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "ease, via files" in report
+    # the winner against every other row: EASE's own lists are no different from it (p = 1)
+    section = report.split("## ranking — significance against the best model")[1].split("\n## ")[0]
+    assert "against the best model **ease**" in section and "| ease, via files | 0.0000 | 943 |" in section, section
 
     # lists made for another split (another seed) are refused before any model is fitted
     config.write_text(config.read_text().replace("seed = 3", "seed = 4"))

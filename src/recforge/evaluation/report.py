@@ -227,6 +227,10 @@ def _sections(result: ExperimentResult, runs: list[ModelRun], folder: Path) -> l
             # p-values to two significant digits, as in the grid below: 1.2e-95, not 0.0000
             shown = significance.assign(**{c: significance[c].map(p_value_text) for c in ("p", "p (Holm)")})
             sections.append(_Section(f"{protocol} — significance", text=note, table=shown))
+            leader, note = significance_table(runs, protocol, metric, ev.significance, against="best")
+            if not leader.empty:
+                shown = leader.assign(**{c: leader[c].map(p_value_text) for c in ("p", "p (Holm)")})
+                sections.append(_Section(f"{protocol} — significance against the best model", text=note, table=shown))
             every = ["rmse", "mae"] if protocol == "rating" else at_cutoffs(ev.ks)
             grid = significance_grid(runs, protocol, every, ev.significance)
             if not grid.empty:

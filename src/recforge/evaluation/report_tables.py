@@ -30,16 +30,23 @@ def _per_user_column(protocol: str, metric: str) -> str:
     return metric
 
 
-def significance_table(runs: list[ModelRun], protocol: str, metric: str, method: str) -> tuple[pd.DataFrame, str]:
-    """Paired per-user tests of every non-baseline model against the best baseline (Holm-corrected)."""
+def significance_table(
+    runs: list[ModelRun], protocol: str, metric: str, method: str, against: str = "baseline"
+) -> tuple[pd.DataFrame, str]:
+    """Paired per-user tests (Holm-corrected) of every non-baseline model against the best baseline, or, with
+    `against="best"`, of every other row against the best non-baseline one (is the winner really ahead of
+    the runner-up?; empty with fewer than two non-baseline rows)."""
     column = _per_user_column(protocol, metric)
     candidates = [r for r in runs if protocol in r.results and column in r.results[protocol].per_user.columns]
     baselines = [r for r in candidates if r.is_baseline]
     others = [r for r in candidates if not r.is_baseline]
-    if not baselines or not others:
+    if not others or (not baselines if against == "baseline" else len(others) < 2):
         return pd.DataFrame(), ""
     lower = direction(metric) == "min" or protocol == "rating"
-    best = (min if lower else max)(baselines, key=lambda r: r.results[protocol].per_user[column].mean())
+    pool = baselines if against == "baseline" else others
+    best = (min if lower else max)(pool, key=lambda r: r.results[protocol].per_user[column].mean())
+    if against != "baseline":
+        others = [r for r in candidates if r is not best]
     reference = best.results[protocol].per_user[column]
     rows, p_values = [], []
     for run in others:
@@ -59,8 +66,9 @@ def significance_table(runs: list[ModelRun], protocol: str, metric: str, method:
     table = pd.DataFrame(rows).set_index("model")
     table["p (Holm)"] = holm(p_values)
     table["significant at 0.05"] = np.where(table["p (Holm)"] < 0.05, "yes", "no")
+    what = "the best baseline" if against == "baseline" else "the best model"
     note = (
-        f"Paired {method} tests on per-user {column} against the best baseline **{best.label}**, "
+        f"Paired {method} tests on per-user {column} against {what} **{best.label}**, "
         f"Holm-corrected over {len(others)} comparison(s)."
     )
     return table, note
