@@ -95,6 +95,10 @@ class Catalogue:
             loose |= np.logical_or.reduce([column == plain for column in self._folded])
         return [(self.title_lower == query).to_numpy(), np.asarray(loose), self.containing(query)]
 
+    def named(self, indices: np.ndarray) -> str:
+        """Items as a person reads them in a message: "50 Star Wars (1977); 181 Return of the Jedi (1983)"."""
+        return "; ".join(f"{self.ids[i]} {self.titles[i]}" for i in indices)
+
     def closest(self, query: str, limit: int = 5, cutoff: float = 0.6) -> np.ndarray:
         """Indices of the titles nearest a typed title that no title contains (a misspelling: "naruto
         shippuden" is close to "Naruto: Shippuuden"), best first: difflib's similarity ratio of the `folded`

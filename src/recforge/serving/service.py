@@ -431,12 +431,11 @@ class RecommenderService:
                 return snapshot.catalogue.ids[int(hits[0])]
             if len(hits) > 1:
                 hits = hits[np.argsort(-snapshot.popularity[hits], kind="stable")]
-                listed = "; ".join(f"{snapshot.catalogue.ids[i]} {snapshot.catalogue.titles[i]}" for i in hits[:5])
+                listed = snapshot.catalogue.named(hits[:5])
                 more = f" and {len(hits) - 5} more" if len(hits) > 5 else ""
                 raise ConfigError(f"{text!r} matches {len(hits)} titles ({listed}{more}): give the item id")
         near = snapshot.catalogue.closest(query)
-        hint = "; ".join(f"{snapshot.catalogue.ids[i]} {snapshot.catalogue.titles[i]}" for i in near)
-        hint = f"; closest titles: {hint}" if hint else ""
+        hint = f"; closest titles: {snapshot.catalogue.named(near)}" if len(near) else ""
         raise ConfigError(f"{text!r} is neither an item id of this model nor part of a title{hint}")
 
     def genres(self) -> list[dict[str, Any]]:
