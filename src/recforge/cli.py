@@ -468,8 +468,16 @@ def evaluate(
             "test part; repeat to compare several (paired Wilcoxon against the first, Holm-adjusted)",
         ),
     ] = None,
+    predictions: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--predictions",
+            help="instead of --model: predicted ratings of any recommender (user_id, item_id, prediction, as "
+            "`recforge predict` writes), scored on --split's rated test pairs; repeat to compare several",
+        ),
+    ] = None,
     split: Annotated[
-        Path | None, typer.Option("--split", help="split folder of `recforge data split` (--lists)")
+        Path | None, typer.Option("--split", help="split folder of `recforge data split` (--lists, --predictions)")
     ] = None,
     k: Annotated[list[int] | None, typer.Option("-k", min=1, help="cut-offs (repeat: -k 10 -k 20)")] = None,
     user_column: Annotated[str | None, typer.Option(help="user column (default: user_id; --lists: user)")] = None,
@@ -480,6 +488,9 @@ def evaluate(
     rank_column: Annotated[str | None, typer.Option(help="--lists: the column ordering each list, 1 first")] = None,
     score_column: Annotated[
         str | None, typer.Option(help="--lists: order each list by this column instead, highest first")
+    ] = None,
+    prediction_column: Annotated[
+        str | None, typer.Option(help="--predictions: the predicted rating's column (default: prediction)")
     ] = None,
     sep: Annotated[str | None, typer.Option(help="separator of a text file (default: sniffed)")] = None,
     columns: Annotated[
@@ -503,22 +514,32 @@ def evaluate(
     if output is not None:
         check_output(output, False, kind="JSON output")  # before the evaluation, not after it
     ks = tuple(sorted(set(k or [10])))
-    if lists or split is not None:
+    if lists or predictions or split is not None:
+        kind = "lists" if lists else "predictions"
         if model is not None or test is not None or rating_column is not None or unknown != "raise":
             raise typer.BadParameter(
-                "--lists and --split evaluate lists: give them without --model, --test, --rating-column, --unknown "
-                "(a lists file must use the split's ids)"
+                f"--{kind} and --split evaluate files: give them without --model, --test, --rating-column, --unknown "
+                "(a file must use the split's ids)"
             )
-        if not lists or split is None:
+        if (lists and predictions) or not (lists or predictions) or split is None:
             raise typer.BadParameter(
-                "--lists and --split go together: the lists, and the folder `recforge data split` wrote"
+                "--lists (or --predictions) and --split go together: the files, and the folder `recforge data "
+                "split` wrote"
             )
-        _evaluate_lists(lists, split, ks, user_column, item_column, rank_column, score_column, sep, columns, output)
+        if kind == "lists" and prediction_column is not None:
+            raise typer.BadParameter("--prediction-column names a column of --predictions files")
+        if kind == "predictions" and (rank_column is not None or score_column is not None):
+            raise typer.BadParameter("--rank-column and --score-column order --lists")
+        wanted = {"user": user_column, "item": item_column, "rank": rank_column, "score": score_column}
+        wanted["prediction"] = prediction_column
+        _evaluate_given(kind, lists or predictions or [], split, ks, wanted, sep, columns, output)
         return
     if model is None or test is None:
-        raise typer.BadParameter("give --model and --test (a saved model), or --lists and --split (ranked lists)")
-    if rank_column is not None or score_column is not None:
-        raise typer.BadParameter("--rank-column and --score-column order --lists; a model ranks by itself")
+        raise typer.BadParameter(
+            "give --model and --test (a saved model), or --lists or --predictions with --split (another tool's output)"
+        )
+    if rank_column is not None or score_column is not None or prediction_column is not None:
+        raise typer.BadParameter("--rank-column, --score-column and --prediction-column read --lists/--predictions")
     result = evaluate_saved(
         _load_model(model),
         test,
@@ -563,69 +584,56 @@ def evaluate(
         console.print(f"wrote {output}")
 
 
-def _evaluate_lists(
+def _evaluate_given(
+    kind: str,
     paths: list[Path],
     folder: Path,
     ks: tuple[int, ...],
-    user: str | None,
-    item: str | None,
-    rank: str | None,
-    score: str | None,
+    columns: dict[str, str | None],
     sep: str | None,
-    columns: str | None,
+    names: str | None,
     output: Path | None,
 ) -> None:
-    """`recforge evaluate --lists ... --split ...`: a table row per lists file, and with several files each
-    against the first (paired by user, Wilcoxon, Holm)."""
+    """`recforge evaluate --lists/--predictions ... --split ...`: a table row per file, and with several
+    files each against the first (paired by user: Wilcoxon, Holm)."""
     import pandas as pd
 
     from recforge._io import write_json_atomic
     from recforge.data.split_files import read_split
-    from recforge.evaluation.lists import compare_lists, evaluate_lists
+    from recforge.evaluation.given import against_first, evaluate_lists, evaluate_predictions
     from recforge.evaluation.metrics import at_cutoffs
+    from recforge.evaluation.report_tables import p_value_text
 
-    if rank is not None and score is not None:
-        raise typer.BadParameter("order the lists by --rank-column or by --score-column, not both")
     if len(set(paths)) < len(paths):
-        raise typer.BadParameter("a --lists file is given twice")
+        raise typer.BadParameter(f"a --{kind} file is given twice")
     split = read_split(folder)
-    evaluations = [
-        evaluate_lists(
-            path,
-            split,
-            user=user or "user",
-            item=item or "item",
-            rank=None if score is not None else (rank or "rank"),
-            score=score,
-            ks=ks,
-            sep=_separator(sep),
-            names=_names(columns),
-        )
-        for path in paths
-    ]
-    wanted = [*at_cutoffs(ks), "coverage", "novelty"]
-    labels = pd.Index([str(path) for path in paths], name="lists")
-    table = pd.DataFrame([{n: e.ranking.summary[n] for n in wanted} for e in evaluations], index=labels)
-    print_frame(table, f"{evaluations[0].ranking.protocol} — {split.name} of {split.data.name}, test part")
-    for path, evaluation in zip(paths, evaluations, strict=True):
-        console.print(f"{escape(str(path))}: " + escape("; ".join(evaluation.ranking.notes)))
+    read = {"sep": _separator(sep), "names": _names(names)}
+    if kind == "lists":
+        if columns["rank"] is not None and columns["score"] is not None:
+            raise typer.BadParameter("order the lists by --rank-column or by --score-column, not both")
+        order = {"rank": None, "score": columns["score"]} if columns["score"] else {"rank": columns["rank"] or "rank"}
+        who = {"user": columns["user"] or "user", "item": columns["item"] or "item"}
+        results = [evaluate_lists(path, split, ks=ks, **who, **order, **read).ranking for path in paths]  # type: ignore[arg-type]
+        wanted, metric, tested = [*at_cutoffs(ks), "coverage", "novelty"], f"ndcg@{max(ks)}", f"ndcg@{max(ks)}"
+    else:
+        who = {"user": columns["user"] or "user_id", "item": columns["item"] or "item_id"}
+        prediction = columns["prediction"] or "prediction"
+        results = [evaluate_predictions(path, split, prediction=prediction, **who, **read).rating for path in paths]  # type: ignore[arg-type]
+        wanted, metric, tested = ["rmse", "mae", "r2"], "mse", "per-user MSE"
+    labels = pd.Index([str(path) for path in paths], name=kind)
+    table = pd.DataFrame([{n: r.summary[n] for n in wanted} for r in results], index=labels)
+    print_frame(table, f"{results[0].protocol} — {split.name} of {split.data.name}, test part")
+    for path, result in zip(paths, results, strict=True):
+        console.print(f"{escape(str(path))}: " + escape("; ".join(result.notes)))
     comparison = None
     if len(paths) > 1:
-        metric = f"ndcg@{max(ks)}"
-        comparison = compare_lists(evaluations, metric)
+        comparison = against_first([result.per_user[metric] for result in results])
         comparison.index = labels[1:]
-        from recforge.evaluation.report_tables import p_value_text
-
         shown = comparison.assign(**{c: comparison[c].map(p_value_text) for c in ("p", "p_holm")})
-        print_frame(shown, f"{metric} against {paths[0]} (paired by user: Wilcoxon; p_holm over the files)")
+        print_frame(shown, f"{tested} against {paths[0]} (paired by user: Wilcoxon; p_holm over the files)")
     if output is not None:
-        payload = {
-            "protocol": evaluations[0].ranking.protocol,
-            "split": str(folder),
-            "lists": {
-                str(p): {**e.ranking.summary, "notes": e.ranking.notes} for p, e in zip(paths, evaluations, strict=True)
-            },
-        }
+        payload: dict[str, Any] = {"protocol": results[0].protocol, "split": str(folder)}
+        payload[kind] = {str(p): {**r.summary, "notes": r.notes} for p, r in zip(paths, results, strict=True)}
         if comparison is not None:
             payload["against_first"] = {name: row.to_dict() for name, row in comparison.iterrows()}
         write_json_atomic(output, payload)

@@ -39,8 +39,8 @@ from recforge.data.preprocess import PreprocessStep, preprocess
 from recforge.data.split_specs import SplitSpec
 from recforge.data.splits import Split
 from recforge.errors import ConfigError, InsufficientMemoryError, TrainingDivergedError, did_you_mean
+from recforge.evaluation.given import GivenLists
 from recforge.evaluation.guards import check_split
-from recforge.evaluation.lists import GivenLists
 from recforge.evaluation.llm_judge import JudgeConfig, JudgeError, LLMJudge, judge_rankings
 from recforge.evaluation.metrics import RATING_METRICS, direction, metric_problem
 from recforge.evaluation.protocols import (
@@ -178,7 +178,7 @@ class ExperimentModel(ModelSpec):
 class ExperimentLists(_Strict):
     """Another recommender's ranked lists for this experiment's split, written for the split folder that
     `recforge data split` made from this config (`split`): scored beside the models, as given
-    (`recforge.evaluation.lists`), and in every table and test of the report."""
+    (`recforge.evaluation.given`), and in every table and test of the report."""
 
     name: str = Field(description="the row's label")
     path: str = Field(description="CSV/TSV/Parquet of user, item and rank (or score)")
@@ -429,7 +429,7 @@ def _lists_splits(config: ExperimentConfig, data: Interactions) -> dict[str, tup
     if "ranking" not in config.evaluation.protocols or config.evaluation.sampled_negatives:
         raise ConfigError("[[lists]] are scored on the full-ranking protocol: add 'ranking' to evaluation.protocols")
     from recforge.data.split_files import read_split, same_interactions
-    from recforge.evaluation.lists import read_lists
+    from recforge.evaluation.given import read_lists
 
     splits = [
         (seed, fold, split)
@@ -463,7 +463,7 @@ def _lists_runs(
     entries = [entry for entry in config.lists if lists_splits[entry.name][:2] == (seed, fold)]
     if not entries:
         return []
-    from recforge.evaluation.lists import score_lists
+    from recforge.evaluation.given import score_lists
 
     common = _ranking_settings(config, split.data)
     evaluator = FullRankingEvaluator(split.train, split.test, exclude_train=False, check_fit=False, **common)

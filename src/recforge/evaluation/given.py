@@ -1,14 +1,18 @@
-"""Ranked lists from any recommender, scored by recforge's protocol: the metrics, per-user table and notes
-`FullRankingEvaluator` gives a recforge model, for lists another tool wrote (or `recforge recommend
---users all --output`) for the users of a split folder (`recforge.data.split_files`).
+"""Another tool's output scored by recforge's protocols, for the users of a split folder
+(`recforge.data.split_files`): ranked lists (`evaluate_lists`: the metrics, per-user table and notes
+`FullRankingEvaluator` gives a recforge model; also what `recforge recommend --users all --output` writes)
+and predicted ratings (`evaluate_predictions`: `RatingEvaluator`'s RMSE, MAE and R²).
 
 The lists are taken as given. A listed item the user had in training stays at its place and counts as a
 miss (a recforge model never lists one: it excludes them before its top-k, as the full-ranking protocol
 asks of every system), so the numbers of lists that repeat training items are lower, never flattered. A
 test user without a list has an empty one (every metric 0), and metrics at a cut-off past a list's end
 count the missing places as misses. The rank (or score) column only orders each user's list. Users
-without test items are not scored. An id the split does not know, an item listed twice for one user, or
-a rank or score that is not a finite number is an error naming the file and line.
+without test items are not scored. Predictions must cover every rated test pair (a missing one is an
+error naming it, never left out: leaving out what a tool cannot predict flatters it) and are clipped to
+the rating scale, as recforge's own are; predictions for other pairs are ignored and counted. An id the
+split does not know, an item listed (or a pair predicted) twice, or a rank, score or prediction that is
+not a finite number is an error naming the file and line.
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from recforge.coldstart import Routing
+from recforge.coldstart import RATINGS, Routing
 from recforge.data.interactions import Interactions
 from recforge.data.query import Query
 from recforge.data.splits import Split
 from recforge.errors import DataFormatError
-from recforge.evaluation.protocols import FullRankingEvaluator, RankingResult
+from recforge.evaluation.protocols import FullRankingEvaluator, RankingResult, RatingEvaluator, RatingResult
 from recforge.evaluation.saved import read_table, vocabulary_indices
 from recforge.evaluation.stats import holm, paired_test
 
@@ -85,28 +89,9 @@ def read_lists(
     order_column = rank if rank is not None else score
     assert order_column is not None
     frame = read_table(path, [user, item, order_column], sep, names)
-    users = vocabulary_indices(frame[user], data.users, path, user)
-    items = vocabulary_indices(frame[item], data.items, path, item)
-    for column, found in ((user, users), (item, items)):
-        if (found < 0).any():
-            row = int(np.flatnonzero(found < 0)[0])
-            raise DataFormatError(
-                f"{column} {frame[column].iloc[row]!r} is not in the split ({int((found < 0).sum())} such row(s)): "
-                "the lists must use the split files' ids",
-                path=path,
-                line=int(frame.index[row]),
-                column=column,
-            )
-    key = pd.to_numeric(frame[order_column], errors="coerce").to_numpy(dtype=np.float64)
-    bad = ~np.isfinite(key)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise DataFormatError(
-            f"{frame[order_column].iloc[row]!r} is not a number",
-            path=path,
-            line=int(frame.index[row]),
-            column=order_column,
-        )
+    users = _known(frame, user, vocabulary_indices(frame[user], data.users, path, user), path)
+    items = _known(frame, item, vocabulary_indices(frame[item], data.items, path, item), path)
+    key = _numbers(frame, order_column, path)
     pairs = users.astype(np.int64) * data.n_items + items
     repeated = pd.Series(pairs).duplicated().to_numpy()
     if repeated.any():
@@ -125,6 +110,32 @@ def read_lists(
     longest = int(lengths.max()) if len(lengths) else 0
     places = sp.csr_matrix(((longest - place).astype(np.float64), (users, items)), shape=(data.n_users, data.n_items))
     return GivenLists(places, users, items, len(frame), longest)
+
+
+def _known(frame: pd.DataFrame, column: str, found: np.ndarray, path: Path) -> np.ndarray:
+    """`found` (vocabulary positions of `column`), or an error naming the first id the split does not know."""
+    if (found < 0).any():
+        row = int(np.flatnonzero(found < 0)[0])
+        raise DataFormatError(
+            f"{column} {frame[column].iloc[row]!r} is not in the split ({int((found < 0).sum())} such row(s)): "
+            "the file must use the split files' ids",
+            path=path,
+            line=int(frame.index[row]),
+            column=column,
+        )
+    return found
+
+
+def _numbers(frame: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+    """`column` as finite floats, or an error naming the first cell that is not one."""
+    values = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataFormatError(
+            f"{frame[column].iloc[row]!r} is not a number", path=path, line=int(frame.index[row]), column=column
+        )
+    return values
 
 
 def score_lists(lists: GivenLists, evaluator: FullRankingEvaluator) -> ListsEvaluation:
@@ -171,16 +182,84 @@ def evaluate_lists(
     return score_lists(lists, evaluator)
 
 
-def compare_lists(evaluations: list[ListsEvaluation], metric: str) -> pd.DataFrame:
-    """Each evaluation against the first, paired by user on `metric`: mean difference, Wilcoxon p and the
-    Holm-adjusted p over the comparisons (the same users are scored in every evaluation of one split)."""
-    first = evaluations[0].ranking.per_user[metric]
+def against_first(per_user: list[pd.Series]) -> pd.DataFrame:
+    """Each per-user metric (one per file, all on one split) against the first, paired by user: mean
+    difference, Wilcoxon p and the Holm-adjusted p over the comparisons."""
+    first = per_user[0]
     rows = []
-    for evaluation in evaluations[1:]:
-        other = evaluation.ranking.per_user[metric].reindex(first.index)
-        test = paired_test(other.to_numpy(), first.to_numpy())
+    for values in per_user[1:]:
+        test = paired_test(values.reindex(first.index).to_numpy(), first.to_numpy())
         rows.append({"difference": test.mean_difference, "p": test.p_value, "users": test.n})
     table = pd.DataFrame(rows)
     if len(table):
         table["p_holm"] = holm(table["p"].to_numpy())
     return table
+
+
+@dataclass
+class PredictionsEvaluation:
+    rating: RatingResult
+    rows: int  # rows of the file
+    unused: int  # predictions for pairs that are not rated test pairs
+
+
+class _GivenPredictions:
+    """A rating per (user, item) pair, answered to `RatingEvaluator` as a model's `predict`."""
+
+    name = "predictions"
+    capabilities = frozenset({RATINGS})
+    rating_scale_ = None
+
+    def __init__(self, keys: pd.Index, values: np.ndarray, n_items: int) -> None:
+        self.keys, self.values, self.n_items = keys, values, n_items
+
+    def predict(self, users: np.ndarray, items: np.ndarray, history: object = None) -> np.ndarray:
+        positions = self.keys.get_indexer(users.astype(np.int64) * self.n_items + items)
+        assert (positions >= 0).all()  # evaluate_predictions checked every rated test pair first
+        return self.values[positions]
+
+
+def evaluate_predictions(
+    path: str | Path,
+    split: Split,
+    *,
+    user: str = "user_id",
+    item: str = "item_id",
+    prediction: str = "prediction",
+    sep: str | None = None,
+    names: list[str] | None = None,
+) -> PredictionsEvaluation:
+    """RMSE, MAE and R² of the predicted ratings in `path` on `split`'s rated test pairs (clipped to the
+    data's rating scale). `recforge predict` writes this layout (user_id, item_id, prediction)."""
+    path = Path(path)
+    frame = read_table(path, [user, item, prediction], sep, names)
+    data = split.data
+    users = _known(frame, user, vocabulary_indices(frame[user], data.users, path, user), path)
+    items = _known(frame, item, vocabulary_indices(frame[item], data.items, path, item), path)
+    values = _numbers(frame, prediction, path)
+    keys = pd.Index(users.astype(np.int64) * data.n_items + items)
+    if keys.has_duplicates:
+        row = int(np.flatnonzero(keys.duplicated())[0])
+        raise DataFormatError(
+            f"user {frame[user].iloc[row]!r} and item {frame[item].iloc[row]!r} are predicted twice",
+            path=path,
+            line=int(frame.index[row]),
+        )
+    evaluator = RatingEvaluator(split.train, split.test, check_fit=False)
+    rated = evaluator.test
+    wanted = rated.user_index.astype(np.int64) * data.n_items + rated.item_index
+    missing = keys.get_indexer(wanted) < 0
+    if missing.any():
+        first = int(np.flatnonzero(missing)[0])
+        raise DataFormatError(
+            f"no prediction for user {data.users.ids[rated.user_index[first]]!r} and item "
+            f"{data.items.ids[rated.item_index[first]]!r} ({int(missing.sum())} of {len(wanted)} rated test pairs "
+            "lack one): every rated test pair needs a prediction, or the error of what a tool cannot predict goes "
+            "unmeasured",
+            path=path,
+        )
+    result = evaluator.evaluate(_GivenPredictions(keys, values, data.n_items))  # type: ignore[arg-type]
+    unused = int(len(keys) - len(np.unique(wanted)))
+    if unused:
+        result.notes.append(f"{unused:,} predictions are for pairs that are not rated test pairs: not scored")
+    return PredictionsEvaluation(result, len(frame), unused)

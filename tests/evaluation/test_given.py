@@ -1,8 +1,10 @@
-"""Ranked lists of any recommender scored by recforge's protocol (`recforge.evaluation.lists`): a model's
+"""Ranked lists of any recommender scored by recforge's protocol (`recforge.evaluation.given`): a model's
 own lists give exactly the numbers `FullRankingEvaluator` gives the model; lists are taken as given
 (training items are misses where they stand, a missing list is empty); bad rows are named."""
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 import pandas as pd
@@ -13,7 +15,7 @@ from recforge.cli import app
 from recforge.data.interactions import Interactions
 from recforge.data.splits import Split
 from recforge.errors import DataFormatError
-from recforge.evaluation.lists import compare_lists, evaluate_lists
+from recforge.evaluation.given import against_first, evaluate_lists, evaluate_predictions
 from recforge.evaluation.protocols import FullRankingEvaluator
 from recforge.models import create_model
 
@@ -103,7 +105,7 @@ def test_lists_are_compared_pairwise_by_user(tmp_path, ml100k_ranking_split):
         path = tmp_path / f"{name}{len(evaluations)}.csv"
         _lists(create_model(name).fit(split.train), split.data.users.ids, 10).to_csv(path, index=False)
         evaluations.append(evaluate_lists(path, split, ks=(10,)))
-    table = compare_lists(evaluations, "ndcg@10")
+    table = against_first([evaluation.ranking.per_user["ndcg@10"] for evaluation in evaluations])
     assert table.loc[0, "difference"] < -0.2 and table.loc[0, "p"] < 1e-50 and table.loc[0, "users"] == 943
     assert table.loc[1, "difference"] == 0 and table.loc[1, "p"] == 1.0  # the same lists: nothing to test
     assert (table["p_holm"] >= table["p"]).all()
@@ -188,3 +190,64 @@ def test_lists_rows_need_names_of_their_own_and_their_paths_follow_the_config(tm
         )
         with pytest.raises(ConfigError, match=f"the name '{clash}' is already a row of this experiment"):
             load_config(config)
+
+
+def test_a_models_own_predictions_score_what_the_model_scores_and_every_rated_pair_needs_one(tmp_path, ml100k):
+    from recforge.data.splits import random_split
+    from recforge.evaluation.protocols import RatingEvaluator
+
+    split = random_split(ml100k, 0.2, seed=0)
+    model = create_model("bias").fit(split.train)
+    direct = RatingEvaluator(split.train, split.test).evaluate(model)
+    test = split.test.to_frame()
+    predicted = model.predict(split.test.user_index, split.test.item_index)
+    frame = pd.DataFrame({"user_id": test["user_id"], "item_id": test["item_id"], "prediction": predicted})
+    extra = split.train.to_frame().iloc[:1][["user_id", "item_id"]].assign(prediction=9.0)  # a training pair
+    path = tmp_path / "predictions.csv"
+    pd.concat([frame.sample(frac=1.0, random_state=0), extra]).to_csv(path, index=False)
+    given = evaluate_predictions(path, split)
+    for metric in ("rmse", "mae", "r2"):
+        assert given.rating.summary[metric] == pytest.approx(direct.summary[metric], abs=1e-6), metric
+    assert given.unused == 1 and "1 predictions are for pairs that are not rated test pairs" in given.rating.notes[-1]
+
+    frame.iloc[1:].to_csv(path, index=False)  # the first test pair left out
+    first = f"no prediction for user {test['user_id'].iloc[0]!r} and item {test['item_id'].iloc[0]!r} (1 of 20000"
+    with pytest.raises(DataFormatError, match=re.escape(first)):
+        evaluate_predictions(path, split)
+    pd.concat([frame, frame.iloc[:1]]).to_csv(path, index=False)
+    with pytest.raises(DataFormatError, match=r"line 20002: user .* are predicted twice"):
+        evaluate_predictions(path, split)
+    pd.concat([frame.iloc[:1].assign(prediction="high"), frame.iloc[1:]]).to_csv(path, index=False)
+    with pytest.raises(DataFormatError, match="line 2, column 'prediction': 'high' is not a number"):
+        evaluate_predictions(path, split)
+
+
+def test_evaluate_predictions_on_the_command_line(tmp_path, ml100k):
+    from recforge.data.split_files import write_split
+    from recforge.data.splits import random_split
+
+    split = random_split(ml100k, 0.2, seed=1)
+    write_split(split, tmp_path / "split")
+    model = create_model("bias").fit(split.train)
+    test = split.test.to_frame()
+    for name, shift in (("mine.csv", 0.0), ("worse.parquet", 0.3)):
+        predicted = model.predict(split.test.user_index, split.test.item_index) + shift
+        frame = test[["user_id", "item_id"]].assign(prediction=predicted)
+        frame.to_parquet(tmp_path / name) if name.endswith("parquet") else frame.to_csv(tmp_path / name, index=False)
+    result = CliRunner().invoke(
+        app,
+        ["evaluate", "--predictions", str(tmp_path / "mine.csv"), "--predictions", str(tmp_path / "worse.parquet"),
+         "--split", str(tmp_path / "split"), "--output", str(tmp_path / "ev.json")],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    import json
+
+    scored = json.loads((tmp_path / "ev.json").read_text())
+    mine, worse = (scored["predictions"][str(tmp_path / n)]["rmse"] for n in ("mine.csv", "worse.parquet"))
+    assert 0.9 < mine < 0.96 and worse > mine + 0.02
+    assert scored["against_first"][str(tmp_path / "worse.parquet")]["p_holm"] < 1e-10  # paired on per-user MSE
+    mixed = CliRunner().invoke(
+        app, ["evaluate", "--predictions", str(tmp_path / "mine.csv"), "--split", str(tmp_path / "split"), "-k", "5",
+              "--rank-column", "rank"],
+    )  # fmt: skip
+    assert mixed.exit_code == 2 and "order --lists" in mixed.output
