@@ -653,7 +653,12 @@ def predict(
         str | None, typer.Option(help="a file without a header row: its field names in order, comma-separated")
     ] = None,
     unknown: Annotated[
-        str, typer.Option(help="pairs with a user or item unknown to the model: raise or drop")
+        str,
+        typer.Option(
+            help="pairs with a user or item unknown to the model: raise, drop, or prior (predicted from what the "
+            "model knows: the cold-start rating of the item, or the user's mean over popular items; a prior "
+            "column marks them)"
+        ),
     ] = "raise",
 ) -> None:
     """Predicted ratings of a saved rating model for every (user, item) pair of a file."""
@@ -666,11 +671,14 @@ def predict(
         user=user_column,
         item=item_column,
         sep=_separator(sep),
-        unknown=_unknown(unknown),
+        unknown=_unknown(unknown, ("raise", "drop", "prior")),
         names=_names(columns),
     )
     write_table(frame, output)
-    console.print(f"wrote {len(frame):,} predictions to {output}")
+    prior = (
+        f" ({int(frame['prior'].sum()):,} of them from the prior: an unknown user or item)" if "prior" in frame else ""
+    )
+    console.print(f"wrote {len(frame):,} predictions to {output}{prior}")
 
 
 @app.command()

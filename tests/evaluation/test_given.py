@@ -251,3 +251,55 @@ def test_evaluate_predictions_on_the_command_line(tmp_path, ml100k):
               "--rank-column", "rank"],
     )  # fmt: skip
     assert mixed.exit_code == 2 and "order --lists" in mixed.output
+
+
+def test_recforge_predict_with_a_prior_completes_a_split_for_evaluate_predictions(tmp_path, ml100k):
+    """A model trained on a split's train file does not know the items only the test part has: `predict
+    --unknown prior` predicts them from what it knows (as Surprise does), so every rated test pair has a
+    prediction and `evaluate --predictions` scores the file, close to the model fitted in memory."""
+    import json
+
+    from recforge.data.split_files import write_split
+    from recforge.data.splits import random_split
+    from recforge.evaluation.protocols import RatingEvaluator
+    from recforge.evaluation.saved import prior_ratings
+
+    split = random_split(ml100k, 0.2, seed=0)
+    write_split(split, tmp_path / "split", file_format="csv")
+    train = tmp_path / "train.toml"
+    train.write_text(
+        f'[dataset]\nname = "table"\npath = "{tmp_path / "split" / "train.csv"}"\n'
+        'options = { user = "user_id", item = "item_id", rating = "rating", timestamp = "timestamp" }\n'
+        '[model]\nmodel = "bias"\n'
+    )
+    runner = CliRunner()
+    for args in (
+        ["train", train, "--output", tmp_path / "bias"],
+        ["predict", "--model", tmp_path / "bias", "--input", tmp_path / "split" / "test.csv", "--output",
+         tmp_path / "p.csv", "--unknown", "prior"],
+        ["evaluate", "--predictions", tmp_path / "p.csv", "--split", tmp_path / "split",
+         "--output", tmp_path / "e.json"],
+    ):  # fmt: skip
+        result = runner.invoke(app, [str(a) for a in args])
+        assert result.exit_code == 0, result.output
+    predicted = pd.read_csv(tmp_path / "p.csv")
+    trained_items = set(split.train.to_frame()["item_id"])
+    assert predicted["prior"].sum() == (~predicted["item_id"].isin(trained_items)).sum() == 40
+    rmse = json.loads((tmp_path / "e.json").read_text())["predictions"][str(tmp_path / "p.csv")]["rmse"]
+    in_memory = RatingEvaluator(split.train, split.test).evaluate(create_model("bias").fit(split.train))
+    assert rmse == pytest.approx(in_memory.summary["rmse"], abs=2e-3) and 0.93 < rmse < 0.95
+
+    # the prior itself: an unknown user gets the item's cold-start rating, an unknown item the user's mean
+    # predicted rating over the most rated items, weighted by their counts
+    from recforge.models import load_model
+
+    model = load_model(tmp_path / "bias")
+    items = np.array([0, -1, -1])
+    users = np.array([-1, 3, -1])
+    prior = prior_ratings(model, users, items, top=50)
+    counts = np.asarray(model.seen_.sum(axis=0)).ravel()
+    top = np.argsort(-counts, kind="stable")[:50]
+    weights = counts[top] / counts[top].sum()
+    assert prior[0] == pytest.approx(model.predict(np.array([-1]), np.array([0]))[0])
+    assert prior[1] == pytest.approx(model.predict(np.full(50, 3), top) @ weights, abs=1e-5)
+    assert prior[2] == pytest.approx(model.predict(np.full(50, -1), top) @ weights, abs=1e-5)

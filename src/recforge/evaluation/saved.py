@@ -208,16 +208,30 @@ def predict_file(
     user: str = "user_id",
     item: str = "item_id",
     sep: str | None = None,
-    unknown: Unknown = "raise",
+    unknown: Literal["raise", "drop", "prior"] = "raise",
     names: list[str] | None = None,
 ) -> pd.DataFrame:
     """The file's (user, item) pairs with the model's predicted rating (`prediction`); a model that does not
-    predict ratings is refused before the file is read."""
+    predict ratings is refused before the file is read. `unknown="prior"` predicts pairs with a user or item
+    the model does not know from what it does know (`prior_ratings`), in the file's order, and marks them in
+    a `prior` column."""
     if RATINGS not in model.capabilities:
         raise CapabilityError(f"{model.name} does not predict ratings (it ranks items: use recommend)")
     path = Path(path)
     frame = read_table(path, [user, item], sep, names)
-    users, items, _ = _known_rows(frame, model, path, user, item, unknown)
+    if unknown == "prior":
+        users = vocabulary_indices(frame[user], model.users_, path, user)
+        items = vocabulary_indices(frame[item], model.items_, path, item)
+        return pd.DataFrame(
+            {
+                user: _typed(frame[user], model.users_),
+                item: _typed(frame[item], model.items_),
+                "prediction": prior_ratings(model, users, items),
+                "prior": (users < 0) | (items < 0),
+            }
+        )
+    hint = "pass --unknown prior to predict them from what the model knows, or drop to leave them out"
+    users, items, _ = _known_rows(frame, model, path, user, item, unknown, hint)  # type: ignore[arg-type]
     assert items is not None
     return pd.DataFrame(
         {
@@ -226,6 +240,36 @@ def predict_file(
             "prediction": model.predict(users, items),
         }
     )
+
+
+def prior_ratings(model: Recommender, users: np.ndarray, items: np.ndarray, top: int = 1000) -> np.ndarray:
+    """Predicted ratings where the user or the item may be unknown to `model` (index -1), as rating libraries
+    answer them (Surprise: the global mean, plus the user's bias where the user is known): a known item for
+    an unknown user is the model's cold-start rating (μ + b_i for biased models); an unknown item is the
+    user's (or the cold-start) mean predicted rating over the `top` most rated items, weighted by how often
+    each was rated in training."""
+    users, items = np.asarray(users, np.int64), np.asarray(items, np.int64)
+    predictions = np.empty(len(users), dtype=np.float32)
+    known_item = items >= 0
+    if known_item.any():
+        predictions[known_item] = model.predict(np.maximum(users[known_item], -1), items[known_item])
+    if not known_item.all():
+        counts = np.asarray(model.seen_.sum(axis=0)).ravel()
+        popular = np.argsort(-counts, kind="stable")[: min(top, model.n_items)]
+        weights = counts[popular] / max(counts[popular].sum(), 1)
+        asked = np.maximum(users[~known_item], -1)
+        distinct, where = np.unique(asked, return_inverse=True)
+        means = np.array([float(model.predict(np.full(len(popular), u), popular) @ weights) for u in distinct])
+        predictions[~known_item] = means[where]
+    scale = model.rating_scale_
+    return np.clip(predictions, *scale) if scale is not None else predictions
+
+
+def _typed(values: pd.Series, vocabulary: Vocabulary) -> np.ndarray:
+    """A file's ids in the vocabulary's type (integers stay integers also where the model does not know one)."""
+    if vocabulary.ids.dtype.kind in "iu":
+        return pd.to_numeric(values).astype(np.int64).to_numpy()
+    return values.astype(str).to_numpy()
 
 
 def recommend_file(
