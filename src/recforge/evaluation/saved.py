@@ -30,6 +30,7 @@ from recforge.errors import CapabilityError, DataFormatError
 from recforge.evaluation.protocols import FullRankingEvaluator, RankingResult, RatingEvaluator, RatingResult
 from recforge.models.base import Recommender
 from recforge.models.explain import explain_history
+from recforge.retrieval.topk import batched
 
 Unknown = Literal["raise", "drop"]
 # evaluate only: "miss" leaves unknown users' rows out but keeps unknown items as relevant items the model
@@ -259,7 +260,10 @@ def prior_ratings(model: Recommender, users: np.ndarray, items: np.ndarray, top:
         weights = counts[popular] / max(counts[popular].sum(), 1)
         asked = np.maximum(users[~known_item], -1)
         distinct, where = np.unique(asked, return_inverse=True)
-        means = np.array([float(model.predict(np.full(len(popular), u), popular) @ weights) for u in distinct])
+        means = np.empty(len(distinct))
+        for rows in batched(len(distinct), max(1, 1_000_000 // len(popular))):  # a million predictions at a time
+            block = model.predict(np.repeat(distinct[rows], len(popular)), np.tile(popular, len(distinct[rows])))
+            means[rows] = block.reshape(-1, len(popular)).astype(np.float64) @ weights
         predictions[~known_item] = means[where]
     scale = model.rating_scale_
     return np.clip(predictions, *scale) if scale is not None else predictions
