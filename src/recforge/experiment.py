@@ -426,8 +426,11 @@ def _lists_splits(config: ExperimentConfig, data: Interactions) -> dict[str, tup
     rows in a lists file are errors then, not after the fits."""
     if not config.lists:
         return {}
-    if "ranking" not in config.evaluation.protocols or config.evaluation.sampled_negatives:
-        raise ConfigError("[[lists]] are scored on the full-ranking protocol: add 'ranking' to evaluation.protocols")
+    if not {"ranking", "next_item"} & set(config.evaluation.protocols) or config.evaluation.sampled_negatives:
+        raise ConfigError(
+            "[[lists]] are scored on full ranking: add 'ranking' or 'next_item' to evaluation.protocols "
+            "(without sampled_negatives)"
+        )
     from recforge.data.split_files import read_split, same_interactions
     from recforge.evaluation.given import read_lists
 
@@ -466,10 +469,17 @@ def _lists_runs(
     from recforge.evaluation.given import score_lists
 
     common = _ranking_settings(config, split.data)
-    evaluator = FullRankingEvaluator(split.train, split.test, exclude_train=False, check_fit=False, **common)
+    evaluators = {}
+    for protocol in ("ranking", "next_item"):  # as the models' evaluators, minus the exclusion of histories
+        if protocol in config.evaluation.protocols:
+            ks = common["ks"] if protocol == "ranking" else tuple(sorted({1, *common["ks"]}))
+            options = {**common, "ks": ks}
+            evaluators[protocol] = FullRankingEvaluator(
+                split.train, split.test, exclude_train=False, check_fit=False, **options
+            )
     runs = []
     for entry in entries:
-        scored = score_lists(lists_splits[entry.name][2], evaluator)
+        lists = lists_splits[entry.name][2]
         run = ModelRun(
             label=entry.name,
             model="lists",
@@ -477,7 +487,7 @@ def _lists_runs(
             is_baseline=False,
             seed=seed,
             fit_seconds=0.0,
-            results={"ranking": scored.ranking},
+            results={protocol: score_lists(lists, evaluator).ranking for protocol, evaluator in evaluators.items()},
             training_log=[],
             fold=fold,
         )

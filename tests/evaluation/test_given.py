@@ -303,3 +303,31 @@ def test_recforge_predict_with_a_prior_completes_a_split_for_evaluate_prediction
     assert prior[0] == pytest.approx(model.predict(np.array([-1]), np.array([0]))[0])
     assert prior[1] == pytest.approx(model.predict(np.full(50, 3), top) @ weights, abs=1e-5)
     assert prior[2] == pytest.approx(model.predict(np.full(50, -1), top) @ weights, abs=1e-5)
+
+
+def test_lists_rows_on_the_next_item_protocol(tmp_path):
+    """A sequential comparison (leave-last-out, `next_item`): a [[lists]] row is scored there too, with the
+    protocol's hit@1, and equals what `evaluate --lists` gives the same file."""
+    from recforge.data.split_files import read_split
+    from recforge.experiment import load_config, run_experiment
+    from tests.conftest import make_interactions
+
+    log = make_interactions(n_users=40, n_items=30, n=600, seed=2).to_frame()
+    log.drop_duplicates(["user_id", "item_id"]).to_csv(tmp_path / "log.csv", index=False)
+    config = tmp_path / "run.toml"
+    config.write_text(
+        'name = "seq"\n[dataset]\nname = "table"\npath = "log.csv"\n'
+        'options = { user = "user_id", item = "item_id", timestamp = "timestamp" }\n'
+        '[split]\nkind = "leave_last_out"\nvalid_k = 1\n[evaluation]\nprotocols = ["next_item"]\nks = [5]\n'
+    )
+    assert CliRunner().invoke(app, ["data", "split", str(config), "--output", str(tmp_path / "split")]).exit_code == 0
+    split = read_split(tmp_path / "split")
+    popular = create_model("most_popular").fit(split.train)
+    _lists(popular, split.data.users.ids, 5).to_csv(tmp_path / "lists.csv", index=False)
+    with config.open("a") as handle:
+        handle.write('[[lists]]\nname = "popular, as files"\npath = "lists.csv"\nsplit = "split"\n')
+    result = run_experiment(load_config(config))
+    row = next(run for run in result.runs if run.label == "popular, as files")
+    assert set(row.results) == {"next_item"} and "hit_rate@1" in row.results["next_item"].summary
+    alone = evaluate_lists(tmp_path / "lists.csv", split, ks=(1, 5))
+    assert row.results["next_item"].summary["ndcg@5"] == pytest.approx(alone.ranking.summary["ndcg@5"], abs=1e-12)
