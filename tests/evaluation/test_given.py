@@ -331,3 +331,24 @@ def test_lists_rows_on_the_next_item_protocol(tmp_path):
     assert set(row.results) == {"next_item"} and "hit_rate@1" in row.results["next_item"].summary
     alone = evaluate_lists(tmp_path / "lists.csv", split, ks=(1, 5))
     assert row.results["next_item"].summary["ndcg@5"] == pytest.approx(alone.ranking.summary["ndcg@5"], abs=1e-12)
+
+
+def test_an_empty_lists_row_and_a_folder_of_parquet_parts_are_read_as_recforge_writes_them(tmp_path):
+    """`recommend --users` writes a user whose list is empty as one row without item and rank (they were
+    refused as "not an integer id"), and `spark score` writes a folder of Parquet part files."""
+    split = _tiny()
+    path = tmp_path / "lists.csv"
+    path.write_text("user,rank,item,score,served_by,note\na,1,3,0.9,model,\nb,,,,model,every item seen\n")
+    result = evaluate_lists(path, split, ks=(3,))
+    assert (result.users_listed, result.test_users_without_list) == (1, 1)
+    folder = tmp_path / "scores"
+    folder.mkdir()
+    rows = pd.DataFrame({"user": ["a", "a", "b"], "rank": [1, 2, 1], "item": [3, 2, 4]})
+    rows.iloc[:2].to_parquet(folder / "part-00000.parquet")
+    rows.iloc[2:].to_parquet(folder / "part-00001.parquet")
+    (folder / "_SUCCESS").write_text("")
+    whole = evaluate_lists(folder, split, ks=(3,))
+    assert whole.users_listed == 2 and whole.ranking.summary["recall@3"] == 1.0
+    path.write_text("user,rank,item\na,,3\n")  # an item without its rank is not an empty list
+    with pytest.raises(DataFormatError, match="line 2, column 'rank': '' is not a number"):
+        evaluate_lists(path, split)

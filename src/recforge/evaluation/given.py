@@ -89,6 +89,9 @@ def read_lists(
     order_column = rank if rank is not None else score
     assert order_column is not None
     frame = read_table(path, [user, item, order_column], sep, names)
+    # a user whose list is empty is one row without item and rank (`recforge recommend --users`, `spark score`)
+    blank = _missing(frame[item]) & _missing(frame[order_column])
+    frame = frame[~blank]
     users = _known(frame, user, vocabulary_indices(frame[user], data.users, path, user), path)
     items = _known(frame, item, vocabulary_indices(frame[item], data.items, path, item), path)
     key = _numbers(frame, order_column, path)
@@ -110,6 +113,11 @@ def read_lists(
     longest = int(lengths.max()) if len(lengths) else 0
     places = sp.csr_matrix(((longest - place).astype(np.float64), (users, items)), shape=(data.n_users, data.n_items))
     return GivenLists(places, users, items, len(frame), longest)
+
+
+def _missing(values: pd.Series) -> np.ndarray:
+    """True where a cell is empty: null, or blank text."""
+    return (values.isna() | (values.astype(str).str.strip() == "")).to_numpy()
 
 
 def _known(frame: pd.DataFrame, column: str, found: np.ndarray, path: Path) -> np.ndarray:

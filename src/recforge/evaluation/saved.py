@@ -42,15 +42,19 @@ EvaluateUnknown = Literal["raise", "drop", "miss"]
 def read_table(
     path: str | Path, columns: list[str], sep: str | None = None, names: list[str] | None = None
 ) -> pd.DataFrame:
-    """The named columns of a CSV/TSV/Parquet file with a header row, or of a text file without one
-    whose fields `names` lists in order (as strings for text files: ids are converted to the model's id
-    type later, so leading zeros and long ids survive). Text is read by the loaders' strict reader
-    (separator sniffed unless given, UTF-16 marks, blank lines skipped, bad lines named); the frame's index
-    is each row's 1-based line (header included; Parquet: the row number), for errors found later."""
+    """The named columns of a CSV/TSV/Parquet file with a header row, of a text file without one whose
+    fields `names` lists in order (as strings for text files: ids are converted to the model's id type
+    later, so leading zeros and long ids survive), or of a folder of Parquet part files (Spark's output).
+    Text is read by the loaders' strict reader (separator sniffed unless given, UTF-16 marks, blank lines
+    skipped, bad lines named); the frame's index is each row's 1-based line (header included; Parquet: the
+    row number), for errors found later."""
     path = Path(path)
-    if not path.is_file():
-        raise DataFormatError("no such file", path=path)
-    if path.suffix.lower() not in (".parquet", ".pq"):
+    spark_folder = path.is_dir() and any(path.glob("*.parquet"))  # `recforge spark score` writes part files
+    if not path.is_file() and not spark_folder:
+        raise DataFormatError(
+            "no such file" + (" (a folder without Parquet part files)" if path.is_dir() else ""), path=path
+        )
+    if not spark_folder and path.suffix.lower() not in (".parquet", ".pq"):
         header = names is None
         frame = read_delimited(path, sep=sep, columns=columns if header else names, header=header)  # type: ignore[arg-type]
         return frame.set_index("_line")[columns]
