@@ -90,6 +90,7 @@ def read_lists(
     assert order_column is not None
     frame = read_table(path, [user, item, order_column], sep, names)
     # a user whose list is empty is one row without item and rank (`recforge recommend --users`, `spark score`)
+    rows = len(frame)
     blank = _missing(frame[item]) & _missing(frame[order_column])
     frame = frame[~blank]
     users = _known(frame, user, vocabulary_indices(frame[user], data.users, path, user), path)
@@ -112,7 +113,7 @@ def read_lists(
     place = np.arange(len(users)) - np.repeat(starts, lengths)
     longest = int(lengths.max()) if len(lengths) else 0
     places = sp.csr_matrix(((longest - place).astype(np.float64), (users, items)), shape=(data.n_users, data.n_items))
-    return GivenLists(places, users, items, len(frame), longest)
+    return GivenLists(places, users, items, rows, longest)
 
 
 def _missing(values: pd.Series) -> np.ndarray:
