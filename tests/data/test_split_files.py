@@ -133,3 +133,14 @@ def test_a_manifest_is_checked_before_any_file_it_names_is_read(tmp_path, edit, 
     (folder / "split.json").write_text("{not json")
     with pytest.raises(DataFormatError, match=r"split\.json: not a recforge-split manifest"):
         read_split(folder)
+
+
+def test_a_feature_column_named_like_the_id_is_written_once(tmp_path):
+    """A side table whose id column is also listed among the features (`item_columns = ["item_id", ...]`)
+    made the items table's id column twice: pandas refused to insert it ("already exists")."""
+    frame = pd.DataFrame({"user_id": [1, 1, 2, 2], "item_id": [7, 8, 7, 9]})
+    features = pd.DataFrame({"item_id": [7, 8, 9], "title": ["a", "b", "c"]}, index=[7, 8, 9])
+    data = Interactions.from_frame(frame, item_features=features)
+    write_split(Split.from_rows(data, train=np.arange(3), test=np.arange(3, 4)), tmp_path / "split")
+    items = pd.read_parquet(tmp_path / "split" / "items.parquet")
+    assert list(items.columns) == ["item_id", "title"] and items["item_id"].tolist() == [7, 8, 9]

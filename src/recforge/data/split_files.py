@@ -82,8 +82,9 @@ def _write_parts(split: Split, tmp: Path, file_format: FileFormat, source: dict[
         if features is None or features.shape[1] == 0:
             continue
         name = f"{label}.{file_format}"
-        table = features.reset_index(drop=True)
-        table.insert(0, f"{label[:-1]}_id", vocab.ids)
+        key = f"{label[:-1]}_id"  # a feature of that name (the loader kept the id column) is the id again
+        table = features.drop(columns=[key], errors="ignore").reset_index(drop=True)
+        table.insert(0, key, vocab.ids)
         if file_format == "parquet":
             table.to_parquet(tmp / name, index=False)
         else:  # lists (genres) as one text cell, joined by "|"
