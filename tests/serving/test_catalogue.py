@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from recforge.serving.catalogue import Catalogue, folded
@@ -59,3 +59,34 @@ def test_a_title_typed_as_folded_is_among_its_closest(titles, pick, limit):
     spoken = catalogue._folded[2][index]  # the title as typed: no year, article in front, folded
     if spoken and typed == spoken:  # an exact match is the best there is: listed unless equal titles fill it
         assert index in near or len(near) == limit
+
+
+def _closest_by_every_ratio(catalogue: Catalogue, query: str, limit: int, cutoff: float) -> list[int]:
+    """The definition, title by title: difflib's ratio of the folded query to every typed title."""
+    import difflib
+
+    plain = folded(pd.Series([query])).iloc[0]
+    if not plain:
+        return []
+    ratios = [difflib.SequenceMatcher(None, title, plain, autojunk=False).ratio() for title in catalogue._folded[2]]
+    scored = sorted((-ratio, index) for index, ratio in enumerate(ratios) if ratio >= cutoff)
+    return [index for negative, index in scored[:limit] if -negative >= -scored[0][0] - 0.15]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    titles=st.lists(st.text("abcde :éÉ'-", min_size=0, max_size=12), min_size=1, max_size=12),
+    query=st.text("abcde :éÉ'-", min_size=1, max_size=12),
+    cutoff=st.sampled_from([0.3, 0.6, 0.8]),
+    limit=st.integers(1, 5),
+)
+@example(titles=["ab", "ba", "abd"], query="abc", cutoff=0.8, limit=5)  # ratios exactly at the cutoff are kept
+@example(titles=["abx", "cab"], query="abc", cutoff=0.3, limit=1)  # both 2/3 (cab's bound is 1): the first wins
+def test_the_character_count_bound_skips_only_titles_that_cannot_reach_the_cutoff(titles, query, cutoff, limit):
+    """`closest` computes difflib's ratio only where the character counts allow it to reach the cutoff and
+    beat the answer so far; what it answers is what computing every ratio answers (a small alphabet: many
+    near and equal titles, so ties at the limit and the cutoff)."""
+    catalogue = _catalogue(titles)
+    assert catalogue.closest(query, limit=limit, cutoff=cutoff).tolist() == _closest_by_every_ratio(
+        catalogue, query, limit, cutoff
+    )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import difflib
+from collections import Counter
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy import sparse
 
 from recforge.artifacts import artifact_file
 from recforge.data.catalogue import ITEMS_FILE
@@ -103,23 +105,57 @@ class Catalogue:
         """Indices of the titles nearest a typed title that no title contains (a misspelling: "naruto
         shippuden" is close to "Naruto: Shippuuden"), best first: difflib's similarity ratio of the `folded`
         query to each title as typed (no year, article in front), at least `cutoff` and within 0.15 of the
-        best."""
+        best.
+
+        The ratio is at most difflib's `quick_ratio` (2·characters in common, counted with repeats, over
+        both lengths), computed for every title at once from `_character_counts`; ratios are computed in
+        decreasing order of that bound and stop once it cannot beat the answer so far (a Python loop over
+        every title took 0.1-0.4 s per misspelt query on 10^5 titles, holding a worker)."""
         plain = folded(pd.Series([query])).iloc[0]
         if not plain:
             return np.empty(0, dtype=np.int64)
+        bound = self._quick_ratios(plain)
+        candidates = np.flatnonzero(bound >= cutoff)
+        candidates = candidates[np.argsort(-bound[candidates], kind="stable")]
         matcher = difflib.SequenceMatcher(autojunk=False)
         matcher.set_seq2(plain)
-        scored = []
-        for index, title in enumerate(self._folded[2]):
-            matcher.set_seq1(title)
-            # the two cheap upper bounds first: a catalogue of 10^5 titles stays well under a second
-            if matcher.real_quick_ratio() >= cutoff and matcher.quick_ratio() >= cutoff:
-                ratio = matcher.ratio()
-                if ratio >= cutoff:
-                    scored.append((-ratio, index))
-        scored.sort()
-        near = [index for negative, index in scored[:limit] if -negative >= -scored[0][0] - 0.15]  # not far behind
-        return np.array(near, dtype=np.int64)
+        titles = self._folded[2]
+        scored: list[tuple[float, int]] = []  # (-ratio, index), the best `limit` so far
+        for index in candidates.tolist():
+            if scored and (
+                bound[index] < -scored[0][0] - 0.15 or (len(scored) == limit and bound[index] < -scored[-1][0])
+            ):
+                break  # this title and every later one is too far behind the best, or below the limit-th
+            matcher.set_seq1(titles.iat[index])
+            ratio = matcher.ratio()
+            if ratio >= cutoff:
+                scored = sorted([*scored, (-ratio, index)])[:limit]
+        return np.array([index for negative, index in scored if -negative >= -scored[0][0] - 0.15], dtype=np.int64)
+
+    def _quick_ratios(self, plain: str) -> np.ndarray:
+        """(n_items,) difflib's `quick_ratio` of `plain` to every typed title: 2·(characters in common,
+        counted with repeats)/(both lengths), an upper bound of their `ratio`."""
+        counts, lengths, codes = self._character_counts
+        common = np.zeros(len(lengths))
+        for character, times in Counter(plain).items():
+            column = codes.get(character)
+            if column is not None:
+                span = slice(counts.indptr[column], counts.indptr[column + 1])
+                common[counts.indices[span]] += np.minimum(counts.data[span], times)
+        return 2.0 * common / (lengths + len(plain))
+
+    @cached_property
+    def _character_counts(self) -> tuple[sparse.csc_matrix, np.ndarray, dict[str, int]]:
+        """How often each character occurs in each typed title (titles x characters, by column), the
+        titles' lengths, and each character's column; built at the first misspelt query."""
+        titles = self._folded[2].tolist()
+        lengths = np.array([len(title) for title in titles], dtype=np.int64)
+        points = np.frombuffer("".join(titles).encode("utf-32-le"), dtype=np.uint32)
+        characters, columns = np.unique(points, return_inverse=True)
+        rows = np.repeat(np.arange(len(titles)), lengths)
+        counts = sparse.csc_matrix((np.ones(len(points)), (rows, columns)), shape=(len(titles), len(characters)))
+        counts.sum_duplicates()
+        return counts, lengths, {chr(point): column for column, point in enumerate(characters.tolist())}
 
     @cached_property
     def _genre_index(self) -> dict[str, np.ndarray]:
