@@ -107,6 +107,20 @@ def test_postgresql_loses_no_acknowledged_write_when_the_server_is_killed(ials_d
     check_nothing_acknowledged_was_lost(ials_dir, postgres, ml100k)
 
 
+def test_postgresql_connections_carry_the_stores_timeouts_unless_the_url_sets_them(postgres):
+    """The bounds that keep a hung or vanished database from holding requests forever reach libpq."""
+    from recforge.serving.store import CONNECTION_BOUNDS
+
+    def parameters(url: str) -> dict[str, str]:
+        with EventStore(url).engine.connect() as connection:
+            return connection.connection.dbapi_connection.info.get_parameters()
+
+    given = parameters(postgres)
+    assert {key: given.get(key) for key in CONNECTION_BOUNDS} == {k: str(v) for k, v in CONNECTION_BOUNDS.items()}
+    own = parameters(f"{postgres}{'&' if '?' in postgres else '?'}connect_timeout=3&tcp_user_timeout=5000")
+    assert own["connect_timeout"] == "3" and own["tcp_user_timeout"] == "5000" and own["keepalives_idle"] == "30"
+
+
 def test_a_database_restart_refuses_writes_says_why_and_recovers_without_a_restart(ials_dir, ml100k):
     """PostgreSQL restarted under a running service (maintenance, a failover): while it is down, writes
     answer 503 and store nothing, reads answer 503 too (a worker cannot tell whether another acknowledged a

@@ -330,3 +330,56 @@ def test_a_store_url_is_one_of_the_two_databases_and_errors_never_show_its_passw
     with pytest.raises(ConfigError, match="cannot open the event store") as info:
         EventStore("postgres://recforge:s3cret@127.0.0.1:1/events")  # the short spelling is accepted
     assert "s3cret" not in str(info.value) and "recforge:***@127.0.0.1:1" in str(info.value)
+
+
+@pytest.fixture
+def silent_database():
+    """A PostgreSQL address that accepts TCP connections and never says a word (a hung server, a half-open
+    firewall)."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(64)
+    try:
+        yield f"postgresql://postgres@127.0.0.1:{listener.getsockname()[1]}/events"
+    finally:
+        listener.close()
+
+
+def _opening_error(url: str, wait: float = 0.0, give_up: float = 15.0) -> tuple[BaseException, float]:
+    """The error opening the store at `url` raised and how long it took; fails (instead of hanging the
+    test run) when the opening has not ended after `give_up` seconds."""
+    import time
+
+    outcome: list[BaseException] = []
+
+    def open_store() -> None:
+        try:
+            EventStore(url, wait=wait)
+        except BaseException as exc:  # handed to the test
+            outcome.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=open_store, daemon=True)
+    thread.start()
+    thread.join(give_up)
+    assert not thread.is_alive(), f"opening {url} still waits after {give_up} s"
+    assert outcome, "the opening succeeded"
+    return outcome[0], time.monotonic() - started
+
+
+def test_a_database_that_never_answers_fails_the_opening_after_the_connect_timeout(silent_database, monkeypatch):
+    """libpq waits for a silent server forever by default, which held a worker's start-up (and with it the
+    server) and every request on a new connection; the store bounds it, and a URL's own setting wins."""
+    from recforge.errors import ConfigError
+    from recforge.serving import store
+
+    monkeypatch.setitem(store.CONNECTION_BOUNDS, "connect_timeout", 1)
+    error, seconds = _opening_error(silent_database)
+    assert isinstance(error, ConfigError) and "timeout" in str(error) and seconds < 5, (error, seconds)
+    error, seconds = _opening_error(silent_database, wait=2.5)  # retried while the wait lasts, then given up
+    assert isinstance(error, ConfigError) and 2.0 < seconds < 8, (error, seconds)
+    monkeypatch.setitem(store.CONNECTION_BOUNDS, "connect_timeout", 1000)
+    error, seconds = _opening_error(f"{silent_database}?connect_timeout=2")
+    assert isinstance(error, ConfigError) and 1.5 < seconds < 6, (error, seconds)

@@ -69,6 +69,18 @@ class StoreUnavailableError(RuntimeError):
 
 
 _POSTGRESQL = ("postgresql", "postgres", "postgresql+psycopg")  # the spellings of PostgreSQL URLs in use
+# libpq's bounds on a PostgreSQL connection, unless the URL sets its own (`?connect_timeout=3`): without them
+# a database host that accepts TCP and never answers (a hung server, a half-open firewall) held the opening,
+# and every request after it, forever; a peer gone from the network held an open connection's query for the
+# kernel's ~15-minute retransmission limit. Seconds, except tcp_user_timeout (milliseconds).
+CONNECTION_BOUNDS: dict[str, int] = {
+    "connect_timeout": 10,  # the whole connection start, per host
+    "keepalives": 1,
+    "keepalives_idle": 30,  # an idle pooled connection is probed after 30 s, every 10 s, given up after 3
+    "keepalives_interval": 10,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # data sent and not acknowledged for 30 s: the connection is dead
+}
 
 
 def redacted(url: str) -> str:
@@ -113,6 +125,8 @@ class EventStore:
                 raise ConfigError(f"connections must be a whole number of at least 1, not {connections!r}")
             kept = (connections + 1) // 2
             options |= {"pool_size": kept, "max_overflow": connections - kept, "pool_pre_ping": True}
+            given = set(sa.engine.make_url(url).query)  # the URL's own settings win
+            options["connect_args"] = {key: value for key, value in CONNECTION_BOUNDS.items() if key not in given}
         try:
             self.engine = sa.create_engine(url, **options)
         except Exception as exc:
