@@ -726,6 +726,14 @@ def serve(
     ] = None,
     max_connections: Annotated[int, typer.Option(help="concurrent connections before 503s")] = 1000,
     keep_alive: Annotated[int, typer.Option(help="seconds an idle keep-alive connection stays open")] = 5,
+    stale_reads: Annotated[
+        float | None,
+        typer.Option(
+            min=0,
+            help="seconds of a store outage during which reads are still answered, marked X-Recforge-Stale "
+            "(or set RECFORGE_STALE_READS; default 0: reads answer 503)",
+        ),
+    ] = None,
 ) -> None:
     """Serve a model artifact over HTTP (FastAPI + uvicorn) with the web page at /. Writes are committed to
     the event store before they are acknowledged and need a bearer token; see docs/serving.md (put nginx in
@@ -741,6 +749,8 @@ def serve(
         os.environ["RECFORGE_TOKEN_FILE"] = str(token_file.resolve())
     if read_token_file is not None:
         os.environ["RECFORGE_READ_TOKEN_FILE"] = str(read_token_file.resolve())
+    if stale_reads is not None:
+        os.environ["RECFORGE_STALE_READS"] = repr(stale_reads)
     from recforge.artifacts import read_manifest
     from recforge.serving.app import number_from_environment
 
@@ -749,6 +759,7 @@ def serve(
         read_manifest(model)  # a path that is no artifact, or a corrupted one (one worker loads it cleanly)
     number_from_environment("RECFORGE_STORE_WAIT", 0, float)
     number_from_environment("RECFORGE_STORE_CONNECTIONS", 1, int, least=1)
+    number_from_environment("RECFORGE_STALE_READS", 0, float)
     options = {
         "host": host,
         "port": port,

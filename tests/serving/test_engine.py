@@ -163,6 +163,65 @@ def test_a_database_restart_refuses_writes_says_why_and_recovers_without_a_resta
     assert said.count("the event store answers again") == said.count("catching up with the event store failed")
 
 
+def test_with_stale_reads_a_database_outage_keeps_reads_answered_for_their_allowance(ials_dir, ml100k):
+    """`recforge serve --stale-reads 4` over PostgreSQL with two workers: while the database is down, writes
+    answer 503 and store nothing, reads are answered from each worker's last confirmed state (which holds
+    the write acknowledged before the outage) and carry X-Recforge-Stale, `/ready` stays 200 with
+    `stale_seconds`; past the allowance reads answer 503 and `/ready` too; once the database is back, both
+    workers answer plain reads and take writes again."""
+    if postgres_binaries() is None:
+        pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql package)")
+    allowed = 4.0
+    user, items = int(ml100k.users.ids[0]), [int(i) for i in ml100k.items.ids[1500:1503]]
+    write = lambda client, item: client.post(f"/users/{user}/interactions", json={"items": [{"item": item}]})  # noqa: E731
+    read = lambda client: client.get(f"/users/{user}/recommendations", params={"k": 50})  # noqa: E731
+    with postgres_cluster() as database:
+        server = Server(ials_dir, database.url, workers=2, extra=["--stale-reads", str(allowed)])
+        try:
+            server.wait_workers(2)
+            with server.client() as client:
+                assert write(client, items[0]).status_code == 200
+                time.sleep(1.5)  # both workers' followers have applied it (a read would catch up anyway)
+                database.stop()
+                stopped = time.monotonic()
+                assert write(client, items[1]).status_code == 503
+                answered_by = set()
+                for _ in range(40):  # a new connection each: either worker may take it
+                    if len(answered_by) == 2:
+                        break
+                    with server.client() as fresh:
+                        answer = read(fresh)
+                        assert answer.status_code == 200, answer.text
+                        assert 0 <= float(answer.headers["x-recforge-stale"]) <= allowed
+                        assert items[0] not in {row["item"] for row in answer.json()["items"]}  # seen before
+                        answered_by.add(fresh.get("/health").json()["worker"])  # the same connection's worker
+                assert len(answered_by) == 2, "one worker took every connection"
+                ready = client.get("/ready")
+                assert ready.status_code == 200 and 0 <= ready.json()["stale_seconds"] <= allowed
+                time.sleep(max(0.0, allowed + 0.5 - (time.monotonic() - stopped)))
+                for _ in range(6):
+                    with server.client() as fresh:
+                        assert read(fresh).status_code == 503 and fresh.get("/ready").status_code == 503
+                database.start()
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline:  # the first read after the database is back confirms
+                    answers = []
+                    for _ in range(6):
+                        with server.client() as fresh:
+                            answers.append(read(fresh))
+                    if all(a.status_code == 200 and "x-recforge-stale" not in a.headers for a in answers):
+                        break
+                    time.sleep(0.2)
+                else:
+                    raise AssertionError([(a.status_code, dict(a.headers)) for a in answers])
+                assert write(client, items[2]).status_code == 200
+            stored = [event.payload["items"] for event in EventStore(database.url).events_after(0)]
+            assert stored == [[items[0]], [items[2]]]
+        finally:
+            server.stop()
+            print(server.process.stderr.read().decode()[-5000:])  # shown with a failure
+
+
 def test_a_service_started_before_its_database_waits_for_it(ials_dir, ml100k):
     """Deployments start the service and PostgreSQL together (compose, a restart of both): a worker whose
     database does not answer yet waits for it (RECFORGE_STORE_WAIT, default 60 s) instead of failing, which

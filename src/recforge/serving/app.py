@@ -1,6 +1,6 @@
 """The HTTP service: `create_app(service)` or `recforge serve --model DIR`.
 
-Endpoints (JSON): GET /health, GET /ready (503 while the event store is down),
+Endpoints (JSON): GET /health, GET /ready (503 while the event store is down, unless stale reads are allowed),
 GET /users/{id}/recommendations?k=&exclude_seen=&explain=&genre=&exclude_item=,
 POST /recommendations, POST /users/{id}/interactions, POST /items (new items from features), GET /items/{id}/similar?k=,
 POST /predict, GET /items?query=&limit=, GET /genres, GET /metrics (Prometheus text; /metrics/json the same as
@@ -21,7 +21,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from importlib import resources
 from typing import Annotated, Any
 
@@ -135,21 +135,31 @@ class _LimitAndMeasure:
     chunked body is counted as it arrives and refused once it passes the limit, so neither reaches the
     JSON parser. (Starlette's BaseHTTPMiddleware adds a task and a stream per request.)"""
 
-    def __init__(self, app: Any, metrics: Metrics, max_body_bytes: int) -> None:
-        self.app, self.metrics, self.max_body_bytes = app, metrics, max_body_bytes
+    def __init__(
+        self, app: Any, metrics: Metrics, max_body_bytes: int, stale_for: Callable[[float], float | None]
+    ) -> None:
+        """`stale_for(began)`: seconds the state was unconfirmed if a read since `began` (monotonic) was
+        answered from it while the store could not be read (such answers carry `X-Recforge-Stale`)."""
+        self.app, self.metrics, self.max_body_bytes, self.stale_for = app, metrics, max_body_bytes, stale_for
         self._too_large = f"request body over {max_body_bytes} bytes"
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        started = time.perf_counter()
+        started, began = time.perf_counter(), time.monotonic()
         status = 500
 
         async def send_and_note(message: dict) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                stale = self.stale_for(began)
+                if stale is not None:
+                    message = {
+                        **message,
+                        "headers": [*message.get("headers", ()), (STALE_HEADER, f"{stale:.1f}".encode())],
+                    }
             await send(message)
 
         received = 0
@@ -417,7 +427,9 @@ def create_app(
             write_token=write_token,
             interactions_request=models.InteractionsRequest,
         )
-    app.add_middleware(_LimitAndMeasure, metrics=metrics, max_body_bytes=max_body_bytes)  # outermost: measures all
+    app.add_middleware(  # outermost: measures all, marks every stale answer
+        _LimitAndMeasure, metrics=metrics, max_body_bytes=max_body_bytes, stale_for=service.stale_for
+    )
     _handle_errors(app)
     bearer = HTTPBearer(auto_error=False, description="Authorization: Bearer <token>")
 
@@ -464,14 +476,23 @@ def create_app(
             "worker": os.getpid(),
         }
 
-    @app.get("/ready", response_model=Ready, responses={503: {"model": Error, "description": "not ready"}})
+    @app.get(
+        "/ready",
+        response_model=Ready,
+        response_model_exclude_none=True,
+        responses={503: {"model": Error, "description": "not ready"}},
+    )
     def ready() -> Any:
         """Readiness for a load balancer: 200 when the model is loaded and the event store answers, else 503
-        with the reason (a liveness probe should use `/health`, which stays 200)."""
+        with the reason (a liveness probe should use `/health`, which stays 200). With stale reads allowed,
+        200 while reads are answered from a state unconfirmed for at most that long (`stale_seconds`)."""
         problem = service.store_problem()
-        if problem is not None:
-            return JSONResponse({"detail": problem}, status_code=503)
-        return {"ready": True, "events_applied": service.engine.applied}
+        if problem is None:
+            return {"ready": True, "events_applied": service.engine.applied}
+        unconfirmed = service.engine.unconfirmed_for()
+        if service.stale_reads and unconfirmed <= service.stale_reads:
+            return {"ready": True, "events_applied": service.engine.applied, "stale_seconds": round(unconfirmed, 1)}
+        return JSONResponse({"detail": problem}, status_code=503)
 
     @app.get(
         "/users/{user_id:path}/recommendations",  # ids may hold "/" (sent as %2F)
@@ -627,6 +648,10 @@ def _handle_errors(app: FastAPI) -> None:
         return JSONResponse({"detail": [_safe(_explained(error)) for error in exc.errors()]}, status_code=422)
 
 
+# on an answer read from a worker's state while the event store could not be read: seconds since that state was
+# last known to hold every acknowledged write (RECFORGE_STALE_READS allows such answers)
+STALE_HEADER = b"x-recforge-stale"
+
 # recforge's errors and their statuses, for FastAPI's exception handlers and the quick write path
 # (most specific first: DuplicateItemError is a ConfigError)
 ERROR_STATUSES: tuple[tuple[type[Exception], int], ...] = (
@@ -669,7 +694,8 @@ def app_from_environment() -> FastAPI:
     """App factory for `recforge serve`: each worker process loads the artifact named by RECFORGE_MODEL and
     applies the event store at RECFORGE_STORE (default: a SQLite file beside the artifact; a PostgreSQL server
     that does not answer yet is waited for RECFORGE_STORE_WAIT seconds, default 60, and each worker opens up to
-    RECFORGE_STORE_CONNECTIONS connections to it, default 16); the write token
+    RECFORGE_STORE_CONNECTIONS connections to it, default 16; reads are answered for RECFORGE_STALE_READS
+    seconds of an outage, default 0, marked stale); the write token
     comes from RECFORGE_TOKEN or the file RECFORGE_TOKEN_FILE, the read token from RECFORGE_READ_TOKEN."""
     import gc
     import os
@@ -679,6 +705,7 @@ def app_from_environment() -> FastAPI:
         os.environ.get("RECFORGE_STORE") or None,
         store_wait=number_from_environment("RECFORGE_STORE_WAIT", STORE_WAIT, float),  # a database (re)starting
         store_connections=number_from_environment("RECFORGE_STORE_CONNECTIONS", CONNECTIONS, int, least=1),
+        stale_reads=number_from_environment("RECFORGE_STALE_READS", 0.0, float),  # while the store is down
     )
     app = create_app(
         service,

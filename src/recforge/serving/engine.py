@@ -16,6 +16,7 @@ in the background, replay the events newer than its training cut-off, and swap.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -120,6 +121,10 @@ class Engine:
         self.swaps = 0
         self.applied_total = 0  # events this engine applied (a gap in the sequence would show here)
         self.swap_error: str | None = None  # why the last promotion could not be served (for /health)
+        # monotonic time at which the store was last asked for its newest event, every event up to that
+        # one then applied: each write acknowledged before it is in the snapshot (`unconfirmed_for`)
+        self.confirmed_at: float | None = None
+        self.failed_at: float | None = None  # monotonic time catching up last met the store unavailable
         self._replay_items_missing_from(self.snapshot)
 
     @classmethod
@@ -142,8 +147,17 @@ class Engine:
         to be committed: a writer's own event), in order; returns the applied seq. A writer passes its
         just-committed event as `own`: when it is the next one in sequence it is applied as is, without
         reading it back from the store."""
+        asked = time.monotonic() if upto is None and self.horizon is None else None
+        try:
+            return self._catch_up(asked, upto, own)
+        except StoreUnavailableError:
+            self.failed_at = time.monotonic()
+            raise
+
+    def _catch_up(self, asked: float | None, upto: int | None, own: Event | None) -> int:
         latest = upto if upto is not None else self.store.latest_seq() if self.horizon is None else self.horizon
         if latest <= self.applied:
+            self._confirmed(asked)
             return self.applied
         with self._apply_lock:
             if latest > self.applied:
@@ -155,7 +169,24 @@ class Engine:
                     self._apply(event)
                     self.applied = event.seq
                     self.applied_total += 1
+        self._confirmed(asked)
         return self.applied
+
+    def _confirmed(self, asked: float | None) -> None:
+        if asked is not None and (self.confirmed_at is None or asked > self.confirmed_at):
+            self.confirmed_at = asked
+
+    def failed_lately(self, within: float) -> bool:
+        """Whether catching up met the store unavailable in the last `within` seconds, after the last
+        confirmation (the follower thread, or a read, asks again)."""
+        failed, confirmed = self.failed_at, self.confirmed_at
+        return failed is not None and (confirmed is None or failed > confirmed) and time.monotonic() - failed < within
+
+    def unconfirmed_for(self) -> float:
+        """Seconds since the snapshot was last known to hold every acknowledged write (the store asked and
+        caught up with); infinite before the first time. While the store cannot be read this grows: an
+        answer from the snapshot may miss the writes acknowledged in that time, never older ones."""
+        return math.inf if self.confirmed_at is None else time.monotonic() - self.confirmed_at
 
     def _apply(self, event: Event) -> None:
         """Apply one event to the current snapshot. An event this model cannot use (an item it does not

@@ -264,6 +264,7 @@ class Health(BaseModel):
 class Ready(BaseModel):
     ready: bool
     events_applied: int
+    stale_seconds: float | None = None  # reads answered from a state unconfirmed this long (store down)
 
 
 class Error(BaseModel):

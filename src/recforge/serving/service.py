@@ -45,6 +45,7 @@ from recforge.serving.store import CONNECTIONS, Event, EventStore, StoreUnavaila
 
 EXPLAIN_TOP = 3  # reasons per recommended item
 STORE_WAIT = 60.0  # seconds a starting worker waits for its database (RECFORGE_STORE_WAIT overrides)
+STORE_RETRY = 1.0  # seconds stale reads go without asking a store that failed (the follower asks each second)
 MAX_EXCLUDED = 10_000  # items one request may exclude
 _INTEGER = re.compile(INTEGER_PATTERN)
 
@@ -61,8 +62,15 @@ class RecommenderService:
         max_k: int = MAX_K,
         *,
         engine: Engine | None = None,
+        stale_reads: float = 0.0,
     ) -> None:
-        self.max_k = max_k
+        """`stale_reads`: seconds a read may still be answered from this worker's state while the event store
+        cannot be read, counted from the last time that state was known to hold every acknowledged write
+        (0, the default: such reads answer 503)."""
+        if not (isinstance(stale_reads, (int, float)) and 0 <= stale_reads < math.inf):
+            raise ConfigError(f"stale_reads must be a number of seconds of at least 0, not {stale_reads!r}")
+        self.max_k, self.stale_reads = max_k, float(stale_reads)
+        self.answered_stale_at = -math.inf  # monotonic time of the latest read answered while unconfirmed
         if engine is None:
             if model is None:
                 raise ConfigError("a service needs a model or an engine")
@@ -103,9 +111,29 @@ class RecommenderService:
 
     def current(self) -> Snapshot:
         """The snapshot a read works on, after catching up with every committed write (read-your-writes
-        across workers)."""
-        self.engine.catch_up()
-        return self.engine.snapshot
+        across workers). While the store cannot be read: the snapshot as it is, if it was last confirmed
+        within `stale_reads` seconds (noted in `answered_stale_at`), else StoreUnavailableError."""
+        engine = self.engine
+        if self.stale_reads and engine.failed_lately(STORE_RETRY) and engine.unconfirmed_for() <= self.stale_reads:
+            # the store failed under 1 s ago: not asked again by every read (a database that accepts and
+            # stays silent holds each asking read for its connect timeout); the follower thread asks
+            self.answered_stale_at = time.monotonic()
+            return engine.snapshot
+        try:
+            engine.catch_up()
+        except StoreUnavailableError:
+            if engine.unconfirmed_for() > self.stale_reads:
+                raise
+            self.answered_stale_at = time.monotonic()
+        return engine.snapshot
+
+    def stale_for(self, since: float) -> float | None:
+        """How many seconds the state was unconfirmed if a read was answered from it while unconfirmed at
+        or after the monotonic time `since` (the HTTP layer marks such answers), else None. A read answered
+        fresh beside a stale one is marked too: never the other way round."""
+        if self.answered_stale_at < since:
+            return None
+        return self.engine.unconfirmed_for()
 
     # work per exact request (items x dimensions) under which it finishes in ~0.1 ms on one core
     QUICK_EXACT_WORK = 1 << 20
@@ -339,7 +367,8 @@ class RecommenderService:
 
     def store_problem(self) -> str | None:
         """Why the event store cannot be read now, or None when it answers (`/health`, `/ready`): while it
-        cannot, reads and writes answer 503, since a read could miss a write another worker acknowledged."""
+        cannot, writes answer 503, and reads too (a read could miss a write another worker acknowledged)
+        unless `stale_reads` allows them."""
         try:
             self.engine.store.latest_seq()
         except StoreUnavailableError as exc:

@@ -1,0 +1,96 @@
+"""Reads through a store outage (`stale_reads`): answered from the worker's last confirmed state for as
+long as allowed, each answer marked with how old that state is; 503 once the allowance is spent, and
+plain answers again once the store is back. The PostgreSQL version is in test_engine.py."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from fastapi.testclient import TestClient
+
+from recforge.errors import ConfigError
+from recforge.models import create_model
+from recforge.serving.app import create_app
+from recforge.serving.service import RecommenderService
+from recforge.serving.store import StoreUnavailableError
+from tests.serving.test_api import _artifact
+
+pytestmark = pytest.mark.xdist_group("serving")
+ALLOWED = 1.5  # seconds
+
+
+@pytest.fixture(scope="module")
+def ials_dir(ml100k, tmp_path_factory):
+    model = create_model("ials", n_factors=16, n_iterations=4).fit(ml100k)
+    return _artifact(model, ml100k, tmp_path_factory.mktemp("stale") / "ials")
+
+
+class _Unavailable:
+    """A store's `latest_seq` while its database is down, counting how often it is asked."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    def __call__(self) -> int:
+        self.asked += 1
+        raise StoreUnavailableError("the event store cannot be read: OperationalError")
+
+
+def _until(condition, seconds: float):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        answer = condition()
+        if answer:
+            return answer
+        time.sleep(0.05)
+    raise AssertionError(f"not within {seconds} s")
+
+
+def test_reads_through_an_outage_are_answered_for_their_allowance_and_marked(ials_dir, ml100k, monkeypatch):
+    service = RecommenderService.from_artifact(ials_dir, "sqlite://", stale_reads=ALLOWED)
+    user = int(ml100k.users.ids[0])
+    path = f"/users/{user}/recommendations"
+    with TestClient(create_app(service)) as client:  # the lifespan starts the follower thread
+        fresh = client.get(path)
+        assert fresh.status_code == 200 and "x-recforge-stale" not in fresh.headers
+        assert client.get("/ready").json() == {"ready": True, "events_applied": 0}
+        down = _Unavailable()
+        monkeypatch.setattr(service.engine.store, "latest_seq", down)  # the database stops answering
+        started = time.monotonic()
+        stale = client.get(path)
+        assert stale.status_code == 200 and stale.json() == fresh.json()
+        assert 0 <= float(stale.headers["x-recforge-stale"]) <= ALLOWED
+        ready = client.get("/ready").json()
+        assert ready["ready"] and 0 <= ready["stale_seconds"] <= ALLOWED
+        assert client.get("/health").json()["status"] == "degraded"
+        similar = client.get(f"/items/{int(ml100k.items.ids[0])}/similar")  # every read, not one route
+        assert similar.status_code == 200 and "x-recforge-stale" in similar.headers
+        asked, burst = down.asked, time.monotonic()
+        for _ in range(20):  # a failed store is not asked again by every read (a silent one holds each)
+            assert client.get(path).status_code == 200
+        # asked once a second by the follower thread, and by a read once the last failure is a second old
+        assert down.asked - asked <= 2 + 2 * (time.monotonic() - burst), down.asked - asked
+        time.sleep(max(0.0, ALLOWED + 0.2 - (time.monotonic() - started)))
+        spent = client.get(path)
+        assert spent.status_code == 503 and "event store" in spent.json()["detail"]
+        assert client.get("/ready").status_code == 503
+        monkeypatch.undo()  # the database is back: the follower (or the next read) confirms the state
+        back = _until(
+            lambda: (r := client.get(path)).status_code == 200 and "x-recforge-stale" not in r.headers and r, 3.0
+        )
+        assert back.json() == fresh.json() and client.get("/ready").json() == {"ready": True, "events_applied": 0}
+
+
+def test_without_an_allowance_reads_answer_503_as_before(ials_dir, ml100k, monkeypatch):
+    service = RecommenderService.from_artifact(ials_dir, "sqlite://")
+    with TestClient(create_app(service)) as client:
+        monkeypatch.setattr(service.engine.store, "latest_seq", _Unavailable())
+        assert client.get(f"/users/{int(ml100k.users.ids[0])}/recommendations").status_code == 503
+        assert client.get("/ready").status_code == 503
+
+
+@pytest.mark.parametrize("allowance", [-1.0, float("inf"), float("nan"), "5"])
+def test_an_allowance_is_a_finite_number_of_seconds(ials_dir, allowance):
+    with pytest.raises(ConfigError, match="stale_reads"):
+        RecommenderService.from_artifact(ials_dir, "sqlite://", stale_reads=allowance)
