@@ -9,6 +9,7 @@ logic lives here to split (files -> `evaluation.saved`, experiments -> `experime
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -750,6 +751,8 @@ def serve(
     if read_token_file is not None:
         os.environ["RECFORGE_READ_TOKEN_FILE"] = str(read_token_file.resolve())
     if stale_reads is not None:
+        if not math.isfinite(stale_reads):
+            raise ConfigError(f"--stale-reads must be a finite number of seconds, not {stale_reads}")
         os.environ["RECFORGE_STALE_READS"] = repr(stale_reads)
     from recforge.artifacts import read_manifest
     from recforge.serving.app import number_from_environment

@@ -121,9 +121,15 @@ def test_serve_says_what_it_serves_where_and_a_taken_port_fails_at_once(ials_dir
         wrong = subprocess.run(nothing, env=env, capture_output=True, text=True, timeout=120)
         assert wrong.returncode == 2 and "is not a model artifact directory" in wrong.stderr  # before any worker
         assert "Traceback" not in wrong.stderr and "serving" not in wrong.stdout  # announced, then 2 tracebacks
-        for variable, value in (("RECFORGE_STORE_CONNECTIONS", "0"), ("RECFORGE_STORE_WAIT", "60s")):
+        for variable, value in (
+            ("RECFORGE_STORE_CONNECTIONS", "0"),
+            ("RECFORGE_STORE_WAIT", "60s"),
+            ("RECFORGE_STALE_READS", "-5"),
+        ):
             wrong = subprocess.run(command, env=env | {variable: value}, capture_output=True, text=True, timeout=120)
             assert wrong.returncode == 2 and f"{variable} must be" in wrong.stderr and repr(value) in wrong.stderr
+        wrong = subprocess.run([*command, "--stale-reads", "inf"], env=env, capture_output=True, text=True, timeout=120)
+        assert wrong.returncode == 2 and "--stale-reads must be a finite number of seconds" in wrong.stderr
     finally:
         process.terminate()
         process.wait(timeout=30)
