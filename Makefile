@@ -23,11 +23,12 @@ demo: install
 	$(BIN)/recforge demo
 
 # Debian packages the tests drive for real: Chromium + ChromeDriver (the web page), PostgreSQL (the event
-# store's server path) and nginx (the recommended reverse proxy). Root or sudo is needed once.
-SYSTEM_PACKAGES := chromium chromium-driver postgresql nginx-light
+# store's server path) and PgBouncer in front of it, and nginx (the recommended reverse proxy). Root or sudo
+# is needed once.
+SYSTEM_PACKAGES := chromium chromium-driver postgresql pgbouncer nginx-light
 system-deps:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 \
-	  && command -v nginx >/dev/null || { \
+	  && command -v nginx >/dev/null && test -x /usr/sbin/pgbouncer || { \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null 2>&1 || \
 	  { $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq $(SYSTEM_PACKAGES) >/dev/null; }; }

@@ -1,5 +1,6 @@
-"""Real servers for tests: `recforge serve` in a subprocess, and a PostgreSQL server started from the
-Debian package's binaries in a temporary directory (as the `postgres` user when the tests run as root)."""
+"""Real servers for tests: `recforge serve` in a subprocess, a PostgreSQL server started from the Debian
+package's binaries in a temporary directory (as the `postgres` user when the tests run as root), and
+PgBouncer in front of it."""
 
 from __future__ import annotations
 
@@ -147,3 +148,47 @@ def postgres_server() -> Iterator[str]:
     """A throw-away PostgreSQL server on a free port; yields its URL (trust authentication, loopback)."""
     with postgres_cluster() as database:
         yield database.url
+
+
+def pgbouncer_binary() -> Path | None:
+    found = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
+    return Path(found) if found else None
+
+
+@contextlib.contextmanager
+def pgbouncer(database: Postgres, pool_mode: str = "transaction", pool_size: int = 4) -> Iterator[str]:
+    """PgBouncer (Debian's package) in front of `database` on a free port, pooling `pool_size` server
+    connections in `pool_mode`; yields the URL clients use (database name `events`)."""
+    binary = pgbouncer_binary()
+    if binary is None:
+        raise FileNotFoundError("pgbouncer is not installed")
+    folder = database.folder / "pgbouncer"
+    folder.mkdir()
+    port = free_port()
+    (folder / "users.txt").write_text('"postgres" ""\n')
+    config = folder / "pgbouncer.ini"
+    config.write_text(
+        "[databases]\n"
+        f"events = host=127.0.0.1 port={database.port} dbname=postgres user=postgres\n"
+        "[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {folder / 'users.txt'}\n"
+        f"pool_mode = {pool_mode}\ndefault_pool_size = {pool_size}\nmax_client_conn = 500\n"
+        f"logfile = {folder / 'log'}\n"
+    )
+    if database.as_user:  # PgBouncer refuses to run as root, like PostgreSQL
+        for path in (folder, *folder.iterdir()):
+            shutil.chown(path, "postgres", "postgres")
+    process = subprocess.Popen([*database.as_user, str(binary), str(config)], stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
+                break
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"pgbouncer did not start: {process.stderr.read().decode()[-2000:]}")
+            time.sleep(0.05)
+        yield f"postgresql://postgres@127.0.0.1:{port}/events"
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

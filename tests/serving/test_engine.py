@@ -16,7 +16,14 @@ from recforge.errors import ConfigError
 from recforge.models import create_model
 from recforge.serving.engine import Engine
 from recforge.serving.store import EventStore, StoreUnavailableError
-from tests.serving.servers import Server, postgres_binaries, postgres_cluster, postgres_server
+from tests.serving.servers import (
+    Server,
+    pgbouncer,
+    pgbouncer_binary,
+    postgres_binaries,
+    postgres_cluster,
+    postgres_server,
+)
 from tests.serving.test_api import _artifact
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("servers")]
@@ -119,6 +126,17 @@ def test_postgresql_connections_carry_the_stores_timeouts_unless_the_url_sets_th
     assert {key: given.get(key) for key in CONNECTION_BOUNDS} == {k: str(v) for k, v in CONNECTION_BOUNDS.items()}
     own = parameters(f"{postgres}{'&' if '?' in postgres else '?'}connect_timeout=3&tcp_user_timeout=5000")
     assert own["connect_timeout"] == "3" and own["tcp_user_timeout"] == "5000" and own["keepalives_idle"] == "30"
+
+
+def test_through_pgbouncer_in_transaction_pooling_no_acknowledged_write_is_lost(ials_dir, ml100k):
+    """Many PostgreSQL deployments put PgBouncer in front, in transaction pooling (a client's transactions
+    may each run on another server connection, so nothing may outlive a transaction: session settings,
+    session advisory locks, prepared statements of older PgBouncers). Eight clients write through it into a
+    server that is then killed: every acknowledged write is stored, and the restarted server has them."""
+    if postgres_binaries() is None or pgbouncer_binary() is None:
+        pytest.skip("PostgreSQL or PgBouncer is not installed (make test installs Debian's packages)")
+    with postgres_cluster() as database, pgbouncer(database, "transaction", pool_size=2) as url:
+        check_nothing_acknowledged_was_lost(ials_dir, url, ml100k)
 
 
 def test_a_database_restart_refuses_writes_says_why_and_recovers_without_a_restart(ials_dir, ml100k):
@@ -342,12 +360,25 @@ def test_a_database_out_of_connections_is_logged_in_its_words_and_the_pool_is_bo
 
 
 def test_two_workers_read_their_writes_every_time(ials_dir, ml100k, tmp_path):
-    server = Server(ials_dir, f"sqlite:///{tmp_path / 'events.sqlite'}", workers=2)
+    check_two_workers_read_their_writes(ials_dir, f"sqlite:///{tmp_path / 'events.sqlite'}", ml100k, 1000)
+
+
+def test_two_workers_read_their_writes_through_pgbouncer(ials_dir, ml100k):
+    """Transaction pooling hands each of a worker's transactions to any server connection: a write committed
+    through one is still seen by the other worker's next read."""
+    if postgres_binaries() is None or pgbouncer_binary() is None:
+        pytest.skip("PostgreSQL or PgBouncer is not installed (make test installs Debian's packages)")
+    with postgres_cluster() as database, pgbouncer(database, "transaction", pool_size=2) as url:
+        check_two_workers_read_their_writes(ials_dir, url, ml100k, 300)
+
+
+def check_two_workers_read_their_writes(ials_dir, store_url: str, ml100k, writes: int) -> None:
+    server = Server(ials_dir, store_url, workers=2)
     rng = np.random.default_rng(0)
     users, items = np.concatenate([ml100k.users.ids, NEWCOMERS]), ml100k.items.ids
     try:
         pids = set()
-        for n in range(1000):
+        for n in range(writes):
             user, item = int(rng.choice(users)), int(rng.choice(items))
             # a new connection per request, so the two worker processes share the pairs
             with server.client() as client:
