@@ -9,6 +9,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from recforge.data.interactions import Interactions
 from recforge.data.split_files import read_split, write_split
@@ -144,3 +146,46 @@ def test_a_feature_column_named_like_the_id_is_written_once(tmp_path):
     write_split(Split.from_rows(data, train=np.arange(3), test=np.arange(3, 4)), tmp_path / "split")
     items = pd.read_parquet(tmp_path / "split" / "items.parquet")
     assert list(items.columns) == ["item_id", "title"] and items["item_id"].tolist() == [7, 8, 9]
+
+
+def _interactions(rows: list[tuple], text_ids: bool) -> Interactions:
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "rating", "timestamp"])
+    if text_ids:
+        frame["user_id"] = "u" + frame["user_id"].astype(str)
+    return Interactions.from_frame(frame, rating="rating", timestamp="timestamp")
+
+
+def _multiset(part: Interactions) -> list[tuple]:
+    """The definition: each row's values (numbers as floats, NaN as one marker, other values as text), sorted."""
+    frame = part.to_frame()
+
+    def cell(value):  # (kind, value): sortable across kinds
+        if isinstance(value, (int, float, np.number)):
+            return (1, 0.0, "") if np.isnan(value) else (0, float(value), "")
+        return (2, 0.0, str(value))
+
+    return sorted(tuple(cell(v) for v in row) for row in frame.itertuples(index=False))
+
+
+_ROW = st.tuples(
+    st.integers(0, 3), st.integers(0, 3), st.sampled_from([1.0, 2.5, 4.0, float("nan")]), st.integers(0, 2)
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(rows=st.lists(_ROW, min_size=1, max_size=12), other=st.lists(_ROW, min_size=1, max_size=12),
+       shuffle=st.randoms(use_true_random=False), text_ids=st.booleans(), collide=st.booleans())  # fmt: skip
+def test_same_interactions_is_equality_of_the_rows_as_multisets(rows, other, shuffle, text_ids, collide):
+    """Matching a split folder to a split: the same rows in any order (repeats counted, unrated rows
+    alike) are the same, anything else is not — also when every row hashes alike (a collision), where
+    the rows are then compared sorted by value."""
+    from recforge.data import split_files
+
+    a, b = _interactions(rows, text_ids), _interactions(other, text_ids)
+    shuffled = list(rows)
+    shuffle.shuffle(shuffled)
+    with pytest.MonkeyPatch.context() as patch:
+        if collide:
+            patch.setattr(split_files, "_row_hashes", lambda columns: np.zeros(len(columns[0]), dtype=np.uint64))
+        assert split_files.same_interactions(a, _interactions(shuffled, text_ids))
+        assert split_files.same_interactions(a, b) == (_multiset(a) == _multiset(b))

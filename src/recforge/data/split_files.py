@@ -202,21 +202,58 @@ def read_split(folder: str | Path) -> Split:
 
 def same_interactions(a: Interactions, b: Interactions) -> bool:
     """Whether two interaction sets hold the same rows (ids, ratings, times), in any order and whatever
-    their vocabularies: how a split folder is matched to the split an experiment makes."""
+    their vocabularies: how a split folder is matched to the split an experiment makes. Numbers compare
+    as float64 (4 is 4.0), other values as text.
+
+    Both sides are put in the order of a 64-bit hash of each row (equal rows hash alike), so different
+    hash multisets answer False at once and equal rows line up; only a hash collision between different
+    rows can leave them unaligned, and then the rows are sorted by value (what this did every time before:
+    6 s for 5M rows, against well under one now)."""
     left, right = a.to_frame(), b.to_frame()
     if len(left) != len(right) or list(left.columns) != list(right.columns):
         return False
-    columns = list(left.columns)
+    left_columns, right_columns = _comparable(left), _comparable(right)
+    left_hash, right_hash = _row_hashes(left_columns), _row_hashes(right_columns)
+    left_order, right_order = np.argsort(left_hash), np.argsort(right_hash)  # equal hashes: equal rows, or a collision
+    if not np.array_equal(left_hash[left_order], right_hash[right_order]):
+        return False
+    if _equal_columns([c[left_order] for c in left_columns], [c[right_order] for c in right_columns]):
+        return True
+    columns = list(left.columns)  # a collision: compare the rows sorted by value
     left = left.sort_values(columns, kind="stable").reset_index(drop=True)
     right = right.sort_values(columns, kind="stable").reset_index(drop=True)
-    for column in columns:
-        x, y = left[column].to_numpy(), right[column].to_numpy()
-        if x.dtype.kind in "fiu" and y.dtype.kind in "fiu":
-            if not np.array_equal(x.astype(np.float64), y.astype(np.float64), equal_nan=True):
-                return False
-        elif not (x.astype(str) == y.astype(str)).all():
-            return False
-    return True
+    return _equal_columns(_comparable(left), _comparable(right))
+
+
+def _comparable(frame: pd.DataFrame) -> list[np.ndarray]:
+    """Each column as compared: numbers as float64 with one zero and one NaN, anything else as text."""
+    columns = []
+    for column in frame.columns:
+        values = frame[column].to_numpy()
+        if values.dtype.kind in "iub":
+            columns.append(values.astype(np.float64))
+        elif values.dtype.kind == "f":
+            numbers = values.astype(np.float64) + 0.0  # -0.0 is 0.0
+            numbers[np.isnan(numbers)] = np.nan  # one NaN
+            columns.append(numbers)
+        else:
+            columns.append(values.astype(str).astype(object))  # pandas hashes str objects, not numpy's "<U"
+    return columns
+
+
+def _row_hashes(columns: list[np.ndarray]) -> np.ndarray:
+    hashes = np.zeros(len(columns[0]) if columns else 0, dtype=np.uint64)
+    for values in columns:
+        column = values.view(np.uint64) if values.dtype == np.float64 else pd.util.hash_array(values, categorize=False)
+        hashes = hashes * np.uint64(0x9E3779B97F4A7C15) ^ pd.util.hash_array(column, categorize=False)
+    return hashes
+
+
+def _equal_columns(left: list[np.ndarray], right: list[np.ndarray]) -> bool:
+    return all(
+        np.array_equal(x, y, equal_nan=True) if x.dtype == np.float64 else bool((x == y).all())
+        for x, y in zip(left, right, strict=True)
+    )
 
 
 def _read_part(path: Path, id_types: dict[str, str]) -> pd.DataFrame:
