@@ -37,6 +37,11 @@ class _Unavailable:
         raise StoreUnavailableError("the event store cannot be read: OperationalError")
 
 
+def _gauge(client: TestClient, name: str) -> float:
+    line = next(line for line in client.get("/metrics").text.splitlines() if line.startswith(f"{name} "))
+    return float(line.split()[1])
+
+
 def _until(condition, seconds: float):
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -71,6 +76,8 @@ def test_reads_through_an_outage_are_answered_for_their_allowance_and_marked(ial
             assert client.get(path).status_code == 200
         # asked once a second by the follower thread, and by a read once the last failure is a second old
         assert down.asked - asked <= 2 + 2 * (time.monotonic() - burst), down.asked - asked
+        assert _gauge(client, "recforge_stale_answers_total") == 22  # for an operator's alert: all counted
+        assert 0 < _gauge(client, "recforge_store_unconfirmed_seconds") <= ALLOWED
         time.sleep(max(0.0, ALLOWED + 0.2 - (time.monotonic() - started)))
         spent = client.get(path)
         assert spent.status_code == 503 and "event store" in spent.json()["detail"]
@@ -80,6 +87,7 @@ def test_reads_through_an_outage_are_answered_for_their_allowance_and_marked(ial
             lambda: (r := client.get(path)).status_code == 200 and "x-recforge-stale" not in r.headers and r, 3.0
         )
         assert back.json() == fresh.json() and client.get("/ready").json() == {"ready": True, "events_applied": 0}
+        assert _gauge(client, "recforge_store_unconfirmed_seconds") < 1.5  # the follower confirms each second
 
 
 def test_without_an_allowance_reads_answer_503_as_before(ials_dir, ml100k, monkeypatch):

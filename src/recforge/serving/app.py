@@ -607,6 +607,15 @@ def create_app(
             "recforge_events_applied": ("the last event sequence number this worker applied", engine.applied),
             "recforge_events_applied_total": ("events this worker applied since it started", engine.applied_total),
             "recforge_model_swaps": ("model swaps this worker made", engine.swaps),
+            "recforge_store_unconfirmed_seconds": (
+                "seconds since this worker last knew its state held every acknowledged write (grows while the "
+                "event store cannot be read)",
+                engine.unconfirmed_for(),
+            ),
+            "recforge_stale_answers_total": (
+                "reads answered from an unconfirmed state during a store outage (--stale-reads)",
+                service.stale_answers,
+            ),
             "recforge_read_batches": ("batches of exact-search reads this worker scored", reads.batches),
             "recforge_read_batch_largest": ("the most reads scored in one batch", reads.largest_batch),
         }

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,6 +72,8 @@ class RecommenderService:
             raise ConfigError(f"stale_reads must be a number of seconds of at least 0, not {stale_reads!r}")
         self.max_k, self.stale_reads = max_k, float(stale_reads)
         self.answered_stale_at = -math.inf  # monotonic time of the latest read answered while unconfirmed
+        self.stale_answers = 0  # reads answered so (for /metrics)
+        self._stale_lock = threading.Lock()
         if engine is None:
             if model is None:
                 raise ConfigError("a service needs a model or an engine")
@@ -117,15 +120,20 @@ class RecommenderService:
         if self.stale_reads and engine.failed_lately(STORE_RETRY) and engine.unconfirmed_for() <= self.stale_reads:
             # the store failed under 1 s ago: not asked again by every read (a database that accepts and
             # stays silent holds each asking read for its connect timeout); the follower thread asks
-            self.answered_stale_at = time.monotonic()
+            self._answered_stale()
             return engine.snapshot
         try:
             engine.catch_up()
         except StoreUnavailableError:
             if engine.unconfirmed_for() > self.stale_reads:
                 raise
-            self.answered_stale_at = time.monotonic()
+            self._answered_stale()
         return engine.snapshot
+
+    def _answered_stale(self) -> None:
+        with self._stale_lock:
+            self.answered_stale_at = time.monotonic()
+            self.stale_answers += 1
 
     def stale_for(self, since: float) -> float | None:
         """How many seconds the state was unconfirmed if a read was answered from it while unconfirmed at
