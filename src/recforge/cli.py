@@ -802,7 +802,7 @@ def serve(
 def _announce_serving(model: Path, host: str, port: int, workers: int, store: str | None, service: Any) -> None:
     """One line on start-up saying what is served where (uvicorn logs only warnings here), with the
     store's password hidden."""
-    from recforge.serving.app import token_from_environment
+    from recforge.serving.app import number_from_environment, token_from_environment
     from recforge.serving.store import redacted
 
     where = f"http://{'[' + host + ']' if ':' in host else host}:{port}"
@@ -813,6 +813,9 @@ def _announce_serving(model: Path, host: str, port: int, workers: int, store: st
     if workers > 1:
         what += f" on {workers} workers"
     events = redacted(store) if store else "SQLite beside the model"
+    stale = number_from_environment("RECFORGE_STALE_READS", 0.0, float)
+    if stale:
+        events += f" (reads answered for {stale:g} s of its outage)"
     writes = (
         "need the bearer token"
         if token_from_environment("RECFORGE_TOKEN")

@@ -108,12 +108,16 @@ def test_serve_says_what_it_serves_where_and_a_taken_port_fails_at_once(ials_dir
     store = "postgresql://recforge:hunter2@db.example/recforge"  # the password is never printed
     env = {**os.environ, "RECFORGE_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(
-        [*command, "--store", f"sqlite:///{tmp_path / 'events.sqlite'}"], env=env, stdout=subprocess.PIPE, text=True
+        [*command, "--store", f"sqlite:///{tmp_path / 'events.sqlite'}", "--stale-reads", "30"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         line = process.stdout.readline()
         assert line.startswith(f"serving {ials_dir} (ials, 943 users, 1,682 items) at http://127.0.0.1:{port}")
         assert "writes need the bearer token" in line and "events: sqlite:///" in line
+        assert "(reads answered for 30 s of its outage)" in line
         taken = subprocess.run([*command, "--store", store], env=env, capture_output=True, text=True, timeout=120)
         assert taken.returncode == 2 and f"cannot listen on 127.0.0.1:{port}: Address already in use" in taken.stderr
         assert "hunter2" not in taken.stdout + taken.stderr
