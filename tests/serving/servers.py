@@ -179,14 +179,16 @@ def pgbouncer(database: Postgres, pool_mode: str = "transaction", pool_size: int
     if database.as_user:  # PgBouncer refuses to run as root, like PostgreSQL
         for path in (folder, *folder.iterdir()):
             shutil.chown(path, "postgres", "postgres")
-    process = subprocess.Popen([*database.as_user, str(binary), str(config)], stderr=subprocess.PIPE)
+    said = folder / "stderr"  # a file, not a pipe nobody reads: a full pipe would stop PgBouncer mid-test
+    with open(said, "wb") as stderr:
+        process = subprocess.Popen([*database.as_user, str(binary), str(config)], stderr=stderr)
     try:
         deadline = time.monotonic() + 30
         while True:
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=1):
                 break
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"pgbouncer did not start: {process.stderr.read().decode()[-2000:]}")
+                raise RuntimeError(f"pgbouncer did not start: {said.read_text(errors='replace')[-2000:]}")
             time.sleep(0.05)
         yield f"postgresql://postgres@127.0.0.1:{port}/events"
     finally:
