@@ -98,7 +98,7 @@ def test_without_an_allowance_reads_answer_503_as_before(ials_dir, ml100k, monke
         assert client.get("/ready").status_code == 503
 
 
-@pytest.mark.parametrize("allowance", [-1.0, float("inf"), float("nan"), "5"])
+@pytest.mark.parametrize("allowance", [-1.0, float("inf"), float("nan"), "5", True])
 def test_an_allowance_is_a_finite_number_of_seconds(ials_dir, allowance):
     with pytest.raises(ConfigError, match="stale_reads"):
         RecommenderService.from_artifact(ials_dir, "sqlite://", stale_reads=allowance)

@@ -68,7 +68,7 @@ class RecommenderService:
         """`stale_reads`: seconds a read may still be answered from this worker's state while the event store
         cannot be read, counted from the last time that state was known to hold every acknowledged write
         (0, the default: such reads answer 503)."""
-        if not (isinstance(stale_reads, (int, float)) and 0 <= stale_reads < math.inf):
+        if isinstance(stale_reads, bool) or not (isinstance(stale_reads, (int, float)) and 0 <= stale_reads < math.inf):
             raise ConfigError(f"stale_reads must be a number of seconds of at least 0, not {stale_reads!r}")
         self.max_k, self.stale_reads = max_k, float(stale_reads)
         self.answered_stale_at = -math.inf  # monotonic time of the latest read answered while unconfirmed
