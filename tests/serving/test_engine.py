@@ -415,6 +415,38 @@ def test_postgresql_sequence_numbers_become_visible_in_order(postgres):
     assert later and later[0] > held and store.latest_seq() == later[0]
 
 
+def test_a_writer_stuck_holding_the_lock_makes_other_writes_fail_after_the_lock_timeout(postgres, monkeypatch):
+    """A write transaction that never ends (a paused worker, a forgotten psql session) holds the writers'
+    lock: other writes give up after WRITE_LOCK_TIMEOUT with StoreUnavailableError (503) and store nothing,
+    instead of waiting forever; reads are not blocked meanwhile, and writes succeed once it ends."""
+    from recforge.serving import store as store_module
+
+    monkeypatch.setattr(store_module, "WRITE_LOCK_TIMEOUT", "1s")
+    store = EventStore(postgres)
+    before = store.latest_seq()
+    event = {"user": 1, "items": [1], "ratings": [None]}
+    outcome: list[BaseException | int] = []
+
+    def write() -> None:
+        try:
+            outcome.append(store.append("interactions", event, user="1"))
+        except StoreUnavailableError as exc:
+            outcome.append(exc)
+
+    with store.engine.begin() as stuck:
+        store.serialize_writers(stuck)
+        started = time.monotonic()
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        writer.join(15)
+        assert not writer.is_alive(), "the write still waits for the stuck writer's lock"
+        assert isinstance(outcome[0], StoreUnavailableError) and "refused the write" in str(outcome[0])
+        assert 0.8 < time.monotonic() - started < 10
+        assert store.latest_seq() == before  # a read is not blocked, and nothing was stored
+    seq = store.append("interactions", event, user="1")
+    assert seq > before and store.latest_seq() == seq
+
+
 def open_fresh_store_together(url: str, processes: int = 6) -> list[str]:
     """`processes` Python processes open an EventStore on `url` at the same instant (as the workers of
     `recforge serve --workers N` do on a fresh store); returns each one's outcome ("ok" or the error)."""

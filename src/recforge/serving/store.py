@@ -44,6 +44,7 @@ EVENT_KINDS = ("interactions", "items", "model")
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 CONNECTIONS = 16  # PostgreSQL connections per process at most (RECFORGE_STORE_CONNECTIONS overrides)
+WRITE_LOCK_TIMEOUT = "10s"  # the longest a PostgreSQL write waits for the writers' lock or an item's row
 _TOO_MANY_HINT = (
     " (each worker opens up to RECFORGE_STORE_CONNECTIONS connections, default 16: workers x connections, plus"
     " other clients, must stay under the server's max_connections)"
@@ -414,8 +415,11 @@ class EventStore:
         """Sequence numbers must become visible in order, or a worker that has read seq 10 would never
         apply a seq 9 committed after it. SQLite has one writer at a time; on PostgreSQL a table lock
         taken first in every write transaction makes writers take numbers and commit one after another
-        (readers are not blocked)."""
+        (readers are not blocked), each waiting at most WRITE_LOCK_TIMEOUT."""
         if not self.sqlite:
+            # a writer that never finishes (a paused process, a forgotten session holding the lock) must not
+            # hold every other write forever: they give up after WRITE_LOCK_TIMEOUT and answer 503
+            connection.execute(self._sa.text(f"SET LOCAL lock_timeout = '{WRITE_LOCK_TIMEOUT}'"))
             connection.execute(self._sa.text("LOCK TABLE recforge_events IN SHARE ROW EXCLUSIVE MODE"))
 
     # ------------------------------------------------------------------ reading
