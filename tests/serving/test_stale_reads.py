@@ -17,7 +17,7 @@ from recforge.serving.store import StoreUnavailableError
 from tests.serving.test_api import _artifact
 
 pytestmark = pytest.mark.xdist_group("serving")
-ALLOWED = 1.5  # seconds
+ALLOWED = 4.0  # seconds: room for a loaded machine between the outage and the last stale read
 
 
 @pytest.fixture(scope="module")
