@@ -4,9 +4,14 @@ whichever worker serves it, and the store resolves racing item additions to one 
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import subprocess
+import tempfile
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -303,6 +308,58 @@ def test_a_store_url_the_database_refuses_fails_at_once_instead_of_waiting(postg
     assert time.monotonic() - started < 10
 
 
+def _self_signed(folder, name: str) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (its own CA) and its key, made with openssl; owned by the
+    postgres user when the tests run as root (the server refuses a key others can read)."""
+    certificate, key = folder / f"{name}.crt", folder / f"{name}.key"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+         "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(certificate)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    key.chmod(0o600)
+    if os.geteuid() == 0:
+        for path in (certificate, key):
+            shutil.chown(path, "postgres", "postgres")
+    return str(certificate), str(key)
+
+
+def test_tls_to_postgresql_works_and_a_certificate_that_fails_is_refused_at_once():
+    """A database reached over TLS (`?sslmode=require`, or `verify-full` against its CA), and the settings
+    that cannot work — a certificate from another CA, TLS asked of a server without it, a misspelt sslmode —
+    fail the start-up at once with libpq's words instead of after RECFORGE_STORE_WAIT."""
+    if postgres_binaries() is None or shutil.which("openssl") is None:
+        pytest.skip("PostgreSQL or openssl is not installed (make test installs Debian's packages)")
+    folder = Path(tempfile.mkdtemp(prefix="recforge-tls-"))  # under /tmp: the postgres user reaches it
+    if os.geteuid() == 0:
+        shutil.chown(folder, "postgres", "postgres")
+    try:
+        certificate, key = _self_signed(folder, "server")
+        other, _ = _self_signed(folder, "other")
+        settings = f"-c ssl=on -c ssl_cert_file={certificate} -c ssl_key_file={key}"
+        event = {"user": 1, "items": [1], "ratings": [None]}
+        with postgres_cluster(settings) as database:
+            for query in ("sslmode=require", f"sslmode=verify-full&sslrootcert={certificate}"):
+                store = EventStore(f"{database.url}?{query}")
+                assert store.append("interactions", event, user="1") == store.latest_seq()
+                with store.engine.connect() as connection:  # the server says the connection is encrypted
+                    encrypted = connection.exec_driver_sql("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+                    assert encrypted.scalar() is True
+            started = time.monotonic()
+            with pytest.raises(ConfigError, match="certificate verify failed"):
+                EventStore(f"{database.url}?sslmode=verify-full&sslrootcert={other}", wait=60)
+            with pytest.raises(ConfigError, match='invalid sslmode value: "requird"'):
+                EventStore(f"{database.url}?sslmode=requird", wait=60)
+            assert time.monotonic() - started < 10
+        with postgres_cluster() as plain:
+            started = time.monotonic()
+            with pytest.raises(ConfigError, match="server does not support SSL, but SSL was required"):
+                EventStore(f"{plain.url}?sslmode=require", wait=60)
+            assert time.monotonic() - started < 10
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def test_a_refused_password_fails_at_once_and_the_right_one_opens(tmp_path):
     """The server asks for passwords over TCP (scram-sha-256; its local socket stays trusted, to set one):
     a wrong password is PostgreSQL's "password authentication failed", at once, never the password itself."""
@@ -450,7 +507,6 @@ def test_a_writer_stuck_holding_the_lock_makes_other_writes_fail_after_the_lock_
 def open_fresh_store_together(url: str, processes: int = 6) -> list[str]:
     """`processes` Python processes open an EventStore on `url` at the same instant (as the workers of
     `recforge serve --workers N` do on a fresh store); returns each one's outcome ("ok" or the error)."""
-    import subprocess
     import sys
 
     start_at = time.time() + 1.5  # after every interpreter has imported SQLAlchemy

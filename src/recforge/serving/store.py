@@ -25,6 +25,7 @@ import logging
 import math
 import mmap
 import os
+import re
 import socket
 import sqlite3
 import struct
@@ -643,16 +644,29 @@ class _PublishedSeq:
 
 
 # what a PostgreSQL server or libpq says when the URL itself is wrong (libpq gives connection errors no
-# SQLSTATE, so the message is all there is; a server localised to another language is then waited for)
-_WRONG_URL = ("does not exist", "authentication failed", "no pg_hba.conf entry", "no password supplied")
+# SQLSTATE, so the message is all there is; a server localised to another language is then waited for):
+# a misspelt database or user, a refused password, and the URL's own settings — an unknown option or value
+# (libpq's English, never localised here), TLS the server does not offer or a certificate that fails
+_WRONG_URL = (
+    "does not exist",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "no password supplied",
+    "invalid connection option",
+    "invalid URI query parameter",
+    "but SSL was required",
+    "certificate verify failed",
+    "does not match host name",
+)
+_WRONG_VALUE = re.compile(r'invalid \w+ value: "')  # libpq: invalid sslmode value: "bogus"
 
 
 def _refused_for_good(exc: BaseException) -> bool:
-    """True when the database answered and refused this URL: a misspelt database or user, or a wrong
-    password, fails at once instead of after RECFORGE_STORE_WAIT."""
+    """True when the URL itself is wrong: a misspelt database or user, a wrong password, an unknown option
+    or value, TLS that cannot work — these fail at once instead of after RECFORGE_STORE_WAIT."""
     cause = exc.__cause__ if isinstance(exc, StoreUnavailableError) else exc
     said = str(getattr(cause, "orig", None) or cause)
-    return any(phrase in said for phrase in _WRONG_URL)
+    return any(phrase in said for phrase in _WRONG_URL) or _WRONG_VALUE.search(said) is not None
 
 
 def _encode(kind: str, payload: dict[str, Any]) -> str:
