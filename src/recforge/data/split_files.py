@@ -243,9 +243,9 @@ def _comparable(frame: pd.DataFrame) -> list[np.ndarray]:
 
 def _row_hashes(columns: list[np.ndarray]) -> np.ndarray:
     hashes = np.zeros(len(columns[0]) if columns else 0, dtype=np.uint64)
-    for values in columns:
-        column = values.view(np.uint64) if values.dtype == np.float64 else pd.util.hash_array(values, categorize=False)
-        hashes = hashes * np.uint64(0x9E3779B97F4A7C15) ^ pd.util.hash_array(column, categorize=False)
+    for values in columns:  # floats by their bits (one zero, one NaN: `_comparable`), text by pandas' hash
+        column = pd.util.hash_array(values.view(np.uint64) if values.dtype == np.float64 else values, categorize=False)
+        hashes = hashes * np.uint64(0x9E3779B97F4A7C15) ^ column
     return hashes
 
 
