@@ -128,6 +128,31 @@ class Postgres:
         """`fast` ends every connection and stops cleanly (a restart); `immediate` is a crash."""
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
 
+    def processes(self) -> list[int]:
+        """The postmaster and its children (the backends serving each connection, the background workers)."""
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in glob.glob("/proc/[0-9]*/stat"):
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                fields = Path(stat).read_text().rsplit(")", 1)[1].split()
+                if int(fields[1]) == postmaster:  # the field after the state is the parent's pid
+                    children.append(int(Path(stat).parent.name))
+        return [postmaster, *children]
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Every process of the server stopped (SIGSTOP) for the block: the kernel still accepts connections
+        and acknowledges data, nothing answers (a frozen host or process, a disk that stalls the server)."""
+        stopped = self.processes()
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            for pid in stopped:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+
     def close(self) -> None:
         command = [*self.as_user, str(self.binaries / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]
         subprocess.run(command, capture_output=True)

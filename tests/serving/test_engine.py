@@ -504,6 +504,74 @@ def test_a_writer_stuck_holding_the_lock_makes_other_writes_fail_after_the_lock_
     assert seq > before and store.latest_seq() == seq
 
 
+def _outcome_within(call, give_up: float = 30.0) -> tuple[object, float]:
+    """What `call()` returned or raised, and how long it took; fails instead of hanging past `give_up`."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as exc:  # handed to the test
+            outcome.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(give_up)
+    assert not thread.is_alive(), f"still waiting for the database after {give_up} s"
+    return outcome[0], time.monotonic() - started
+
+
+def test_a_paused_database_server_fails_reads_and_writes_after_their_silence_bound(ials_dir, monkeypatch):
+    """A PostgreSQL server that accepts and acknowledges but never answers (SIGSTOP: a frozen host, a stalled
+    disk) held a read on a pooled connection forever (no libpq timeout covers it), and with it the stale-reads
+    allowance, which only begins when a read fails. Reads now give up after READ_SILENCE without a word from the
+    server, writes after SLOW_SILENCE; a service with stale reads answers from its state meanwhile; everything
+    works again once the server resumes."""
+    from recforge.serving import store as store_module
+    from recforge.serving.service import STORE_RETRY, RecommenderService
+
+    monkeypatch.setattr(store_module, "READ_SILENCE", 1.0)
+    monkeypatch.setattr(store_module, "SLOW_SILENCE", 2.0)
+    if postgres_binaries() is None:
+        pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql package)")
+    with postgres_cluster() as database:
+        url = database.url + "?connect_timeout=1"  # the pool replaces the closed connection: bound that too
+        store = EventStore(url)
+        before = store.append("interactions", {"user": 1, "items": [1], "ratings": [None]}, user="1")
+        service = RecommenderService.from_artifact(ials_dir, store=url, stale_reads=60)
+        assert service.current() is not None and store.committed_seq() == before  # pooled connections
+        with database.paused():
+            read, seconds = _outcome_within(store.committed_seq)
+            assert isinstance(read, StoreUnavailableError) and "cannot be read" in str(read), read
+            assert 0.9 < seconds < 8, seconds  # the ping's silence, then a connection that cannot open
+            write, seconds = _outcome_within(lambda: store.append("interactions", {"user": 1, "items": [2]}))
+            assert isinstance(write, StoreUnavailableError) and "refused the write" in str(write), write
+            assert seconds < 10, seconds
+            snapshot, seconds = _outcome_within(service.current)
+            assert snapshot is service.engine.snapshot and service.stale_answers == 1 and seconds < 8
+        assert _outcome_within(store.committed_seq)[0] == before  # the given-up write was never sent
+        assert store.append("interactions", {"user": 1, "items": [3], "ratings": [None]}, user="1") == before + 1
+        time.sleep(STORE_RETRY)  # a store that failed under STORE_RETRY ago is not asked by every read
+        service.current()
+        assert service.engine.applied == before + 1 and service.stale_answers == 1
+
+
+def test_a_read_behind_ddl_that_locks_the_events_table_gives_up_after_the_read_silence(postgres, monkeypatch):
+    """`VACUUM FULL` or `ALTER TABLE` on the events table locks readers out; a read waits READ_SILENCE for
+    it, not for the whole operation, and reads answer again once it ends."""
+    from recforge.serving import store as store_module
+
+    monkeypatch.setattr(store_module, "READ_SILENCE", 1.0)
+    store = EventStore(postgres)
+    before = store.latest_seq()
+    with store.engine.begin() as ddl:
+        ddl.execute(store._sa.text("LOCK TABLE recforge_events IN ACCESS EXCLUSIVE MODE"))
+        read, seconds = _outcome_within(store.committed_seq)
+        assert isinstance(read, StoreUnavailableError) and 0.9 < seconds < 5, (read, seconds)
+    assert store.committed_seq() == before
+
+
 def open_fresh_store_together(url: str, processes: int = 6) -> list[str]:
     """`processes` Python processes open an EventStore on `url` at the same instant (as the workers of
     `recforge serve --workers N` do on a fresh store); returns each one's outcome ("ok" or the error)."""

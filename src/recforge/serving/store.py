@@ -40,6 +40,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from recforge.errors import ConfigError
+from recforge.serving.silence import READ_SILENCE, SLOW_SILENCE, connection_class
+from recforge.serving.silence import bounded as silence_bounded
 
 EVENT_KINDS = ("interactions", "items", "model")
 logger = logging.getLogger(__name__)
@@ -135,6 +137,8 @@ class EventStore:
             raise ConfigError(f"cannot open the event store {redacted(self.url)!r}: {exc}") from exc
         if self.sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
+        else:
+            sa.event.listen(self.engine, "do_connect", _silence_bounded_connect)
         metadata = sa.MetaData()
         self.events = sa.Table(
             "recforge_events",
@@ -219,14 +223,21 @@ class EventStore:
                 metadata.create_all(connection)
 
     @contextlib.contextmanager
-    def _connection(self, begin: bool = False) -> Iterator[Any]:
+    def _connection(self, begin: bool = False, silence: float | None = None) -> Iterator[Any]:
         """A SQLAlchemy connection (in a transaction committed on success with `begin`); on an in-memory
-        database, one thread's use at a time."""
-        with (
-            self._shared_connection or contextlib.nullcontext(),  # entered before the connection is taken
-            self.engine.begin() if begin else self.engine.connect() as connection,
-        ):
-            yield connection
+        database, one thread's use at a time. On PostgreSQL, each wait for the server (the pool's ping, a
+        statement, the commit) gives up after `silence` seconds without a word from it (the ping READ_SILENCE;
+        the rest, by default, SLOW_SILENCE in a transaction and READ_SILENCE otherwise;
+        `recforge.serving.silence`)."""
+        with self._shared_connection or contextlib.nullcontext():  # entered before the connection is taken
+            with silence_bounded(READ_SILENCE):  # the pool's ping: a server that is up answers it at once
+                connection = self.engine.connect()
+            with (
+                silence_bounded(silence or (SLOW_SILENCE if begin else READ_SILENCE)),
+                connection,
+                connection.begin() if begin else contextlib.nullcontext(),
+            ):
+                yield connection
 
     def _unavailable(self, doing: str, exc: BaseException) -> StoreUnavailableError:
         """The error of a read or write the database failed (`doing`: "cannot be read", "refused the
@@ -486,8 +497,8 @@ class EventStore:
             query = query.where(self.events.c.seq <= upto)
         if kinds is not None:
             query = query.where(self.events.c.kind.in_(kinds))
-        try:
-            with self._connection() as connection:
+        try:  # a read on the request path, or (`kinds`) a start-up scan of the log up to a point
+            with self._connection(silence=SLOW_SILENCE if kinds is not None else None) as connection:
                 rows = connection.execute(query).all()
         except sa.exc.SQLAlchemyError as exc:
             raise self._unavailable("cannot be read", exc) from exc
@@ -505,8 +516,8 @@ class EventStore:
         """The newest `model` event (a promoted artifact), or None."""
         sa = self._sa
         query = sa.select(self.events).where(self.events.c.kind == "model").order_by(self.events.c.seq.desc()).limit(1)
-        try:
-            with self._connection() as connection:
+        try:  # at start-up: with no model event among millions, the scan may take seconds
+            with self._connection(silence=SLOW_SILENCE) as connection:
                 row = connection.execute(query).first()
         except sa.exc.SQLAlchemyError as exc:
             raise self._unavailable("cannot be read", exc) from exc
@@ -517,7 +528,7 @@ class EventStore:
         query = sa.select(sa.func.count()).select_from(self.events)
         if kind is not None:
             query = query.where(self.events.c.kind == kind)
-        with self._connection() as connection:
+        with self._connection(silence=SLOW_SILENCE) as connection:
             return int(connection.execute(query).scalar() or 0)
 
     def close(self) -> None:
@@ -667,6 +678,11 @@ def _refused_for_good(exc: BaseException) -> bool:
     cause = exc.__cause__ if isinstance(exc, StoreUnavailableError) else exc
     said = str(getattr(cause, "orig", None) or cause)
     return any(phrase in said for phrase in _WRONG_URL) or _WRONG_VALUE.search(said) is not None
+
+
+def _silence_bounded_connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+    """SQLAlchemy's `do_connect`: psycopg's connection with its waits for the server bounded."""
+    return connection_class().connect(*cargs, **cparams)
 
 
 def _encode(kind: str, payload: dict[str, Any]) -> str:
