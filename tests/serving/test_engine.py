@@ -474,11 +474,11 @@ def test_postgresql_sequence_numbers_become_visible_in_order(postgres):
 
 def test_a_writer_stuck_holding_the_lock_makes_other_writes_fail_after_the_lock_timeout(postgres, monkeypatch):
     """A write transaction that never ends (a paused worker, a forgotten psql session) holds the writers'
-    lock: other writes give up after WRITE_LOCK_TIMEOUT with StoreUnavailableError (503) and store nothing,
+    lock: other writes give up after WRITE_LOCK_SECONDS with StoreUnavailableError (503) and store nothing,
     instead of waiting forever; reads are not blocked meanwhile, and writes succeed once it ends."""
     from recforge.serving import store as store_module
 
-    monkeypatch.setattr(store_module, "WRITE_LOCK_TIMEOUT", "1s")
+    monkeypatch.setattr(store_module, "WRITE_LOCK_SECONDS", 1.0)
     store = EventStore(postgres)
     before = store.latest_seq()
     event = {"user": 1, "items": [1], "ratings": [None]}

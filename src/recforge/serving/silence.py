@@ -23,7 +23,7 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 # seconds of silence: reads on the request path (the newest sequence number, the events after a known one)
-# answer in milliseconds; writes may wait WRITE_LOCK_TIMEOUT (10 s) for the writers' lock, and start-up
+# answer in milliseconds; writes may wait WRITE_LOCK_SECONDS (10 s) for the writers' lock, and start-up
 # scans of the whole log (`latest_model`, items to replay) may take seconds before their first row
 READ_SILENCE = 5.0
 SLOW_SILENCE = 30.0

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import json
 import logging
 import math
@@ -42,12 +41,13 @@ from typing import Any, TypeVar
 from recforge.errors import ConfigError
 from recforge.serving.silence import READ_SILENCE, SLOW_SILENCE, connection_class
 from recforge.serving.silence import bounded as silence_bounded
+from recforge.serving.writers_lock import WritersLock, WritersLockTimeout
 
 EVENT_KINDS = ("interactions", "items", "model")
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 CONNECTIONS = 16  # PostgreSQL connections per process at most (RECFORGE_STORE_CONNECTIONS overrides)
-WRITE_LOCK_TIMEOUT = "10s"  # the longest a PostgreSQL write waits for the writers' lock or an item's row
+WRITE_LOCK_SECONDS = 10.0  # the longest a write waits for the writers' lock (or, on PostgreSQL, an item's row)
 _TOO_MANY_HINT = (
     " (each worker opens up to RECFORGE_STORE_CONNECTIONS connections, default 16: workers x connections, plus"
     " other clients, must stay under the server's max_connections)"
@@ -162,7 +162,7 @@ class EventStore:
         self._sqlite_file = database if self.sqlite and database not in (None, "", ":memory:") else None
         self._local = threading.local()
         self._said: dict[str, float] = {}  # reasons logged by `_unavailable`, and when
-        self._lock_file: Any = None
+        self._writers_lock: WritersLock | None = None
         self._writer: sqlite3.Connection | None = None
         self._published: _PublishedSeq | None = None
         # an in-memory database is one connection shared by every thread (StaticPool): a reader returning
@@ -366,18 +366,17 @@ class EventStore:
 
     @contextlib.contextmanager
     def _writers_of_this_file(self) -> Iterator[None]:
-        """Writer processes of one SQLite file take turns on an flock of `<file>.writer-lock` before BEGIN
-        IMMEDIATE. Without it, a process that finds the database locked by another's commit sleeps in
-        SQLite's busy handler for 1, 2, 5, 10... ms whatever the commit's length (~0.3 ms here), with its
-        event loop stopped; a blocked flock wakes the moment the lock is released. SQLite's own locking
-        still decides (the busy timeout remains for writers that do not take this lock)."""
-        if self._lock_file is None:
-            self._lock_file = open(f"{self._sqlite_file}.writer-lock", "a+b")  # noqa: SIM115 - held open
-        fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_EX)
+        """Writers of one SQLite file (threads and processes) take turns (`recforge.serving.writers_lock`),
+        each waiting at most WRITE_LOCK_SECONDS, then failing with sqlite3.OperationalError (a 503 for a
+        write: nothing was written). SQLite's own locking still decides (the busy timeout remains for
+        writers that do not take this lock)."""
+        if self._writers_lock is None:
+            self._writers_lock = WritersLock(f"{self._sqlite_file}.writer-lock")
         try:
-            yield
-        finally:
-            fcntl.flock(self._lock_file.fileno(), fcntl.LOCK_UN)
+            with self._writers_lock.held(WRITE_LOCK_SECONDS):
+                yield
+        except WritersLockTimeout as exc:
+            raise sqlite3.OperationalError(f"the writers' lock: {exc}") from exc
 
     def append_items(self, item_ids: list[str], payload: dict[str, Any]) -> int:
         """Commit an `items` event together with the item ids it claims, in one transaction: if any id is
@@ -427,11 +426,12 @@ class EventStore:
         """Sequence numbers must become visible in order, or a worker that has read seq 10 would never
         apply a seq 9 committed after it. SQLite has one writer at a time; on PostgreSQL a table lock
         taken first in every write transaction makes writers take numbers and commit one after another
-        (readers are not blocked), each waiting at most WRITE_LOCK_TIMEOUT."""
+        (readers are not blocked), each waiting at most WRITE_LOCK_SECONDS."""
         if not self.sqlite:
             # a writer that never finishes (a paused process, a forgotten session holding the lock) must not
-            # hold every other write forever: they give up after WRITE_LOCK_TIMEOUT and answer 503
-            connection.execute(self._sa.text(f"SET LOCAL lock_timeout = '{WRITE_LOCK_TIMEOUT}'"))
+            # hold every other write forever: they give up after WRITE_LOCK_SECONDS and answer 503
+            milliseconds = round(WRITE_LOCK_SECONDS * 1000)
+            connection.execute(self._sa.text(f"SET LOCAL lock_timeout = {milliseconds}"))
             connection.execute(self._sa.text("LOCK TABLE recforge_events IN SHARE ROW EXCLUSIVE MODE"))
 
     # ------------------------------------------------------------------ reading
@@ -538,9 +538,9 @@ class EventStore:
         if self._writer is not None:
             self._writer.close()
             self._writer = None
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        if self._writers_lock is not None:
+            self._writers_lock.close()
+            self._writers_lock = None
         if self._published is not None:
             self._published.close()
             self._published = None
