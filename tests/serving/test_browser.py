@@ -227,3 +227,35 @@ def test_stars_are_sent_on_the_models_scale_and_items_without_ratings_are_added(
         wait.until(lambda d: "history" in d.find_element(By.ID, "served").text and settled(d, "recommendations"))
         assert "Show 07" in browser.find_element(By.ID, "ratings").text
         browser.execute_script('localStorage.removeItem("recforge.ratings")')
+
+
+def test_answers_from_a_state_the_service_cannot_confirm_say_so(ml100k, browser, monkeypatch):
+    """With stale reads allowed, recommendations answered while the event store cannot be read carry their
+    age (`X-Recforge-Stale`); the page says so above the lists, and stops saying it once the store is back."""
+    from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from recforge.serving.service import STORE_RETRY
+    from recforge.serving.store import StoreUnavailableError
+
+    def unavailable() -> int:
+        raise StoreUnavailableError("the event store cannot be read: OperationalError")
+
+    model = create_model("ials", n_factors=16, n_iterations=4).fit(ml100k)
+    service = RecommenderService(model, item_metadata(ml100k), stale_reads=60)
+    wait = WebDriverWait(browser, 15, ignored_exceptions=(NoSuchElementException, StaleElementReferenceException))
+    notice = lambda d: d.find_element(By.ID, "stale")  # noqa: E731
+    with serving(create_app(service)) as url:
+        browser.get(url)
+        wait.until(lambda d: "popularity" in d.find_element(By.ID, "served").text and settled(d, "recommendations"))
+        assert not notice(browser).is_displayed()
+        monkeypatch.setattr(service.engine.store, "latest_seq", unavailable)  # the database stops answering
+        browser.execute_script("refresh()")
+        wait.until(lambda d: notice(d).is_displayed())
+        assert "cannot reach its database" in notice(browser).text and settled(browser, "recommendations")
+        monkeypatch.undo()
+        time.sleep(STORE_RETRY)  # a store that failed under a second ago is not asked by every read
+        browser.execute_script("refresh()")
+        wait.until(lambda d: not notice(d).is_displayed())
+        assert len(settled(browser, "recommendations")) == 10
