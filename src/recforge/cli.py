@@ -185,6 +185,9 @@ def data_split(
     file_format: Annotated[str, typer.Option("--format", help="parquet or csv")] = "parquet",
     seed: Annotated[int | None, typer.Option(help="which of the config's seeds (default: its first)")] = None,
     fold: Annotated[int, typer.Option(min=1, help="which fold of a k-fold split (1..k)")] = 1,
+    recbole: Annotated[
+        bool, typer.Option("--recbole", help="also RecBole's atomic files and settings, in FOLDER/recbole")
+    ] = False,
 ) -> None:
     """Write the split an experiment config makes as plain files, for another tool to train on; score its
     lists with `recforge evaluate --lists recs.csv --split FOLDER`."""
@@ -210,12 +213,21 @@ def data_split(
     if spec.split.validation is not None:
         validation = spec.split.validation.make(split.train, seed, spec.dataset.path)
     source = {"config": str(config), "seed": seed, **({"fold": fold} if folds > 1 else {})}
-    write_split(split, output, file_format=file_format, source=source, validation=validation)  # type: ignore[arg-type]
+    write_split(split, output, file_format=file_format, source=source, validation=validation, recbole=recbole)  # type: ignore[arg-type]
     sizes = ", ".join(f"{part} {size:,}" for part, size in split.sizes().items())
     console.print(f"wrote {output}: {escape(split.name)}, seed {seed} ({sizes})")
     if validation is not None:
         sizes = ", ".join(f"{part} {size:,}" for part, size in validation.sizes().items())
         console.print(f"  and {output / 'validation'}: the carve-out of train for tuning ({sizes})")
+    if recbole:
+        import json
+
+        exported = json.loads((output / "split.json").read_text())["exports"]["recbole"]
+        sizes = ", ".join(f"{part} {entry['rows']:,}" for part, entry in exported["parts"].items())
+        console.print(
+            f"  and {output / 'recbole'}: RecBole's files of dataset {exported['dataset']} ({sizes}), "
+            f"its settings in {exported['settings']}"
+        )
 
 
 # ----------------------------------------------------------------------------- experiments

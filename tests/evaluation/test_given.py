@@ -128,8 +128,11 @@ def test_the_command_line_loop_split_train_recommend_evaluate_compare(tmp_path, 
         assert result.exit_code == 0, result.output
         return result.output
 
-    run("data", "split", config, "--output", tmp_path / "split", "--format", "csv")
+    said = run("data", "split", config, "--output", tmp_path / "split", "--format", "csv", "--recbole")
     assert (tmp_path / "split" / "validation" / "split.json").is_file()
+    said = " ".join(said.split())  # the console wraps long lines
+    assert "RecBole's files of dataset recforge-ml-100k (train 71,981, valid 8," in said  # the carve-out's train
+    assert (tmp_path / "split" / "recbole" / "recforge-ml-100k" / "recforge-ml-100k.test.inter").is_file()
     train = tmp_path / "train.toml"
     train.write_text(
         f'[dataset]\nname = "table"\npath = "{tmp_path / "split" / "train.csv"}"\n'

@@ -333,6 +333,15 @@ class Interactions:
             columns["timestamp"] = self.timestamp
         return pd.DataFrame(columns)
 
+    def positions(self) -> np.ndarray:
+        """Each interaction's place in its user's sequence, from 0, in the data's order (the order splits
+        read as time where there are no timestamps)."""
+        order = np.argsort(self.user_index, kind="stable")
+        starts = np.searchsorted(self.user_index[order], self.user_index[order])
+        position = np.empty(len(self), dtype=np.int64)
+        position[order] = np.arange(len(self)) - starts
+        return position
+
     def fingerprint(self) -> str:
         """sha256 over ids, interaction arrays and rating scale: equal data gives an equal fingerprint."""
         return self._fingerprint

@@ -39,31 +39,41 @@ def write_split(
     file_format: FileFormat = "parquet",
     source: dict[str, Any] | None = None,
     validation: Split | None = None,
+    recbole: bool = False,
 ) -> Path:
     """Write every part of `split` into `folder` (atomically: a reader sees the old folder or the whole new
     one); `source` (e.g. the config that made the split) is recorded in the manifest as it is. A
     `validation` carve-out of the training part (a split of `split.train`, for tuning) is written as a
-    split folder of its own, `folder/validation`."""
+    split folder of its own, `folder/validation`. With `recbole`, the split is also written as RecBole's
+    atomic files in `folder/recbole` (`recforge.data.recbole_export`; it needs a valid part or the
+    carve-out)."""
     if file_format not in ("parquet", "csv"):
         raise ValueError(f"file_format must be 'parquet' or 'csv', not {file_format!r}")
+    if recbole:
+        from recforge.data.recbole_export import recbole_parts
+
+        recbole_parts(split, validation)  # refused before anything is written
     folder = Path(folder)
     with atomic_path(folder, is_dir=True, ours=(MANIFEST,), kind="split folder") as tmp:
-        _write_parts(split, tmp, file_format, source)
+        exports = {}
+        if recbole:
+            from recforge.data.recbole_export import write_recbole
+
+            exports["recbole"] = write_recbole(split, validation, tmp / "recbole")
+        _write_parts(split, tmp, file_format, source, exports)
         if validation is not None:
             (tmp / "validation").mkdir()
             _write_parts(validation, tmp / "validation", file_format, {**(source or {}), "carved_from": "train"})
     return folder
 
 
-def _write_parts(split: Split, tmp: Path, file_format: FileFormat, source: dict[str, Any] | None) -> None:
+def _write_parts(
+    split: Split, tmp: Path, file_format: FileFormat, source: dict[str, Any] | None, exports: dict | None = None
+) -> None:
     data = split.data
     frame = data.to_frame()
     if data.timestamp is None:  # the order splits read as time (leave-last-out's "last"): said, not implied
-        order = np.argsort(data.user_index, kind="stable")
-        starts = np.searchsorted(data.user_index[order], data.user_index[order])
-        position = np.empty(len(data), dtype=np.int64)
-        position[order] = np.arange(len(data)) - starts
-        frame["position"] = position
+        frame["position"] = data.positions()
     parts: dict[str, Any] = {}
     for part in PARTS:
         rows = getattr(split, f"{part}_rows")
@@ -106,6 +116,7 @@ def _write_parts(split: Split, tmp: Path, file_format: FileFormat, source: dict[
         "parts": parts,
         "features": side,
         "source": source or {},
+        "exports": {name: {**entry, "folder": name} for name, entry in (exports or {}).items()},
     }
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, default=str) + "\n")
 
