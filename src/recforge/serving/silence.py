@@ -75,7 +75,8 @@ def connection_class() -> Any:
 
         class SilenceBoundedConnection(psycopg.Connection):  # type: ignore[type-arg]
             def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
-                if kwargs.get("timeout") is not None or len(args) > 1:  # a caller with its own bound keeps it
+                own = kwargs.get("timeout", args[1] if len(args) > 1 else None)  # wait(gen, interval, timeout)
+                if own is not None:  # a caller with its own bound (psycopg's notifies, cancel) keeps it
                     return super().wait(gen, *args, **kwargs)
                 seconds, silent = current_bound(), [False]
                 answer = super().wait(_until_silent_for(gen, seconds, silent), *args, **kwargs)
