@@ -557,6 +557,19 @@ def test_a_paused_database_server_fails_reads_and_writes_after_their_silence_bou
         assert service.engine.applied == before + 1 and service.stale_answers == 1
 
 
+def test_a_postgresql_store_made_without_the_kind_index_gets_it_once(postgres):
+    import sqlalchemy as sa
+
+    store = EventStore(postgres)
+    with store.engine.begin() as connection:
+        connection.execute(sa.text("DROP INDEX recforge_events_kind_seq"))  # as a store of an older recforge
+    store = EventStore(postgres)
+    with store.engine.connect() as connection:
+        names = connection.execute(sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'recforge_events'"))
+        assert "recforge_events_kind_seq" in set(names.scalars())
+    EventStore(postgres)  # and opening again finds it
+
+
 def test_a_read_behind_ddl_that_locks_the_events_table_gives_up_after_the_read_silence(postgres, monkeypatch):
     """`VACUUM FULL` or `ALTER TABLE` on the events table locks readers out; a read waits READ_SILENCE for
     it, not for the whole operation, and reads answer again once it ends."""

@@ -383,3 +383,23 @@ def test_a_database_that_never_answers_fails_the_opening_after_the_connect_timeo
     monkeypatch.setitem(store.CONNECTION_BOUNDS, "connect_timeout", 1000)
     error, seconds = _opening_error(f"{silent_database}?connect_timeout=2")
     assert isinstance(error, ConfigError) and 1.5 < seconds < 6, (error, seconds)
+
+
+def test_a_store_made_without_the_kind_index_gets_it_and_start_up_reads_use_it(tmp_path):
+    """The newest model and the items to replay are read at every worker's start; without an index on
+    (kind, seq) each read scanned the whole log (0.36 s at 3M events on PostgreSQL, 0.003 s with it)."""
+    import sqlite3
+
+    path = tmp_path / "events.sqlite"
+    EventStore(f"sqlite:///{path}").append("interactions", {"user": 1, "items": [1], "ratings": [None]}, user="1")
+    with sqlite3.connect(path) as connection:
+        connection.execute("DROP INDEX recforge_events_kind_seq")  # as a store of an older recforge
+    store = EventStore(f"sqlite:///{path}")
+    with sqlite3.connect(path) as connection:
+        indexes = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        plan = connection.execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM recforge_events WHERE kind = 'model' ORDER BY seq DESC LIMIT 1"
+        ).fetchall()
+    assert "recforge_events_kind_seq" in indexes
+    assert any("recforge_events_kind_seq" in str(row) for row in plan), plan
+    assert store.latest_model() is None and store.latest_seq() == 1

@@ -150,6 +150,8 @@ class EventStore:
             sa.Column("user_id", sa.String(256), nullable=True),
             sa.Column("payload", sa.Text, nullable=False),
             sa.Column("created", sa.Float, nullable=False),
+            # the start-up reads of one kind (the newest model, the items to replay) without a scan of the log
+            sa.Index("recforge_events_kind_seq", "kind", "seq"),
         )
         self.items = sa.Table(
             "recforge_items",
@@ -212,15 +214,25 @@ class EventStore:
         files take the writers' file lock; PostgreSQL takes a transaction-scoped advisory lock (its DDL
         is transactional, so the second process sees the first one's tables once it gets the lock)."""
         if self._sqlite_file is not None:
-            with self._writers_of_this_file():
-                metadata.create_all(self.engine)
+            with self._writers_of_this_file(), self.engine.begin() as connection:
+                self._create_missing(metadata, connection)
         elif self.sqlite:
             with self._connection(begin=True) as connection:
-                metadata.create_all(connection)
+                self._create_missing(metadata, connection)
         else:
             with self.engine.begin() as connection:
                 connection.execute(self._sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
-                metadata.create_all(connection)
+                self._create_missing(metadata, connection)
+
+    @staticmethod
+    def _create_missing(metadata: Any, connection: Any) -> None:
+        """The tables that do not exist, with their indexes, and the indexes a store made by an older recforge
+        lacks (`create_all` skips an existing table's indexes): built once, in this transaction, on the first
+        start after an upgrade (writes wait for it on PostgreSQL: 1.1 s for 3M events)."""
+        metadata.create_all(connection)
+        for table in metadata.sorted_tables:
+            for index in table.indexes:
+                index.create(connection, checkfirst=True)
 
     @contextlib.contextmanager
     def _connection(self, begin: bool = False, silence: float | None = None) -> Iterator[Any]:
