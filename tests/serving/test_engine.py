@@ -4,6 +4,7 @@ whichever worker serves it, and the store resolves racing item additions to one 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -522,21 +523,24 @@ def _outcome_within(call, give_up: float = 30.0) -> tuple[object, float]:
     return outcome[0], time.monotonic() - started
 
 
-def test_a_paused_database_server_fails_reads_and_writes_after_their_silence_bound(ials_dir, monkeypatch):
+@pytest.mark.parametrize("through", ["direct", "pgbouncer"])
+def test_a_paused_database_server_fails_reads_and_writes_after_their_silence_bound(ials_dir, monkeypatch, through):
     """A PostgreSQL server that accepts and acknowledges but never answers (SIGSTOP: a frozen host, a stalled
     disk) held a read on a pooled connection forever (no libpq timeout covers it), and with it the stale-reads
     allowance, which only begins when a read fails. Reads now give up after READ_SILENCE without a word from the
     server, writes after SLOW_SILENCE; a service with stale reads answers from its state meanwhile; everything
-    works again once the server resumes."""
+    works again once the server resumes. Through PgBouncer (transaction pooling) too, where the client's own
+    connection stays answered by PgBouncer and only the server behind it is silent."""
     from recforge.serving import store as store_module
     from recforge.serving.service import STORE_RETRY, RecommenderService
 
     monkeypatch.setattr(store_module, "READ_SILENCE", 1.0)
     monkeypatch.setattr(store_module, "SLOW_SILENCE", 2.0)
-    if postgres_binaries() is None:
-        pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql package)")
-    with postgres_cluster() as database:
-        url = database.url + "?connect_timeout=1"  # the pool replaces the closed connection: bound that too
+    if postgres_binaries() is None or (through == "pgbouncer" and pgbouncer_binary() is None):
+        pytest.skip("PostgreSQL or PgBouncer is not installed (make test installs Debian's packages)")
+    with postgres_cluster() as database, contextlib.ExitStack() as stack:
+        url = database.url if through == "direct" else stack.enter_context(pgbouncer(database, "transaction", 2))
+        url += "?connect_timeout=1"  # the pool replaces the closed connection: bound that too
         store = EventStore(url)
         before = store.append("interactions", {"user": 1, "items": [1], "ratings": [None]}, user="1")
         service = RecommenderService.from_artifact(ials_dir, store=url, stale_reads=60)
@@ -550,11 +554,25 @@ def test_a_paused_database_server_fails_reads_and_writes_after_their_silence_bou
             assert seconds < 10, seconds
             snapshot, seconds = _outcome_within(service.current)
             assert snapshot is service.engine.snapshot and service.stale_answers == 1 and seconds < 8
-        assert _outcome_within(store.committed_seq)[0] == before  # the given-up write was never sent
+        back = _until_answered(store.committed_seq)
+        assert back == before  # the given-up write was never committed
         assert store.append("interactions", {"user": 1, "items": [3], "ratings": [None]}, user="1") == before + 1
         time.sleep(STORE_RETRY)  # a store that failed under STORE_RETRY ago is not asked by every read
         service.current()
         assert service.engine.applied == before + 1 and service.stale_answers == 1
+
+
+def _until_answered(call, seconds: float = 30.0):
+    """`call()` once it stops failing with StoreUnavailableError (connections the outage broke are replaced
+    as they are met)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return call()
+        except StoreUnavailableError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
 
 
 def test_a_postgresql_store_made_without_the_kind_index_gets_it_once(postgres):
