@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import math
@@ -39,7 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from recforge.errors import ConfigError
-from recforge.serving.silence import READ_SILENCE, SLOW_SILENCE, connection_class
+from recforge.serving.silence import READ_SILENCE, SLOW_SILENCE, connection_class, current_bound
 from recforge.serving.silence import bounded as silence_bounded
 from recforge.serving.writers_lock import WritersLock, WritersLockTimeout
 
@@ -138,7 +139,8 @@ class EventStore:
         if self.sqlite:
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
         else:
-            sa.event.listen(self.engine, "do_connect", _silence_bounded_connect)
+            own_timeout = "connect_timeout" in sa.engine.make_url(url).query
+            sa.event.listen(self.engine, "do_connect", functools.partial(_silence_bounded_connect, own_timeout))
         metadata = sa.MetaData()
         self.events = sa.Table(
             "recforge_events",
@@ -692,8 +694,13 @@ def _refused_for_good(exc: BaseException) -> bool:
     return any(phrase in said for phrase in _WRONG_URL) or _WRONG_VALUE.search(said) is not None
 
 
-def _silence_bounded_connect(dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
-    """SQLAlchemy's `do_connect`: psycopg's connection with its waits for the server bounded."""
+def _silence_bounded_connect(own_timeout: bool, dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
+    """SQLAlchemy's `do_connect`: psycopg's connection with its waits for the server bounded. A connection
+    opened inside a read (the pool replacing one a silent server made it drop) starts within the read's
+    bound, unless the URL sets its own `connect_timeout` (libpq counts whole seconds, at least 2)."""
+    bound = current_bound()
+    if not own_timeout and bound < float(cparams.get("connect_timeout", math.inf)):
+        cparams = {**cparams, "connect_timeout": max(2, math.ceil(bound))}
     return connection_class().connect(*cargs, **cparams)
 
 
