@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -219,3 +220,21 @@ def pgbouncer(database: Postgres, pool_mode: str = "transaction", pool_size: int
     finally:
         process.terminate()
         process.wait(timeout=30)
+
+
+def outcome_within(call, give_up: float = 30.0) -> tuple[object, float]:
+    """What `call()` returned or raised, and how long it took; fails instead of hanging past `give_up`."""
+    outcome: list[object] = []
+
+    def run() -> None:
+        try:
+            outcome.append(call())
+        except Exception as exc:  # handed to the test
+            outcome.append(exc)
+
+    started = time.monotonic()
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(give_up)
+    assert not thread.is_alive(), f"still waiting after {give_up} s"
+    return outcome[0], time.monotonic() - started

@@ -24,6 +24,7 @@ from recforge.serving.engine import Engine
 from recforge.serving.store import EventStore, StoreUnavailableError
 from tests.serving.servers import (
     Server,
+    outcome_within,
     pgbouncer,
     pgbouncer_binary,
     postgres_binaries,
@@ -511,24 +512,6 @@ def test_a_writer_stuck_holding_the_lock_makes_other_writes_fail_after_the_lock_
     assert seq > before and store.latest_seq() == seq
 
 
-def _outcome_within(call, give_up: float = 30.0) -> tuple[object, float]:
-    """What `call()` returned or raised, and how long it took; fails instead of hanging past `give_up`."""
-    outcome: list[object] = []
-
-    def run() -> None:
-        try:
-            outcome.append(call())
-        except Exception as exc:  # handed to the test
-            outcome.append(exc)
-
-    started = time.monotonic()
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    thread.join(give_up)
-    assert not thread.is_alive(), f"still waiting for the database after {give_up} s"
-    return outcome[0], time.monotonic() - started
-
-
 @pytest.mark.parametrize("through", ["direct", "pgbouncer"])
 def test_a_paused_database_server_fails_reads_and_writes_after_their_silence_bound(ials_dir, monkeypatch, through):
     """A PostgreSQL server that accepts and acknowledges but never answers (SIGSTOP: a frozen host, a stalled
@@ -552,13 +535,13 @@ def test_a_paused_database_server_fails_reads_and_writes_after_their_silence_bou
         service = RecommenderService.from_artifact(ials_dir, store=url, stale_reads=60)
         assert service.current() is not None and store.committed_seq() == before  # pooled connections
         with database.paused():
-            read, seconds = _outcome_within(store.committed_seq)
+            read, seconds = outcome_within(store.committed_seq)
             assert isinstance(read, StoreUnavailableError) and "cannot be read" in str(read), read
             assert 0.9 < seconds < 8, seconds  # the ping's silence, then a connection that cannot open
-            write, seconds = _outcome_within(lambda: store.append("interactions", {"user": 1, "items": [2]}))
+            write, seconds = outcome_within(lambda: store.append("interactions", {"user": 1, "items": [2]}))
             assert isinstance(write, StoreUnavailableError) and "refused the write" in str(write), write
             assert seconds < 10, seconds
-            snapshot, seconds = _outcome_within(service.current)
+            snapshot, seconds = outcome_within(service.current)
             assert snapshot is service.engine.snapshot and service.stale_answers == 1 and seconds < 8
         back = _until_answered(store.committed_seq)
         assert back == before  # the given-up write was never committed
@@ -670,7 +653,7 @@ def test_a_read_behind_ddl_that_locks_the_events_table_gives_up_after_the_read_s
     before = store.latest_seq()
     with store.engine.begin() as ddl:
         ddl.execute(store._sa.text("LOCK TABLE recforge_events IN ACCESS EXCLUSIVE MODE"))
-        read, seconds = _outcome_within(store.committed_seq)
+        read, seconds = outcome_within(store.committed_seq)
         assert isinstance(read, StoreUnavailableError) and 0.9 < seconds < 5, (read, seconds)
     assert store.committed_seq() == before
 

@@ -350,23 +350,11 @@ def silent_database():
 def _opening_error(url: str, wait: float = 0.0, give_up: float = 15.0) -> tuple[BaseException, float]:
     """The error opening the store at `url` raised and how long it took; fails (instead of hanging the
     test run) when the opening has not ended after `give_up` seconds."""
-    import time
+    from tests.serving.servers import outcome_within
 
-    outcome: list[BaseException] = []
-
-    def open_store() -> None:
-        try:
-            EventStore(url, wait=wait)
-        except BaseException as exc:  # handed to the test
-            outcome.append(exc)
-
-    started = time.monotonic()
-    thread = threading.Thread(target=open_store, daemon=True)
-    thread.start()
-    thread.join(give_up)
-    assert not thread.is_alive(), f"opening {url} still waits after {give_up} s"
-    assert outcome, "the opening succeeded"
-    return outcome[0], time.monotonic() - started
+    error, seconds = outcome_within(lambda: EventStore(url, wait=wait), give_up)
+    assert isinstance(error, BaseException), "the opening succeeded"
+    return error, seconds
 
 
 def test_a_database_that_never_answers_fails_the_opening_after_the_connect_timeout(silent_database, monkeypatch):

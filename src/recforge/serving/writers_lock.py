@@ -84,7 +84,10 @@ class WritersLock:
             self._asked.clear()
             if self._closed:
                 return
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+            try:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX)
+            except (OSError, ValueError):  # closed between the check and the flock: the store is gone
+                return
             with self._state:
                 self._helping = False
                 if self._closed:  # the store was closed meanwhile: closing the file releases the lock
