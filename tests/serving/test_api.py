@@ -455,6 +455,36 @@ def test_quick_writes_are_measured_and_read_back(ials_dir):
     assert counts["/users/{user_id}/interactions 200"] == 1
 
 
+@pytest.mark.parametrize("quick", [True, False], ids=["quick path", "FastAPI route"])
+def test_a_write_committed_while_the_store_cannot_be_read_to_apply_it_answers_202(ials_dir, monkeypatch, quick):
+    """The commit succeeded, then reading the store to apply it failed (the database went away in between,
+    with another worker's events to read first): a 503 would invite a retry and a second copy of the write,
+    so the answer is 202 with `applied` false; the event is in the store and is applied once it can be read."""
+    from recforge.serving.store import StoreUnavailableError
+
+    service = RecommenderService.from_artifact(ials_dir, "sqlite://")
+    client = serve(service, quick_paths=quick)
+    item = client.get("/users/13/recommendations?k=5").json()["items"][0]["item"]
+    catch_up = service.engine.catch_up
+
+    def applying_fails(upto=None, own=None):
+        if upto is not None:  # the writer applying its own committed event
+            raise StoreUnavailableError("the event store cannot be read: OperationalError")
+        return catch_up(upto, own)
+
+    monkeypatch.setattr(service.engine, "catch_up", applying_fails)
+    answer = client.post("/users/13/interactions", json={"items": [{"item": item}]})
+    assert answer.status_code == 202, answer.text
+    assert answer.json()["applied"] is False and answer.json()["seq"] == 1
+    assert "not yet" in answer.json()["updated_by"]
+    assert [event.seq for event in service.engine.store.events_after(0)] == [1]  # committed
+    assert service.engine.applied == 0
+    monkeypatch.undo()
+    assert item not in [r["item"] for r in client.get("/users/13/recommendations?k=5").json()["items"]]  # applied
+    again = client.post("/users/13/interactions", json={"items": [{"item": 50}]})
+    assert again.status_code == 200 and again.json()["applied"] is True and again.json()["seq"] == 2
+
+
 def test_quick_reads_are_measured_and_follow_writes(ials_dir):
     quick, _ = _one_service(ials_dir)
     before = quick.get("/users/13/recommendations?k=5").json()
@@ -523,6 +553,7 @@ def test_a_new_user_id_is_created_by_its_first_write_and_served_as_its_history_w
         "user": "5000",
         "added": 2,
         "updated_by": "new user: fold-in of their interactions",
+        "applied": True,
     }
     more = [{"item": 181}]
     client.post("/users/5000/interactions", json={"items": more})

@@ -102,3 +102,43 @@ def test_without_an_allowance_reads_answer_503_as_before(ials_dir, ml100k, monke
 def test_an_allowance_is_a_finite_number_of_seconds(ials_dir, allowance):
     with pytest.raises(ConfigError, match="stale_reads"):
         RecommenderService.from_artifact(ials_dir, "sqlite://", stale_reads=allowance)
+
+
+def test_reads_do_not_all_wait_on_a_store_that_has_gone_silent(ials_dir, ml100k, monkeypatch):
+    """A database that accepts and never answers holds each read that asks it for the read's silence bound
+    (5 s, then a connection that cannot open). With stale reads allowed, once one ask has waited
+    STALE_PATIENCE the other reads are answered from the state at once, marked, instead of joining it;
+    without an allowance they wait, as before, for the store's answer."""
+    import threading
+
+    from recforge.serving.service import STALE_PATIENCE
+
+    for allowance in (ALLOWED, 0.0):
+        service = RecommenderService.from_artifact(ials_dir, "sqlite://", stale_reads=allowance)
+        service.current()  # confirmed now
+        silent, asked = threading.Event(), threading.Event()
+
+        def hung(asked=asked, silent=silent) -> int:
+            asked.set()
+            silent.wait(30)  # a store that says nothing until released
+            return 0
+
+        monkeypatch.setattr(service.engine.store, "latest_seq", hung)
+        first = threading.Thread(target=service.current, daemon=True)
+        first.start()
+        assert asked.wait(10)
+        time.sleep(STALE_PATIENCE + 0.2)
+        second = threading.Thread(target=service.current, daemon=True)
+        started = time.monotonic()
+        second.start()
+        second.join(2.0)
+        if allowance:
+            assert not second.is_alive() and time.monotonic() - started < 1.0  # answered without asking
+            assert service.stale_answers == 1 and service.stale_for(started) is not None
+        else:
+            assert second.is_alive() and service.stale_answers == 0  # waits for the store, as before
+        silent.set()
+        first.join(10)
+        second.join(10)
+        assert not first.is_alive() and not second.is_alive()
+        monkeypatch.undo()

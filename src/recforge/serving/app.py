@@ -26,7 +26,7 @@ from importlib import resources
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -322,7 +322,7 @@ class _QuickPaths:
             body = self.write_answer.dump_json(
                 self.write_answer.validate_python({"user": user, "added": len(request.items), **done})
             )
-            return _send_from_callback(self._send(send, 200, body))
+            return _send_from_callback(self._send(send, 200 if done.get("applied", True) else 202, body))
 
         try:
             still_sending = await self.service.add_interactions_async(user, pairs, then=answer)
@@ -541,7 +541,7 @@ def create_app(
     @app.post(
         "/users/{user_id:path}/interactions", response_model=InteractionsAnswer, responses=ERRORS, dependencies=write
     )
-    async def add_interactions(user_id: UserId, body: InteractionsRequest) -> dict:
+    async def add_interactions(user_id: UserId, body: InteractionsRequest, response: Response) -> dict:
         pairs = [(r.item, r.rating) for r in body.items]
         # as with reads: a write whose validation and update cost well under a millisecond (a factor
         # fold-in) runs on the event loop, its commit in the store's commit thread; the whole write sent
@@ -551,11 +551,15 @@ def create_app(
             done = await service.add_interactions_async(user_id, pairs)
         else:
             done = await run_in_threadpool(service.add_interactions, user_id, pairs)
+        if not done.get("applied", True):
+            response.status_code = 202  # committed, not yet applied by this worker
         return {"user": user_id, "added": len(body.items), **done}
 
     @app.post("/items", response_model=ItemsAnswer, responses=ERRORS, dependencies=write)
-    def add_items(body: NewItemsRequest) -> dict:
+    def add_items(body: NewItemsRequest, response: Response) -> dict:
         done = service.add_items([item.model_dump(exclude_unset=True) for item in body.items])
+        if not done.get("applied", True):
+            response.status_code = 202  # committed, not yet applied by this worker
         return {"added": [item.item for item in body.items], **done}
 
     @app.post("/admin/models", response_model=WriteAnswer, responses=ERRORS, dependencies=write)

@@ -125,6 +125,8 @@ class Engine:
         # one then applied: each write acknowledged before it is in the snapshot (`unconfirmed_for`)
         self.confirmed_at: float | None = None
         self.failed_at: float | None = None  # monotonic time catching up last met the store unavailable
+        self._asking: dict[int, float] = {}  # asks of the store under way (a token each) -> when they began
+        self._asking_lock = threading.Lock()
         self._replay_items_missing_from(self.snapshot)
 
     @classmethod
@@ -148,11 +150,19 @@ class Engine:
         just-committed event as `own`: when it is the next one in sequence it is applied as is, without
         reading it back from the store."""
         asked = time.monotonic() if upto is None and self.horizon is None else None
+        if asked is not None:
+            token = threading.get_ident()  # one ask per thread at a time
+            with self._asking_lock:
+                self._asking[token] = asked
         try:
             return self._catch_up(asked, upto, own)
         except StoreUnavailableError:
             self.failed_at = time.monotonic()
             raise
+        finally:
+            if asked is not None:
+                with self._asking_lock:
+                    self._asking.pop(token, None)
 
     def _catch_up(self, asked: float | None, upto: int | None, own: Event | None) -> int:
         latest = upto if upto is not None else self.store.latest_seq() if self.horizon is None else self.horizon
@@ -181,6 +191,13 @@ class Engine:
         confirmation (the follower thread, or a read, asks again)."""
         failed, confirmed = self.failed_at, self.confirmed_at
         return failed is not None and (confirmed is None or failed > confirmed) and time.monotonic() - failed < within
+
+    def waiting_on_store(self) -> float:
+        """Seconds the longest ask of the store under way (a read's or the follower's) has waited; 0 with
+        none under way."""
+        with self._asking_lock:
+            oldest = min(self._asking.values(), default=None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     def unconfirmed_for(self) -> float:
         """Seconds since the snapshot was last known to hold every acknowledged write (the store asked and

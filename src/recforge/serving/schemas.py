@@ -186,6 +186,11 @@ class SimilarAnswer(Answer):
 
 class WriteAnswer(BaseModel):
     seq: int = Field(description="the event's sequence number in the store (committed before this answer)")
+    applied: bool = Field(
+        True,
+        description="false (status 202): committed, but this worker could not read the store to apply it; it is "
+        "applied as soon as it can, and reads here may not show it until then",
+    )
 
 
 class InteractionsAnswer(WriteAnswer):

@@ -47,7 +47,10 @@ from recforge.serving.store import CONNECTIONS, Event, EventStore, StoreUnavaila
 EXPLAIN_TOP = 3  # reasons per recommended item
 STORE_WAIT = 60.0  # seconds a starting worker waits for its database (RECFORGE_STORE_WAIT overrides)
 STORE_RETRY = 1.0  # seconds stale reads go without asking a store that failed (the follower asks each second)
+STALE_PATIENCE = 0.5  # seconds another ask may wait on the store before stale reads stop joining it
 MAX_EXCLUDED = 10_000  # items one request may exclude
+# a write committed while this worker could not read the store to apply it (answered 202)
+NOT_YET_APPLIED = "not yet: committed; this worker applies it once it can read the event store again"
 _INTEGER = re.compile(INTEGER_PATTERN)
 
 
@@ -117,9 +120,14 @@ class RecommenderService:
         across workers). While the store cannot be read: the snapshot as it is, if it was last confirmed
         within `stale_reads` seconds (noted in `answered_stale_at`), else StoreUnavailableError."""
         engine = self.engine
-        if self.stale_reads and engine.failed_lately(STORE_RETRY) and engine.unconfirmed_for() <= self.stale_reads:
-            # the store failed under 1 s ago: not asked again by every read (a database that accepts and
-            # stays silent holds each asking read for its connect timeout); the follower thread asks
+        if (
+            self.stale_reads
+            and (engine.failed_lately(STORE_RETRY) or engine.waiting_on_store() > STALE_PATIENCE)
+            and engine.unconfirmed_for() <= self.stale_reads
+        ):
+            # the store failed under 1 s ago, or another ask has waited on it for over STALE_PATIENCE: not
+            # asked by every read (a database that accepts and stays silent holds each asking read for its
+            # silence bound); the follower thread, and the read already waiting, ask
             self._answered_stale()
             return engine.snapshot
         try:
@@ -525,7 +533,10 @@ class RecommenderService:
         return payload
 
     def _interactions_applied(self, payload: dict[str, Any], seq: int) -> dict[str, Any]:
-        self.engine.catch_up(upto=seq, own=Event(seq, "interactions", str(payload["user"]), payload, time.time()))
+        try:
+            self.engine.catch_up(upto=seq, own=Event(seq, "interactions", str(payload["user"]), payload, time.time()))
+        except StoreUnavailableError:  # committed: a 503 would invite a retry, a second copy of the write
+            return {"seq": seq, "updated_by": NOT_YET_APPLIED, "applied": False}
         snapshot = self.engine.snapshot
         model = snapshot.model
         index = model.users_.position(payload["user"])  # (a model swap in between may have learned a newcomer)
@@ -561,7 +572,10 @@ class RecommenderService:
                 raise DuplicateItemError(f"items already in the catalogue: {taken[:5]}")
             snapshot.with_items(entries)  # fails here, before anything is committed, if the tower cannot embed them
             seq = self.engine.store.append_items([str(i) for i in ids], {"items": entries})
-            self.engine.catch_up()
+            try:
+                self.engine.catch_up()
+            except StoreUnavailableError:  # committed (a retry would meet its own ids: 409)
+                return {"seq": seq, "embedded_by": NOT_YET_APPLIED, "applied": False}
         described = pd.DataFrame([{k: v for k, v in entry.items() if k not in ("item", "title")} for entry in entries])
         unseen = [value for row in model.unseen_feature_values(described, "item") for value in row]  # type: ignore[attr-defined]
         note = unknown_values_note(unseen) if unseen else ""
