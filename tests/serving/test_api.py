@@ -264,9 +264,10 @@ def test_hnsw_index_roundtrips_and_agrees_with_exact_search(ials_dir):
     assert recall >= 0.99
 
 
-def test_new_items_from_features_join_the_catalogue(ml100k, tmp_path):
+def test_new_items_from_features_join_the_catalogue(ml100k, tmp_path, monkeypatch):
     model = create_model("two_tower", item_features=True, id_dropout=0.3, n_epochs=3).fit(ml100k)
-    client = serve(_artifact(model, ml100k, tmp_path / "tt"))
+    service = RecommenderService.from_artifact(_artifact(model, ml100k, tmp_path / "tt"))
+    client = serve(service)
     star_wars = ml100k.item_features.iloc[ml100k.items.index([50])[0]]
     new = {"item": 99999, "title": "Star Wars: The Lost Reel (1977)", "genres": list(star_wars["genres"]), "year": 1977}
     response = client.post("/items", json={"items": [new]})
@@ -282,6 +283,21 @@ def test_new_items_from_features_join_the_catalogue(ml100k, tmp_path):
     assert response.json()["note"] == ""
     odd = client.post("/items", json={"items": [{**new, "item": 99998, "genres": ["Sci-Fi", "Space Opera"]}]})
     assert odd.json()["note"].endswith("not among the values the model was trained with: genres 'space opera'")
+    # committed, then the store could not be read to apply it: 202, applied once it can be read
+    from recforge.serving.store import StoreUnavailableError
+
+    engine, catch_up = service.engine, service.engine.catch_up
+
+    def applying_fails(upto=None, own=None):
+        if engine.store.latest_seq() > engine.applied:  # something committed to apply: the store is gone
+            raise StoreUnavailableError("the event store cannot be read: OperationalError")
+        return catch_up(upto, own)
+
+    monkeypatch.setattr(engine, "catch_up", applying_fails)
+    late = client.post("/items", json={"items": [{**new, "item": 99997, "title": "Star Wars: Later (1978)"}]})
+    assert late.status_code == 202 and late.json()["applied"] is False and "not yet" in late.json()["embedded_by"]
+    monkeypatch.undo()
+    assert client.get("/items", params={"query": "star wars: later"}).json()["items"][0]["item"] == 99997
     ials = serve(RecommenderService(create_model("ials", n_iterations=2).fit(ml100k)))
     assert ials.post("/items", json={"items": [{"item": 5}]}).status_code == 409
 
