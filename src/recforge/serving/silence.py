@@ -23,8 +23,8 @@ from collections.abc import Generator, Iterator
 from typing import Any
 
 # seconds of silence: reads on the request path (the newest sequence number, the events after a known one)
-# answer in milliseconds; writes may wait WRITE_LOCK_SECONDS (10 s) for the writers' lock, and start-up
-# scans of the whole log (`latest_model`, items to replay) may take seconds before their first row
+# answer in milliseconds; writes may wait WRITE_LOCK_SECONDS (10 s) for the writers' lock, and the rarer
+# reads of the whole log (start-up reads, counts, the index an upgrade builds) get the same room
 READ_SILENCE = 5.0
 SLOW_SILENCE = 30.0
 
