@@ -643,6 +643,36 @@ def test_a_postgresql_store_made_without_the_kind_index_gets_it_once(postgres):
     EventStore(postgres)  # and opening again finds it
 
 
+def test_a_worker_waiting_on_another_workers_schema_transaction_is_not_cut_by_the_silence_bound(postgres, monkeypatch):
+    """The schema transaction (creating the tables, or the index an upgrade adds to a large log: minutes of
+    silence) and the workers waiting their turn for it are bounded by SCHEMA_SILENCE, not the write bound:
+    cut at 30 s, every retry would start the index build again and no worker would ever start."""
+    import sqlalchemy as sa
+
+    from recforge.serving import store as store_module
+    from recforge.serving.store import SCHEMA_LOCK_KEY
+
+    from recforge.serving import silence
+
+    monkeypatch.setattr(store_module, "SLOW_SILENCE", 1.0)
+    monkeypatch.setattr(store_module, "READ_SILENCE", 1.0)
+    monkeypatch.setattr(silence, "SLOW_SILENCE", 1.0)  # the bound outside any block
+    holder, taken = EventStore(postgres), threading.Event()
+
+    def another_workers_schema_transaction() -> None:
+        with holder.engine.begin() as connection:
+            connection.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+            taken.set()
+            time.sleep(3.0)
+
+    thread = threading.Thread(target=another_workers_schema_transaction, daemon=True)
+    thread.start()
+    assert taken.wait(10)
+    opened, seconds = outcome_within(lambda: EventStore(postgres), 30)
+    assert isinstance(opened, EventStore) and seconds > 2.0, (opened, seconds)  # waited its turn, not cut
+    thread.join(10)
+
+
 def test_a_read_behind_ddl_that_locks_the_events_table_gives_up_after_the_read_silence(postgres, monkeypatch):
     """`VACUUM FULL` or `ALTER TABLE` on the events table locks readers out; a read waits READ_SILENCE for
     it, not for the whole operation, and reads answer again once it ends."""
