@@ -649,10 +649,9 @@ def test_a_worker_waiting_on_another_workers_schema_transaction_is_not_cut_by_th
     cut at 30 s, every retry would start the index build again and no worker would ever start."""
     import sqlalchemy as sa
 
+    from recforge.serving import silence
     from recforge.serving import store as store_module
     from recforge.serving.store import SCHEMA_LOCK_KEY
-
-    from recforge.serving import silence
 
     monkeypatch.setattr(store_module, "SLOW_SILENCE", 1.0)
     monkeypatch.setattr(store_module, "READ_SILENCE", 1.0)

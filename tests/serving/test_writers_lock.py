@@ -120,3 +120,24 @@ def test_threads_of_one_process_take_turns(tmp_path):
     with lock.held(1):
         assert not free_for_others(tmp_path / "writers.lock", within=0.1)
     lock.close()
+
+
+def test_a_worker_opening_the_store_waits_out_another_ones_schema_work(tmp_path, monkeypatch):
+    """Opening a store takes the writers' lock to create what is missing (an upgrade's index on a large log
+    takes a while): a worker starting meanwhile waits its turn instead of failing after the write bound."""
+    from recforge.serving import store as store_module
+
+    path = tmp_path / "events.sqlite"
+    EventStore(f"sqlite:///{path}").close()
+    monkeypatch.setattr(store_module, "WRITE_LOCK_SECONDS", 0.3)
+    with held_by_another_process(f"{path}.writer-lock") as release:
+        timer = threading.Timer(1.5, release)
+        timer.start()
+        started = time.monotonic()
+        store = EventStore(f"sqlite:///{path}")  # waits the 1.5 s, not failing after 0.3
+        assert time.monotonic() - started > 1.2
+        timer.join()
+    # a write still gives up after its own bound
+    with held_by_another_process(f"{path}.writer-lock"), pytest.raises(StoreUnavailableError):
+        store.append("interactions", EVENT, user="1")
+    store.close()

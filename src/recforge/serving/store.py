@@ -216,8 +216,8 @@ class EventStore:
         recforge_items already exists"), which stopped `recforge serve --workers 2` at start-up. SQLite
         files take the writers' file lock; PostgreSQL takes a transaction-scoped advisory lock (its DDL
         is transactional, so the second process sees the first one's tables once it gets the lock)."""
-        if self._sqlite_file is not None:
-            with self._writers_of_this_file(), self.engine.begin() as connection:
+        if self._sqlite_file is not None:  # (another worker may be building an index an upgrade added)
+            with self._writers_of_this_file(SCHEMA_SILENCE), self.engine.begin() as connection:
                 self._create_missing(metadata, connection)
         elif self.sqlite:
             with self._connection(begin=True) as connection:
@@ -380,15 +380,15 @@ class EventStore:
         return list(range(int(last) - len(batch) + 1, int(last) + 1))
 
     @contextlib.contextmanager
-    def _writers_of_this_file(self) -> Iterator[None]:
+    def _writers_of_this_file(self, seconds: float | None = None) -> Iterator[None]:
         """Writers of one SQLite file (threads and processes) take turns (`recforge.serving.writers_lock`),
-        each waiting at most WRITE_LOCK_SECONDS, then failing with sqlite3.OperationalError (a 503 for a
-        write: nothing was written). SQLite's own locking still decides (the busy timeout remains for
-        writers that do not take this lock)."""
+        each waiting at most `seconds` (default WRITE_LOCK_SECONDS), then failing with
+        sqlite3.OperationalError (a 503 for a write: nothing was written). SQLite's own locking still
+        decides (the busy timeout remains for writers that do not take this lock)."""
         if self._writers_lock is None:
             self._writers_lock = WritersLock(f"{self._sqlite_file}.writer-lock")
         try:
-            with self._writers_lock.held(WRITE_LOCK_SECONDS):
+            with self._writers_lock.held(WRITE_LOCK_SECONDS if seconds is None else seconds):
                 yield
         except WritersLockTimeout as exc:
             raise sqlite3.OperationalError(f"the writers' lock: {exc}") from exc
