@@ -645,7 +645,7 @@ def test_a_postgresql_store_made_without_the_kind_index_gets_it_once(postgres):
 
 def test_a_worker_waiting_on_another_workers_schema_transaction_is_not_cut_by_the_silence_bound(postgres, monkeypatch):
     """The schema transaction (creating the tables, or the index an upgrade adds to a large log: minutes of
-    silence) and the workers waiting their turn for it are bounded by SCHEMA_SILENCE, not the write bound:
+    silence) and the workers waiting their turn for it are bounded by SCHEMA_WAIT, not the write bound:
     cut at 30 s, every retry would start the index build again and no worker would ever start."""
     import sqlalchemy as sa
 

@@ -48,7 +48,7 @@ EVENT_KINDS = ("interactions", "items", "model")
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 CONNECTIONS = 16  # PostgreSQL connections per process at most (RECFORGE_STORE_CONNECTIONS overrides)
-SCHEMA_SILENCE = 3600.0  # seconds the schema transaction may wait for the server (index builds on large logs)
+SCHEMA_WAIT = 3600.0  # seconds the schema step may wait (the server, a SQLite file's lock): index builds
 WRITE_LOCK_SECONDS = 10.0  # the longest a write waits for the writers' lock (or, on PostgreSQL, an item's row)
 _TOO_MANY_HINT = (
     " (each worker opens up to RECFORGE_STORE_CONNECTIONS connections, default 16: workers x connections, plus"
@@ -217,13 +217,13 @@ class EventStore:
         files take the writers' file lock; PostgreSQL takes a transaction-scoped advisory lock (its DDL
         is transactional, so the second process sees the first one's tables once it gets the lock)."""
         if self._sqlite_file is not None:  # (another worker may be building an index an upgrade added)
-            with self._writers_of_this_file(SCHEMA_SILENCE), self.engine.begin() as connection:
+            with self._writers_of_this_file(SCHEMA_WAIT), self.engine.begin() as connection:
                 self._create_missing(metadata, connection)
         elif self.sqlite:
             with self._connection(begin=True) as connection:
                 self._create_missing(metadata, connection)
         else:  # an index an upgrade adds to a large log sends nothing for minutes: not a silent server
-            with silence_bounded(SCHEMA_SILENCE), self.engine.begin() as connection:
+            with silence_bounded(SCHEMA_WAIT), self.engine.begin() as connection:
                 connection.execute(self._sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
                 self._create_missing(metadata, connection)
 
