@@ -136,9 +136,15 @@ def test_postgresql_connections_carry_the_stores_timeouts_unless_the_url_sets_th
     # a connection opened inside a read starts within the read's silence bound, unless the URL says otherwise
     from recforge.serving.silence import bounded
 
-    with bounded(4.2):
-        assert parameters(postgres)["connect_timeout"] == "5"
-        assert parameters(f"{postgres}{'&' if '?' in postgres else '?'}connect_timeout=20")["connect_timeout"] == "20"
+    def opened_within_a_read(url: str) -> dict[str, str]:
+        store = EventStore(url)
+        store.engine.dispose()  # no pooled connection left: the next one is opened inside the bound
+        with bounded(4.2), store.engine.connect() as connection:
+            return connection.connection.dbapi_connection.info.get_parameters()
+
+    assert opened_within_a_read(postgres)["connect_timeout"] == "5"
+    own_url = f"{postgres}{'&' if '?' in postgres else '?'}connect_timeout=20"
+    assert opened_within_a_read(own_url)["connect_timeout"] == "20"
 
 
 def test_through_pgbouncer_in_transaction_pooling_no_acknowledged_write_is_lost(ials_dir, ml100k):
