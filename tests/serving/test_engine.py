@@ -526,11 +526,11 @@ def test_a_paused_database_server_fails_reads_and_writes_after_their_silence_bou
     server, writes after SLOW_SILENCE; a service with stale reads answers from its state meanwhile; everything
     works again once the server resumes. Through PgBouncer (transaction pooling) too, where the client's own
     connection stays answered by PgBouncer and only the server behind it is silent."""
-    from recforge.serving import store as store_module
+    from recforge.serving import silence
     from recforge.serving.service import STORE_RETRY, RecommenderService
 
-    monkeypatch.setattr(store_module, "READ_SILENCE", 1.0)
-    monkeypatch.setattr(store_module, "SLOW_SILENCE", 2.0)
+    monkeypatch.setattr(silence, "READ_SILENCE", 1.0)
+    monkeypatch.setattr(silence, "SLOW_SILENCE", 2.0)
     if postgres_binaries() is None or (through == "pgbouncer" and pgbouncer_binary() is None):
         pytest.skip("PostgreSQL or PgBouncer is not installed (make test installs Debian's packages)")
     with postgres_cluster() as database, contextlib.ExitStack() as stack:
@@ -656,12 +656,10 @@ def test_a_worker_waiting_on_another_workers_schema_transaction_is_not_cut_by_th
     import sqlalchemy as sa
 
     from recforge.serving import silence
-    from recforge.serving import store as store_module
     from recforge.serving.store import SCHEMA_LOCK_KEY
 
-    monkeypatch.setattr(store_module, "SLOW_SILENCE", 1.0)
-    monkeypatch.setattr(store_module, "READ_SILENCE", 1.0)
-    monkeypatch.setattr(silence, "SLOW_SILENCE", 1.0)  # the bound outside any block
+    monkeypatch.setattr(silence, "SLOW_SILENCE", 1.0)  # also the bound outside any block
+    monkeypatch.setattr(silence, "READ_SILENCE", 1.0)
     holder, taken = EventStore(postgres), threading.Event()
 
     def another_workers_schema_transaction() -> None:
@@ -681,9 +679,9 @@ def test_a_worker_waiting_on_another_workers_schema_transaction_is_not_cut_by_th
 def test_a_read_behind_ddl_that_locks_the_events_table_gives_up_after_the_read_silence(postgres, monkeypatch):
     """`VACUUM FULL` or `ALTER TABLE` on the events table locks readers out; a read waits READ_SILENCE for
     it, not for the whole operation, and reads answer again once it ends."""
-    from recforge.serving import store as store_module
+    from recforge.serving import silence
 
-    monkeypatch.setattr(store_module, "READ_SILENCE", 1.0)
+    monkeypatch.setattr(silence, "READ_SILENCE", 1.0)
     store = EventStore(postgres)
     before = store.latest_seq()
     with store.engine.begin() as ddl:

@@ -40,8 +40,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from recforge.errors import ConfigError
-from recforge.serving.silence import READ_SILENCE, SLOW_SILENCE, connection_class, current_bound
-from recforge.serving.silence import bounded as silence_bounded
+from recforge.serving import silence
 from recforge.serving.writers_lock import WritersLock, WritersLockTimeout
 
 EVENT_KINDS = ("interactions", "items", "model")
@@ -223,7 +222,7 @@ class EventStore:
             with self._connection(begin=True) as connection:
                 self._create_missing(metadata, connection)
         else:  # an index an upgrade adds to a large log sends nothing for minutes: not a silent server
-            with silence_bounded(SCHEMA_WAIT), self.engine.begin() as connection:
+            with silence.bounded(SCHEMA_WAIT), self.engine.begin() as connection:
                 connection.execute(self._sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
                 self._create_missing(metadata, connection)
 
@@ -238,17 +237,17 @@ class EventStore:
                 index.create(connection, checkfirst=True)
 
     @contextlib.contextmanager
-    def _connection(self, begin: bool = False, silence: float | None = None) -> Iterator[Any]:
+    def _connection(self, begin: bool = False, bound: float | None = None) -> Iterator[Any]:
         """A SQLAlchemy connection (in a transaction committed on success with `begin`); on an in-memory
         database, one thread's use at a time. On PostgreSQL, each wait for the server (the pool's ping, a
-        statement, the commit) gives up after `silence` seconds without a word from it (the ping READ_SILENCE;
+        statement, the commit) gives up after `bound` seconds without a word from it (the ping READ_SILENCE;
         the rest, by default, SLOW_SILENCE in a transaction and READ_SILENCE otherwise;
         `recforge.serving.silence`)."""
         with self._shared_connection or contextlib.nullcontext():  # entered before the connection is taken
-            with silence_bounded(READ_SILENCE):  # the pool's ping: a server that is up answers it at once
+            with silence.bounded(silence.READ_SILENCE):  # the pool's ping: a server that is up answers it at once
                 connection = self.engine.connect()
             with (
-                silence_bounded(silence or (SLOW_SILENCE if begin else READ_SILENCE)),
+                silence.bounded(bound or (silence.SLOW_SILENCE if begin else silence.READ_SILENCE)),
                 connection,
                 connection.begin() if begin else contextlib.nullcontext(),
             ):
@@ -513,7 +512,7 @@ class EventStore:
         if kinds is not None:
             query = query.where(self.events.c.kind.in_(kinds))
         try:  # a read on the request path, or (`kinds`) a start-up scan of the log up to a point
-            with self._connection(silence=SLOW_SILENCE if kinds is not None else None) as connection:
+            with self._connection(bound=silence.SLOW_SILENCE if kinds is not None else None) as connection:
                 rows = connection.execute(query).all()
         except sa.exc.SQLAlchemyError as exc:
             raise self._unavailable("cannot be read", exc) from exc
@@ -532,7 +531,7 @@ class EventStore:
         sa = self._sa
         query = sa.select(self.events).where(self.events.c.kind == "model").order_by(self.events.c.seq.desc()).limit(1)
         try:  # at start-up: with no model event among millions, the scan may take seconds
-            with self._connection(silence=SLOW_SILENCE) as connection:
+            with self._connection(bound=silence.SLOW_SILENCE) as connection:
                 row = connection.execute(query).first()
         except sa.exc.SQLAlchemyError as exc:
             raise self._unavailable("cannot be read", exc) from exc
@@ -543,7 +542,7 @@ class EventStore:
         query = sa.select(sa.func.count()).select_from(self.events)
         if kind is not None:
             query = query.where(self.events.c.kind == kind)
-        with self._connection(silence=SLOW_SILENCE) as connection:
+        with self._connection(bound=silence.SLOW_SILENCE) as connection:
             return int(connection.execute(query).scalar() or 0)
 
     def close(self) -> None:
@@ -699,10 +698,10 @@ def _silence_bounded_connect(own_timeout: bool, dialect: Any, record: Any, cargs
     """SQLAlchemy's `do_connect`: psycopg's connection with its waits for the server bounded. A connection
     opened inside a read (the pool replacing one a silent server made it drop) starts within the read's
     bound, unless the URL sets its own `connect_timeout` (libpq counts whole seconds, at least 2)."""
-    bound = current_bound()
+    bound = silence.current_bound()
     if not own_timeout and bound < float(cparams.get("connect_timeout", math.inf)):
         cparams = {**cparams, "connect_timeout": max(2, math.ceil(bound))}
-    return connection_class().connect(*cargs, **cparams)
+    return silence.connection_class().connect(*cargs, **cparams)
 
 
 def _encode(kind: str, payload: dict[str, Any]) -> str:
