@@ -49,7 +49,15 @@ def recbole_parts(split: Split, validation: Split | None) -> dict[str, pd.DataFr
             "RecBole trains with a valid part (it early-stops on it): this split has none; add a validation "
             'carve-out to the config ([split.validation], e.g. kind = "per_user", test_fraction = 0.1)'
         )
-    frames = {part: _frame(*source) for part, source in sources.items()}
+    whole: dict[int, pd.DataFrame] = {}  # one frame per data set (the carve-out's is the split's train part)
+    frames = {}
+    for part, (source, name) in sources.items():
+        data = source.data
+        if id(data) not in whole:
+            whole[id(data)] = data.to_frame()
+            if data.timestamp is None:
+                whole[id(data)]["timestamp"] = data.positions()
+        frames[part] = whole[id(data)].iloc[getattr(source, f"{name}_rows")].reset_index(drop=True)
     for part, frame in frames.items():
         for column in ("user_id", "item_id"):
             ids = frame[column]
@@ -63,15 +71,6 @@ def recbole_parts(split: Split, validation: Split | None) -> dict[str, pd.DataFr
     return frames
 
 
-def _frame(split: Split, part: str) -> pd.DataFrame:
-    data = split.data
-    rows = getattr(split, f"{part}_rows")
-    frame = data.to_frame().iloc[rows].reset_index(drop=True)
-    if data.timestamp is None:
-        frame["timestamp"] = data.positions()[rows]
-    return frame
-
-
 def dataset_name(name: str) -> str:
     """A RecBole dataset name (its folder and file stem) from a data set's name, prefixed: RecBole reads
     a dataset called "ml-100k" from its own bundled copy whatever `data_path` says."""
@@ -79,10 +78,10 @@ def dataset_name(name: str) -> str:
     return f"recforge-{cleaned}" if cleaned else "recforge"
 
 
-def write_recbole(split: Split, validation: Split | None, folder: Path) -> dict[str, Any]:
-    """Write the atomic files and settings into `folder` (created); returns what the manifest records."""
-    frames = recbole_parts(split, validation)
-    name = dataset_name(split.data.name)
+def write_recbole(frames: dict[str, pd.DataFrame], data_name: str, folder: Path) -> dict[str, Any]:
+    """Write `recbole_parts`' frames and the settings into `folder` (created); returns what the manifest
+    records."""
+    name = dataset_name(data_name)
     (folder / name).mkdir(parents=True)
     files: dict[str, Any] = {}
     for part, frame in frames.items():

@@ -49,17 +49,16 @@ def write_split(
     carve-out)."""
     if file_format not in ("parquet", "csv"):
         raise ValueError(f"file_format must be 'parquet' or 'csv', not {file_format!r}")
+    recbole_frames = None
     if recbole:
-        from recforge.data.recbole_export import recbole_parts
+        from recforge.data.recbole_export import recbole_parts, write_recbole
 
-        recbole_parts(split, validation)  # refused before anything is written
+        recbole_frames = recbole_parts(split, validation)  # refused before anything is written
     folder = Path(folder)
     with atomic_path(folder, is_dir=True, ours=(MANIFEST,), kind="split folder") as tmp:
         exports = {}
-        if recbole:
-            from recforge.data.recbole_export import write_recbole
-
-            exports["recbole"] = write_recbole(split, validation, tmp / "recbole")
+        if recbole_frames is not None:
+            exports["recbole"] = write_recbole(recbole_frames, split.data.name, tmp / "recbole")
         _write_parts(split, tmp, file_format, source, exports)
         if validation is not None:
             (tmp / "validation").mkdir()
