@@ -12,7 +12,7 @@ connections on asyncio with uvloop (a minimal client: httpx cost more CPU per re
 a separate process, so client and server share this machine's 2 cores (the numbers include that contention).
 
 Run: `python -m benchmarks.serve_load [--clients 32] [--seconds 20] [--runs 3] [--writes 0.1]
-[--settings none:1,hnsw:2,...]`; writes results/serve_load.json and .md. Target: p99 <= 25 ms over all
+[--settings none:1,hnsw:2,...] [--keyed]`; writes results/serve_load.json and .md. Target: p99 <= 25 ms over all
 requests with 32 clients, 10% writes, zero errors; the writes' p99 is reported separately.
 """
 
@@ -28,6 +28,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -87,11 +88,18 @@ def free_port() -> int:
 
 
 async def client_loop(
-    base: str, users: np.ndarray, stop_at: float, writes: float, timings: dict[str, list[float]], errors: list[int]
+    base: str,
+    users: np.ndarray,
+    stop_at: float,
+    writes: float,
+    timings: dict[str, list[float]],
+    errors: list[int],
+    keyed: bool = False,
 ) -> None:
     """One keep-alive connection sending requests back to back. A minimal HTTP/1.1 client on asyncio streams:
     httpx spent ~1.5 ms of CPU per request, more than the server, on the same two cores. Each answer is
-    still checked: a read's status 200 and a JSON body with exactly 10 items, a write's 200 with its seq."""
+    still checked: a read's status 200 and a JSON body with exactly 10 items, a write's 200 with its seq.
+    `keyed`: every write carries a new Idempotency-Key (a UUID), so each is looked up before it commits."""
     host, port = base.removeprefix("http://").split(":")
     rng = np.random.default_rng(os.getpid() ^ id(timings) & 0xFFFF ^ id(errors) & 0xFFFF0000)
     reader, writer = await asyncio.open_connection(host, int(port))
@@ -103,9 +111,10 @@ async def client_loop(
             is_write = rng.random() < writes
             if is_write:
                 body = json.dumps({"items": [{"item": int(rng.integers(N_ITEMS))}]}).encode()
+                key = f"Idempotency-Key: {uuid.uuid4()}\r\n" if keyed else ""
                 request = (
                     f"POST /users/{user}/interactions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {TOKEN}\r\n"
-                    f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+                    f"Content-Type: application/json\r\n{key}Content-Length: {len(body)}\r\n\r\n"
                 ).encode() + body
             else:
                 request = f"GET /users/{user}/recommendations?k=10 HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
@@ -114,7 +123,9 @@ async def client_loop(
                 writer.write(request)
                 status, answer = await _read_response(reader)
                 parsed = json.loads(answer)
-                ok = status == 200 and (parsed["seq"] > 0 if is_write else len(parsed["items"]) == 10)
+                ok = status == 200 and (
+                    parsed["seq"] > 0 and not parsed["replayed"] if is_write else len(parsed["items"]) == 10
+                )
             except (OSError, ValueError, KeyError, asyncio.IncompleteReadError):
                 ok = False
                 writer.close()
@@ -137,14 +148,18 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(int(length))
 
 
-def client_process(base: str, n_clients: int, seconds: float, writes: float, start_at: float, queue) -> None:
+def client_process(
+    base: str, n_clients: int, seconds: float, writes: float, start_at: float, queue, keyed: bool = False
+) -> None:
     async def main() -> None:
         users = np.arange(N_USERS)
         timings: dict[str, list[float]] = {"reads": [], "writes": []}
         errors: list[int] = []
         await asyncio.sleep(max(0.0, start_at - time.time()))
         stop_at = time.perf_counter() + seconds
-        await asyncio.gather(*(client_loop(base, users, stop_at, writes, timings, errors) for _ in range(n_clients)))
+        await asyncio.gather(
+            *(client_loop(base, users, stop_at, writes, timings, errors, keyed) for _ in range(n_clients))
+        )
         queue.put((timings, len(errors)))
 
     try:  # the client shares the server's two cores: uvloop (installed with recforge[serve]) costs it less CPU
@@ -155,12 +170,12 @@ def client_process(base: str, n_clients: int, seconds: float, writes: float, sta
         uvloop.run(main())
 
 
-def load(base: str, clients: int, seconds: float, processes: int, writes: float) -> dict:
+def load(base: str, clients: int, seconds: float, processes: int, writes: float, keyed: bool = False) -> dict:
     queue = multiprocessing.Queue()
     start_at = time.time() + 1.0
     shares = [clients // processes + (1 if i < clients % processes else 0) for i in range(processes)]
     workers = [
-        multiprocessing.Process(target=client_process, args=(base, share, seconds, writes, start_at, queue))
+        multiprocessing.Process(target=client_process, args=(base, share, seconds, writes, start_at, queue, keyed))
         for share in shares
     ]
     for worker in workers:
@@ -232,6 +247,7 @@ def main() -> None:
     parser.add_argument("--settings", default="none:1,none:2,hnsw:1,hnsw:2", help="index:workers pairs to measure")
     parser.add_argument("--runs", type=int, default=3, help="runs per setting (the shared cores' tail varies)")
     parser.add_argument("--writes", type=float, default=0.1, help="fraction of requests that are writes")
+    parser.add_argument("--keyed", action="store_true", help="every write carries a new Idempotency-Key")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -275,8 +291,9 @@ def main() -> None:
                     "clients": args.clients,
                     "seconds": args.seconds,
                     "write share": args.writes,
+                    "keyed writes": args.keyed,
                     "recall@10": served_recall(artifact),
-                    **load(base, args.clients, args.seconds, args.client_processes, args.writes),
+                    **load(base, args.clients, args.seconds, args.client_processes, args.writes, args.keyed),
                 }
             finally:
                 server.terminate()

@@ -443,22 +443,32 @@ _BODIES = st.one_of(
     authorization=st.sampled_from(
         [f"Bearer {TOKEN}"] * 5 + ["Bearer wrong-token-0123456789", None, f"bearer {TOKEN}", f"Bearer  {TOKEN}"]
     ),
+    key=st.one_of(
+        st.none(), st.uuids().map(str), st.sampled_from(["k-1", "k-2", '"quoted-key"', "", "a key", "x" * 256])
+    ),
 )
 def test_quick_writes_answer_exactly_what_fastapi_answers(
-    quick_and_plain_writers, user, body, content_type, authorization
+    quick_and_plain_writers, user, body, content_type, authorization, key
 ):
     """The quick path for POST /users/{id}/interactions answers byte for byte what FastAPI's route answers:
     accepted writes (same sequence numbers: both stores took the same writes), refused ones (bad token,
     wrong content type, malformed JSON, ids or ratings the request model refuses, unknown users and
-    items), and it leaves the store in the same state."""
+    items), writes with an Idempotency-Key (replayed, refused as reused for another request, or
+    malformed), and it leaves the store in the same state."""
     quick, plain = quick_and_plain_writers
-    headers = {k: v for k, v in {"Content-Type": content_type, "Authorization": authorization}.items() if v}
+    headers = {
+        k: v
+        for k, v in {"Content-Type": content_type, "Authorization": authorization, "Idempotency-Key": key}.items()
+        if v is not None and (v or k == "Idempotency-Key")
+    }
     url = f"/users/{quote(user, safe='')}/interactions"
-    fast, slow = quick.post(url, content=body, headers=headers), plain.post(url, content=body, headers=headers)
-    assert (fast.status_code, fast.content) == (slow.status_code, slow.content)
-    assert fast.headers["content-type"] == slow.headers["content-type"]
-    assert fast.status_code != 500
-    event(f"status {fast.status_code}")
+    for _ in range(1 if key is None else 2):  # with a key, the retry too
+        fast, slow = quick.post(url, content=body, headers=headers), plain.post(url, content=body, headers=headers)
+        assert (fast.status_code, fast.content) == (slow.status_code, slow.content)
+        assert fast.headers["content-type"] == slow.headers["content-type"]
+        assert fast.status_code != 500
+        replayed = fast.status_code == 200 and fast.json()["replayed"]
+        event(f"status {fast.status_code}" + (" (replayed)" if replayed else ""))
 
 
 def test_quick_writes_are_measured_and_read_back(ials_dir):
@@ -570,6 +580,7 @@ def test_a_new_user_id_is_created_by_its_first_write_and_served_as_its_history_w
         "added": 2,
         "updated_by": "new user: fold-in of their interactions",
         "applied": True,
+        "replayed": False,
     }
     more = [{"item": 181}]
     client.post("/users/5000/interactions", json={"items": more})

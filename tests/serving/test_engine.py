@@ -486,6 +486,44 @@ def test_postgresql_sequence_numbers_become_visible_in_order(postgres):
     assert later and later[0] > held and store.latest_seq() == later[0]
 
 
+def test_postgresql_commits_each_idempotency_key_once_across_workers(postgres):
+    """Two workers' stores on one PostgreSQL database, eight threads sending each of two keys at once, and an
+    item addition retried: one event per key, every sender told its seq, a key reused for another request
+    refused (the writers' table lock makes each key's lookup and claim one step)."""
+    from recforge.serving.store import AlreadyCommitted, RequestKey, RequestKeyReusedError
+
+    stores = [EventStore(postgres), EventStore(postgres)]
+    before, outcomes = stores[0].count(), []
+    start = threading.Barrier(8)
+
+    def write(n: int) -> None:
+        start.wait()
+        key = RequestKey(f"pg-key-{n % 2}", "same")
+        try:
+            outcomes.append(
+                stores[n // 4].append("interactions", {"user": n, "items": [1], "ratings": [None]}, key=key)
+            )
+        except AlreadyCommitted as exc:
+            outcomes.append(-exc.seq)
+
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert stores[0].count() == before + 2
+    written = sorted(o for o in outcomes if o > 0)
+    assert len(written) == 2 and sorted({abs(o) for o in outcomes}) == written
+    key = RequestKey("pg-items", "same")
+    seq = stores[0].append_items(["pg-item-1"], {"items": [{"item": "pg-item-1"}]}, key=key)
+    with pytest.raises(AlreadyCommitted) as retried:
+        stores[1].append_items(["pg-item-1"], {"items": [{"item": "pg-item-1"}]}, key=key)
+    assert retried.value.seq == seq == stores[1].committed_request(key)
+    with pytest.raises(RequestKeyReusedError):
+        stores[1].append("interactions", {"user": 1, "items": [1], "ratings": [None]}, key=RequestKey("pg-items", "x"))
+    assert stores[0].count() == before + 3
+
+
 def test_a_writer_stuck_holding_the_lock_makes_other_writes_fail_after_the_lock_timeout(postgres, monkeypatch):
     """A write transaction that never ends (a paused worker, a forgotten psql session) holds the writers'
     lock: other writes give up after WRITE_LOCK_SECONDS with StoreUnavailableError (503) and store nothing,

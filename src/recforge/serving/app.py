@@ -26,7 +26,7 @@ from importlib import resources
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Response, Security
+from fastapi import Depends, FastAPI, Header, HTTPException, Path, Query, Request, Response, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -59,7 +59,7 @@ from recforge.serving.schemas import (
     WriteAnswer,
     request_models,
 )
-from recforge.serving.service import STORE_WAIT, RecommenderService
+from recforge.serving.service import REQUEST_KEY, STORE_WAIT, RecommenderService
 from recforge.serving.store import CONNECTIONS, DuplicateItemError, StoreUnavailableError
 
 Count = Annotated[int, Query(ge=1, le=MAX_K)]
@@ -281,8 +281,10 @@ class _QuickPaths:
         user = self._user_in(scope["path"], "/users/", "/interactions")
         headers = dict(scope["headers"]) if user is not None and not scope["query_string"] else {}
         length = headers.get(b"content-length", b"")
+        key = headers.get(b"idempotency-key")
         if not (
-            headers.get(b"content-type") == b"application/json"
+            (key is None or REQUEST_KEY.fullmatch(key.decode("latin-1")))  # (FastAPI renders the error)
+            and headers.get(b"content-type") == b"application/json"
             and length.isdigit()
             and int(length) <= self.MAX_QUICK_BODY
             and len(headers) == len(scope["headers"])  # no repeated header to second-guess
@@ -325,7 +327,9 @@ class _QuickPaths:
             return _send_from_callback(self._send(send, 200 if done.get("applied", True) else 202, body))
 
         try:
-            still_sending = await self.service.add_interactions_async(user, pairs, then=answer)
+            still_sending = await self.service.add_interactions_async(
+                user, pairs, then=answer, key=None if key is None else key.decode("latin-1")
+            )
         except Exception as exc:
             status = next((code for kind, code in ERROR_STATUSES if isinstance(exc, kind)), None)
             if status is None:
@@ -445,6 +449,15 @@ def create_app(
     # reads declare (and check) the bearer scheme only when a read token is configured
     read, write = ([Depends(can_read)] if read_token else []), [Depends(can_write)]
     UserId = Annotated[str, Path(max_length=MAX_ID_LENGTH, pattern=INTEGER_PATTERN if integer_users else None)]
+    IdempotencyKey = Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            pattern=f"^{REQUEST_KEY.pattern}$",
+            description="the client's key for this write (a UUID, say): a retry with the same key and request "
+            "is answered from the write committed first (`replayed`), never committed twice",
+        ),
+    ]
     ItemId = Annotated[str, Path(max_length=MAX_ID_LENGTH, pattern=INTEGER_PATTERN if integer_items else None)]
     NewUserRequest, InteractionsRequest = models.NewUserRequest, models.InteractionsRequest
     NewItemsRequest, PredictRequest = models.NewItemsRequest, models.PredictRequest
@@ -541,23 +554,25 @@ def create_app(
     @app.post(
         "/users/{user_id:path}/interactions", response_model=InteractionsAnswer, responses=ERRORS, dependencies=write
     )
-    async def add_interactions(user_id: UserId, body: InteractionsRequest, response: Response) -> dict:
+    async def add_interactions(
+        user_id: UserId, body: InteractionsRequest, response: Response, idempotency_key: IdempotencyKey = None
+    ) -> dict:
         pairs = [(r.item, r.rating) for r in body.items]
         # as with reads: a write whose validation and update cost well under a millisecond (a factor
         # fold-in) runs on the event loop, its commit in the store's commit thread; the whole write sent
         # to the thread pool waited behind every read the busy loop had queued (p50 ~90 ms instead of
         # ~18 ms at 10% writes); other models, and a PostgreSQL store, go to a thread
         if service.writes_quickly():
-            done = await service.add_interactions_async(user_id, pairs)
+            done = await service.add_interactions_async(user_id, pairs, key=idempotency_key)
         else:
-            done = await run_in_threadpool(service.add_interactions, user_id, pairs)
+            done = await run_in_threadpool(service.add_interactions, user_id, pairs, idempotency_key)
         if not done.get("applied", True):
             response.status_code = 202  # committed, not yet applied by this worker
         return {"user": user_id, "added": len(body.items), **done}
 
     @app.post("/items", response_model=ItemsAnswer, responses=ERRORS, dependencies=write)
-    def add_items(body: NewItemsRequest, response: Response) -> dict:
-        done = service.add_items([item.model_dump(exclude_unset=True) for item in body.items])
+    def add_items(body: NewItemsRequest, response: Response, idempotency_key: IdempotencyKey = None) -> dict:
+        done = service.add_items([item.model_dump(exclude_unset=True) for item in body.items], idempotency_key)
         if not done.get("applied", True):
             response.status_code = 202  # committed, not yet applied by this worker
         return {"added": [item.item for item in body.items], **done}

@@ -191,6 +191,11 @@ class WriteAnswer(BaseModel):
         description="false (status 202): committed, but this worker could not read the store to apply it; it is "
         "applied as soon as it can, and reads here may not show it until then",
     )
+    replayed: bool = Field(
+        False,
+        description="true: a retry of a write committed before under the same Idempotency-Key; nothing new was "
+        "written, and `seq` is that write's event",
+    )
 
 
 class InteractionsAnswer(WriteAnswer):

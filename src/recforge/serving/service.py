@@ -15,6 +15,8 @@ features are finite. Unknown ids raise
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 import threading
@@ -42,7 +44,15 @@ from recforge.models.explain import Reason, explain_history
 from recforge.models.factorization import FactorModel
 from recforge.serving.engine import MAX_NEW_USERS, Engine, Snapshot, check_same_interface
 from recforge.serving.schemas import INTEGER_PATTERN, MAX_ID_LENGTH, MAX_INTEGER_ID, MAX_K
-from recforge.serving.store import CONNECTIONS, Event, EventStore, StoreUnavailableError
+from recforge.serving.store import (
+    CONNECTIONS,
+    MAX_REQUEST_KEY,
+    AlreadyCommitted,
+    Event,
+    EventStore,
+    RequestKey,
+    StoreUnavailableError,
+)
 
 EXPLAIN_TOP = 3  # reasons per recommended item
 STORE_WAIT = 60.0  # seconds a starting worker waits for its database (RECFORGE_STORE_WAIT overrides)
@@ -52,6 +62,7 @@ MAX_EXCLUDED = 10_000  # items one request may exclude
 # a write committed while this worker could not read the store to apply it (answered 202)
 NOT_YET_APPLIED = "not yet: committed; this worker applies it once it can read the event store again"
 _INTEGER = re.compile(INTEGER_PATTERN)
+REQUEST_KEY = re.compile(rf"[\x21-\x7e]{{1,{MAX_REQUEST_KEY}}}")  # an idempotency key: visible ASCII
 
 
 class RecommenderService:
@@ -488,28 +499,47 @@ class RecommenderService:
         return [{"genre": name, "items": count} for name, count in self.current().catalogue.genre_counts()]
 
     # ------------------------------------------------------------------ writes
-    def add_interactions(self, user: Any, ratings: list[tuple[Any, float | None]]) -> dict[str, Any]:
+    def add_interactions(
+        self, user: Any, ratings: list[tuple[Any, float | None]], key: str | None = None
+    ) -> dict[str, Any]:
         """Validate a known user's new interactions, commit them as an event, apply it; returns how.
         Concurrent writers share commits (the store's group commit) and no process-wide lock: whether
-        these interactions are valid does not depend on any other write."""
+        these interactions are valid does not depend on any other write. With an idempotency `key` (the
+        client's, e.g. a UUID): a retry of a write already committed under it is answered from that
+        write's event (`replayed`) instead of committing a second copy."""
         payload = self._interactions_event(user, ratings)
-        seq = self.engine.store.append("interactions", payload, user=str(payload["user"]))
+        keyed = request_key(key, "interactions", payload)
+        try:
+            seq = self.engine.store.append("interactions", payload, user=str(payload["user"]), key=keyed)
+        except AlreadyCommitted as earlier:
+            return self._interactions_applied(payload, earlier.seq, replayed=True)
         return self._interactions_applied(payload, seq)
 
     async def add_interactions_async(
-        self, user: Any, ratings: list[tuple[Any, float | None]], then: Callable[[dict[str, Any]], Any] | None = None
+        self,
+        user: Any,
+        ratings: list[tuple[Any, float | None]],
+        then: Callable[[dict[str, Any]], Any] | None = None,
+        key: str | None = None,
     ) -> Any:
         """`add_interactions` on an event loop: validation and the update run on the loop, the commit (an
         fsync) in the store's commit thread while the loop serves other requests. Returns the answer, or
         what `then(answer)` returns: `then` runs on the loop as soon as it notices the commit, after the
         update (the HTTP layer sends the answer from it)."""
         payload = self._interactions_event(user, ratings)
+        keyed = request_key(key, "interactions", payload)
 
         def applied(seq: int) -> Any:
             answer = self._interactions_applied(payload, seq)
             return answer if then is None else then(answer)
 
-        return await self.engine.store.append_async("interactions", payload, user=str(payload["user"]), then=applied)
+        try:
+            return await self.engine.store.append_async(
+                "interactions", payload, user=str(payload["user"]), then=applied, key=keyed
+            )
+        except AlreadyCommitted as earlier:
+            answer = self._interactions_applied(payload, earlier.seq, replayed=True)
+            return answer if then is None else then(answer)
 
     def _interactions_event(self, user: Any, ratings: list[tuple[Any, float | None]]) -> dict[str, Any]:
         """The event payload of a user's new interactions, validated against the current state (a user the
@@ -532,30 +562,37 @@ class RecommenderService:
         }
         return payload
 
-    def _interactions_applied(self, payload: dict[str, Any], seq: int) -> dict[str, Any]:
+    def _interactions_applied(self, payload: dict[str, Any], seq: int, replayed: bool = False) -> dict[str, Any]:
+        """The answer to a write committed as event `seq` once this worker has applied it (a `replayed`
+        write's event, committed by an earlier attempt, is read back from the store)."""
+        own = None if replayed else Event(seq, "interactions", str(payload["user"]), payload, time.time())
         try:
-            self.engine.catch_up(upto=seq, own=Event(seq, "interactions", str(payload["user"]), payload, time.time()))
+            self.engine.catch_up(upto=seq, own=own)
         except StoreUnavailableError:  # committed: a 503 would invite a retry, a second copy of the write
-            return {"seq": seq, "updated_by": NOT_YET_APPLIED, "applied": False}
+            return {"seq": seq, "updated_by": NOT_YET_APPLIED, "applied": False, "replayed": replayed}
+        return {"seq": seq, "updated_by": self._updated_by(payload), "replayed": replayed}
+
+    def _updated_by(self, payload: dict[str, Any]) -> str:
+        """How the user's state took a write of `payload` (after it was applied)."""
         snapshot = self.engine.snapshot
         model = snapshot.model
         index = model.users_.position(payload["user"])  # (a model swap in between may have learned a newcomer)
         if index is None:
             update = snapshot.newcomers.get(payload["user"])
             folded = update is not None and update.vector is not None
-            return {"seq": seq, "updated_by": "new user: " + ("fold-in of their interactions" if folded else "history")}
+            return "new user: " + ("fold-in of their interactions" if folded else "history")
         update = snapshot.updates.get(index)
         if update is None or update.vector is None:
-            how = "history overlay"
-        elif RATINGS in model.capabilities and any(v is not None for v in payload["ratings"]):
-            how = "MAP update of the user's factors"
-        else:
-            how = "fold-in of the user's whole history"
-        return {"seq": seq, "updated_by": how}
+            return "history overlay"
+        if RATINGS in model.capabilities and any(v is not None for v in payload["ratings"]):
+            return "MAP update of the user's factors"
+        return "fold-in of the user's whole history"
 
-    def add_items(self, items: list[dict[str, Any]]) -> dict[str, Any]:
+    def add_items(self, items: list[dict[str, Any]], key: str | None = None) -> dict[str, Any]:
         """Validate brand-new items (models with an item tower), claim their ids in the store (one writer
-        wins a race for an id; the others get a 409), commit, apply."""
+        wins a race for an id; the others get a 409), commit, apply. With an idempotency `key`, a retry of
+        a write committed under it is answered from that write (`replayed`), not with a 409 for its own
+        items."""
         from recforge.serving.store import DuplicateItemError
 
         with self.engine.write_lock:
@@ -568,18 +605,26 @@ class RecommenderService:
             if len(set(map(str, ids))) != len(ids):
                 raise ConfigError("items: the same new item id is given twice")
             taken = [i for i in ids if model.items_.position(i) is not None]
-            if taken:
+            keyed = request_key(key, "items", entries)
+            earlier = None if keyed is None or not taken else self.engine.store.committed_request(keyed)
+            if taken and earlier is None:  # (a retry of a committed write finds its own items: not a 409)
                 raise DuplicateItemError(f"items already in the catalogue: {taken[:5]}")
-            snapshot.with_items(entries)  # fails here, before anything is committed, if the tower cannot embed them
-            seq = self.engine.store.append_items([str(i) for i in ids], {"items": entries})
+            if earlier is None:
+                snapshot.with_items(entries)  # fails here, before anything is committed, if the tower cannot embed them
+                try:
+                    seq = self.engine.store.append_items([str(i) for i in ids], {"items": entries}, key=keyed)
+                except AlreadyCommitted as committed:  # (another worker, a moment ago)
+                    earlier = committed.seq
+            replayed = earlier is not None
+            seq = earlier if replayed else seq
             try:
                 self.engine.catch_up()
-            except StoreUnavailableError:  # committed (a retry would meet its own ids: 409)
-                return {"seq": seq, "embedded_by": NOT_YET_APPLIED, "applied": False}
+            except StoreUnavailableError:  # committed (a retry without the key would meet its own ids: 409)
+                return {"seq": seq, "embedded_by": NOT_YET_APPLIED, "applied": False, "replayed": replayed}
         described = pd.DataFrame([{k: v for k, v in entry.items() if k not in ("item", "title")} for entry in entries])
         unseen = [value for row in model.unseen_feature_values(described, "item") for value in row]  # type: ignore[attr-defined]
         note = unknown_values_note(unseen) if unseen else ""
-        return {"seq": seq, "embedded_by": "item tower (features, unknown ID)", "note": note}
+        return {"seq": seq, "embedded_by": "item tower (features, unknown ID)", "note": note, "replayed": replayed}
 
     def promote(self, path: str) -> int:
         """Record a model artifact as the one to serve: checked first (it must load, and fit the catalogue
@@ -670,6 +715,22 @@ class RecommenderService:
     def _searched(self, snapshot: Snapshot, vector: np.ndarray, k: int, exclude: Any, path: str) -> dict[str, Any]:
         items, scores = snapshot.indexed.recommend_vector(vector, k, exclude)  # type: ignore[union-attr]
         return self.render(snapshot, _one(snapshot.model, items[None, :], scores[None, :], path + "+ann"))
+
+
+def request_key(key: str | None, *request: Any) -> RequestKey | None:
+    """The store's RequestKey of a write with an idempotency key: the key (checked: 1 to 255 visible ASCII
+    characters) and a digest of the request (`request`: the write's kind and its validated event payload,
+    in which ids have the vocabulary's type), so a key reused for another request is told apart from a
+    retry."""
+    if key is None:
+        return None
+    if not isinstance(key, str) or not REQUEST_KEY.fullmatch(key):
+        raise ConfigError(
+            f"Idempotency-Key must be 1 to {MAX_REQUEST_KEY} visible ASCII characters (a UUID, say), "
+            f"not {str(key)[:80]!r}"
+        )
+    text = json.dumps(request, default=str, separators=(",", ":"), sort_keys=True, allow_nan=True)
+    return RequestKey(key, hashlib.sha256(text.encode()).hexdigest())
 
 
 def resolve(vocabulary: Any, raw: Any, field: str, from_url: bool = False) -> int:

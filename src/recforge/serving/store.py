@@ -11,8 +11,10 @@ One code path for every database, through SQLAlchemy Core:
   not only of the process) and a busy timeout for concurrent writers;
 - PostgreSQL: `postgresql://user@host:port/db` (psycopg 3).
 
-Tables: `events(seq, kind, user_id, payload, created)` where payload is JSON, and `items(item_id, seq)`,
-whose primary key makes concurrent additions of one item id resolve to exactly one winner.
+Tables: `events(seq, kind, user_id, payload, created)` where payload is JSON; `items(item_id, seq)`,
+whose primary key makes concurrent additions of one item id resolve to exactly one winner; and
+`requests(request_key, fingerprint, seq)`, the idempotency keys of writes that carried one (a retried
+write finds its first attempt's event instead of committing a second copy).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ _TOO_MANY_HINT = (
     " (each worker opens up to RECFORGE_STORE_CONNECTIONS connections, default 16: workers x connections, plus"
     " other clients, must stay under the server's max_connections)"
 )
+MAX_REQUEST_KEY = 255  # characters of an idempotency key
 SCHEMA_LOCK_KEY = 0x7265_6366_6F72_6765 & 0x7FFF_FFFF_FFFF_FFFF  # "recforge": PostgreSQL advisory lock id
 
 
@@ -71,6 +74,34 @@ class DuplicateItemError(ConfigError):
 
 class StoreUnavailableError(RuntimeError):
     """The database could not be reached or refused the write: nothing was committed."""
+
+
+@dataclass(frozen=True)
+class RequestKey:
+    """A write's idempotency key (chosen by the client) and the fingerprint of what the write asks (the
+    service's digest of the request), committed with the write's event."""
+
+    key: str
+    fingerprint: str
+
+
+class AlreadyCommitted(Exception):
+    """The write's request key was committed before, with the same request: its event is `seq`, and
+    nothing new was written."""
+
+    def __init__(self, seq: int) -> None:
+        super().__init__(f"already committed as event {seq}")
+        self.seq = seq
+
+
+class RequestKeyReusedError(ConfigError):
+    """A request key committed before with a different request: nothing was written."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(
+            f"Idempotency-Key {key[:80]!r} was used before for a different request; a retry must repeat its "
+            "request exactly, and a new request needs a new key"
+        )
 
 
 _POSTGRESQL = ("postgresql", "postgres", "postgresql+psycopg")  # the spellings of PostgreSQL URLs in use
@@ -159,6 +190,13 @@ class EventStore:
             "recforge_items",
             metadata,
             sa.Column("item_id", sa.String(256), primary_key=True),
+            sa.Column("seq", sa.BigInteger, nullable=False),
+        )
+        self.requests = sa.Table(  # (a store made before it gets it at its next opening: `_create_missing`)
+            "recforge_requests",
+            metadata,
+            sa.Column("request_key", sa.String(MAX_REQUEST_KEY), primary_key=True),
+            sa.Column("fingerprint", sa.String(64), nullable=False),
             sa.Column("seq", sa.BigInteger, nullable=False),
         )
         self._sa = sa
@@ -275,15 +313,20 @@ class EventStore:
         return cls(f"sqlite:///{artifact.parent / (artifact.name + '.events.sqlite')}")
 
     # ------------------------------------------------------------------ writing
-    def append(self, kind: str, payload: dict[str, Any], user: str | None = None) -> int:
+    def append(self, kind: str, payload: dict[str, Any], user: str | None = None, key: RequestKey | None = None) -> int:
         """Commit one event; returns its sequence number. Nothing is acknowledged before this returns.
 
         Group commit: events appended concurrently by this process (threads, or `append_async` on an event
         loop) share one transaction (one fsync). A thread that finds no commit in progress leads: it
         commits every event waiting when it starts, then those that arrived meanwhile, until none is left;
         the others wait for their event's outcome. A failed transaction fails every event in it and
-        commits none."""
-        pending = _Pending(kind, _encode(kind, payload), user)
+        commits none.
+
+        With a request `key`, the event is committed only if the key is new (the key with it, in the same
+        transaction); a key committed before raises AlreadyCommitted with that event's seq (the same
+        request) or RequestKeyReusedError (another one), and nothing is written. Of writes carrying one key
+        at once, one commits and the others meet it."""
+        pending = _Pending(kind, _encode(kind, payload), user, key=key)
         if self._enqueue(pending):
             self._drain()
         else:
@@ -291,21 +334,29 @@ class EventStore:
         return pending.outcome()
 
     async def append_async(
-        self, kind: str, payload: dict[str, Any], user: str | None = None, then: Callable[[int], Any] | None = None
+        self,
+        kind: str,
+        payload: dict[str, Any],
+        user: str | None = None,
+        then: Callable[[int], Any] | None = None,
+        key: RequestKey | None = None,
     ) -> Any:
         """`append` for an event loop, which serves other requests while the commit runs in the store's
         commit thread; returns the sequence number, or what `then(seq)` returns. `then` runs on the loop
         as soon as it notices the commit (`_Doorbell`), before the coroutine resumes: the HTTP layer sends
-        the write's answer from it. On the loop, a SQLite commit stopped every request of the process
-        for its fsync (~0.3 ms alone, ~0.9 ms on a loaded machine, plus any wait for another worker's
-        commit: 15% of a loaded worker's time at 10% writes). One thread leads every commit of the loop's
-        writes: a thread per write made them contend with the loop for the GIL."""
+        the write's answer from it (not for a key committed before: AlreadyCommitted is raised instead).
+        On the loop, a SQLite commit stopped every request of the process for its fsync (~0.3 ms alone,
+        ~0.9 ms on a loaded machine, plus any wait for another worker's commit: 15% of a loaded worker's
+        time at 10% writes). One thread leads every commit of the loop's writes: a thread per write made
+        them contend with the loop for the GIL."""
         loop = asyncio.get_running_loop()
         with self._queue_lock:
             bell = self._bells.get(loop)
             if bell is None:
                 bell = self._bells[loop] = _Doorbell(loop)
-        pending = _Pending(kind, _encode(kind, payload), user, bell=bell, future=loop.create_future(), then=then)
+        pending = _Pending(
+            kind, _encode(kind, payload), user, key=key, bell=bell, future=loop.create_future(), then=then
+        )
         if self._enqueue(pending):
             self._committer.submit(self._drain)
         return await pending.future  # type: ignore[misc]
@@ -328,11 +379,14 @@ class EventStore:
                     return
             try:
                 if self._sqlite_file is not None:
-                    seqs = self._commit_sqlite(batch)
+                    outcomes = self._commit_sqlite(batch)
                 else:
-                    seqs = self._write(lambda connection, rows=batch: [self._insert_text(connection, p) for p in rows])
-                for entry, seq in zip(batch, seqs, strict=True):
-                    entry.seq = seq
+                    outcomes = self._write(lambda connection, rows=batch: self._insert_rows(connection, rows))
+                for entry, outcome in zip(batch, outcomes, strict=True):
+                    if isinstance(outcome, Exception):
+                        entry.error = outcome
+                    else:
+                        entry.seq = outcome
             except Exception as exc:
                 for entry in batch:
                     entry.error = exc
@@ -358,11 +412,38 @@ class EventStore:
                 _sqlite_pragmas(connection, None)
                 self._writer = connection
             with self._writers_of_this_file():
-                seqs = self._insert_batch(connection, batch)
-                self._published.publish(seqs[-1])  # type: ignore[union-attr]
-                return seqs
+                if any(entry.key is not None for entry in batch):
+                    outcomes = self._insert_keyed_batch(connection, batch)
+                else:
+                    outcomes = self._insert_batch(connection, batch)
+                seqs = [outcome for outcome in outcomes if not isinstance(outcome, Exception)]
+                if seqs:  # (none when every write of the batch was committed before)
+                    self._published.publish(max(seqs))  # type: ignore[union-attr]
+                return outcomes
         except sqlite3.Error as exc:
             raise self._unavailable("refused the write", exc) from exc
+
+    def _insert_keyed_batch(self, connection: sqlite3.Connection, batch: list[_Pending]) -> list[int | Exception]:
+        """`_insert_batch` for a batch with request keys: one transaction that looks the keys up, inserts
+        the events of the new ones and commits those keys with them (the writers' lock is held: nobody
+        commits a key in between)."""
+        keys = sorted({entry.key.key for entry in batch if entry.key is not None})
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            rows = connection.execute(
+                f"SELECT request_key, fingerprint, seq FROM recforge_requests WHERE request_key IN "
+                f"({','.join('?' * len(keys))})",
+                keys,
+            ).fetchall()
+            plan = _KeyedBatch(batch, {key: (fingerprint, int(seq)) for key, fingerprint, seq in rows})
+            seqs = self._insert_batch(connection, plan.fresh) if plan.fresh else []
+            connection.executemany("INSERT INTO recforge_requests VALUES (?, ?, ?)", plan.key_rows(seqs))
+            connection.execute("COMMIT")
+        except BaseException:
+            if connection.in_transaction:
+                connection.execute("ROLLBACK")
+            raise
+        return plan.outcomes(seqs)
 
     def _insert_batch(self, connection: sqlite3.Connection, batch: list[_Pending]) -> list[int]:
         """The batch as one multi-row INSERT in autocommit mode: one statement is one transaction (its
@@ -392,14 +473,21 @@ class EventStore:
         except WritersLockTimeout as exc:
             raise sqlite3.OperationalError(f"the writers' lock: {exc}") from exc
 
-    def append_items(self, item_ids: list[str], payload: dict[str, Any]) -> int:
+    def append_items(self, item_ids: list[str], payload: dict[str, Any], key: RequestKey | None = None) -> int:
         """Commit an `items` event together with the item ids it claims, in one transaction: if any id is
         already claimed (now, or by a concurrent writer), nothing is written and DuplicateItemError says
-        which."""
+        which. A request `key` as in `append` (looked up first: a retry of a committed write raises
+        AlreadyCommitted, not DuplicateItemError for its own items)."""
         sa = self._sa
 
         def write(connection: Any) -> int:
+            if key is not None:
+                plan = _KeyedBatch([_Pending("items", "", None, key=key)], self._committed_keys(connection, [key.key]))
+                if not plan.fresh:
+                    raise plan.outcomes([])[0]  # type: ignore[misc]
             seq = self._insert(connection, "items", payload, None)
+            if key is not None:
+                self._insert_keys(connection, [(key.key, key.fingerprint, seq)])
             try:
                 connection.execute(self.items.insert(), [{"item_id": i, "seq": seq} for i in item_ids])
             except sa.exc.IntegrityError as exc:
@@ -413,6 +501,47 @@ class EventStore:
 
     def _insert(self, connection: Any, kind: str, payload: dict[str, Any], user: str | None) -> int:
         return self._insert_text(connection, _Pending(kind, _encode(kind, payload), user))
+
+    def _insert_rows(self, connection: Any, batch: list[_Pending]) -> list[int | Exception]:
+        """A group commit's events through Core (writers already serialized), and the request keys of the
+        ones that carry a key not committed before."""
+        keys = sorted({entry.key.key for entry in batch if entry.key is not None})
+        if not keys:
+            return [self._insert_text(connection, entry) for entry in batch]
+        plan = _KeyedBatch(batch, self._committed_keys(connection, keys))
+        seqs = [self._insert_text(connection, entry) for entry in plan.fresh]
+        self._insert_keys(connection, plan.key_rows(seqs))
+        return plan.outcomes(seqs)
+
+    def _insert_keys(self, connection: Any, rows: list[tuple[str, str, int]]) -> None:
+        if rows:
+            connection.execute(
+                self.requests.insert(), [{"request_key": k, "fingerprint": f, "seq": seq} for k, f, seq in rows]
+            )
+
+    def committed_request(self, key: RequestKey) -> int | None:
+        """The seq of the event committed under `key` (None if none was; RequestKeyReusedError if it came
+        with another request)."""
+        sa = self._sa
+        try:
+            with self._connection() as connection:
+                found = self._committed_keys(connection, [key.key])
+        except sa.exc.SQLAlchemyError as exc:
+            raise self._unavailable("cannot be read", exc) from exc
+        if key.key not in found:
+            return None
+        fingerprint, seq = found[key.key]
+        if fingerprint != key.fingerprint:
+            raise RequestKeyReusedError(key.key)
+        return seq
+
+    def _committed_keys(self, connection: Any, keys: list[str]) -> dict[str, tuple[str, int]]:
+        """{key: (fingerprint, seq)} of those of `keys` committed before."""
+        table = self.requests
+        query = self._sa.select(table.c.request_key, table.c.fingerprint, table.c.seq).where(
+            table.c.request_key.in_(keys)
+        )
+        return {row.request_key: (row.fingerprint, int(row.seq)) for row in connection.execute(query)}
 
     def _insert_text(self, connection: Any, pending: _Pending) -> int:
         result = connection.execute(
@@ -431,7 +560,7 @@ class EventStore:
             if self._published is not None:  # elsewhere there is no shared counter, only the database
                 self.refresh_published()
             return done
-        except DuplicateItemError:
+        except (DuplicateItemError, AlreadyCommitted, RequestKeyReusedError):
             raise
         except sa.exc.SQLAlchemyError as exc:
             raise self._unavailable("refused the write", exc) from exc
@@ -569,6 +698,7 @@ class _Pending:
     kind: str
     text: str
     user: str | None
+    key: RequestKey | None = None
     seq: int | None = None
     error: BaseException | None = None
     done: threading.Event = field(default_factory=threading.Event)
@@ -586,6 +716,54 @@ class _Pending:
         if self.error is not None:
             raise self.error
         return self.seq  # type: ignore[return-value]
+
+
+class _KeyedBatch:
+    """Which events of a group commit to insert, given the request keys committed before (`committed`:
+    {key: (fingerprint, seq)}): those without a key and those whose key is new (`fresh`). An event whose
+    key was committed before is answered with its earlier event (AlreadyCommitted) or refused
+    (RequestKeyReusedError, another request); one whose key an earlier event of this batch carries waits
+    for that event's seq."""
+
+    def __init__(self, batch: list[_Pending], committed: dict[str, tuple[str, int]]) -> None:
+        self.batch, self.fresh = batch, []
+        self._first: dict[str, int] = {}  # key -> index in `fresh` of the batch's first event with it
+        self._settled: dict[int, tuple[str, tuple[str, int] | int]] = {}  # index in batch -> (key, earlier)
+        for n, entry in enumerate(batch):
+            key = entry.key
+            if key is not None and key.key in committed:
+                self._settled[n] = (key.key, committed[key.key])
+            elif key is not None and key.key in self._first:
+                self._settled[n] = (key.key, self._first[key.key])
+            else:
+                if key is not None:
+                    self._first[key.key] = len(self.fresh)
+                self.fresh.append(entry)
+
+    def key_rows(self, seqs: list[int]) -> list[tuple[str, str, int]]:
+        """(key, fingerprint, seq) of the keys the fresh events commit, given their seqs."""
+        return [
+            (entry.key.key, entry.key.fingerprint, seq)
+            for entry, seq in zip(self.fresh, seqs, strict=True)
+            if entry.key is not None
+        ]
+
+    def outcomes(self, seqs: list[int]) -> list[int | Exception]:
+        """Each event's outcome in batch order: its seq, AlreadyCommitted or RequestKeyReusedError."""
+        fresh = iter(seqs)
+        answers: list[int | Exception] = []
+        for n, entry in enumerate(self.batch):
+            if n not in self._settled:
+                answers.append(next(fresh))
+                continue
+            key, earlier = self._settled[n]
+            if isinstance(earlier, int):  # an event of this batch
+                first = self.fresh[earlier]
+                earlier = (first.key.fingerprint, seqs[earlier])  # type: ignore[union-attr]
+            fingerprint, seq = earlier
+            same = fingerprint == entry.key.fingerprint  # type: ignore[union-attr]
+            answers.append(AlreadyCommitted(seq) if same else RequestKeyReusedError(key))
+        return answers
 
 
 class _Doorbell:
