@@ -434,12 +434,14 @@ def test_two_workers_read_their_writes_every_time(ials_dir, ml100k, tmp_path):
     check_two_workers_read_their_writes(ials_dir, f"sqlite:///{tmp_path / 'events.sqlite'}", ml100k, 1000)
 
 
-def test_two_workers_read_their_writes_through_pgbouncer(ials_dir, ml100k):
+@pytest.mark.parametrize(("mode", "pool_size"), [("transaction", 2), ("session", 40)])
+def test_two_workers_read_their_writes_through_pgbouncer(ials_dir, ml100k, mode, pool_size):
     """Transaction pooling hands each of a worker's transactions to any server connection: a write committed
-    through one is still seen by the other worker's next read."""
+    through one is still seen by the other worker's next read. Session pooling (a server connection per
+    client connection while it lasts, so the pool must hold every worker's connections: 2 x 16) likewise."""
     if postgres_binaries() is None or pgbouncer_binary() is None:
         pytest.skip("PostgreSQL or PgBouncer is not installed (make test installs Debian's packages)")
-    with postgres_cluster() as database, pgbouncer(database, "transaction", pool_size=2) as url:
+    with postgres_cluster() as database, pgbouncer(database, mode, pool_size=pool_size) as url:
         check_two_workers_read_their_writes(ials_dir, url, ml100k, 300)
 
 
@@ -600,9 +602,15 @@ def test_a_server_paused_again_and_again_under_load_loses_nothing_and_answers_on
     four readers, while the whole database server is paused (SIGSTOP) for 2, 12 and 4 s with 3 s between.
     Every answer is 200, 202 or 503 (no 500, no dropped connection), every acknowledged write is stored, stale
     reads are answered once reads have waited out their bound (5 s of silence, then a connection that cannot
-    open within 5 s), and both workers end on the same last event. (Longer runs, six pauses of 1.5-12 s:
-    6,055-6,481 writes acknowledged, all stored, 18-21k stale answers, no read over 9.1 s.)"""
+    open within 5 s), and both workers end on the same last event. Writers send each write with its own
+    Idempotency-Key and retry it after a 503 or a broken connection until it is acknowledged: every event is
+    one key's (none committed twice, none without its key), and each acknowledged key's event is the seq its
+    answer gave. (Longer runs, six pauses of 1.5-12 s: 6,055-6,481 writes acknowledged, all stored, 18-21k
+    stale answers, no read over 9.1 s.)"""
     import collections
+    import uuid
+
+    import sqlalchemy as sa
 
     if postgres_binaries() is None:
         pytest.skip("PostgreSQL is not installed (make test installs Debian's postgresql package)")
@@ -612,18 +620,24 @@ def test_a_server_paused_again_and_again_under_load_loses_nothing_and_answers_on
         try:
             server.wait_workers(2)
             stop, lock = threading.Event(), threading.Lock()
-            acknowledged, statuses, stale = [], collections.Counter(), [0]
+            acknowledged, statuses, stale = {}, collections.Counter(), [0]
 
             def client_loop(seed: int, write: bool) -> None:
-                rng = random.Random(seed)
+                rng, retry = random.Random(seed), None  # retry: (key, user, body) of a write not acknowledged
                 with server.client() as client:
                     client.timeout = httpx.Timeout(90)  # longer than any bound: a stuck request shows as slow
                     while not stop.is_set():
                         user = int(rng.choice(users))
                         try:
                             if write:
-                                body = {"items": [{"item": int(rng.choice(items))}]}
-                                answer = client.post(f"/users/{user}/interactions", json=body)
+                                key, user, body = retry or (
+                                    str(uuid.UUID(int=rng.getrandbits(128))),
+                                    user,
+                                    {"items": [{"item": int(rng.choice(items))}]},
+                                )
+                                retry = (key, user, body)
+                                headers = {"Idempotency-Key": key}
+                                answer = client.post(f"/users/{user}/interactions", json=body, headers=headers)
                             else:
                                 answer = client.get(f"/users/{user}/recommendations")
                         except httpx.HTTPError as exc:
@@ -631,7 +645,9 @@ def test_a_server_paused_again_and_again_under_load_loses_nothing_and_answers_on
                         with lock:
                             statuses[getattr(answer, "status_code", type(answer).__name__)] += 1
                             if write and getattr(answer, "status_code", 0) in (200, 202):
-                                acknowledged.append(answer.json()["seq"])
+                                acknowledged[key] = answer.json()["seq"]
+                                statuses["replayed"] += answer.json()["replayed"]
+                                retry = None
                             if not write and "x-recforge-stale" in getattr(answer, "headers", {}):
                                 stale[0] += 1
 
@@ -647,10 +663,14 @@ def test_a_server_paused_again_and_again_under_load_loses_nothing_and_answers_on
             for thread in threads:
                 thread.join(120)
             assert not any(thread.is_alive() for thread in threads)
-            assert set(statuses) <= {200, 202, 503}, statuses
+            assert set(statuses) <= {200, 202, 503, "replayed"}, statuses
             assert len(acknowledged) > 200 and stale[0] > 0, (len(acknowledged), stale[0])
-            stored = {event.seq for event in EventStore(database.url).events_after(0)}
-            assert set(acknowledged) <= stored
+            store = EventStore(database.url)
+            stored = [event.seq for event in store.events_after(0)]
+            with store.engine.connect() as connection:
+                keys = dict(connection.execute(sa.text("SELECT request_key, seq FROM recforge_requests")).all())
+            assert sorted(keys.values()) == stored  # every event is one key's write, and no key's twice
+            assert all(keys[key] == seq for key, seq in acknowledged.items())  # acknowledged as committed
             latest, applied, deadline = max(stored), {}, time.monotonic() + 30
             while time.monotonic() < deadline and not (len(applied) == 2 and set(applied.values()) == {latest}):
                 with httpx.Client(base_url=server.url, timeout=5) as client:  # a new connection: either worker

@@ -17,6 +17,7 @@ connection lost mid-commit; it was not acknowledged.
 from __future__ import annotations
 
 import contextlib
+import math
 import threading
 import time
 from collections.abc import Generator, Iterator
@@ -44,6 +45,18 @@ def bounded(seconds: float) -> Iterator[None]:
 
 def current_bound() -> float:
     return getattr(_current, "seconds", None) or SLOW_SILENCE
+
+
+def connect_seconds(bound: float) -> int:
+    """libpq's `connect_timeout` for a connection opened within a wait bounded by `bound` seconds (libpq
+    counts whole seconds, at least 2)."""
+    return max(2, math.ceil(bound))
+
+
+def longest_read_wait() -> float:
+    """The longest a read on the request path waits for a server that has gone silent: its silence bound,
+    then the replacement connection's start (a stale-reads allowance must exceed it to bridge a hang)."""
+    return READ_SILENCE + connect_seconds(READ_SILENCE)
 
 
 def _until_silent_for(gen: Generator[Any, Any, Any], seconds: float, silent: list[bool]) -> Generator[Any, Any, Any]:
