@@ -247,3 +247,17 @@ def test_new_items_retried_with_their_key_are_not_a_conflict(ml100k, tmp_path):
     assert service.engine.store.count() == 1
     taken = client.post("/items", json={"items": [{**new, "item": 50}]}, headers={"Idempotency-Key": "items-2"})
     assert taken.status_code == 409 and service.engine.store.count() == 1  # a fresh key does not excuse a taken id
+
+
+def test_a_promotion_retried_with_its_key_is_one_model_event(ials_dir):
+    """A retried `POST /admin/models` without a key commits a second model event, and every worker loads
+    the model again; with its key the retry is the first promotion's answer."""
+    service = RecommenderService.from_artifact(ials_dir, "sqlite://")
+    client = serve(service)
+    key = {"Idempotency-Key": "promote-1"}
+    first = client.post("/admin/models", json={"path": str(ials_dir)}, headers=key)
+    assert first.status_code == 200 and first.json()["replayed"] is False
+    again = client.post("/admin/models", json={"path": str(ials_dir)}, headers=key)
+    assert again.status_code == 200 and again.json() == {**first.json(), "replayed": True}
+    assert service.engine.store.count("model") == 1
+    assert client.post("/admin/models", json={"path": str(ials_dir)}).json()["seq"] == first.json()["seq"] + 1

@@ -626,10 +626,11 @@ class RecommenderService:
         note = unknown_values_note(unseen) if unseen else ""
         return {"seq": seq, "embedded_by": "item tower (features, unknown ID)", "note": note, "replayed": replayed}
 
-    def promote(self, path: str) -> int:
+    def promote(self, path: str, key: str | None = None) -> dict[str, Any]:
         """Record a model artifact as the one to serve: checked first (it must load, and fit the catalogue
         of items added through the service), then committed as a `model` event that every worker applies
-        by swapping in the background."""
+        by swapping in the background. With an idempotency `key`, a retry of a promotion committed under
+        it is answered from that event (`replayed`) instead of making every worker load the model again."""
         from recforge.artifacts import read_manifest
 
         artifact = Path(path).resolve()
@@ -639,10 +640,17 @@ class RecommenderService:
             check_same_interface(self.model, fresh.model)
         except Exception as exc:
             raise ConfigError(f"path: cannot serve {path!r}: {exc}") from exc
+        payload = {"path": str(artifact), "cutoff": fresh.cutoff}
         with self.engine.write_lock:
-            seq = self.engine.store.append("model", {"path": str(artifact), "cutoff": fresh.cutoff})
+            try:
+                seq, replayed = (
+                    self.engine.store.append("model", payload, key=request_key(key, "model", payload)),
+                    False,
+                )
+            except AlreadyCommitted as earlier:
+                seq, replayed = earlier.seq, True
             self.engine.catch_up()
-        return seq
+        return {"seq": seq, "replayed": replayed}
 
     # ------------------------------------------------------------------ validation
     def _checked_ratings(
