@@ -165,6 +165,7 @@ def test_a_retried_write_is_answered_from_its_first_commit_and_applied_once(ials
     assert again.status_code == 200, again.text
     assert again.json() == {**first.json(), "replayed": True}
     assert service.engine.store.count() == 1 and service.engine.applied_total == 1
+    assert "recforge_writes_replayed_total 1.0" in client.get("/metrics").text
     plain = client.post("/users/13/interactions", json=body)  # no key: a second write of the same items
     assert plain.json()["seq"] == 2 and plain.json()["replayed"] is False
 

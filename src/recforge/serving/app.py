@@ -635,6 +635,10 @@ def create_app(
                 "reads answered from an unconfirmed state during a store outage (--stale-reads)",
                 service.stale_answers,
             ),
+            "recforge_writes_replayed_total": (
+                "writes answered from an earlier commit of their Idempotency-Key (client retries)",
+                service.replayed_writes,
+            ),
             "recforge_read_batches": ("batches of exact-search reads this worker scored", reads.batches),
             "recforge_read_batch_largest": ("the most reads scored in one batch", reads.largest_batch),
         }

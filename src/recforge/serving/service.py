@@ -87,7 +87,8 @@ class RecommenderService:
         self.max_k, self.stale_reads = max_k, float(stale_reads)
         self.answered_stale_at = -math.inf  # monotonic time of the latest read answered while unconfirmed
         self.stale_answers = 0  # reads answered so (for /metrics)
-        self._stale_lock = threading.Lock()
+        self.replayed_writes = 0  # writes answered from an earlier commit of their idempotency key (for /metrics)
+        self._counts_lock = threading.Lock()
         if engine is None:
             if model is None:
                 raise ConfigError("a service needs a model or an engine")
@@ -150,9 +151,15 @@ class RecommenderService:
         return engine.snapshot
 
     def _answered_stale(self) -> None:
-        with self._stale_lock:
+        with self._counts_lock:
             self.answered_stale_at = time.monotonic()
             self.stale_answers += 1
+
+    def _replayed(self, seq: int) -> tuple[int, bool]:
+        """(seq, True) for a write answered from its key's earlier commit, counted."""
+        with self._counts_lock:
+            self.replayed_writes += 1
+        return seq, True
 
     def stale_for(self, since: float) -> float | None:
         """How many seconds the state was unconfirmed if a read was answered from it while unconfirmed at
@@ -566,6 +573,8 @@ class RecommenderService:
         """The answer to a write committed as event `seq` once this worker has applied it (a `replayed`
         write's event, committed by an earlier attempt, is read back from the store)."""
         own = None if replayed else Event(seq, "interactions", str(payload["user"]), payload, time.time())
+        if replayed:
+            self._replayed(seq)
         try:
             self.engine.catch_up(upto=seq, own=own)
         except StoreUnavailableError:  # committed: a 503 would invite a retry, a second copy of the write
@@ -615,8 +624,7 @@ class RecommenderService:
                     seq = self.engine.store.append_items([str(i) for i in ids], {"items": entries}, key=keyed)
                 except AlreadyCommitted as committed:  # (another worker, a moment ago)
                     earlier = committed.seq
-            replayed = earlier is not None
-            seq = earlier if replayed else seq
+            seq, replayed = (seq, False) if earlier is None else self._replayed(earlier)
             try:
                 self.engine.catch_up()
             except StoreUnavailableError:  # committed (a retry without the key would meet its own ids: 409)
@@ -648,7 +656,7 @@ class RecommenderService:
                     False,
                 )
             except AlreadyCommitted as earlier:
-                seq, replayed = earlier.seq, True
+                seq, replayed = self._replayed(earlier.seq)
             self.engine.catch_up()
         return {"seq": seq, "replayed": replayed}
 
