@@ -481,16 +481,11 @@ def test_quick_writes_are_measured_and_read_back(ials_dir):
     assert counts["/users/{user_id}/interactions 200"] == 1
 
 
-@pytest.mark.parametrize("quick", [True, False], ids=["quick path", "FastAPI route"])
-def test_a_write_committed_while_the_store_cannot_be_read_to_apply_it_answers_202(ials_dir, monkeypatch, quick):
-    """The commit succeeded, then reading the store to apply it failed (the database went away in between,
-    with another worker's events to read first): a 503 would invite a retry and a second copy of the write,
-    so the answer is 202 with `applied` false; the event is in the store and is applied once it can be read."""
+def applying_own_writes_fails(service: RecommenderService, monkeypatch) -> None:
+    """From now on (until `monkeypatch.undo()`), the service's writes commit and then cannot read the store
+    to apply their own event (the database went away between the two)."""
     from recforge.serving.store import StoreUnavailableError
 
-    service = RecommenderService.from_artifact(ials_dir, "sqlite://")
-    client = serve(service, quick_paths=quick)
-    item = client.get("/users/13/recommendations?k=5").json()["items"][0]["item"]
     catch_up = service.engine.catch_up
 
     def applying_fails(upto=None, own=None):
@@ -499,6 +494,17 @@ def test_a_write_committed_while_the_store_cannot_be_read_to_apply_it_answers_20
         return catch_up(upto, own)
 
     monkeypatch.setattr(service.engine, "catch_up", applying_fails)
+
+
+@pytest.mark.parametrize("quick", [True, False], ids=["quick path", "FastAPI route"])
+def test_a_write_committed_while_the_store_cannot_be_read_to_apply_it_answers_202(ials_dir, monkeypatch, quick):
+    """The commit succeeded, then reading the store to apply it failed (the database went away in between,
+    with another worker's events to read first): a 503 would invite a retry and a second copy of the write,
+    so the answer is 202 with `applied` false; the event is in the store and is applied once it can be read."""
+    service = RecommenderService.from_artifact(ials_dir, "sqlite://")
+    client = serve(service, quick_paths=quick)
+    item = client.get("/users/13/recommendations?k=5").json()["items"][0]["item"]
+    applying_own_writes_fails(service, monkeypatch)
     answer = client.post("/users/13/interactions", json={"items": [{"item": item}]})
     assert answer.status_code == 202, answer.text
     assert answer.json()["applied"] is False and answer.json()["seq"] == 1

@@ -14,7 +14,7 @@ import pytest
 from recforge.models import create_model
 from recforge.serving.service import RecommenderService, request_key
 from recforge.serving.store import AlreadyCommitted, EventStore, RequestKey, RequestKeyReusedError
-from tests.serving.test_api import _artifact, serve
+from tests.serving.test_api import _artifact, applying_own_writes_fails, serve
 
 pytestmark = pytest.mark.xdist_group("serving")
 EVENT = {"user": 1, "items": [1], "ratings": [None]}
@@ -209,18 +209,9 @@ def test_a_write_whose_answer_was_lost_is_found_by_its_retry_through_another_wor
 
 @QUICK
 def test_a_write_answered_202_and_retried_is_not_written_twice(ials_dir, monkeypatch, quick):
-    from recforge.serving.store import StoreUnavailableError
-
     service = RecommenderService.from_artifact(ials_dir, "sqlite://")
     client = serve(service, quick_paths=quick)
-    catch_up = service.engine.catch_up
-
-    def applying_fails(upto=None, own=None):
-        if upto is not None:  # the writer applying its own committed event
-            raise StoreUnavailableError("the event store cannot be read: OperationalError")
-        return catch_up(upto, own)
-
-    monkeypatch.setattr(service.engine, "catch_up", applying_fails)
+    applying_own_writes_fails(service, monkeypatch)
     key = {"Idempotency-Key": "after-202"}
     late = client.post("/users/13/interactions", json={"items": [{"item": 50}]}, headers=key)
     assert late.status_code == 202 and late.json()["applied"] is False
