@@ -284,16 +284,7 @@ def test_new_items_from_features_join_the_catalogue(ml100k, tmp_path, monkeypatc
     odd = client.post("/items", json={"items": [{**new, "item": 99998, "genres": ["Sci-Fi", "Space Opera"]}]})
     assert odd.json()["note"].endswith("not among the values the model was trained with: genres 'space opera'")
     # committed, then the store could not be read to apply it: 202, applied once it can be read
-    from recforge.serving.store import StoreUnavailableError
-
-    engine, catch_up = service.engine, service.engine.catch_up
-
-    def applying_fails(upto=None, own=None):
-        if engine.store.latest_seq() > engine.applied:  # something committed to apply: the store is gone
-            raise StoreUnavailableError("the event store cannot be read: OperationalError")
-        return catch_up(upto, own)
-
-    monkeypatch.setattr(engine, "catch_up", applying_fails)
+    applying_own_writes_fails(service, monkeypatch)
     late = client.post("/items", json={"items": [{**new, "item": 99997, "title": "Star Wars: Later (1978)"}]})
     assert late.status_code == 202 and late.json()["applied"] is False and "not yet" in late.json()["embedded_by"]
     monkeypatch.undo()
@@ -483,17 +474,18 @@ def test_quick_writes_are_measured_and_read_back(ials_dir):
 
 def applying_own_writes_fails(service: RecommenderService, monkeypatch) -> None:
     """From now on (until `monkeypatch.undo()`), the service's writes commit and then cannot read the store
-    to apply their own event (the database went away between the two)."""
+    to apply their event (the database went away between the two): catching up fails whenever there is a
+    committed event to apply."""
     from recforge.serving.store import StoreUnavailableError
 
-    catch_up = service.engine.catch_up
+    engine, catch_up = service.engine, service.engine.catch_up
 
     def applying_fails(upto=None, own=None):
-        if upto is not None:  # the writer applying its own committed event
+        if (upto if upto is not None else engine.store.latest_seq()) > engine.applied:
             raise StoreUnavailableError("the event store cannot be read: OperationalError")
         return catch_up(upto, own)
 
-    monkeypatch.setattr(service.engine, "catch_up", applying_fails)
+    monkeypatch.setattr(engine, "catch_up", applying_fails)
 
 
 @pytest.mark.parametrize("quick", [True, False], ids=["quick path", "FastAPI route"])

@@ -578,10 +578,13 @@ def create_app(
         return {"added": [item.item for item in body.items], **done}
 
     @app.post("/admin/models", response_model=WriteAnswer, responses=ERRORS, dependencies=write)
-    def promote(body: PromoteRequest, idempotency_key: IdempotencyKey = None) -> dict:
+    def promote(body: PromoteRequest, response: Response, idempotency_key: IdempotencyKey = None) -> dict:
         """Promote a model artifact (e.g. one `recforge retrain` wrote): every worker loads it in the
         background, replays the events newer than its cut-off and swaps without dropping a request."""
-        return service.promote(body.path, idempotency_key)
+        done = service.promote(body.path, idempotency_key)
+        if not done.get("applied", True):
+            response.status_code = 202  # committed, not yet applied by this worker
+        return done
 
     @app.get("/items/{item_id:path}/similar", response_model=SimilarAnswer, responses=ERRORS, dependencies=read)
     def similar_items(item_id: ItemId, k: Count = 10) -> dict:

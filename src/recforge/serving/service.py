@@ -657,7 +657,10 @@ class RecommenderService:
                 )
             except AlreadyCommitted as earlier:
                 seq, replayed = self._replayed(earlier.seq)
-            self.engine.catch_up()
+            try:
+                self.engine.catch_up()
+            except StoreUnavailableError:  # committed: every worker swaps once it reads the store again
+                return {"seq": seq, "replayed": replayed, "applied": False}
         return {"seq": seq, "replayed": replayed}
 
     # ------------------------------------------------------------------ validation

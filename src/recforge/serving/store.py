@@ -481,10 +481,9 @@ class EventStore:
         sa = self._sa
 
         def write(connection: Any) -> int:
-            if key is not None:
-                plan = _KeyedBatch([_Pending("items", "", None, key=key)], self._committed_keys(connection, [key.key]))
-                if not plan.fresh:
-                    raise plan.outcomes([])[0]  # type: ignore[misc]
+            earlier = None if key is None else self._earlier_commit(connection, key)
+            if earlier is not None:
+                raise AlreadyCommitted(earlier)
             seq = self._insert(connection, "items", payload, None)
             if key is not None:
                 self._insert_keys(connection, [(key.key, key.fingerprint, seq)])
@@ -525,15 +524,15 @@ class EventStore:
         sa = self._sa
         try:
             with self._connection() as connection:
-                found = self._committed_keys(connection, [key.key])
+                return self._earlier_commit(connection, key)
         except sa.exc.SQLAlchemyError as exc:
             raise self._unavailable("cannot be read", exc) from exc
-        if key.key not in found:
-            return None
-        fingerprint, seq = found[key.key]
-        if fingerprint != key.fingerprint:
+
+    def _earlier_commit(self, connection: Any, key: RequestKey) -> int | None:
+        found = self._committed_keys(connection, [key.key]).get(key.key)
+        if found is not None and found[0] != key.fingerprint:
             raise RequestKeyReusedError(key.key)
-        return seq
+        return None if found is None else found[1]
 
     def _committed_keys(self, connection: Any, keys: list[str]) -> dict[str, tuple[str, int]]:
         """{key: (fingerprint, seq)} of those of `keys` committed before."""
@@ -726,7 +725,8 @@ class _KeyedBatch:
     for that event's seq."""
 
     def __init__(self, batch: list[_Pending], committed: dict[str, tuple[str, int]]) -> None:
-        self.batch, self.fresh = batch, []
+        self.batch = batch
+        self.fresh: list[_Pending] = []  # the events to insert, in batch order
         self._first: dict[str, int] = {}  # key -> index in `fresh` of the batch's first event with it
         self._settled: dict[int, tuple[str, tuple[str, int] | int]] = {}  # index in batch -> (key, earlier)
         for n, entry in enumerate(batch):
