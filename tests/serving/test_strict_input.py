@@ -107,6 +107,16 @@ def test_ids_must_have_the_vocabularys_type(mf_dir):
     assert client.post("/recommendations", json={"items": [{"item": 50}]}).status_code == 200
 
 
+@pytest.mark.parametrize("path", ["\u0000", "models/\u0000x", "/nonexistent/model", "."])
+def test_a_promotion_of_a_path_that_is_no_artifact_is_422_naming_it(mf_dir, path):
+    """The fuzzer found `{"path": "\u0000"}` answered 500: resolving the path raised ValueError before the
+    artifact checks began."""
+    client = serve(mf_dir)
+    response = client.post("/admin/models", json={"path": path})
+    assert response.status_code == 422 and response.json()["detail"].startswith("path: cannot serve"), response.text
+    assert client.app.state.service.engine.store.count("model") == 0
+
+
 def test_new_item_features_are_checked_by_name(tower_dir):
     client = serve(tower_dir)
     cases = {

@@ -641,8 +641,8 @@ class RecommenderService:
         it is answered from that event (`replayed`) instead of making every worker load the model again."""
         from recforge.artifacts import read_manifest
 
-        artifact = Path(path).resolve()
-        try:
+        try:  # (resolving is checking too: a path with a NUL byte raised ValueError there, answered 500)
+            artifact = Path(path).resolve()
             read_manifest(artifact)
             fresh = Snapshot.load(artifact)
             check_same_interface(self.model, fresh.model)
