@@ -324,30 +324,6 @@ def test_the_serving_announcement_hides_the_stores_password(monkeypatch):
     assert len(text.strip().splitlines()) == 1  # one line, however narrow the terminal
 
 
-@pytest.mark.parametrize(
-    ("store", "stale", "warned"),
-    [("postgresql://db/recforge", "5", True), ("postgresql://db/recforge", "30", False), (None, "5", False)],
-)
-def test_the_serving_announcement_says_when_stale_reads_cannot_bridge_a_hung_database(
-    monkeypatch, store, stale, warned
-):
-    """A PostgreSQL server that hangs keeps a read waiting ~10 s (its silence bound, then a replacement
-    connection's start) before it fails: a shorter stale-reads allowance is spent by then."""
-    import io
-
-    from rich.console import Console
-
-    import recforge.cli as cli
-
-    out = io.StringIO()
-    monkeypatch.setattr(cli, "console", Console(width=80, file=out))
-    monkeypatch.setenv("RECFORGE_STALE_READS", stale)
-    cli._announce_serving(cli.Path("models/x"), "127.0.0.1", 8000, 1, store, None)
-    text = " ".join(out.getvalue().split())
-    assert f"reads answered for {stale} s of its outage" in text
-    assert ("set --stale-reads above 10 to bridge it" in text) == warned, text
-
-
 def test_spark_score_refuses_a_path_that_is_no_artifact_before_starting_spark(tmp_path, monkeypatch):
     """The error came after the JVM's start-up (5 s); now before it (no Spark session is asked for)."""
     monkeypatch.setattr("recforge.spark.prepare.spark_session", lambda *a, **k: pytest.fail("Spark started"))

@@ -814,7 +814,6 @@ def serve(
 def _announce_serving(model: Path, host: str, port: int, workers: int, store: str | None, service: Any) -> None:
     """One line on start-up saying what is served where (uvicorn logs only warnings here), with the
     store's password hidden."""
-    from recforge.serving import silence
     from recforge.serving.app import number_from_environment, token_from_environment
     from recforge.serving.store import redacted
 
@@ -828,14 +827,7 @@ def _announce_serving(model: Path, host: str, port: int, workers: int, store: st
     events = redacted(store) if store else "SQLite beside the model"
     stale = number_from_environment("RECFORGE_STALE_READS", 0.0, float)
     if stale:
-        events += f" (reads answered for {stale:g} s of its outage"
-        hang = silence.longest_read_wait()
-        if store and not store.startswith("sqlite") and stale <= hang:  # only a server can hang silently
-            events += (
-                f"; a database that hangs rather than refuses keeps reads waiting {hang:g} s, longer than "
-                f"that: set --stale-reads above {hang:g} to bridge it"
-            )
-        events += ")"
+        events += f" (reads answered for {stale:g} s of its outage)"
     writes = (
         "need the bearer token"
         if token_from_environment("RECFORGE_TOKEN")

@@ -142,3 +142,34 @@ def test_reads_do_not_all_wait_on_a_store_that_has_gone_silent(ials_dir, ml100k,
         second.join(10)
         assert not first.is_alive() and not second.is_alive()
         monkeypatch.undo()
+
+
+def test_a_read_whose_own_ask_meets_a_silent_server_is_answered_after_the_patience(ials_dir, monkeypatch):
+    """On a database server (which can go silent mid-ask: each ask then waits out its silence bound, ~10 s)
+    a read allowed to be stale asks in a helper thread and is answered from the state, marked, once its ask
+    has taken STALE_PATIENCE: before, the reads already asking when the server went silent waited the whole
+    bound. Past the allowance, or without one, the read waits for the store's answer as before."""
+    import threading
+
+    from recforge.serving.service import STALE_PATIENCE
+    from tests.serving.servers import outcome_within
+
+    for allowance, unconfirmed_first in ((ALLOWED, 0.0), (0.3, 0.5), (0.0, 0.0)):
+        service = RecommenderService.from_artifact(ials_dir, "sqlite://", stale_reads=allowance)
+        monkeypatch.setattr(service.engine.store, "networked", True)  # as PostgreSQL's, which can go silent
+        service.current()  # confirmed now
+        time.sleep(unconfirmed_first)
+        silent = threading.Event()
+        latest_seq = service.engine.store.latest_seq
+        hung = lambda silent=silent, latest_seq=latest_seq: silent.wait(30) and latest_seq()  # noqa: E731
+        monkeypatch.setattr(service.engine.store, "latest_seq", hung)
+        threading.Timer(2.0, silent.set).start()  # the server answers again after 2 s
+        outcome, seconds = outcome_within(service.current, give_up=10)
+        assert outcome is service.engine.snapshot, outcome
+        if unconfirmed_first < allowance:
+            assert STALE_PATIENCE <= seconds < STALE_PATIENCE + 0.8 and service.stale_answers == 1, seconds
+        else:  # past the allowance, or without one: the store's answer
+            assert seconds >= 1.9 and service.stale_answers == 0, seconds
+        silent.set()
+        _until(lambda s=service: s.engine.waiting_on_store() == 0 and s.engine.unconfirmed_for() < 3, 5)
+        monkeypatch.undo()

@@ -22,6 +22,8 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +59,8 @@ from recforge.serving.store import (
 EXPLAIN_TOP = 3  # reasons per recommended item
 STORE_WAIT = 60.0  # seconds a starting worker waits for its database (RECFORGE_STORE_WAIT overrides)
 STORE_RETRY = 1.0  # seconds stale reads go without asking a store that failed (the follower asks each second)
-STALE_PATIENCE = 0.5  # seconds another ask may wait on the store before stale reads stop joining it
+STALE_PATIENCE = 0.5  # seconds an ask may wait on the store before stale reads stop waiting for it
+ASKERS = 8  # threads asking a database server for reads that may be answered stale (`current`)
 MAX_EXCLUDED = 10_000  # items one request may exclude
 # a write committed while this worker could not read the store to apply it (answered 202)
 NOT_YET_APPLIED = "not yet: committed; this worker applies it once it can read the event store again"
@@ -88,6 +91,7 @@ class RecommenderService:
         self.answered_stale_at = -math.inf  # monotonic time of the latest read answered while unconfirmed
         self.stale_answers = 0  # reads answered so (for /metrics)
         self.replayed_writes = 0  # writes answered from an earlier commit of their idempotency key (for /metrics)
+        self._asking: ThreadPoolExecutor | None = None  # stale reads' asks of a database server (`current`)
         self._counts_lock = threading.Lock()
         if engine is None:
             if model is None:
@@ -142,6 +146,8 @@ class RecommenderService:
             # silence bound); the follower thread, and the read already waiting, ask
             self._answered_stale()
             return engine.snapshot
+        if self.stale_reads and engine.store.networked:
+            return self._current_within_patience()
         try:
             engine.catch_up()
         except StoreUnavailableError:
@@ -149,6 +155,37 @@ class RecommenderService:
                 raise
             self._answered_stale()
         return engine.snapshot
+
+    def _current_within_patience(self) -> Snapshot:
+        """`current` with stale reads allowed on a database server, which can go silent mid-ask (each ask then
+        waits out its silence bound, ~10 s): the read asks in a helper thread and, once the ask has taken
+        STALE_PATIENCE, answers from the state, marked, while the ask goes on (it confirms the state if it
+        succeeds). Past the allowance the read waits for the ask's outcome, as without stale reads. Every
+        read still asks for itself (joining an ask that began before the read could miss a write
+        acknowledged in between)."""
+        engine = self.engine
+        asking = self._askers().submit(engine.catch_up)
+        try:
+            asking.result(timeout=STALE_PATIENCE)
+        except FutureTimeout:
+            not_started = asking.cancel()  # every helper is held by a silent store: this ask need not run
+            if engine.unconfirmed_for() <= self.stale_reads:
+                self._answered_stale()
+            elif not_started:
+                engine.catch_up()
+            else:
+                asking.result()
+        except StoreUnavailableError:
+            if engine.unconfirmed_for() > self.stale_reads:
+                raise
+            self._answered_stale()
+        return engine.snapshot
+
+    def _askers(self) -> ThreadPoolExecutor:
+        with self._counts_lock:
+            if self._asking is None:
+                self._asking = ThreadPoolExecutor(ASKERS, thread_name_prefix="recforge-ask")
+            return self._asking
 
     def _answered_stale(self) -> None:
         with self._counts_lock:

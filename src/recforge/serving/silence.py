@@ -53,12 +53,6 @@ def connect_seconds(bound: float) -> int:
     return max(2, math.ceil(bound))
 
 
-def longest_read_wait() -> float:
-    """The longest a read on the request path waits for a server that has gone silent: its silence bound,
-    then the replacement connection's start (a stale-reads allowance must exceed it to bridge a hang)."""
-    return READ_SILENCE + connect_seconds(READ_SILENCE)
-
-
 def _until_silent_for(gen: Generator[Any, Any, Any], seconds: float, silent: list[bool]) -> Generator[Any, Any, Any]:
     """`gen` (a psycopg generator: it yields what it waits for and is sent what became ready), ended once
     nothing has become ready for `seconds` (psycopg's wait sends "nothing ready" every 0.1 s)."""

@@ -143,6 +143,7 @@ class EventStore:
             raise ConfigError("the event store needs SQLAlchemy: pip install 'recforge[serve]'") from exc
         self.url = url
         self.sqlite = url.startswith("sqlite")
+        self.networked = not self.sqlite  # a database server: it can go silent mid-ask (`recforge.serving.silence`)
         scheme, _, rest = url.partition("://")
         if not self.sqlite and scheme not in _POSTGRESQL:
             raise ConfigError(
