@@ -728,16 +728,25 @@ def _until_answered(call, seconds: float = 30.0):
 
 
 def test_a_postgresql_store_made_without_the_kind_index_gets_it_once(postgres):
+    """A store made by an older recforge (no kind index, no idempotency keys' table) gets both at its next
+    opening, and keyed writes work on it."""
     import sqlalchemy as sa
+
+    from recforge.serving.store import AlreadyCommitted, RequestKey
 
     store = EventStore(postgres)
     with store.engine.begin() as connection:
         connection.execute(sa.text("DROP INDEX recforge_events_kind_seq"))  # as a store of an older recforge
+        connection.execute(sa.text("DROP TABLE recforge_requests"))
     store = EventStore(postgres)
     with store.engine.connect() as connection:
         names = connection.execute(sa.text("SELECT indexname FROM pg_indexes WHERE tablename = 'recforge_events'"))
         assert "recforge_events_kind_seq" in set(names.scalars())
-    EventStore(postgres)  # and opening again finds it
+    key, event = RequestKey("after-upgrade", "f"), {"user": 1, "items": [1], "ratings": [None]}
+    seq = store.append("interactions", event, user="1", key=key)
+    with pytest.raises(AlreadyCommitted):
+        EventStore(postgres).append("interactions", event, user="1", key=key)  # and opening again finds them
+    assert store.committed_request(key) == seq
 
 
 def test_a_worker_waiting_on_another_workers_schema_transaction_is_not_cut_by_the_silence_bound(postgres, monkeypatch):
