@@ -150,10 +150,8 @@ class RecommenderService:
             return self._current_within_patience()
         try:
             engine.catch_up()
-        except StoreUnavailableError:
-            if engine.unconfirmed_for() > self.stale_reads:
-                raise
-            self._answered_stale()
+        except StoreUnavailableError as exc:
+            self._stale_within_allowance(exc)
         return engine.snapshot
 
     def _current_within_patience(self) -> Snapshot:
@@ -175,11 +173,16 @@ class RecommenderService:
                 engine.catch_up()
             else:
                 asking.result()
-        except StoreUnavailableError:
-            if engine.unconfirmed_for() > self.stale_reads:
-                raise
-            self._answered_stale()
+        except StoreUnavailableError as exc:
+            self._stale_within_allowance(exc)
         return engine.snapshot
+
+    def _stale_within_allowance(self, failure: StoreUnavailableError) -> None:
+        """After the store failed a read's ask: the read is answered from the state (counted) if that state
+        was confirmed within the allowance; otherwise the failure is raised."""
+        if self.engine.unconfirmed_for() > self.stale_reads:
+            raise failure
+        self._answered_stale()
 
     def _askers(self) -> ThreadPoolExecutor:
         with self._counts_lock:
