@@ -281,9 +281,9 @@ class _QuickPaths:
         user = self._user_in(scope["path"], "/users/", "/interactions")
         headers = dict(scope["headers"]) if user is not None and not scope["query_string"] else {}
         length = headers.get(b"content-length", b"")
-        key = headers.get(b"idempotency-key")
+        key = headers[b"idempotency-key"].decode("latin-1") if b"idempotency-key" in headers else None
         if not (
-            (key is None or REQUEST_KEY.fullmatch(key.decode("latin-1")))  # (FastAPI renders the error)
+            (key is None or REQUEST_KEY.fullmatch(key))  # (FastAPI renders the error)
             and headers.get(b"content-type") == b"application/json"
             and length.isdigit()
             and int(length) <= self.MAX_QUICK_BODY
@@ -324,12 +324,10 @@ class _QuickPaths:
             body = self.write_answer.dump_json(
                 self.write_answer.validate_python({"user": user, "added": len(request.items), **done})
             )
-            return _send_from_callback(self._send(send, 200 if done.get("applied", True) else 202, body))
+            return _send_from_callback(self._send(send, write_status(done), body))
 
         try:
-            still_sending = await self.service.add_interactions_async(
-                user, pairs, then=answer, key=None if key is None else key.decode("latin-1")
-            )
+            still_sending = await self.service.add_interactions_async(user, pairs, then=answer, key=key)
         except Exception as exc:
             status = next((code for kind, code in ERROR_STATUSES if isinstance(exc, kind)), None)
             if status is None:
@@ -338,6 +336,11 @@ class _QuickPaths:
             return
         if still_sending is not None:
             await still_sending
+
+
+def write_status(done: dict[str, Any]) -> int:
+    """A committed write's status: 202 when this worker could not apply it yet (`applied` false), else 200."""
+    return 200 if done.get("applied", True) else 202
 
 
 def _send_from_callback(sending: Coroutine[Any, Any, None]) -> asyncio.Task | None:
@@ -566,15 +569,13 @@ def create_app(
             done = await service.add_interactions_async(user_id, pairs, key=idempotency_key)
         else:
             done = await run_in_threadpool(service.add_interactions, user_id, pairs, idempotency_key)
-        if not done.get("applied", True):
-            response.status_code = 202  # committed, not yet applied by this worker
+        response.status_code = write_status(done)
         return {"user": user_id, "added": len(body.items), **done}
 
     @app.post("/items", response_model=ItemsAnswer, responses=ERRORS, dependencies=write)
     def add_items(body: NewItemsRequest, response: Response, idempotency_key: IdempotencyKey = None) -> dict:
         done = service.add_items([item.model_dump(exclude_unset=True) for item in body.items], idempotency_key)
-        if not done.get("applied", True):
-            response.status_code = 202  # committed, not yet applied by this worker
+        response.status_code = write_status(done)
         return {"added": [item.item for item in body.items], **done}
 
     @app.post("/admin/models", response_model=WriteAnswer, responses=ERRORS, dependencies=write)
@@ -582,8 +583,7 @@ def create_app(
         """Promote a model artifact (e.g. one `recforge retrain` wrote): every worker loads it in the
         background, replays the events newer than its cut-off and swaps without dropping a request."""
         done = service.promote(body.path, idempotency_key)
-        if not done.get("applied", True):
-            response.status_code = 202  # committed, not yet applied by this worker
+        response.status_code = write_status(done)
         return done
 
     @app.get("/items/{item_id:path}/similar", response_model=SimilarAnswer, responses=ERRORS, dependencies=read)

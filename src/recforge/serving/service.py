@@ -195,11 +195,10 @@ class RecommenderService:
             self.answered_stale_at = time.monotonic()
             self.stale_answers += 1
 
-    def _replayed(self, seq: int) -> tuple[int, bool]:
-        """(seq, True) for a write answered from its key's earlier commit, counted."""
+    def _count_replay(self) -> None:
+        """A write answered from its key's earlier commit (for /metrics)."""
         with self._counts_lock:
             self.replayed_writes += 1
-        return seq, True
 
     def stale_for(self, since: float) -> float | None:
         """How many seconds the state was unconfirmed if a read was answered from it while unconfirmed at
@@ -614,7 +613,7 @@ class RecommenderService:
         write's event, committed by an earlier attempt, is read back from the store)."""
         own = None if replayed else Event(seq, "interactions", str(payload["user"]), payload, time.time())
         if replayed:
-            self._replayed(seq)
+            self._count_replay()
         try:
             self.engine.catch_up(upto=seq, own=own)
         except StoreUnavailableError:  # committed: a 503 would invite a retry, a second copy of the write
@@ -664,7 +663,10 @@ class RecommenderService:
                     seq = self.engine.store.append_items([str(i) for i in ids], {"items": entries}, key=keyed)
                 except AlreadyCommitted as committed:  # (another worker, a moment ago)
                     earlier = committed.seq
-            seq, replayed = (seq, False) if earlier is None else self._replayed(earlier)
+            replayed = earlier is not None
+            if replayed:
+                seq = earlier
+                self._count_replay()
             try:
                 self.engine.catch_up()
             except StoreUnavailableError:  # committed (a retry without the key would meet its own ids: 409)
@@ -690,13 +692,12 @@ class RecommenderService:
             raise ConfigError(f"path: cannot serve {path!r}: {exc}") from exc
         payload = {"path": str(artifact), "cutoff": fresh.cutoff}
         with self.engine.write_lock:
+            replayed = False
             try:
-                seq, replayed = (
-                    self.engine.store.append("model", payload, key=request_key(key, "model", payload)),
-                    False,
-                )
+                seq = self.engine.store.append("model", payload, key=request_key(key, "model", payload))
             except AlreadyCommitted as earlier:
-                seq, replayed = self._replayed(earlier.seq)
+                seq, replayed = earlier.seq, True
+                self._count_replay()
             try:
                 self.engine.catch_up()
             except StoreUnavailableError:  # committed: every worker swaps once it reads the store again

@@ -17,7 +17,6 @@ connection lost mid-commit; it was not acknowledged.
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 import time
 from collections.abc import Generator, Iterator
@@ -45,12 +44,6 @@ def bounded(seconds: float) -> Iterator[None]:
 
 def current_bound() -> float:
     return getattr(_current, "seconds", None) or SLOW_SILENCE
-
-
-def connect_seconds(bound: float) -> int:
-    """libpq's `connect_timeout` for a connection opened within a wait bounded by `bound` seconds (libpq
-    counts whole seconds, at least 2)."""
-    return max(2, math.ceil(bound))
 
 
 def _until_silent_for(gen: Generator[Any, Any, Any], seconds: float, silent: list[bool]) -> Generator[Any, Any, Any]:

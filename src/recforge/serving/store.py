@@ -876,10 +876,10 @@ def _refused_for_good(exc: BaseException) -> bool:
 def _silence_bounded_connect(own_timeout: bool, dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
     """SQLAlchemy's `do_connect`: psycopg's connection with its waits for the server bounded. A connection
     opened inside a read (the pool replacing one a silent server made it drop) starts within the read's
-    bound, unless the URL sets its own `connect_timeout`."""
+    bound, unless the URL sets its own `connect_timeout` (libpq counts whole seconds, at least 2)."""
     bound = silence.current_bound()
     if not own_timeout and bound < float(cparams.get("connect_timeout", math.inf)):
-        cparams = {**cparams, "connect_timeout": silence.connect_seconds(bound)}
+        cparams = {**cparams, "connect_timeout": max(2, math.ceil(bound))}
     return silence.connection_class().connect(*cargs, **cparams)
 
 
