@@ -74,7 +74,14 @@ SEQUENTIAL_EASE = {
     "feature_weight": 3.0,
 }
 BLEND_WEIGHT = 0.2
-FAST_SASREC = {"dropout": 0.5, "batch_size": 256, "lr": 5e-3, "lr_schedule": "cosine", "item_features": "attributes"}
+FAST_SASREC = {
+    "min_steps": 1100,
+    "dropout": 0.5,
+    "batch_size": 256,
+    "lr": 5e-3,
+    "lr_schedule": "cosine",
+    "item_features": "attributes",
+}
 ICLREC_NDCG10 = 0.0403
 IALS_SETTINGS = {"n_factors": 64, "n_iterations": 15, "reg": 20.0, "alpha": 2.0, "cg_steps": 3}
 

@@ -4,16 +4,17 @@ MovieLens 100K leave-one-out (last item test, second-to-last validation)."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
-from recforge.data.interactions import Sequences
+from recforge.data.interactions import Interactions, Sequences
 from recforge.data.query import History
 from recforge.data.splits import leave_last_out
 from recforge.evaluation.protocols import next_item_evaluator
 from recforge.models import create_model
 from recforge.models.config import TrainOptions
-from recforge.models.sequential import last_items, training_windows, trim_padding
+from recforge.models.sequential import SASRecConfig, epochs_for, last_items, training_windows, trim_padding
 from recforge.nn.sequence import RecurrentEncoder, SASRecEncoder
 
 pytestmark = pytest.mark.xdist_group("sequential")
@@ -37,6 +38,28 @@ def test_last_items_and_trimming():
     block = last_items(seqs, np.array([0, 1, 2]), 3)
     np.testing.assert_array_equal(block, [[7, 8, 9], [0, 0, 2], [0, 0, 0]])
     np.testing.assert_array_equal(trim_padding(torch.tensor([[0, 0, 3], [0, 2, 4]])).numpy(), [[0, 3], [2, 4]])
+
+
+def test_min_steps_raises_the_epochs_of_a_small_file_only():
+    """A budget in optimizer steps: 1,100 steps of 256 windows are 13 epochs of Beauty's 22,512 windows (88
+    batches; n_epochs 13 already gives them), 110 of a 2,398-window file; none is ever taken away."""
+    config = SASRecConfig(n_epochs=13, batch_size=256, min_steps=1100)
+    assert epochs_for(config, 22_512) == 13
+    assert epochs_for(config, 2_398) == 110  # 10 batches an epoch
+    assert epochs_for(config, 2_304) == 123  # 9 batches: ceil(1100 / 9)
+    assert epochs_for(config, 100_000) == 13  # a larger file keeps its epochs (more steps)
+    assert epochs_for(config.model_copy(update={"min_steps": None}), 10) == 13
+    assert epochs_for(config, 1) == 1100  # one batch an epoch
+
+
+def test_a_fit_with_min_steps_runs_the_raised_epochs():
+    frame = pd.DataFrame(  # 40 users of 6 items: 40 windows, 3 batches of 16
+        {"user_id": np.repeat(np.arange(40), 6), "item_id": [(u + t) % 7 for u in range(40) for t in range(6)]}
+    )
+    data = Interactions.from_frame(frame.assign(timestamp=np.tile(np.arange(6), 40)), timestamp="timestamp")
+    model = create_model("sasrec", n_epochs=2, min_steps=12, batch_size=16, dim=8, lr_schedule="linear")
+    model.fit(data, TrainOptions(seed=0, threads=1))
+    assert len([entry for entry in model.training_log_ if "loss" in entry]) == 4  # ceil(12 / 3)
 
 
 def _bags(n_items: int) -> tuple[torch.Tensor, torch.Tensor, int]:

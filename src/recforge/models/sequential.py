@@ -46,11 +46,17 @@ class SequenceConfig(ModelConfig):
     optimizer: Literal["adam", "adamw", "nadam", "adagrad", "sgd"] = "adam"
     lr: float = Field(1e-3, gt=0)
     lr_schedule: Literal["constant", "linear", "cosine"] = Field(
-        "constant", description="per-epoch learning rate: constant, or decayed to zero at n_epochs"
+        "constant", description="per-epoch learning rate: constant, or decayed to zero at the last epoch"
     )
     weight_decay: float = Field(0.0, ge=0)
     batch_size: int = Field(128, ge=1)
     n_epochs: int = Field(50, ge=1)
+    min_steps: int | None = Field(
+        None,
+        ge=1,
+        description="optimizer steps to take at least: where n_epochs gives fewer (a file with few users), the "
+        "epochs are raised to ceil(min_steps / batches per epoch), so a recipe's budget carries across file sizes",
+    )
     early_stopping_patience: int | None = Field(5, ge=1, description="evaluations without gain (needs valid data)")
     eval_every: int = Field(1, ge=1, description="epochs between validation evaluations")
 
@@ -130,14 +136,15 @@ class SequenceModel(Recommender):
         if len(windows) == 0:
             raise ConfigError(f"{self.name}: no user has two or more interactions to learn a next item from")
         valid = self._validation_targets(options.valid)
+        n_epochs = epochs_for(c, len(windows))
         plan = EpochPlan(
-            n_epochs=c.n_epochs,
+            n_epochs=n_epochs,
             monitor="valid_ndcg@10" if valid is not None else None,
             patience=c.early_stopping_patience,
             eval_every=c.eval_every,
             description=self.name,
         )
-        trainer = _SequenceTrainer(self, windows, valid)
+        trainer = _SequenceTrainer(self, windows, valid, n_epochs)
         self.training_log_ = fit_epochs(trainer, plan, options, Checkpointer.for_fit(self, train, options))
         self.net_.eval()
 
@@ -359,13 +366,15 @@ class _SequenceTrainer:
     """One epoch = every training window once, in length buckets (so little padding is computed), the loss
     at every real position; validation = next-item NDCG@10."""
 
-    def __init__(self, model: SequenceModel, windows: torch.Tensor, valid: tuple[np.ndarray, np.ndarray] | None):
+    def __init__(
+        self, model: SequenceModel, windows: torch.Tensor, valid: tuple[np.ndarray, np.ndarray] | None, n_epochs: int
+    ):
         c = model.config
         self.model, self.windows, self.valid = model, windows, valid
         self.lengths = (windows > 0).sum(1)
         self.parameters = [p for p in model.net_.parameters() if p.requires_grad]
         self.optimizer = make_optimizer(c.optimizer, self.parameters, c.lr, c.weight_decay)
-        self.scheduler = make_schedule(self.optimizer, c.lr_schedule, c.n_epochs)
+        self.scheduler = make_schedule(self.optimizer, c.lr_schedule, n_epochs)
         self.device = torch.device("cpu")
 
     def to(self, device: torch.device) -> None:
@@ -419,6 +428,15 @@ class _SequenceTrainer:
 
     def load_weights(self, weights: dict[str, torch.Tensor]) -> None:
         self.model.net_.load_state_dict(weights)
+
+
+def epochs_for(config: SequenceConfig, n_windows: int) -> int:
+    """The epochs a fit runs: `n_epochs`, raised where they would take fewer than `min_steps` optimizer
+    steps (one step per batch of `batch_size` windows)."""
+    if config.min_steps is None:
+        return config.n_epochs
+    batches = -(-n_windows // config.batch_size)
+    return max(config.n_epochs, -(-config.min_steps // max(batches, 1)))
 
 
 def training_windows(sequences: Sequences, max_len: int) -> np.ndarray:
