@@ -113,8 +113,9 @@ def run(name: str, folder: Path, without_min_steps: bool) -> dict:
 
 
 def _without_min_steps(model):
-    params = json.loads(json.dumps(model.params))
-    for spec in [params, *params.get("members", [])]:
+    """The experiment's model entry with `min_steps` dropped from its parameters and from a blend's members'."""
+    params = json.loads(json.dumps(model.params))  # a deep copy
+    for spec in [params, *params.get("members", [])]:  # a member keeps its own under "params"
         spec.get("params", spec).pop("min_steps", None)
     return model.model_copy(update={"params": params})
 
