@@ -69,8 +69,10 @@ TFRS_LIKE = {  # the tutorial's model: 32-d ID embeddings, in-batch softmax, Ada
     "item_tower": {"id_dim": 32, "output_dim": 32},
 }
 # recforge's in-batch softmax: the same 32-d ID towers, with the log-Q correction (the default of the
-# retrieval task; TFRS_LIKE switches it off to copy the tutorial) and 10 epochs at batch 1,024
-IN_BATCH = {**TFRS_LIKE, "logq_correction": True, "batch_size": 1024, "n_epochs": 10}
+# retrieval task; TFRS_LIKE switches it off to copy the tutorial), 10 epochs at batch 1,024, and weight
+# decay 1e-4 (chosen 2026-12-04 on validation carve-outs of ML-100K and ml-latest-small, see
+# results/in_batch_softmax.md: without it the ID vectors of rarely rated items over-fit)
+IN_BATCH = {**TFRS_LIKE, "logq_correction": True, "batch_size": 1024, "n_epochs": 10, "weight_decay": 1e-4}
 FEATURES_ONLY = {  # no ID and no history on the user side: u.user demographics only
     "history_pooling": False,
     "user_features": True,
