@@ -106,7 +106,7 @@ def run(name: str, folder: Path, without_min_steps: bool) -> dict:
         {"file": name, "model": label, **{m: round(float(table.loc[label, m]), 4) for m in METRICS}}
         for label in table.index
     ]
-    fits = {run.label: round(run.fit_seconds) for run in result.runs}
+    fits = {fitted.label: round(fitted.fit_seconds) for fitted in result.runs}
     for row in rows:
         row["fit_s"] = fits.get(row["model"])
     return {"file": name, "shape": shape, "rows": rows, "below_popularity": result.below_floor()}
